@@ -1,0 +1,284 @@
+"""The signal chain: one torch-free definition used by training, evaluation and the daemon.
+
+Per channel, in this order:
+
+1. clip the raw input to ``input_range`` (what the armband can report; marks saturation),
+2. causal high-pass (Butterworth, ``filter_order``) at ``highpass_hz``,
+3. causal band-stop at ``mains_hz`` (50 or 60 Hz), only where the rate allows (below Nyquist),
+4. optional full-wave rectification,
+5. optional causal low-pass envelope (2nd-order Butterworth) at ``envelope_hz``,
+6. normalisation ``(y - offset) / scale``,
+
+then a windowing ring buffer: windows of ``window`` consecutive samples every ``stride`` samples.
+
+All filters are second-order sections whose state is carried across calls, so feeding a signal in
+arbitrary chunks gives the same output as one call. The state starts at the steady state for the
+first sample seen, so a recording's DC level does not ring through the high-pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import signal as sps
+
+from metaemg.errors import ConfigError
+
+_ENVELOPE_ORDER = 2
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """Serialisable configuration of the signal chain (travels inside the model file)."""
+
+    sample_rate: float
+    channels: int = 8
+    input_range: tuple[float, float] | None = None
+    highpass_hz: float | None = None
+    mains_hz: float | None = None
+    notch_q: float = 30.0
+    rectify: bool = False
+    envelope_hz: float | None = None
+    filter_order: int = 4
+    offset: float = 0.0
+    scale: float = 1.0
+    window: int = 50
+    stride: int = 10
+
+    def __post_init__(self) -> None:
+        if self.input_range is not None:
+            lo, hi = (float(v) for v in self.input_range)
+            object.__setattr__(self, "input_range", (lo, hi))
+        nyq = self.sample_rate / 2 if _num(self.sample_rate) else 0.0
+        checks = [
+            (_num(self.sample_rate) and self.sample_rate > 0, "sample_rate must be > 0"),
+            (isinstance(self.channels, int) and self.channels >= 1, "channels must be an integer >= 1"),
+            (self.input_range is None or self.input_range[0] < self.input_range[1],
+             "input_range must be [low, high] with low < high"),
+            (self.highpass_hz is None or (_num(self.highpass_hz) and 0 < self.highpass_hz < nyq),
+             f"highpass_hz must be in (0, {nyq:g}) (Nyquist) or null"),
+            (self.mains_hz is None or self.mains_hz in (50, 60), "mains_hz must be 50, 60 or null"),
+            (_num(self.notch_q) and self.notch_q > 0, "notch_q must be > 0"),
+            (self.envelope_hz is None or (_num(self.envelope_hz) and 0 < self.envelope_hz < nyq),
+             f"envelope_hz must be in (0, {nyq:g}) (Nyquist) or null"),
+            (isinstance(self.filter_order, int) and 1 <= self.filter_order <= 8, "filter_order must be 1..8"),
+            (_num(self.scale) and self.scale != 0 and math.isfinite(self.scale), "scale must be finite and non-zero"),
+            (_num(self.offset) and math.isfinite(self.offset), "offset must be finite"),
+            (isinstance(self.window, int) and self.window >= 1, "window must be an integer >= 1"),
+            (isinstance(self.stride, int) and self.stride >= 1, "stride must be an integer >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"signal spec: {message}")
+
+    # -- presets ---------------------------------------------------------------------------
+    @classmethod
+    def myo(cls, **overrides) -> SignalSpec:
+        """Raw bipolar EMG at 200 Hz, int8 range (Thalmic Myo): high-pass 20 Hz, mains notch,
+        rectified 5 Hz envelope, scaled to about 0..1. Window 250 ms, stride 50 ms."""
+        base = dict(sample_rate=200.0, input_range=(-128.0, 127.0), highpass_hz=20.0, mains_hz=60,
+                    rectify=True, envelope_hz=5.0, scale=128.0, window=50, stride=10)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def myhand(cls, **overrides) -> SignalSpec:
+        """MyHand armband envelopes at about 100 Hz, values 0..1000: already rectified and
+        smoothed, so only clipped and scaled to 0..1. Window 250 ms, stride 50 ms."""
+        base = dict(sample_rate=100.0, input_range=(0.0, 1000.0), scale=1000.0, window=25, stride=5)
+        return cls(**{**base, **overrides})
+
+    # -- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["input_range"] is not None:
+            d["input_range"] = list(d["input_range"])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SignalSpec:
+        if not isinstance(data, dict):
+            raise ConfigError(f"signal spec must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"signal spec: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        if "sample_rate" not in data:
+            raise ConfigError("signal spec: sample_rate is required")
+        d = dict(data)
+        if d.get("input_range") is not None:
+            rng = d["input_range"]
+            if not (isinstance(rng, (list, tuple)) and len(rng) == 2 and all(_num(v) for v in rng)):
+                raise ConfigError(f"signal spec: input_range must be [low, high], got {rng!r}")
+            d["input_range"] = tuple(rng)
+        for key in ("sample_rate", "highpass_hz", "envelope_hz", "notch_q", "offset", "scale"):
+            if d.get(key) is not None and not _num(d[key]):
+                raise ConfigError(f"signal spec: {key} must be a number, got {d[key]!r}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> SignalSpec:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"signal spec is not valid JSON: {exc}") from None
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def window_seconds(self) -> float:
+        return self.window / self.sample_rate
+
+    @property
+    def stride_seconds(self) -> float:
+        return self.stride / self.sample_rate
+
+    @property
+    def notch_active(self) -> bool:
+        return self.mains_hz is not None and self.mains_hz < self.sample_rate / 2
+
+    def check_rate(self, sample_rate: float, *, tolerance: float = 0.05, what: str = "input") -> None:
+        """Raise ConfigError if ``sample_rate`` differs from the spec's by more than ``tolerance``."""
+        if abs(sample_rate - self.sample_rate) > tolerance * self.sample_rate:
+            raise ConfigError(
+                f"{what} sample rate {sample_rate:.1f} Hz does not match the signal chain's "
+                f"{self.sample_rate:g} Hz"
+            )
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def design(spec: SignalSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Second-order sections before rectification (high-pass, notch) and after (envelope)."""
+    fs = spec.sample_rate
+    pre = []
+    if spec.highpass_hz is not None:
+        pre.append(sps.butter(spec.filter_order, spec.highpass_hz, btype="highpass", fs=fs, output="sos"))
+    if spec.notch_active:
+        b, a = sps.iirnotch(spec.mains_hz, spec.notch_q, fs=fs)
+        pre.append(sps.tf2sos(b, a))
+    post = None
+    if spec.envelope_hz is not None:
+        post = sps.butter(_ENVELOPE_ORDER, spec.envelope_hz, btype="lowpass", fs=fs, output="sos")
+    return (np.vstack(pre) if pre else None), post
+
+
+class _SosStage:
+    """A causal SOS cascade over all channels with state carried across calls."""
+
+    def __init__(self, sos: np.ndarray, channels: int):
+        self.sos = sos
+        self._zi_unit = sps.sosfilt_zi(sos)[:, :, None]  # (sections, 2, 1)
+        self.zi: np.ndarray | None = None
+        self.channels = channels
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.zi is None:
+            self.zi = self._zi_unit * x[0][None, None, :]
+        y, self.zi = sps.sosfilt(self.sos, x, axis=0, zi=self.zi)
+        return y
+
+    def reset(self) -> None:
+        self.zi = None
+
+
+class SignalChain:
+    """Stateful filter chain: ``process(chunk)`` maps (n, channels) raw samples to (n, channels)
+    conditioned samples. Chunking does not change the result."""
+
+    def __init__(self, spec: SignalSpec):
+        self.spec = spec
+        pre, post = design(spec)
+        self._pre = _SosStage(pre, spec.channels) if pre is not None else None
+        self._post = _SosStage(post, spec.channels) if post is not None else None
+        self._lo, self._hi = spec.input_range if spec.input_range is not None else (-np.inf, np.inf)
+
+    def reset(self) -> None:
+        for stage in (self._pre, self._post):
+            if stage is not None:
+                stage.reset()
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.spec.channels:
+            raise ConfigError(f"signal chain expects (n, {self.spec.channels}) samples, got shape {x.shape}")
+        if x.shape[0] == 0:
+            return x.copy()
+        y = np.clip(x, self._lo, self._hi)
+        if self._pre is not None:
+            y = self._pre(y)
+        if self.spec.rectify:
+            y = np.abs(y)
+        if self._post is not None:
+            y = self._post(y)
+        if self.spec.offset != 0.0:
+            y = y - self.spec.offset
+        if self.spec.scale != 1.0:
+            y = y / self.spec.scale
+        return y
+
+    def saturated(self, x: np.ndarray) -> np.ndarray:
+        """Per-sample flag: any channel at or beyond ``input_range`` (the armband saturated)."""
+        x = np.asarray(x, dtype=np.float64)
+        return ((x <= self._lo) | (x >= self._hi)).any(axis=1)
+
+
+class Windower:
+    """Ring buffer yielding windows of ``window`` samples every ``stride`` samples.
+
+    The k-th window (from 0) ends at sample ``window - 1 + k * stride`` of the stream; its label,
+    offline, is the label of that last sample.
+    """
+
+    def __init__(self, window: int, stride: int, channels: int):
+        if window < 1 or stride < 1:
+            raise ConfigError(f"window ({window}) and stride ({stride}) must be >= 1")
+        self.window, self.stride, self.channels = window, stride, channels
+        self.reset()
+
+    def reset(self) -> None:
+        self._buf = np.empty((0, self.channels), dtype=np.float64)
+        self._n = 0  # samples seen
+        self._next_end = self.window - 1  # stream index of the next window's last sample
+
+    @property
+    def samples_seen(self) -> int:
+        return self._n
+
+    def push(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add samples; return ``(windows, ends)``: the windows completed by this chunk, shape
+        (k, window, channels), and the stream index of each window's last sample."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.channels:
+            raise ConfigError(f"windower expects (n, {self.channels}) samples, got shape {x.shape}")
+        buf = np.concatenate([self._buf, x]) if len(self._buf) else x
+        first = self._n - len(self._buf)  # stream index of buf[0]
+        self._n += len(x)
+        ends = np.arange(self._next_end, self._n, self.stride, dtype=np.int64)
+        if ends.size:
+            self._next_end = int(ends[-1]) + self.stride
+            views = sliding_window_view(buf, self.window, axis=0)  # (len-window+1, C, window)
+            windows = views[ends - first - self.window + 1].transpose(0, 2, 1).copy()
+        else:
+            windows = np.empty((0, self.window, self.channels), dtype=np.float64)
+        keep_from = max(0, self._next_end - self.window + 1 - first)
+        self._buf = buf[keep_from:].copy()
+        return windows, ends
+
+
+def make_windows(x: np.ndarray, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of a whole signal, exactly as the :class:`Windower` yields them live."""
+    x = np.asarray(x, dtype=np.float64)
+    return Windower(window, stride, x.shape[1]).push(x)
+
+
+def condition(x: np.ndarray, spec: SignalSpec) -> np.ndarray:
+    """Run a whole recording through a fresh chain (what the daemon computes sample by sample)."""
+    return SignalChain(spec).process(x)

@@ -1,0 +1,305 @@
+"""MAML (Finn et al. 2017) on ``torch.func``: functional inner loop, batched meta-gradients.
+
+Parameters travel as plain dicts ``{name: tensor}`` (:func:`model_params`) and the model runs
+through ``torch.func.functional_call``. The inner loop (:func:`adapt`) takes ``steps`` plain SGD
+or Adam steps on a task's support set; Adam is written functionally with the exact
+``torch.optim.Adam`` update (bias correction, default betas and eps), so second-order MAML
+differentiates through it. :func:`meta_gradient` returns the gradient of the mean query loss
+with respect to the initial parameters, with all tasks in one ``vmap`` when their shapes agree,
+one by one otherwise. :class:`OuterLoop` applies it with AdamW and the research code's StepLR
+schedule; :func:`allreduce_meta_gradients` combines shards of a meta-batch under torchrun.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.nn import functional as F
+
+from metaemg.errors import ConfigError, DataError
+
+Params = dict[str, Tensor]
+Task = tuple[Tensor, Tensor, Tensor, Tensor]  # x_support, y_support, x_query, y_query
+OPTIMIZERS = ("sgd", "adam")
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam defaults
+ADAM_EPS = 1e-8
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_params(model: nn.Module) -> Params:
+    """The model's parameters as a dict of detached tensors (sharing storage with the model)."""
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """Inner-loop settings: ``steps`` of ``optimizer`` at learning rate ``lr`` on the support set.
+
+    ``first_order`` treats inner gradients as constants (FOMAML); otherwise the meta-gradient
+    differentiates through them (second order).
+    """
+
+    steps: int = 10
+    lr: float = 1e-2
+    optimizer: str = "sgd"
+    first_order: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ConfigError(f"inner steps must be an integer >= 0, got {self.steps!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not (
+            math.isfinite(self.lr) and self.lr > 0
+        ):
+            raise ConfigError(f"inner lr must be a finite number > 0, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown inner optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if not isinstance(self.first_order, bool):
+            raise ConfigError(f"first_order must be a bool, got {self.first_order!r}")
+
+
+# ---------------------------------------------------------------- functional inner loop
+
+
+def _loss(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(functional_call(model, params, (x,)), y)
+
+
+def _sqrt0(v: Tensor) -> Tensor:
+    """sqrt with zero gradient where v == 0 (as higher masks it), instead of inf * 0 = nan."""
+    pos = v > 0
+    return torch.where(pos, torch.where(pos, v, 1.0).sqrt(), 0.0)
+
+
+def _adapt(model: nn.Module, params: Params, x: Tensor, y: Tensor, inner: InnerLoop) -> Params:
+    """The inner loop, without input checks (it also runs inside ``vmap``)."""
+    grad_fn = grad(partial(_loss, model))
+    b1, b2 = ADAM_BETAS
+    m: Params = {}
+    v: Params = {}
+    for t in range(1, inner.steps + 1):
+        at = {k: p.detach() for k, p in params.items()} if inner.first_order else params
+        g = grad_fn(at, x, y)
+        if inner.optimizer == "sgd":
+            params = {k: p - inner.lr * g[k] for k, p in params.items()}
+            continue
+        step_size = inner.lr / (1 - b1**t)
+        c2 = math.sqrt(1 - b2**t)
+        new = {}
+        for k, p in params.items():
+            m[k] = (1 - b1) * g[k] if t == 1 else b1 * m[k] + (1 - b1) * g[k]
+            v[k] = (1 - b2) * g[k] * g[k] if t == 1 else b2 * v[k] + (1 - b2) * g[k] * g[k]
+            new[k] = p - step_size * m[k] / (_sqrt0(v[k]) / c2 + ADAM_EPS)
+        params = new
+    return params
+
+
+def _check_xy(x: object, y: object, what: str) -> tuple[Tensor, Tensor]:
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise DataError(f"{what}: x and y must be tensors, got {type(x).__name__}, {type(y).__name__}")
+    if not x.is_floating_point() or x.dim() < 2:
+        raise DataError(f"{what}: x must be a floating tensor (n, ...), got {x.dtype} {tuple(x.shape)}")
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise DataError(f"{what}: y must be a 1-D integer tensor, got {y.dtype} {tuple(y.shape)}")
+    if len(x) != len(y) or len(y) == 0:
+        raise DataError(f"{what}: x has {len(x)} windows but y has {len(y)} labels (need equal, > 0)")
+    return x, y.long()
+
+
+def _to(x: Tensor, ref: Tensor) -> Tensor:
+    return x.to(device=ref.device, dtype=ref.dtype) if x.is_floating_point() else x.to(ref.device)
+
+
+def adapt(
+    model: nn.Module,
+    params: Params,
+    x_support: Tensor,
+    y_support: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    optimizer: str = "sgd",
+    first_order: bool = False,
+) -> Params:
+    """Adapted parameters after ``steps`` inner steps on the support set.
+
+    With detached ``params`` (e.g. :func:`model_params`) no higher-order graph is built: this is
+    plain fine-tuning, as for calibration. Parameters that are tracked by autograd or a
+    ``torch.func`` transform stay differentiable (second order unless ``first_order``).
+    """
+    inner = InnerLoop(steps=steps, lr=lr, optimizer=optimizer, first_order=first_order)
+    x, y = _check_xy(x_support, y_support, "support set")
+    ref = next(iter(params.values()))
+    return _adapt(model, params, _to(x, ref), _to(y, ref), inner)
+
+
+# ---------------------------------------------------------------- meta-gradient
+
+
+def _task_loss(model: nn.Module, inner: InnerLoop, params: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
+    return _loss(model, _adapt(model, params, xs, ys, inner), xq, yq)
+
+
+def _check_tasks(tasks: Sequence[Task], ref: Tensor) -> list[Task]:
+    if len(tasks) == 0:
+        raise DataError("meta-batch is empty")
+    out = []
+    for i, task in enumerate(tasks):
+        if len(task) != 4:
+            raise DataError(f"task {i}: expected (x_support, y_support, x_query, y_query), got {len(task)} items")
+        xs, ys = _check_xy(task[0], task[1], f"task {i} support set")
+        xq, yq = _check_xy(task[2], task[3], f"task {i} query set")
+        out.append((_to(xs, ref), _to(ys, ref), _to(xq, ref), _to(yq, ref)))
+    return out
+
+
+def same_shapes(tasks: Sequence[Task]) -> bool:
+    """Whether all tasks have identical tensor shapes (so they can run in one ``vmap``)."""
+    first = [t.shape for t in tasks[0]]
+    return all([t.shape for t in task] == first for task in tasks[1:])
+
+
+def meta_gradient(
+    model: nn.Module, params: Params, tasks: Sequence[Task], inner: InnerLoop, *, batched: bool | None = None
+) -> tuple[Params, Tensor]:
+    """Gradient of the mean over ``tasks`` of the query loss after adaptation, w.r.t. ``params``.
+
+    Returns ``(gradients, mean query loss)``, both detached. ``batched`` None runs all tasks in
+    one ``vmap`` when their shapes agree and loops otherwise; True requires equal shapes.
+    """
+    if not isinstance(inner, InnerLoop):
+        raise ConfigError(f"inner must be an InnerLoop, got {type(inner).__name__}")
+    params = {k: p.detach() for k, p in params.items()}
+    checked = _check_tasks(tasks, next(iter(params.values())))
+    uniform = same_shapes(checked)
+    if batched and not uniform:
+        raise DataError("batched meta-gradient needs tasks of equal shapes; sample fixed-size support/query sets")
+    task_loss = partial(_task_loss, model, inner)
+    if uniform if batched is None else batched:
+        stacked = [torch.stack(parts) for parts in zip(*checked, strict=True)]
+
+        def mean_loss(p: Params) -> Tensor:
+            return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(p, *stacked).mean()
+
+        grads, loss = grad_and_value(mean_loss)(params)
+        return grads, loss.detach()
+    n = len(checked)
+    total: Params = {k: torch.zeros_like(p) for k, p in params.items()}
+    loss_sum = torch.zeros((), dtype=next(iter(params.values())).dtype, device=next(iter(params.values())).device)
+    for task in checked:
+        g, loss = grad_and_value(task_loss)(params, *task)
+        for k in total:
+            total[k] += g[k]
+        loss_sum += loss.detach()
+    return {k: t / n for k, t in total.items()}, loss_sum / n
+
+
+# ---------------------------------------------------------------- outer loop
+
+
+class OuterLoop:
+    """AdamW on the initial parameters; lr times ``lr_factor`` every ``lr_cycle`` meta-steps."""
+
+    def __init__(
+        self, model: nn.Module, *, lr: float = 1e-3, lr_cycle: int, lr_factor: float, weight_decay: float = 1e-2
+    ):
+        for name, value in (("lr", lr), ("lr_factor", lr_factor)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"outer {name} must be a finite number > 0, got {value!r}")
+        if isinstance(lr_cycle, bool) or not isinstance(lr_cycle, int) or lr_cycle < 1:
+            raise ConfigError(f"lr_cycle must be an integer >= 1, got {lr_cycle!r}")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float) or weight_decay < 0:
+            raise ConfigError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_cycle, gamma=lr_factor)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def step(self, grads: Params) -> None:
+        """Apply one meta-gradient (as from :func:`meta_gradient`) and advance the schedule."""
+        for name, p in self.model.named_parameters():
+            p.grad = grads[name].detach().to(p.dtype).clone()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+# ---------------------------------------------------------------- torchrun sharding
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard_tasks(tasks: Sequence[Task], rank: int | None = None, world_size: int | None = None) -> list[Task]:
+    """This rank's contiguous share of a meta-batch (sizes differ by at most one)."""
+    if rank is None or world_size is None:
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside world size {world_size}")
+    if len(tasks) < world_size:
+        raise ConfigError(f"meta-batch of {len(tasks)} tasks cannot be shared by {world_size} processes")
+    q, r = divmod(len(tasks), world_size)
+    start = rank * q + min(rank, r)
+    return list(tasks[start : start + q + (rank < r)])
+
+
+def allreduce_meta_gradients(
+    grads: Params, n_tasks: int, loss: Tensor | None = None, *, group: dist.ProcessGroup | None = None
+) -> tuple[Params, Tensor]:
+    """Combine per-rank mean meta-gradients over ``n_tasks`` local tasks into the global mean.
+
+    One all-reduce (gloo on CPU, nccl on GPU) of the task-weighted sums. Returns the global
+    ``(gradients, mean loss)``; the loss is zero if none was given.
+    """
+    names = list(grads)
+    ref = grads[names[0]]
+    weight = torch.tensor([float(n_tasks)], dtype=ref.dtype, device=ref.device)
+    loss_t = torch.zeros(1, dtype=ref.dtype, device=ref.device) if loss is None else loss.detach().reshape(1).to(ref)
+    flat = torch.cat([grads[k].reshape(-1) for k in names] + [loss_t, torch.ones_like(weight)]) * weight
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    total = flat[-1]
+    if total <= 0:
+        raise DataError("no tasks on any rank")
+    flat = flat / total
+    out, offset = {}, 0
+    for k in names:
+        size = grads[k].numel()
+        out[k] = flat[offset : offset + size].view_as(grads[k])
+        offset += size
+    return out, flat[-2]
+
+
+def meta_step(
+    model: nn.Module, outer: OuterLoop, tasks: Sequence[Task], inner: InnerLoop, *, batched: bool | None = None
+) -> float:
+    """One meta-step on (this rank's share of) a meta-batch; returns the mean query loss.
+
+    Under an initialised process group with more than one process, ``tasks`` is this rank's
+    shard and the gradients are averaged over all ranks' tasks before the update.
+    """
+    grads, loss = meta_gradient(model, model_params(model), tasks, inner, batched=batched)
+    if _distributed():
+        grads, loss = allreduce_meta_gradients(grads, len(tasks), loss)
+    outer.step(grads)
+    return float(loss)

@@ -1,0 +1,220 @@
+"""The four intent classifiers of the research code: "dnn", "cnn", "tcn" and "tf".
+
+Every model maps a window ``(batch, window, channels)`` of float32 EMG to logits
+``(batch, n_classes)``. They hold no buffers, no BatchNorm and no dropout, so they work with
+``torch.func`` (``functional_call``, ``vmap``, ``grad``) for MAML, and they export to ONNX with
+plain operators. ``model.hparams`` (or :func:`model_hparams`) gives the plain dict that rebuilds
+the model with :func:`build_model`, e.g. for ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from metaemg.errors import ConfigError, ModelError
+
+MODEL_KINDS = ("dnn", "cnn", "tcn", "tf")
+
+# Model-specific hyper-parameters and their defaults; anything else is refused.
+_DEFAULTS: dict[str, dict[str, int]] = {
+    "dnn": {"n_hidden": 2},
+    "cnn": {"filters": 32, "kernel_size": 5, "n_layers": 2},
+    "tcn": {"filters": 32, "kernel_size": 3, "n_blocks": 3},
+    "tf": {"d_model": 32, "n_heads": 4, "n_layers": 2, "ff_mult": 2},
+}
+
+
+class _WindowClassifier(nn.Module):
+    """Base: stores ``hparams`` and checks the input shape."""
+
+    def __init__(self, hparams: dict[str, Any]):
+        super().__init__()
+        self.hparams = dict(hparams)
+        self.window = hparams["window"]
+        self.n_channels = hparams["n_channels"]
+
+    def _check(self, x: Tensor) -> None:
+        if torch.jit.is_tracing():  # ONNX export: shapes are fixed by the example input
+            return
+        if x.dim() != 3 or tuple(x.shape[1:]) != (self.window, self.n_channels):
+            raise ModelError(
+                f"{self.hparams['kind']} model expects input (batch, {self.window}, "
+                f"{self.n_channels}), got {tuple(x.shape)}"
+            )
+
+
+class DNN(_WindowClassifier):
+    """MLP over the flattened window."""
+
+    def __init__(self, hparams: dict[str, Any]):
+        super().__init__(hparams)
+        units, layers, width = hparams["fc_units"], [], self.window * self.n_channels
+        for _ in range(hparams["n_hidden"]):
+            layers += [nn.Linear(width, units), nn.ReLU()]
+            width = units
+        layers.append(nn.Linear(width, hparams["n_classes"]))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        return self.net(x.flatten(1))
+
+
+class CNN(_WindowClassifier):
+    """1-D convolutions over time (channels in), global average pool, MLP head."""
+
+    def __init__(self, hparams: dict[str, Any]):
+        super().__init__(hparams)
+        k, f = hparams["kernel_size"], hparams["filters"]
+        convs, width = [], self.n_channels
+        for _ in range(hparams["n_layers"]):
+            convs += [nn.Conv1d(width, f, k, padding=k // 2), nn.ReLU()]
+            width = f
+        self.convs = nn.Sequential(*convs)
+        self.head = nn.Sequential(
+            nn.Linear(f, hparams["fc_units"]), nn.ReLU(), nn.Linear(hparams["fc_units"], hparams["n_classes"])
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        return self.head(self.convs(x.transpose(1, 2)).mean(dim=2))
+
+
+class _CausalConv(nn.Conv1d):
+    """Conv1d whose output t sees inputs <= t (pads both sides, drops the right overhang)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int):
+        super().__init__(c_in, c_out, k, dilation=dilation, padding=dilation * (k - 1))
+        self.trim = dilation * (k - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)
+        return y[:, :, : -self.trim] if self.trim else y
+
+
+class _TemporalBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int):
+        super().__init__()
+        self.conv1 = _CausalConv(c_in, c_out, k, dilation=dilation)
+        self.conv2 = _CausalConv(c_out, c_out, k, dilation=dilation)
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return F.relu(y + self.skip(x))
+
+
+class TCN(_WindowClassifier):
+    """Causal dilated residual blocks (dilation 1, 2, 4, ...); classifies the last time step."""
+
+    def __init__(self, hparams: dict[str, Any]):
+        super().__init__(hparams)
+        f, k = hparams["filters"], hparams["kernel_size"]
+        blocks = [
+            _TemporalBlock(self.n_channels if i == 0 else f, f, k, 2**i) for i in range(hparams["n_blocks"])
+        ]
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(
+            nn.Linear(f, hparams["fc_units"]), nn.ReLU(), nn.Linear(hparams["fc_units"], hparams["n_classes"])
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        return self.head(self.blocks(x.transpose(1, 2))[:, :, -1])
+
+
+class _SelfAttention(nn.Module):
+    """Multi-head self-attention written with plain ops (vmap, grad and ONNX friendly)."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        qkv = self.qkv(x).unflatten(-1, (3, self.n_heads, self.d_head)).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (batch, heads, time, d_head)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * (1.0 / math.sqrt(self.d_head)), dim=-1)
+        return self.out((attn @ v).transpose(1, 2).flatten(2))
+
+
+class _EncoderLayer(nn.Module):
+    """Pre-norm Transformer encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = _SelfAttention(d_model, n_heads)
+        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Linear(d_ff, d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff(self.norm2(x))
+
+
+class Transformer(_WindowClassifier):
+    """Input projection, learned positional embedding, encoder layers, mean pool, MLP head."""
+
+    def __init__(self, hparams: dict[str, Any]):
+        super().__init__(hparams)
+        d = hparams["d_model"]
+        self.embed = nn.Linear(self.n_channels, d)
+        self.pos = nn.Parameter(torch.randn(self.window, d) * 0.02)
+        self.layers = nn.Sequential(
+            *[_EncoderLayer(d, hparams["n_heads"], d * hparams["ff_mult"]) for _ in range(hparams["n_layers"])]
+        )
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Sequential(
+            nn.Linear(d, hparams["fc_units"]), nn.ReLU(), nn.Linear(hparams["fc_units"], hparams["n_classes"])
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        h = self.layers(self.embed(x) + self.pos)
+        return self.head(self.norm(h).mean(dim=1))
+
+
+_CLASSES = {"dnn": DNN, "cnn": CNN, "tcn": TCN, "tf": Transformer}
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"model hyper-parameter {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def build_model(
+    kind: str, *, n_channels: int, window: int, n_classes: int = 3, fc_units: int = 64, **hp: int
+) -> nn.Module:
+    """Build one of :data:`MODEL_KINDS`; weights come from the current ``torch`` RNG state."""
+    if kind not in _CLASSES:
+        raise ConfigError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    unknown = sorted(set(hp) - set(_DEFAULTS[kind]))
+    if unknown:
+        raise ConfigError(
+            f"unknown hyper-parameter(s) {', '.join(unknown)} for model {kind!r}; "
+            f"allowed: {', '.join(sorted(_DEFAULTS[kind]))}"
+        )
+    common = {"n_channels": n_channels, "window": window, "n_classes": n_classes, "fc_units": fc_units}
+    hparams: dict[str, Any] = {"kind": kind}
+    for name, value in {**common, **_DEFAULTS[kind], **hp}.items():
+        hparams[name] = _positive_int(name, value)
+    if kind == "tf" and hparams["d_model"] % hparams["n_heads"]:
+        raise ConfigError(f"d_model ({hparams['d_model']}) must be divisible by n_heads ({hparams['n_heads']})")
+    if kind == "cnn" and hparams["kernel_size"] % 2 == 0:
+        raise ConfigError(f"cnn kernel_size must be odd to keep the window length, got {hparams['kernel_size']}")
+    return _CLASSES[kind](hparams)
+
+
+def model_hparams(model: nn.Module) -> dict[str, Any]:
+    """The plain dict (``kind`` and sizes) that rebuilds ``model`` via ``build_model(**hparams)``."""
+    hparams = getattr(model, "hparams", None)
+    if not isinstance(hparams, dict):
+        raise ModelError(f"{type(model).__name__} was not built by metalearn.models.build_model")
+    return dict(hparams)

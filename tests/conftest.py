@@ -1,0 +1,56 @@
+"""Shared fixtures. Real data lives outside the repo: ../shared/datasets/myoarmband relative to
+the project root, or METAEMG_MYO_ROOT. Tests that need it fail (never skip) when it is missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def myo_root() -> Path:
+    return Path(os.environ.get("METAEMG_MYO_ROOT", REPO.parent / "shared" / "datasets" / "myoarmband"))
+
+
+@pytest.fixture(scope="session")
+def myo_src() -> Path:
+    root = myo_root()
+    if not (root / "EvaluationDataset").is_dir():
+        pytest.fail(f"the Myo armband dataset is missing at {root} (set METAEMG_MYO_ROOT)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def myo_data(myo_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Myo dataset imported once per test session."""
+    from metalearn.myo import import_myoarmband
+
+    out = tmp_path_factory.mktemp("myo")
+    import_myoarmband(myo_src, out)
+    return out
+
+
+def myhand_like_csv(path: Path, *, seconds: float = 40.0, rate: float = 100.0, seed: int = 0,
+                    labels: np.ndarray | None = None) -> Path:
+    """Write a file shaped like a real MyHand armband recording: pandas index column,
+    time_elapsed with jitter, current_time, emg0..7 envelopes 0..1000 held over repeated rows,
+    gt, current_task; protocol relax-open-relax-close-relax-open-relax."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.cumsum(rng.uniform(0.8, 1.2, n) / rate)
+    t -= t[0]
+    if labels is None:
+        seg = np.array([0, 1, 0, 2, 0, 1, 0])
+        labels = seg[np.minimum((np.arange(n) * len(seg)) // n, len(seg) - 1)]
+    held = np.repeat(rng.integers(0, 1000, (n // 2 + 1, 8)), 2, axis=0)[:n]
+    lines = [",time_elapsed,current_time,emg0,emg1,emg2,emg3,emg4,emg5,emg6,emg7,gt,current_task"]
+    for i in range(n):
+        emg = ",".join(str(v) for v in held[i])
+        lines.append(f"{i},{float(t[i])!r},2023-03-14 10:00:{i / rate:06.3f},{emg},{labels[i]},rorcr")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
