@@ -101,6 +101,10 @@ class HandshakeError(ProtocolError):
 # -- links -------------------------------------------------------------------------------------
 
 
+class TransportUrlError(ProtocolError, ValueError):
+    """A transport URL has an unknown scheme or bad options."""
+
+
 class LinkError(ProtocolError):
     """The transport (serial device, pty, loop) failed."""
 

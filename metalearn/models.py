@@ -128,6 +128,25 @@ class TCN(_WindowClassifier):
         return self.head(self.blocks(x.transpose(1, 2))[:, :, -1])
 
 
+class _LayerNorm(nn.Module):
+    """LayerNorm over the last dim with plain ops.
+
+    ``F.layer_norm`` gives wrong second-order MAML gradients under ``vmap`` in torch 2.13
+    when its weight is shared across the mapped tasks (see tests/test_maml.py).
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - x.mean(dim=-1, keepdim=True)
+        var = (centred * centred).mean(dim=-1, keepdim=True)
+        return centred / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
 class _SelfAttention(nn.Module):
     """Multi-head self-attention written with plain ops (vmap, grad and ONNX friendly)."""
 
@@ -149,7 +168,7 @@ class _EncoderLayer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.norm1, self.norm2 = _LayerNorm(d_model), _LayerNorm(d_model)
         self.attn = _SelfAttention(d_model, n_heads)
         self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Linear(d_ff, d_model))
 
@@ -169,7 +188,7 @@ class Transformer(_WindowClassifier):
         self.layers = nn.Sequential(
             *[_EncoderLayer(d, hparams["n_heads"], d * hparams["ff_mult"]) for _ in range(hparams["n_layers"])]
         )
-        self.norm = nn.LayerNorm(d)
+        self.norm = _LayerNorm(d)
         self.head = nn.Sequential(
             nn.Linear(d, hparams["fc_units"]), nn.ReLU(), nn.Linear(hparams["fc_units"], hparams["n_classes"])
         )

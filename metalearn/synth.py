@@ -61,7 +61,7 @@ _BASE_PATTERN = np.array(
     ]
 )
 _SHARED_FRACTION = 0.5  # part of a muscle's signal common to all electrodes that see it
-_FATIGUE_AMPLITUDE = 0.35  # amplitude gain per unit of fatigue
+_FATIGUE_AMPLITUDE = 0.45  # amplitude gain per unit of fatigue
 _FATIGUE_SPECTRUM = 0.45  # weight of the fatigued spectrum per unit of fatigue
 _MYO_LIMITS = (-128, 127)
 _MYHAND_LIMITS = (0, 1000)

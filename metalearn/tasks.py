@@ -158,12 +158,17 @@ class Scaler:
         return cls(d["kind"], d["offset"], d["scale"])
 
 
-def normalise_scaler_kind(kind: str | bool | None) -> str:
-    """Accept the research configs' spellings: null/false -> none, true -> standard."""
+def normalise_scaler_kind(kind: str | int | bool | None) -> str:
+    """Accept the research configs' spellings: 0/null/false -> none, 1/true -> standard,
+    2 -> minmax (the research code's ``scale: 2 # 2 for minmax, 1 for standardization``)."""
     if kind is None or kind is False:
         return "none"
     if kind is True:
         return "standard"
+    if isinstance(kind, int):
+        if kind not in (0, 1, 2):
+            raise ConfigError(f"scale must be 0 (none), 1 (standard) or 2 (minmax), got {kind}")
+        return SCALERS[kind]
     aliases = {"std": "standard", "standardise": "standard", "standardize": "standard", "zscore": "standard",
                "min-max": "minmax", "min_max": "minmax"}
     kind = aliases.get(str(kind).lower(), str(kind).lower())

@@ -130,6 +130,7 @@ def test_scaler_kinds():
     x = np.array([[0.0, 10.0], [2.0, 30.0]])
     assert Scaler.fit(None, x).kind == "none"
     assert Scaler.fit(True, x).kind == "standard"
+    assert [Scaler.fit(k, x).kind for k in (0, 1, 2)] == ["none", "standard", "minmax"]  # research config ints
     np.testing.assert_allclose(Scaler.fit("standard", x).transform(x), [[-1, -1], [1, 1]])
     np.testing.assert_allclose(Scaler.fit("minmax", x).transform(x), [[0, 0], [1, 1]])
     with pytest.raises(ConfigError, match="scale must be one of none, standard, minmax"):
