@@ -81,15 +81,30 @@ def _sqrt0(v: Tensor) -> Tensor:
     return torch.where(pos, torch.where(pos, v, 1.0).sqrt(), 0.0)
 
 
-def _adapt(model: nn.Module, params: Params, x: Tensor, y: Tensor, inner: InnerLoop) -> Params:
-    """The inner loop, without input checks (it also runs inside ``vmap``)."""
-    grad_fn = grad(partial(_loss, model))
+def _grads_functional(model: nn.Module, params: Params, x: Tensor, y: Tensor, first_order: bool) -> Params:
+    """Support-loss gradients with ``torch.func.grad`` (composes with ``vmap`` and outer ``grad``)."""
+    at = {k: p.detach() for k, p in params.items()} if first_order else params
+    return grad(partial(_loss, model))(at, x, y)
+
+
+def _grads_eager(model: nn.Module, params: Params, x: Tensor, y: Tensor, first_order: bool) -> Params:
+    """Support-loss gradients with ``torch.autograd.grad``; a graph only for tracked, second-order params."""
+    tracked = not first_order and any(p.requires_grad for p in params.values())
+    at = {k: p if tracked and p.requires_grad else p.detach().requires_grad_() for k, p in params.items()}
+    gs = torch.autograd.grad(_loss(model, at, x, y), list(at.values()), create_graph=tracked, allow_unused=True)
+    return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(at.items(), gs, strict=True)}
+
+
+def _adapt(
+    model: nn.Module, params: Params, x: Tensor, y: Tensor, inner: InnerLoop, *, functional: bool = True
+) -> Params:
+    """The inner loop, without input checks; ``functional`` (torch.func) inside transforms."""
+    grads = _grads_functional if functional else _grads_eager
     b1, b2 = ADAM_BETAS
     m: Params = {}
     v: Params = {}
     for t in range(1, inner.steps + 1):
-        at = {k: p.detach() for k, p in params.items()} if inner.first_order else params
-        g = grad_fn(at, x, y)
+        g = grads(model, params, x, y, inner.first_order)
         if inner.optimizer == "sgd":
             params = {k: p - inner.lr * g[k] for k, p in params.items()}
             continue
@@ -131,16 +146,16 @@ def adapt(
     optimizer: str = "sgd",
     first_order: bool = False,
 ) -> Params:
-    """Adapted parameters after ``steps`` inner steps on the support set.
+    """Adapted parameters after ``steps`` inner steps on the support set (eager autograd).
 
-    With detached ``params`` (e.g. :func:`model_params`) no higher-order graph is built: this is
-    plain fine-tuning, as for calibration. Parameters that are tracked by autograd or a
-    ``torch.func`` transform stay differentiable (second order unless ``first_order``).
+    With detached ``params`` (e.g. :func:`model_params`) no graph is kept: this is plain
+    fine-tuning, as for calibration. Parameters that require grad stay differentiable: the
+    result depends on them through the inner gradients too unless ``first_order``.
     """
     inner = InnerLoop(steps=steps, lr=lr, optimizer=optimizer, first_order=first_order)
     x, y = _check_xy(x_support, y_support, "support set")
     ref = next(iter(params.values()))
-    return _adapt(model, params, _to(x, ref), _to(y, ref), inner)
+    return _adapt(model, params, _to(x, ref), _to(y, ref), inner, functional=False)
 
 
 # ---------------------------------------------------------------- meta-gradient
@@ -179,7 +194,7 @@ def meta_gradient(
     """
     if not isinstance(inner, InnerLoop):
         raise ConfigError(f"inner must be an InnerLoop, got {type(inner).__name__}")
-    params = {k: p.detach() for k, p in params.items()}
+    params = {k: p.detach() for k, p in params.items()}  # fresh leaves, not the model's tensors
     checked = _check_tasks(tasks, next(iter(params.values())))
     uniform = same_shapes(checked)
     if batched and not uniform:
@@ -193,15 +208,16 @@ def meta_gradient(
 
         grads, loss = grad_and_value(mean_loss)(params)
         return grads, loss.detach()
-    n = len(checked)
+    leaves = {k: p.requires_grad_() for k, p in params.items()}
     total: Params = {k: torch.zeros_like(p) for k, p in params.items()}
-    loss_sum = torch.zeros((), dtype=next(iter(params.values())).dtype, device=next(iter(params.values())).device)
-    for task in checked:
-        g, loss = grad_and_value(task_loss)(params, *task)
-        for k in total:
-            total[k] += g[k]
+    loss_sum = next(iter(params.values())).new_zeros(())
+    for xs, ys, xq, yq in checked:  # eager autograd: faster than torch.func without vmap
+        loss = _loss(model, _adapt(model, leaves, xs, ys, inner, functional=False), xq, yq)
+        for k, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True), strict=True):
+            if g is not None:
+                total[k] += g
         loss_sum += loss.detach()
-    return {k: t / n for k, t in total.items()}, loss_sum / n
+    return {k: t / len(checked) for k, t in total.items()}, loss_sum / len(checked)
 
 
 # ---------------------------------------------------------------- outer loop

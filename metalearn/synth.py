@@ -12,7 +12,9 @@ Model (one patient = one forearm, one armband):
 * Raw EMG is activation-modulated band-limited Gaussian noise per muscle, mixed into the
   channels (part shared across channels, part independent), plus electrode noise and optional
   mains. Fatigue accumulates with effort: amplitude rises and the spectrum slides from a
-  high-pass shape (median ~75 Hz at 200 Hz sampling) towards a 20-70 Hz band (median ~45 Hz).
+  high-pass shape (median ~75 Hz at 200 Hz sampling; real Myo contractions measure ~67 Hz)
+  towards a 20-70 Hz band (median ~45 Hz): a rested recording's median frequency is ~70 Hz,
+  a fatigued one ends near ~58 Hz.
 * Style "myo": 200 Hz, integers -128..127 (strong contractions occasionally saturate).
   Style "myhand": the same signal rectified and low-passed (4 Hz), scaled to 0..1000, sent by
   the armband at 35-55 Hz with jitter and logged at ~100 Hz with sample-and-hold, so many
@@ -51,6 +53,7 @@ MUSCLES = (
     "ext_carpi_ulnaris",
 )
 _MUSCLE_POS = np.array([0.5, 1.8, 3.0, 4.2, 5.2, 6.3, 7.3])  # channel units around the forearm
+ROTATION_RANGE = 2.0  # armband rotation across patients, +- channels (electrode 0 placed by eye)
 _MUSCLE_KAPPA = 3.0  # bump width: a neighbour electrode sees ~40 %, two away ~5 %
 # Intent x muscle activation, shared by every patient (fraction of the patient's strength).
 _BASE_PATTERN = np.array(
@@ -61,7 +64,7 @@ _BASE_PATTERN = np.array(
     ]
 )
 _SHARED_FRACTION = 0.5  # part of a muscle's signal common to all electrodes that see it
-_FATIGUE_AMPLITUDE = 0.45  # amplitude gain per unit of fatigue
+_FATIGUE_AMPLITUDE = 0.5  # amplitude gain per unit of fatigue
 _FATIGUE_SPECTRUM = 0.45  # weight of the fatigued spectrum per unit of fatigue
 _MYO_LIMITS = (-128, 127)
 _MYHAND_LIMITS = (0, 1000)
@@ -70,7 +73,7 @@ _MYHAND_SCALE = 15.0  # envelope counts per raw MAV count
 
 @dataclass(frozen=True)
 class _Condition:
-    fatigue: tuple[float, float] = (0.0, 0.3)  # fatigue at start and end of the recording
+    fatigue: tuple[float, float] = (0.0, 0.15)  # fatigue at start and end of the recording
     shift_sd: float = 0.15  # armband re-placement, channels (normal)
     shift_min: float = 0.0  # at least this much shift (random sign), channels
     gain_sd: float = 0.05  # per-electrode contact change (log-normal)
@@ -83,7 +86,7 @@ class _Condition:
 
 _KINDS: dict[str, _Condition] = {
     "baseline": _Condition(),
-    "fatigue": _Condition(fatigue=(0.2, 1.1)),
+    "fatigue": _Condition(fatigue=(0.2, 1.3)),
     "armband_shift": _Condition(shift_min=0.7, shift_sd=0.3, gain_sd=0.2),
     "elbow_flexed": _Condition(muscle_gain=(0.9, 1.1, 2.5, 0.85, 0.9, 0.85, 1.0), muscle_shift=0.2),
     "mains": _Condition(mains=True),
@@ -116,7 +119,7 @@ def condition_names(n: int) -> list[str]:
 
 
 def _parse_condition(condition: str) -> _Condition:
-    code, _, kind = str(condition).partition("_")
+    code, _, kind = condition.partition("_") if isinstance(condition, str) else ("", "", "")
     if not code.isdigit() or kind not in _KINDS:
         raise ConfigError(
             f"condition {condition!r} is not '<digits>_<kind>' with kind one of {', '.join(_KINDS)}"
@@ -180,13 +183,13 @@ def make_patient(seed: int, index: int, *, difficulty: float | None = None) -> P
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     d = float(rng.beta(2.0, 2.0))
     if difficulty is not None:
-        if not (isinstance(difficulty, (int, float)) and 0.0 <= difficulty <= 1.0):
+        if isinstance(difficulty, bool) or not (isinstance(difficulty, (int, float)) and 0.0 <= difficulty <= 1.0):
             raise ConfigError(f"difficulty must be in [0, 1] (got {difficulty!r})")
         d = float(difficulty)
     m = len(MUSCLES)
     # Draw everything in a fixed order whatever the difficulty, so it only scales the draws.
-    rotation = rng.uniform(-1.5, 1.5)
-    gains = np.exp(rng.normal(0.0, 0.3, N_CHANNELS))
+    rotation = rng.uniform(-ROTATION_RANGE, ROTATION_RANGE)
+    gains = np.exp(rng.normal(0.0, 0.35, N_CHANNELS))  # skin, fat, contact
     positions = _MUSCLE_POS + rng.normal(0.0, 0.25, m)
     widths = _MUSCLE_KAPPA * np.exp(rng.normal(0.0, 0.2, m))
     perturb = np.exp(rng.normal(0.0, 1.0, (len(INTENTS), m)) * (0.25 + 0.2 * d))
@@ -197,8 +200,8 @@ def make_patient(seed: int, index: int, *, difficulty: float | None = None) -> P
     base = _BASE_PATTERN * perturb
     relax, open_, close = base
     # Stroke: weak extensors, flexor co-contraction when opening, spastic flexor tone at rest.
-    open_mix = (1.0 - 0.4 * d) * open_ + (0.15 + 0.45 * d) * close
-    close_mix = close + (0.05 + 0.2 * d) * open_
+    open_mix = (1.0 - 0.3 * d) * open_ + (0.1 + 0.3 * d) * close
+    close_mix = close + (0.05 + 0.15 * d) * open_
     relax_mix = relax + 0.04 * d * close
     pattern = strength * np.stack([relax_mix, open_mix, close_mix])
     return Patient(
@@ -256,7 +259,7 @@ def _activation(rng, patient, cond, intents, bounds, t) -> np.ndarray:
     onset = bounds[1:-1] + rng.uniform(*DELAY_S, k - 1)
     ramp = rng.uniform(*RAMP_S, k - 1)
     steps = _smoothstep((t[:, None] - onset) / ramp)  # (n, k-1)
-    act = levels[0] + steps @ np.diff(levels, axis=0)
+    act = levels[0] + np.einsum("tk,km->tm", steps, np.diff(levels, axis=0))
     wobble = signal.sosfilt(_SLOW_SOS, rng.standard_normal((len(t), len(MUSCLES))), axis=0)
     return np.maximum(act * (1.0 + 0.08 * wobble), 0.0)
 
@@ -273,11 +276,12 @@ def _mixing(rng, patient, cond) -> np.ndarray:
     return gains[:, None] * np.exp(kappa * (np.cos(theta[:, None] - phi[None, :]) - 1.0))
 
 
-def _shaped_noise(rng, drive: np.ndarray, mix: np.ndarray, sos: np.ndarray) -> np.ndarray:
-    """Band-limited EMG per electrode: muscle noise modulated by ``drive`` (n, muscles), mixed."""
-    n = len(drive)
-    shared = (drive * rng.standard_normal(drive.shape)) @ mix.T
-    own = np.sqrt((drive**2) @ (mix**2).T) * rng.standard_normal((n, mix.shape[0]))
+def _shaped_noise(rng, drive: np.ndarray, mix: np.ndarray, own_sd: np.ndarray, sos: np.ndarray) -> np.ndarray:
+    """Band-limited EMG per electrode: muscle noise modulated by ``drive`` (n, muscles) and mixed
+    (``own_sd``: the std dev of the part each electrode sees on its own). Products use einsum,
+    not BLAS, so the result does not depend on BLAS threads or kernels."""
+    shared = np.einsum("tm,cm->tc", drive * rng.standard_normal(drive.shape), mix)
+    own = own_sd * rng.standard_normal(own_sd.shape)
     white = np.sqrt(_SHARED_FRACTION) * shared + np.sqrt(1.0 - _SHARED_FRACTION) * own
     return signal.sosfilt(sos, white, axis=0)
 
@@ -293,7 +297,7 @@ def _artefacts(rng, t: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     freq = rng.uniform(2.0, 8.0, len(cues))
     burst = np.where(dt > 0, np.exp(-np.maximum(dt, 0) / 0.25) * np.sin(2 * np.pi * freq * dt), 0.0)
     weights = rng.uniform(0.0, 1.0, (len(cues), N_CHANNELS)) ** 3 * rng.uniform(20.0, 60.0, (len(cues), 1))
-    return burst @ weights
+    return np.einsum("tk,kc->tc", burst, weights)
 
 
 def _raw_emg(rng, patient, cond, intents, bounds, t, mains_hz) -> np.ndarray:
@@ -304,8 +308,9 @@ def _raw_emg(rng, patient, cond, intents, bounds, t, mains_hz) -> np.ndarray:
     drive = act * (1.0 + _FATIGUE_AMPLITUDE * fatigue)[:, None]
     mix = _mixing(rng, patient, cond)
     w = np.clip(_FATIGUE_SPECTRUM * fatigue, 0.0, 1.0)[:, None]
-    x = np.sqrt(1.0 - w) * _shaped_noise(rng, drive, mix, _FRESH_SOS)
-    x += np.sqrt(w) * _shaped_noise(rng, drive, mix, _FATIGUED_SOS)
+    own_sd = np.sqrt(np.einsum("tm,cm->tc", drive**2, mix**2))
+    x = np.sqrt(1.0 - w) * _shaped_noise(rng, drive, mix, own_sd, _FRESH_SOS)
+    x += np.sqrt(w) * _shaped_noise(rng, drive, mix, own_sd, _FATIGUED_SOS)
     noise_level = patient.noise_rms * np.interp(t, [t[0], t[-1]], cond.noise)
     electrode = np.exp(rng.normal(0.0, 0.2, N_CHANNELS))
     x += noise_level[:, None] * electrode * signal.sosfilt(_NOISE_SOS, rng.standard_normal(x.shape), axis=0)
@@ -374,7 +379,9 @@ def synth_recording(
     cond = _parse_condition(condition)
     seed = _check_int("seed", seed, 0)
     n_cycles = _check_int("n_cycles", n_cycles, 2)
-    if mains_hz is not None and not (isinstance(mains_hz, (int, float)) and 0 < mains_hz < RAW_RATE_HZ / 2):
+    if mains_hz is not None and (
+        isinstance(mains_hz, bool) or not (isinstance(mains_hz, (int, float)) and 0 < mains_hz < RAW_RATE_HZ / 2)
+    ):
         raise ConfigError(f"mains_hz must be in (0, {RAW_RATE_HZ / 2:g}) Hz (got {mains_hz!r})")
     if mains_hz is None and cond.mains:
         mains_hz = patient.mains_hz

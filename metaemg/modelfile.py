@@ -1,0 +1,440 @@
+"""The exported model file, as the daemon sees it: torch-free (numpy + onnxruntime only).
+
+A MetaEMG model is one ONNX file (written by ``metaemg-export``, see :mod:`metalearn.export`):
+
+- input ``windows``: float32 ``(batch, window, channels)``, conditioned windows straight from the
+  signal chain (:class:`metaemg.signal.SignalChain`); the per-channel scaler is inside the graph;
+- outputs ``logits`` and ``probabilities`` (softmax), float32 ``(batch, 3)`` for the classes
+  ``relax``, ``open``, ``close`` in that order;
+- ``metadata_props["metaemg"]``: one JSON document (format ``metaemg-model/1``) that says
+  everything the daemon and the calibration tool need, parsed and checked by :class:`ModelInfo`.
+
+:class:`OnnxModel` wraps one onnxruntime session for the real-time loop. Everything here raises
+:class:`~metaemg.errors.ModelError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from metaemg.errors import ConfigError, MissingDependencyError, ModelError
+from metaemg.signal import SignalSpec
+
+FORMAT = "metaemg-model/1"
+METADATA_KEY = "metaemg"
+INPUT = "windows"
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
+# The daemon maps output index to hand motion: a model with other classes, or these in another
+# order, must never drive the orthosis.
+CLASS_NAMES = ("relax", "open", "close")
+MODEL_KINDS = ("dnn", "cnn", "tcn", "tf")  # = metalearn.models.MODEL_KINDS (checked by a test)
+SCALER_KINDS = ("none", "standard", "minmax")
+INNER_OPTIMIZERS = ("sgd", "adam")  # = metalearn.maml.OPTIMIZERS
+RATE_TOLERANCE = 0.05
+_MODEL_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+def _freeze(obj: Any) -> Any:
+    """Read-only copy of parsed JSON: dicts become mapping proxies, lists tuples."""
+    if isinstance(obj, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return tuple(_freeze(v) for v in obj)
+    return obj
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+
+def compute_model_id(weights: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> str:
+    """Short hash of a model's weights (ONNX initializers by name) and its metadata.
+
+    ``model_id`` and ``created`` are left out of the metadata hashed, so exporting the same
+    checkpoint twice gives the same id, and the id can be checked against a file.
+    """
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        a = np.ascontiguousarray(weights[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    meta = {k: v for k, v in metadata.items() if k not in ("model_id", "created")}
+    h.update(json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+    return h.hexdigest()[:12]
+
+
+@dataclass(frozen=True, eq=False)
+class ModelInfo:
+    """The validated ``"metaemg"`` metadata of a model file (read-only).
+
+    ``inner``, ``model``, ``scaler`` and ``calibration`` are read-only mappings (lists become
+    tuples); :meth:`to_dict` gives the plain JSON document back.
+    """
+
+    path: str | None
+    signal: SignalSpec
+    class_names: tuple[str, ...]
+    inner: Mapping[str, Any]  # optimizer, steps, lr, first_order (-> metalearn.maml.InnerLoop(**inner))
+    model: Mapping[str, Any]  # kind and hyper-parameters (-> metalearn.models.build_model(**model))
+    scaler: Mapping[str, Any]  # kind, offset, scale: (x - offset) / scale per channel, inside the graph
+    model_id: str
+    created: str
+    package_version: str
+    config_hash: str | None
+    data_hash: str | None
+    meta_epoch: int | None
+    val_loss: float | None
+    calibration: Mapping[str, Any] | None
+    metadata_json: str = field(repr=False)
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> float:
+        return self.signal.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.signal.channels
+
+    @property
+    def window(self) -> int:
+        return self.signal.window
+
+    @property
+    def stride(self) -> int:
+        return self.signal.stride
+
+    @property
+    def kind(self) -> str:
+        return self.model["kind"]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata document as plain JSON values (a fresh copy)."""
+        return json.loads(self.metadata_json)
+
+    def apply_scaler(self, windows: np.ndarray) -> np.ndarray:
+        """``(x - offset) / scale`` in float32, exactly as the graph's first ops compute it
+        (for running the torch model of :func:`metalearn.export.load_torch_from_onnx`)."""
+        x = np.asarray(windows, dtype=np.float32)
+        offset = np.asarray(self.scaler["offset"], dtype=np.float32)
+        scale = np.asarray(self.scaler["scale"], dtype=np.float32)
+        return (x - offset) / scale
+
+    # -- parsing ---------------------------------------------------------------------------
+    @classmethod
+    def from_json(cls, text: str, path: str | os.PathLike | None = None) -> ModelInfo:
+        where = _where(path)
+        try:
+            data = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{where}'{METADATA_KEY}' metadata is not valid JSON ({exc})") from None
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | os.PathLike | None = None) -> ModelInfo:
+        where = _where(path)
+        if not isinstance(data, dict):
+            raise ModelError(f"{where}'{METADATA_KEY}' metadata must be a JSON object, got {type(data).__name__}")
+
+        def bad(name: str, problem: str) -> ModelError:
+            return ModelError(f"{where}model metadata field '{name}' {problem}")
+
+        def get(name: str) -> Any:
+            if name not in data:
+                raise ModelError(f"{where}model metadata has no field '{name}'")
+            return data[name]
+
+        fmt = get("format")
+        if fmt != FORMAT:
+            raise bad("format", f"is {fmt!r}; this version reads {FORMAT!r}")
+        try:
+            signal = SignalSpec.from_dict(get("signal"))
+        except ConfigError as exc:
+            raise bad("signal", f"is invalid: {exc}") from None
+        for name, value in (("sample_rate", signal.sample_rate), ("channels", signal.channels),
+                            ("window", signal.window), ("stride", signal.stride)):
+            got = get(name)
+            if not _is_num(got) or not math.isclose(got, value, rel_tol=1e-9):
+                raise bad(name, f"is {got!r}, but the signal spec says {value!r}")
+
+        class_names = get("class_names")
+        if not isinstance(class_names, list) or tuple(class_names) != CLASS_NAMES:
+            raise bad("class_names", f"is {class_names!r}; the orthosis is driven by {list(CLASS_NAMES)} in that order")
+
+        inner = get("inner")
+        if not isinstance(inner, dict) or set(inner) != {"optimizer", "steps", "lr", "first_order"}:
+            raise bad("inner", f"must be an object with optimizer, steps, lr, first_order, got {inner!r}")
+        if inner["optimizer"] not in INNER_OPTIMIZERS:
+            raise bad("inner", f"optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner['optimizer']!r}")
+        if not _is_int(inner["steps"]) or inner["steps"] < 0:
+            raise bad("inner", f"steps must be an integer >= 0, got {inner['steps']!r}")
+        if not _is_num(inner["lr"]) or inner["lr"] <= 0:
+            raise bad("inner", f"lr must be a finite number > 0, got {inner['lr']!r}")
+        if not isinstance(inner["first_order"], bool):
+            raise bad("inner", f"first_order must be true or false, got {inner['first_order']!r}")
+
+        model = get("model")
+        if not isinstance(model, dict) or model.get("kind") not in MODEL_KINDS:
+            raise bad("model", f"must be an object whose kind is one of {', '.join(MODEL_KINDS)}, got {model!r}")
+        for key, value in model.items():
+            if key != "kind" and (not _is_int(value) or value < 1):
+                raise bad("model", f"hyper-parameter {key} must be a positive integer, got {value!r}")
+        for key, expected in (("n_channels", signal.channels), ("window", signal.window),
+                              ("n_classes", len(class_names))):
+            if model.get(key) != expected:
+                raise bad("model", f"{key} is {model.get(key)!r}, but the file's stream/classes need {expected}")
+
+        scaler = get("scaler")
+        if not isinstance(scaler, dict) or scaler.get("kind") not in SCALER_KINDS:
+            raise bad("scaler", f"must be an object whose kind is one of {', '.join(SCALER_KINDS)}, got {scaler!r}")
+        for key in ("offset", "scale"):
+            values = scaler.get(key)
+            if not isinstance(values, list) or len(values) != signal.channels or not all(map(_is_num, values)):
+                raise bad("scaler", f"{key} must be {signal.channels} finite numbers, got {values!r}")
+        if any(v == 0 for v in scaler["scale"]):
+            raise bad("scaler", "scale must not contain 0")
+
+        model_id = get("model_id")
+        if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id):
+            raise bad("model_id", f"must be a lowercase hex string, got {model_id!r}")
+        created = get("created")
+        try:
+            datetime.fromisoformat(created)
+        except (TypeError, ValueError):
+            raise bad("created", f"must be an ISO 8601 time, got {created!r}") from None
+        package_version = get("package_version")
+        if not isinstance(package_version, str):
+            raise bad("package_version", f"must be a string, got {package_version!r}")
+        for name in ("config_hash", "data_hash"):
+            if get(name) is not None and not isinstance(data[name], str):
+                raise bad(name, f"must be a string or null, got {data[name]!r}")
+        meta_epoch = get("meta_epoch")
+        if meta_epoch is not None and (not _is_int(meta_epoch) or meta_epoch < 0):
+            raise bad("meta_epoch", f"must be an integer >= 0 or null, got {meta_epoch!r}")
+        val_loss = get("val_loss")
+        if val_loss is not None and not _is_num(val_loss):
+            raise bad("val_loss", f"must be a finite number or null, got {val_loss!r}")
+        calibration = get("calibration")
+        if calibration is not None and not isinstance(calibration, dict):
+            raise bad("calibration", f"must be an object or null, got {calibration!r}")
+
+        return cls(
+            path=None if path is None else str(path),
+            signal=signal,
+            class_names=tuple(class_names),
+            inner=_freeze(inner),
+            model=_freeze(model),
+            scaler=_freeze(scaler),
+            model_id=model_id,
+            created=created,
+            package_version=package_version,
+            config_hash=data["config_hash"],
+            data_hash=data["data_hash"],
+            meta_epoch=meta_epoch,
+            val_loss=None if val_loss is None else float(val_loss),
+            calibration=_freeze(calibration),
+            metadata_json=json.dumps(data, sort_keys=True),
+        )
+
+    @classmethod
+    def from_metadata_map(cls, props: Mapping[str, str], path: str | os.PathLike | None = None) -> ModelInfo:
+        """From an ONNX file's ``metadata_props`` (as onnxruntime or onnx return them)."""
+        if METADATA_KEY not in props:
+            raise ModelError(
+                f"{_where(path)}not a MetaEMG model: no '{METADATA_KEY}' metadata (export it with metaemg-export)"
+            )
+        return cls.from_json(props[METADATA_KEY], path)
+
+
+def _where(path: str | os.PathLike | None) -> str:
+    return "" if path is None else f"{path}: "
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(
+            "onnxruntime is needed to run models: pip install 'metaemg[device]'"
+        ) from None
+    return onnxruntime
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+
+
+def _session(path: Path, options: Any = None) -> Any:
+    ort = _import_ort()
+    _check_file(path)
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's exceptions derive from Exception only
+        raise ModelError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """The validated metadata of a model file (onnxruntime if installed, else the onnx package)."""
+    path = Path(path)
+    try:
+        _import_ort()
+    except MissingDependencyError:
+        try:
+            import onnx
+        except ImportError:
+            raise MissingDependencyError("reading a model file needs onnxruntime (or onnx)") from None
+        _check_file(path)
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf DecodeError and friends
+            raise ModelError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
+        return ModelInfo.from_metadata_map({p.key: p.value for p in proto.metadata_props}, path)
+    meta = _session(path).get_modelmeta()
+    return ModelInfo.from_metadata_map(meta.custom_metadata_map, path)
+
+
+class OnnxModel:
+    """One model file loaded for real-time inference.
+
+    The onnxruntime session is created once, single-threaded and sequential by default (the
+    daemon's loop is one window at a time). :meth:`predict` is not thread-safe: it reuses one
+    input buffer for single windows; call it from one thread.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, intra_op_threads: int = 1):
+        if not _is_int(intra_op_threads) or intra_op_threads < 1:
+            raise ConfigError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
+        ort = _import_ort()
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = _session(self.path, options)
+        self.info = ModelInfo.from_metadata_map(self._session.get_modelmeta().custom_metadata_map, self.path)
+        self._check_io()
+        self._shape = (self.info.window, self.info.channels)
+        self._one = np.zeros((1, *self._shape), dtype=np.float32)  # reused for single windows
+        self._feed_one = {INPUT: self._one}
+        self._prob_only = [PROBABILITIES]
+        self._both = [LOGITS, PROBABILITIES]
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.path)!r}, kind={self.info.kind!r}, model_id={self.info.model_id!r})"
+
+    def _check_io(self) -> None:
+        info, where = self.info, f"{self.path}: "
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT or inputs[0].type != "tensor(float)":
+            got = [(i.name, i.type) for i in inputs]
+            raise ModelError(f"{where}expected one float input '{INPUT}', got {got}")
+        shape = list(inputs[0].shape)
+        if len(shape) != 3 or isinstance(shape[0], int) or shape[1:] != [info.window, info.channels]:
+            raise ModelError(
+                f"{where}input '{INPUT}' has shape {shape}, expected [batch, {info.window}, {info.channels}] "
+                "with a dynamic batch"
+            )
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        for name in (LOGITS, PROBABILITIES):
+            if name not in outputs:
+                raise ModelError(f"{where}has no output '{name}' (outputs: {', '.join(outputs)})")
+            out_shape = list(outputs[name].shape)
+            if len(out_shape) != 2 or out_shape[1] != info.n_classes:
+                raise ModelError(f"{where}output '{name}' has shape {out_shape}, expected [batch, {info.n_classes}]")
+
+    # -- inference -------------------------------------------------------------------------
+    def _feed(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        x = windows if isinstance(windows, np.ndarray) else np.asarray(windows)
+        if x.ndim != 3 or x.shape[1:] != self._shape or x.shape[0] < 1:
+            raise ModelError(
+                f"{self.path}: expects windows (n, {self._shape[0]}, {self._shape[1]}) with n >= 1, got shape {x.shape}"
+            )
+        if x.dtype.kind not in "fiub":
+            raise ModelError(f"{self.path}: windows must be real numbers, got dtype {x.dtype}")
+        if x.shape[0] == 1:
+            np.copyto(self._one, x, casting="unsafe")
+            return self._feed_one
+        return {INPUT: np.ascontiguousarray(x, dtype=np.float32)}
+
+    def _run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            outputs = self._session.run(names, feed)
+        except Exception as exc:  # onnxruntime's exceptions derive from Exception only
+            raise ModelError(f"{self.path}: inference failed ({_one_line(exc)})") from None
+        n = feed[INPUT].shape[0]
+        for name, out in zip(names, outputs, strict=True):
+            if out.shape != (n, self.info.n_classes):
+                raise ModelError(f"{self.path}: output '{name}' has shape {out.shape}, expected {(n, self.info.n_classes)}")
+            if not np.isfinite(out).all():
+                raise ModelError(f"{self.path}: output '{name}' is not finite (NaN/Inf)")
+        return outputs
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Class probabilities, float32 ``(n, 3)``, for conditioned windows ``(n, window, channels)``.
+
+        Raises ModelError on a wrong shape or a non-finite output (never returns NaN).
+        """
+        return self._run(self._prob_only, self._feed(windows))[0]
+
+    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, probabilities)``, both float32 ``(n, 3)``."""
+        logits, probabilities = self._run(self._both, self._feed(windows))
+        return logits, probabilities
+
+    # -- checks ----------------------------------------------------------------------------
+    def check_stream(self, sample_rate: float, channels: int) -> None:
+        """Raise ModelError unless a stream of ``channels`` at ``sample_rate`` Hz fits this model
+        (rate within 5%)."""
+        info = self.info
+        if channels != info.channels:
+            raise ModelError(f"{self.path}: model expects {info.channels} channels, the stream has {channels}")
+        if not _is_num(sample_rate) or abs(sample_rate - info.sample_rate) > RATE_TOLERANCE * info.sample_rate:
+            raise ModelError(
+                f"{self.path}: model expects {info.sample_rate:g} Hz (within {RATE_TOLERANCE:.0%}), "
+                f"the stream runs at {sample_rate:g} Hz"
+            )
+
+    def self_test(self) -> None:
+        """Run the model on a zero window, a random window and both as a batch; raise
+        ModelError on a non-finite output, a wrong shape, probabilities that are not a
+        distribution, or a batch result that differs from the single-window results."""
+        rng = np.random.default_rng(0)
+        single = [np.zeros((1, *self._shape), np.float32), rng.uniform(0.0, 1.0, (1, *self._shape)).astype(np.float32)]
+        results = []
+        for x in single:
+            _, probs = self.infer(x)
+            if (probs < 0).any() or (probs > 1).any() or abs(float(probs.sum()) - 1.0) > 1e-4:
+                raise ModelError(f"{self.path}: self-test: probabilities {probs.tolist()} are not a distribution")
+            results.append(probs)
+        _, batch = self.infer(np.concatenate(single))
+        diff = float(np.abs(batch - np.concatenate(results)).max())
+        if diff > 1e-5:
+            raise ModelError(f"{self.path}: self-test: a batch of 2 differs from single windows by {diff:.3g}")

@@ -1,0 +1,128 @@
+"""The training config: the research code's ``test:`` section, validated into one typed object.
+
+Every key of the research configs is accepted (a research config file runs unchanged); keys
+added here have defaults. An unknown key or a bad value is one ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from metaemg.errors import ConfigError
+from metaemg.signal import SignalSpec
+from metalearn.tasks import normalise_scaler_kind
+
+PRESETS = {"myo": SignalSpec.myo, "myhand": SignalSpec.myhand}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- the research code's keys --------------------------------------------------------
+    train_collection_json: str
+    test_collection_json: str | None = None
+    data_root: str = "data/collected_data"
+    inner_lr: float = 1e-2
+    outer_lr: float = 1e-3
+    meta_steps: int = 50
+    inner_steps: int = 5
+    n_val_tasks: int = 2
+    n_train_tasks: int = 4
+    save: bool = True
+    fc_units: int = 64
+    batch_size: int = 32
+    time_seq_len: int = 50
+    stride: int = 10
+    scale: str = "standard"
+    model: str = "dnn"
+    seed: int | str = 0
+    device: str | None = None
+    lr_cycle: int = 15
+    lr_factor: float = 0.9
+    converge_baselines: bool = True
+    run_name: str = ""
+    rorcr_size: float = 1.0
+    wandb: bool = False
+    # --- added ---------------------------------------------------------------------------
+    inner_optimizer: str = "adam"
+    first_order: bool = False
+    signal: Any = "auto"
+    converge_steps: tuple[int, ...] = (1, 5, 10, 50, 100)
+    model_hparams: dict = field(default_factory=dict)
+    tensorboard: bool = True
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))
+        object.__setattr__(self, "converge_steps", tuple(self.converge_steps or ()))
+        ints = ("meta_steps", "inner_steps", "n_val_tasks", "n_train_tasks", "fc_units", "batch_size",
+                "time_seq_len", "stride", "lr_cycle")
+        for key in ints:
+            v = getattr(self, key)
+            low = 0 if key in ("n_val_tasks", "meta_steps") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"test.{key} must be an integer >= {low}, got {v!r}")
+        for key in ("inner_lr", "outer_lr", "lr_factor"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"test.{key} must be a number > 0, got {v!r}")
+        if not (isinstance(self.rorcr_size, (int, float)) and 0 < self.rorcr_size <= 1):
+            raise ConfigError(f"test.rorcr_size must be in (0, 1] (fraction of the support used), got {self.rorcr_size!r}")
+        if not (isinstance(self.seed, int) or self.seed == "r"):
+            raise ConfigError(f"test.seed must be an integer or 'r' (random), got {self.seed!r}")
+        if self.device not in (None, "", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"test.device must be empty (auto), cpu or cuda[:N], got {self.device!r}")
+        from metalearn.maml import OPTIMIZERS
+        from metalearn.models import MODEL_KINDS
+
+        if str(self.model).lower() not in MODEL_KINDS:
+            raise ConfigError(f"test.model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
+        object.__setattr__(self, "model", str(self.model).lower())
+        if self.inner_optimizer not in OPTIMIZERS:
+            raise ConfigError(f"test.inner_optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.inner_optimizer!r}")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.converge_steps):
+            raise ConfigError(f"test.converge_steps must be integers >= 1, got {list(self.converge_steps)!r}")
+        if not isinstance(self.model_hparams, dict):
+            raise ConfigError("test.model_hparams must be a mapping")
+        self.signal_spec(200.0)  # validate the signal section early
+
+    @classmethod
+    def from_dict(cls, section: dict) -> TrainConfig:
+        if not isinstance(section, dict):
+            raise ConfigError("the config needs a 'test:' section (the research code's layout)")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) test.{', test.'.join(unknown)}")
+        if not section.get("train_collection_json"):
+            raise ConfigError("test.train_collection_json is required")
+        return cls(**section)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["converge_steps"] = list(self.converge_steps)
+        return d
+
+    def signal_spec(self, data_rate: float) -> SignalSpec:
+        """The signal-chain spec: a preset name, ``auto`` (by the data's sample rate), or a mapping
+        with an optional ``preset`` plus keys of :class:`SignalSpec`. Window and stride always come
+        from ``time_seq_len`` and ``stride``."""
+        sig = self.signal
+        overrides: dict = {}
+        if isinstance(sig, dict):
+            overrides = {k: v for k, v in sig.items() if k != "preset"}
+            preset = sig.get("preset", "auto")
+        else:
+            preset = sig
+        if preset == "auto":
+            preset = "myo" if data_rate > 150 else "myhand"
+        if preset not in PRESETS:
+            raise ConfigError(f"test.signal preset must be auto, myo or myhand, got {preset!r}")
+        for key in ("window", "stride"):
+            if key in overrides:
+                raise ConfigError(f"test.signal.{key}: set test.time_seq_len / test.stride instead")
+        try:
+            return PRESETS[preset](**{**overrides, "window": self.time_seq_len, "stride": self.stride})
+        except TypeError as exc:
+            raise ConfigError(f"test.signal: {exc}") from None

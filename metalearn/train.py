@@ -1,0 +1,291 @@
+"""``metaemg-train``: meta-train a model with MAML, compare it with the baselines, save the run.
+
+A Hydra app: the config is the research code's ``test:`` section (see ``metalearn/conf/config.yaml``);
+command-line overrides (``test.meta_steps=5``) and sweeps (``-m test.model=dnn,cnn``) work, and the
+run directory (``hydra.run.dir``) receives the resolved config, checkpoints and results.
+Under ``torchrun --nproc_per_node=N`` the meta-batch is sharded across processes and the
+meta-gradients are all-reduced (gloo on CPU, nccl on GPU); rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metaemg.atomic import write_text
+from metaemg.errors import ConfigError, DataError, MetaEMGError
+from metalearn.config import TrainConfig
+from metalearn.recording import INTENTS
+from metalearn.tasks import Scaler, TaskRef, TaskWindows, load_collection, load_task, task_windows
+
+
+def _resolve(path: str | None, base: Path) -> Path | None:
+    if path in (None, ""):
+        return None
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else base / p
+
+
+def load_task_windows(refs: list[TaskRef], root: Path, cfg: TrainConfig, spec=None) -> tuple[list[TaskWindows], object, str]:
+    """Load and window every task; returns (tasks, signal spec, data hash)."""
+    digest = hashlib.sha256()
+    tasks, out = [], []
+    for ref in refs:
+        task = load_task(root, ref)
+        digest.update(ref.path(root).read_bytes())
+        tasks.append(task)
+    if spec is None:
+        spec = cfg.signal_spec(tasks[0].recording.sample_rate)
+    _check_window(cfg, spec)
+    for task in tasks:
+        tw = task_windows(task, spec, cfg.scale)
+        out.append(TaskWindows(tw.ref, tw.x_support.astype(np.float32), tw.y_support, tw.x_query.astype(np.float32),
+                               tw.y_query, tw.scaler))
+    return out, spec, digest.hexdigest()
+
+
+def _check_window(cfg: TrainConfig, spec) -> None:
+    secs = spec.window_seconds
+    if not 0.02 <= secs <= 5.0:
+        raise ConfigError(f"test.time_seq_len {cfg.time_seq_len} at {spec.sample_rate:g} Hz is a {secs:.3g} s window; "
+                          "use 20 ms .. 5 s")
+    if spec.stride > spec.window:
+        raise ConfigError(f"test.stride {spec.stride} is longer than the window ({spec.window}): samples would be skipped")
+
+
+def unscaled(x: np.ndarray, scaler: Scaler) -> np.ndarray:
+    return x * scaler.scale + scaler.offset
+
+
+class Sampler:
+    """Fixed-size support/query samples per task, so a meta-batch runs in one vmap."""
+
+    def __init__(self, tasks: list[TaskWindows], batch: int, rorcr_size: float, rng: np.random.Generator):
+        self.tasks, self.batch, self.rorcr_size, self.rng = tasks, batch, rorcr_size, rng
+
+    def _pick(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.rng.choice(len(x), self.batch, replace=len(x) < self.batch)
+        return x[idx], y[idx]
+
+    def task(self, tw: TaskWindows):
+        from metalearn.evaluate import support_part
+
+        return (*self._pick(*support_part(tw, self.rorcr_size)), *self._pick(tw.x_query, tw.y_query))
+
+    def meta_batch(self, n: int):
+        chosen = self.rng.choice(len(self.tasks), n, replace=False)
+        return [self.task(self.tasks[i]) for i in chosen]
+
+
+def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from metalearn.checkpoint import load_checkpoint, save_checkpoint, stable_hash
+    from metalearn.evaluate import compare, pretrain_pooled, to_tensor, write_reports
+    from metalearn.maml import InnerLoop, OuterLoop, meta_gradient, meta_step, model_params, shard_tasks
+    from metalearn.models import build_model, model_hparams
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if cfg.device in (None, ""):
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    else:
+        if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"test.device is {cfg.device} but CUDA is not available; use cpu or leave it empty")
+        device = torch.device(cfg.device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    lead = rank == 0
+
+    seed = random.randint(0, 10_000) if cfg.seed == "r" else cfg.seed
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+
+    root = _resolve(cfg.data_root, base_dir)
+    train_path = _resolve(cfg.train_collection_json, base_dir)
+    test_path = _resolve(cfg.test_collection_json, base_dir)
+    refs = load_collection(train_path)
+    need = cfg.n_train_tasks + cfg.n_val_tasks
+    if len(refs) < need:
+        raise ConfigError(f"{train_path} has {len(refs)} tasks; test.n_train_tasks + test.n_val_tasks = {need}")
+    test_refs = load_collection(test_path) if test_path else []
+    if cfg.n_val_tasks == 0 and not test_refs:
+        raise ConfigError("test.n_val_tasks is 0, which validates on the test collection, but test_collection_json is empty")
+
+    all_tasks, spec, data_hash = load_task_windows(refs, root, cfg)
+    tests, _, test_hash = load_task_windows(test_refs, root, cfg, spec) if test_refs else ([], spec, "")
+    order = rng.permutation(len(all_tasks))
+    val = [all_tasks[i] for i in order[: cfg.n_val_tasks]] or tests
+    train_tasks = [all_tasks[i] for i in order[cfg.n_val_tasks:]]
+
+    inner = InnerLoop(steps=cfg.inner_steps, lr=float(cfg.inner_lr), optimizer=cfg.inner_optimizer,
+                      first_order=cfg.first_order)
+    hp = {"n_channels": spec.channels, "window": spec.window, "n_classes": len(INTENTS), "fc_units": cfg.fc_units,
+          **cfg.model_hparams}
+    model = build_model(cfg.model, **hp).to(device)
+    outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
+    start = 0
+    if cfg.resume:
+        ckpt = load_checkpoint(_resolve(cfg.resume, base_dir))
+        model.load_state_dict(ckpt["state_dict"])
+        if ckpt.get("outer"):
+            outer.load_state_dict(ckpt["outer"])
+        start = int(ckpt.get("meta_epoch", -1)) + 1
+        rng = np.random.default_rng([seed, start])
+
+    pooled = Scaler.fit(cfg.scale, np.concatenate([unscaled(t.x_support, t.scaler).reshape(-1, spec.channels)
+                                                  for t in train_tasks]))
+    verify = unscaled(train_tasks[0].x_query[:32], train_tasks[0].scaler).astype(np.float32)
+    config_dict = cfg.to_dict()
+    common = {"model": model_hparams(model), "signal": spec.to_dict(), "scaler": pooled.to_dict(),
+              "inner": {"optimizer": inner.optimizer, "steps": inner.steps, "lr": inner.lr,
+                        "first_order": inner.first_order},
+              "class_names": list(INTENTS), "config": config_dict, "config_hash": stable_hash(config_dict),
+              "data_hash": data_hash, "verify_windows": verify, "seed": seed}
+
+    sampler = Sampler(train_tasks, cfg.batch_size, cfg.rorcr_size, rng)
+    val_sampler = Sampler(val, cfg.batch_size * 4, cfg.rorcr_size, np.random.default_rng([seed, 1]))
+    val_batch = [val_sampler.task(t) for t in val]  # fixed: checkpoints are comparable
+    models_dir, res_dir = run_dir / "models", run_dir / "results"
+    writer = _tensorboard(run_dir) if (cfg.tensorboard and lead) else None
+    wb = _wandb(cfg, run_dir) if (cfg.wandb and lead) else None
+    history, best = [], (float("inf"), None)
+    t0 = time.monotonic()
+    bar = tqdm(range(start, cfg.meta_steps), desc="meta-epochs", unit="epoch", disable=not lead or None)
+    for epoch in bar:
+        batch = [tuple(to_tensor(a, device, torch.long if k % 2 else torch.float32) for k, a in enumerate(t))
+                 for t in sampler.meta_batch(cfg.n_train_tasks)]
+        train_loss = meta_step(model, outer, shard_tasks(batch) if world > 1 else batch, inner)
+        vb = [tuple(to_tensor(a, device, torch.long if k % 2 else torch.float32) for k, a in enumerate(t))
+              for t in val_batch]
+        _, val_loss_t = meta_gradient(model, model_params(model), vb, inner)
+        val_loss = float(val_loss_t)
+        history.append({"meta_epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "outer_lr": outer.lr})
+        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+        if writer:
+            writer.add_scalar("loss/train", train_loss, epoch)
+            writer.add_scalar("loss/val", val_loss, epoch)
+            writer.add_scalar("lr/outer", outer.lr, epoch)
+        if wb:
+            wb.log({"train_loss": train_loss, "val_loss": val_loss, "meta_epoch": epoch})
+        if lead and cfg.save:
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            ckpt = {**common, "state_dict": state, "meta_epoch": epoch, "val_loss": val_loss,
+                    "outer": outer.state_dict()}
+            path = save_checkpoint(models_dir / f"epoch_{epoch:04d}_loss_{val_loss:.4f}.pt", ckpt)
+            if val_loss < best[0]:
+                best = (val_loss, path)
+                save_checkpoint(models_dir / "best.pt", ckpt)
+        elif val_loss < best[0]:
+            best = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    train_seconds = time.monotonic() - t0
+    if writer:
+        writer.close()
+    if not lead:
+        return {}
+    if cfg.save and best[1] is not None:
+        model.load_state_dict(load_checkpoint(models_dir / "best.pt")["state_dict"])
+    elif isinstance(best[1], dict):
+        model.load_state_dict(best[1])
+
+    summary = {"run_dir": str(run_dir), "seed": seed, "meta_epochs": cfg.meta_steps, "train_seconds": train_seconds,
+               "best_val_loss": best[0], "best_checkpoint": str(best[1]) if isinstance(best[1], Path) else None,
+               "history": history, "device": str(device), "world_size": world}
+    if tests:
+        torch.manual_seed(seed)
+        b1 = build_model(cfg.model, **hp).to(device).eval()
+        torch.manual_seed(seed)
+        b2 = pretrain_pooled(build_model(cfg.model, **hp).to(device), train_tasks,
+                             steps=max(1, cfg.meta_steps) * cfg.inner_steps, batch=cfg.batch_size * cfg.n_train_tasks,
+                             lr=float(cfg.outer_lr), seed=seed, device=device)
+        models = {"B1": b1, "B2": b2, "meta-model": model.eval()}
+        kw = {"lr": inner.lr, "optimizer": inner.optimizer, "rorcr_size": cfg.rorcr_size, "device": device}
+        logs = compare(models, tests, steps_list=[cfg.inner_steps], **kw)
+        conv = compare(models, tests, steps_list=list(cfg.converge_steps), **kw) if cfg.converge_baselines else None
+        summary["test_data_hash"] = test_hash
+        if cfg.save:
+            summary.update(write_reports(res_dir, logs, inner_steps=cfg.inner_steps, convergence=conv))
+        else:
+            from metalearn.evaluate import results_table
+
+            summary["table"] = {r[0]: r[-1] for r in results_table(logs, cfg.inner_steps)[1]}
+    if cfg.save:
+        write_text(res_dir / "meta_training_log.json", json.dumps(history, indent=1))
+        write_text(run_dir / "resolved_config.json",
+                   json.dumps({"test": config_dict, "signal_spec": spec.to_dict(), "seed": seed}, indent=2))
+        write_text(res_dir / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    if wb:
+        wb.finish()
+    return summary
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _wandb(cfg: TrainConfig, run_dir: Path):
+    try:
+        import wandb
+    except ImportError:
+        print("note: test.wandb is true but wandb is not installed; logging locally only", file=sys.stderr)
+        return None
+    return wandb.init(name=cfg.run_name or None, dir=str(run_dir), config=cfg.to_dict())
+
+
+def _print_summary(summary: dict) -> None:
+    if not summary:
+        return
+    print(f"run directory: {summary['run_dir']}")
+    print(f"meta-training: {summary['meta_epochs']} meta-epochs in {summary['train_seconds']:.1f} s on "
+          f"{summary['device']} (x{summary['world_size']}), best validation loss {summary['best_val_loss']:.4f}")
+    if "table" in summary:
+        print("mean query accuracy after adaptation: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["table"].items()))
+    if "convergence" in summary:
+        for method, accs in summary["convergence"].items():
+            print(f"  {method:<11} " + "  ".join(f"{s} steps {a:.3f}" for s, a in accs.items()))
+
+
+def _hydra_entry():
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+    def _main(cfg) -> None:
+        try:
+            try:
+                section = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True).get("test")
+            except OmegaConfBaseException as exc:
+                key = getattr(exc, "full_key", None)
+                msg = str(exc).splitlines()[0]
+                raise ConfigError(f"{key}: {msg}" if key else msg) from None
+            tc = TrainConfig.from_dict(section)
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            _print_summary(train(tc, run_dir, Path(hydra.utils.get_original_cwd())))
+        except MetaEMGError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return _main
+
+
+def main() -> None:
+    _hydra_entry()()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""metaemg-train as a user runs it: a real Hydra app in a subprocess, tiny configs, real data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metalearn.checkpoint import load_checkpoint
+from metalearn.tasks import load_collection, save_collection
+
+BIN = Path(sys.executable).parent
+TINY = ["test.meta_steps=3", "test.batch_size=8", "test.time_seq_len=20", "test.stride=10", "test.fc_units=16",
+        "test.inner_steps=2", "test.converge_steps=[1,3]", "test.n_train_tasks=2", "test.n_val_tasks=1"]
+
+
+@pytest.fixture(scope="module")
+def colls(myo_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("colls")
+    pre = load_collection(myo_data / "task_collections" / "myo_pretrain.json")
+    test = load_collection(myo_data / "task_collections" / "myo_eval_test.json")
+    return {"train": save_collection(d / "train.json", pre[:4]), "test": save_collection(d / "test.json", test[:2]),
+            "two": save_collection(d / "two.json", pre[:2]), "root": myo_data}
+
+
+def train(colls, run_dir, *extra, check_rc=0, cwd=None):
+    args = [str(BIN / "metaemg-train"), f"test.train_collection_json={colls['train']}",
+            f"test.test_collection_json={colls['test']}", f"test.data_root={colls['root']}",
+            f"hydra.run.dir={run_dir}", *TINY, *extra]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=cwd)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stdout + proc.stderr
+    return proc
+
+
+def test_a_run_writes_checkpoints_reports_and_resumes(colls, tmp_path):
+    run = tmp_path / "run"
+    out = train(colls, run).stdout
+    assert "mean query accuracy after adaptation: B1" in out
+    ckpts = sorted((run / "models").glob("epoch_*_loss_*.pt"))
+    assert [p.name[:10] for p in ckpts] == ["epoch_0000", "epoch_0001", "epoch_0002"]
+    losses = [float(p.stem.split("_loss_")[1]) for p in ckpts]
+    best = load_checkpoint(run / "models" / "best.pt")
+    assert best["val_loss"] == pytest.approx(min(losses), abs=1e-4)
+    assert best["model"]["kind"] == "dnn" and best["signal"]["window"] == 20
+    assert best["inner"] == {"optimizer": "adam", "steps": 2, "lr": 0.01, "first_order": False}
+    table = (run / "results" / "results_table.csv").read_text().splitlines()
+    assert table[0].startswith("method,myo_") and table[0].endswith(",mean")
+    assert [row.split(",")[0] for row in table[1:]] == ["B1", "B2", "meta-model"]
+    assert all(0 <= float(v) <= 1 for row in table[1:] for v in row.split(",")[1:])
+    conv = (run / "results" / "convergence.csv").read_text().splitlines()
+    assert conv[0] == "method,1_steps,3_steps"
+    logs = json.loads((run / "results" / "per_task_logs.json").read_text())
+    assert set(logs["logs"]) == {"B1", "B2", "meta-model"}
+    for png in ("res_barplot.png", "convergence.png"):
+        assert (run / "results" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = (run / ".hydra" / "config.yaml").read_text()
+    assert "time_seq_len: 20" in saved
+    # resume from the last checkpoint: continues at meta-epoch 3
+    run2 = tmp_path / "run2"
+    train(colls, run2, f"test.resume={ckpts[-1]}", "test.meta_steps=5", "test.converge_baselines=false")
+    assert sorted(p.name[:10] for p in (run2 / "models").glob("epoch_*")) == ["epoch_0003", "epoch_0004"]
+
+
+def test_research_config_file_runs_unchanged(colls, tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "config.yaml").write_text(f"""test:
+    inner_lr: 1e-4 #1e-4 #0.004
+    outer_lr: 5e-4 #5e-5
+    meta_steps: 2
+    inner_steps: 3
+    n_val_tasks: 0
+    n_train_tasks: 1
+    train_collection_json: '{colls['two']}'
+    test_collection_json: '{colls['test']}'
+    save: True
+    wandb: True
+    fc_units: 32
+    batch_size: 32
+    time_seq_len: 40
+    stride: 20
+    run_name: 'testing baseline model save'
+    scale: 2 # 2 for minmax, 1 for standardization
+    model: 'dnn'
+    seed: 45
+    device:
+    rorcr_size: 1
+    lr_cycle: 15
+    lr_factor: 0.9
+    converge_baselines: True
+    data_root: '{colls['root']}'
+
+hydra:
+    run:
+        dir: data/expt_outputs/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}
+""")
+    proc = subprocess.run([str(BIN / "metaemg-train"), "--config-path", str(conf), "--config-name", "config"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = list((tmp_path / "data" / "expt_outputs").glob("*/*"))
+    assert len(runs) == 1
+    assert json.loads((runs[0] / "resolved_config.json").read_text())["test"]["scale"] == "minmax"
+    assert (runs[0] / "results" / "results_table.csv").is_file()
+
+
+def test_sweep_runs_each_model(colls, tmp_path):
+    proc = subprocess.run([str(BIN / "metaemg-train"), "-m", f"test.train_collection_json={colls['train']}",
+                           f"test.data_root={colls['root']}", *TINY, "test.meta_steps=1", "test.model=dnn,cnn",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    kinds = sorted(load_checkpoint(tmp_path / "sweep" / str(i) / "models" / "best.pt")["model"]["kind"] for i in (0, 1))
+    assert kinds == ["cnn", "dnn"]
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("test.n_train_tasks=4", "has 4 tasks; test.n_train_tasks + test.n_val_tasks = 5"),
+        ("test.model=lstm", "test.model must be one of dnn, cnn, tcn, tf"),
+        ("+test.bogus=1", "unknown key(s) test.bogus"),
+        ("test.time_seq_len=2000", "is a 10 s window"),
+        ("test.data_root=/nonexistent", "recording file not found"),
+    ],
+)
+def test_bad_input_fails_before_training(colls, tmp_path, override, fragment):
+    proc = train(colls, tmp_path / "run", override, check_rc=2)
+    assert fragment in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "models").exists()
+
+
+def test_checkpoint_weights_are_finite_tensors(colls, tmp_path):
+    train(colls, tmp_path / "run", "test.model=cnn", "test.converge_baselines=false", "test.meta_steps=1")
+    ckpt = load_checkpoint(tmp_path / "run" / "models" / "best.pt")
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert ckpt["verify_windows"].shape[1:] == (20, 8)
