@@ -292,9 +292,14 @@ def _check_file(path: Path) -> None:
         raise ModelError(f"{path}: model file not found")
 
 
-def _session(path: Path, options: Any = None) -> Any:
+def _session(path: Path, intra_op_threads: int = 1) -> Any:
+    """An onnxruntime CPU session, single-threaded across operators, sequential."""
     ort = _import_ort()
     _check_file(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's exceptions derive from Exception only
@@ -332,13 +337,8 @@ class OnnxModel:
     def __init__(self, path: str | os.PathLike, *, intra_op_threads: int = 1):
         if not _is_int(intra_op_threads) or intra_op_threads < 1:
             raise ConfigError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
-        ort = _import_ort()
         self.path = Path(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = _session(self.path, options)
+        self._session = _session(self.path, intra_op_threads)
         self.info = ModelInfo.from_metadata_map(self._session.get_modelmeta().custom_metadata_map, self.path)
         self._check_io()
         self._shape = (self.info.window, self.info.channels)
@@ -392,7 +392,8 @@ class OnnxModel:
         n = feed[INPUT].shape[0]
         for name, out in zip(names, outputs, strict=True):
             if out.shape != (n, self.info.n_classes):
-                raise ModelError(f"{self.path}: output '{name}' has shape {out.shape}, expected {(n, self.info.n_classes)}")
+                expected = (n, self.info.n_classes)
+                raise ModelError(f"{self.path}: output '{name}' has shape {out.shape}, expected {expected}")
             if not np.isfinite(out).all():
                 raise ModelError(f"{self.path}: output '{name}' is not finite (NaN/Inf)")
         return outputs
@@ -417,9 +418,10 @@ class OnnxModel:
         if channels != info.channels:
             raise ModelError(f"{self.path}: model expects {info.channels} channels, the stream has {channels}")
         if not _is_num(sample_rate) or abs(sample_rate - info.sample_rate) > RATE_TOLERANCE * info.sample_rate:
+            rate = f"{sample_rate:g}" if isinstance(sample_rate, numbers.Real) else repr(sample_rate)
             raise ModelError(
                 f"{self.path}: model expects {info.sample_rate:g} Hz (within {RATE_TOLERANCE:.0%}), "
-                f"the stream runs at {sample_rate:g} Hz"
+                f"the stream runs at {rate} Hz"
             )
 
     def self_test(self) -> None:

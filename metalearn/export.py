@@ -136,10 +136,10 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, *, tolerance:
 
 
 def _export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, tolerance: float) -> ExportReport:
+    path = resolve_checkpoint(source)  # before importing torch: a wrong path fails fast
+    _deps()
     from metalearn.checkpoint import build_from_checkpoint, load_checkpoint
 
-    _deps()
-    path = resolve_checkpoint(source)
     ckpt = load_checkpoint(path)
     model = build_from_checkpoint(ckpt)
     if ckpt.get("verify_windows") is None:
@@ -226,9 +226,10 @@ def _to_onnx(wrapper, info: ModelInfo):
     buf = io.BytesIO()
     example = torch.zeros(2, info.window, info.channels)  # batch 2: a batch of 1 would hide a fixed batch size
     with warnings.catch_warnings():
-        # The TorchScript exporter (dynamo=False) is deprecated since torch 2.9 and says so on
-        # every call; the dynamo exporter needs onnxscript, which we do not depend on. The
-        # result is checked against torch before it is written, so these notices are expected.
+        # Expected: the TorchScript exporter (dynamo=False) is deprecated since torch 2.9 and
+        # says so on every call, and it calls its own deprecated setup_onnx_logging ("The
+        # feature will be removed"). The dynamo exporter needs onnxscript, which we do not
+        # depend on. The result is checked against torch before it is written.
         warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
@@ -312,6 +313,7 @@ def _verify_and_replace(data: bytes, out: Path, windows: np.ndarray, expected: l
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the daemon may run as another user
         try:
             onnx_model = OnnxModel(tmp)
             onnx_model.check_stream(onnx_model.info.sample_rate, onnx_model.info.channels)

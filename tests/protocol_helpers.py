@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,7 +113,8 @@ class Host:
     def __init__(self, url: str) -> None:
         self.link = open_transport(url)
         self.decoder = Decoder()
-        self.received: list[Message] = []
+        self.received: list[Message] = []  # everything, in order
+        self._unseen: deque[Message] = deque()  # not yet examined by wait_for
         self._seq = 0
 
     def next_seq(self) -> int:
@@ -127,15 +129,19 @@ class Host:
     def poll(self, timeout: float = 0.0) -> list[Message]:
         msgs = self.decoder.feed(self.link.read(timeout=timeout))
         self.received += msgs
+        self._unseen.extend(msgs)
         return msgs
 
     def wait_for(self, predicate: Callable[[Message], bool], timeout: float = 2.0, what: str = "a message") -> Message:
+        """Examine messages in arrival order (each once) until one satisfies ``predicate``."""
         deadline = time.monotonic() + timeout
         while True:
-            for msg in self.poll(timeout=0.02):
+            while self._unseen:
+                msg = self._unseen.popleft()
                 if predicate(msg):
                     return msg
-            if time.monotonic() > deadline:
+            self.poll(timeout=0.02)
+            if not self._unseen and time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
     def handshake(self, timeout: float = 2.0):

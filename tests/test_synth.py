@@ -152,7 +152,7 @@ def test_difficulty_knob():
             rec, _ = synth_recording(make_patient(0, k, difficulty=d), "111_baseline")
             scores.append(nearest_centroid_accuracy(*first_cycle_split(rec, 40)))
         acc[name] = np.mean(scores)
-    assert acc["easy"] > acc["hard"] + 0.03, acc
+    assert acc["easy"] > acc["hard"] + 0.05, acc
 
 
 def test_open_and_close_differ_in_space_and_relax_is_quiet():
@@ -382,19 +382,22 @@ def test_armband_shift_moves_the_spatial_pattern():
         angle = np.angle(np.sum(act * np.exp(2j * np.pi * np.arange(N_CHANNELS) / N_CHANNELS)))
         return angle * N_CHANNELS / (2 * np.pi)
 
-    shifts = []
-    for k in range(4):
-        base, shifted = rec_of(0, k)[0], rec_of(0, k, "121_armband_shift")[0]
-        delta = (centre(shifted) - centre(base) + N_CHANNELS / 2) % N_CHANNELS - N_CHANNELS / 2
-        shifts.append(abs(delta))
-    assert np.mean(shifts) > 0.4
+    def moved(condition):
+        deltas = [centre(rec_of(0, k, condition)[0]) - centre(rec_of(0, k)[0]) for k in range(4)]
+        return np.mean([abs((d + N_CHANNELS / 2) % N_CHANNELS - N_CHANNELS / 2) for d in deltas])
+
+    assert moved("121_armband_shift") > max(0.5, 2 * moved("141_mains"))  # re-donned vs. not
 
 
 def test_every_condition_generates_valid_recordings():
     p = make_patient(5, 7)
+    assert isinstance(p, Patient)
     for condition in CONDITIONS:
-        for style in STYLES:
+        for style, (lo, hi) in zip(STYLES, [(-128, 127), (0, 1000)]):
             rec, extra = synth_recording(p, condition, style=style, n_cycles=2)
             assert [r[0] for r in label_runs(rec.labels)] == [0, 1, 0, 2, 0, 1, 0, 2, 0]
-            assert np.isfinite(rec.emg).all()
-            assert isinstance(p, Patient)
+            assert rec.emg.min() >= lo and rec.emg.max() <= hi
+            assert np.array_equal(rec.emg, np.round(rec.emg))
+            assert all(len(col) == rec.n_samples for col in extra.values())
+            active = np.abs(rec.emg[rec.labels > 0]).mean()
+            assert active > 1.5 * np.abs(rec.emg[rec.labels == 0]).mean()
