@@ -15,6 +15,7 @@ from pathlib import Path
 from metaemg.cli import entry_point
 
 from firmware_protocol.device import DeviceConfig
+from firmware_protocol.errors import ProtocolError
 from firmware_protocol.messages import PROTOCOL_VERSION, SCHEMA_HASH
 
 
@@ -71,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _control_request(words: list[str]) -> dict:
     if len(words) == 1 and words[0].lstrip().startswith("{"):
-        return json.loads(words[0])
+        try:
+            return json.loads(words[0])
+        except ValueError as exc:
+            raise ProtocolError(f"control request is not valid JSON: {exc}") from None
     request: dict = {"cmd": words[0]}
     for word in words[1:]:
         key, sep, value = word.partition("=")
         if not sep:
-            raise SystemExit(f"metaemg-sim control: expected key=value, got {word!r}")
+            raise ProtocolError(f"control request: expected key=value, got {word!r}")
         try:
             request[key] = json.loads(value)
         except ValueError:

@@ -53,6 +53,11 @@ from firmware_protocol.messages import Ack, FaultCode, Message
 from firmware_protocol.transport import PtyTransport
 
 DIRECTIONS = ("rx", "tx", "both")
+STAT_KEYS = (
+    "rx_bytes", "rx_frames", "rx_dropped", "rx_corrupted",
+    "tx_bytes", "tx_dropped", "tx_corrupted", "tx_overflow", "tx_lost_unplugged",
+    "acks_delayed", "acks_suppressed",
+)
 MAX_POLL_S = 0.1
 
 
@@ -131,7 +136,7 @@ class Simulator:
         self._log = EventLog(options.log)
         self.device = Device(options.device, emit=self._log)
         self.decoder = Decoder(on_error=self._on_frame_error)
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter({key: 0 for key in STAT_KEYS})
         self._pty: PtyTransport | None = None
         self._poller = select.poll()
         self._control: socket.socket | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -119,7 +119,7 @@ def _adapt(
     return params
 
 
-def _check_xy(x: object, y: object, what: str) -> tuple[Tensor, Tensor]:
+def _check_xy(x: object, y: object, what: str, n_classes: int | None = None) -> tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise DataError(f"{what}: x and y must be tensors, got {type(x).__name__}, {type(y).__name__}")
     if not x.is_floating_point() or x.dim() < 2:
@@ -128,7 +128,14 @@ def _check_xy(x: object, y: object, what: str) -> tuple[Tensor, Tensor]:
         raise DataError(f"{what}: y must be a 1-D integer tensor, got {y.dtype} {tuple(y.shape)}")
     if len(x) != len(y) or len(y) == 0:
         raise DataError(f"{what}: x has {len(x)} windows but y has {len(y)} labels (need equal, > 0)")
+    if n_classes is not None and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise DataError(f"{what}: labels must lie in 0..{n_classes - 1}, got {int(y.min())}..{int(y.max())}")
     return x, y.long()
+
+
+def _n_classes(model: nn.Module) -> int | None:
+    hparams = getattr(model, "hparams", None)
+    return hparams.get("n_classes") if isinstance(hparams, dict) else None
 
 
 def _to(x: Tensor, ref: Tensor) -> Tensor:
@@ -153,7 +160,7 @@ def adapt(
     result depends on them through the inner gradients too unless ``first_order``.
     """
     inner = InnerLoop(steps=steps, lr=lr, optimizer=optimizer, first_order=first_order)
-    x, y = _check_xy(x_support, y_support, "support set")
+    x, y = _check_xy(x_support, y_support, "support set", _n_classes(model))
     ref = next(iter(params.values()))
     return _adapt(model, params, _to(x, ref), _to(y, ref), inner, functional=False)
 
@@ -165,15 +172,16 @@ def _task_loss(model: nn.Module, inner: InnerLoop, params: Params, xs: Tensor, y
     return _loss(model, _adapt(model, params, xs, ys, inner), xq, yq)
 
 
-def _check_tasks(tasks: Sequence[Task], ref: Tensor) -> list[Task]:
+def _check_tasks(model: nn.Module, tasks: Sequence[Task], ref: Tensor) -> list[Task]:
+    n_classes = _n_classes(model)
     if len(tasks) == 0:
         raise DataError("meta-batch is empty")
     out = []
     for i, task in enumerate(tasks):
         if len(task) != 4:
             raise DataError(f"task {i}: expected (x_support, y_support, x_query, y_query), got {len(task)} items")
-        xs, ys = _check_xy(task[0], task[1], f"task {i} support set")
-        xq, yq = _check_xy(task[2], task[3], f"task {i} query set")
+        xs, ys = _check_xy(task[0], task[1], f"task {i} support set", n_classes)
+        xq, yq = _check_xy(task[2], task[3], f"task {i} query set", n_classes)
         out.append((_to(xs, ref), _to(ys, ref), _to(xq, ref), _to(yq, ref)))
     return out
 
@@ -195,7 +203,7 @@ def meta_gradient(
     if not isinstance(inner, InnerLoop):
         raise ConfigError(f"inner must be an InnerLoop, got {type(inner).__name__}")
     params = {k: p.detach() for k, p in params.items()}  # fresh leaves, not the model's tensors
-    checked = _check_tasks(tasks, next(iter(params.values())))
+    checked = _check_tasks(model, tasks, next(iter(params.values())))
     uniform = same_shapes(checked)
     if batched and not uniform:
         raise DataError("batched meta-gradient needs tasks of equal shapes; sample fixed-size support/query sets")
@@ -218,6 +226,23 @@ def meta_gradient(
                 total[k] += g
         loss_sum += loss.detach()
     return {k: t / len(checked) for k, t in total.items()}, loss_sum / len(checked)
+
+
+def meta_loss(model: nn.Module, params: Params, tasks: Sequence[Task], inner: InnerLoop) -> Tensor:
+    """Mean query loss after adaptation, without a meta-gradient (e.g. for validation).
+
+    The value equals the loss :func:`meta_gradient` returns; no graph is kept.
+    """
+    if not isinstance(inner, InnerLoop):
+        raise ConfigError(f"inner must be an InnerLoop, got {type(inner).__name__}")
+    params = {k: p.detach() for k, p in params.items()}
+    checked = _check_tasks(model, tasks, next(iter(params.values())))
+    fast = replace(inner, first_order=True)  # same values, no second-order graph
+    if same_shapes(checked):
+        stacked = [torch.stack(parts) for parts in zip(*checked, strict=True)]
+        return vmap(partial(_task_loss, model, fast), in_dims=(None, 0, 0, 0, 0))(params, *stacked).mean().detach()
+    losses = [_loss(model, _adapt(model, params, xs, ys, fast, functional=False), xq, yq) for xs, ys, xq, yq in checked]
+    return torch.stack(losses).mean().detach()
 
 
 # ---------------------------------------------------------------- outer loop

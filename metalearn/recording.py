@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,24 +193,16 @@ def write_recording(
     for name, col in extra.items():
         if len(col) != rec.n_samples:
             raise DataError(f"extra column {name!r} has {len(col)} values, expected {rec.n_samples}", path=path)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
     header = ([""] if index_column else []) + [TIME_COLUMN, *emg_columns(rec.n_channels), LABEL_COLUMN, *extra]
-    writer.writerow(header)
-    extra_cols = list(extra.values())
-    for i in range(rec.n_samples):
-        row = [str(i)] if index_column else []
-        row.append(repr(float(rec.time[i])))
-        row.extend(_fmt(v, emg_format) for v in rec.emg[i])
-        row.append(str(int(rec.labels[i])))
-        row.extend(_fmt(col[i], emg_format) if isinstance(col[i], (float, np.floating)) else str(col[i]) for col in extra_cols)
-        writer.writerow(row)
-    write_text(path, out.getvalue())
+    body = io.StringIO()
+    table = np.column_stack([rec.emg, rec.labels])
+    np.savetxt(body, table, fmt=[emg_format] * rec.n_channels + ["%d"], delimiter=",")
+    columns = [[repr(t) for t in rec.time.tolist()], body.getvalue().splitlines()]
+    if index_column:
+        columns.insert(0, [str(i) for i in range(rec.n_samples)])
+    for col in extra.values():
+        col = np.asarray(col)
+        columns.append(np.char.mod("%.10g", col).tolist() if col.dtype.kind == "f" else [str(v) for v in col])
+    lines = [",".join(header)] + [",".join(parts) for parts in zip(*columns, strict=True)]
+    write_text(path, "\n".join(lines) + "\n")
     return path
-
-
-def _fmt(v: float, spec: str) -> str:
-    v = float(v)
-    if v == int(v) and math.isfinite(v) and abs(v) < 1e15:
-        return str(int(v))
-    return spec % v
