@@ -42,19 +42,25 @@ MAX_WIRE = MAX_ENCODED + 2  # 67 bytes with both delimiters
 _HEADER = struct.Struct("<BBH")
 
 
-def pack(msg: Message) -> bytes:
-    """The frame before COBS: header, payload, CRC (big-endian)."""
-    body = _HEADER.pack(PROTOCOL_VERSION, msg.TYPE, msg.seq) + msg.payload()
+def pack(msg: Message, version: int = PROTOCOL_VERSION) -> bytes:
+    """The frame before COBS: header, payload, CRC (big-endian).
+
+    ``version`` other than ours is only for simulating a peer of another protocol version.
+    """
+    body = _HEADER.pack(version, msg.TYPE, msg.seq) + msg.payload()
     return body + crc16(body).to_bytes(2, "big")
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg: Message, version: int = PROTOCOL_VERSION) -> bytes:
     """The bytes to write on the wire for ``msg``: ``00 cobs(pack(msg)) 00``."""
-    return DELIMITER + cobs.encode(pack(msg)) + DELIMITER
+    return DELIMITER + cobs.encode(pack(msg, version)) + DELIMITER
 
 
-def unpack(frame: bytes) -> Message:
-    """Parse a frame (after COBS decoding). Raise a :class:`FrameError` subclass if invalid."""
+def unpack(frame: bytes, version: int = PROTOCOL_VERSION) -> Message:
+    """Parse a frame (after COBS decoding). Raise a :class:`FrameError` subclass if invalid.
+
+    Frames of another protocol ``version`` are refused, except HELLO (see below).
+    """
     n = len(frame)
     if n < MIN_FRAME:
         raise FrameTooShortError(f"frame of {n} bytes, shorter than {MIN_FRAME}")
@@ -65,16 +71,16 @@ def unpack(frame: bytes) -> Message:
     want = crc16(body)
     if got != want:
         raise CrcError(f"CRC 0x{got:04x} != 0x{want:04x}")
-    version, type_code, seq = _HEADER.unpack_from(body)
+    frame_version, type_code, seq = _HEADER.unpack_from(body)
     payload = body[HEADER_SIZE:]
     cls = MESSAGES.get(type_code)
-    if version != PROTOCOL_VERSION:
+    if frame_version != version:
         # HELLO's first 13 payload bytes are frozen across versions, so a peer of another
         # version can still be identified (and refused) by the handshake.
         if cls is Hello and len(payload) >= HELLO_FROZEN_SIZE:
             payload = payload[:HELLO_FROZEN_SIZE]
         else:
-            raise VersionError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+            raise VersionError(f"protocol version {frame_version}, expected {version}")
     if cls is None:
         raise UnknownTypeError(f"unknown message type 0x{type_code:02x}")
     if len(payload) != cls.STRUCT.size:
@@ -104,7 +110,10 @@ class Decoder:
     the rest up to the next delimiter is discarded.
     """
 
-    def __init__(self, on_error: Callable[[FrameError], None] | None = None) -> None:
+    def __init__(
+        self, on_error: Callable[[FrameError], None] | None = None, *, version: int = PROTOCOL_VERSION
+    ) -> None:
+        self.version = version
         self._buf = bytearray()
         self._discarding = False
         self._on_error = on_error
@@ -129,6 +138,8 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[Message]:
         """Consume ``data``; return the messages completed by it, in order."""
+        if not isinstance(data, bytes | bytearray):
+            data = bytes(data)  # memoryview and other bytes-like objects
         out: list[Message] = []
         start = 0
         n = len(data)
@@ -157,7 +168,7 @@ class Decoder:
 
     def _finish(self, block: bytes, out: list[Message]) -> None:
         try:
-            out.append(unpack(cobs.decode(block)))
+            out.append(unpack(cobs.decode(block), self.version))
         except FrameError as exc:
             self._error(exc)
         else:

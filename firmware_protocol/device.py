@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from firmware_protocol.errors import ProtocolError
 from firmware_protocol.messages import (
     DEFAULT_MAX_TTL_MS,
     DEFAULT_WATCHDOG_MS,
@@ -85,8 +86,6 @@ class DeviceConfig:
         ]
         for ok, message in checks:
             if not ok:
-                from firmware_protocol.errors import ProtocolError
-
                 raise ProtocolError(f"device config: {message}")
 
 

@@ -130,12 +130,14 @@ class Simulator:
 
     def __init__(self, options: SimOptions, stdout: IO[str] | None = None) -> None:
         self.options = options
+        self._check_paths()
         self.injection = options.injection
         self._stdout = stdout if stdout is not None else sys.stdout
         self._rng = random.Random(options.seed)
         self._log = EventLog(options.log)
         self.device = Device(options.device, emit=self._log)
-        self.decoder = Decoder(on_error=self._on_frame_error)
+        self._version = options.device.protocol_version  # another one only to test mismatches
+        self.decoder = Decoder(on_error=self._on_frame_error, version=self._version)
         self.stats: Counter[str] = Counter({key: 0 for key in STAT_KEYS})
         self._pty: PtyTransport | None = None
         self._poller = select.poll()
@@ -149,7 +151,6 @@ class Simulator:
         self._reboot_on_appear = False
         self._hang_until: float | None = None
         self._hang_reboot = False
-        self._check_paths()
 
     # -- run ------------------------------------------------------------------------------------
 
@@ -208,7 +209,8 @@ class Simulator:
     def _appear(self) -> None:
         self._appear_at = None
         self._pty = PtyTransport()
-        self._poller.register(self._pty.fileno(), select.POLLIN)
+        self._poller.register(self._pty.fileno(), 0)
+        self._watch_pty()
         path = self._pty.slave_path
         if self.options.link is not None:
             _atomic_symlink(path, self.options.link)
@@ -217,6 +219,11 @@ class Simulator:
         if self._reboot_on_appear:
             self._reboot_on_appear = False
             self._reboot("power")
+
+    def _watch_pty(self) -> None:
+        """Poll the pty for input unless the loop is stalled (then input waits, unread)."""
+        if self._pty is not None:
+            self._poller.modify(self._pty.fileno(), 0 if self._hang_until is not None else select.POLLIN)
 
     def _vanish(self, ms: float, reboot: bool = False) -> None:
         if self._pty is None:
@@ -257,7 +264,7 @@ class Simulator:
 
     def _send(self, messages: list[Message]) -> None:
         for msg in messages:
-            wire = encode(msg)
+            wire = encode(msg, self._version)
             if isinstance(msg, Ack):
                 if self.injection.no_ack:
                     self.stats["acks_suppressed"] += 1
@@ -305,6 +312,9 @@ class Simulator:
                     pass
         self.decoder.reset()
         self._delayed.clear()
+        if self._hang_until is not None:  # a reset ends a stall
+            self._hang_until, self._hang_reboot = None, False
+            self._watch_pty()
         self._log("reboot", {"reason": reason})
         self._send(self.device.boot(time.monotonic(), fault=fault))
 
@@ -313,10 +323,12 @@ class Simulator:
         hw = self.options.hw_watchdog_ms
         self._hang_reboot = ms >= hw
         self._hang_until = now + min(ms, hw) / 1000
+        self._watch_pty()
         self._log("hang", {"ms": ms, "hw_watchdog_reset": self._hang_reboot})
 
     def _end_hang(self, now: float) -> None:
         self._hang_until = None
+        self._watch_pty()
         if self._hang_reboot:
             self._hang_reboot = False
             self._reboot("hw_watchdog", fault=FaultCode.INTERNAL)
@@ -333,7 +345,12 @@ class Simulator:
             if stat.S_ISSOCK(path.lstat().st_mode):
                 path.unlink()
         self._control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._control.bind(str(path))
+        try:
+            self._control.bind(str(path))
+        except OSError as exc:
+            self._control.close()
+            self._control = None
+            raise SimulatorError(f"{path}: cannot create the control socket: {exc.strerror or exc}") from exc
         self._control.setblocking(False)
         self._poller.register(self._control.fileno(), select.POLLIN)
 
@@ -460,10 +477,13 @@ class Simulator:
 def _atomic_symlink(target: str, link: Path) -> None:
     """Point ``link`` at ``target`` in one step (temporary symlink + rename), as udev would."""
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except OSError as exc:
+        raise SimulatorError(f"{link}: cannot create the symlink: {exc.strerror or exc}") from exc
 
 
 def _only(args: dict, allowed: set[str]) -> None:

@@ -90,7 +90,7 @@ class Transport(ABC):
                 break
             if n == 0:
                 left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0 or not self._wait(_POLL_OUT, left):
+                if (left is not None and left <= 0) or not self._wait(_POLL_OUT, left):
                     raise LinkTimeout(f"{self.url}: write of {len(data)} bytes timed out")
 
     def close(self) -> None:

@@ -160,18 +160,30 @@ def _invalid() -> list[dict]:
     flipped = bytearray(good)
     flipped[5] ^= 0x01
     hello_body = pack(host_hello())[:-2]
+    version_2 = bytes.fromhex("02 02 05 00 00 00 00 00")
     cases = [
-        ("crc_bit_flip", _wire(bytes(flipped)), "crc", "command_open with one payload bit flipped"),
-        ("crc_little_endian", _wire(_with_crc(good[:-2], big_endian=False)), "crc", "CRC appended in the wrong byte order"),
-        ("cobs_overrun", bytes.fromhex("00 05 11 22 00"), "cobs", "COBS code points past the delimiter"),
-        ("truncated_wire", encode(Command(_OPEN, 500, seq=2))[:-4] + b"\x00", "cobs", "last bytes of a frame lost"),
-        ("too_short", _wire(bytes.fromhex("01 02 00")), "too_short", f"fewer than {MIN_FRAME} bytes after COBS"),
-        ("too_long", b"\x00" + b"\x11" * (MAX_ENCODED + 1) + b"\x00", "too_long", f"more than {MAX_ENCODED} bytes between delimiters"),
-        ("unknown_type", _wire(_with_crc(bytes.fromhex("01 7f 01 00")), ), "type", "type 0x7f is not defined"),
-        ("payload_too_long", _wire(_with_crc(good[:-2] + b"\x00")), "length", "COMMAND with a 4-byte payload"),
-        ("payload_too_short", _wire(_with_crc(good[:-3])), "length", "COMMAND with a 2-byte payload"),
-        ("version_2_heartbeat", _wire(_with_crc(bytes.fromhex("02 02 05 00 00 00 00 00"))), "version", "non-HELLO frame of another protocol version"),
-        ("hello_truncated", _wire(hello_body[:-1] + crc16(hello_body[:-1]).to_bytes(2, "big")), "length", "HELLO shorter than its 13 frozen bytes"),
+        ("crc_bit_flip", _wire(bytes(flipped)), "crc",
+         "command_open with one payload bit flipped"),
+        ("crc_little_endian", _wire(_with_crc(good[:-2], big_endian=False)), "crc",
+         "CRC appended in the wrong byte order"),
+        ("cobs_overrun", bytes.fromhex("00 05 11 22 00"), "cobs",
+         "COBS code points past the delimiter"),
+        ("truncated_wire", encode(Command(_OPEN, 500, seq=2))[:-4] + b"\x00", "cobs",
+         "last bytes of a frame lost"),
+        ("too_short", _wire(bytes.fromhex("01 02 00")), "too_short",
+         f"fewer than {MIN_FRAME} bytes after COBS"),
+        ("too_long", b"\x00" + b"\x11" * (MAX_ENCODED + 1) + b"\x00", "too_long",
+         f"more than {MAX_ENCODED} bytes between delimiters"),
+        ("unknown_type", _wire(_with_crc(bytes.fromhex("01 7f 01 00"))), "type",
+         "type 0x7f is not defined"),
+        ("payload_too_long", _wire(_with_crc(good[:-2] + b"\x00")), "length",
+         "COMMAND with a 4-byte payload"),
+        ("payload_too_short", _wire(_with_crc(good[:-3])), "length",
+         "COMMAND with a 2-byte payload"),
+        ("version_2_heartbeat", _wire(_with_crc(version_2)), "version",
+         "non-HELLO frame of another protocol version"),
+        ("hello_truncated", _wire(_with_crc(hello_body[:-1])), "length",
+         "HELLO shorter than its 13 frozen bytes"),
     ]
     out = []
     for name, wire, kind, note in cases:

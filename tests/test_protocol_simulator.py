@@ -211,6 +211,21 @@ def test_device_with_other_definitions_fails_the_host_handshake(tmp_path):
         cmd = host.send(Command, intent=int(Intent.OPEN), ttl_ms=500)  # a careless host: still refused
         assert host.wait_for(is_ack_for(cmd)).result == Result.REJECT_NO_SESSION
         assert sim.stop() == 0
+    assert not sim.find("command") and sim.find("state", state="fault")
+
+
+def test_device_of_another_protocol_version_fails_closed(tmp_path):
+    with SimProcess(tmp_path, "--protocol-version", "2") as sim, Host(sim.path) as host:
+        with pytest.raises(HandshakeError, match="protocol version 2, expected 1"):
+            handshake(host.link, host.decoder, timeout=2.0)  # its HELLO is still readable
+        cmd = host.send(Command, intent=int(Intent.OPEN), ttl_ms=500)
+        sim.wait_event("rx_error", kind="version")  # it cannot read our version-1 COMMAND
+        wait_until(lambda: host.poll(0.02) is not None and host.decoder.errors["version"] > 0, 2.0,
+                   "version errors on the host (its STATUS frames are version 2)")
+        assert not any(isinstance(m, Ack) and m.acked_seq == cmd.seq for m in host.received)
+        assert sim.stop() == 0
+    assert not sim.find("command")
+    assert sim.find("hello", match=False) and sim.find("state", state="fault")
 
 
 @pytest.mark.faults

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from firmware_protocol import MESSAGES, SCHEMA_HASH, Decoder, FrameError, cobs, decode, encode, pack
+from firmware_protocol import MESSAGES, SCHEMA_HASH, SCHEMA_TEXT, Decoder, FrameError, cobs, decode, encode, pack
 from firmware_protocol.crc import crc16
 from firmware_protocol.vectors import VECTORS_PATH, generate, render
 
@@ -91,3 +91,19 @@ def test_command_vectors_state_the_device_reaction():
     assert reactions["command_intent_255"]["result"] == "reject_intent"
     assert reactions["hello_host_mismatch"] == {"state": "fault", "replies": ["HELLO", "FAULT"], "fault": "schema_mismatch"}
     assert reactions["stop_unknown_reason"] == {"state": "safe", "result": "ok"}
+
+
+def test_spec_document_quotes_the_current_schema_and_examples():
+    from pathlib import Path
+
+    spec = (Path(__file__).resolve().parents[1] / "docs" / "firmware_protocol.md").read_text(encoding="utf-8")
+    assert "```\n" + SCHEMA_TEXT + "```\n" in spec  # the canonical text, verbatim
+    assert f"0x{SCHEMA_HASH:08X}" in spec
+    spaced = {v["name"]: " ".join(v["wire"][i:i + 2] for i in range(0, len(v["wire"]), 2)) for v in VECTORS["frames"]}
+    for name in ("command_open", "ack_command_ok", "heartbeat_zero", "hello_host", "status_opening", "stop", "clear"):
+        assert spaced[name] in spec, name
+    for vector in VECTORS["invalid"]:
+        wire = " ".join(vector["wire"][i:i + 2] for i in range(0, len(vector["wire"]), 2))
+        if f"| {vector['name']} |" in spec:
+            assert f"`{wire}`" in spec, vector["name"]
+
