@@ -35,25 +35,26 @@ Task = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class TaskFamily:
-    """Patients x conditions: class patterns over 8 latent muscles, seen through a rotated,
-    per-channel-scaled armband, with a per-task pattern shift, slow modulation and noise."""
+    """Patients x conditions: open and close share a co-contraction pattern over 8 muscles
+    (relax is weak), seen through a rotated armband with per-channel gains and a per-task
+    pattern shift; each window has its own effort level, a slow modulation and noise."""
 
     def __init__(self, seed: int = 0):
         rng = np.random.default_rng(seed)
-        self.patterns = rng.uniform(0.2, 1.0, (N_CLASSES, CHANNELS))
-        self.patterns[0] *= 0.25  # relax: weak activity
+        common = rng.uniform(0.3, 1.0, CHANNELS)
+        self.patterns = np.stack([0.3 * common] + [common + 0.5 * rng.uniform(0, 1, CHANNELS) for _ in range(2)])
 
     def task(self, rng: np.random.Generator, n_support: int, n_query: int) -> Task:
         shift = int(rng.integers(CHANNELS))
         gains = rng.uniform(0.6, 1.4, CHANNELS)
-        patterns = np.roll(self.patterns + rng.normal(0, 0.15, self.patterns.shape), shift, axis=1) * gains
-        noise = rng.uniform(0.15, 0.35)
+        patterns = np.roll(self.patterns + rng.normal(0, 0.1, self.patterns.shape), shift, axis=1) * gains
+        t = np.arange(WINDOW) / WINDOW
 
         def windows(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             y = rng.integers(N_CLASSES, size=n)
-            t = np.arange(WINDOW) / WINDOW
-            mod = 1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.5, 3, (n, 1, 1)) * t[None, :, None] + rng.uniform(0, 6.3, (n, 1, 1)))
-            x = patterns[y][:, None, :] * mod + rng.normal(0, noise, (n, WINDOW, CHANNELS))
+            effort = rng.uniform(0.5, 1.5, (n, 1, 1))
+            phase = 2 * np.pi * rng.uniform(0.5, 3, (n, 1, 1)) * t[None, :, None] + rng.uniform(0, 6.3, (n, 1, 1))
+            x = effort * patterns[y][:, None, :] * (1 + 0.3 * np.sin(phase)) + rng.normal(0, 0.5, (n, WINDOW, CHANNELS))
             return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
         return (*windows(n_support), *windows(n_query))

@@ -52,6 +52,7 @@ class TrainConfig:
     model_hparams: dict = field(default_factory=dict)
     tensorboard: bool = True
     resume: str | None = None
+    augment_rotation: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))

@@ -67,8 +67,9 @@ def unscaled(x: np.ndarray, scaler: Scaler) -> np.ndarray:
 class Sampler:
     """Fixed-size support/query samples per task, so a meta-batch runs in one vmap."""
 
-    def __init__(self, tasks: list[TaskWindows], batch: int, rorcr_size: float, rng: np.random.Generator):
-        self.tasks, self.batch, self.rorcr_size, self.rng = tasks, batch, rorcr_size, rng
+    def __init__(self, tasks: list[TaskWindows], batch: int, rorcr_size: float, rng: np.random.Generator,
+                 rotate: bool = False):
+        self.tasks, self.batch, self.rorcr_size, self.rng, self.rotate = tasks, batch, rorcr_size, rng, rotate
 
     def _pick(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = self.rng.choice(len(x), self.batch, replace=len(x) < self.batch)
@@ -77,7 +78,12 @@ class Sampler:
     def task(self, tw: TaskWindows):
         from metalearn.evaluate import support_part
 
-        return (*self._pick(*support_part(tw, self.rorcr_size)), *self._pick(tw.x_query, tw.y_query))
+        xs, ys = self._pick(*support_part(tw, self.rorcr_size))
+        xq, yq = self._pick(tw.x_query, tw.y_query)
+        if self.rotate:  # the armband put on rotated: the same task seen by shifted electrodes
+            k = int(self.rng.integers(0, xs.shape[-1]))
+            xs, xq = np.roll(xs, k, axis=-1), np.roll(xq, k, axis=-1)
+        return xs, ys, xq, yq
 
     def meta_batch(self, n: int):
         chosen = self.rng.choice(len(self.tasks), n, replace=False)
@@ -152,7 +158,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
               "class_names": list(INTENTS), "config": config_dict, "config_hash": stable_hash(config_dict),
               "data_hash": data_hash, "verify_windows": verify, "seed": seed}
 
-    sampler = Sampler(train_tasks, cfg.batch_size, cfg.rorcr_size, rng)
+    sampler = Sampler(train_tasks, cfg.batch_size, cfg.rorcr_size, rng, rotate=cfg.augment_rotation)
     val_sampler = Sampler(val, cfg.batch_size * 4, cfg.rorcr_size, np.random.default_rng([seed, 1]))
     val_batch = [val_sampler.task(t) for t in val]  # fixed: checkpoints are comparable
     models_dir, res_dir = run_dir / "models", run_dir / "results"

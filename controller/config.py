@@ -1,0 +1,342 @@
+"""The daemon's configuration: one explicit YAML file validated into frozen, typed objects.
+
+Every key has a default (see ``configs/controller.yaml``, which documents each one); a file only
+needs the keys it changes. An unknown key, a wrong type or a value out of range raises
+:class:`~metaemg.errors.ConfigError` with one line naming the file and the dotted key, before
+anything touches the hardware. The four command-line overrides (``--lsl-stream``,
+``--serial-port``, ``--model``, ``--monitor``) replace the matching keys after loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from metaemg.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+DEFAULT_STREAM_NAME = "MyHand-EMG"
+DEFAULT_MODEL_NAME = "myo_meta.onnx"
+
+
+def default_model_path() -> Path:
+    """The packaged default model, ``metalearn/default_model/myo_meta.onnx``.
+
+    ``metalearn`` itself imports no torch, so the daemon may import it for this path.
+    """
+    import metalearn
+
+    return Path(metalearn.__file__).resolve().parent / "default_model" / DEFAULT_MODEL_NAME
+
+
+def _check(ok: bool, key: str, problem: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LslConfig:
+    """Which armband stream to read, and how to find it."""
+
+    name: str | None = DEFAULT_STREAM_NAME
+    type: str | None = None
+    source_id: str | None = None
+    resolve_timeout_s: float = 2.0
+    retry_s: float = 1.0
+    max_buffer_s: int = 1
+    clock_sync: bool = True
+
+    def validate(self, key: str) -> None:
+        _check(any((self.name, self.type, self.source_id)), key,
+               "give at least one of name, type, source_id", (self.name, self.type, self.source_id))
+        for attr in ("name", "type", "source_id"):
+            value = getattr(self, attr)
+            _check(value is None or ("'" not in value and value.strip() == value and value != ""),
+                   f"{key}.{attr}", "must be a non-empty string without quotes or surrounding spaces", value)
+        _check(0 < self.resolve_timeout_s <= 60, f"{key}.resolve_timeout_s", "must be in (0, 60]", self.resolve_timeout_s)
+        _check(0 < self.retry_s <= 60, f"{key}.retry_s", "must be in (0, 60]", self.retry_s)
+        _check(1 <= self.max_buffer_s <= 60, f"{key}.max_buffer_s", "must be 1..60", self.max_buffer_s)
+
+    def predicate(self) -> str:
+        """The LSL XPath predicate matching every property given."""
+        parts = [f"{attr}='{getattr(self, attr)}'" for attr in ("name", "type", "source_id") if getattr(self, attr)]
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ONNX model file (``null``: the packaged default model)."""
+
+    path: str | None = None
+    watch: bool = True
+    watch_interval_s: float = 1.0
+
+    def validate(self, key: str) -> None:
+        _check(self.path is None or self.path != "", f"{key}.path", "must be a file path or null", self.path)
+        _check(0.1 <= self.watch_interval_s <= 60, f"{key}.watch_interval_s", "must be in [0.1, 60]",
+               self.watch_interval_s)
+
+    def resolved_path(self) -> Path:
+        return Path(self.path).expanduser() if self.path else default_model_path()
+
+
+@dataclass(frozen=True)
+class SerialConfig:
+    """The orthosis link (docs/firmware_protocol.md, section 8)."""
+
+    port: str = "/dev/myhand"
+    baudrate: int = 115200
+    ttl_ms: int = 300
+    heartbeat_ms: int = 50
+    ack_timeout_ms: int = 50
+    retries: int = 3
+    device_timeout_ms: int = 300
+    handshake_timeout_ms: int = 1000
+    reconnect_min_ms: int = 100
+    reconnect_max_ms: int = 2000
+    send_every_decision: bool = True
+    refresh_ms: int = 100
+
+    def validate(self, key: str) -> None:
+        _check(self.port != "", f"{key}.port", "must be a device path or transport URL", self.port)
+        _check(self.baudrate > 0, f"{key}.baudrate", "must be > 0", self.baudrate)
+        _check(1 <= self.ttl_ms <= 1000, f"{key}.ttl_ms", "must be 1..1000 (the device's max TTL)", self.ttl_ms)
+        _check(10 <= self.heartbeat_ms <= 1000, f"{key}.heartbeat_ms", "must be 10..1000", self.heartbeat_ms)
+        _check(5 <= self.ack_timeout_ms <= 1000, f"{key}.ack_timeout_ms", "must be 5..1000", self.ack_timeout_ms)
+        _check(0 <= self.retries <= 10, f"{key}.retries", "must be 0..10", self.retries)
+        _check(50 <= self.device_timeout_ms <= 10000, f"{key}.device_timeout_ms", "must be 50..10000",
+               self.device_timeout_ms)
+        _check(100 <= self.handshake_timeout_ms <= 10000, f"{key}.handshake_timeout_ms", "must be 100..10000",
+               self.handshake_timeout_ms)
+        _check(10 <= self.reconnect_min_ms <= 60000, f"{key}.reconnect_min_ms", "must be 10..60000",
+               self.reconnect_min_ms)
+        _check(self.reconnect_min_ms <= self.reconnect_max_ms <= 60000, f"{key}.reconnect_max_ms",
+               "must be reconnect_min_ms..60000", self.reconnect_max_ms)
+        _check(10 <= self.refresh_ms <= self.ttl_ms / 2, f"{key}.refresh_ms", "must be 10..ttl_ms/2",
+               self.refresh_ms)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Decision smoothing and the input safety rules (see controller.policy)."""
+
+    threshold: float = 0.5
+    vote: int = 5
+    min_dwell_ms: float = 150.0
+    refractory_ms: float = 300.0
+    stale_ms: float = 100.0
+    rearm_ms: float = 300.0
+    saturation_fraction: float = 0.2
+
+    def validate(self, key: str) -> None:
+        _check(0 <= self.threshold < 1, f"{key}.threshold", "must be in [0, 1)", self.threshold)
+        _check(1 <= self.vote <= 100, f"{key}.vote", "must be 1..100", self.vote)
+        for attr in ("min_dwell_ms", "refractory_ms", "rearm_ms"):
+            value = getattr(self, attr)
+            _check(0 <= value <= 10000, f"{key}.{attr}", "must be 0..10000", value)
+        _check(10 <= self.stale_ms <= 5000, f"{key}.stale_ms", "must be 10..5000", self.stale_ms)
+        _check(0 < self.saturation_fraction <= 1, f"{key}.saturation_fraction", "must be in (0, 1]",
+               self.saturation_fraction)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The ZeroMQ PUB stream of decisions, status, EMG and cues."""
+
+    endpoint: str = "tcp://127.0.0.1:5556"
+    allow_remote: bool = False
+    emg_decimation: int = 10
+    status_hz: float = 5.0
+    hwm: int = 1000
+
+    def validate(self, key: str) -> None:
+        scheme, sep, rest = self.endpoint.partition("://")
+        _check(bool(sep) and scheme in ("tcp", "ipc") and rest != "", f"{key}.endpoint",
+               "must be tcp://HOST:PORT or ipc://PATH", self.endpoint)
+        if scheme == "tcp" and not self.allow_remote:
+            host = rest.rsplit(":", 1)[0]
+            _check(host in LOOPBACK_HOSTS, f"{key}.endpoint",
+                   "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
+                   self.endpoint)
+        _check(1 <= self.emg_decimation <= 10000, f"{key}.emg_decimation", "must be 1..10000", self.emg_decimation)
+        _check(0.1 <= self.status_hz <= 100, f"{key}.status_hz", "must be 0.1..100", self.status_hz)
+        _check(1 <= self.hwm <= 1_000_000, f"{key}.hwm", "must be 1..1000000", self.hwm)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The local ZeroMQ REP control socket (mode 0600)."""
+
+    endpoint: str | None = None
+    runtime_dir: str | None = None
+
+    def validate(self, key: str) -> None:
+        if self.endpoint is not None:
+            _check(self.endpoint.startswith("ipc://") and len(self.endpoint) > len("ipc://"), f"{key}.endpoint",
+                   "must be ipc://PATH (the control socket is local only) or null", self.endpoint)
+
+    def resolved_runtime_dir(self, env: typing.Mapping[str, str] | None = None) -> Path:
+        """$RUNTIME_DIRECTORY (systemd), else ``runtime_dir``, else $XDG_RUNTIME_DIR/myhand,
+        else /tmp/myhand-<uid>."""
+        env = os.environ if env is None else env
+        if env.get("RUNTIME_DIRECTORY"):
+            return Path(env["RUNTIME_DIRECTORY"].split(":")[0])
+        if self.runtime_dir:
+            return Path(self.runtime_dir).expanduser()
+        if env.get("XDG_RUNTIME_DIR"):
+            return Path(env["XDG_RUNTIME_DIR"]) / "myhand"
+        return Path(f"/tmp/myhand-{os.getuid()}")
+
+    def resolved_endpoint(self, env: typing.Mapping[str, str] | None = None) -> str:
+        if self.endpoint:
+            return self.endpoint
+        return f"ipc://{self.resolved_runtime_dir(env) / 'control.sock'}"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+
+    def validate(self, key: str) -> None:
+        _check(self.level in LOG_LEVELS, f"{key}.level", f"must be one of {', '.join(LOG_LEVELS)}", self.level)
+
+
+@dataclass(frozen=True)
+class Config:
+    lsl: LslConfig = field(default_factory=LslConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> Config:
+        for f in fields(self):
+            getattr(self, f.name).validate(f.name)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, *, lsl_stream: str | None = None, serial_port: str | None = None,
+                       model: str | None = None, monitor: str | None = None) -> Config:
+        """Apply the command-line overrides, then validate again."""
+        cfg = self
+        if lsl_stream is not None:
+            cfg = dataclasses.replace(cfg, lsl=dataclasses.replace(cfg.lsl, name=lsl_stream))
+        if serial_port is not None:
+            cfg = dataclasses.replace(cfg, serial=dataclasses.replace(cfg.serial, port=serial_port))
+        if model is not None:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model))
+        if monitor is not None:
+            cfg = dataclasses.replace(cfg, monitor=dataclasses.replace(cfg.monitor, endpoint=monitor))
+        return cfg.validate()
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the configuration (for the docs and their test)."""
+    keys = []
+    for f in fields(cls):
+        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else _section_type(cls, f.name)):
+            keys += all_keys(_section_type(cls, f.name), f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _section_type(cls: type, name: str) -> type:
+    return typing.get_type_hints(cls)[name]
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def from_dict(data: Any, where: str = "config") -> Config:
+    """Validate a parsed YAML document into a :class:`Config`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(data).__name__}")
+    sections = {}
+    known = [f.name for f in fields(Config)]
+    for name, value in data.items():
+        if name not in known:
+            raise ConfigError(f"{where}: unknown key '{name}' (known sections: {', '.join(known)})")
+        sections[name] = _section(_section_type(Config, name), value, where, name)
+    cfg = Config(**sections)
+    try:
+        return cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _section(cls: type, data: Any, where: str, section: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {section}: must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    values = {}
+    for name, value in data.items():
+        if name not in known:
+            raise ConfigError(f"{where}: unknown key '{section}.{name}' (known in {section}: {', '.join(known)})")
+        values[name] = _coerce(hints[name], value, f"{where}: {section}.{name}")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against a simple type hint (bool, int, float, str, X | None)."""
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: must not be null")
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported config type {hint!r}")  # pragma: no cover - definition error
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate one YAML file; every problem is one ConfigError line naming it."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return from_dict(data, str(path))
