@@ -11,7 +11,7 @@ test: setup
 	.venv/bin/python -m pytest
 
 
-# Rebuild the shipped default Myo meta-model (about 3 minutes on 2 CPU cores).
+# Rebuild the shipped default Myo meta-model (about 10-20 minutes on 2 CPU cores).
 MYO ?= ../shared/datasets/myoarmband
 default-model: setup
 	.venv/bin/metaemg-import myoarmband $(MYO) data/myo --quiet

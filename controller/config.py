@@ -105,7 +105,9 @@ class SerialConfig:
     refresh_ms: int = 100
 
     def validate(self, key: str) -> None:
-        _check(self.port != "", f"{key}.port", "must be a device path or transport URL", self.port)
+        scheme = self.port.partition("://")[0] if "://" in self.port else None
+        _check(self.port != "" and scheme in (None, "serial", "pty", "loop"), f"{key}.port",
+               "must be a device path, serial://PATH, pty:// or loop://", self.port)
         _check(self.baudrate > 0, f"{key}.baudrate", "must be > 0", self.baudrate)
         _check(1 <= self.ttl_ms <= 1000, f"{key}.ttl_ms", "must be 1..1000 (the device's max TTL)", self.ttl_ms)
         _check(10 <= self.heartbeat_ms <= 1000, f"{key}.heartbeat_ms", "must be 10..1000", self.heartbeat_ms)

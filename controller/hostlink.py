@@ -349,6 +349,8 @@ class HostLink:
         return [self._hello(now)]
 
     def _mismatch(self, problem: str, now: float) -> list[Message]:
+        if self.phase == Phase.MISMATCH:
+            return []  # the FAULT that follows a mismatching HELLO: keep the first, precise reason
         self._reset_session()
         self.phase = Phase.MISMATCH
         self.problem = problem

@@ -38,6 +38,7 @@ OPPOSITE = {OPEN: CLOSE, CLOSE: OPEN}
 STARTING = "starting"
 STALE = "stale"
 REARMING = "rearming"
+_EPS = 1e-6  # timer slack: a tick scheduled exactly at the stale deadline must see it expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,9 @@ class Policy:
 
     def input_good(self, t: float) -> None:
         """A chunk of good samples arrived at ``t``."""
+        if self.last_data is not None and t - self.last_data >= self._stale and self.reason != STALE:
+            self.good_since = None  # a gap the timer did not see (a stalled loop) still counts
+            self._disarm(t, STALE)
         self.last_data = t
         if self.good_since is None:
             self.good_since = t
@@ -109,7 +113,7 @@ class Policy:
     def tick(self, t: float) -> bool:
         """Timers: stale input disarms, good input for ``rearm_ms`` re-arms. Returns True if the
         armed state changed."""
-        if self.last_data is not None and t - self.last_data >= self._stale and self.reason != STALE:
+        if self.last_data is not None and t - self.last_data >= self._stale - _EPS and self.reason != STALE:
             self.good_since = None
             was = self.armed
             self._disarm(t, STALE)

@@ -1,20 +1,41 @@
-"""``metaemg-demo``: the project's main job on embedded data, on one machine, no hardware.
+"""``metaemg-demo``: the whole MyHand chain live on one machine, no hardware.
 
-For now it imports the real Myo armband recordings, generates synthetic patients in both data
-styles, validates every task collection and prints a summary.
+It starts three processes, as a clinic runs them but with stand-ins for the hardware:
+
+1. a replay armband (``metaemg-replay``): an LSL outlet playing a real Myo recording (Male13,
+   session Test0, from ``../shared/datasets/myoarmband``) in real time, looping; synthetic EMG when
+   the dataset is not there;
+2. the orthosis simulator (``metaemg-sim orthosis``) on a pseudo-terminal behind a symlink;
+3. the daemon (``myhand-controller``) with the default model (or ``--model``),
+
+then shows the recording's label, the daemon's decision and the orthosis state a few times per
+second until Ctrl-C (or ``--duration``), stops everything cleanly (the daemon first: it sends STOP)
+and prints a summary: decisions, their agreement with the recording's labels, the commands the
+simulator accepted.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from metaemg.cli import entry_point
-from metaemg.errors import DataError
+from metaemg.errors import DataError, MetaEMGError, ModelError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+INTENTS = ("relax", "open", "close")
+REACTION_S = 0.3  # commands are scored against the label this long before (window + vote delay)
+PRINT_EVERY_S = 0.25
 
 
 def default_myo_root() -> Path:
@@ -22,56 +43,236 @@ def default_myo_root() -> Path:
     return Path(env) if env else PROJECT_ROOT.parent / "shared" / "datasets" / "myoarmband"
 
 
+class DemoError(MetaEMGError):
+    """A demo process did not start or died."""
+
+
+class _Lines:
+    """Incremental reader of a JSON-lines file another process appends to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._pos, self._partial = path, 0, ""
+
+    def poll(self) -> list[dict]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                fh.seek(self._pos)
+                data = self._partial + fh.read()
+                self._pos = fh.tell()
+        except FileNotFoundError:
+            return []
+        lines = data.split("\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+class Labels:
+    """The recording's label over time, from the replay's log (LSL time = time.monotonic)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.labels: list[str] = []
+
+    def add(self, record: dict) -> None:
+        if record.get("event") == "label":
+            self.times.append(record["lsl_t"])
+            self.labels.append(record["label"])
+
+    def at(self, t: float) -> str | None:
+        i = bisect.bisect_right(self.times, t) - 1
+        return self.labels[i] if i >= 0 else None
+
+
+def _spawn(argv: list[str], log: Path, *, pipe_stdout: bool = False) -> subprocess.Popen:
+    """Start a child in a session of its own (Ctrl-C reaches only the demo, which then stops the
+    children in order), its output in ``log``."""
+    with open(log, "w", encoding="utf-8") as fh:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE if pipe_stdout else fh, stderr=fh, text=True,
+                                start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float = 5.0) -> int | None:
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def _model_path(arg: Path | None) -> Path:
+    if arg is not None:
+        if not arg.is_file():
+            raise ModelError(f"{arg}: model file not found")
+        return arg
+    from controller.config import default_model_path
+
+    path = default_model_path()
+    if not path.is_file():
+        raise ModelError(f"{path}: the default model is not there; give --model FILE "
+                         "(train one with metaemg-train, then metaemg-export RUN --out FILE)")
+    return path
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="metaemg-demo", description=__doc__.splitlines()[0].strip("`"))
-    p.add_argument("--myo-root", type=Path, default=None,
-                   help="Myo armband dataset (default: $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)")
-    p.add_argument("--out", type=Path, default=PROJECT_ROOT / "data" / "demo", help="where to write the data")
-    p.add_argument("--patients", type=int, default=6, help="synthetic patients per data style")
-    p.add_argument("--conditions", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", type=Path, help="ONNX model (default: the packaged default model)")
+    p.add_argument("--source", help="recording to replay: myo:SUBJECT/SESSION, synth[:SEED] or a CSV "
+                                    "(default myo:Male13/Test0, or synth without the dataset)")
+    p.add_argument("--myo-root", type=Path, help="Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds and print the summary")
+    p.add_argument("--workdir", type=Path, help="keep logs and sockets here (default: a temporary directory)")
+    p.add_argument("--quiet", action="store_true", help="no live lines, only the summary")
     args = p.parse_args(argv)
 
-    from metalearn.cli import print_validation, validate_collection
-    from metalearn.myo import import_myoarmband
-    from metalearn.synth import generate_dataset
-    from metalearn.tasks import TaskRef, save_collection
-
+    model = _model_path(args.model)
     myo_root = args.myo_root or default_myo_root()
-    if not myo_root.is_dir():
-        raise DataError("Myo armband dataset not found (give --myo-root or set METAEMG_MYO_ROOT)", path=myo_root)
-    out = args.out
-    t0 = time.monotonic()
-    print(f"[1/3] importing the Myo armband dataset from {myo_root} -> {out / 'myo'}")
-    import_myoarmband(myo_root, out / "myo", progress=True)
-    print(f"[2/3] generating {args.patients} synthetic patients x {args.conditions} conditions per data style")
-    for style in ("myo", "myhand"):
-        coll = generate_dataset(out / f"synth_{style}", patients=args.patients, conditions=args.conditions,
-                                seed=args.seed, style=style, progress=True)
-        save_collection(out / f"synth_{style}" / "task_collections" / "synth_all.json",
-                        [TaskRef(t["session"], t["condition"]) for t in coll])
-    print("[3/3] validating every task collection")
-    ok = True
-    summary = []
-    for root in (out / "myo", out / "synth_myo", out / "synth_myhand"):
-        for coll_path in sorted((root / "task_collections").glob("*.json")):
-            report = validate_collection(coll_path, root)
-            ok &= report["valid"]
-            summary.append((coll_path, report))
-    for coll_path, report in summary:
-        print(f"\n== {coll_path.relative_to(out)}")
-        print_validation(report)
-    print("\nsummary")
-    print(f"{'collection':<44} {'tasks':>5} {'hours':>6} {'rate Hz':>8} {'relax/open/close %':>20} {'support %':>9}")
-    for coll_path, report in summary:
-        good = [t for t in report["tasks"] if t["valid"]]
-        secs = sum(t["duration_s"] for t in good)
-        n = sum(t["samples"] for t in good) or 1
-        shares = "/".join(f"{100 * sum(t['label_counts'][k] for t in good) / n:.0f}" for k in ("relax", "open", "close"))
-        rates = sorted({round(t["sample_rate"]) for t in good})
-        sup = 100 * sum(t["support_samples"] for t in good) / n
-        print(f"{str(coll_path.relative_to(out)):<44} {len(good):>5} {secs / 3600:>6.2f} "
-              f"{'/'.join(map(str, rates)):>8} {shares:>20} {sup:>9.0f}")
-    print(f"\n{'all collections valid' if ok else 'INVALID tasks found'} ({time.monotonic() - t0:.1f} s); data in {out}")
-    return 0 if ok else 1
+    if args.myo_root is not None and not (myo_root / "EvaluationDataset").is_dir():
+        raise DataError("Myo armband dataset not found (no EvaluationDataset/ there)", path=myo_root)
+    source = args.source or ("myo:Male13/Test0" if (myo_root / "EvaluationDataset").is_dir() else "synth")
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return _run(args, model, source, myo_root, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="metaemg-demo-") as tmp:
+        return _run(args, model, source, myo_root, Path(tmp))
+
+
+def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
+    import zmq
+
+    py = sys.executable
+    name = f"metaemg-demo-{os.getpid()}"
+    link, monitor, control = work / "myhand", f"ipc://{work}/monitor.sock", f"ipc://{work}/control.sock"
+    sim = replay = daemon = None
+    stopping = []
+    old_int = signal.signal(signal.SIGINT, lambda *_: stopping.append("interrupted"))
+    old_term = signal.signal(signal.SIGTERM, lambda *_: stopping.append("terminated"))
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt_string(zmq.SUBSCRIBE, "")
+    stats: dict = {"decisions": 0, "agree": 0, "scored": 0, "latency": [], "states": Counter()}
+    try:
+        print(f"model    {model}\nreplay   {source} as LSL stream {name!r}\northosis simulator on {link}\n"
+              f"logs     {work}\n")
+        sim = _spawn([py, "-m", "firmware_protocol.cli", "orthosis", "--link", str(link),
+                      "--log", str(work / "sim.jsonl")], work / "sim.out", pipe_stdout=True)
+        pty = sim.stdout.readline().strip()
+        if not pty:
+            raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})")
+        replay = _spawn([py, "-m", "controller.replay", source, "--name", name, "--loop", "--myo-root", str(myo_root),
+                         "--log", str(work / "replay.jsonl")], work / "replay.out")
+        daemon = _spawn([py, "-m", "controller", "--lsl-stream", name, "--serial-port", str(link),
+                         "--model", str(model), "--monitor", monitor, "--control", control],
+                        work / "controller.log")
+        sub.connect(monitor)
+        labels, replay_log, sim_log = Labels(), _Lines(work / "replay.jsonl"), _Lines(work / "sim.jsonl")
+        t_start = time.monotonic()
+        deadline = None if args.duration is None else t_start + args.duration
+        last: dict = {}
+        next_print = t_start
+        if not args.quiet:
+            print(f"{'time':>6}  {'recording':<9} {'decision':<9} {'p':>4}  {'daemon':<18} {'orthosis':<9} position")
+        while not stopping and (deadline is None or time.monotonic() < deadline):
+            for proc, what in ((daemon, "myhand-controller"), (replay, "the replay"), (sim, "the simulator")):
+                if proc.poll() is not None:
+                    raise DemoError(f"{what} exited with status {proc.returncode} (see the logs in {work}: "
+                                    f"{_tail(work / 'controller.log')})")
+            for record in replay_log.poll():
+                labels.add(record)
+            if sub.poll(50):
+                while True:
+                    try:
+                        topic, body = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    msg = json.loads(body)
+                    last[topic.decode()] = msg
+                    if topic == b"decision":
+                        _score(stats, msg, labels)
+            now = time.monotonic()
+            if not args.quiet and now >= next_print and "decision" in last:
+                next_print = now + PRINT_EVERY_S
+                _print_line(now - t_start, last, labels)
+        t_end = time.monotonic()
+    finally:
+        daemon_rc = _stop(daemon)
+        _stop(replay)
+        _stop(sim)
+        sub.close(0)
+        ctx.term()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    for record in replay_log.poll():
+        labels.add(record)
+    commands = [r for r in sim_log.poll() if r.get("event") == "command"] if sim is not None else []
+    commands = [c for c in commands if c["t"] <= t_end]
+    _summary(stats, commands, labels, daemon_rc, stopping, t_end - t_start)
+    return 0 if daemon_rc == 0 else 1
+
+
+def _tail(path: Path, n: int = 1) -> str:
+    try:
+        return " | ".join(path.read_text(encoding="utf-8").strip().splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _score(stats: dict, msg: dict, labels: Labels) -> None:
+    stats["decisions"] += 1
+    stats["states"][msg["state"]] += 1
+    if msg.get("latency_ms") is not None:
+        stats["latency"].append(msg["latency_ms"])
+    if msg.get("intent") is not None and msg.get("lsl_ts") is not None:
+        label = labels.at(msg["lsl_ts"] - REACTION_S)
+        if label is not None:
+            stats["scored"] += 1
+            stats["agree"] += label == msg["intent"]
+
+
+def _print_line(t: float, last: dict, labels: Labels) -> None:
+    d = last["decision"]
+    status = last.get("status", {})
+    link = status.get("link", {})
+    label = labels.at(d["lsl_ts"]) if d.get("lsl_ts") is not None else None
+    intent = d["intent"] or "SAFE"
+    state = d["state"] if d["state"] == "running" else f"{d['state']} ({status.get('reason') or ''})"[:18]
+    position = link.get("position")
+    bar = "" if position is None else "[" + "#" * round(position / 100) + "." * (10 - round(position / 100)) + "]"
+    mark = "" if label is None or d["intent"] is None else ("  " if label == d["intent"] else " *")
+    print(f"{t:6.1f}  {label or '-':<9} {intent:<9} {d['confidence'] or 0:4.2f}  {state:<18} "
+          f"{link.get('device_state') or '-':<9} {'' if position is None else position:>4} {bar}{mark}",
+          flush=True)
+
+
+def _summary(stats: dict, commands: list[dict], labels: Labels, daemon_rc, stopping, seconds: float) -> None:
+    import numpy as np
+
+    by_intent = Counter(c["intent"] for c in commands)
+    scored = [(c["intent"], labels.at(c["t"] - REACTION_S)) for c in commands]
+    scored = [(i, lab) for i, lab in scored if lab is not None]
+    lat = np.array(stats["latency"]) if stats["latency"] else None
+    print("\nsummary" + (f" ({stopping[0]})" if stopping else ""))
+    print(f"  ran for                  {seconds:.1f} s")
+    print(f"  decisions                {stats['decisions']} ({', '.join(f'{k} {v}' for k, v in stats['states'].items())})")
+    if stats["scored"]:
+        print(f"  decisions agreeing       {stats['agree'] / stats['scored']:.1%} of {stats['scored']} "
+              f"with the recording's label {REACTION_S:g} s earlier")
+    print(f"  commands accepted by the simulator  {len(commands)} "
+          f"({', '.join(f'{k} {by_intent[k]}' for k in INTENTS)})")
+    if scored:
+        agreement = sum(i == lab for i, lab in scored) / len(scored)
+        print(f"  agreement with the labels          {agreement:.1%} of {len(scored)} commands (chance: 33%)")
+    if lat is not None:
+        print(f"  daemon latency (chunk in -> command out)  p50 {np.median(lat):.2f} ms, "
+              f"p99 {np.percentile(lat, 99):.2f} ms")
+    print(f"  myhand-controller exit status      {daemon_rc}")

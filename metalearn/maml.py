@@ -4,7 +4,9 @@ Parameters travel as plain dicts ``{name: tensor}`` (:func:`model_params`) and t
 through ``torch.func.functional_call``. The inner loop (:func:`adapt`) takes ``steps`` plain SGD
 or Adam steps on a task's support set; Adam is written functionally with the exact
 ``torch.optim.Adam`` update (bias correction, default betas and eps), so second-order MAML
-differentiates through it. :func:`meta_gradient` returns the gradient of the mean query loss
+differentiates through it. (higher 0.2.1's DifferentiableAdam keeps the pre-1.0 formula that adds
+eps before bias correction: with its eps set to ``eps * sqrt(1 - beta2**t)`` at step t the two
+agree; see tests/test_maml.py.) :func:`meta_gradient` returns the gradient of the mean query loss
 with respect to the initial parameters, with all tasks in one ``vmap`` when their shapes agree,
 one by one otherwise. :class:`OuterLoop` applies it with AdamW and the research code's StepLR
 schedule; :func:`allreduce_meta_gradients` combines shards of a meta-batch under torchrun.
@@ -91,7 +93,8 @@ def _grads_eager(model: nn.Module, params: Params, x: Tensor, y: Tensor, first_o
     """Support-loss gradients with ``torch.autograd.grad``; a graph only for tracked, second-order params."""
     tracked = not first_order and any(p.requires_grad for p in params.values())
     at = {k: p if tracked and p.requires_grad else p.detach().requires_grad_() for k, p in params.items()}
-    gs = torch.autograd.grad(_loss(model, at, x, y), list(at.values()), create_graph=tracked, allow_unused=True)
+    with torch.enable_grad():  # also under a caller's no_grad()
+        gs = torch.autograd.grad(_loss(model, at, x, y), list(at.values()), create_graph=tracked, allow_unused=True)
     return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(at.items(), gs, strict=True)}
 
 
@@ -168,7 +171,9 @@ def adapt(
 # ---------------------------------------------------------------- meta-gradient
 
 
-def _task_loss(model: nn.Module, inner: InnerLoop, params: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
+def _task_loss(
+    model: nn.Module, inner: InnerLoop, params: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor
+) -> Tensor:
     return _loss(model, _adapt(model, params, xs, ys, inner), xq, yq)
 
 
@@ -255,7 +260,7 @@ class OuterLoop:
         self, model: nn.Module, *, lr: float = 1e-3, lr_cycle: int, lr_factor: float, weight_decay: float = 1e-2
     ):
         for name, value in (("lr", lr), ("lr_factor", lr_factor)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"outer {name} must be a finite number > 0, got {value!r}")
         if isinstance(lr_cycle, bool) or not isinstance(lr_cycle, int) or lr_cycle < 1:
             raise ConfigError(f"lr_cycle must be an integer >= 1, got {lr_cycle!r}")

@@ -42,6 +42,15 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(kind, n_channels=CHANNELS, window=WINDOW, **TINY[kind]).to(dtype)
@@ -181,6 +190,15 @@ def test_adapt_reduces_support_loss_without_building_a_graph(kind: str, optimize
     assert loss1 < 0.9 * loss0
     assert not any(p.requires_grad or p.grad_fn is not None for p in adapted.values())
     assert_params_close(dict(model.named_parameters()), before, atol=0.0)  # the model is untouched
+
+
+def test_adapt_works_under_no_grad_and_casts_inputs() -> None:
+    model, ((xs, ys, _, _),) = tiny("dnn"), make_tasks(1)
+    expected = adapt(model, model_params(model), xs, ys, steps=3, lr=0.1)
+    with torch.no_grad():  # e.g. inside an evaluation loop
+        got = adapt(model, model_params(model), xs.float(), ys.int(), steps=3, lr=0.1)
+    assert all(v.dtype == torch.float64 for v in got.values())
+    assert_params_close(got, expected, atol=1e-6)
 
 
 def test_adapt_with_zero_steps_returns_the_params() -> None:

@@ -1,0 +1,116 @@
+"""``myhand-controller``: the real-time daemon, and ``myhand-controller ctl`` to talk to it.
+
+    myhand-controller [--config FILE] [--lsl-stream NAME] [--serial-port PATH] [--model FILE]
+                      [--monitor ENDPOINT] [--control ENDPOINT] [--log-level LEVEL] [--check-config]
+    myhand-controller ctl [--config FILE | --control ENDPOINT] CMD [key=value ...]
+
+Without ``--config`` the defaults apply (configs/controller.yaml documents them); the flags
+override the matching keys. Errors in the configuration, the model file or the stream's metadata
+are one line on stderr and exit status 2, before the serial port is opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from metaemg.cli import entry_point
+from metaemg.errors import ConfigError
+
+from controller import config as configuration
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="myhand-controller",
+                                description="MyHand orthosis controller: armband (LSL) -> intent -> orthosis")
+    p.add_argument("--config", help="YAML configuration file (default: built-in defaults)")
+    p.add_argument("--lsl-stream", metavar="NAME", help="LSL stream name (lsl.name)")
+    p.add_argument("--serial-port", metavar="PATH", help="orthosis port or transport URL (serial.port)")
+    p.add_argument("--model", metavar="FILE", help="ONNX model file (model.path)")
+    p.add_argument("--monitor", metavar="ENDPOINT", help="ZeroMQ PUB endpoint (monitor.endpoint)")
+    p.add_argument("--control", metavar="ENDPOINT", help="ZeroMQ control endpoint, ipc://PATH (control.endpoint)")
+    p.add_argument("--log-level", choices=configuration.LOG_LEVELS, help="logging.level")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, print it as JSON and exit")
+    return p
+
+
+def _ctl_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="myhand-controller ctl",
+                                description="send one request to a running myhand-controller")
+    p.add_argument("--config", help="read control.endpoint / runtime_dir from this file")
+    p.add_argument("--control", metavar="ENDPOINT", help="control endpoint (default: from the config)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    p.add_argument("request", nargs="+",
+                   help="status | pause | resume | reload [path=FILE] | clear | stop | cue cue='{...}'")
+    return p
+
+
+def load_config(args: argparse.Namespace) -> configuration.Config:
+    cfg = configuration.load(args.config) if args.config else configuration.Config().validate()
+    cfg = cfg.with_overrides(lsl_stream=getattr(args, "lsl_stream", None),
+                             serial_port=getattr(args, "serial_port", None),
+                             model=getattr(args, "model", None), monitor=getattr(args, "monitor", None))
+    control = getattr(args, "control", None)
+    if control is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, endpoint=control)).validate()
+    level = getattr(args, "log_level", None)
+    if level is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, level=level))
+    return cfg
+
+
+def _ctl(argv: list[str]) -> int:
+    from controller.control import request
+
+    args = _ctl_parser().parse_args(argv)
+    cfg = load_config(args)
+    words = args.request
+    if len(words) == 1 and words[0].lstrip().startswith("{"):
+        try:
+            req = json.loads(words[0])
+        except ValueError as exc:
+            raise ConfigError(f"request is not valid JSON: {exc}") from None
+    else:
+        req = {"cmd": words[0]}
+        for word in words[1:]:
+            key, sep, value = word.partition("=")
+            if not sep:
+                raise ConfigError(f"expected key=value, got {word!r}")
+            try:
+                req[key] = json.loads(value)
+            except ValueError:
+                req[key] = value
+    answer = request(cfg.control.resolved_endpoint(), req, timeout_s=args.timeout)
+    print(json.dumps(answer, indent=2, sort_keys=True))
+    return 0 if answer.get("ok") else 1
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "ctl":
+        return _ctl(argv[1:])
+    args = _parser().parse_args(argv)
+    cfg = load_config(args)
+    if args.check_config:
+        doc = cfg.to_dict()
+        doc["model"]["resolved_path"] = str(cfg.model.resolved_path())
+        doc["control"]["resolved_endpoint"] = cfg.control.resolved_endpoint()
+        print(json.dumps(doc, indent=2))
+        return 0
+    from controller import logs
+    from controller.daemon import Controller
+
+    logs.configure(cfg.logging.level)
+    return asyncio.run(Controller(cfg).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""The myhand-controller daemon: one asyncio loop wiring the stages together.
+
+    LslSource (thread) -> Pipeline (checks, filters, windows) -> OnnxModel -> Policy -> Link
+                 \\-> Monitor (ZeroMQ PUB)     ControlServer (ZeroMQ REP) -/     StateMachine
+
+Hot path (:meth:`Controller._on_data`, once per chunk): input checks, signal chain, the newest
+window only, one inference, the policy, the COMMAND write, and only then the monitor messages;
+nothing is logged there. The control loop (:meth:`Controller._control_loop`, every 10 ms and at
+the stale deadline) runs the timers: stale input, link retries and heartbeats, state, command
+refresh, status messages, the systemd watchdog and the model file watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import structlog
+import zmq
+import zmq.asyncio
+
+from metaemg.errors import MetaEMGError, ModelError
+from metaemg.modelfile import OnnxModel
+
+from controller.config import Config
+from controller.control import ControlServer
+from controller.link import Link
+from controller.monitor import Monitor
+from controller.pipeline import NONFINITE, Pipeline, check_stream, load_model
+from controller.policy import INTENTS, Decision, Policy
+from controller.sdnotify import Notifier
+from controller.source import LslSource, StreamDesc
+from controller.states import STOP_REASONS, Conditions, DaemonState, StateMachine, Transition
+
+log = structlog.get_logger("controller")
+
+TICK_S = 0.01
+STOP_ACK_WAIT_S = 0.2
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _name(intent: int | None) -> str | None:
+    return None if intent is None else INTENTS[intent]
+
+
+class Controller:
+    """The daemon. ``await Controller(config).run()`` returns the exit code."""
+
+    def __init__(self, config: Config, *, control_endpoint: str | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.control_endpoint = control_endpoint or config.control.resolved_endpoint()
+        self.notifier = notifier or Notifier()
+        self.counters: Counter = Counter()
+        self.policy = Policy(config.policy)
+        self.sm = StateMachine(time.monotonic())
+        self.model_path = config.model.resolved_path()
+        self.model: OnnxModel | None = None
+        self.pipeline: Pipeline | None = None
+        self.paused = False
+        self._stopping = False
+        self._exit_code = 0
+        self._fatal: MetaEMGError | None = None
+        self._ready_sent = False
+        self._stream: StreamDesc | None = None
+        self._stream_connected = False
+        self._stream_problem: str | None = "resolving"
+        self._ever_connected = False
+        self._last_chunk_at: float | None = None
+        self._last_command_at = -1e9
+        self._refresh_s = config.serial.refresh_ms / 1000
+        self._stale_s = config.policy.stale_ms / 1000
+        self._send_every = config.serial.send_every_decision
+        self._emg_index = 0
+        self._model_stat = None
+        self._model_loaded_wall: float | None = None
+        self._last_reload: dict | None = None
+        self._reloading = False
+        self._last_model_error: str | None = None
+        self._rate = (0.0, 0)  # (t, samples) of the last status, for the measured rate
+        self._measured_rate: float | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        cfg = self.config
+        log.info("starting", pid=os.getpid(), model=str(self.model_path), stream=cfg.lsl.predicate(),
+                 port=cfg.serial.port, monitor=cfg.monitor.endpoint, control=self.control_endpoint)
+        # Everything that can be refused is checked before the port is opened.
+        self.model = await asyncio.to_thread(load_model, self.model_path)
+        self._model_loaded_wall = time.time()
+        self._model_stat = _stat(self.model_path)
+        self.pipeline = Pipeline(self.model.info.signal, cfg.policy.saturation_fraction)
+        log.info("model_loaded", path=str(self.model_path), **self._model_fields())
+        self._zctx = zmq.Context()
+        self._actx = zmq.asyncio.Context()
+        self.monitor = self.control = None
+        try:
+            self.monitor = Monitor(cfg.monitor, self._zctx)
+            self.control = ControlServer(self.control_endpoint, self._actx, self._handle_control)
+        except BaseException:
+            self._close_sockets()
+            raise
+        loop.set_exception_handler(self._on_loop_exception)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
+        self.link = Link(cfg.serial, self.counters, self._on_link_change)
+        self.source = LslSource(cfg.lsl, loop, check=self._check_stream, on_data=self._on_data,
+                                on_event=self._on_stream_event)
+        for coro, name in ((self.link.run(), "link"), (self.control.serve(), "control"),
+                           (self._control_loop(), "control_loop")):
+            task = loop.create_task(coro, name=name)
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
+        self.source.start()
+        log.info("started", monitor=self.monitor.endpoint, control=self.control.endpoint)
+        await self._stop_event.wait()
+        await self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
+        return self._exit_code
+
+    def request_stop(self, why: str = "request", exit_code: int = 0) -> None:
+        if self._stop_event is None or self._stop_event.is_set():
+            return
+        log.info("stop_requested", why=why)
+        self._exit_code = exit_code
+        self._stop_event.set()
+
+    async def _shutdown(self) -> None:
+        now = time.monotonic()
+        self._stopping = True
+        self._evaluate(now)  # -> stopping: STOP (host shutdown) goes out now
+        self.notifier.stopping()
+        deadline = now + STOP_ACK_WAIT_S
+        while self.link.is_open and self.link.proto.outstanding and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self.link.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.source.stop()
+        self._close_sockets()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.remove_signal_handler(signum)
+        log.info("stopped", exit_code=self._exit_code, counters=dict(self.counters))
+        self.notifier.close()
+
+    def _close_sockets(self) -> None:
+        for sock in (self.monitor, self.control):
+            if sock is not None:
+                sock.close()
+        self._actx.term()
+        self._zctx.term()
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("internal_error", task=task.get_name(), error=f"{type(exc).__name__}: {exc}",
+                      exc_info=exc)
+            self.request_stop(f"internal error in {task.get_name()}", exit_code=1)
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        log.error("internal_error", message=context.get("message"),
+                  error=None if exc is None else f"{type(exc).__name__}: {exc}", exc_info=exc)
+        self.request_stop("internal error", exit_code=1)
+
+    # -- the hot path --------------------------------------------------------------------------------
+
+    def _on_data(self) -> None:
+        chunk = self.source.take()
+        if chunk is None or self._stopping:
+            return
+        x, stamps, t_recv = chunk
+        t_start = time.monotonic_ns()
+        now = t_start / 1e9
+        c = self.counters
+        c["chunks"] += 1
+        c["samples"] += len(x)
+        pipeline, policy = self.pipeline, self.policy
+        if self._last_chunk_at is not None and now - self._last_chunk_at >= self._stale_s:
+            pipeline.reset()  # after a gap: no window straddles it
+        self._last_chunk_at = now
+        bad = pipeline.check(x)
+        if bad is None:
+            policy.input_good(now)
+        else:
+            c["bad_input_" + bad] += 1
+            policy.input_bad(now, bad)
+            if bad == NONFINITE:
+                pipeline.reset()
+                self._evaluate(now)
+                self._publish_emg(x, stamps)
+                return
+        seen_before = pipeline.windower.samples_seen
+        window, end, skipped = pipeline.push(x)
+        t_signal = time.monotonic_ns()
+        if window is None:
+            self._evaluate(now)
+            self._publish_emg(x, stamps)
+            return
+        c["windows"] += 1 + skipped
+        if skipped:
+            c["skipped_windows"] += skipped
+        try:
+            probs = self.model.predict(window)[0]
+        except ModelError as exc:
+            c["model_errors"] += 1
+            self._last_model_error = str(exc)
+            policy.input_bad(now, "model_error")
+            self._evaluate(now)
+            return
+        t_model = time.monotonic_ns()
+        decision = policy.update(now, probs)
+        t_policy = time.monotonic_ns()
+        self._evaluate(now)
+        seq = None
+        if self.sm.state is DaemonState.RUNNING and decision.intent is not None and (
+            self._send_every or decision.changed or now - self._last_command_at >= self._refresh_s
+        ):
+            seq = self.link.send_command(decision.intent, now)
+            if seq is not None:
+                self._last_command_at = now
+        t_link = time.monotonic_ns()
+        c["decisions"] += 1
+        if decision.rejected:
+            c["rejected"] += 1
+        lsl_ts = float(stamps[end - seen_before]) if 0 <= end - seen_before < len(stamps) else None
+        self._publish_decision(decision, probs, seq, lsl_ts, skipped,
+                               (t_recv, t_start, t_signal, t_model, t_policy, t_link))
+        self._publish_emg(x, stamps)
+
+    def _publish_decision(self, d: Decision, probs: np.ndarray, seq: int | None, lsl_ts: float | None,
+                          skipped: int, t: tuple[int, int, int, int, int, int]) -> None:
+        t_recv, t_start, t_signal, t_model, t_policy, t_link = t
+        self.monitor.publish("decision", {
+            "label": d.label_name,
+            "probabilities": probs.tolist(),
+            "confidence": d.confidence,
+            "rejected": d.rejected,
+            "vote": _name(d.vote),
+            "intent": d.intent_name,
+            "changed": d.changed,
+            "held": d.held,
+            "safe_reason": d.reason,
+            "state": self.sm.state.value,
+            "command_seq": seq,
+            "lsl_ts": lsl_ts,
+            "t_received": t_recv / 1e9,
+            "t_command": t_link / 1e9,
+            "latency_ms": (t_link - t_recv) / 1e6,
+            "stages_us": {
+                "input": (t_start - t_recv) / 1e3,
+                "signal": (t_signal - t_start) / 1e3,
+                "model": (t_model - t_signal) / 1e3,
+                "policy": (t_policy - t_model) / 1e3,
+                "link": (t_link - t_policy) / 1e3,
+            },
+            "skipped": skipped,
+            "model_id": self.model.info.model_id,
+        }, t_mono=t_link / 1e9)
+
+    def _publish_emg(self, x: np.ndarray, stamps: np.ndarray) -> None:
+        dec = self.config.monitor.emg_decimation
+        first = self._emg_index
+        self._emg_index += len(x)
+        offset = (-first) % dec
+        if offset >= len(x):
+            return
+        rate = self._stream.rate / dec if self._stream is not None else None
+        self.monitor.publish("emg", {"first_index": first + offset, "decimation": dec, "rate": rate,
+                                     "lsl_ts": stamps[offset::dec].tolist(), "samples": x[offset::dec].tolist()})
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _conditions(self) -> Conditions:
+        proto = self.link.proto
+        return Conditions(
+            stopping=self._stopping,
+            fault=proto.fault(),
+            link_ready=proto.phase == "ready",
+            link_problem=proto.problem,
+            stream_connected=self._stream_connected,
+            stream_problem=self._stream_problem,
+            paused=self.paused,
+            armed=self.policy.armed,
+            input_problem=self.policy.reason,
+        )
+
+    def _evaluate(self, now: float) -> None:
+        transition = self.sm.update(self._conditions(), now)
+        if transition is not None:
+            self._on_transition(transition, now)
+
+    def _on_transition(self, tr: Transition, now: float) -> None:
+        self.counters["state_changes"] += 1
+        if tr.state is not DaemonState.RUNNING:
+            self.link.send_stop(STOP_REASONS[tr.state], now)  # the safe state, when the port is open
+            if tr.state is DaemonState.STALE:
+                self.counters["stale_events"] += 1
+        log_fn = log.warning if tr.state in (DaemonState.FAULT, DaemonState.STALE) else log.info
+        log_fn("state", state=tr.state.value, prev=tr.prev.value, reason=tr.reason)
+        self.notifier.status(tr.state.value if tr.reason is None else f"{tr.state.value}: {tr.reason}")
+        self.monitor.publish("event", {"event": "state", "state": tr.state.value, "prev": tr.prev.value,
+                                       "reason": tr.reason})
+        self._publish_status(now)
+
+    def _on_link_change(self) -> None:
+        if self._loop is not None and not self._stopping:
+            self._evaluate(time.monotonic())
+
+    # -- the control loop ----------------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        cfg = self.config
+        status_period = 1 / cfg.monitor.status_hz
+        next_status = next_watch = last_watchdog = 0.0
+        wd = self.notifier.watchdog_s
+        next_tick = time.monotonic()
+        while True:
+            now = time.monotonic()
+            self.policy.tick(now)
+            self.link.tick(now)
+            self._evaluate(now)
+            if (self.sm.state is DaemonState.RUNNING and self.policy.intent is not None
+                    and now - self._last_command_at >= self._refresh_s):
+                if self.link.send_command(self.policy.intent, now) is not None:
+                    self._last_command_at = now
+                    self.counters["refreshes"] += 1
+            if now >= next_status:
+                next_status = now + status_period
+                self._publish_status(now)
+            if wd is not None and now - last_watchdog >= wd / 2:
+                last_watchdog = now
+                self.notifier.watchdog()
+            if not self._ready_sent and self.link.proto.phase == "ready" and self._stream_connected:
+                self._ready_sent = True
+                self.notifier.ready(self.sm.state.value)
+                log.info("ready", state=self.sm.state.value)
+            if cfg.model.watch and now >= next_watch:
+                next_watch = now + cfg.model.watch_interval_s
+                self._watch_model()
+            next_tick += TICK_S
+            if next_tick < now:
+                next_tick = now + TICK_S
+            wake = next_tick
+            stale_at = self.policy.stale_deadline()
+            if stale_at is not None and stale_at < wake:
+                wake = stale_at
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+
+    def _status(self, now: float) -> dict:
+        samples = self.counters["samples"]
+        t0, n0 = self._rate
+        if now - t0 >= 0.5:
+            self._measured_rate = (samples - n0) / (now - t0) if t0 else None
+            self._rate = (now, samples)
+        info = self.model.info
+        return {
+            "state": self.sm.state.value,
+            "reason": self.sm.reason,
+            "since": self.sm.since,
+            "ready": self._ready_sent,
+            "paused": self.paused,
+            "input": {
+                "connected": self._stream_connected,
+                "stream": None if self._stream is None else self._stream.to_dict(),
+                "problem": self._stream_problem,
+                "last_sample_age_ms": None if self._last_chunk_at is None else (now - self._last_chunk_at) * 1000,
+                "measured_rate": self._measured_rate,
+                "saturated_fraction": self.pipeline.saturated_fraction,
+            },
+            "link": self.link.status(),
+            "model": {"path": str(self.model_path), **self._model_fields(),
+                      "loaded_at": self._model_loaded_wall, "last_reload": self._last_reload,
+                      "last_error": self._last_model_error},
+            "policy": {"armed": self.policy.armed, "intent": _name(self.policy.intent),
+                       "reason": self.policy.reason},
+            "monitor": {"endpoint": self.monitor.endpoint, "sent": self.monitor.sent,
+                        "dropped": self.monitor.dropped},
+            "control": {"endpoint": self.control.endpoint},
+            "pid": os.getpid(),
+            "counters": dict(self.counters),
+        }
+
+    def _publish_status(self, now: float) -> None:
+        self.monitor.publish("status", self._status(now), t_mono=now)
+
+    def _model_fields(self) -> dict:
+        info = self.model.info
+        return {"model_id": info.model_id, "kind": info.kind, "sample_rate": info.sample_rate,
+                "channels": info.channels, "window": info.window, "stride": info.stride}
+
+    # -- the stream ----------------------------------------------------------------------------------
+
+    def _check_stream(self, desc: StreamDesc) -> str | None:
+        """Called by the reader thread before it opens an inlet."""
+        if desc.channel_format == "string":
+            return f"stream {desc.describe()} carries text, not samples"
+        info = self.model.info  # one attribute read: a swap replaces the whole model
+        problem = check_stream(info.sample_rate, info.channels, desc.rate, desc.channels)
+        return None if problem is None else f"stream {desc.describe()}: {problem} (model {self.model_path})"
+
+    def _on_stream_event(self, kind: str, detail: object) -> None:
+        now = time.monotonic()
+        if kind == "connected":
+            assert isinstance(detail, StreamDesc)
+            self._stream, self._stream_connected, self._stream_problem = detail, True, None
+            self._ever_connected = True
+            self.counters["stream_connects"] += 1
+            self.pipeline.reset()
+            log.info("stream_connected", **detail.to_dict())
+        else:
+            problem = f"stream mismatch: {detail}" if kind == "mismatch" else str(detail)
+            changed = problem != self._stream_problem
+            self._stream, self._stream_connected, self._stream_problem = None, False, problem
+            if kind == "lost":
+                self.counters["stream_lost"] += 1
+                self.policy.input_bad(now, "stream_lost")
+                self.pipeline.reset()
+                log.warning("stream_lost", problem=detail)
+            elif kind == "mismatch":
+                self.counters["stream_mismatches"] += 1
+                if changed:
+                    log.error("stream_mismatch", problem=problem)
+                if not self._ever_connected:
+                    self._fatal = ModelError(f"refusing to start: {detail}")
+                    self.request_stop("stream mismatch", exit_code=2)
+            elif kind == "missing":
+                if changed:
+                    log.warning("stream_missing", problem=detail)
+            else:
+                log.error("source_error", problem=detail)
+                self.request_stop("the LSL reader failed", exit_code=1)
+        self.monitor.publish("event", {"event": "stream_" + kind, "detail": self._stream_problem,
+                                       "stream": None if self._stream is None else self._stream.to_dict()})
+        self._evaluate(now)
+
+    # -- model swap ----------------------------------------------------------------------------------
+
+    def _watch_model(self) -> None:
+        st = _stat(self.model_path)
+        if st == self._model_stat:
+            return
+        self._model_stat = st
+        if st is None:
+            log.warning("model_file_missing", path=str(self.model_path))
+            return
+        if not self._reloading:
+            task = self._loop.create_task(self.reload(reason="file changed"), name="reload")
+            task.add_done_callback(self._task_done)
+
+    async def reload(self, path: str | None = None, *, reason: str = "request") -> dict:
+        """Load, check and test a model file in a worker thread, then swap it in between two
+        windows; on any failure keep the current model and say why."""
+        if self._reloading:
+            return {"ok": False, "error": "a reload is already in progress"}
+        self._reloading = True
+        target = Path(path).expanduser() if path else self.model_path
+        stream = None if self._stream is None else (self._stream.rate, self._stream.channels)
+        old = self.model
+        try:
+            model = await asyncio.to_thread(load_model, target, stream)
+        except MetaEMGError as exc:
+            self.counters["reloads_failed"] += 1
+            self._last_reload = {"ok": False, "path": str(target), "error": str(exc), "t_wall": time.time(),
+                                 "reason": reason}
+            log.error("reload_failed", path=str(target), error=str(exc), reason=reason,
+                      kept=old.info.model_id)
+            self.monitor.publish("event", {"event": "reload", **self._last_reload, "model_id": old.info.model_id})
+            return {"ok": False, "error": str(exc), "model_id": old.info.model_id}
+        finally:
+            self._reloading = False
+        # We are on the loop thread, between two windows: the swap is atomic for the hot path.
+        if model.info.signal != old.info.signal:
+            self.pipeline = Pipeline(model.info.signal, self.config.policy.saturation_fraction)
+        self.model = model
+        if path:
+            self.model_path = target
+        self._model_stat = _stat(self.model_path)
+        self._model_loaded_wall = time.time()
+        self._last_model_error = None
+        self.counters["reloads_ok"] += 1
+        self._last_reload = {"ok": True, "path": str(target), "error": None, "t_wall": time.time(),
+                             "reason": reason}
+        log.info("model_swapped", path=str(target), previous=old.info.model_id, reason=reason, **self._model_fields())
+        self.monitor.publish("event", {"event": "reload", **self._last_reload, "model_id": model.info.model_id,
+                                       "previous_model_id": old.info.model_id})
+        return {"ok": True, "model_id": model.info.model_id, "previous_model_id": old.info.model_id,
+                "path": str(target)}
+
+    # -- control requests ----------------------------------------------------------------------------
+
+    async def _handle_control(self, req: dict) -> dict:
+        cmd = req["cmd"]
+        allowed = {"reload": {"path"}, "cue": {"cue"}}.get(cmd, set())
+        extra = sorted(set(req) - {"cmd"} - allowed)
+        if extra:
+            return {"ok": False, "error": f"{cmd}: unexpected field(s) {', '.join(extra)}"}
+        self.counters["control_requests"] += 1
+        now = time.monotonic()
+        if cmd != "status":
+            log.info("control", cmd=cmd, **{k: v for k, v in req.items() if k in allowed and k != "cue"})
+        if cmd == "status":
+            return {"ok": True, "status": self._status(now)}
+        if cmd == "pause":
+            self.paused = True
+            self._evaluate(now)
+            return {"ok": True, "state": self.sm.state.value}
+        if cmd == "resume":
+            if self.paused:
+                self.paused = False
+                self.policy.restart(now)
+                self._evaluate(now)
+            return {"ok": True, "state": self.sm.state.value}
+        if cmd == "reload":
+            path = req.get("path")
+            if path is not None and (not isinstance(path, str) or not path):
+                return {"ok": False, "error": "reload: path must be a non-empty string"}
+            return await self.reload(path, reason="control")
+        if cmd == "clear":
+            seq = self.link.send_clear(now)
+            if seq is None:
+                return {"ok": False, "error": f"the link is not ready ({self.link.proto.phase.value})"}
+            return {"ok": True, "seq": seq}
+        if cmd == "cue":
+            cue = req.get("cue")
+            if not isinstance(cue, dict):
+                return {"ok": False, "error": "cue: 'cue' must be a JSON object"}
+            self.monitor.publish("cue", {"cue": cue, "source": "control"})
+            return {"ok": True}
+        self.request_stop("control")  # "stop"
+        return {"ok": True, "state": "stopping"}

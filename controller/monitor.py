@@ -1,0 +1,87 @@
+"""The monitor stream: a ZeroMQ PUB socket, two frames per message (topic, JSON).
+
+Every JSON message carries ``schema`` (:data:`SCHEMA`), ``topic``, ``t_mono``
+(``time.monotonic()`` of the daemon, seconds; on Linux the same clock as LSL's ``local_clock``
+and the simulator log's ``t``) and ``t_wall`` (Unix time, seconds). The topics and their fields
+are documented in docs/controller.md. Sends never block: a PUB socket drops messages for a slow
+subscriber once its high-water mark is reached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import zmq
+
+from metaemg.errors import ConfigError
+
+from controller.config import MonitorConfig
+
+SCHEMA = "metaemg.monitor/1"
+TOPICS = ("decision", "status", "emg", "cue", "event")
+
+
+def _clean(value):
+    """JSON-safe copy: NaN/Inf become null (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def encode(topic: str, payload: dict, t_mono: float | None = None) -> list[bytes]:
+    message = {"schema": SCHEMA, "topic": topic,
+               "t_mono": time.monotonic() if t_mono is None else t_mono, "t_wall": time.time(), **payload}
+    try:
+        text = json.dumps(message, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_clean(message), separators=(",", ":"))
+    return [topic.encode(), text.encode()]
+
+
+def bind(socket: zmq.Socket, endpoint: str, what: str) -> str:
+    """Bind ``endpoint`` (creating an ipc:// socket's directory); one-line ConfigError if not."""
+    if endpoint.startswith("ipc://"):
+        Path(endpoint[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"{what} endpoint {endpoint}: cannot bind: {exc}") from None
+    return socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class Monitor:
+    def __init__(self, config: MonitorConfig, context: zmq.Context) -> None:
+        self.config = config
+        self._socket = context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, config.hwm)
+        try:
+            self.endpoint = bind(self._socket, config.endpoint, "monitor")
+        except ConfigError:
+            self._socket.close(linger=0)  # an open socket would make the context's term() wait
+            raise
+        self.sent = 0
+        self.dropped = 0
+
+    def publish(self, topic: str, payload: dict, t_mono: float | None = None) -> None:
+        try:
+            self._socket.send_multipart(encode(topic, payload, t_mono), flags=zmq.NOBLOCK)
+            self.sent += 1
+        except zmq.Again:
+            self.dropped += 1
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        if self.endpoint.startswith("ipc://"):
+            try:
+                os.unlink(self.endpoint[len("ipc://"):])
+            except OSError:
+                pass

@@ -1,0 +1,113 @@
+"""From raw armband chunks to the newest model input window, and loading models safely.
+
+:class:`Pipeline` owns the input checks (NaN/Inf, saturation), the causal signal chain and the
+windower of one model's :class:`~metaemg.signal.SignalSpec`. :meth:`Pipeline.push` returns only
+the newest window a chunk completes and counts the others as skipped: a loop that fell behind
+jumps to the present instead of emitting a burst of stale decisions.
+
+:func:`load_model` is what a hot swap runs (in a worker thread): open the file, check its
+metadata against the stream, run the self-test inference. Any failure is a ModelError and the
+caller keeps its old model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from metaemg.errors import ModelError
+from metaemg.modelfile import OnnxModel
+from metaemg.signal import SignalChain, SignalSpec, Windower
+
+NONFINITE = "nonfinite"
+SATURATED = "saturated"
+
+
+class SaturationMonitor:
+    """Fraction of the last ``n`` samples that touched the armband's input range."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._ring = np.zeros(n, dtype=bool)
+        self._pos = 0
+        self._count = 0
+
+    def reset(self) -> None:
+        self._ring[:] = False
+        self._pos = self._count = 0
+
+    def push(self, flags: np.ndarray) -> float:
+        m = len(flags)
+        if m >= self.n:
+            self._ring[:] = flags[-self.n:]
+            self._pos = 0
+            self._count = int(self._ring.sum())
+        elif m:
+            idx = (self._pos + np.arange(m)) % self.n
+            self._count += int(flags.sum()) - int(self._ring[idx].sum())
+            self._ring[idx] = flags
+            self._pos = (self._pos + m) % self.n
+        return self._count / self.n
+
+
+class Pipeline:
+    """Input checks, signal chain and windows for one signal spec."""
+
+    def __init__(self, spec: SignalSpec, saturation_fraction: float = 0.2) -> None:
+        self.spec = spec
+        self.chain = SignalChain(spec)
+        self.windower = Windower(spec.window, spec.stride, spec.channels)
+        self._saturation = SaturationMonitor(spec.window) if spec.input_range is not None else None
+        self._max_saturated = saturation_fraction
+        self.saturated_fraction = 0.0
+
+    def reset(self) -> None:
+        """Forget filter state and partial windows (after a gap or bad input)."""
+        self.chain.reset()
+        self.windower.reset()
+        if self._saturation is not None:
+            self._saturation.reset()
+        self.saturated_fraction = 0.0
+
+    def check(self, x: np.ndarray) -> str | None:
+        """``"nonfinite"`` or ``"saturated"`` if this chunk makes the input bad, else None.
+
+        Non-finite samples never reach the filters (they would poison their state)."""
+        if not np.isfinite(x).all():
+            return NONFINITE
+        if self._saturation is not None:
+            self.saturated_fraction = self._saturation.push(self.chain.saturated(x))
+            if self.saturated_fraction > self._max_saturated:
+                return SATURATED
+        return None
+
+    def push(self, x: np.ndarray) -> tuple[np.ndarray | None, int, int]:
+        """Filter a chunk; return ``(newest window (1, window, channels) or None, stream index of
+        its last sample, windows skipped)``."""
+        windows, ends = self.windower.push(self.chain.process(x))
+        k = len(ends)
+        if k == 0:
+            return None, -1, 0
+        return windows[k - 1:], int(ends[k - 1]), k - 1
+
+
+def check_stream(info_rate: float, info_channels: int, rate: float, channels: int) -> str | None:
+    """Why a stream of ``channels`` at ``rate`` Hz does not fit a model, or None."""
+    if channels != info_channels:
+        return f"the model expects {info_channels} channels, the stream has {channels}"
+    if not abs(rate - info_rate) <= 0.05 * info_rate:
+        return f"the model expects {info_rate:g} Hz, the stream's nominal rate is {rate:g} Hz"
+    return None
+
+
+def load_model(path: str | os.PathLike, stream: tuple[float, int] | None = None) -> OnnxModel:
+    """Open ``path``, check it against ``stream`` = (rate, channels) if given, run the self-test
+    inference. Raises ModelError (one line) on any problem."""
+    model = OnnxModel(path)
+    if stream is not None:
+        problem = check_stream(model.info.sample_rate, model.info.channels, *stream)
+        if problem is not None:
+            raise ModelError(f"{path}: does not match the stream: {problem}")
+    model.self_test()
+    return model

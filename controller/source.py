@@ -1,0 +1,208 @@
+"""The armband input: an LSL stream read by one thread that hands chunks to the asyncio loop.
+
+The reader thread resolves the stream (by name, type and/or source id), checks it (the daemon's
+``check`` callback compares channel count and nominal rate with the model), opens an inlet with a
+small buffer and then waits for the *first* sample with ``pull_sample(timeout)`` and drains
+whatever else is already there with ``pull_chunk(timeout=0.0)``: a chunk reaches the loop as soon
+as one sample is there (``pull_chunk`` with a timeout would wait for a full buffer). Chunks are
+queued and the loop is woken once with ``call_soon_threadsafe``; :meth:`LslSource.take` gives the
+loop everything queued since, so a loop that fell behind sees one larger chunk, not a backlog.
+
+When the outlet disappears the inlet raises ``LostError`` (``recover=False``): the thread reports
+it and resolves again. liblsl is imported only here, in the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from controller.config import LslConfig
+
+MAX_CHUNK = 512  # samples drained per pull (more waits for the next pull)
+PULL_WAIT_S = 0.1  # how long the thread blocks for a first sample (bounds its stop latency)
+RESOLVE_SLICE_S = 0.25  # resolve in slices so that stop() is quick
+_LSL_LOG_CONFIG = "[log]\nlevel = -1\n"  # liblsl: warnings and errors only
+
+
+@dataclass(frozen=True)
+class StreamDesc:
+    """What the resolved stream says about itself."""
+
+    name: str
+    type: str
+    source_id: str
+    hostname: str
+    uid: str
+    channels: int
+    rate: float
+    channel_format: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"'{self.name}' ({self.channels} channels, {self.rate:g} Hz, {self.channel_format}, on {self.hostname})"
+
+
+# event kinds sent to the loop: ("missing", text), ("mismatch", text), ("connected", desc),
+# ("lost", text), ("error", text)
+Event = tuple[str, object]
+
+
+class LslSource:
+    """Reads one LSL stream in a background thread; see the module docstring."""
+
+    def __init__(self, config: LslConfig, loop: asyncio.AbstractEventLoop, *,
+                 check: Callable[[StreamDesc], str | None],
+                 on_data: Callable[[], None], on_event: Callable[[str, object], None]) -> None:
+        self.config = config
+        self._loop = loop
+        self._check = check
+        self._on_data = on_data
+        self._on_event = on_event
+        self._pending: deque[tuple[np.ndarray, np.ndarray, int]] = deque()
+        self._wake_scheduled = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lsl-reader", daemon=True)
+        self.stream: StreamDesc | None = None  # set while an inlet is open
+        self.connected = False
+        self.problem: str | None = "resolving"
+
+    # -- loop side -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 0.3) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """Everything queued since the last call, as one chunk: ``(samples (n, C) float64,
+        timestamps (n,), receive time of the first part in time.monotonic_ns())``."""
+        self._wake_scheduled = False  # before draining: a chunk added now schedules a new wake
+        pending = self._pending
+        if not pending:
+            return None
+        first = pending.popleft()
+        if not pending:
+            return first
+        parts = [first]
+        while pending:
+            parts.append(pending.popleft())
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), first[2])
+
+    def _deliver(self, samples: np.ndarray, stamps: np.ndarray, t_recv: int) -> None:
+        self._pending.append((samples, stamps, t_recv))
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.call_soon_threadsafe(self._on_data)
+
+    def _event(self, kind: str, detail: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._on_event, kind, detail)
+        except RuntimeError:  # the loop is closed: we are shutting down
+            pass
+
+    # -- thread side -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            import pylsl
+
+            quiet_liblsl(pylsl)
+            while not self._stop.is_set():
+                info = self._resolve(pylsl)
+                if info is None:
+                    continue
+                desc = _describe(info)
+                problem = self._check(desc)
+                if problem is not None:
+                    self.problem = f"stream mismatch: {problem}"
+                    self._event("mismatch", problem)
+                    self._stop.wait(self.config.retry_s)
+                    continue
+                self._read(pylsl, info, desc)
+        except Exception as exc:  # noqa: BLE001 - a thread must report, not vanish
+            self._event("error", f"{type(exc).__name__}: {exc}")
+
+    def _resolve(self, pylsl):
+        cfg = self.config
+        predicate = cfg.predicate()
+        deadline = time.monotonic() + cfg.resolve_timeout_s
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            found = pylsl.resolve_bypred(predicate, 1, min(left, RESOLVE_SLICE_S))
+            if found:
+                return found[0]
+        if not self._stop.is_set():
+            self.problem = f"no LSL stream matching {predicate}"
+            self._event("missing", self.problem)
+            self._stop.wait(cfg.retry_s)
+        return None
+
+    def _read(self, pylsl, info, desc: StreamDesc) -> None:
+        flags = pylsl.proc_clocksync if self.config.clock_sync else pylsl.proc_none
+        inlet = pylsl.StreamInlet(info, max_buflen=self.config.max_buffer_s, recover=False,
+                                  processing_flags=flags)
+        try:
+            try:
+                inlet.open_stream(timeout=self.config.resolve_timeout_s)
+            except (pylsl.util.TimeoutError, pylsl.util.LostError) as exc:
+                self.problem = f"cannot open stream {desc.describe()}: {exc}"
+                self._event("lost", self.problem)
+                return
+            self.stream, self.connected, self.problem = desc, True, None
+            self._event("connected", desc)
+            buf = np.empty((MAX_CHUNK, desc.channels), dtype=inlet.np_dtype)
+            rest = buf[1:]
+            while not self._stop.is_set():
+                sample, stamp = inlet.pull_sample(timeout=PULL_WAIT_S)
+                if sample is None:
+                    continue
+                t_recv = time.monotonic_ns()
+                buf[0] = sample
+                _, more = inlet.pull_chunk(timeout=0.0, max_samples=MAX_CHUNK - 1, dest_obj=rest)
+                n = 1 + len(more)
+                stamps = np.empty(n)
+                stamps[0] = stamp
+                stamps[1:] = more
+                self._deliver(buf[:n].astype(np.float64), stamps, t_recv)
+        except pylsl.util.LostError:
+            self.problem = f"stream {desc.describe()} lost"
+            self._event("lost", self.problem)
+        finally:
+            self.connected = False
+            self.stream = None
+            inlet.close_stream()
+            del inlet
+
+
+def quiet_liblsl(pylsl) -> None:
+    """liblsl logs INFO lines to stderr; keep warnings and errors. Only effective before liblsl's
+    first use in the process (later it is a no-op)."""
+    try:
+        pylsl.set_config_content(_LSL_LOG_CONFIG)
+    except Exception:  # noqa: BLE001 - only quietens a log; harmless if refused
+        pass
+
+
+def _describe(info) -> StreamDesc:
+    from pylsl import cf_double64, cf_float32, cf_int8, cf_int16, cf_int32, cf_int64, cf_string
+
+    formats = {cf_float32: "float32", cf_double64: "double64", cf_string: "string", cf_int32: "int32",
+               cf_int16: "int16", cf_int8: "int8", cf_int64: "int64"}
+    return StreamDesc(
+        name=info.name(), type=info.type(), source_id=info.source_id(), hostname=info.hostname(),
+        uid=info.uid(), channels=info.channel_count(), rate=float(info.nominal_srate()),
+        channel_format=formats.get(info.channel_format(), str(info.channel_format())),
+    )

@@ -1,0 +1,410 @@
+"""``metaemg-calibrate``: session-start calibration, and the decision whether the session may start.
+
+    metaemg-calibrate [--config FILE] [options]           live: armband over LSL, patient follows cues
+    metaemg-calibrate --from-recording CLIP.csv [options]  the same from a labelled recording
+    metaemg-calibrate --rollback                            make the previous model current again
+
+1. The clip: recorded live (:mod:`.calibration.live`) or read from a file, and stored under
+   ``<state>/clips/`` before anything else happens.
+2. The clip is checked and split (:mod:`.calibration.clip`): the last cycle is held out.
+3. The base meta-model is adapted with its own inner loop on the rest (:mod:`.calibration.adapt`)
+   and exported with the calibration provenance in its metadata.
+4. Both models are scored on the held-out cycle with onnxruntime, and the gate
+   (:mod:`.calibration.gate`) installs the adapted model or refuses it, saying why.
+5. A report (JSON, PNG) is written; a running daemon is told to load the new model.
+
+Exit status: 0 the model was installed (or written to ``--out``); 3 the gate refused it (nothing
+installed); 2 an error (bad clip, no stream, bad configuration: one line on stderr); 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from metaemg.cli import entry_point
+from metaemg.errors import ConfigError, MetaEMGError, ModelError
+from metaemg.modelfile import OnnxModel
+from metalearn.calibration import config as configuration
+from metalearn.calibration.clip import ClipWindows, prepare_clip
+from metalearn.calibration.daemonlink import DaemonLink
+from metalearn.calibration.gate import GateDecision, decide
+from metalearn.calibration.metrics import change_delays, delay_summary, fmt_recall, summary
+from metalearn.calibration.store import Store, resolve_state_dir
+from metalearn.recording import Recording, read_recording
+
+EXIT_REFUSED = 3
+JSON_KEYS = ("accuracy_before", "accuracy_after", "adapt_seconds", "model")
+DEFAULT_MODEL_NAME = "myo_meta.onnx"
+
+
+def default_base_model() -> Path:
+    """The packaged meta-model, ``metalearn/default_model/myo_meta.onnx``."""
+    return Path(__file__).resolve().parent / "default_model" / DEFAULT_MODEL_NAME
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# ------------------------------------------------------------------------------------ the work
+def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: Path, config, store: Store,
+              when: datetime, out: Path | None = None, force: bool = False, link: DaemonLink | None = None,
+              source: str = "recording") -> dict:
+    """Steps 2-5 of the module docstring for a clip already stored; returns the result document."""
+    t_total = time.perf_counter()
+    base = OnnxModel(base_model)
+    spec = base.info.signal
+    clip = prepare_clip(rec, spec, config.clip)
+    held = clip.held_out
+    say(f"clip: {clip_path} ({rec.duration:.1f} s, {rec.n_samples} samples at {rec.sample_rate:.0f} Hz)")
+    say(f"held out: the last cycle, from {clip.split_time:.1f} s ({int(held.sum())} windows); "
+        f"adapting on the {int((~held).sum())} windows before it")
+    activity = clip.activity()
+    if min(activity["open"], activity["close"]) < 1.2:
+        say(f"note: little muscle activity during open/close compared with relax ({activity}); "
+            "the patient may not have followed the cues")
+    if base.info.calibration is not None:
+        say("note: the base model is itself a calibrated model; calibrating from the meta-model is usual")
+
+    dec_base = base.predict(clip.windows).argmax(axis=1)
+    before = summary(clip.y_holdout, dec_base[held])
+    say(f"base model {base.info.model_id}: held-out accuracy {before['accuracy']:.2f} ({fmt_recall(before['recall'])})")
+
+    from metalearn.calibration.adapt import adapt_to_clip, export_adapted
+
+    adapted = adapt_to_clip(base_model, clip)
+    inner = base.info.inner
+    say(f"adapted in {adapted.adapt_seconds:.3f} s ({inner['optimizer']}, {inner['steps']} steps, "
+        f"lr {inner['lr']:g}, on this PC's CPU)")
+    dec_torch = adapted.predict(clip.x_holdout).argmax(axis=1)
+    after = summary(clip.y_holdout, dec_torch)
+    decision = decide(before, after, config.gate, force=force)
+    calibration = _provenance(clip, clip_path, clip_digest, base, base_model, before, after, adapted.adapt_seconds,
+                              decision, config, when, source)
+
+    out_dir = out.parent if out is not None else store.models
+    candidate = out_dir / f".candidate-{os.getpid()}-{clip_digest[:8]}.onnx"
+    model_path = current = installed = None
+    try:
+        export_adapted(adapted, calibration, candidate, clip.windows)
+        new = OnnxModel(candidate)
+        dec_new = new.predict(clip.windows).argmax(axis=1)
+        if not np.array_equal(dec_new[held], dec_torch):
+            raise ModelError(f"{candidate}: onnxruntime and torch decide differently on "
+                             f"{int((dec_new[held] != dec_torch).sum())} held-out window(s); nothing installed")
+        model_id = new.info.model_id
+        say(f"adapted model {model_id}: held-out accuracy {after['accuracy']:.2f} ({fmt_recall(after['recall'])})")
+        say(f"gate: {decision.line()}")
+        if decision.install:
+            if out is not None:
+                os.replace(candidate, out)
+                model_path = out
+                say(f"wrote {out} (not installed: --out)")
+            else:
+                installed = store.install(candidate, when, base_model, {
+                    "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+                    "clip": clip_path.name, "forced": decision.forced})
+                model_path, current = installed.versioned, installed.current
+                say(f"installed: {current} ({installed.versioned.name}); the previous model "
+                    f"{installed.previous_model_id} is kept for --rollback")
+        else:
+            say("nothing installed: the current model stays (use --force to install this one anyway)")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+
+    daemon = None
+    if installed is not None and link is not None and config.daemon.notify:
+        daemon = link.request_reload(installed.current)
+        say(daemon.note)
+    elif installed is not None:
+        say("daemon not told (daemon.notify is false): it loads the new model when its file watcher sees the change")
+
+    result = {
+        "ok": decision.install, "installed": installed is not None, "model": None if model_path is None else str(model_path),
+        "model_id": model_id if decision.install else None, "current": None if current is None else str(current),
+        "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+        "adapt_seconds": round(adapted.adapt_seconds, 6),
+        "recall_before": before["recall"], "recall_after": after["recall"],
+        "gate": {**decision.to_dict(), "line": decision.line(), "min_accuracy": config.gate.min_accuracy,
+                 "min_recall": config.gate.min_recall},
+        "base_model": str(base_model), "base_model_id": base.info.model_id,
+        "clip": str(clip_path), "clip_sha256": clip_digest,
+        "daemon": None if daemon is None else daemon.to_dict(),
+    }
+    stem = store.report_stem(when, clip_digest)
+    result["report"] = str(stem.with_suffix(".json"))
+    result["png"] = None
+    if config.png:
+        png = stem.with_suffix(".png")
+        note = _png(png, clip, dec_base, dec_new, before, after, base.info.model_id, decision)
+        if note:
+            say(f"note: {note}")
+        else:
+            result["png"] = str(png)
+    result["total_seconds"] = round(time.perf_counter() - t_total, 3)
+    report = {**result, "time": when.isoformat(timespec="seconds"), "calibration": calibration,
+              "held_out": {"before": before, "after": after},
+              "delays": {"before": _delays(clip, dec_base), "after": _delays(clip, dec_new)},
+              "activity": activity, "saturated_fraction": clip.saturated_fraction,
+              "config": config.to_dict()}
+    from metalearn.calibration.report import write_json
+
+    write_json(Path(result["report"]), report)
+    say(f"report: {result['report']}" + (f" and {result['png']}" if result["png"] else ""))
+    change = f"held-out accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}"
+    if installed is not None:
+        say(f"RESULT: the adapted model is installed ({change}){' although the gate refused it' if decision.forced else ''}.")
+    elif model_path is not None:
+        say(f"RESULT: the adapted model is written to {model_path} ({change}); nothing was installed.")
+    else:
+        say(f"RESULT: REFUSED ({change}); the current model stays. Check the armband's position and contact, "
+            "then calibrate again.")
+    return result
+
+
+def _provenance(clip: ClipWindows, clip_path: Path, digest: str, base: OnnxModel, base_model: Path, before: dict,
+                after: dict, adapt_seconds: float, decision: GateDecision, config, when: datetime, source: str) -> dict:
+    """The ``calibration`` metadata of the adapted model."""
+    rec = clip.recording
+    return {
+        "format": "metaemg-calibration/1",
+        "time": when.isoformat(timespec="seconds"),
+        "source": source,
+        "base_model_id": base.info.model_id,
+        "base_model_file": base_model.name,
+        "clip_sha256": digest,
+        "clip_file": clip_path.name,
+        "clip_seconds": round(rec.duration, 3),
+        "holdout": "last cycle",
+        "holdout_start_s": round(clip.split_time, 3),
+        "windows_adapt": int((~clip.held_out).sum()),
+        "windows_holdout": int(clip.held_out.sum()),
+        "inner": dict(base.info.inner),
+        "adapt_seconds": round(adapt_seconds, 6),
+        "accuracy_before": before["accuracy"],
+        "accuracy_after": after["accuracy"],
+        "recall_before": before["recall"],
+        "recall_after": after["recall"],
+        "reaction_s": config.protocol.reaction_s if source == "live" else None,
+        "gate": {**decision.to_dict(), "min_accuracy": config.gate.min_accuracy, "min_recall": config.gate.min_recall},
+    }
+
+
+def _delays(clip: ClipWindows, decisions: np.ndarray) -> dict:
+    rec = clip.recording
+    held = [d for d in change_delays(rec.time, rec.labels, clip.ends, decisions) if d["t"] >= rec.time[clip.split]]
+    return {**delay_summary(held), "changes_held_out": held}
+
+
+def _png(path: Path, clip: ClipWindows, dec_base, dec_new, before, after, base_id: str, decision: GateDecision):
+    from metalearn.calibration.report import write_png
+
+    title = (f"calibration: base {base_id} {before['accuracy']:.2f} -> adapted {after['accuracy']:.2f} "
+             f"on the held-out cycle; gate {decision.line()}")
+    return write_png(path, clip, {"base model": dec_base, "adapted model": dec_new},
+                     {"base model": before, "adapted model": after}, title[:160])
+
+
+# ------------------------------------------------------------------------------ command line
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="metaemg-calibrate",
+        description="Calibrate the intent model at the start of a session: record a short cue-guided clip "
+                    "(or read one), adapt the base meta-model, check it on the clip's last cycle, install it "
+                    "and tell the running daemon.")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--from-recording", metavar="CLIP.csv", type=Path,
+                      help="calibrate from a labelled recording (time_elapsed, emg0..7, gt) instead of live")
+    what.add_argument("--rollback", action="store_true",
+                      help="make the previous model current again (run it twice to undo) and tell the daemon")
+    what.add_argument("--print-config", action="store_true", help="print the effective configuration (YAML) and exit")
+    p.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration file (docs/calibration.md lists every key)")
+    p.add_argument("--base-model", type=Path, metavar="FILE", help="base meta-model (default: base_model, else the packaged one)")
+    p.add_argument("--state-dir", type=Path, metavar="DIR", help="state directory (default: $STATE_DIRECTORY, state_dir, "
+                                                  "$XDG_STATE_HOME/myhand or ~/.local/state/myhand)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the adapted model to this file instead of installing it")
+    p.add_argument("--force", action="store_true", help="install the adapted model even if the gate refuses it")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document on the last line")
+    live = p.add_argument_group("live recording")
+    live.add_argument("--lsl-stream", metavar="NAME", help="LSL stream name of the armband (lsl.name)")
+    live.add_argument("--cycles", type=int, metavar="N", help="relax-open-relax-close cycles (protocol.cycles)")
+    live.add_argument("--cue-s", type=float, metavar="S", help="seconds of each cue (protocol.relax_s/open_s/close_s)")
+    live.add_argument("--countdown-s", type=int, metavar="N", help="countdown before the first cue (protocol.countdown_s)")
+    live.add_argument("--reaction-s", type=float, metavar="S", help="label shift after each cue (protocol.reaction_s)")
+    live.add_argument("--cue-endpoint", metavar="ENDPOINT", help="ZeroMQ PUB endpoint for the cues, or 'none' (cues.endpoint)")
+    gate = p.add_argument_group("gate and daemon")
+    gate.add_argument("--min-accuracy", type=float, metavar="X", help="accuracy floor on the held-out cycle (gate.min_accuracy)")
+    gate.add_argument("--min-recall", type=float, metavar="X", help="recall floor for every intent (gate.min_recall)")
+    gate.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket, ipc://PATH (daemon.control)")
+    gate.add_argument("--no-reload", action="store_true", help="do not tell the daemon (daemon.notify: false)")
+    gate.add_argument("--no-png", action="store_true", help="write no PNG report (png: false)")
+    return p
+
+
+def load_config(args: argparse.Namespace):
+    cfg = configuration.load(args.config)
+    proto = {k: v for k, v in (("cycles", args.cycles), ("countdown_s", args.countdown_s),
+                               ("reaction_s", args.reaction_s)) if v is not None}
+    if args.cue_s is not None:
+        proto.update(relax_s=args.cue_s, open_s=args.cue_s, close_s=args.cue_s)
+    if proto:
+        cfg = cfg.replace("protocol", **proto)
+    gate = {k: v for k, v in (("min_accuracy", args.min_accuracy), ("min_recall", args.min_recall)) if v is not None}
+    if gate:
+        cfg = cfg.replace("gate", **gate)
+    if args.lsl_stream is not None:
+        cfg = cfg.replace("lsl", name=args.lsl_stream)
+    if args.cue_endpoint is not None:
+        cfg = cfg.replace("cues", endpoint=None if args.cue_endpoint.lower() == "none" else args.cue_endpoint)
+    if args.control is not None:
+        cfg = cfg.replace("daemon", control=args.control)
+    if args.no_reload:
+        cfg = cfg.replace("daemon", notify=False)
+    if args.no_png:
+        cfg = cfg.replace(png=False)
+    return cfg
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except MetaEMGError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc), **{k: None for k in JSON_KEYS}}), flush=True)
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    store = Store(resolve_state_dir(args.state_dir, config.state_dir).absolute(), keep=config.keep_models)
+    if args.rollback:
+        if args.out or args.force or args.base_model:
+            raise ConfigError("--rollback takes no --out, --force or --base-model")
+        return _rollback(store, config, args.json)
+    base_model = args.base_model or (Path(config.base_model).expanduser() if config.base_model else default_base_model())
+    if not base_model.is_file():
+        what = "the packaged default model is not installed" if base_model == default_base_model() else "base model not found"
+        raise ModelError(f"{base_model}: {what}; give the meta-model with --base-model FILE")
+    base_model = base_model.absolute()
+    out = None if args.out is None else args.out.absolute()
+    if out is not None and out.is_dir():
+        raise ConfigError(f"--out {out}: is a directory; give the model file to write")
+    from metalearn.calibration.adapt import require_torch
+
+    require_torch()  # before the patient spends any time: say what to install
+    when = datetime.now(UTC)
+    store.ensure()
+    with store.lock(), _link(config, live=args.from_recording is None) as link:
+        if args.from_recording is not None:
+            base_info = OnnxModel(base_model).info
+            rec = read_recording(args.from_recording, channels=base_info.channels)
+            clip_path, digest = store.save_clip_bytes(args.from_recording.read_bytes(), when)
+            result = calibrate(rec, clip_path, digest, base_model=base_model, config=config, store=store, when=when,
+                               out=out, force=args.force, link=link, source="recording")
+        else:
+            hold = link.hold() if config.daemon.pause_while_recording else None
+            if hold is not None:
+                say(hold.note)
+            result = None
+            try:
+                rec, clip_path, digest = _record_live(config, base_model, store, link, when)
+                result = calibrate(rec, clip_path, digest, base_model=base_model, config=config, store=store,
+                                   when=when, out=out, force=args.force, link=link, source="live")
+            finally:
+                note = None if hold is None else end_hold(link, hold, installed=bool(result and result["installed"]))
+                if note:
+                    print(note, file=sys.stdout if result else sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(result), flush=True)
+    return 0 if result["ok"] else EXIT_REFUSED
+
+
+def end_hold(link: DaemonLink, hold, *, installed: bool) -> str | None:
+    """After a live calibration: resume a daemon we paused only if a new model was installed.
+    Otherwise the session is not cleared to start, and the daemon stays paused."""
+    if not hold.paused_by_us:
+        return None
+    if installed:
+        return link.release(hold)
+    return ("the controller stays paused: no new model was installed. To go on with the model it had, "
+            "run: myhand-controller ctl resume")
+
+
+@contextlib.contextmanager
+def _link(config, *, live: bool):
+    link = DaemonLink(cue_endpoint=config.cues.endpoint if live else None,
+                      control_endpoint=config.daemon.control or _default_control(config),
+                      timeout_s=config.daemon.timeout_s, forward_cues=live and config.cues.via_daemon)
+    try:
+        yield link
+    finally:
+        link.close()
+
+
+def _default_control(config) -> str:
+    from metalearn.calibration.daemonlink import default_control_endpoint
+
+    return default_control_endpoint(config.daemon.runtime_dir)
+
+
+def _record_live(config, base_model: Path, store: Store, link: DaemonLink, when: datetime):
+    from metalearn.calibration.live import LiveRecorder
+
+    spec = OnnxModel(base_model).info.signal
+    recorder = LiveRecorder(config.protocol, config.lsl, spec, link)
+    try:
+        desc = recorder.connect()
+        say(f"armband: {desc.describe()}")
+        if link.cue_endpoint:
+            say(f"cues published on {link.cue_endpoint}")
+        if sys.stdin.isatty():
+            input("Press Enter when the patient is ready (Ctrl-C to cancel) ")
+        rec = recorder.run()
+    except BaseException:
+        recorder.abort()
+        partial = recorder.partial()
+        if partial is not None:
+            path, _ = store.save_clip(partial, when, suffix="_incomplete")
+            print(f"the incomplete clip is saved as {path}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        recorder.close()
+    clip_path, digest = store.save_clip(rec, when)
+    say(f"clip saved: {clip_path}")
+    return read_recording(clip_path, channels=spec.channels), clip_path, digest
+
+
+def _rollback(store: Store, config, as_json: bool) -> int:
+    store.ensure()
+    with store.lock():
+        now_id, was_id = store.rollback()
+    say(f"rolled back: {store.current} is now model {now_id} (it was {was_id}); run --rollback again to undo")
+    daemon = None
+    if config.daemon.notify:
+        with _link(config, live=False) as link:
+            daemon = link.request_reload(store.current)
+        say(daemon.note)
+    if as_json:
+        print(json.dumps({"ok": True, "action": "rollback", "model": str(store.current), "model_id": now_id,
+                          "replaced_model_id": was_id, "daemon": None if daemon is None else daemon.to_dict()}),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Adapt the base meta-model to a clip with exactly the inner loop it was meta-trained with.
+
+The base ONNX file is turned back into its torch model (:func:`metalearn.export.load_torch_from_onnx`);
+a scaler of the base model's kind is fitted on the conditioned samples of the adaptation part
+only; the inner loop (optimiser, steps, learning rate from the file's ``inner`` metadata) runs on
+every adaptation window at once, on the CPU; the result is exported, with the new scaler baked
+in and the calibration provenance in its metadata, by :func:`metalearn.export.export_model`
+(which checks onnxruntime against torch before the file exists).
+
+torch and onnx are imported only here, and only when called: :func:`require_torch` says
+exactly what to install on a device PC without them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metaemg.errors import MissingDependencyError
+from metaemg.modelfile import ModelInfo
+from metalearn.calibration.clip import ClipWindows
+from metalearn.tasks import Scaler
+
+# One CPU thread: the daemon's real-time loop keeps the other cores, and the small matrices of
+# these models gain nothing from more threads (they only contend; see bench/calibrate_speed.py).
+ADAPT_THREADS = 1
+TORCH_HINT = (
+    "calibration adapts the model with torch and onnx, which are not installed here; on the device PC run: "
+    "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && pip install onnx"
+)
+
+
+def require_torch():
+    """``(torch, onnx)``, or MissingDependencyError with the pip command."""
+    try:
+        import onnx
+        import torch
+    except ImportError:
+        raise MissingDependencyError(TORCH_HINT) from None
+    return torch, onnx
+
+
+@dataclass(eq=False)
+class Adapted:
+    model: Any  # the adapted torch model (without the scaler)
+    base_info: ModelInfo
+    scaler: Scaler  # fitted on the adaptation part
+    adapt_seconds: float  # the inner loop alone
+
+    def scaled(self, windows: np.ndarray) -> np.ndarray:
+        """``(x - offset) / scale`` in float32, as the exported graph computes it."""
+        offset = np.asarray(self.scaler.offset, dtype=np.float32)
+        scale = np.asarray(self.scaler.scale, dtype=np.float32)
+        return (np.asarray(windows, dtype=np.float32) - offset) / scale
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Class probabilities of the adapted torch model, float32 (n, 3)."""
+        torch, _ = require_torch()
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(self.scaled(windows)))
+            return torch.softmax(logits, dim=-1).numpy()
+
+
+def adapt_to_clip(base_path: str | Path, clip: ClipWindows) -> Adapted:
+    """Run the base model's inner loop on the clip's adaptation windows."""
+    torch, _ = require_torch()
+    from metalearn.export import load_torch_from_onnx
+    from metalearn.maml import adapt, model_params
+
+    model, info = load_torch_from_onnx(base_path)
+    scaler = Scaler.fit(info.scaler["kind"], clip.conditioned[: clip.split])
+    result = Adapted(model, info, scaler, 0.0)
+    x = torch.from_numpy(result.scaled(clip.x_adapt))
+    y = torch.from_numpy(np.ascontiguousarray(clip.y_adapt, dtype=np.int64))
+    inner = info.inner
+    threads = torch.get_num_threads()
+    torch.set_num_threads(ADAPT_THREADS)
+    try:
+        t0 = time.perf_counter()
+        params = adapt(model, model_params(model), x, y, steps=int(inner["steps"]), lr=float(inner["lr"]),
+                       optimizer=inner["optimizer"], first_order=bool(inner["first_order"]))
+        result.adapt_seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name])
+    model.eval()
+    return result
+
+
+def export_adapted(adapted: Adapted, calibration: dict, out: str | Path, verify_windows: np.ndarray) -> Path:
+    """Write the adapted model to ``out`` with the base model's metadata, the new scaler and
+    ``calibration``; verified against torch on ``verify_windows`` (conditioned, unscaled)."""
+    from metalearn.export import export_model
+
+    metadata = adapted.base_info.to_dict()
+    metadata["scaler"] = adapted.scaler.to_dict()
+    metadata["calibration"] = calibration
+    return export_model(adapted.model, metadata, out, verify_windows=verify_windows)

@@ -1,0 +1,155 @@
+"""A calibration clip -> checked, conditioned windows, split into an adaptation part and a
+held-out part (the last cycle).
+
+The whole clip runs through a fresh :class:`~metaemg.signal.SignalChain` of the model's spec, as
+one stream (what the daemon would compute), then :func:`~metaemg.signal.make_windows`; each
+window is labelled by its last sample. The held-out part starts at the relax before the last
+open or close (whichever comes first), so it is one whole relax-open-relax-close-relax cycle and
+holds all three intents; windows whose last sample lies in it are held out, the rest adapt.
+
+Refused with a one-line :class:`~metaemg.errors.DataError` (no model is made): a wrong channel
+count or sample rate, a flat channel (no contact, armband off), a saturated clip, an intent
+that is missing, fewer than two cycles, or too little of an intent in either part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from metaemg.errors import ConfigError, DataError
+from metaemg.signal import SignalChain, SignalSpec, make_windows
+from metalearn.calibration.metrics import INTENTS
+from metalearn.recording import Recording
+
+RATE_TOLERANCE = 0.05
+FLAT_FRACTION = 1e-3  # of the input range: a channel that moves less than this is flat
+
+
+@dataclass(frozen=True)
+class ClipRules:
+    """What makes a clip usable (the ``gate`` section of the configuration holds these)."""
+
+    min_intent_s: float = 0.5  # of each intent, in each part (adaptation and held-out)
+    max_saturated: float = 0.2  # fraction of samples at the armband's range limits
+
+    def __post_init__(self) -> None:
+        for key, hi in (("min_intent_s", 30.0), ("max_saturated", 1.0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= hi:
+                raise ConfigError(f"clip.{key} must be a number in [0, {hi:g}], got {value!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class ClipWindows:
+    spec: SignalSpec
+    recording: Recording
+    conditioned: np.ndarray  # (n, channels): the clip through the signal chain
+    windows: np.ndarray  # (k, window, channels) float32, conditioned, unscaled
+    ends: np.ndarray  # (k,) sample index of each window's last sample
+    labels: np.ndarray  # (k,) label of each window's last sample
+    split: int  # first sample of the held-out part
+    saturated_fraction: float
+
+    @property
+    def held_out(self) -> np.ndarray:
+        return self.ends >= self.split
+
+    @property
+    def x_adapt(self) -> np.ndarray:
+        return self.windows[~self.held_out]
+
+    @property
+    def y_adapt(self) -> np.ndarray:
+        return self.labels[~self.held_out]
+
+    @property
+    def x_holdout(self) -> np.ndarray:
+        return self.windows[self.held_out]
+
+    @property
+    def y_holdout(self) -> np.ndarray:
+        return self.labels[self.held_out]
+
+    @property
+    def split_time(self) -> float:
+        return float(self.recording.time[self.split] - self.recording.time[0])
+
+    def activity(self) -> dict[str, float]:
+        """Mean conditioned level per intent relative to relax (about 1: no contraction seen)."""
+        lab = self.recording.labels
+        level = {name: float(np.abs(self.conditioned[lab == i]).mean()) for i, name in enumerate(INTENTS)}
+        base = level["relax"] or 1e-12
+        return {name: round(v / base, 3) for name, v in level.items()}
+
+
+def holdout_start(labels: np.ndarray, path: object | None = None) -> int:
+    """First sample of the held-out part: the relax before the last open or close (whichever is
+    first), or that open/close itself when no relax precedes it."""
+    labels = np.asarray(labels, dtype=np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1])
+    run_labels = labels[starts]
+    for k, name in enumerate(INTENTS):
+        if not (labels == k).any():
+            seen = ", ".join(n for i, n in enumerate(INTENTS) if (labels == i).any())
+            raise DataError(f"the clip has no '{name}' (intents seen: {seen}); it needs relax, open and close", path=path)
+    cycles = min(int((run_labels == 1).sum()), int((run_labels == 2).sum()))
+    if cycles < 2:
+        raise DataError(
+            f"the clip has {cycles} cycle(s) of open and close; calibration needs at least 2 "
+            "(it adapts on the first ones and checks the result on the last one)", path=path)
+    last_open = int(np.flatnonzero(run_labels == 1)[-1])
+    last_close = int(np.flatnonzero(run_labels == 2)[-1])
+    first = min(last_open, last_close)
+    if first > 0 and run_labels[first - 1] == 0:
+        first -= 1
+    return int(starts[first])
+
+
+def prepare_clip(rec: Recording, spec: SignalSpec, rules: ClipRules = ClipRules()) -> ClipWindows:
+    """Check the clip, condition and window it, and split it (see the module docstring)."""
+    path = rec.path
+    if rec.n_channels != spec.channels:
+        raise DataError(f"the clip has {rec.n_channels} EMG channels, the model expects {spec.channels}", path=path)
+    rate = rec.sample_rate
+    if abs(rate - spec.sample_rate) > RATE_TOLERANCE * spec.sample_rate:
+        raise DataError(f"the clip's sample rate is {rate:.1f} Hz, the model expects {spec.sample_rate:g} Hz",
+                        path=path)
+    _check_flat(rec, spec)
+    chain = SignalChain(spec)
+    saturated = float(chain.saturated(rec.emg).mean()) if spec.input_range is not None else 0.0
+    if saturated > rules.max_saturated:
+        raise DataError(
+            f"the armband saturates in {saturated:.0%} of the clip (limit {rules.max_saturated:.0%}): "
+            "check its fit and position, then calibrate again", path=path)
+    split = holdout_start(rec.labels, path)
+    conditioned = chain.process(rec.emg)
+    windows, ends = make_windows(conditioned, spec.window, spec.stride)
+    if len(ends) == 0:
+        raise DataError(f"the clip is too short: {rec.duration:.1f} s gives no {spec.window}-sample window", path=path)
+    labels = rec.labels[ends]
+    need = max(1, int(np.ceil(rules.min_intent_s * rate / spec.stride)))
+    held = ends >= split
+    for part, mask in (("adaptation part (all but the last cycle)", ~held), ("held-out last cycle", held)):
+        counts = np.bincount(labels[mask], minlength=len(INTENTS))
+        short = [f"{INTENTS[i]} {counts[i] * spec.stride / rate:.2f} s" for i in range(len(INTENTS)) if counts[i] < need]
+        if short:
+            raise DataError(
+                f"the clip is too short: its {part} has only {', '.join(short)}; each part needs at least "
+                f"{rules.min_intent_s:g} s of each intent", path=path)
+    return ClipWindows(spec, rec, conditioned, windows.astype(np.float32), ends, labels, split, saturated)
+
+
+def _check_flat(rec: Recording, spec: SignalSpec) -> None:
+    span = (spec.input_range[1] - spec.input_range[0]) if spec.input_range is not None else 0.0
+    tol = FLAT_FRACTION * span if span else 1e-9
+    ptp = np.ptp(rec.emg, axis=0)
+    flat = [f"emg{i}" for i in np.flatnonzero(ptp <= tol)]
+    if len(flat) == rec.n_channels:
+        raise DataError("no EMG: every channel is flat (is the armband on, switched on and touching the skin?)",
+                        path=rec.path)
+    if flat:
+        raise DataError(
+            f"channel(s) {', '.join(flat)} are flat (no signal): check the armband's contact with the skin, "
+            "then calibrate again", path=rec.path)

@@ -1,0 +1,75 @@
+"""The safety gate: may the adapted model drive the patient's hand?
+
+Both models are scored on the held-out last cycle of the clip, which the adaptation never saw.
+The adapted model is refused when any rule fails:
+
+1. its accuracy is below ``min_accuracy``;
+2. it is worse than the base model (lower accuracy);
+3. it recognises some intent in fewer than ``min_recall`` of that intent's windows.
+
+``--force`` installs a refused model anyway (the report and the model's metadata say so). It
+never overrides the clip checks of :mod:`.clip`: a flat or incomplete clip gives no model at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from metaemg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GateRules:
+    min_accuracy: float = 0.7
+    min_recall: float = 0.5
+
+    def __post_init__(self) -> None:
+        for key in ("min_accuracy", "min_recall"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and 0 <= value <= 1
+            ):
+                raise ConfigError(f"gate.{key} must be a fraction in [0, 1], got {value!r}")
+
+    def describe(self) -> str:
+        return (f"accuracy >= {self.min_accuracy:.2f}, not worse than the base model, "
+                f"every intent recognised in >= {self.min_recall:.0%} of its windows")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    forced: bool
+    reasons: tuple[str, ...]  # why it failed (empty when passed)
+
+    @property
+    def install(self) -> bool:
+        return self.passed or self.forced
+
+    def line(self) -> str:
+        """One line for the clinician."""
+        if self.passed:
+            return "passed"
+        why = "; ".join(self.reasons)
+        if self.forced:
+            return f"FAILED ({why}), installed anyway because of --force"
+        return f"refused: {why}"
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "forced": self.forced, "install": self.install, "reasons": list(self.reasons)}
+
+
+def decide(before: dict, after: dict, rules: GateRules, *, force: bool = False) -> GateDecision:
+    """``before``/``after``: :func:`.metrics.summary` of the base and the adapted model on the
+    same held-out windows."""
+    reasons = []
+    acc_b, acc_a = before["accuracy"], after["accuracy"]
+    if acc_a < rules.min_accuracy:
+        reasons.append(f"accuracy {acc_a:.2f} on the held-out cycle is below the floor {rules.min_accuracy:.2f}")
+    if acc_a < acc_b:
+        reasons.append(f"the adapted model ({acc_a:.2f}) is worse than the base model ({acc_b:.2f})")
+    for name, recall in after["recall"].items():
+        if recall is not None and recall < rules.min_recall:
+            reasons.append(f"'{name}' recognised in only {recall:.0%} of its windows (floor {rules.min_recall:.0%})")
+    return GateDecision(passed=not reasons, forced=bool(force) and bool(reasons), reasons=tuple(reasons))

@@ -1,0 +1,110 @@
+"""The cue protocol a patient follows during calibration, and the labels the cues give.
+
+Default: a 3-2-1 countdown, then ``cycles`` x (relax, open, relax, close), then a final relax,
+3 s each: 3 cycles take 39 s. A sample recorded at time ``t`` is labelled with the cue that was
+on screen at ``t - reaction_s``: the patient needs a moment to react to a new cue.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from metaemg.errors import ConfigError
+
+INTENTS = ("relax", "open", "close")
+INSTRUCTIONS = {
+    "relax": "let your hand rest",
+    "open": "open your hand and hold it open",
+    "close": "close your hand and hold it closed",
+}
+
+
+@dataclass(frozen=True)
+class Cue:
+    """One step of the protocol; ``start``/``end`` in seconds from the first cue."""
+
+    index: int  # 0-based position in the protocol
+    name: str  # relax | open | close
+    cycle: int  # 1..cycles (the final relax belongs to the last cycle)
+    start: float
+    end: float
+
+    @property
+    def label(self) -> int:
+        return INTENTS.index(self.name)
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class CueProtocol:
+    """Durations in seconds; validated at construction (ConfigError names the key)."""
+
+    relax_s: float = 3.0
+    open_s: float = 3.0
+    close_s: float = 3.0
+    cycles: int = 3
+    countdown_s: int = 3
+    reaction_s: float = 0.3
+
+    def __post_init__(self) -> None:
+        for key in ("relax_s", "open_s", "close_s"):
+            value = getattr(self, key)
+            if not _num(value) or not 0.5 <= value <= 30:
+                raise ConfigError(f"protocol.{key} must be a number of seconds in [0.5, 30], got {value!r}")
+        if not _int(self.cycles) or not 2 <= self.cycles <= 10:
+            raise ConfigError(
+                f"protocol.cycles must be an integer in 2..10 (one cycle is held out to check the result), "
+                f"got {self.cycles!r}"
+            )
+        if not _int(self.countdown_s) or not 0 <= self.countdown_s <= 10:
+            raise ConfigError(f"protocol.countdown_s must be an integer in 0..10, got {self.countdown_s!r}")
+        shortest = min(self.relax_s, self.open_s, self.close_s)
+        if not _num(self.reaction_s) or not 0 <= self.reaction_s < shortest / 2:
+            raise ConfigError(
+                f"protocol.reaction_s must be >= 0 and under half the shortest cue ({shortest / 2:g} s), "
+                f"got {self.reaction_s!r}"
+            )
+
+    def cues(self) -> tuple[Cue, ...]:
+        names = [n for _ in range(self.cycles) for n in ("relax", "open", "relax", "close")] + ["relax"]
+        out, t = [], 0.0
+        for i, name in enumerate(names):
+            duration = getattr(self, f"{name}_s")
+            out.append(Cue(i, name, min(i // 4 + 1, self.cycles), t, t + duration))
+            t += duration
+        return tuple(out)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first cue to the end of the final relax (countdown excluded)."""
+        return self.cues()[-1].end
+
+    def describe(self) -> str:
+        return (f"{self.cycles} cycles of relax {self.relax_s:g} s, open {self.open_s:g} s, relax, "
+                f"close {self.close_s:g} s, then relax: {self.duration_s:g} s after a {self.countdown_s} s countdown")
+
+
+def labels_from_cues(t: np.ndarray, cue_times: np.ndarray, cue_labels: np.ndarray, reaction_s: float) -> np.ndarray:
+    """Label of each sample time ``t``: the cue shown at ``t - reaction_s`` (cue ``k`` shown from
+    ``cue_times[k]``). Before the first cue counts as relax (the countdown)."""
+    t = np.asarray(t, dtype=np.float64)
+    cue_times = np.asarray(cue_times, dtype=np.float64)
+    labels = np.asarray(cue_labels, dtype=np.int64)
+    if cue_times.ndim != 1 or cue_times.shape != labels.shape or np.any(np.diff(cue_times) < 0):
+        raise ValueError("cue_times must be increasing and match cue_labels")
+    k = np.searchsorted(cue_times, t - reaction_s, side="right") - 1
+    return np.where(k >= 0, labels[np.clip(k, 0, None)], 0)
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

@@ -1,0 +1,202 @@
+"""The state directory: calibration clips, versioned models, the current model and rollback.
+
+Layout (every file is written atomically: temporary file, fsync, rename)::
+
+    <state>/clips/<UTC time>_<sha8>.csv            every calibration clip, never deleted
+    <state>/models/adapted_<UTC time>_<id>.onnx    every installed adapted model (the newest
+                                                   ``keep`` are kept)
+    <state>/models/current.onnx                    what the daemon loads (a regular file)
+    <state>/models/previous.onnx                   what was current before the last change
+    <state>/models/history.jsonl                   one line per install or rollback
+    <state>/reports/<UTC time>_<sha8>.json/.png    one report per calibration
+
+``current.onnx`` changes by one ``os.replace`` of a complete, verified file, so the daemon's file
+watcher sees exactly one change. Installing copies the old current to ``previous.onnx`` first
+(on the first install, the base model the calibration started from). ``rollback`` swaps the two:
+a second rollback undoes the first. A lock file stops two calibrations writing at once.
+
+The state directory is, in this order: ``--state-dir``, ``$STATE_DIRECTORY`` (systemd's
+StateDirectory=), ``state_dir`` in the configuration, ``$XDG_STATE_HOME/myhand``,
+``~/.local/state/myhand``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from metaemg.atomic import write_bytes, write_text
+from metaemg.errors import ConfigError, MetaEMGError, ModelError
+from metaemg.modelfile import OnnxModel, read_model_info
+from metalearn.recording import Recording, write_recording
+
+
+class StateError(MetaEMGError):
+    """The state directory cannot be used (locked, unwritable, nothing to roll back to)."""
+
+
+def resolve_state_dir(cli: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+                      env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if cli:
+        return Path(cli).expanduser()
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if config:
+        return Path(config).expanduser()
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "myhand"
+    return Path.home() / ".local" / "state" / "myhand"
+
+
+def utc_stamp(when: datetime | None = None) -> str:
+    return (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Installed:
+    current: Path
+    versioned: Path
+    model_id: str
+    previous_model_id: str | None
+
+
+class Store:
+    CURRENT = "current.onnx"
+    PREVIOUS = "previous.onnx"
+
+    def __init__(self, root: str | os.PathLike, keep: int = 10):
+        self.root = Path(root)
+        self.keep = keep
+        self.clips = self.root / "clips"
+        self.models = self.root / "models"
+        self.reports = self.root / "reports"
+        self.current = self.models / self.CURRENT
+        self.previous = self.models / self.PREVIOUS
+        self.history = self.models / "history.jsonl"
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def ensure(self) -> Store:
+        try:
+            for d in (self.clips, self.models, self.reports):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"{self.root}: cannot create the state directory: {exc.strerror or exc}") from None
+        if not os.access(self.models, os.W_OK):
+            raise StateError(f"{self.models}: not writable by this user (run as the daemon's user, or give --state-dir)")
+        return self
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive for one process; StateError at once if another calibration holds it."""
+        self.ensure()
+        fd = os.open(self.root / ".calibrate.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateError(f"{self.root}: another metaemg-calibrate is running on this state directory") from None
+            yield
+        finally:
+            os.close(fd)
+
+    # -- clips -----------------------------------------------------------------------------------
+    def save_clip_bytes(self, data: bytes, when: datetime, suffix: str = "") -> tuple[Path, str]:
+        digest = sha256_bytes(data)
+        path = _unique(self.clips / f"{utc_stamp(when)}_{digest[:8]}{suffix}", ".csv")
+        write_bytes(path, data)
+        return path, digest
+
+    def save_clip(self, rec: Recording, when: datetime, *, extra: dict | None = None,
+                  suffix: str = "") -> tuple[Path, str]:
+        """Write a recorded clip in the research CSV format, named by its content hash."""
+        pending = _unique(self.clips / f"{utc_stamp(when)}_pending{suffix}", ".csv")
+        write_recording(pending, rec, extra=extra)
+        digest = sha256_bytes(pending.read_bytes())
+        path = _unique(self.clips / f"{utc_stamp(when)}_{digest[:8]}{suffix}", ".csv")
+        os.replace(pending, path)
+        return path, digest
+
+    def report_stem(self, when: datetime, digest: str) -> Path:
+        return _unique(self.reports / f"{utc_stamp(when)}_{digest[:8]}", ".json").with_suffix("")
+
+    # -- models ----------------------------------------------------------------------------------
+    def candidate_path(self) -> Path:
+        return self.models / f".candidate-{os.getpid()}.onnx"
+
+    def install(self, candidate: Path, when: datetime, base_model: Path, note: dict) -> Installed:
+        """Keep ``candidate`` as a versioned file and make it current; the old current (or, on
+        the first install, ``base_model``) becomes previous."""
+        info = read_model_info(candidate)
+        versioned = _unique(self.models / f"adapted_{utc_stamp(when)}_{info.model_id}", ".onnx")
+        os.replace(candidate, versioned)
+        old = self.current if self.current.is_file() else Path(base_model)
+        previous_id = _model_id_or_none(old)
+        write_bytes(self.previous, old.read_bytes())
+        write_bytes(self.current, versioned.read_bytes())  # the one change the daemon sees
+        self._log({"action": "install", "model_id": info.model_id, "file": versioned.name,
+                   "previous_model_id": previous_id, **note})
+        self.prune()
+        return Installed(self.current, versioned, info.model_id, previous_id)
+
+    def rollback(self) -> tuple[str, str | None]:
+        """Swap current and previous; returns ``(model id now current, model id it replaced)``."""
+        if not self.previous.is_file():
+            raise StateError(f"nothing to roll back to: {self.previous} does not exist (no calibration installed yet)")
+        try:
+            model = OnnxModel(self.previous)
+            model.self_test()
+        except ModelError as exc:
+            raise StateError(f"cannot roll back: the previous model is unusable ({exc}); current is unchanged") from None
+        restored = self.previous.read_bytes()
+        replaced = self.current.read_bytes() if self.current.is_file() else None
+        replaced_id = _model_id_or_none(self.current)
+        write_bytes(self.current, restored)  # first: current is always a whole, tested model
+        if replaced is not None:
+            write_bytes(self.previous, replaced)
+        self._log({"action": "rollback", "model_id": model.info.model_id, "previous_model_id": replaced_id})
+        return model.info.model_id, replaced_id
+
+    def prune(self) -> list[Path]:
+        """Delete all but the newest ``keep`` versioned models (current and previous are copies)."""
+        files = sorted(self.models.glob("adapted_*.onnx"))
+        gone = files[: max(0, len(files) - self.keep)]
+        for f in gone:
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        return gone
+
+    def current_model_id(self) -> str | None:
+        return _model_id_or_none(self.current)
+
+    def _log(self, entry: dict) -> None:
+        line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"), **entry}, sort_keys=True)
+        old = self.history.read_text(encoding="utf-8") if self.history.is_file() else ""
+        write_text(self.history, old + line + "\n")
+
+
+def _unique(stem: Path, suffix: str) -> Path:
+    path = stem.with_name(stem.name + suffix)
+    n = 2
+    while path.exists():
+        path = stem.with_name(f"{stem.name}-{n}{suffix}")
+        n += 1
+    return path
+
+
+def _model_id_or_none(path: Path) -> str | None:
+    try:
+        return read_model_info(path).model_id
+    except (ModelError, ConfigError):
+        return None

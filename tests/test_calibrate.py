@@ -1,0 +1,300 @@
+"""metaemg-calibrate end to end: real Myo recordings, a real meta-trained base model, real
+onnxruntime, a real LSL outlet with a simulated patient, real ZeroMQ sockets, the CLI as a
+subprocess where its process boundary matters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from calibrate_helpers import (
+    SUBJECTS,
+    NO_TORCH,
+    FakeDaemon,
+    SimulatedPatient,
+    base_model,
+    clean_env,
+    last_json,
+    myo_recording,
+    run_cli,
+    unique_name,
+    write_clip,
+)
+
+from metaemg.modelfile import OnnxModel, read_model_info
+from metalearn.calibrate import EXIT_REFUSED, main
+from metalearn.calibration.clip import holdout_start
+from metalearn.evaluate_cli import evaluate
+from metalearn.recording import Recording, read_recording, write_recording
+
+CLIP_S = 32  # the first two cycles of training0 and a little relax
+
+
+@pytest.fixture(scope="session")
+def base(myo_src, tmp_path_factory) -> Path:
+    return base_model(myo_src, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def clips(myo_src, tmp_path_factory) -> dict[str, Path]:
+    """Per evaluation subject: the calibration clip (training0, first 32 s) and Test0/Test1."""
+    d = tmp_path_factory.mktemp("clips")
+    out = {}
+    for s in SUBJECTS:
+        out[f"{s}/cal"] = write_clip(myo_recording(myo_src, s, "training0"), d / f"{s}_cal.csv", CLIP_S)
+        for t in ("Test0", "Test1"):
+            out[f"{s}/{t}"] = write_clip(myo_recording(myo_src, s, t), d / f"{s}_{t}.csv")
+    return out
+
+
+def calibrate(*args, state: Path, capsys=None) -> tuple[int, str, str]:
+    """In-process metaemg-calibrate (its main(), as the console script calls it)."""
+    rc = main([*map(str, args), "--state-dir", str(state), "--control", f"ipc://{state}/no-daemon.sock"])
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return rc, out, err
+
+
+def test_offline_calibration_installs_the_adapted_model_with_provenance(base, clips, tmp_path):
+    state = tmp_path / "state"
+    proc = run_cli("metaemg-calibrate", ["--from-recording", str(clips["Male13/cal"]), "--base-model", str(base),
+                                         "--state-dir", str(state), "--json"], clean_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    res = last_json(proc.stdout)
+    assert {"accuracy_before", "accuracy_after", "adapt_seconds", "model"} <= set(res)
+    assert res["installed"] and res["gate"]["passed"] and res["accuracy_after"] > res["accuracy_before"] + 0.3
+    assert 0 < res["adapt_seconds"] < 5
+    assert "daemon not running: it will load the new model at its next start" in proc.stdout
+    assert "gate: passed" in proc.stdout and "held out: the last cycle" in proc.stdout
+
+    models = state / "models"
+    model = Path(res["model"])
+    assert model.parent == models and model.name.startswith("adapted_") and model.name.endswith(f"_{res['model_id']}.onnx")
+    assert (models / "current.onnx").read_bytes() == model.read_bytes()
+    assert (models / "previous.onnx").read_bytes() == base.read_bytes()  # first install: rollback -> base
+    assert not list(models.glob(".candidate*"))
+
+    clip = Path(res["clip"])
+    assert clip.parent == state / "clips" and clip.read_bytes() == clips["Male13/cal"].read_bytes()
+    digest = hashlib.sha256(clip.read_bytes()).hexdigest()
+    assert res["clip_sha256"] == digest and clip.name.endswith(f"_{digest[:8]}.csv")
+
+    info, base_info = read_model_info(model), read_model_info(base)
+    cal = info.calibration
+    assert cal["clip_sha256"] == digest and cal["base_model_id"] == base_info.model_id
+    assert cal["accuracy_before"] == res["accuracy_before"] and cal["accuracy_after"] == res["accuracy_after"]
+    assert cal["gate"]["passed"] and cal["inner"] == dict(base_info.inner) and cal["holdout"] == "last cycle"
+    # same metadata as the base, except the scaler fitted on the clip and the provenance
+    same = {k: v for k, v in base_info.to_dict().items() if k not in ("scaler", "calibration", "model_id", "created")}
+    assert {k: info.to_dict()[k] for k in same} == same
+    assert info.scaler["kind"] == base_info.scaler["kind"] and info.scaler["offset"] != base_info.scaler["offset"]
+
+    # "after" is the installed ONNX file itself on the held-out windows
+    rec = read_recording(clip)
+    assert res["accuracy_after"] == pytest.approx(_holdout_accuracy(model, rec), abs=1e-12)
+    assert res["accuracy_before"] == pytest.approx(_holdout_accuracy(base, rec), abs=1e-12)
+
+    report = json.loads(Path(res["report"]).read_text())
+    assert report["held_out"]["after"]["accuracy"] == res["accuracy_after"]
+    assert len(report["held_out"]["after"]["confusion"]) == 3 and report["delays"]["after"]["changes"] >= 4
+    assert Path(res["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = [json.loads(line) for line in (models / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["action"] == "install" and history[-1]["model_id"] == res["model_id"]
+
+
+def _holdout_accuracy(model_path: Path, rec: Recording) -> float:
+    from metaemg.signal import SignalChain, make_windows
+
+    model = OnnxModel(model_path)
+    w, ends = make_windows(SignalChain(model.info.signal).process(rec.emg), model.info.window, model.info.stride)
+    held = ends >= holdout_start(rec.labels)
+    return float((model.predict(w[held]).argmax(1) == rec.labels[ends][held]).mean())
+
+
+def test_calibration_improves_accuracy_on_later_sessions(base, clips, tmp_path, capsys):
+    """Adapt on the first 32 s of training0, score on Test0 and Test1 (later donnings of the
+    armband) through metaemg-eval's code, for the three evaluation subjects."""
+    before, after = {}, {}
+    for s in SUBJECTS:
+        out = tmp_path / f"{s}.onnx"
+        rc, _, err = calibrate("--from-recording", clips[f"{s}/cal"], "--base-model", base, "--out", out, "--no-png",
+                               state=tmp_path / "state", capsys=capsys)
+        assert rc == 0, err
+        tests = [clips[f"{s}/Test0"], clips[f"{s}/Test1"]]
+        before[s] = evaluate(base, tests)["accuracy"]
+        after[s] = evaluate(out, tests)["accuracy"]
+    print({s: (round(before[s], 3), round(after[s], 3)) for s in SUBJECTS})
+    assert np.mean(list(after.values())) > np.mean(list(before.values())) + 0.2
+    assert all(after[s] > before[s] for s in SUBJECTS)
+    assert not (tmp_path / "state" / "models" / "current.onnx").exists()  # --out installs nothing
+
+
+def test_a_flat_clip_gives_a_clear_message_and_no_model(base, clips, tmp_path, capsys):
+    rec = read_recording(clips["Male13/cal"])
+    emg = rec.emg.copy()
+    emg[:, :] = 0.0
+    flat = write_recording(tmp_path / "flat.csv", Recording(rec.time, emg, rec.labels))
+    rc, out, err = calibrate("--from-recording", flat, "--base-model", base, "--json", state=tmp_path / "s",
+                             capsys=capsys)
+    assert rc == 2
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "no EMG: every channel is flat" in err and "Traceback" not in err
+    assert last_json(out) == {"ok": False, "error": err.strip()[7:], "accuracy_before": None, "accuracy_after": None,
+                              "adapt_seconds": None, "model": None}
+    assert not list((tmp_path / "s" / "models").iterdir())
+
+
+def test_the_gate_refuses_a_worse_model_and_force_installs_it(base, clips, tmp_path, capsys):
+    # a good base for this patient: an earlier calibration
+    good = tmp_path / "good.onnx"
+    assert calibrate("--from-recording", clips["Male13/cal"], "--base-model", base, "--out", good, "--no-png",
+                     state=tmp_path / "s0", capsys=capsys)[0] == 0
+    # then a clip where the patient did the opposite of the cues in the first cycle
+    rec = read_recording(clips["Male13/cal"])
+    labels = rec.labels.copy()
+    first = labels[: holdout_start(labels)]
+    first[first > 0] = 3 - first[first > 0]  # open <-> close
+    swapped = write_recording(tmp_path / "swapped.csv", Recording(rec.time, rec.emg, labels))
+    state = tmp_path / "state"
+    rc, out, _ = calibrate("--from-recording", swapped, "--base-model", good, "--json", "--no-png", state=state,
+                           capsys=capsys)
+    res = last_json(out)
+    assert rc == EXIT_REFUSED and not res["ok"] and not res["installed"] and res["model"] is None
+    assert res["accuracy_after"] < res["accuracy_before"]
+    gate_line = next(line for line in out.splitlines() if line.startswith("gate: "))
+    assert gate_line.startswith("gate: refused: ") and "is worse than the base model" in gate_line
+    assert not (state / "models" / "current.onnx").exists() and not list((state / "models").glob("*.onnx"))
+    assert Path(res["report"]).is_file()  # the refusal is on record
+
+    rc, out, _ = calibrate("--from-recording", swapped, "--base-model", good, "--json", "--no-png", "--force",
+                           state=state, capsys=capsys)
+    res = last_json(out)
+    assert rc == 0 and res["installed"] and res["gate"]["forced"] and not res["gate"]["passed"]
+    assert read_model_info(state / "models" / "current.onnx").calibration["gate"]["forced"] is True
+
+
+def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, tmp_path, capsys):
+    state = tmp_path / "state"
+    ids = []
+    for s in ("Male13", "Male15"):
+        rc, out, err = calibrate("--from-recording", clips[f"{s}/cal"], "--base-model", base, "--json", "--no-png",
+                                 state=state, capsys=capsys)
+        assert rc == 0, err
+        ids.append(last_json(out)["model_id"])
+    current, previous = state / "models" / "current.onnx", state / "models" / "previous.onnx"
+    first_bytes = previous.read_bytes()
+    assert read_model_info(current).model_id == ids[1] and read_model_info(previous).model_id == ids[0]
+
+    endpoint = f"ipc://{tmp_path / 'control.sock'}"
+    daemon = FakeDaemon(endpoint, [{"ok": True, "model_id": ids[0], "previous_model_id": ids[1]}])
+    try:
+        rc = main(["--rollback", "--state-dir", str(state), "--control", endpoint, "--json"])
+    finally:
+        daemon.close()
+    out = capsys.readouterr().out
+    assert rc == 0 and current.read_bytes() == first_bytes
+    assert last_json(out)["model_id"] == ids[0] and last_json(out)["replaced_model_id"] == ids[1]
+    assert daemon.requests == [{"cmd": "reload", "path": str(current)}]
+    assert f"now running model {ids[0]}" in out
+    rc, out, _ = calibrate("--rollback", "--json", state=state, capsys=capsys)  # again: undoes the rollback
+    assert rc == 0 and last_json(out)["model_id"] == ids[1] and read_model_info(current).model_id == ids[1]
+
+
+def test_an_installed_model_is_hot_swapped_by_a_running_daemon(base, clips, tmp_path, capsys):
+    endpoint = f"ipc://{tmp_path / 'control.sock'}"
+    daemon = FakeDaemon(endpoint, [{"ok": True, "model_id": "new", "previous_model_id": "old"}])
+    try:
+        rc = main(["--from-recording", str(clips["Male15/cal"]), "--base-model", str(base), "--no-png",
+                   "--state-dir", str(tmp_path / "state"), "--control", endpoint, "--json"])
+    finally:
+        daemon.close()
+    res = last_json(capsys.readouterr().out)
+    assert rc == 0 and daemon.requests == [{"cmd": "reload", "path": res["current"]}]
+    assert res["daemon"]["status"] == "reloaded"
+
+
+def test_without_torch_it_says_what_to_install_before_recording(base, clips, tmp_path):
+    state = tmp_path / "state"
+    proc = run_cli("metaemg-calibrate", ["--from-recording", str(clips["Male13/cal"]), "--base-model", str(base),
+                                         "--state-dir", str(state)], clean_env(tmp_path),
+                   python_prelude=NO_TORCH)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in proc.stderr
+    assert not state.exists()  # failed before anything was recorded or written
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--base-model", "/nonexistent/base.onnx", "--from-recording", "x.csv"], "base model not found"),
+    (["--rollback", "--out", "m.onnx"], "--rollback takes no --out"),
+    (["--rollback"], "nothing to roll back to"),
+    (["--cycles", "1", "--print-config"], "protocol.cycles must be an integer in 2..10"),
+    (["--min-accuracy", "2", "--print-config"], "gate.min_accuracy must be a fraction"),
+])
+def test_bad_input_is_one_line(args, fragment, tmp_path, capsys):
+    rc, _, err = calibrate(*args, state=tmp_path / "state", capsys=capsys)
+    assert rc == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_print_config_shows_the_effective_configuration(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("protocol:\n  cycles: 4\n")
+    assert main(["--config", str(cfg), "--cue-s", "2", "--print-config"]) == 0
+    import yaml
+
+    doc = yaml.safe_load(capsys.readouterr().out)
+    assert doc["protocol"] == {"relax_s": 2.0, "open_s": 2.0, "close_s": 2.0, "cycles": 4, "countdown_s": 3,
+                               "reaction_s": 0.3}
+    assert doc["cues"]["endpoint"] == "tcp://127.0.0.1:5557" and doc["gate"]["min_accuracy"] == 0.7
+
+
+def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
+    """The patient (a real LSL outlet playing Male13's real EMG) follows the cues published on the
+    calibration's ZeroMQ socket; the clip must follow the protocol and give a working model."""
+    name = unique_name()
+    cues = f"ipc://{tmp_path / 'cues.sock'}"
+    control = f"ipc://{tmp_path / 'control.sock'}"
+    daemon = FakeDaemon(control, [{"ok": True, "status": {"paused": False}}, {"ok": True, "state": "paused"},
+                                  {"ok": True, "model_id": "new", "previous_model_id": "old"},
+                                  {"ok": True, "state": "running"}])
+    patient = SimulatedPatient(myo_recording(myo_src, "Male13", "training0"), name, cues).start()
+    state = tmp_path / "state"
+    try:
+        proc = run_cli("metaemg-calibrate", ["--base-model", str(base), "--state-dir", str(state), "--lsl-stream", name,
+                                             "--cue-s", "1", "--cycles", "2", "--countdown-s", "1", "--cue-endpoint",
+                                             cues, "--control", control, "--json"], clean_env(tmp_path), timeout=90)
+    finally:
+        patient.stop()
+        daemon.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = last_json(proc.stdout)
+    assert res["installed"] and res["accuracy_after"] >= 0.7, res
+    # the orthosis holds still during the recording; the daemon resumes with the new model
+    assert [r["cmd"] for r in daemon.requests] == ["status", "pause", "reload", "resume"]
+    assert daemon.requests[2]["path"] == res["current"] and res["daemon"]["status"] == "reloaded"
+    forwarded = [c["cue"] for c in daemon.cues]  # for the daemon's own monitor stream
+    assert forwarded[0] == "countdown" and forwarded[-1] == "done" and forwarded.count("open") == 2
+    assert "[ 2/9] OPEN " in proc.stdout and "Done: the patient can relax." in proc.stdout
+    assert "INFO" not in proc.stderr  # liblsl kept quiet
+
+    seen = [c["cue"] for c in patient.cues if c["cue"] != "countdown"]
+    assert [c for i, c in enumerate(seen) if i == 0 or c != seen[i - 1]] == \
+        ["relax", "open", "relax", "close", "relax", "open", "relax", "close", "relax", "done"]
+    assert all(c["schema"] == "metaemg.monitor/1" for c in patient.cues)
+
+    rec = read_recording(res["clip"])  # the stored clip, in the research format
+    assert rec.time[0] == pytest.approx(0.0, abs=0.02) and rec.duration == pytest.approx(9.0, abs=0.1)
+    assert rec.sample_rate == pytest.approx(200.0, rel=0.02)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(rec.labels)) + 1])
+    assert rec.labels[starts].tolist() == [0, 1, 0, 2, 0, 1, 0, 2, 0]
+    shown = {}  # when each cue was shown: its first message (t_mono: the LSL clock on Linux)
+    for c in patient.cues:
+        if c["cue"] in ("relax", "open", "close"):
+            shown.setdefault(c["index"], c["t_mono"])
+    t_shown = np.array([shown[k] for k in range(9)])
+    assert np.diff(t_shown) == pytest.approx(np.ones(8), abs=0.1)
+    # labels change reaction_s after each cue was shown (at the first sample from then on)
+    assert rec.time[starts[1:]] == pytest.approx(t_shown[1:] - t_shown[0] + 0.3, abs=0.011)
+    assert read_model_info(res["model"]).calibration["reaction_s"] == 0.3

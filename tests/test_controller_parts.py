@@ -1,0 +1,261 @@
+"""The daemon's small parts with real sockets: sd_notify datagrams, the ZeroMQ monitor and control
+sockets, the input pipeline against the offline signal chain, the state table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import time
+
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+
+from controller.config import MonitorConfig
+from controller.control import ControlError, ControlServer, request
+from controller.monitor import SCHEMA, Monitor
+from controller.pipeline import NONFINITE, SATURATED, Pipeline, SaturationMonitor, check_stream
+from controller.sdnotify import Notifier
+from controller.states import Conditions, DaemonState, StateMachine, derive
+from firmware_protocol import StopReason
+from metaemg.errors import ConfigError
+from metaemg.signal import SignalSpec, condition, make_windows
+
+
+# -- sd_notify --------------------------------------------------------------------------------------
+
+
+def _receiver(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(2)
+    return sock
+
+
+def test_sd_notify_path_socket(tmp_path):
+    path = str(tmp_path / "notify")
+    with _receiver(path) as rx:
+        n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
+        assert n.enabled and n.watchdog_s == 4.0
+        assert n.ready("running")
+        assert rx.recv(4096) == b"READY=1\nSTATUS=running"
+        assert n.watchdog() and rx.recv(4096) == b"WATCHDOG=1"
+        assert n.status("stale: no samples\nfor 100 ms") and rx.recv(4096) == b"STATUS=stale: no samples for 100 ms"
+        assert n.stopping() and rx.recv(4096) == b"STOPPING=1\nSTATUS=stopping"
+        n.close()
+
+
+def test_sd_notify_abstract_socket():
+    name = f"metaemg-test-{os.getpid()}-{time.monotonic_ns()}"
+    with _receiver("\0" + name) as rx:
+        n = Notifier({"NOTIFY_SOCKET": "@" + name})
+        assert n.notify(STATUS="x")
+        assert rx.recv(4096) == b"STATUS=x"
+        n.close()
+
+
+def test_sd_notify_outside_systemd_and_watchdog_for_another_pid():
+    n = Notifier({})
+    assert not n.enabled and not n.ready("x") and n.watchdog_s is None
+    n = Notifier({"NOTIFY_SOCKET": "/nonexistent/sock", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
+    assert n.watchdog_s is None  # the watchdog is someone else's
+    assert not n.watchdog() and n.errors == 1  # a vanished socket is counted, never raised
+    n.close()
+
+
+# -- monitor ----------------------------------------------------------------------------------------
+
+
+def test_monitor_publishes_topic_and_json_frames(tmp_path):
+    ctx = zmq.Context()
+    mon = Monitor(MonitorConfig(endpoint=f"ipc://{tmp_path}/mon.sock"), ctx)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"status")
+    sub.connect(mon.endpoint)
+    try:
+        deadline = time.monotonic() + 5
+        got = None
+        while got is None and time.monotonic() < deadline:  # a SUB joins asynchronously
+            mon.publish("decision", {"x": 1})
+            mon.publish("status", {"state": "running", "p": float("nan")})
+            if sub.poll(20):
+                got = sub.recv_multipart()
+        assert got is not None
+        topic, body = got
+        msg = json.loads(body)
+        assert topic == b"status" and msg["schema"] == SCHEMA and msg["topic"] == "status"
+        assert msg["state"] == "running" and msg["p"] is None  # NaN becomes null: valid JSON
+        assert abs(msg["t_wall"] - time.time()) < 5 and abs(msg["t_mono"] - time.monotonic()) < 5
+    finally:
+        sub.close(0)
+        mon.close()
+        ctx.term()
+    assert not (tmp_path / "mon.sock").exists()
+
+
+def test_monitor_bind_failure_is_a_config_error():
+    ctx = zmq.Context()
+    blocker = ctx.socket(zmq.PUB)
+    port = blocker.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with pytest.raises(ConfigError, match=f"monitor endpoint tcp://127.0.0.1:{port}: cannot bind"):
+            Monitor(MonitorConfig(endpoint=f"tcp://127.0.0.1:{port}"), ctx)
+    finally:
+        blocker.close(0)
+        ctx.term()
+
+
+# -- control ----------------------------------------------------------------------------------------
+
+
+def test_control_socket_is_0600_answers_and_refuses_a_second_daemon(tmp_path):
+    endpoint = f"ipc://{tmp_path}/run/control.sock"
+    seen = []
+
+    async def handler(req):
+        seen.append(req)
+        return {"ok": True, "echo": req["cmd"]}
+
+    async def main():
+        ctx = zmq.asyncio.Context()
+        server = ControlServer(endpoint, ctx, handler)
+        task = asyncio.get_running_loop().create_task(server.serve())
+        try:
+            mode = stat.S_IMODE(os.stat(server.path).st_mode)
+            ok = await asyncio.to_thread(request, endpoint, {"cmd": "pause"})
+            bad = await asyncio.to_thread(request, endpoint, {"cmd": "dance"})
+            not_obj = await asyncio.to_thread(request, endpoint, ["status"])
+            with pytest.raises(ConfigError, match="another myhand-controller answers there"):
+                await asyncio.to_thread(ControlServer, endpoint, ctx, handler)
+            return mode, ok, bad, not_obj
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+            ctx.term()
+
+    mode, ok, bad, not_obj = asyncio.run(main())
+    assert mode == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "run").st_mode) == 0o700
+    assert ok == {"ok": True, "echo": "pause"}
+    assert seen == [{"cmd": "pause"}, {"cmd": "status"}]  # the second daemon asked first
+    assert bad["ok"] is False and "unknown cmd 'dance'" in bad["error"]
+    assert not_obj["ok"] is False and '"cmd" string' in not_obj["error"]
+    assert not (tmp_path / "run" / "control.sock").exists()
+
+
+def test_a_leftover_control_socket_is_replaced(tmp_path):
+    path = tmp_path / "control.sock"
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(path))  # a socket file nobody answers on (a killed daemon)
+    leftover.close()
+
+    async def main():
+        ctx = zmq.asyncio.Context()
+        server = ControlServer(f"ipc://{path}", ctx, lambda req: None)
+        server.close()
+        ctx.term()
+
+    asyncio.run(main())
+    with pytest.raises(ControlError, match="no control socket"):
+        request(f"ipc://{path}", {"cmd": "status"})
+
+
+# -- pipeline ---------------------------------------------------------------------------------------
+
+SPEC = SignalSpec.myo()
+
+
+def test_pipeline_windows_match_the_offline_chain_in_any_chunking():
+    rng = np.random.default_rng(1)
+    raw = rng.integers(-60, 60, (1000, 8)).astype(np.float64)
+    offline, ends = make_windows(condition(raw, SPEC), SPEC.window, SPEC.stride)
+    pipe = Pipeline(SPEC)
+    got, got_ends, skipped = [], [], 0
+    i = 0
+    for size in rng.integers(1, 40, 200):
+        chunk = raw[i:i + size]
+        i += size
+        if not len(chunk):
+            break
+        assert pipe.check(chunk) is None
+        window, end, skip = pipe.push(chunk)
+        skipped += skip
+        if window is not None:
+            got.append(window[0])
+            got_ends.append(end)
+    # only the newest window of each chunk is returned; the others are counted as skipped
+    assert len(got) + skipped == len(ends)
+    index = {int(e): k for k, e in enumerate(ends)}
+    for window, end in zip(got, got_ends, strict=True):
+        np.testing.assert_allclose(window, offline[index[end]], rtol=1e-12, atol=1e-12)
+    assert got_ends[-1] == ends[-1]
+
+
+def test_pipeline_flags_nonfinite_and_saturated_input():
+    pipe = Pipeline(SPEC, saturation_fraction=0.2)
+    quiet = np.zeros((50, 8))
+    assert pipe.check(quiet) is None
+    nan = quiet.copy()
+    nan[3, 2] = np.nan
+    assert pipe.check(nan) == NONFINITE
+    rail = quiet[:11].copy()
+    rail[:, 0] = 127  # 11 of the last 50 samples at the rail: 22 %
+    assert pipe.check(rail) == SATURATED and pipe.saturated_fraction == pytest.approx(0.22)
+    assert pipe.check(quiet[:39]) is SATURATED  # still 11 of the last 50
+    assert pipe.check(quiet[:1]) is None  # 10 of 50 = 20 %: not more than the limit
+    one = quiet[:1].copy()
+    one[0, 5] = -128
+    assert Pipeline(SPEC).check(one) is None  # a single spike at the rail is not saturation
+
+
+def test_saturation_monitor_ring():
+    mon = SaturationMonitor(4)
+    assert mon.push(np.array([True, False])) == 0.25
+    assert mon.push(np.array([True, True, False])) == 0.5  # last four: F T T F
+    assert mon.push(np.array([True] * 9)) == 1.0
+    mon.reset()
+    assert mon.push(np.array([False])) == 0.0
+
+
+def test_check_stream_messages():
+    assert check_stream(200.0, 8, 200.0, 8) is None
+    assert check_stream(200.0, 8, 205.0, 8) is None
+    assert check_stream(200.0, 8, 200.0, 4) == "the model expects 8 channels, the stream has 4"
+    assert check_stream(200.0, 8, 100.0, 8) == "the model expects 200 Hz, the stream's nominal rate is 100 Hz"
+    assert check_stream(200.0, 8, 0.0, 8) is not None  # irregular-rate streams are refused
+
+
+# -- states -----------------------------------------------------------------------------------------
+
+
+def test_state_precedence_and_transitions():
+    ok = Conditions(link_ready=True, stream_connected=True, armed=True)
+    assert derive(ok) == (DaemonState.RUNNING, None)
+    assert derive(Conditions(**{**_fields(ok), "armed": False, "input_problem": "stale"})) == (DaemonState.STALE, "stale")
+    assert derive(Conditions(**{**_fields(ok), "paused": True})) == (DaemonState.PAUSED, "operator")
+    assert derive(Conditions(**{**_fields(ok), "stream_connected": False})) == (DaemonState.WAITING_FOR_STREAM, "resolving")
+    assert derive(Conditions(**{**_fields(ok), "link_ready": False, "link_problem": "x"})) == (DaemonState.WAITING_FOR_LINK, "x")
+    assert derive(Conditions(**{**_fields(ok), "fault": "device fault: stall", "paused": True}))[0] == DaemonState.FAULT
+    assert derive(Conditions(**{**_fields(ok), "stopping": True, "fault": "x"}))[0] == DaemonState.STOPPING
+    sm = StateMachine(0.0)
+    tr = sm.update(ok, 1.0)
+    assert (tr.prev, tr.state, tr.t) == (DaemonState.STARTING, DaemonState.RUNNING, 1.0)
+    assert sm.update(ok, 2.0) is None and sm.changes == 1
+
+
+def test_every_state_but_running_has_a_stop_reason():
+    from controller.states import STOP_REASONS
+
+    assert set(STOP_REASONS) == set(DaemonState) - {DaemonState.RUNNING}
+    assert STOP_REASONS[DaemonState.STOPPING] == StopReason.HOST_SHUTDOWN
+    assert STOP_REASONS[DaemonState.STALE] == StopReason.SIGNAL_LOST
+    assert STOP_REASONS[DaemonState.PAUSED] == StopReason.OPERATOR
+
+
+def _fields(c: Conditions) -> dict:
+    return {name: getattr(c, name) for name in c.__slots__}
