@@ -1,12 +1,12 @@
 """Accuracy before and after calibration on the three Myo evaluation subjects (the README table).
 
 For each of Male13, Male14, Male15: ``metaemg-calibrate --from-recording`` on the first
-``--clip-s`` seconds of session training0 (default 32 s: two relax-open-relax-close cycles, about
-the live protocol's length), then ``metaemg-eval`` of the base model and of the adapted model on
+``--clip-s`` seconds of session training0 (default 45 s: three relax-open-relax-close cycles, as
+the live protocol: two to adapt on, the last held out), then ``metaemg-eval`` of the base model and of the adapted model on
 sessions Test0 and Test1 (the armband put on again, later). Prints a Markdown table: accuracy on
 the clip's held-out cycle (what the gate sees) and on Test0+Test1, before and after.
 
-    python -m bench.calibrate_myo --model metalearn/default_model/myo_meta.onnx [--clip-s 32] [--json]
+    python -m bench.calibrate_myo --model metalearn/default_model/myo_meta.onnx [--clip-s 45] [--json]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="base meta-model (ONNX)")
     p.add_argument("--myo-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "myoarmband")
-    p.add_argument("--clip-s", type=float, default=32.0, help="seconds of training0 used as the calibration clip")
+    p.add_argument("--clip-s", type=float, default=45.0, help="seconds of training0 used as the calibration clip")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     res = run(args.model, args.myo_root, args.clip_s)

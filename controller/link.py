@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import structlog
 
-from firmware_protocol import Decoder, LinkError, LinkLost, LinkTimeout, Message, ProtocolError, encode, open_transport
+from firmware_protocol import Decoder, LinkError, LinkTimeout, Message, ProtocolError, encode, open_transport
 from firmware_protocol.transport import Transport
 
 from controller.config import SerialConfig

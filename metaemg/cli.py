@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ def entry_point(func: Callable[..., int | None]) -> Callable[..., int]:
 
     @functools.wraps(func)
     def wrapper(argv: list[str] | None = None) -> int:
-        prog = func.__module__.split(".")[0]
+        prog = os.path.basename(sys.argv[0]) or func.__module__
         try:
             return int(func(argv) or 0)
         except MetaEMGError as exc:
