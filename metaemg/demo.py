@@ -6,7 +6,10 @@ It starts three processes, as a clinic runs them but with stand-ins for the hard
    session Test0, from ``../shared/datasets/myoarmband``) in real time, looping; synthetic EMG when
    the dataset is not there;
 2. the orthosis simulator (``metaemg-sim orthosis``) on a pseudo-terminal behind a symlink;
-3. the daemon (``myhand-controller``) with the default model (or ``--model``),
+3. the daemon (``myhand-controller``) with the default model (or ``--model``). The default
+   meta-model is made to be adapted to each patient: for a Myo session the demo first calibrates
+   it (``metaemg-calibrate``) on the same subject's ``training0`` session, as a clinic does at the
+   start of a session, and replays another session (Test0), which the model has never seen;
 
 then shows the recording's label, the daemon's decision and the orthosis state a few times per
 second until Ctrl-C (or ``--duration``), stops everything cleanly (the daemon first: it sends STOP)
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, help="stop after this many seconds and print the summary")
     p.add_argument("--workdir", type=Path, help="keep logs and sockets here (default: a temporary directory)")
     p.add_argument("--quiet", action="store_true", help="no live lines, only the summary")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="run the default meta-model as shipped (it is not calibrated: it mostly rejects)")
     args = p.parse_args(argv)
 
     model = _model_path(args.model)
@@ -146,9 +151,45 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, model, source, myo_root, Path(tmp))
 
 
+def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Path:
+    """The default model calibrated on the replayed subject's training0 session, or ``model``
+    unchanged (with the reason printed) when that is not possible."""
+    if args.model is not None or args.no_calibrate:
+        return model
+    if not source.startswith("myo:") or source.endswith("/training0"):
+        print("calibration: skipped (only for Myo sessions other than training0); the model runs as shipped")
+        return model
+    from metalearn.myo import build_recording, find_sessions
+    from metalearn.recording import write_recording
+
+    subject = source[len("myo:"):].split("/")[0]
+    found = [s for s in find_sessions(myo_root) if s.subject == subject and s.name == "training0"]
+    if not found:
+        print(f"calibration: skipped ({subject} has no training0 session)")
+        return model
+    clip = write_recording(work / f"{subject}_training0.csv", build_recording(found[0]))
+    out = work / "calibrated.onnx"
+    print(f"calibration: adapting the default model on {subject}/training0 (metaemg-calibrate) ...", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "metalearn.calibrate", "--from-recording", str(clip),
+                           "--base-model", str(model), "--out", str(out), "--state-dir", str(work / "calibration"),
+                           "--no-reload", "--no-png", "--json"], capture_output=True, text=True, timeout=300)
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        result = {}
+    if proc.returncode != 0 or not result.get("ok") or not out.is_file():
+        why = result.get("gate", {}).get("line") or (proc.stderr.strip().splitlines() or ["unknown"])[-1]
+        print(f"calibration: failed ({why}); the model runs as shipped")
+        return model
+    print(f"calibration: held-out accuracy {result['accuracy_before']:.0%} -> {result['accuracy_after']:.0%} "
+          f"in {result.get('total_seconds', 0):.1f} s\n")
+    return out
+
+
 def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
     import zmq
 
+    model = _calibrate(args, model, source, myo_root, work)
     py = sys.executable
     name = f"metaemg-demo-{os.getpid()}"
     link, monitor, control = work / "myhand", f"ipc://{work}/monitor.sock", f"ipc://{work}/control.sock"

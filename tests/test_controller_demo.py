@@ -34,14 +34,18 @@ def test_demo_replays_a_recording_through_daemon_and_simulator(myo_src, tmp_path
     assert (tmp_path / "controller.log").read_text().count('"event": "stopped"') == 1
 
 
-def test_demo_uses_the_packaged_default_model(tmp_path):
+def test_demo_calibrates_the_packaged_default_model(tmp_path):
     path = default_model_path()
-    if path.is_file():  # shipped: the demo runs on it
-        proc = run_demo("--duration", "6", "--quiet", "--workdir", str(tmp_path))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert f"model    {path}" in proc.stdout
-        assert int(re.search(r"decisions\s+(\d+)", proc.stdout).group(1)) > 0
-    else:  # not shipped yet: a clear one-line error naming the path
+    if path.is_file():  # shipped: calibrated on Male13/training0, then driving the replay of Test0
+        proc = run_demo("--duration", "8", "--quiet", "--workdir", str(tmp_path))
+        out = proc.stdout
+        assert proc.returncode == 0, out + proc.stderr
+        assert "calibration: adapting the default model on Male13/training0" in out
+        assert re.search(r"calibration: held-out accuracy \d+% -> \d+%", out), out
+        assert f"model    {tmp_path / 'calibrated.onnx'}" in out
+        assert int(re.search(r"decisions\s+(\d+)", out).group(1)) > 50
+        assert int(re.search(r"commands accepted by the simulator\s+(\d+)", out).group(1)) > 0
+    else:  # not shipped: a clear one-line error naming the path
         proc = run_demo("--duration", "1")
         assert proc.returncode == 2
         assert proc.stderr.startswith(f"error: {path}: the default model is not there; give --model FILE")
