@@ -246,7 +246,9 @@ class Daemon:
             return self.request(cmd="status")["status"]
         except ControlError:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the daemon exited ({self.proc.returncode})") from None
+                self._reader.join(1)
+                raise AssertionError(f"the daemon exited ({self.proc.returncode}): {self.proc.stderr.read()}\n"
+                                     + "".join(self.raw[-10:])) from None
             return None
 
     def ctl(self, *words: str, timeout: float = 10.0) -> dict:

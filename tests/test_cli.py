@@ -66,18 +66,3 @@ def test_import_of_a_wrong_directory(tmp_path):
     assert "not a Myo armband dataset" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
-
-def test_demo_imports_generates_and_validates(myo_src, tmp_path):
-    proc = subprocess.run([str(BIN / "metaemg-demo"), "--out", str(tmp_path / "demo"), "--myo-root", str(myo_src),
-                           "--patients", "2", "--conditions", "2"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "all collections valid" in proc.stdout
-    summary = proc.stdout.split("\nsummary\n")[1]
-    assert "myo/task_collections/myo_pretrain.json          22" in summary
-    assert "synth_myhand/task_collections/synth_all.json     4" in summary
-    assert (tmp_path / "demo" / "synth_myhand" / "synth_p01").is_dir()
-
-
-def test_demo_without_the_dataset_says_where_it_looked(tmp_path):
-    proc = run("metaemg-demo", "--out", tmp_path / "demo", "--myo-root", tmp_path / "nowhere", check_rc=2)
-    assert "nowhere: Myo armband dataset not found" in proc.stderr
