@@ -127,7 +127,7 @@ def _model_path(arg: Path | None) -> Path:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="metaemg-demo", description=__doc__.splitlines()[0].strip("`"))
+    p = argparse.ArgumentParser(prog="metaemg-demo", description=__doc__.splitlines()[0].replace("`", ""))
     p.add_argument("--model", type=Path, help="ONNX model (default: the packaged default model)")
     p.add_argument("--source", help="recording to replay: myo:SUBJECT/SESSION, synth[:SEED] or a CSV "
                                     "(default myo:Male13/Test0, or synth without the dataset)")

@@ -72,7 +72,44 @@ def tasks_main(argv: list[str] | None = None) -> int:
     v.add_argument("--root", type=Path, required=True, help="data root holding the session directories")
     v.add_argument("--channels", type=int, default=8)
     v.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    b = sub.add_parser("build", help="make collections (and train/test splits) from a data root, headless")
+    b.add_argument("--root", type=Path, required=True, help="data root holding the session directories")
+    b.add_argument("--out", type=Path, required=True, help="output directory: all.json (+ train.json, test.json)")
+    b.add_argument("--include", action="append", metavar="GLOB",
+                   help="keep only session/condition matching GLOB (repeatable)")
+    b.add_argument("--exclude", action="append", metavar="GLOB", help="drop session/condition matching GLOB (repeatable)")
+    b.add_argument("--split", choices=("cross-patient", "by-session"),
+                   help="cross-patient: hold out one patient; by-session: hold out each patient's later sessions")
+    b.add_argument("--holdout", metavar="PATIENT", help="cross-patient: the patient to hold out (default: the last)")
+    b.add_argument("--holdout-sessions", type=int, default=1, metavar="N",
+                   help="by-session: how many of each patient's latest sessions to hold out (default 1)")
+    b.add_argument("--patient-key", metavar="REGEX", default=None,
+                   help="regex on the session name; its first non-empty group is the patient "
+                        "(default: myo_<Subject>_..., else the last two characters)")
+    b.add_argument("--channels", type=int, default=8)
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
+    g = sub.add_parser("gui", help="walk recordings in a window and approve them into a collection")
+    g.add_argument("--root", type=Path, required=True, help="data root holding the session directories")
+    g.add_argument("--out", type=Path, help="save here without asking (default: a dialog in data/task_collections/)")
+    g.add_argument("--open", type=Path, dest="open_collection", metavar="FILE.json",
+                   help="start from an existing collection to edit it")
+    g.add_argument("--channels", type=int, default=8)
     args = p.parse_args(argv)
+    if args.cmd == "build":
+        from metalearn.builder import DEFAULT_PATIENT_KEY, build, print_report
+
+        report = build(args.root, args.out, include=args.include, exclude=args.exclude, split=args.split,
+                       holdout=args.holdout, holdout_sessions=args.holdout_sessions,
+                       patient_key=args.patient_key or DEFAULT_PATIENT_KEY, channels=args.channels)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_report(report)
+        return 0
+    if args.cmd == "gui":
+        from metalearn.gui import run_gui
+
+        return run_gui(args.root, out=args.out, open_collection=args.open_collection, channels=args.channels)
     report = validate_collection(args.collection, args.root, channels=args.channels)
     if args.json:
         print(json.dumps(report, indent=2))
