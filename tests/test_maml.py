@@ -392,6 +392,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         mean, loss = allreduce_meta_gradients(grads, 3 - rank, torch.tensor(float(rank)))
         if rank == 0:
             torch.save({"params": params, "mean": mean["w"], "loss": loss}, out)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
