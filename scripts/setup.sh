@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION="${METAEMG_TORCH_VERSION:-2.13.0}"
 PY="${PYTHON:-python3}"
+# System tools for the GUI tests (a virtual X server, input driver, screenshots).
+if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null || ! command -v import >/dev/null; then
+    if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+        echo "installing xvfb, xdotool and imagemagick for the GUI tests ..." >&2
+        apt-get update -qq >/dev/null && apt-get install -y -qq xvfb xdotool imagemagick >/dev/null
+    else
+        echo "note: install xvfb, xdotool and imagemagick to run the GUI tests" >&2
+    fi
+fi
 stamp=.venv/.metaemg-setup
 want="$(sha256sum pyproject.toml | cut -c1-16) torch=$TORCH_VERSION"
 if [[ -x .venv/bin/python && -f $stamp && "$(cat $stamp)" == "$want" ]]; then
