@@ -10,15 +10,14 @@ anything touches the hardware. The four command-line overrides (``--lsl-stream``
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from metaemg.errors import ConfigError
+from metaemg.typedconfig import read_yaml, section
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -272,7 +271,10 @@ def from_dict(data: Any, where: str = "config") -> Config:
     for name, value in data.items():
         if name not in known:
             raise ConfigError(f"{where}: unknown key '{name}' (known sections: {', '.join(known)})")
-        sections[name] = _section(_section_type(Config, name), value, where, name)
+        try:
+            sections[name] = section(_section_type(Config, name), value, name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     cfg = Config(**sections)
     try:
         return cfg.validate()
@@ -280,65 +282,6 @@ def from_dict(data: Any, where: str = "config") -> Config:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _section(cls: type, data: Any, where: str, section: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {section}: must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    values = {}
-    for name, value in data.items():
-        if name not in known:
-            raise ConfigError(f"{where}: unknown key '{section}.{name}' (known in {section}: {', '.join(known)})")
-        values[name] = _coerce(hints[name], value, f"{where}: {section}.{name}")
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against a simple type hint (bool, int, float, str, X | None)."""
-    args = typing.get_args(hint)
-    optional = isinstance(hint, types.UnionType) and type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key}: must not be null")
-    if base is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false, got {value!r}")
-        return value
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}")
-        return value
-    if base is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(f"{key}: must be a number, got {value!r}")
-        return float(value)
-    if base is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string, got {value!r}")
-        return value
-    raise AssertionError(f"unsupported config type {hint!r}")  # pragma: no cover - definition error
-
-
 def load(path: str | os.PathLike) -> Config:
     """Read and validate one YAML file; every problem is one ConfigError line naming it."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    return from_dict(data, str(path))
+    return from_dict(read_yaml(path), str(Path(path)))

@@ -166,9 +166,9 @@ def test_config_file_overrides_defaults_and_refuses_unknown_keys(tmp_path):
     assert cfg.gate.min_accuracy == 0.8 and cfg.state_dir == "/x" and cfg.lsl.name == "MyHand-EMG"
     assert configuration.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # round trip
     for text, fragment in [("protocol:\n  cycle: 4\n", "unknown key 'protocol.cycle'"),
-                           ("gate:\n  min_accuracy: high\n", "gate.min_accuracy must be of type float"),
+                           ("gate:\n  min_accuracy: high\n", "gate.min_accuracy: must be a number, got 'high'"),
                            ("cues:\n  endpoint: udp://x\n", "cues.endpoint must be"),
-                           ("protocol: [1]\n", "protocol must be a mapping"),
+                           ("protocol: [1]\n", "protocol: must be a mapping, got list"),
                            ("a: [\n", "not valid YAML")]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)

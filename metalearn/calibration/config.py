@@ -7,15 +7,14 @@ prints the effective configuration in this format.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from metaemg.errors import ConfigError
+from metaemg.typedconfig import coerce, read_yaml, section
 from metalearn.calibration.clip import ClipRules
 from metalearn.calibration.daemonlink import DEFAULT_CUE_ENDPOINT
 from metalearn.calibration.gate import GateRules
@@ -110,40 +109,12 @@ class CalibrationConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    args = typing.get_args(hint)
-    optional = isinstance(hint, types.UnionType) and type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} must not be null")
-    if base is bool:
-        ok = isinstance(value, bool)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif base is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        value = float(value) if ok else value
-    elif base is str:
-        ok = isinstance(value, str)
-    else:  # pragma: no cover - a definition error
-        raise AssertionError(f"unsupported config type {hint!r}")
-    if not ok:
-        raise ConfigError(f"{key} must be of type {base.__name__}, got {value!r}")
-    return value
-
-
 def from_dict(data: Any, where: str = "config") -> CalibrationConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping, got {type(data).__name__}")
-    hints = _hints(CalibrationConfig)
+    hints = typing.get_type_hints(CalibrationConfig)
     known = [f.name for f in fields(CalibrationConfig)]
     values: dict[str, Any] = {}
     try:
@@ -152,46 +123,16 @@ def from_dict(data: Any, where: str = "config") -> CalibrationConfig:
                 raise ConfigError(f"unknown key '{key}' (known: {', '.join(known)})")
             hint = hints[key]
             if dataclasses.is_dataclass(hint):
-                values[key] = _section(hint, value, key)
+                values[key] = section(hint, value, key)
             else:
-                values[key] = _coerce(hint, value, key)
+                values[key] = coerce(hint, value, key)
         return CalibrationConfig(**values)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _section(cls: type, data: Any, name: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must be a mapping, got {type(data).__name__}")
-    hints = _hints(cls)
-    known = [f.name for f in fields(cls)]
-    values = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"unknown key '{name}.{key}' (known in {name}: {', '.join(known)})")
-        values[key] = _coerce(hints[key], value, f"{name}.{key}")
-    return cls(**values)
 
 
 def load(path: str | os.PathLike | None) -> CalibrationConfig:
     """The configuration in ``path``, or the defaults for None."""
     if path is None:
         return CalibrationConfig()
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or type(exc).__name__}") from None
-    return from_dict(data, str(path))
+    return from_dict(read_yaml(path), str(Path(path)))

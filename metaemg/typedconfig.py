@@ -1,0 +1,79 @@
+"""Typed configuration from one explicit YAML file: the shared plumbing of the controller's and
+the calibration tool's configs. Sections are frozen dataclasses with simple field types (bool,
+int, float, str, or ``X | None``); every problem is one ConfigError naming the dotted key."""
+
+from __future__ import annotations
+
+import math
+import os
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from metaemg.errors import ConfigError
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The parsed document; a missing, unreadable or malformed file is one ConfigError line."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against a simple type hint (bool, int, float, str, X | None)."""
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: must not be null")
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported config type {hint!r}")  # pragma: no cover - definition error
+
+
+def section(cls: type, data: Any, name: str) -> Any:
+    """Build the dataclass ``cls`` from the mapping ``data`` of section ``name``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown key '{name}.{key}' (known in {name}: {', '.join(known)})")
+        values[key] = coerce(hints[key], value, f"{name}.{key}")
+    return cls(**values)
