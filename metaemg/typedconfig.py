@@ -26,6 +26,8 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
