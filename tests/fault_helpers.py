@@ -10,6 +10,7 @@ Built on tests/controller_helpers.py (real processes, deadlines instead of sleep
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class Rig:
     """Simulator + replay outlet + daemon + monitor subscriber, all real (see the module doc)."""
 
     def __init__(self, tmp: Path, model: Path, emg: np.ndarray, *, rate: float = 200.0,
-                 port: str | None = None, daemon_args: tuple[str, ...] = (), sim_args: tuple[str, ...] = (),
+                 udev: Path | None = None, daemon_args: tuple[str, ...] = (), sim_args: tuple[str, ...] = (),
                  wait_running: float = 20.0) -> None:
         from controller.replay import Replay
 
@@ -47,7 +48,10 @@ class Rig:
         try:
             self.sim = Sim(tmp, *sim_args)
             self.replay = Replay(self.emg, None, rate, name=self.name, loop=True).start()
-            self.port = port or str(self.sim.link)
+            self.port = str(self.sim.link)
+            if udev is not None:  # a symlink of our own, moved by the test as udev would
+                os.symlink(self.sim.pty, udev)
+                self.port = str(udev)
             self.daemon = Daemon(tmp, stream=self.name, port=self.port, model=model, extra=daemon_args)
             self.sub = Sub(self.daemon.monitor)
             if wait_running:

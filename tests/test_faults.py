@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller_helpers import BIN, Daemon, Sim, myo_recording, wait_until
+from controller_helpers import BIN, Daemon, Sim, Sub, myo_recording, wait_until
 from fault_helpers import STOP_HOST_ERROR, STOP_HOST_SHUTDOWN, STOP_SIGNAL_LOST, Rig, default_model
 
 pytestmark = [pytest.mark.faults]
@@ -49,7 +49,8 @@ FAULTS = {
     "device_reboot": ("the device reboots mid-session",
                       "reboot detected, handshake again, commands resume", 2.0),
     "corrupt_drop": ("1 % of the bytes dropped and 1 % corrupted, both directions",
-                     "decode errors counted, ACK retries; >= 80 % of commands arrive, no crash", 3.0),
+                     "errors counted on both sides; >= 50 % of the commands accepted (the next one supersedes a lost one); "
+                     "any pause > 0.5 s is an announced state (e.g. fault: no ACK, STOP); running again once clean", 2.0),
     "device_fault": ("the device raises a fault (overcurrent)",
                      "state fault, no command until `clear`; running again after it", 0.2),
     "no_ack": ("the device stops acking", "state fault (no ACK), STOP probes, no command; running again when ACKs return",
@@ -65,8 +66,32 @@ FAULTS = {
 }
 
 
-def limit(case: str) -> float:
-    return FAULTS[case][2]
+RUNNERS: dict = {}
+
+
+MEASURED: dict[str, float] = {}  # case -> the measured time its limit bounds (printed with -s)
+
+
+def limit(name: str) -> float:
+    return FAULTS[name][2]
+
+
+def within(name: str, seconds: float) -> None:
+    """Assert that a measured reaction time is within the case's limit, and record it."""
+    MEASURED[name] = max(seconds, MEASURED.get(name, 0.0))
+    assert seconds <= limit(name), f"{name}: {seconds * 1000:.0f} ms > limit {limit(name) * 1000:.0f} ms"
+
+
+def case(*names: str, fixtures: tuple[str, ...] = ("rig",)):
+    """Register the runner of one or more FAULTS rows; it gets the named fixtures (a fresh
+    :class:`Rig` by default), then the case name when it serves several rows."""
+
+    def register(fn):
+        for name in names:
+            RUNNERS[name] = (fn, fixtures, len(names) > 1)
+        return fn
+
+    return register
 
 
 @pytest.fixture(scope="module")
@@ -108,21 +133,18 @@ def other_stream_model(tmp_path_factory) -> bytes:
     return m.SerializeToString()
 
 
-def test_every_fault_case_has_a_test():
-    names = {n[len("test_"):] for n in globals() if n.startswith("test_")}
-    assert set(FAULTS) <= names, sorted(set(FAULTS) - names)
-
-
 # -- the armband ----------------------------------------------------------------------------------
 
 
-def test_outlet_dies(rig):
+@case("outlet_dies")
+def _outlet_dies(rig):
     from controller.replay import Replay
 
     t_last = rig.replay.pause()
     rig.replay.close()
     stop = rig.wait_stop_after(t_last, 2)
-    assert stop["reason"] == STOP_SIGNAL_LOST and stop["t"] - t_last <= limit("outlet_dies")
+    assert stop["reason"] == STOP_SIGNAL_LOST
+    within("outlet_dies", stop["t"] - t_last)
     rig.wait_state("waiting_for_stream", 5)
     t_back = time.monotonic()
     rig.replay = Replay(rig.emg, None, rig.rate, name=rig.name, loop=True).start()
@@ -130,14 +152,17 @@ def test_outlet_dies(rig):
     assert rig.commands(stop["t"], running["t_mono"]) == []
     rig.wait_command_after(running["t_mono"], 2)
     s = rig.status()
-    assert s["counters"]["stream_lost"] == 1 and s["counters"]["stream_connects"] == 2 and rig.alive()
+    # stream_lost may count 2: a resolve can still return the vanished outlet, whose open then fails
+    assert s["counters"]["stream_lost"] >= 1 and s["counters"]["stream_connects"] == 2 and rig.alive()
 
 
-def test_outlet_silent(rig):
+@case("outlet_silent")
+def _outlet_silent(rig):
     t_last = rig.replay.pause()
     stop = rig.wait_stop_after(t_last, 2)
     assert stop["reason"] == STOP_SIGNAL_LOST
-    assert 0.1 <= stop["t"] - t_last <= limit("outlet_silent")  # stale_ms = 100: not before, promptly
+    assert stop["t"] - t_last >= 0.1  # stale_ms = 100: not before
+    within("outlet_silent", stop["t"] - t_last)
     s = rig.wait_state("stale", 2)
     assert s["policy"]["reason"] == "stale"
     wait_until(lambda: rig.device_state() == "safe", 1, "the device's safe state")
@@ -149,15 +174,15 @@ def test_outlet_silent(rig):
     assert rig.alive()
 
 
-@pytest.mark.parametrize("case", ["rate_changes", "channels_change"])
-def test_stream_metadata_changes(rig, case):
+@case("rate_changes", "channels_change")
+def _stream_metadata_changes(rig, name):
     from controller.replay import Replay
 
     t_last = rig.replay.pause()
     rig.replay.close()
     stop = rig.wait_stop_after(t_last, 2)
-    assert stop["t"] - t_last <= limit(case)
-    if case == "rate_changes":
+    within(name, stop["t"] - t_last)
+    if name == "rate_changes":
         rig.replay = Replay(rig.emg, None, 100.0, name=rig.name, loop=True).start()
         expect = "the model expects 200 Hz, the stream's nominal rate is 100 Hz"
     else:
@@ -170,18 +195,6 @@ def test_stream_metadata_changes(rig, case):
     assert rig.commands(stop["t"]) == [] and rig.device_state() == "safe" and rig.alive()
 
 
-def test_stream_metadata_changes_cover_both_cases():
-    assert {"rate_changes", "channels_change"} <= set(FAULTS)
-
-
-def test_rate_changes():
-    """Run as test_stream_metadata_changes[rate_changes]."""
-
-
-def test_channels_change():
-    """Run as test_stream_metadata_changes[channels_change]."""
-
-
 def _inject_inf(rig: Rig, count: int) -> float:
     """Make ``count`` rows a little ahead of the replay Inf; returns their (approximate) push time."""
     ahead = 10
@@ -192,33 +205,267 @@ def _inject_inf(rig: Rig, count: int) -> float:
     return time.monotonic() + ahead / rig.rate
 
 
-@pytest.mark.parametrize("case", ["nan", "inf", "saturated"])
-def test_bad_samples(rig, case):
+@case("nan", "inf", "saturated")
+def _bad_samples(rig, name):
     t = time.monotonic()
-    if case == "nan":
+    if name == "nan":
         rig.replay.inject("nan", 5)
-    elif case == "saturated":
+    elif name == "saturated":
         rig.replay.inject("saturate", 40)
     else:
         t = _inject_inf(rig, 5)
     stop = rig.wait_stop_after(t - 0.05, 2)
-    assert stop["reason"] == STOP_SIGNAL_LOST and stop["t"] - t <= limit(case)
+    assert stop["reason"] == STOP_SIGNAL_LOST
+    within(name, max(0.0, stop["t"] - t))
     event = rig.state_event("stale", t - 0.05, 2)
-    expected = {"nan": "nonfinite", "inf": "nonfinite", "saturated": "saturated"}[case]
+    expected = {"nan": "nonfinite", "inf": "nonfinite", "saturated": "saturated"}[name]
     assert expected in (event["reason"] or "") or event["reason"] == "rearming"
     again = rig.wait_command_after(stop["t"], 3)
     assert again["t"] - stop["t"] >= 0.3  # rearm_ms of good input before commands resume
     counters = rig.status()["counters"]
-    assert counters["bad_input_" + ("saturated" if case == "saturated" else "nonfinite")] >= 1 and rig.alive()
+    assert counters["bad_input_" + ("saturated" if name == "saturated" else "nonfinite")] >= 1 and rig.alive()
 
 
-def test_nan():
-    """Run as test_bad_samples[nan]."""
+# -- the orthosis link ----------------------------------------------------------------------------
 
 
-def test_inf():
-    """Run as test_bad_samples[inf]."""
+@case("unplug_same_path")
+def _unplug_same_path(rig):
+    t = time.monotonic()
+    rig.sim.send(cmd="vanish", ms=500)
+    lost = rig.state_event("waiting_for_link", t, 3)
+    assert lost["t_mono"] - t < 0.5
+    vanished = rig.sim.log.wait_for(lambda e: e["event"] == "vanish" and e["t"] > t, 3, "the unplug")
+    back = rig.sim.log.wait_for(lambda e: e["event"] == "appear" and e["t"] > t, 3, "the replug")
+    running = rig.state_event("running", back["t"], limit("unplug_same_path"))
+    within("unplug_same_path", running["t_mono"] - back["t"])
+    rig.wait_command_after(back["t"], 2)
+    assert rig.commands(vanished["t"], back["t"]) == []
+    s = rig.status()
+    assert s["counters"]["link_lost"] == 1 and s["counters"]["handshakes"] >= 2 and rig.alive()
 
 
-def test_saturated():
-    """Run as test_bad_samples[saturated]."""
+@case("unplug_new_path", fixtures=("tmp_path", "emg"))
+def _unplug_new_path(tmp_path, emg):
+    """udev's /dev/myhand first points at one device node, then (after an unplug) at another one,
+    a second simulator: the daemon follows the symlink and handshakes with the new device."""
+    model = tmp_path / "model.onnx"
+    shutil.copy(default_model(), model)
+    udev = tmp_path / "dev-myhand"
+    (tmp_path / "second").mkdir()
+    rig = Rig(tmp_path, model, emg, udev=udev)
+    second = None
+    try:
+        second = Sim(tmp_path / "second")
+        t = time.monotonic()
+        rig.sim.send(cmd="vanish", ms=60_000)  # the old node is gone for good
+        tmp_link = tmp_path / ".dev-myhand.new"
+        os.symlink(second.pty, tmp_link)
+        os.replace(tmp_link, udev)  # atomically, as udev does
+        rig.state_event("waiting_for_link", t, 3)
+        command = rig.wait_command_after(t, limit("unplug_new_path"), sim=second)
+        within("unplug_new_path", command["t"] - t)
+        assert any(e["match"] for e in second.log.events("hello"))
+        assert rig.commands(t + 0.05) == []
+        assert rig.status()["state"] == "running" and rig.alive()
+    finally:
+        rig.close()
+        if second is not None:
+            second.stop()
+
+
+@case("device_reboot")
+def _device_reboot(rig):
+    t = time.monotonic()
+    rig.sim.send(cmd="reboot")
+    rig.sim.log.wait_for(lambda e: e["event"] == "reboot" and e["t"] > t, 2, "the reboot")
+    hello = rig.sim.log.wait_for(lambda e: e["event"] == "hello" and e["t"] > t, limit("device_reboot"),
+                                 "a new host HELLO")
+    command = rig.wait_command_after(hello["t"], limit("device_reboot"))
+    within("device_reboot", command["t"] - t)
+    s = wait_until(lambda: (st := rig.status())["counters"].get("device_reboots", 0) >= 1 and st, 2,
+                   "the reboot counted")
+    assert s["state"] == "running" and rig.alive()
+
+
+@case("corrupt_drop")
+def _corrupt_drop(rig):
+    """Commands are idempotent targets: a lost COMMAND is superseded by the next window's (50 ms
+    later) rather than resent, so about 1 - 0.98**9 = 17 % of the COMMAND frames are lost at 1 % + 1 %
+    of the bytes; lost ACKs are retried, and a run of them can make the daemon declare a fault
+    (STOP, recovered by its 1 s probe). Asserted: errors are counted on both sides, most commands
+    arrive, every pause of more than 0.5 s in the accepted commands is a state the daemon announced
+    (not silence while "running"), and it runs again once the line is clean."""
+    stretch = limit("corrupt_drop")  # here the limit is the length of the noisy stretch
+    t0 = time.monotonic()
+    rig.sim.send(cmd="set", drop=0.01, corrupt=0.01, direction="both")
+    rig.sim.log.wait_for(lambda e: e["event"] == "inject" and e["t"] > t0, 2, "the injection")
+    t1 = time.monotonic()
+    wait_until(lambda: time.monotonic() > t1 + stretch, stretch + 1, "a stretch of noisy link", poll=0.1)
+    t2 = time.monotonic()
+    decisions = rig.decisions(t1)
+    sent = [d["command_seq"] for d in decisions if d["command_seq"] is not None and d["t_mono"] < t2 - 0.1]
+    accepted = rig.commands(t1 - 0.1)
+    got = {c["seq"] for c in accepted}
+    arrived = sum(seq in got for seq in sent) / max(1, len(sent))
+    times = [t1] + [c["t"] for c in accepted if c["t"] < t2] + [t2]
+    leaves = [m["t_mono"] for topic, m in rig.sub.messages if topic == "event" and m.get("event") == "state"
+              and m.get("prev") == "running" and t1 <= m["t_mono"] <= t2]
+    s = rig.status()
+    errors = rig.sim.log.events("rx_error")
+    print(f"\n1 % drop + 1 % corrupt: {len(sent)} commands sent, {arrived:.1%} accepted, longest gap "
+          f"{max(np.diff(times)) * 1000:.0f} ms, {len(leaves)} state changes, {len(errors)} device rx errors, "
+          f"host decode errors {s['link']['decode_errors']}, ack retries {s['counters'].get('ack_retries', 0)}")
+    assert errors and s["link"]["decode_errors"]
+    assert len(accepted) >= 5 and arrived >= 0.5
+    for a, b in zip(times, times[1:]):
+        if b - a > 0.5:  # a pause: the daemon must have left running (and sent STOP) during it
+            assert any(a - 0.05 <= t <= b for t in leaves), f"silent pause {a:.3f} -> {b:.3f} while running"
+    rig.sim.send(cmd="set", drop=0.0, corrupt=0.0)
+    t3 = time.monotonic()
+    rig.wait_state("running", 3)
+    rig.wait_command_after(t3, 2)
+    assert rig.alive()
+
+
+@case("device_fault")
+def _device_fault(rig):
+    t = time.monotonic()
+    rig.sim.send(cmd="fault", code="overcurrent")
+    fault = rig.state_event("fault", t, 2)
+    assert fault["reason"] == "device fault: overcurrent"
+    within("device_fault", fault["t_mono"] - t)
+    assert rig.device_state() == "fault"
+    t_fault = fault["t_mono"]
+    wait_until(lambda: time.monotonic() > t_fault + 0.3, 1, "a stretch in the fault state")
+    assert rig.commands(t) == []
+    t_clear = time.monotonic()
+    assert rig.daemon.request(cmd="clear")["ok"] is True
+    rig.state_event("running", t_clear, 3)
+    rig.wait_command_after(t_clear, 2)
+    assert rig.sim.log.events("clear")[-1]["result"] == "ok" and rig.alive()
+
+
+@case("no_ack")
+def _no_ack(rig):
+    t = time.monotonic()
+    rig.sim.send(cmd="set", no_ack=True)
+    fault = rig.state_event("fault", t, 3)
+    assert "no ACK" in fault["reason"]
+    within("no_ack", fault["t_mono"] - t)
+    stop = rig.wait_stop_after(t, 2)
+    assert stop["reason"] == STOP_HOST_ERROR
+    t_fault = fault["t_mono"]
+    wait_until(lambda: time.monotonic() > t_fault + 0.3, 1, "a stretch in the fault state")
+    assert rig.commands(t_fault + 0.05) == []
+    t_back = time.monotonic()
+    rig.sim.send(cmd="set", no_ack=False)
+    running = rig.state_event("running", t_back, 3)  # the STOP probe goes out every second
+    rig.wait_command_after(running["t_mono"], 2)
+    assert rig.status()["counters"]["acks_lost"] >= 1 and rig.alive()
+
+
+# -- the model file ---------------------------------------------------------------------------------
+
+
+def _refused_reload(rig: Rig, data: bytes, name: str) -> dict:
+    model_id = rig.status()["model"]["model_id"]
+    t = time.monotonic()
+    _replace_atomically(rig.model, data)
+    event = rig.sub.wait_for(lambda topic, m: topic == "event" and m.get("event") == "reload" and m["t_mono"] > t,
+                             limit(name), "the reload event")
+    assert event["ok"] is False and event["model_id"] == model_id
+    within(name, event["t_mono"] - t)
+    after = rig.sub.wait_for(lambda topic, m: topic == "decision" and m["t_mono"] > event["t_mono"]
+                             and m["command_seq"] is not None, 2, "a decision after the refusal")
+    assert after["model_id"] == model_id
+    s = rig.status()
+    assert s["state"] == "running" and s["counters"]["reloads_failed"] == 1
+    assert [e for e in rig.sim.log.events("stop") if e["t"] > t] == [] and rig.alive()
+    return event
+
+
+@case("model_garbage")
+def _model_garbage(rig):
+    event = _refused_reload(rig, b"this is not an onnx model" * 10, "model_garbage")
+    assert "not a valid ONNX model" in event["error"]
+
+
+@case("model_other_stream", fixtures=("rig", "other_stream_model"))
+def _model_other_stream(rig, other_stream_model):
+    event = _refused_reload(rig, other_stream_model, "model_other_stream")
+    assert "250 Hz" in event["error"] and "200 Hz" in event["error"]
+
+
+# -- configuration and process life -----------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "unknown key": ("policy:\n  votes: 3\n", "unknown key 'policy.votes'"),
+    "wrong type": ("serial:\n  ttl_ms: soon\n", "serial.ttl_ms"),
+    "not YAML": ("policy: [1, 2\n", "not valid YAML"),
+    "not a mapping": ("- 1\n- 2\n", "must be a mapping"),
+    "not UTF-8": ("# réglages\npolicy:\n  vote: 5\n".encode("latin-1"), "not UTF-8"),
+}
+
+
+@case("bad_config", fixtures=("tmp_path",))
+def _bad_config(tmp_path):
+    sim = Sim(tmp_path)
+    try:
+        for i, (what, (text, expect)) in enumerate(BAD_CONFIGS.items()):
+            path = tmp_path / f"bad{i}.yaml"
+            path.write_bytes(text if isinstance(text, bytes) else text.encode())
+            t = time.monotonic()
+            proc = subprocess.run([str(BIN / "myhand-controller"), "--config", str(path), "--serial-port",
+                                   str(sim.link), "--model", str(default_model()), "--monitor",
+                                   f"ipc://{tmp_path}/mon{i}.sock", "--control", f"ipc://{tmp_path}/ctl{i}.sock"],
+                                  capture_output=True, text=True, timeout=limit("bad_config") + 5)
+            elapsed = time.monotonic() - t
+            lines = proc.stderr.splitlines()
+            assert proc.returncode == 2, (what, proc.stderr)
+            assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], (what, proc.stderr)
+            assert str(path) in lines[0]
+            within("bad_config", elapsed)
+        assert sim.log.events("hello") == [] and sim.log.events("command") == []  # the port was never opened
+    finally:
+        sim.stop()
+
+
+@case("sigterm")
+def _sigterm(rig):
+    t = time.monotonic()
+    rc, elapsed = rig.daemon.terminate()
+    assert rc == 0, rig.daemon.stderr
+    within("sigterm", elapsed)
+    stop = rig.wait_stop_after(t, 2)
+    assert stop["reason"] == STOP_HOST_SHUTDOWN
+    assert rig.commands(stop["t"]) == [] and rig.device_state() == "safe"
+    assert rig.daemon.events("stopped")[0]["exit_code"] == 0
+
+
+@case("sigkill_restart")
+def _sigkill_restart(rig):
+    t = time.monotonic()
+    rig.daemon.proc.send_signal(signal.SIGKILL)
+    rig.daemon.proc.wait(5)
+    safe = rig.sim.log.wait_for(lambda e: e["event"] == "state" and e["t"] > t and e["state"] == "safe", 2,
+                                "the device's own safe state")
+    assert safe["reason"] in ("watchdog", "ttl")
+    within("sigkill_restart", safe["t"] - t)
+    assert rig.commands(t + 0.01) == []
+    rig.sub.close()
+    rig.daemon.stop()
+    t_restart = time.monotonic()
+    rig.daemon = Daemon(rig.tmp, stream=rig.name, port=rig.port, model=rig.model)
+    rig.sub = Sub(rig.daemon.monitor)
+    rig.wait_state("running", 20)
+    rig.wait_command_after(t_restart, 3)
+    assert rig.alive()
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_fault(name, request):
+    fn, fixtures, needs_name = RUNNERS[name]  # a KeyError here: a row without a runner
+    fn(*[request.getfixturevalue(f) for f in fixtures], *([name] if needs_name else []))
+    if name in MEASURED:
+        print(f"\n{name}: {MEASURED[name] * 1000:.0f} ms (limit {limit(name) * 1000:.0f} ms)")

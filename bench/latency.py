@@ -1,0 +1,443 @@
+"""Latency of the real chain on this machine: LSL outlet -> daemon (own process) -> orthosis
+simulator on a pseudo-terminal.
+
+    python -m bench.latency                    # 20 s run, human tables, PNG histogram
+    python -m bench.latency --duration 60 --json --out latency.png
+
+What it measures, all on ``time.monotonic()`` (= LSL ``local_clock()`` on Linux):
+
+1. **End to end**, per window: from pushing the window's last sample into the LSL outlet (this
+   process stamps each sample with the clock at push time) to the simulator decoding the COMMAND
+   frame of that window (its log's ``t``), matched by ``command_seq``; and the daemon's own
+   per-stage times (``stages_us`` of the monitor's ``decision``: input, signal, model, policy,
+   link). The daemon runs as ``myhand-controller`` with its defaults (a COMMAND for every window).
+2. **Floor**: the same path with no processing: LSL push -> a separate Python process pulls (the
+   daemon's strategy: ``pull_sample(timeout)`` then ``pull_chunk(0)`` drain) and writes the
+   sample's stamp to a pty -> this process reads it. ``ratio_p50`` = end-to-end p50 / floor p50.
+   The **naive pull loop** (``pull_chunk(0)`` polled every 5 ms) is measured the same way.
+3. **Decision latency** on a replayed real recording (Myo Male13/Test0, needs the dataset and
+   torch to train the small test model on the subject's other sessions): from each label change
+   (the push of its first sample) to the first COMMAND with the new intent at the simulator.
+4. **Inference**: onnxruntime (the daemon's choice) against torch for the same architecture, one
+   window per call, one thread.
+
+Targets (benchmark goals, not assertions): end-to-end p50 <= 0.5 ms, p99 <= 2 ms on 2 cores,
+<= 3x the floor; label change -> command median <= 150 ms with a 250 ms window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("input", "signal", "model", "policy", "link")
+INTENTS = ("relax", "open", "close")
+
+
+def helpers():
+    """tests/controller_helpers.py: the simulator, daemon and monitor wrappers the tests use."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import controller_helpers
+
+    return controller_helpers
+
+
+def stats(values_ms) -> dict:
+    v = np.asarray(values_ms, dtype=float)
+    if v.size == 0:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    return {"n": int(v.size), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
+            "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+
+
+# -- the armband -------------------------------------------------------------------------------------
+
+
+class Pusher:
+    """An LSL outlet in a thread: one sample per push at ``rate`` Hz, each stamped with the clock
+    read just before its push (so the stamp is the push time, not the schedule)."""
+
+    def __init__(self, name: str, emg: np.ndarray, labels: np.ndarray | None, rate: float) -> None:
+        import pylsl
+
+        from controller.source import quiet_liblsl
+
+        quiet_liblsl(pylsl)
+        self.emg = np.ascontiguousarray(emg, dtype=np.float32)
+        self.labels = labels
+        self.rate = rate
+        info = pylsl.StreamInfo(name, "EMG", self.emg.shape[1], rate, pylsl.cf_float32, f"bench-{name}")
+        self.outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=2)
+        self._clock = pylsl.local_clock
+        self._stop = threading.Event()
+        self.label_changes: list[tuple[float, int]] = []  # (push time, label)
+        self.pushed = 0
+        self._thread = threading.Thread(target=self._run, name="pusher", daemon=True)
+
+    def start(self) -> Pusher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        period = 1.0 / self.rate
+        n = len(self.emg)
+        t0 = self._clock()
+        i = 0
+        last = None
+        while not self._stop.is_set():
+            wait = t0 + i * period - self._clock()
+            if wait > 0:
+                time.sleep(wait)
+            stamp = self._clock()
+            self.outlet.push_sample(self.emg[i % n], stamp)
+            if self.labels is not None:
+                label = int(self.labels[i % n])
+                if label != last:
+                    last = label
+                    self.label_changes.append((stamp, label))
+            i += 1
+            self.pushed = i
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        del self.outlet
+
+
+# -- the floor: push -> pull -> pty write -> read ----------------------------------------------------
+
+
+def relay(name: str, pty_path: str, mode: str) -> int:
+    """The floor's middle process: pull from LSL, write the newest stamp (8 bytes) to the pty."""
+    import pylsl
+
+    from controller.source import PULL_WAIT_S, quiet_liblsl
+
+    quiet_liblsl(pylsl)
+    info = pylsl.resolve_byprop("name", name, 1, 10.0)[0]
+    inlet = pylsl.StreamInlet(info, max_buflen=1, recover=False)
+    inlet.open_stream(timeout=5.0)
+    fd = os.open(pty_path, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    print("ready", flush=True)
+    try:
+        while True:
+            if mode == "daemon":  # the daemon's strategy (controller/source.py)
+                sample, stamp = inlet.pull_sample(timeout=PULL_WAIT_S)
+                if sample is None:
+                    continue
+                _, more = inlet.pull_chunk(timeout=0.0)
+                last = more[-1] if more else stamp
+            else:  # naive: poll and sleep
+                _, stamps = inlet.pull_chunk(timeout=0.0)
+                if not stamps:
+                    time.sleep(0.005)
+                    continue
+                last = stamps[-1]
+            os.write(fd, struct.pack("<d", last))
+    except (pylsl.util.LostError, OSError, KeyboardInterrupt):
+        return 0
+
+
+def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> list[float]:
+    """Push ``seconds`` of samples; returns push -> pty arrival per write, in ms."""
+    h = helpers()
+    name = h.unique_name(f"bench-floor-{mode}")
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    pusher = Pusher(name, emg, None, rate)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.latency", "--relay", name, os.ttyname(slave), mode],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    lat: list[float] = []
+    try:
+        assert proc.stdout.readline().strip() == "ready", "the relay did not start"
+        pusher.start()
+        buf = b""
+        t_end = time.monotonic() + seconds
+        os.set_blocking(master, False)
+        while time.monotonic() < t_end:
+            r, _, _ = select.select([master], [], [], 0.1)
+            if not r:
+                continue
+            data = os.read(master, 4096)
+            now = time.monotonic()
+            buf += data
+            while len(buf) >= 8:
+                (stamp,) = struct.unpack("<d", buf[:8])
+                buf = buf[8:]
+                lat.append((now - stamp) * 1000)
+    finally:
+        proc.terminate()  # the relay first: an inlet whose outlet vanishes logs an error
+        proc.wait(5)
+        pusher.close()
+        os.close(master)
+        os.close(slave)
+    return lat[int(rate * 0.5):]  # skip the first half second (connection set-up)
+
+
+# -- inference: onnxruntime vs torch -------------------------------------------------------------------
+
+
+def measure_inference(model_path: Path, n: int = 2000) -> dict:
+    from metaemg.modelfile import OnnxModel
+
+    model = OnnxModel(model_path)
+    info = model.info
+    x = np.random.default_rng(0).normal(0, 1, (1, info.window, info.channels)).astype(np.float32)
+
+    def timeit(fn) -> list[float]:
+        for _ in range(200):
+            fn()
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            fn()
+            out.append((time.perf_counter_ns() - t0) / 1e6)
+        return out
+
+    result = {"onnxruntime": stats(timeit(lambda: model.predict(x)))}
+    try:
+        import torch
+
+        from metalearn.models import build_model
+    except ImportError as exc:
+        result["torch"] = {"skipped": f"torch not installed ({exc})"}
+        return result
+    hp = {k: v for k, v in info.to_dict()["model"].items() if k not in ("kind", "n_classes")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = build_model(info.kind, **hp).eval()
+        xt = torch.from_numpy(x)
+        with torch.inference_mode():
+            result["torch"] = stats(timeit(lambda: torch.softmax(net(xt), -1).numpy()))
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+# -- the chain ------------------------------------------------------------------------------------------
+
+
+def load_data():
+    """(emg, labels, rate, source, training recordings or None): Male13/Test0 if the Myo dataset is
+    there, else a synthetic recording (then no decision latency)."""
+    from controller.replay import default_myo_root, load_source
+
+    if (default_myo_root() / "EvaluationDataset").is_dir():
+        h = helpers()
+        rec = load_source("myo:Male13/Test0")
+        train = [h.myo_recording(default_myo_root(), "Male13", s) for s in ("training0", "Test1")]
+        return rec.emg, rec.labels, rec.sample_rate, "myo:Male13/Test0", train
+    rec = load_source("synth")
+    return rec.emg, rec.labels, rec.sample_rate, "synth", None
+
+
+def run_chain(work: Path, model: Path, emg: np.ndarray, labels, rate: float, duration: float,
+              daemon_args: tuple[str, ...] = ()) -> dict:
+    h = helpers()
+    sim = h.Sim(work)
+    name = h.unique_name("bench-emg")
+    pusher = Pusher(name, emg, labels, rate).start()
+    daemon = h.Daemon(work, stream=name, port=str(sim.link), model=model, extra=daemon_args)
+    sub = h.Sub(daemon.monitor, topics=("decision", "event"))
+    try:
+        running = sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "running", 30, "running")
+        t_start = running["t_mono"] + 1.0  # one second of warm-up
+        t_end = t_start + duration
+        while time.monotonic() < t_end + 0.3:
+            sub.drain(100)
+        rss = rss_kb(daemon.proc.pid)
+        status = daemon.status()
+    finally:
+        sub.close()
+        daemon.stop()
+        pusher.close()
+        sim.stop()
+    decisions = [m for topic, m in sub.messages if topic == "decision" and t_start <= m["t_mono"] <= t_end]
+    by_seq = {c["seq"]: c for c in sim.log.events("command")}
+    e2e, matched = [], []
+    for d in decisions:
+        c = by_seq.get(d["command_seq"])
+        if c is not None and d["lsl_ts"] is not None:
+            e2e.append((c["t"] - d["lsl_ts"]) * 1000)
+            matched.append(d)
+    commands = [c for c in sim.log.events("command") if t_start <= c["t"] <= t_end]
+    return {
+        "decisions": len(decisions),
+        "with_command": sum(d["command_seq"] is not None for d in decisions),
+        "matched": len(e2e),
+        "e2e_ms": e2e,
+        "daemon_ms": [d["latency_ms"] for d in decisions],
+        "stages_us": {s: [d["stages_us"][s] for d in decisions] for s in STAGES},
+        "skipped": sum(d["skipped"] for d in decisions),
+        "commands": commands,
+        "label_changes": [c for c in pusher.label_changes if t_start <= c[0] <= t_end],
+        "daemon_rss_mb": None if rss is None else rss / 1024,
+        "counters": status["counters"] if status else {},
+    }
+
+
+def rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def decision_latency(label_changes: list[tuple[float, int]], commands: list[dict]) -> dict:
+    """From each label change to the first command with that intent before the next change."""
+    times = [c["t"] for c in commands]
+    out, missed = [], 0
+    for k, (t, label) in enumerate(label_changes):
+        t_next = label_changes[k + 1][0] if k + 1 < len(label_changes) else float("inf")
+        i = int(np.searchsorted(times, t))
+        hit = next((c for c in commands[i:] if c["t"] < t_next and c["intent"] == INTENTS[label]), None)
+        if hit is None:
+            missed += 1
+        else:
+            out.append((hit["t"] - t) * 1000)
+    return {"changes": len(label_changes), "missed": missed, "median_ms": float(np.median(out)) if out else None,
+            "values_ms": out}
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+
+def _row(name: str, s: dict, unit: str = "ms") -> str:
+    if not s.get("n"):
+        return f"  {name:<34} {'-':>9}"
+    return (f"  {name:<34} {s['p50']:>9.3f} {s['p95']:>9.3f} {s['p99']:>9.3f} {s['max']:>9.3f}  {unit}"
+            f"  (n={s['n']})")
+
+
+def histogram(path: Path, e2e: list[float], floor: list[float]) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    top = max(np.percentile(e2e, 99.5) if e2e else 1, np.percentile(floor, 99.5) if floor else 1) * 1.2
+    bins = np.linspace(0, top, 80)
+    ax.hist(np.clip(floor, 0, top), bins=bins, alpha=0.6, density=True, label=f"floor (LSL -> pty), p50 {np.median(floor):.2f} ms")
+    ax.hist(np.clip(e2e, 0, top), bins=bins, alpha=0.6, density=True, label=f"end to end, p50 {np.median(e2e):.2f} ms")
+    ax.set_xlabel("ms (last sample pushed -> frame read at the pty)")
+    ax.set_ylabel("density (floor: every sample; end to end: every window)")
+    ax.legend()
+    ax.set_title(f"MetaEMG latency on {platform.node()} ({os.cpu_count()} CPUs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--relay":
+        return relay(*sys.argv[2:5])
+    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=20.0, help="seconds measured in the chain run (default 20)")
+    p.add_argument("--floor-s", type=float, default=8.0, help="seconds per floor measurement (default 8)")
+    p.add_argument("--model", type=Path, help="the daemon's model (default: trained on Male13, else the packaged one)")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "metaemg-latency.png",
+                   help="the histogram (default: metaemg-latency.png in the temporary directory)")
+    p.add_argument("--no-compare", action="store_true", help="skip the naive-loop floor and the torch comparison")
+    p.add_argument("--json", action="store_true", help="end with one JSON document")
+    args = p.parse_args(argv)
+
+    from controller.config import default_model_path
+
+    emg, labels, rate, source, train = load_data()
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        work = Path(tmp)
+        model, model_note = args.model, "given"
+        if model is None and train is not None:
+            try:
+                print("training the test model on Male13 training0 + Test1 (torch, ~10 s) ...", flush=True)
+                model = helpers().train_model(work / "male13.onnx", train, steps=300)
+                model_note = "small dnn trained on Male13 training0+Test1"
+            except ImportError:
+                model = None
+        if model is None:
+            model, model_note = default_model_path(), "packaged default model (decision latency not meaningful)"
+        print(f"chain: {source} at {rate:g} Hz -> myhand-controller ({model_note}) -> metaemg-sim on a pty, "
+              f"{args.duration:g} s ...", flush=True)
+        chain = run_chain(work, model, emg, labels, rate, args.duration)
+        print("floor: LSL push -> pull (daemon strategy) -> pty write -> read ...", flush=True)
+        floor = measure_floor("daemon", args.floor_s, emg, rate)
+        naive = [] if args.no_compare else measure_floor("naive", args.floor_s, emg, rate)
+        inference = {} if args.no_compare else measure_inference(model)
+    decision = decision_latency(chain["label_changes"], chain["commands"]) if train is not None else None
+
+    e2e, fl = stats(chain["e2e_ms"]), stats(floor)
+    print(f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+          f"{chain['decisions']} windows, {chain['matched']} matched to a command at the simulator, "
+          f"{chain['skipped']} skipped")
+    print(f"  {'':<34} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
+    print(_row("end to end (push -> device)", e2e))
+    print(_row("daemon (chunk received -> written)", stats(chain["daemon_ms"])))
+    for s in STAGES:
+        print(_row(f"  stage {s}", stats(chain["stages_us"][s]), "us"))
+    print(_row("floor (push -> pull -> pty -> read)", fl))
+    if naive:
+        print(_row("floor, naive pull loop (5 ms poll)", stats(naive)))
+    for name, s in inference.items():
+        if "n" in s:
+            print(_row(f"inference {name}", s))
+        else:
+            print(f"  inference {name}: {s['skipped']}")
+    ratio = e2e["p50"] / fl["p50"] if e2e["n"] and fl["n"] else None
+    if ratio is not None:
+        print(f"  ratio end-to-end p50 / floor p50: {ratio:.2f}")
+    if decision is not None:
+        med = decision["median_ms"]
+        print(f"  label change -> first correct command: median "
+              f"{'-' if med is None else f'{med:.0f} ms'} over {decision['changes'] - decision['missed']} of "
+              f"{decision['changes']} changes ({decision['missed']} without a correct command before the next change)")
+    png = histogram(args.out, chain["e2e_ms"], floor)
+    print(f"  histogram: {png}" if png else "  histogram: skipped (matplotlib not installed)")
+    if args.json:
+        doc = {
+            "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "source": source, "model": model_note, "duration_s": args.duration,
+            "windows": chain["decisions"], "matched": chain["matched"], "skipped": chain["skipped"],
+            "e2e_p50_ms": e2e["p50"], "e2e_p95_ms": e2e["p95"], "e2e_p99_ms": e2e["p99"], "e2e_max_ms": e2e["max"],
+            "floor_p50_ms": fl["p50"], "floor_p99_ms": fl["p99"], "floor_max_ms": fl["max"],
+            "ratio_p50": ratio,
+            "daemon_ms": stats(chain["daemon_ms"]),
+            "stages_us": {s: stats(chain["stages_us"][s]) for s in STAGES},
+            "naive_floor_ms": stats(naive) if naive else None,
+            "inference_ms": inference,
+            "decision_median_ms": None if decision is None else decision["median_ms"],
+            "decision_changes": None if decision is None else decision["changes"],
+            "decision_missed": None if decision is None else decision["missed"],
+            "daemon_rss_mb": chain["daemon_rss_mb"],
+            "histogram": None if png is None else str(png),
+        }
+        print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

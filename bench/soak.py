@@ -1,0 +1,175 @@
+"""Soak: the real chain (replay outlet -> myhand-controller -> orthosis simulator on a pty) for a
+long run, recordings replayed faster than real time.
+
+    python -m bench.soak                         # 1 minute at 10x (10 minutes of data)
+    python -m bench.soak --minutes 6 --speed 10  # an hour of data: the documented target run
+    python -m bench.soak --minutes 2 --json
+
+Recordings: every session of the Myo dataset's subject Male13 (or ``--source``), concatenated and
+looped; synthetic EMG without the dataset. The outlet announces the recording's own rate (the
+daemon checks it) and pushes ``speed`` times faster, one sample per push.
+
+Reported: the daemon's resident memory (after a warm-up, at the end, growth, and the slope per
+hour of data), its open file descriptors, samples pushed vs received and windows expected vs
+evaluated (both from the moment the daemon runs), skipped windows, decisions without a command, commands accepted by the simulator,
+state changes (there should be none after start-up), and the daemon's latency (chunk received ->
+COMMAND written) per tenth of the run, to show drift. Target: an hour of data at 10x with memory
+growth < 10 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.latency import helpers, rss_kb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recordings(source: str | None) -> tuple[np.ndarray, float, str]:
+    from controller.replay import default_myo_root, load_source
+
+    if source:
+        rec = load_source(source)
+        return rec.emg, rec.sample_rate, source
+    root = default_myo_root()
+    if (root / "EvaluationDataset").is_dir():
+        from metalearn.myo import build_recording, find_sessions
+
+        recs = [build_recording(s) for s in find_sessions(root) if s.subject == "Male13"]
+        return np.concatenate([r.emg for r in recs]), recs[0].sample_rate, f"myo:Male13 ({len(recs)} sessions)"
+    rec = load_source("synth")
+    return rec.emg, rec.sample_rate, "synth"
+
+
+def fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0) -> dict:
+    from controller.config import default_model_path
+    from controller.replay import Replay
+
+    h = helpers()
+    emg, rate, label = load_recordings(source)
+    duration = minutes * 60
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+        work = Path(tmp)
+        sim = h.Sim(work)
+        name = h.unique_name("soak-emg")
+        replay = Replay(emg, None, rate, name=name, loop=True, speed=speed).start()
+        daemon = h.Daemon(work, stream=name, port=str(sim.link), model=default_model_path())
+        sub = h.Sub(daemon.monitor, topics=("decision", "event"))
+        pid = daemon.proc.pid
+        samples: list[dict] = []
+        lat_slices: list[list[float]] = [[] for _ in range(10)]
+        no_command = decisions = state_events = 0
+        try:
+            sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "running", 30, "running")
+            first = daemon.status()["counters"]  # from here on: pushed vs received, windows
+            pushed0 = replay.pushed
+            t0 = time.monotonic()
+            warm = t0 + min(10.0, 0.1 * duration)
+            next_sample = t0
+            while (now := time.monotonic()) < t0 + duration:
+                while sub.sock.poll(50):
+                    topic, body = sub.sock.recv_multipart()
+                    m = json.loads(body)
+                    if topic == b"decision":
+                        decisions += 1
+                        if m["command_seq"] is None:
+                            no_command += 1
+                        k = min(9, int((m["t_mono"] - t0) / duration * 10))
+                        if k >= 0:
+                            lat_slices[k].append(m["latency_ms"])
+                    elif m.get("event") == "state":
+                        state_events += 1
+                    if time.monotonic() >= next_sample:
+                        break
+                if now >= next_sample:
+                    next_sample = now + sample_s
+                    samples.append({"t": now - t0, "rss_kb": rss_kb(pid), "fds": fds(pid), "warm": now >= warm})
+                if daemon.proc.poll() is not None:
+                    raise RuntimeError(f"the daemon exited ({daemon.proc.returncode})")
+            pushed = replay.pushed - pushed0
+            status = daemon.status()
+            final = {"rss_kb": rss_kb(pid), "fds": fds(pid), "sim_alive": sim.proc.poll() is None}
+            rc, exit_s = daemon.terminate()
+        finally:
+            sub.close()
+            daemon.stop()
+            replay.close()
+            sim.stop()
+        commands = len(sim.log.events("command"))
+    counters = status["counters"]
+    warm_samples = [s for s in samples if s["warm"]] or samples
+    rss0, rss1 = warm_samples[0]["rss_kb"], final["rss_kb"]
+    ts = np.array([s["t"] for s in warm_samples])
+    rss = np.array([s["rss_kb"] for s in warm_samples], dtype=float)
+    slope = float(np.polyfit(ts, rss, 1)[0]) if len(ts) > 2 else 0.0  # kB per wall second
+    data_h = duration * speed / 3600
+    stride = 10
+    lat = [float(np.median(s)) if s else None for s in lat_slices]
+    p99 = [float(np.percentile(s, 99)) if s else None for s in lat_slices]
+    return {
+        "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "source": label, "rate": rate, "speed": speed, "wall_minutes": minutes, "data_hours": data_h,
+        "rss_start_mb": rss0 / 1024, "rss_end_mb": rss1 / 1024, "rss_growth_mb": (rss1 - rss0) / 1024,
+        "rss_slope_mb_per_data_hour": slope * 3600 / speed / 1024 if speed else None,
+        "fds_start": warm_samples[0]["fds"], "fds_end": final["fds"],
+        "fds_max": max(s["fds"] for s in samples if s["fds"] is not None),
+        "samples_pushed": pushed, "samples_received": counters.get("samples", 0) - first.get("samples", 0),
+        "windows": counters.get("windows", 0) - first.get("windows", 0), "windows_expected": pushed // stride,
+        "skipped_windows": counters.get("skipped_windows", 0) - first.get("skipped_windows", 0),
+        "decisions": decisions,
+        "decisions_without_command": no_command, "commands_at_sim": commands,
+        "state_events_after_start": state_events, "stale_events": counters.get("stale_events", 0),
+        "latency_p50_ms_by_tenth": lat, "latency_p99_ms_by_tenth": p99,
+        "latency_drift_ms": None if lat[0] is None or lat[-1] is None else lat[-1] - lat[0],
+        "exit_code": rc, "exit_s": exit_s, "sim_alive": final["sim_alive"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=1.0, help="wall-clock minutes (default 1)")
+    p.add_argument("--speed", type=float, default=10.0, help="replay speed factor (default 10)")
+    p.add_argument("--source", help="a recording (csv, myo:SUBJECT/SESSION, synth) instead of Male13's sessions")
+    p.add_argument("--json", action="store_true", help="end with one JSON document")
+    args = p.parse_args(argv)
+    print(f"soak: {args.minutes:g} min at {args.speed:g}x ({args.minutes * args.speed:g} minutes of data) ...",
+          flush=True)
+    r = run(args.minutes, args.speed, args.source)
+    fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
+    print(f"\n{r['machine']['node']}, {r['machine']['cpus']} CPUs; {r['source']} at {r['rate']:g} Hz x {r['speed']:g}: "
+          f"{r['data_hours'] * 60:.1f} minutes of data in {r['wall_minutes']:g} min")
+    print(f"  daemon memory (RSS)     {r['rss_start_mb']:.1f} MB after warm-up -> {r['rss_end_mb']:.1f} MB "
+          f"(growth {r['rss_growth_mb']:+.2f} MB; trend {fmt(r['rss_slope_mb_per_data_hour'], '{:+.2f}')} MB per hour of data)")
+    print(f"  file descriptors        {r['fds_start']} -> {r['fds_end']} (max {r['fds_max']})")
+    print(f"  samples                 pushed {r['samples_pushed']}, received {r['samples_received']}")
+    print(f"  windows                 evaluated {r['windows']} of ~{r['windows_expected']}, skipped {r['skipped_windows']}")
+    print(f"  decisions               {r['decisions']} ({r['decisions_without_command']} without a command); "
+          f"commands accepted by the simulator {r['commands_at_sim']}")
+    print(f"  state changes           {r['state_events_after_start']} after running (stale events, start-up included: {r['stale_events']})")
+    print("  latency p50 by tenth    " + " ".join(fmt(v, "{:.2f}") for v in r["latency_p50_ms_by_tenth"]) + " ms")
+    print("  latency p99 by tenth    " + " ".join(fmt(v, "{:.2f}") for v in r["latency_p99_ms_by_tenth"]) + " ms")
+    print(f"  exit                    {r['exit_code']} after SIGTERM in {r['exit_s'] * 1000:.0f} ms; simulator alive: {r['sim_alive']}")
+    if args.json:
+        print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
