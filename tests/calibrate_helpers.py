@@ -11,12 +11,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from polling import wait_until  # noqa: F401  (re-exported for the tests)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -36,16 +36,6 @@ sys.meta_path.insert(0, NoTorch())
 
 def unique_name(prefix: str = "test-cal") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def myo_recording(myo_src: Path, subject: str, session: str):

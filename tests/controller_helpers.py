@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from polling import wait_until  # noqa: F401  (re-exported for the tests)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -106,17 +107,6 @@ def male13_model(base: Path, myo_src: Path) -> Path:
 
 
 # -- waiting ---------------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
 
 
 class JsonLines:

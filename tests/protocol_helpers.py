@@ -18,21 +18,10 @@ from pathlib import Path
 
 from firmware_protocol import Decoder, Message, encode, open_transport
 from firmware_protocol.handshake import check_reply, host_hello
+from polling import wait_until  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 10.0
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.005):
-    """Return the first truthy value of ``condition()``; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 class SimProcess:
