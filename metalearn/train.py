@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from metaemg.atomic import write_text
-from metaemg.errors import ConfigError, DataError, MetaEMGError
+from metaemg.errors import ConfigError, MetaEMGError
 from metalearn.config import TrainConfig
 from metalearn.recording import INTENTS
 from metalearn.tasks import Scaler, TaskRef, TaskWindows, load_collection, load_task, task_windows
@@ -90,14 +90,23 @@ class Sampler:
         return [self.task(self.tasks[i]) for i in chosen]
 
 
+def _tensors(task: tuple, device):
+    """(x_support, y_support, x_query, y_query) arrays as float32 / long tensors on ``device``."""
+    import torch
+
+    from metalearn.evaluate import to_tensor
+
+    return tuple(to_tensor(a, device, torch.long if k % 2 else torch.float32) for k, a in enumerate(task))
+
+
 def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     import torch
     import torch.distributed as dist
     from tqdm import tqdm
 
     from metalearn.checkpoint import load_checkpoint, save_checkpoint, stable_hash
-    from metalearn.evaluate import compare, pretrain_pooled, to_tensor, write_reports
-    from metalearn.maml import InnerLoop, OuterLoop, meta_gradient, meta_step, model_params, shard_tasks
+    from metalearn.evaluate import compare, pretrain_pooled, write_reports
+    from metalearn.maml import InnerLoop, OuterLoop, meta_loss, meta_step, model_params, shard_tasks
     from metalearn.models import build_model, model_hparams
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -160,7 +169,8 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
 
     sampler = Sampler(train_tasks, cfg.batch_size, cfg.rorcr_size, rng, rotate=cfg.augment_rotation)
     val_sampler = Sampler(val, cfg.batch_size * 4, cfg.rorcr_size, np.random.default_rng([seed, 1]))
-    val_batch = [val_sampler.task(t) for t in val]  # fixed: checkpoints are comparable
+    # fixed and converted once: checkpoints are comparable across meta-epochs
+    val_batch = [_tensors(val_sampler.task(t), device) for t in val]
     models_dir, res_dir = run_dir / "models", run_dir / "results"
     writer = _tensorboard(run_dir) if (cfg.tensorboard and lead) else None
     wb = _wandb(cfg, run_dir) if (cfg.wandb and lead) else None
@@ -168,13 +178,9 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     t0 = time.monotonic()
     bar = tqdm(range(start, cfg.meta_steps), desc="meta-epochs", unit="epoch", disable=not lead or None)
     for epoch in bar:
-        batch = [tuple(to_tensor(a, device, torch.long if k % 2 else torch.float32) for k, a in enumerate(t))
-                 for t in sampler.meta_batch(cfg.n_train_tasks)]
+        batch = [_tensors(t, device) for t in sampler.meta_batch(cfg.n_train_tasks)]
         train_loss = meta_step(model, outer, shard_tasks(batch) if world > 1 else batch, inner)
-        vb = [tuple(to_tensor(a, device, torch.long if k % 2 else torch.float32) for k, a in enumerate(t))
-              for t in val_batch]
-        _, val_loss_t = meta_gradient(model, model_params(model), vb, inner)
-        val_loss = float(val_loss_t)
+        val_loss = float(meta_loss(model, model_params(model), val_batch, inner))
         history.append({"meta_epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "outer_lr": outer.lr})
         bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
         if writer:
