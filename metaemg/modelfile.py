@@ -44,6 +44,7 @@ CLASS_NAMES = ("relax", "open", "close")
 MODEL_KINDS = ("dnn", "cnn", "tcn", "tf")  # = metalearn.models.MODEL_KINDS (checked by a test)
 SCALER_KINDS = ("none", "standard", "minmax")
 INNER_OPTIMIZERS = ("sgd", "adam")  # = metalearn.maml.OPTIMIZERS
+INNER_KEYS = {"optimizer", "steps", "lr", "first_order"}  # plus optional batch_size
 RATE_TOLERANCE = 0.05
 _MODEL_ID = re.compile(r"[0-9a-f]{8,64}")
 
@@ -92,7 +93,7 @@ class ModelInfo:
     path: str | None
     signal: SignalSpec
     class_names: tuple[str, ...]
-    inner: Mapping[str, Any]  # optimizer, steps, lr, first_order (-> metalearn.maml.InnerLoop(**inner))
+    inner: Mapping[str, Any]  # optimizer, steps, lr, first_order[, batch_size] (-> metalearn.maml.InnerLoop(**inner))
     model: Mapping[str, Any]  # kind and hyper-parameters (-> metalearn.models.build_model(**model))
     scaler: Mapping[str, Any]  # kind, offset, scale: (x - offset) / scale per channel, inside the graph
     model_id: str
@@ -184,8 +185,9 @@ class ModelInfo:
             raise bad("class_names", f"is {class_names!r}; the orthosis is driven by {list(CLASS_NAMES)} in that order")
 
         inner = get("inner")
-        if not isinstance(inner, dict) or set(inner) != {"optimizer", "steps", "lr", "first_order"}:
-            raise bad("inner", f"must be an object with optimizer, steps, lr, first_order, got {inner!r}")
+        if not isinstance(inner, dict) or not INNER_KEYS <= set(inner) <= INNER_KEYS | {"batch_size"}:
+            raise bad("inner", f"must be an object with optimizer, steps, lr, first_order (and optionally "
+                               f"batch_size), got {inner!r}")
         if inner["optimizer"] not in INNER_OPTIMIZERS:
             raise bad("inner", f"optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner['optimizer']!r}")
         if not _is_int(inner["steps"]) or inner["steps"] < 0:
@@ -194,6 +196,9 @@ class ModelInfo:
             raise bad("inner", f"lr must be a finite number > 0, got {inner['lr']!r}")
         if not isinstance(inner["first_order"], bool):
             raise bad("inner", f"first_order must be true or false, got {inner['first_order']!r}")
+        batch = inner.get("batch_size")
+        if batch is not None and (not _is_int(batch) or batch < 1):
+            raise bad("inner", f"batch_size must be null or an integer >= 1, got {batch!r}")
 
         model = get("model")
         if not isinstance(model, dict) or model.get("kind") not in MODEL_KINDS:

@@ -246,20 +246,23 @@ class SignalChain:
 
 
 class Windower:
-    """Ring buffer yielding windows of ``window`` samples every ``stride`` samples.
+    """Windows of ``window`` samples every ``stride`` samples, from chunks of any size.
 
     The k-th window (from 0) ends at sample ``window - 1 + k * stride`` of the stream; its label,
-    offline, is the label of that last sample.
+    offline, is the label of that last sample. The last ``window`` samples live in a mirrored ring
+    (each sample stored at slot ``i % window`` and ``window`` slots later), so the history part of
+    any window is one contiguous slice: the live path (one sample per call) copies two slices and
+    never reallocates.
     """
 
     def __init__(self, window: int, stride: int, channels: int):
         if window < 1 or stride < 1:
             raise ConfigError(f"window ({window}) and stride ({stride}) must be >= 1")
         self.window, self.stride, self.channels = window, stride, channels
+        self._ring = np.zeros((2 * window, channels), dtype=np.float64)
         self.reset()
 
     def reset(self) -> None:
-        self._buf = np.empty((0, self.channels), dtype=np.float64)
         self._n = 0  # samples seen
         self._next_end = self.window - 1  # stream index of the next window's last sample
 
@@ -273,18 +276,27 @@ class Windower:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.channels:
             raise ConfigError(f"windower expects (n, {self.channels}) samples, got shape {x.shape}")
-        buf = np.concatenate([self._buf, x]) if len(self._buf) else x
-        first = self._n - len(self._buf)  # stream index of buf[0]
-        self._n += len(x)
+        w, ring, first, n = self.window, self._ring, self._n, len(x)
+        self._n = first + n
         ends = np.arange(self._next_end, self._n, self.stride, dtype=np.int64)
-        if ends.size:
+        windows = np.empty((len(ends), w, self.channels), dtype=np.float64)
+        if len(ends):
             self._next_end = int(ends[-1]) + self.stride
-            views = sliding_window_view(buf, self.window, axis=0)  # (len-window+1, C, window)
-            windows = views[ends - first - self.window + 1].transpose(0, 2, 1).copy()
-        else:
-            windows = np.empty((0, self.window, self.channels), dtype=np.float64)
-        keep_from = max(0, self._next_end - self.window + 1 - first)
-        self._buf = buf[keep_from:].copy()
+            fresh = ends - first + 1  # samples of each window that come from this chunk
+            straddle = int(np.searchsorted(fresh, w))  # these also need samples from before it
+            top = (first - 1) % w + 1 + w  # ring[top - w : top] = the w samples before this chunk
+            for i, f in enumerate(fresh[:straddle].tolist()):
+                windows[i, : w - f] = ring[top - w + f : top]
+                windows[i, w - f :] = x[:f]
+            if straddle < len(ends):  # whole windows inside the chunk (a recording at once)
+                windows[straddle:] = sliding_window_view(x, w, axis=0)[fresh[straddle:] - w].transpose(0, 2, 1)
+        m = min(n, w)  # only the last w samples are ever needed again
+        if m == 1:
+            slot = (first + n - 1) % w
+            ring[slot] = ring[slot + w] = x[-1]
+        elif m:
+            slots = (first + np.arange(n - m, n)) % w
+            ring[slots] = ring[slots + w] = x[n - m :]
         return windows, ends
 
 

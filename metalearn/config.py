@@ -53,6 +53,7 @@ class TrainConfig:
     tensorboard: bool = True
     resume: str | None = None
     augment_rotation: bool = False
+    inner_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))
@@ -84,6 +85,9 @@ class TrainConfig:
             raise ConfigError(f"test.inner_optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.inner_optimizer!r}")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.converge_steps):
             raise ConfigError(f"test.converge_steps must be integers >= 1, got {list(self.converge_steps)!r}")
+        b = self.inner_batch_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ConfigError(f"test.inner_batch_size must be null or an integer >= 1, got {b!r}")
         if not isinstance(self.model_hparams, dict):
             raise ConfigError("test.model_hparams must be a mapping")
         self.signal_spec(200.0)  # validate the signal section early

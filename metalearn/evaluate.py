@@ -46,11 +46,12 @@ def score(model: nn.Module, params: dict, x: np.ndarray, y: np.ndarray, device: 
 
 
 def adapt_and_score(model: nn.Module, params: dict, tw: TaskWindows, *, steps: int, lr: float, optimizer: str,
-                    rorcr_size: float, device: torch.device) -> dict:
+                    rorcr_size: float, device: torch.device, batch_size: int | None = None) -> dict:
     xs, ys = support_part(tw, rorcr_size)
     if steps > 0:
         params = adapt(model, {k: v.detach() for k, v in params.items()}, to_tensor(xs, device),
-                       to_tensor(ys, device, torch.long), steps=steps, lr=lr, optimizer=optimizer, first_order=True)
+                       to_tensor(ys, device, torch.long), steps=steps, lr=lr, optimizer=optimizer, first_order=True,
+                       batch_size=batch_size)
         params = {k: v.detach() for k, v in params.items()}
     return score(model, params, tw.x_query, tw.y_query, device)
 
@@ -73,7 +74,7 @@ def pretrain_pooled(model: nn.Module, tasks: list[TaskWindows], *, steps: int, b
 
 
 def compare(models: dict[str, nn.Module], tests: list[TaskWindows], *, steps_list: list[int], lr: float,
-            optimizer: str, rorcr_size: float, device: torch.device) -> dict:
+            optimizer: str, rorcr_size: float, device: torch.device, batch_size: int | None = None) -> dict:
     """Per method, per inner-step count, per task: accuracy and loss after adaptation."""
     logs: dict = {}
     for name, model in models.items():
@@ -81,7 +82,7 @@ def compare(models: dict[str, nn.Module], tests: list[TaskWindows], *, steps_lis
         logs[name] = {}
         for steps in steps_list:
             logs[name][str(steps)] = {
-                str(tw.ref): adapt_and_score(model, params, tw, steps=steps, lr=lr, optimizer=optimizer,
+                str(tw.ref): adapt_and_score(model, params, tw, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size,
                                              rorcr_size=rorcr_size, device=device)
                 for tw in tests
             }

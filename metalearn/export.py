@@ -115,7 +115,8 @@ def _metadata_from_checkpoint(ckpt: dict, where: Path) -> dict[str, Any]:
         "stride": spec.stride,
         "signal": spec.to_dict(),
         "class_names": list(ckpt["class_names"]),
-        "inner": {k: inner[k] for k in ("optimizer", "steps", "lr", "first_order")},
+        "inner": {**{k: inner[k] for k in ("optimizer", "steps", "lr", "first_order")},
+                  "batch_size": inner.get("batch_size")},
         "scaler": {
             "kind": scaler["kind"],
             "offset": np.asarray(scaler["offset"], dtype=np.float64).ravel().tolist(),

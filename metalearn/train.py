@@ -143,7 +143,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     train_tasks = [all_tasks[i] for i in order[cfg.n_val_tasks:]]
 
     inner = InnerLoop(steps=cfg.inner_steps, lr=float(cfg.inner_lr), optimizer=cfg.inner_optimizer,
-                      first_order=cfg.first_order)
+                      first_order=cfg.first_order, batch_size=cfg.inner_batch_size)
     hp = {"n_channels": spec.channels, "window": spec.window, "n_classes": len(INTENTS), "fc_units": cfg.fc_units,
           **cfg.model_hparams}
     model = build_model(cfg.model, **hp).to(device)
@@ -163,7 +163,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     config_dict = cfg.to_dict()
     common = {"model": model_hparams(model), "signal": spec.to_dict(), "scaler": pooled.to_dict(),
               "inner": {"optimizer": inner.optimizer, "steps": inner.steps, "lr": inner.lr,
-                        "first_order": inner.first_order},
+                        "first_order": inner.first_order, "batch_size": inner.batch_size},
               "class_names": list(INTENTS), "config": config_dict, "config_hash": stable_hash(config_dict),
               "data_hash": data_hash, "verify_windows": verify, "seed": seed}
 
@@ -220,7 +220,8 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
                              steps=max(1, cfg.meta_steps) * cfg.inner_steps, batch=cfg.batch_size * cfg.n_train_tasks,
                              lr=float(cfg.outer_lr), seed=seed, device=device)
         models = {"B1": b1, "B2": b2, "meta-model": model.eval()}
-        kw = {"lr": inner.lr, "optimizer": inner.optimizer, "rorcr_size": cfg.rorcr_size, "device": device}
+        kw = {"lr": inner.lr, "optimizer": inner.optimizer, "batch_size": inner.batch_size,
+              "rorcr_size": cfg.rorcr_size, "device": device}
         logs = compare(models, tests, steps_list=[cfg.inner_steps], **kw)
         conv = compare(models, tests, steps_list=list(cfg.converge_steps), **kw) if cfg.converge_baselines else None
         summary["test_data_hash"] = test_hash

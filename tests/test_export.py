@@ -48,7 +48,7 @@ TINY = {
     "tcn": {"fc_units": 8, "filters": 4, "n_blocks": 2},
     "tf": {"fc_units": 8, "d_model": 8, "n_heads": 2, "n_layers": 2, "ff_mult": 1},
 }
-INNER = {"optimizer": "adam", "steps": 3, "lr": 0.005, "first_order": False}
+INNER = {"optimizer": "adam", "steps": 3, "lr": 0.005, "first_order": False, "batch_size": 8}
 
 
 def emg_windows(seed: int, seconds: float = 3.0) -> np.ndarray:

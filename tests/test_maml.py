@@ -74,22 +74,26 @@ def torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, foreach=False)
 
 
-def higher_meta_gradient(model: nn.Module, tasks, *, steps: int, lr: float, optimizer: str) -> dict:
+def higher_meta_gradient(model: nn.Module, tasks, *, steps: int, lr: float, optimizer: str,
+                         batch: int | None = None) -> dict:
     """Second-order MAML the research-code way: higher, tasks one by one, mean query loss.
 
     higher 0.2.1's DifferentiableAdam uses the pre-1.0 torch Adam formula, which adds eps to
     sqrt(v) before bias correction; torch.optim.Adam adds it after. Giving higher
-    eps * sqrt(1 - beta2**t) at step t makes the two updates identical.
+    eps * sqrt(1 - beta2**t) at step t makes the two updates identical. With ``batch``, each
+    step is an epoch of consecutive mini-batches (the research code's DataLoader loop).
     """
     model.zero_grad(set_to_none=True)
     for xs, ys, xq, yq in tasks:
         opt = torch_optimizer(optimizer, model.parameters(), lr)
         with higher.innerloop_ctx(model, opt, copy_initial_weights=False, track_higher_grads=True) as (fmodel, diffopt):
-            for t in range(1, steps + 1):
+            b = batch or len(xs)
+            spans = [(lo, lo + b) for _ in range(steps) for lo in range(0, len(xs), b)]
+            for t, (lo, hi) in enumerate(spans, start=1):
                 override = None
                 if optimizer == "adam":
                     override = {"eps": [ADAM_EPS * math.sqrt(1 - ADAM_BETAS[1] ** t)]}
-                diffopt.step(F.cross_entropy(fmodel(xs), ys), override=override)
+                diffopt.step(F.cross_entropy(fmodel(xs[lo:hi]), ys[lo:hi]), override=override)
             (F.cross_entropy(fmodel(xq), yq) / len(tasks)).backward()
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
@@ -119,6 +123,21 @@ def assert_params_close(a: dict, b: dict, atol: float, rtol: float = 0.0) -> Non
 
 
 # ---------------------------------------------------------------- oracle: higher
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("kind", ["dnn", "cnn"])
+def test_mini_batch_inner_loop_matches_higher(kind: str, batched: bool) -> None:
+    """``InnerLoop(batch_size=4)`` on 10 support windows: per epoch, updates on windows 0-3, 4-7
+    and 8-9, Adam's step count running on, as the research code's DataLoader loop did."""
+    model, tasks = tiny(kind), make_tasks(3, n_support=10)
+    inner = InnerLoop(steps=2, lr=0.01, optimizer="adam", batch_size=4)
+    assert inner.spans(10) == [(0, 4), (4, 8), (8, 10)] and inner.spans(3) == [(0, 3)]
+    expected = higher_meta_gradient(model, tasks, steps=2, lr=0.01, optimizer="adam", batch=4)
+    grads, _ = meta_gradient(model, model_params(model), tasks, inner, batched=batched)
+    assert_params_close(grads, expected, atol=1e-6)
+    whole, _ = meta_gradient(model, model_params(model), tasks, InnerLoop(steps=2, lr=0.01, optimizer="adam"))
+    assert max(float((grads[k] - whole[k]).abs().max()) for k in grads) > 1e-4  # the mini-batches matter
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -307,6 +326,9 @@ def test_default_device_prefers_cuda() -> None:
         {"lr": "0.1"},
         {"optimizer": "rmsprop"},
         {"first_order": 1},
+        {"batch_size": 0},
+        {"batch_size": 4.0},
+        {"batch_size": True},
     ],
 )
 def test_bad_inner_settings_raise_config_error(kwargs: dict) -> None:

@@ -265,6 +265,8 @@ BAD_METADATA = [
     (_set(["inner", "steps"], -1), "field 'inner' steps"),
     (_set(["inner", "optimizer"], "lbfgs"), "field 'inner' optimizer"),
     (_set(["inner", "first_order"], 1), "field 'inner' first_order"),
+    (_set(["inner", "batch_size"], 0), "field 'inner' batch_size"),
+    (_set(["inner", "momentum"], 0.9), "field 'inner' must be an object"),
     (_del("inner"), "no field 'inner'"),
     (_set(["model", "kind"], "rnn"), "field 'model'"),
     (_set(["model", "n_channels"], 4), "field 'model' n_channels"),

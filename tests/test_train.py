@@ -45,7 +45,7 @@ def test_a_run_writes_checkpoints_reports_and_resumes(colls, tmp_path):
     best = load_checkpoint(run / "models" / "best.pt")
     assert best["val_loss"] == pytest.approx(min(losses), abs=1e-4)
     assert best["model"]["kind"] == "dnn" and best["signal"]["window"] == 20
-    assert best["inner"] == {"optimizer": "adam", "steps": 2, "lr": 0.01, "first_order": False}
+    assert best["inner"] == {"optimizer": "adam", "steps": 2, "lr": 0.01, "first_order": False, "batch_size": None}
     table = (run / "results" / "results_table.csv").read_text().splitlines()
     assert table[0].startswith("method,myo_") and table[0].endswith(",mean")
     assert [row.split(",")[0] for row in table[1:]] == ["B1", "B2", "meta-model"]
@@ -109,10 +109,12 @@ hydra:
 def test_sweep_runs_each_model(colls, tmp_path):
     proc = subprocess.run([str(BIN / "metaemg-train"), "-m", f"test.train_collection_json={colls['train']}",
                            f"test.data_root={colls['root']}", *TINY, "test.meta_steps=1", "test.model=dnn,cnn",
+                           "test.inner_batch_size=4",
                            f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     ckpts = [load_checkpoint(tmp_path / "sweep" / str(i) / "models" / "best.pt") for i in (0, 1)]
     assert sorted(c["model"]["kind"] for c in ckpts) == ["cnn", "dnn"]
+    assert [c["inner"]["batch_size"] for c in ckpts] == [4, 4]  # the research code's mini-batch inner loop
     for ckpt in ckpts:
         assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
         assert ckpt["verify_windows"].shape[1:] == (20, 8)
@@ -123,6 +125,7 @@ def test_sweep_runs_each_model(colls, tmp_path):
     [
         ("test.n_train_tasks=4", "has 4 tasks; test.n_train_tasks + test.n_val_tasks = 5"),
         ("test.model=lstm", "test.model must be one of dnn, cnn, tcn, tf"),
+        ("test.inner_batch_size=0", "test.inner_batch_size must be null or an integer >= 1"),
         ("+test.bogus=1", "unknown key(s) test.bogus"),
         ("test.time_seq_len=2000", "is a 10 s window"),
         ("test.data_root=/nonexistent", "recording file not found"),

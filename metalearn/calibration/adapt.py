@@ -82,7 +82,8 @@ def adapt_to_clip(base_path: str | Path, clip: ClipWindows) -> Adapted:
     try:
         t0 = time.perf_counter()
         params = adapt(model, model_params(model), x, y, steps=int(inner["steps"]), lr=float(inner["lr"]),
-                       optimizer=inner["optimizer"], first_order=bool(inner["first_order"]))
+                       optimizer=inner["optimizer"], first_order=bool(inner["first_order"]),
+                       batch_size=inner.get("batch_size"))
         result.adapt_seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
