@@ -7,10 +7,11 @@ simulator on a pseudo-terminal.
 What it measures, all on ``time.monotonic()`` (= LSL ``local_clock()`` on Linux):
 
 1. **End to end**, per window: from pushing the window's last sample into the LSL outlet (this
-   process stamps each sample with the clock at push time) to the simulator decoding the COMMAND
-   frame of that window (its log's ``t``), matched by ``command_seq``; and the daemon's own
-   per-stage times (``stages_us`` of the monitor's ``decision``: input, signal, model, policy,
-   link). The daemon runs as ``myhand-controller`` with its defaults (a COMMAND for every window).
+   process stamps each sample with the clock at push time) to the simulator reading the bytes of
+   the COMMAND frame of that window (its log's ``rx_t``; the floor is stamped at its read too),
+   matched by ``command_seq``; and the daemon's own per-stage times (``stages_us`` of the
+   monitor's ``decision``: input, signal, model, policy, link). The daemon runs as
+   ``myhand-controller`` with its defaults (a COMMAND for every window).
 2. **Floor**: the same path with no processing: LSL push -> a separate Python process pulls (the
    daemon's strategy: ``pull_sample(timeout)`` then ``pull_chunk(0)`` drain) and writes the
    sample's stamp to a pty -> this process reads it. ``ratio_p50`` = end-to-end p50 / floor p50.
@@ -276,9 +277,9 @@ def run_chain(work: Path, model: Path, emg: np.ndarray, labels, rate: float, dur
     for d in decisions:
         c = by_seq.get(d["command_seq"])
         if c is not None and d["lsl_ts"] is not None:
-            e2e.append((c["t"] - d["lsl_ts"]) * 1000)
+            e2e.append((c["rx_t"] - d["lsl_ts"]) * 1000)
             matched.append(d)
-    commands = [c for c in sim.log.events("command") if t_start <= c["t"] <= t_end]
+    commands = [{**c, "t": c["rx_t"]} for c in sim.log.events("command") if t_start <= c["rx_t"] <= t_end]
     return {
         "decisions": len(decisions),
         "with_command": sum(d["command_seq"] is not None for d in decisions),

@@ -39,7 +39,12 @@ class SaturationMonitor:
 
     def push(self, flags: np.ndarray) -> float:
         m = len(flags)
-        if m >= self.n:
+        if m == 1:  # the live path: one sample per chunk
+            new, old = bool(flags[0]), bool(self._ring[self._pos])
+            self._ring[self._pos] = new
+            self._count += new - old
+            self._pos = (self._pos + 1) % self.n
+        elif m >= self.n:
             self._ring[:] = flags[-self.n:]
             self._pos = 0
             self._count = int(self._ring.sum())

@@ -276,7 +276,7 @@ class Device:
         intent = Intent(msg.intent)
         self.last_command = msg
         self.command_deadline = now + msg.ttl_ms / 1000
-        self._emit("command", intent=intent.name.lower(), seq=msg.seq, ttl_ms=msg.ttl_ms)
+        self._emit("command", intent=intent.name.lower(), seq=msg.seq, ttl_ms=msg.ttl_ms, rx_t=now)
         self._set_state(INTENT_STATE[intent], "command", now)
         return [self._ack(msg, Result.OK)]
 

@@ -252,12 +252,13 @@ class Simulator:
             return
         if not data:
             return
+        t_rx = time.monotonic()  # the frames in these bytes arrived now (the log's "t" is later)
         self.stats["rx_bytes"] += len(data)
         if self.injection.applies("rx"):
             data = self._mangle(data, "rx")
         for msg in self.decoder.feed(data):
             self.stats["rx_frames"] += 1
-            self._send(self.device.receive(msg, time.monotonic()))
+            self._send(self.device.receive(msg, t_rx))
 
     def _on_frame_error(self, exc: FrameError) -> None:
         self.device.rx_error(exc.kind)

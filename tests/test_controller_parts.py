@@ -222,6 +222,18 @@ def test_saturation_monitor_ring():
     assert mon.push(np.array([False])) == 0.0
 
 
+def test_saturation_monitor_counts_the_last_n_flags_for_any_chunking():
+    rng = np.random.default_rng(3)
+    flags = rng.random(500) < 0.3
+    mon, i = SaturationMonitor(7), 0
+    while i < len(flags):
+        k = int(rng.choice([1, 1, 1, 2, 5, 9]))  # mostly the live path: one sample per chunk
+        chunk = flags[i:i + k]
+        got = mon.push(chunk)
+        i += len(chunk)
+        assert got == flags[max(0, i - 7):i].sum() / 7, i
+
+
 def test_check_stream_messages():
     assert check_stream(200.0, 8, 200.0, 8) is None
     assert check_stream(200.0, 8, 205.0, 8) is None
