@@ -82,7 +82,7 @@ def test_command_sets_target_and_is_acked_with_the_resulting_state():
     ack = rig.command(Intent.CLOSE, 500)
     assert (ack.result, ack.state, ack.acked_type) == (Result.OK, State.CLOSE, Command.TYPE)
     assert ack.acked_seq == rig.seq
-    assert ("command", {"intent": "close", "seq": rig.seq, "ttl_ms": 500}) in rig.events
+    assert ("command", {"intent": "close", "seq": rig.seq, "ttl_ms": 500, "rx_t": rig.now}) in rig.events
 
 
 def test_watchdog_makes_safe_when_no_valid_frame_arrives():
