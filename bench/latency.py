@@ -364,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "metaemg-latency.png",
                    help="the histogram (default: metaemg-latency.png in the temporary directory)")
     p.add_argument("--no-compare", action="store_true", help="skip the naive-loop floor and the torch comparison")
+    p.add_argument("--config", type=Path, help="a myhand-controller config file for the daemon (default: its defaults)")
     p.add_argument("--json", action="store_true", help="end with one JSON document")
     args = p.parse_args(argv)
 
@@ -384,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             model, model_note = default_model_path(), "packaged default model (decision latency not meaningful)"
         print(f"chain: {source} at {rate:g} Hz -> myhand-controller ({model_note}) -> metaemg-sim on a pty, "
               f"{args.duration:g} s ...", flush=True)
-        chain = run_chain(work, model, emg, labels, rate, args.duration)
+        chain = run_chain(work, model, emg, labels, rate, args.duration,
+                          () if args.config is None else ("--config", str(args.config)))
         print("floor: LSL push -> pull (daemon strategy) -> pty write -> read ...", flush=True)
         floor = measure_floor("daemon", args.floor_s, emg, rate)
         naive = [] if args.no_compare else measure_floor("naive", args.floor_s, emg, rate)

@@ -129,7 +129,7 @@ class PolicyConfig:
     """Decision smoothing and the input safety rules (see controller.policy)."""
 
     threshold: float = 0.5
-    vote: int = 5
+    vote: int = 3
     min_dwell_ms: float = 150.0
     refractory_ms: float = 300.0
     stale_ms: float = 100.0

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow]
 
 AGREEMENT_S = 24.0
 # Commands are compared with the label REACTION_S earlier: a window covers 250 ms, the envelope
-# filter lags ~60 ms and the 5-window majority vote needs 3 windows (100-150 ms).
+# filter lags ~60 ms and the 3-window majority vote needs 2 windows (50-100 ms).
 REACTION_S = 0.3
 # Measured 0.91 here (the same model decodes 96 % of this session's single windows offline; the
 # 0.3 s allowance does not cover every transition). Chance is 1/3, and an orthosis left at relax
