@@ -104,8 +104,9 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
                 if daemon.proc.poll() is not None:
                     raise RuntimeError(f"the daemon exited ({daemon.proc.returncode})")
             pushed = replay.pushed - pushed0
-            status = daemon.status()
+            # counted before asking for the status: that control connection is one more fd
             final = {"rss_kb": rss_kb(pid), "fds": fds(pid), "sim_alive": sim.proc.poll() is None}
+            status = daemon.status()
             rc, exit_s = daemon.terminate()
         finally:
             sub.close()

@@ -2,8 +2,9 @@
 
 Parameters travel as plain dicts ``{name: tensor}`` (:func:`model_params`) and the model runs
 through ``torch.func.functional_call``. The inner loop (:func:`adapt`) takes ``steps`` plain SGD
-or Adam steps on a task's support set; Adam is written functionally with the exact
-``torch.optim.Adam`` update (bias correction, default betas and eps), so second-order MAML
+or Adam steps on a task's support set, each on the whole set or, with ``InnerLoop.batch_size``,
+an epoch of mini-batches as the research code's DataLoader loop. Adam is written functionally
+with the exact ``torch.optim.Adam`` update (bias correction, default betas and eps), so second-order MAML
 differentiates through it. (higher 0.2.1's DifferentiableAdam keeps the pre-1.0 formula that adds
 eps before bias correction: with its eps set to ``eps * sqrt(1 - beta2**t)`` at step t the two
 agree; see tests/test_maml.py.) :func:`meta_gradient` returns the gradient of the mean query loss
@@ -90,10 +91,12 @@ def _loss(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(functional_call(model, params, (x,)), y)
 
 
-_TINY = 1e-38  # added to v under the square root: its gradient stays finite at v == 0 (where it meets g == 0)
+_TINY = 1e-38  # added to v under the sqrt: its gradient stays finite at v == 0 (where it meets g == 0)
 
 
-def _adam_update(p: Tensor, g: Tensor, m: Tensor | None, v: Tensor | None, lr: float, t: int) -> tuple[Tensor, Tensor, Tensor]:
+def _adam_update(
+    p: Tensor, g: Tensor, m: Tensor | None, v: Tensor | None, lr: float, t: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """One step of ``torch.optim.Adam`` on one tensor, ``(p', m', v')``; ``m``/``v`` None at t == 1.
 
     Written with fused ops (lerp, addcmul, addcdiv) so that autograd records 7 nodes instead of
@@ -131,7 +134,6 @@ def _adapt(
 ) -> Params:
     """The inner loop, without input checks; ``functional`` (torch.func) inside transforms."""
     grads = _grads_functional if functional else _grads_eager
-    b1, b2 = ADAM_BETAS
     m: Params = {}
     v: Params = {}
     spans = inner.spans(x.shape[0])
