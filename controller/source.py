@@ -158,8 +158,10 @@ class LslSource:
             try:
                 inlet.open_stream(timeout=self.config.resolve_timeout_s)
             except (pylsl.util.TimeoutError, pylsl.util.LostError) as exc:
+                # not a new loss: typically a resolve that still returned an outlet that just
+                # vanished (or has not come back yet); the thread resolves again
                 self.problem = f"cannot open stream {desc.describe()}: {exc}"
-                self._event("lost", self.problem)
+                self._event("missing", self.problem)
                 return
             self.stream, self.connected, self.problem = desc, True, None
             self._event("connected", desc)
