@@ -1,6 +1,7 @@
 """metaemg-train as a user runs it: a real Hydra app in a subprocess, tiny configs, real data."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,21 @@ hydra:
     assert len(runs) == 1
     assert json.loads((runs[0] / "resolved_config.json").read_text())["test"]["scale"] == "minmax"
     assert (runs[0] / "results" / "results_table.csv").is_file()
+
+
+def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
+    """The real launcher: two gloo ranks, rank 0 writes the outputs (the maths: test_maml)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(BIN / "metaemg-train"),
+                           f"test.train_collection_json={colls['train']}", f"test.data_root={colls['root']}", *TINY,
+                           "test.converge_baselines=false", f"hydra.run.dir={run}"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("meta-training: 3 meta-epochs") == 1 and "on cpu (x2)" in proc.stdout, proc.stdout
+    ckpts = sorted((run / "models").glob("epoch_*_loss_*.pt"))
+    assert [p.name[:10] for p in ckpts] == ["epoch_0000", "epoch_0001", "epoch_0002"]
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(run / "models" / "best.pt")["state_dict"].values())
 
 
 def test_sweep_runs_each_model(colls, tmp_path):
