@@ -216,20 +216,17 @@ def measure_inference(model_path: Path, n: int = 2000) -> dict:
     try:
         import torch
 
+        from metalearn.maml import torch_threads
         from metalearn.models import build_model
     except ImportError as exc:
         result["torch"] = {"skipped": f"torch not installed ({exc})"}
         return result
     hp = {k: v for k, v in info.to_dict()["model"].items() if k not in ("kind", "n_classes")}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         net = build_model(info.kind, **hp).eval()
         xt = torch.from_numpy(x)
         with torch.inference_mode():
             result["torch"] = stats(timeit(lambda: torch.softmax(net(xt), -1).numpy()))
-    finally:
-        torch.set_num_threads(threads)
     return result
 
 

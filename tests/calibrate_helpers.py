@@ -59,16 +59,12 @@ def base_model(myo_src: Path, tmp_root: Path) -> Path:
     """A tiny dnn meta-trained briefly (first-order MAML, 24 meta-steps) on the 22 pre-training
     subjects, with the default Myo signal chain (window 50, stride 10), exported with
     metaemg-export's code. Built once per test process."""
-    import torch
-
     key = str(tmp_root)
     if key not in _CACHE:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny matrices: more threads only contend (CI has 2 cores)
-        try:
+        from metalearn.maml import torch_threads
+
+        with torch_threads(1):
             _CACHE[key] = _train_base(myo_src, tmp_root / "base_model")
-        finally:
-            torch.set_num_threads(threads)
     return _CACHE[key]
 
 

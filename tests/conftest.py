@@ -16,6 +16,15 @@ def myo_root() -> Path:
     return Path(os.environ.get("METAEMG_MYO_ROOT", REPO.parent / "shared" / "datasets" / "myoarmband"))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one torch thread is as fast, and far faster when other jobs share the cores."""
+    from metalearn.maml import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def myo_src() -> Path:
     root = myo_root()

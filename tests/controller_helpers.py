@@ -51,6 +51,7 @@ def train_model(out: Path, recordings: list, *, window: int = 50, stride: int = 
     from metaemg.signal import SignalSpec, condition, make_windows
     from metalearn.checkpoint import save_checkpoint
     from metalearn.export import export_onnx
+    from metalearn.maml import torch_threads
     from metalearn.models import build_model
     from metalearn.tasks import Scaler
 
@@ -62,21 +63,19 @@ def train_model(out: Path, recordings: list, *, window: int = 50, stride: int = 
         ys.append(rec.labels[ends])
     x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
     scaler = Scaler.fit("standard", x)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: more threads only contend with the other processes
-    torch.manual_seed(seed)
-    model = build_model("dnn", n_channels=spec.channels, window=spec.window, fc_units=32)
-    xt = torch.from_numpy(scaler.transform(x).astype(np.float32))
-    yt = torch.from_numpy(y)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(xt), yt)
-        loss.backward()
-        opt.step()
-    model.eval()
-    torch.set_num_threads(threads)
+    with torch_threads(1):  # a tiny model: more threads only contend with the other processes
+        torch.manual_seed(seed)
+        model = build_model("dnn", n_channels=spec.channels, window=spec.window, fc_units=32)
+        xt = torch.from_numpy(scaler.transform(x).astype(np.float32))
+        yt = torch.from_numpy(y)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(xt), yt)
+            loss.backward()
+            opt.step()
+        model.eval()
     ckpt = {
         "model": {"kind": "dnn", "n_channels": spec.channels, "window": spec.window, "fc_units": 32},
         "state_dict": model.state_dict(),

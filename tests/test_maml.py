@@ -30,6 +30,7 @@ from metalearn.maml import (
     model_params,
     same_shapes,
     shard_tasks,
+    torch_threads,
 )
 from metalearn.models import MODEL_KINDS, build_model
 
@@ -42,14 +43,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -306,6 +300,14 @@ def test_meta_steps_lower_the_meta_loss() -> None:
     losses = [meta_step(model, outer, tasks, inner) for _ in range(15)]
     assert losses[0] == pytest.approx(float(start), rel=1e-5)
     assert float(meta_loss(model, model_params(model), tasks, inner)) < 0.8 * float(start)
+
+
+def test_torch_threads_restores_the_previous_count_even_on_error() -> None:
+    before = torch.get_num_threads()  # 1, under this module's fixture
+    with pytest.raises(RuntimeError), torch_threads(2):
+        assert torch.get_num_threads() == 2
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
 
 
 def test_default_device_prefers_cuda() -> None:

@@ -69,7 +69,7 @@ def adapt_to_clip(base_path: str | Path, clip: ClipWindows) -> Adapted:
     """Run the base model's inner loop on the clip's adaptation windows."""
     torch, _ = require_torch()
     from metalearn.export import load_torch_from_onnx
-    from metalearn.maml import adapt, model_params
+    from metalearn.maml import adapt, model_params, torch_threads
 
     model, info = load_torch_from_onnx(base_path)
     scaler = Scaler.fit(info.scaler["kind"], clip.conditioned[: clip.split])
@@ -77,16 +77,12 @@ def adapt_to_clip(base_path: str | Path, clip: ClipWindows) -> Adapted:
     x = torch.from_numpy(result.scaled(clip.x_adapt))
     y = torch.from_numpy(np.ascontiguousarray(clip.y_adapt, dtype=np.int64))
     inner = info.inner
-    threads = torch.get_num_threads()
-    torch.set_num_threads(ADAPT_THREADS)
-    try:
+    with torch_threads(ADAPT_THREADS):
         t0 = time.perf_counter()
         params = adapt(model, model_params(model), x, y, steps=int(inner["steps"]), lr=float(inner["lr"]),
                        optimizer=inner["optimizer"], first_order=bool(inner["first_order"]),
                        batch_size=inner.get("batch_size"))
         result.adapt_seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(params[name])
