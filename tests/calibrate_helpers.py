@@ -11,11 +11,11 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from controller_helpers import myo_recording, unique_name  # noqa: F401  (re-exported for the tests)
 from polling import wait_until  # noqa: F401  (re-exported for the tests)
 
 BIN = Path(sys.executable).parent
@@ -32,19 +32,6 @@ class NoTorch:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, NoTorch())
 """
-
-
-def unique_name(prefix: str = "test-cal") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def myo_recording(myo_src: Path, subject: str, session: str):
-    from metalearn.myo import build_recording, find_sessions
-
-    for s in find_sessions(myo_src):
-        if s.subject == subject and s.name == session:
-            return build_recording(s)
-    raise LookupError(f"{subject}/{session} not in {myo_src}")
 
 
 def write_clip(rec, path: Path, seconds: float | None = None) -> Path:
