@@ -108,6 +108,22 @@ def male13_model(base: Path, myo_src: Path) -> Path:
 # -- waiting ---------------------------------------------------------------------------------------
 
 
+def end_process(proc: subprocess.Popen, before_close: Callable[[], None] | None = None) -> None:
+    """SIGTERM (SIGKILL after 5 s) if still running, then close its pipes."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if before_close is not None:
+        before_close()  # e.g. join the thread that reads a pipe
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None and not stream.closed:
+            stream.close()
+
+
 class JsonLines:
     """Reads a JSON-lines file incrementally (a log another process appends to)."""
 
@@ -169,15 +185,7 @@ class Sim:
         send_control(self.control, request)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+        end_process(self.proc)
 
 
 class Daemon:
@@ -258,17 +266,7 @@ class Daemon:
         return rc, elapsed
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(2)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if not stream.closed:
-                stream.close()
+        end_process(self.proc, before_close=lambda: self._reader.join(2))
 
 
 class Sub:
