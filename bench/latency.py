@@ -77,7 +77,7 @@ class Pusher:
     def __init__(self, name: str, emg: np.ndarray, labels: np.ndarray | None, rate: float) -> None:
         import pylsl
 
-        from controller.source import quiet_liblsl
+        from metaemg.lsl import quiet_liblsl
 
         quiet_liblsl(pylsl)
         self.emg = np.ascontiguousarray(emg, dtype=np.float32)
@@ -128,7 +128,8 @@ def relay(name: str, pty_path: str, mode: str) -> int:
     """The floor's middle process: pull from LSL, write the newest stamp (8 bytes) to the pty."""
     import pylsl
 
-    from controller.source import PULL_WAIT_S, quiet_liblsl
+    from controller.source import PULL_WAIT_S
+    from metaemg.lsl import quiet_liblsl
 
     quiet_liblsl(pylsl)
     info = pylsl.resolve_byprop("name", name, 1, 10.0)[0]

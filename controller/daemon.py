@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from metaemg.errors import MetaEMGError, ModelError
+from metaemg.lsl import StreamDesc
 from metaemg.modelfile import OnnxModel
 
 from controller.config import Config
@@ -34,7 +35,7 @@ from controller.monitor import Monitor
 from controller.pipeline import NONFINITE, Pipeline, check_stream, load_model
 from controller.policy import INTENTS, Decision, Policy
 from controller.sdnotify import Notifier
-from controller.source import LslSource, StreamDesc
+from controller.source import LslSource
 from controller.states import STOP_REASONS, Conditions, DaemonState, StateMachine, Transition
 
 log = structlog.get_logger("controller")
@@ -375,7 +376,6 @@ class Controller:
         if now - t0 >= 0.5:
             self._measured_rate = (samples - n0) / (now - t0) if t0 else None
             self._rate = (now, samples)
-        info = self.model.info
         return {
             "state": self.sm.state.value,
             "reason": self.sm.reason,

@@ -71,7 +71,7 @@ class Replay:
                  speed: float = 1.0, loop: bool = False, log: IO[str] | None = None) -> None:
         import pylsl
 
-        from controller.source import quiet_liblsl
+        from metaemg.lsl import quiet_liblsl
 
         quiet_liblsl(pylsl)
         self._pylsl = pylsl

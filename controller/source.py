@@ -19,36 +19,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
 from controller.config import LslConfig
+from metaemg.lsl import StreamDesc, describe, quiet_liblsl
 
 MAX_CHUNK = 512  # samples drained per pull (more waits for the next pull)
 PULL_WAIT_S = 0.1  # how long the thread blocks for a first sample (bounds its stop latency)
 RESOLVE_SLICE_S = 0.25  # resolve in slices so that stop() is quick
-_LSL_LOG_CONFIG = "[log]\nlevel = -1\n"  # liblsl: warnings and errors only
-
-
-@dataclass(frozen=True)
-class StreamDesc:
-    """What the resolved stream says about itself."""
-
-    name: str
-    type: str
-    source_id: str
-    hostname: str
-    uid: str
-    channels: int
-    rate: float
-    channel_format: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def describe(self) -> str:
-        return f"'{self.name}' ({self.channels} channels, {self.rate:g} Hz, {self.channel_format}, on {self.hostname})"
 
 
 # event kinds sent to the loop: ("missing", text), ("mismatch", text), ("connected", desc),
@@ -122,7 +100,7 @@ class LslSource:
                 info = self._resolve(pylsl)
                 if info is None:
                     continue
-                desc = _describe(info)
+                desc = describe(info)
                 problem = self._check(desc)
                 if problem is not None:
                     self.problem = f"stream mismatch: {problem}"
@@ -187,24 +165,3 @@ class LslSource:
             self.stream = None
             inlet.close_stream()
             del inlet
-
-
-def quiet_liblsl(pylsl) -> None:
-    """liblsl logs INFO lines to stderr; keep warnings and errors. Only effective before liblsl's
-    first use in the process (later it is a no-op)."""
-    try:
-        pylsl.set_config_content(_LSL_LOG_CONFIG)
-    except Exception:  # noqa: BLE001 - only quietens a log; harmless if refused
-        pass
-
-
-def _describe(info) -> StreamDesc:
-    from pylsl import cf_double64, cf_float32, cf_int8, cf_int16, cf_int32, cf_int64, cf_string
-
-    formats = {cf_float32: "float32", cf_double64: "double64", cf_string: "string", cf_int32: "int32",
-               cf_int16: "int16", cf_int8: "int8", cf_int64: "int64"}
-    return StreamDesc(
-        name=info.name(), type=info.type(), source_id=info.source_id(), hostname=info.hostname(),
-        uid=info.uid(), channels=info.channel_count(), rate=float(info.nominal_srate()),
-        channel_format=formats.get(info.channel_format(), str(info.channel_format())),
-    )

@@ -15,15 +15,14 @@ was recorded so far stays available from :meth:`LiveRecorder.partial`, so the ca
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
-from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
 
 from metaemg.errors import DataError
+from metaemg.lsl import StreamDesc, describe, quiet_liblsl
 from metaemg.signal import SignalSpec
 from metalearn.calibration.config import LslSection
 from metalearn.calibration.daemonlink import DaemonLink
@@ -33,20 +32,6 @@ from metalearn.recording import Recording
 POLL_S = 0.02  # longest wait for samples between two checks of the clock (cue display latency)
 DRAIN_S = 0.5  # after the last cue: how long to wait for the samples recorded before its end
 RATE_TOLERANCE = 0.05
-_LSL_LOG_CONFIG = "[log]\nlevel = -1\n"  # liblsl: warnings and errors only
-
-
-@dataclass(frozen=True)
-class StreamDesc:
-    name: str
-    type: str
-    source_id: str
-    hostname: str
-    channels: int
-    rate: float
-
-    def describe(self) -> str:
-        return f"'{self.name}' ({self.channels} channels, {self.rate:g} Hz, on {self.hostname})"
 
 
 class LiveRecorder:
@@ -80,16 +65,14 @@ class LiveRecorder:
     def connect(self) -> StreamDesc:
         """Find the armband's stream, check it against the model, open it."""
         pylsl = self._lsl
-        with contextlib.suppress(Exception):  # only quietens liblsl's INFO lines; harmless if refused
-            pylsl.set_config_content(_LSL_LOG_CONFIG)
+        quiet_liblsl(pylsl)
         predicate = self.lsl.predicate()
         found = pylsl.resolve_bypred(predicate, 1, self.lsl.resolve_timeout_s)
         if not found:
             raise DataError(f"no LSL stream matching {predicate} within {self.lsl.resolve_timeout_s:g} s: is the "
                             "armband on, paired and streaming?")
         info = found[0]
-        desc = StreamDesc(info.name(), info.type(), info.source_id(), info.hostname(), info.channel_count(),
-                          float(info.nominal_srate()))
+        desc = describe(info)
         if desc.channels != self.spec.channels:
             raise DataError(f"stream {desc.describe()} has {desc.channels} channels; the model expects "
                             f"{self.spec.channels}")

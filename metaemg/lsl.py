@@ -1,0 +1,51 @@
+"""Lab Streaming Layer pieces shared by the daemon's reader and the calibration recorder: what a
+resolved stream says about itself, and keeping liblsl's INFO lines off stderr. pylsl is passed
+in or imported inside the functions, so importing this module does not load liblsl."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+_LSL_LOG_CONFIG = "[log]\nlevel = -1\n"  # liblsl: warnings and errors only
+
+
+@dataclass(frozen=True)
+class StreamDesc:
+    """What the resolved stream says about itself."""
+
+    name: str
+    type: str
+    source_id: str
+    hostname: str
+    uid: str
+    channels: int
+    rate: float
+    channel_format: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"'{self.name}' ({self.channels} channels, {self.rate:g} Hz, {self.channel_format}, on {self.hostname})"
+
+
+def describe(info) -> StreamDesc:
+    """The :class:`StreamDesc` of a ``pylsl.StreamInfo``."""
+    from pylsl import cf_double64, cf_float32, cf_int8, cf_int16, cf_int32, cf_int64, cf_string
+
+    formats = {cf_float32: "float32", cf_double64: "double64", cf_string: "string", cf_int32: "int32",
+               cf_int16: "int16", cf_int8: "int8", cf_int64: "int64"}
+    return StreamDesc(
+        name=info.name(), type=info.type(), source_id=info.source_id(), hostname=info.hostname(),
+        uid=info.uid(), channels=info.channel_count(), rate=float(info.nominal_srate()),
+        channel_format=formats.get(info.channel_format(), str(info.channel_format())),
+    )
+
+
+def quiet_liblsl(pylsl) -> None:
+    """liblsl logs INFO lines to stderr; keep warnings and errors. Only effective before liblsl's
+    first use in the process (later it is a no-op)."""
+    try:
+        pylsl.set_config_content(_LSL_LOG_CONFIG)
+    except Exception:  # noqa: BLE001 - only quietens a log; harmless if refused
+        pass
