@@ -112,13 +112,15 @@ class Transport(ABC):
 
     # -- backend hooks --------------------------------------------------------------------------
 
-    @abstractmethod
     def _read_ready(self, max_bytes: int) -> bytes:
-        """Read after poll reported readiness: data, or raise LinkLost (EOF, EIO, reset)."""
+        """Read after poll reported readiness: data, or raise LinkLost (EOF, EIO, reset).
+        By default ``os.read`` on :meth:`fileno` (a device or pty file descriptor)."""
+        return _fd_read(self.fileno(), max_bytes, self.url)
 
-    @abstractmethod
     def _write_some(self, data: memoryview) -> int:
-        """Write without blocking; return the count written (0 if the buffer is full)."""
+        """Write without blocking; return the count written (0 if the buffer is full).
+        By default ``os.write`` on :meth:`fileno`."""
+        return _fd_write(self.fileno(), data, self.url)
 
     @abstractmethod
     def _close(self) -> None:
@@ -188,12 +190,6 @@ class SerialTransport(Transport):
     def fileno(self) -> int:
         return self._fd
 
-    def _read_ready(self, max_bytes: int) -> bytes:
-        return _fd_read(self._fd, max_bytes, self.url)
-
-    def _write_some(self, data: memoryview) -> int:
-        return _fd_write(self._fd, data, self.url)
-
     def _close(self) -> None:
         self._serial.close()
 
@@ -215,12 +211,6 @@ class PtyTransport(Transport):
 
     def fileno(self) -> int:
         return self._master
-
-    def _read_ready(self, max_bytes: int) -> bytes:
-        return _fd_read(self._master, max_bytes, self.url)
-
-    def _write_some(self, data: memoryview) -> int:
-        return _fd_write(self._master, data, self.url)
 
     def _close(self) -> None:
         try:
