@@ -16,8 +16,7 @@ import asyncio
 import json
 import sys
 
-from metaemg.cli import entry_point
-from metaemg.errors import ConfigError
+from metaemg.cli import control_request, entry_point
 
 from controller import config as configuration
 
@@ -71,22 +70,7 @@ def _ctl(argv: list[str]) -> int:
 
     args = _ctl_parser().parse_args(argv)
     cfg = load_config(args)
-    words = args.request
-    if len(words) == 1 and words[0].lstrip().startswith("{"):
-        try:
-            req = json.loads(words[0])
-        except ValueError as exc:
-            raise ConfigError(f"request is not valid JSON: {exc}") from None
-    else:
-        req = {"cmd": words[0]}
-        for word in words[1:]:
-            key, sep, value = word.partition("=")
-            if not sep:
-                raise ConfigError(f"expected key=value, got {word!r}")
-            try:
-                req[key] = json.loads(value)
-            except ValueError:
-                req[key] = value
+    req = control_request(args.request)
     answer = request(cfg.control.resolved_endpoint(), req, timeout_s=args.timeout)
     print(json.dumps(answer, indent=2, sort_keys=True))
     return 0 if answer.get("ok") else 1

@@ -8,14 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from metaemg.cli import entry_point
+from metaemg.cli import control_request, entry_point
 
 from firmware_protocol.device import DeviceConfig
-from firmware_protocol.errors import ProtocolError
 from firmware_protocol.messages import PROTOCOL_VERSION, SCHEMA_HASH
 
 
@@ -68,24 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("url")
     probe.add_argument("--timeout", type=float, default=2.0)
     return parser
-
-
-def _control_request(words: list[str]) -> dict:
-    if len(words) == 1 and words[0].lstrip().startswith("{"):
-        try:
-            return json.loads(words[0])
-        except ValueError as exc:
-            raise ProtocolError(f"control request is not valid JSON: {exc}") from None
-    request: dict = {"cmd": words[0]}
-    for word in words[1:]:
-        key, sep, value = word.partition("=")
-        if not sep:
-            raise ProtocolError(f"control request: expected key=value, got {word!r}")
-        try:
-            request[key] = json.loads(value)
-        except ValueError:
-            request[key] = value
-    return request
 
 
 def _run_orthosis(args: argparse.Namespace) -> int:
@@ -147,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "control":
         from firmware_protocol.simulator import send_control
 
-        send_control(args.socket, _control_request(args.request))
+        send_control(args.socket, control_request(args.request))
         return 0
     return _run_probe(args)
 

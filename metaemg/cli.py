@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
 
-from metaemg.errors import MetaEMGError
+from metaemg.errors import ConfigError, MetaEMGError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -32,3 +33,24 @@ def entry_point(func: Callable[..., int | None]) -> Callable[..., int]:
             return EXIT_INTERRUPTED
 
     return wrapper
+
+
+def control_request(words: list[str]) -> dict:
+    """A control request from command-line words: one JSON object, or ``CMD [key=value ...]``
+    (each value parsed as JSON when it is, else kept as text). Used by ``myhand-controller ctl``
+    and ``metaemg-sim control``."""
+    if len(words) == 1 and words[0].lstrip().startswith("{"):
+        try:
+            return json.loads(words[0])
+        except ValueError as exc:
+            raise ConfigError(f"control request is not valid JSON: {exc}") from None
+    request: dict = {"cmd": words[0]}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise ConfigError(f"control request: expected key=value, got {word!r}")
+        try:
+            request[key] = json.loads(value)
+        except ValueError:
+            request[key] = value
+    return request

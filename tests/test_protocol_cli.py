@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from protocol_helpers import SimProcess
 
-from firmware_protocol.cli import _control_request, main
+from firmware_protocol.cli import main
+from metaemg.cli import control_request
 
 
 def test_probe_and_control_against_a_running_simulator(tmp_path, capsys):
@@ -41,7 +42,7 @@ def test_probe_of_a_missing_device_is_a_one_line_error(tmp_path, capsys):
     ],
 )
 def test_control_request_parsing(words, expected):
-    assert _control_request(words) == expected
+    assert control_request(words) == expected
 
 
 @pytest.mark.parametrize("words", [["vanish", "ms"], ["{not json"]])
