@@ -54,6 +54,7 @@ class TrainConfig:
     resume: str | None = None
     augment_rotation: bool = False
     inner_batch_size: int | None = None
+    compile: bool | str | None = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))
@@ -88,6 +89,15 @@ class TrainConfig:
         b = self.inner_batch_size
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise ConfigError(f"test.inner_batch_size must be null or an integer >= 1, got {b!r}")
+        from metalearn.maml import COMPILE_BACKENDS
+
+        c = self.compile
+        if c is True:
+            object.__setattr__(self, "compile", COMPILE_BACKENDS[0])
+        elif c in (False, None, ""):
+            object.__setattr__(self, "compile", None)
+        elif c not in COMPILE_BACKENDS:
+            raise ConfigError(f"test.compile must be false, true or one of {', '.join(COMPILE_BACKENDS)}, got {c!r}")
         if not isinstance(self.model_hparams, dict):
             raise ConfigError("test.model_hparams must be a mapping")
         self.signal_spec(200.0)  # validate the signal section early

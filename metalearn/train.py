@@ -176,10 +176,12 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     wb = _wandb(cfg, run_dir) if (cfg.wandb and lead) else None
     history, best = [], (float("inf"), None)
     t0 = time.monotonic()
+    if cfg.compile and lead:
+        print(f"compiling the meta-step with torch.compile ({cfg.compile}): the first meta-epoch takes longer")
     bar = tqdm(range(start, cfg.meta_steps), desc="meta-epochs", unit="epoch", disable=not lead or None)
     for epoch in bar:
         batch = [_tensors(t, device) for t in sampler.meta_batch(cfg.n_train_tasks)]
-        train_loss = meta_step(model, outer, shard_tasks(batch) if world > 1 else batch, inner)
+        train_loss = meta_step(model, outer, shard_tasks(batch) if world > 1 else batch, inner, compile=cfg.compile)
         val_loss = float(meta_loss(model, model_params(model), val_batch, inner))
         history.append({"meta_epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "outer_lr": outer.lr})
         bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
@@ -211,7 +213,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
 
     summary = {"run_dir": str(run_dir), "seed": seed, "meta_epochs": cfg.meta_steps, "train_seconds": train_seconds,
                "best_val_loss": best[0], "best_checkpoint": str(best[1]) if isinstance(best[1], Path) else None,
-               "history": history, "device": str(device), "world_size": world}
+               "history": history, "device": str(device), "world_size": world, "compile": cfg.compile}
     if tests:
         torch.manual_seed(seed)
         b1 = build_model(cfg.model, **hp).to(device).eval()
@@ -262,8 +264,9 @@ def _print_summary(summary: dict) -> None:
     if not summary:
         return
     print(f"run directory: {summary['run_dir']}")
+    how = f"x{summary['world_size']}" + (f", compiled: {summary['compile']}" if summary["compile"] else "")
     print(f"meta-training: {summary['meta_epochs']} meta-epochs in {summary['train_seconds']:.1f} s on "
-          f"{summary['device']} (x{summary['world_size']}), best validation loss {summary['best_val_loss']:.4f}")
+          f"{summary['device']} ({how}), best validation loss {summary['best_val_loss']:.4f}")
     if "table" in summary:
         print("mean query accuracy after adaptation: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["table"].items()))
     if "convergence" in summary:

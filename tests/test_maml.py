@@ -160,6 +160,30 @@ def test_second_order_adam_with_zero_gradients_stays_finite_and_matches_higher()
     assert_params_close(grads, higher_meta_gradient(model, tasks, steps=3, lr=0.01, optimizer="adam"), atol=1e-6)
 
 
+def test_compiled_meta_gradient_matches_higher_and_replays() -> None:
+    """``compile="aot_eager"``: the batched meta-gradient traced once by torch.compile gives
+    higher's second-order gradients (Adam, mini-batches), and later calls replay the graph."""
+    model, tasks = tiny("dnn"), make_tasks(3, n_support=10)
+    inner = InnerLoop(steps=2, lr=0.01, optimizer="adam", batch_size=4)
+    expected = higher_meta_gradient(model, tasks, steps=2, lr=0.01, optimizer="adam", batch=4)
+    torch._dynamo.reset()
+    for _ in range(2):
+        grads, loss = meta_gradient(model, model_params(model), tasks, inner, compile="aot_eager")
+        assert_params_close(grads, expected, atol=1e-6)
+    _, eager_loss = meta_gradient(model, model_params(model), tasks, inner)
+    assert float(loss) == pytest.approx(float(eager_loss), abs=1e-9)
+    frames = torch._dynamo.utils.counters["stats"]
+    assert frames["unique_graphs"] == 1, dict(frames)  # compiled once, replayed once
+
+
+def test_compile_is_checked() -> None:
+    model, tasks = tiny("dnn"), make_tasks(2)
+    with pytest.raises(ConfigError, match="compile must be null or one of aot_eager, inductor"):
+        meta_gradient(model, model_params(model), tasks, InnerLoop(steps=1), compile="jit")
+    with pytest.raises(ConfigError, match="cannot be used with batched=False"):
+        meta_gradient(model, model_params(model), tasks, InnerLoop(steps=1), batched=False, compile="aot_eager")
+
+
 # ---------------------------------------------------------------- first order, adapt
 
 

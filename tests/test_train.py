@@ -110,7 +110,8 @@ hydra:
 def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
     """The real launcher: two gloo ranks share each meta-batch, rank 0 writes the outputs, and the
     weights after a meta-step equal those of one process to 1e-6. (Over more steps float32
-    rounding, amplified by AdamW on near-zero gradients, lets them drift apart slowly.)"""
+    rounding, amplified by AdamW on near-zero gradients, lets them drift apart slowly.) The two
+    ranks also compile their meta-step (``test.compile=aot_eager``), which changes no value."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
     weights = {}
     for n in (1, 2):
@@ -118,10 +119,12 @@ def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
         proc = subprocess.run([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={n}",
                                str(BIN / "metaemg-train"), f"test.train_collection_json={colls['train']}",
                                f"test.data_root={colls['root']}", *TINY, "test.meta_steps=1",
-                               "test.converge_baselines=false", f"hydra.run.dir={run}"],
+                               "test.converge_baselines=false", f"hydra.run.dir={run}",
+                               *(["test.compile=aot_eager"] if n == 2 else [])],
                               capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.count("meta-training: 1 meta-epochs") == 1 and f"on cpu (x{n})" in proc.stdout, proc.stdout
+        how = f"on cpu (x{n})" if n == 1 else "on cpu (x2, compiled: aot_eager)"
+        assert proc.stdout.count("meta-training: 1 meta-epochs") == 1 and how in proc.stdout, proc.stdout
         (ckpt,) = (run / "models").glob("epoch_0000_loss_*.pt")
         weights[n] = load_checkpoint(ckpt)["state_dict"]
     for k, w in weights[1].items():
@@ -148,6 +151,7 @@ def test_sweep_runs_each_model(colls, tmp_path):
         ("test.n_train_tasks=4", "has 4 tasks; test.n_train_tasks + test.n_val_tasks = 5"),
         ("test.model=lstm", "test.model must be one of dnn, cnn, tcn, tf"),
         ("test.inner_batch_size=0", "test.inner_batch_size must be null or an integer >= 1"),
+        ("test.compile=jit", "test.compile must be false, true or one of aot_eager, inductor, got 'jit'"),
         ("+test.bogus=1", "unknown key(s) test.bogus"),
         ("test.time_seq_len=2000", "is a 10 s window"),
         ("test.data_root=/nonexistent", "recording file not found"),
