@@ -1,16 +1,19 @@
 """Meta-step speed of metalearn.maml against the research code's way, in the same run, on the
 same synthetic tasks shaped like real ones (8 channels, 50-sample windows), at equal final accuracy.
 
-    python -m bench.maml_speed [--json] [--models dnn,cnn] [--meta-steps 40] [--threads N]
+    python -m bench.maml_speed [--json] [--models dnn,cnn] [--meta-steps 40] [--compile aot_eager] [--threads N]
 
 The reference is the research code's meta-step as it ran: ``higher.innerloop_ctx`` with a
 differentiable Adam inner loop of ``--epochs`` epochs of DataLoader mini-batches over each task's
 support set, second order, tasks one by one. Ours is ``metalearn.maml.meta_step`` (what
 ``metaemg-train`` runs) with the same inner loop (``InnerLoop(batch_size=...)``: same epochs,
-mini-batches, learning rate), three ways: all tasks in one vmap, second order; the same, first
-order; and tasks looped, second order (what vmap alone buys).
+mini-batches, learning rate): all tasks in one vmap, second order; the same, first order; tasks
+looped, second order (what vmap alone buys); and for each ``--compile`` backend, the vmapped
+second-order meta-step through ``torch.compile`` (``test.compile`` in metaemg-train).
 
-1. **Time**: median seconds per meta-step, methods interleaved so load hits all alike.
+1. **Time**: median seconds per meta-step after one warm-up step, methods interleaved so load
+   hits all alike. A compiled method's warm-up step is its compile: it is reported as
+   ``compile_s``, with the number of meta-steps after which compiling beats the eager vmap.
 2. **Accuracy**: each method meta-trains the same initial model on the same meta-batches for
    ``--meta-steps`` steps; then it adapts to 16 held-out tasks with its own inner loop and is
    scored on their query sets. A configuration of ours "holds accuracy" when its final accuracy
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -37,13 +41,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from metaemg.errors import MetaEMGError
-from metalearn.maml import InnerLoop, OuterLoop, adapt, meta_step, model_params
+from metalearn.maml import InnerLoop, OuterLoop, adapt, check_compile, meta_step, model_params
 from metalearn.models import build_model
 
 CHANNELS, WINDOW, N_CLASSES = 8, 50, 3
 OUTER_LR, LR_CYCLE, LR_FACTOR = 1e-3, 1000, 0.5
-# Our configurations: name -> (first_order, vmapped).
-OURS = {"vmap_second_order": (False, True), "vmap_first_order": (True, True), "loop_second_order": (False, False)}
+# Our eager configurations: name -> (first_order, vmapped, compile backend); --compile adds
+# "compiled_<backend>": (False, True, backend).
+EAGER = {"vmap_second_order": (False, True, None), "vmap_first_order": (True, True, None),
+         "loop_second_order": (False, False, None)}
 HELD_OUT_TASKS = 16
 
 Task = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -87,7 +93,12 @@ class Research:
 
     def __init__(self, model: nn.Module, inner_epochs: int, lr: float, batch: int):
         self.model, self.epochs, self.lr, self.batch = model, inner_epochs, lr, batch
-        self.opt = torch.optim.AdamW(model.parameters(), lr=OUTER_LR)
+        self.reset(model.state_dict())
+
+    def reset(self, state: dict) -> None:
+        """Back to the initial weights ``state`` with a fresh outer optimiser."""
+        self.model.load_state_dict(state)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=OUTER_LR)
 
     def _loaders(self, task: Task):
         from torch.utils.data import DataLoader, TensorDataset
@@ -131,12 +142,18 @@ class Research:
 class Ours:
     """metalearn.maml.meta_step with the research code's inner loop (``inner.batch_size`` set)."""
 
-    def __init__(self, model: nn.Module, inner: InnerLoop, vmapped: bool):
-        self.model, self.inner, self.vmapped = model, inner, vmapped
-        self.outer = OuterLoop(model, lr=OUTER_LR, lr_cycle=LR_CYCLE, lr_factor=LR_FACTOR)
+    def __init__(self, model: nn.Module, inner: InnerLoop, vmapped: bool, compile: str | None):
+        self.model, self.inner, self.vmapped, self.compile = model, inner, vmapped, compile
+        self.reset(model.state_dict())
+
+    def reset(self, state: dict) -> None:
+        """Back to the initial weights ``state`` with a fresh outer optimiser (same model object:
+        a compiled meta-step stays compiled)."""
+        self.model.load_state_dict(state)
+        self.outer = OuterLoop(self.model, lr=OUTER_LR, lr_cycle=LR_CYCLE, lr_factor=LR_FACTOR)
 
     def step(self, tasks: list[Task]) -> float:
-        return meta_step(self.model, self.outer, tasks, self.inner, batched=self.vmapped)
+        return meta_step(self.model, self.outer, tasks, self.inner, batched=self.vmapped, compile=self.compile)
 
     def accuracy(self, tasks: list[Task]) -> float:
         accs = []
@@ -154,18 +171,28 @@ def fresh_model(kind: str, seed: int = 0) -> nn.Module:
     return build_model(kind, n_channels=CHANNELS, window=WINDOW, n_classes=N_CLASSES)
 
 
-def learner(name: str, kind: str, epochs: int, lr: float, batch: int) -> Research | Ours:
+def ours_configs(backends: list[str]) -> dict[str, tuple[bool, bool, str | None]]:
+    return {**EAGER, **{f"compiled_{b}": (False, True, b) for b in backends}}
+
+
+def learner(name: str, kind: str, epochs: int, lr: float, batch: int,
+            ours: dict[str, tuple[bool, bool, str | None]]) -> Research | Ours:
     if name == "reference":
         return Research(fresh_model(kind), epochs, lr, batch)
-    first_order, vmapped = OURS[name]
+    first_order, vmapped, backend = ours[name]
     inner = InnerLoop(steps=epochs, lr=lr, optimizer="adam", first_order=first_order, batch_size=batch)
-    return Ours(fresh_model(kind), inner, vmapped)
+    return Ours(fresh_model(kind), inner, vmapped, backend)
 
 
-def time_steps(steps: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median wall and process-CPU seconds per call; methods interleaved so load hits all alike."""
-    for step in steps.values():
-        step()  # warm-up
+def time_steps(steps: dict[str, Callable[[], object]],
+               repeats: int) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Median wall and process-CPU seconds per call, and each method's first (warm-up) call;
+    methods interleaved so load hits all alike."""
+    first: dict[str, float] = {}
+    for name, step in steps.items():
+        w = time.perf_counter()
+        step()
+        first[name] = time.perf_counter() - w
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
@@ -174,27 +201,40 @@ def time_steps(steps: dict[str, Callable[[], object]], repeats: int) -> tuple[di
             step()
             wall[name].append(time.perf_counter() - w)
             cpu[name].append(time.process_time() - c)
-    return ({n: statistics.median(ts) for n, ts in wall.items()}, {n: statistics.median(ts) for n, ts in cpu.items()})
+    return ({n: statistics.median(ts) for n, ts in wall.items()}, {n: statistics.median(ts) for n, ts in cpu.items()},
+            first)
 
 
 def compare(kind: str, *, n_tasks: int, n_support: int, n_query: int, epochs: int, lr: float, batch: int,
-            repeats: int, meta_steps: int, eval_every: int, tolerance: float, log: Callable[[str], None]) -> dict:
+            repeats: int, meta_steps: int, eval_every: int, tolerance: float, backends: list[str],
+            log: Callable[[str], None]) -> dict:
     """Time per meta-step and final held-out accuracy of the reference and each of our configurations."""
     family = TaskFamily(seed=0)
     batch_tasks = family.tasks(n_tasks, seed=1, n_support=n_support, n_query=n_query)
-    names = ["reference", *OURS]
-    learners = {n: learner(n, kind, epochs, lr, batch) for n in names}
-    wall, cpu = time_steps({n: (lambda m=m: m.step(batch_tasks)) for n, m in learners.items()}, repeats)
+    ours = ours_configs(backends)
+    names = ["reference", *ours]
+    learners = {n: learner(n, kind, epochs, lr, batch, ours) for n in names}
+    initial = {k: v.clone() for k, v in learners["reference"].model.state_dict().items()}  # all start here
+    wall, cpu, first = time_steps({n: (lambda m=m: m.step(batch_tasks)) for n, m in learners.items()}, repeats)
+    compiled = [n for n in ours if ours[n][2]]
+    compile_s = {n: first[n] - wall[n] for n in compiled}
+    gain = {n: wall["vmap_second_order"] - wall[n] for n in compiled}
+    break_even = {n: (math.ceil(compile_s[n] / gain[n]) if gain[n] > 0 else None) for n in compiled}
     log(f"{kind}: one meta-step ({n_tasks} tasks, {epochs} epochs of Adam on mini-batches of {batch} over "
         f"{n_support} support windows): reference (higher, tasks looped) {wall['reference']:.3f} s; "
-        + ", ".join(f"{n} {wall[n]:.3f} s ({wall['reference'] / wall[n]:.2f}x)" for n in OURS))
+        + ", ".join(f"{n} {wall[n]:.3f} s ({wall['reference'] / wall[n]:.2f}x)" for n in ours))
+    for n in compiled:
+        log(f"  {n}: compiling took {compile_s[n]:.1f} s; it beats the eager vmap after "
+            + (f"{break_even[n]} meta-steps" if break_even[n] else "no number of meta-steps"))
 
     held_out = family.tasks(HELD_OUT_TASKS, seed=2, n_support=n_support, n_query=n_query)
-    trained = ("reference", "vmap_second_order", "vmap_first_order")  # the loop is the vmap's maths (tested)
+    trained = ("reference", "vmap_second_order", "vmap_first_order", *compiled)  # the loop is the vmap's maths (tested)
     curves: dict[str, list[tuple[int, float]]] = {}
-    untrained = learner("reference", kind, epochs, lr, batch).accuracy(held_out)
+    learners["reference"].reset(initial)
+    untrained = learners["reference"].accuracy(held_out)
     for name in trained:
-        m, curve = learner(name, kind, epochs, lr, batch), []
+        m, curve = learners[name], []
+        m.reset(initial)
         for s in range(meta_steps):
             m.step(family.tasks(n_tasks, seed=100 + s, n_support=n_support, n_query=n_query))
             if (s + 1) % eval_every == 0 or s + 1 == meta_steps:
@@ -202,12 +242,14 @@ def compare(kind: str, *, n_tasks: int, n_support: int, n_query: int, epochs: in
         curves[name] = curve
     final = {n: curves[n][-1][1] if curves[n] else untrained for n in trained}
     final["loop_second_order"] = final["vmap_second_order"]
-    holds = [n for n in OURS if final[n] >= final["reference"] - tolerance]
+    holds = [n for n in ours if final[n] >= final["reference"] - tolerance]
     chosen = min(holds, key=wall.__getitem__) if holds else None
     out = {
         "model": kind, "reference_s": wall["reference"], "reference_cpu_s": cpu["reference"],
-        **{f"{n}_s": wall[n] for n in OURS}, **{f"{n}_cpu_s": cpu[n] for n in OURS},
-        **{f"speedup_{n}": wall["reference"] / wall[n] for n in OURS},
+        **{f"{n}_s": wall[n] for n in ours}, **{f"{n}_cpu_s": cpu[n] for n in ours},
+        **{f"speedup_{n}": wall["reference"] / wall[n] for n in ours},
+        **{f"{n}_compile_s": compile_s[n] for n in compiled},
+        **{f"{n}_break_even_meta_steps": break_even[n] for n in compiled},
         "untrained_accuracy": untrained, "final_accuracy": final, "curves": curves, "holds_accuracy": holds,
         "ours_config": chosen, "ours_s": None if chosen is None else wall[chosen],
         "speedup": None if chosen is None else wall["reference"] / wall[chosen],
@@ -234,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=10, help="meta-steps between accuracy checks (default 10)")
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="ours holds accuracy if >= reference - this (default 0.01)")
+    p.add_argument("--compile", default="aot_eager",
+                   help="comma-separated torch.compile backends to time as well (aot_eager, inductor; "
+                        "'' for none; default aot_eager). inductor compiles for minutes the first time")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -245,10 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.meta_steps < 0 or args.tolerance < 0:
         p.error("--meta-steps and --tolerance must be >= 0")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    backends = [b.strip() for b in args.compile.split(",") if b.strip()]
     try:
+        for b in backends:
+            check_compile(b)
         results = [compare(k, n_tasks=args.tasks, n_support=args.support, n_query=args.query, epochs=args.epochs,
                            lr=args.inner_lr, batch=args.batch, repeats=args.repeats, meta_steps=args.meta_steps,
-                           eval_every=args.eval_every, tolerance=args.tolerance, log=print) for k in models]
+                           eval_every=args.eval_every, tolerance=args.tolerance, backends=backends, log=print)
+                   for k in models]
     except MetaEMGError as exc:
         print(f"maml_speed: {exc}", file=sys.stderr)
         return 2
@@ -259,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                   "query": args.query, "inner_epochs": args.epochs, "inner_batch": args.batch,
                   "inner_lr": args.inner_lr, "inner_optimizer": "adam", "outer_lr": OUTER_LR,
                   "meta_steps": args.meta_steps, "tolerance": args.tolerance, "repeats": args.repeats,
+                  "compile_backends": backends,
                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "models": {r["model"]: r for r in results},
         "equal_accuracy": held, "model": worst["model"], "speedup": worst["speedup"],
