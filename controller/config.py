@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from metaemg.errors import ConfigError
-from metaemg.typedconfig import read_yaml, section
+from metaemg.typedconfig import document, read_yaml
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -262,20 +262,7 @@ def _section_type(cls: type, name: str) -> type:
 
 def from_dict(data: Any, where: str = "config") -> Config:
     """Validate a parsed YAML document into a :class:`Config`."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(data).__name__}")
-    sections = {}
-    known = [f.name for f in fields(Config)]
-    for name, value in data.items():
-        if name not in known:
-            raise ConfigError(f"{where}: unknown key '{name}' (known sections: {', '.join(known)})")
-        try:
-            sections[name] = section(_section_type(Config, name), value, name)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    cfg = Config(**sections)
+    cfg = document(Config, data, where)
     try:
         return cfg.validate()
     except ConfigError as exc:

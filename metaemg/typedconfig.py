@@ -4,6 +4,7 @@ int, float, str, or ``X | None``); every problem is one ConfigError naming the d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import types
@@ -65,17 +66,34 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
     raise AssertionError(f"unsupported config type {hint!r}")  # pragma: no cover - definition error
 
 
-def section(cls: type, data: Any, name: str) -> Any:
-    """Build the dataclass ``cls`` from the mapping ``data`` of section ``name``."""
+def section(cls: type, data: Any, name: str = "") -> Any:
+    """Build the dataclass ``cls`` from the mapping ``data`` of section ``name`` (dotted), or of the
+    document's top level for ``""``. A field typed as a dataclass is a section of its own."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    only_sections = all(dataclasses.is_dataclass(hints[k]) for k in known)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{name}: must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
+        if name:
+            raise ConfigError(f"{name}: must be a mapping, got {type(data).__name__}")
+        of = " of sections" if only_sections else ""
+        raise ConfigError(f"the top level must be a mapping{of}, got {type(data).__name__}")
     values = {}
     for key, value in data.items():
+        path = f"{name}.{key}" if name else key
         if key not in known:
-            raise ConfigError(f"unknown key '{name}.{key}' (known in {name}: {', '.join(known)})")
-        values[key] = coerce(hints[key], value, f"{name}.{key}")
+            listed = f"known in {name}" if name else "known sections" if only_sections else "known"
+            raise ConfigError(f"unknown key '{path}' ({listed}: {', '.join(known)})")
+        hint = hints[key]
+        values[key] = section(hint, value, path) if dataclasses.is_dataclass(hint) else coerce(hint, value, path)
     return cls(**values)
+
+
+def document(cls: type, data: Any, where: str) -> Any:
+    """The dataclass ``cls`` from a whole parsed file ``where``: :func:`section` at the top level,
+    every error prefixed with ``where``."""
+    try:
+        return section(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

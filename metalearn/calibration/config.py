@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from metaemg.errors import ConfigError
-from metaemg.typedconfig import coerce, read_yaml, section
+from metaemg.typedconfig import document, read_yaml
 from metalearn.calibration.clip import ClipRules
 from metalearn.calibration.daemonlink import DEFAULT_CUE_ENDPOINT
 from metalearn.calibration.gate import GateRules
@@ -110,25 +109,7 @@ class CalibrationConfig:
 
 
 def from_dict(data: Any, where: str = "config") -> CalibrationConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(CalibrationConfig)
-    known = [f.name for f in fields(CalibrationConfig)]
-    values: dict[str, Any] = {}
-    try:
-        for key, value in data.items():
-            if key not in known:
-                raise ConfigError(f"unknown key '{key}' (known: {', '.join(known)})")
-            hint = hints[key]
-            if dataclasses.is_dataclass(hint):
-                values[key] = section(hint, value, key)
-            else:
-                values[key] = coerce(hint, value, key)
-        return CalibrationConfig(**values)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return document(CalibrationConfig, data, where)
 
 
 def load(path: str | os.PathLike | None) -> CalibrationConfig:
