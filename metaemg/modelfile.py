@@ -41,10 +41,12 @@ PROBABILITIES = "probabilities"
 # The daemon maps output index to hand motion: a model with other classes, or these in another
 # order, must never drive the orthosis.
 CLASS_NAMES = ("relax", "open", "close")
-MODEL_KINDS = ("dnn", "cnn", "tcn", "tf")  # = metalearn.models.MODEL_KINDS (checked by a test)
+MODEL_KINDS = ("dnn", "cnn", "tcn", "tf", "feat")  # = metalearn.models.MODEL_KINDS (checked by a test)
 SCALER_KINDS = ("none", "standard", "minmax")
 INNER_OPTIMIZERS = ("sgd", "adam")  # = metalearn.maml.OPTIMIZERS
-INNER_KEYS = {"optimizer", "steps", "lr", "first_order"}  # plus optional batch_size
+INNER_KEYS = {"optimizer", "steps", "lr", "first_order"}  # plus the optional ones below
+INNER_OPTIONAL = {"batch_size", "head", "shrinkage"}
+INNER_HEADS = ("lda",)  # = metalearn.maml.HEADS
 RATE_TOLERANCE = 0.05
 _MODEL_ID = re.compile(r"[0-9a-f]{8,64}")
 
@@ -185,9 +187,9 @@ class ModelInfo:
             raise bad("class_names", f"is {class_names!r}; the orthosis is driven by {list(CLASS_NAMES)} in that order")
 
         inner = get("inner")
-        if not isinstance(inner, dict) or not INNER_KEYS <= set(inner) <= INNER_KEYS | {"batch_size"}:
+        if not isinstance(inner, dict) or not INNER_KEYS <= set(inner) <= INNER_KEYS | INNER_OPTIONAL:
             raise bad("inner", f"must be an object with optimizer, steps, lr, first_order (and optionally "
-                               f"batch_size), got {inner!r}")
+                               f"{', '.join(sorted(INNER_OPTIONAL))}), got {inner!r}")
         if inner["optimizer"] not in INNER_OPTIMIZERS:
             raise bad("inner", f"optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner['optimizer']!r}")
         if not _is_int(inner["steps"]) or inner["steps"] < 0:
@@ -199,6 +201,11 @@ class ModelInfo:
         batch = inner.get("batch_size")
         if batch is not None and (not _is_int(batch) or batch < 1):
             raise bad("inner", f"batch_size must be null or an integer >= 1, got {batch!r}")
+        if inner.get("head") is not None and inner["head"] not in INNER_HEADS:
+            raise bad("inner", f"head must be null or one of {', '.join(INNER_HEADS)}, got {inner['head']!r}")
+        shrinkage = inner.get("shrinkage", 0.0)
+        if not _is_num(shrinkage) or not 0 <= shrinkage <= 1:
+            raise bad("inner", f"shrinkage must be a number in [0, 1], got {shrinkage!r}")
 
         model = get("model")
         if not isinstance(model, dict) or model.get("kind") not in MODEL_KINDS:

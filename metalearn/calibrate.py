@@ -6,11 +6,13 @@
 
 1. The clip: recorded live (:mod:`.calibration.live`) or read from a file, and stored under
    ``<state>/clips/`` before anything else happens.
-2. The clip is checked and split (:mod:`.calibration.clip`): the last cycle is held out.
-3. The base meta-model is adapted with its own inner loop on the rest (:mod:`.calibration.adapt`)
-   and exported with the calibration provenance in its metadata.
-4. Both models are scored on the held-out cycle with onnxruntime, and the gate
-   (:mod:`.calibration.gate`) installs the adapted model or refuses it, saying why.
+2. The clip is checked and cut into its cycles (:mod:`.calibration.clip`).
+3. Cross-validation: for each cycle, the base meta-model is adapted on the other cycles
+   (:mod:`.calibration.adapt`) and scores the one left out; the base model scores every window.
+   The gate (:mod:`.calibration.gate`) compares the two on the same windows and installs the
+   model adapted on every cycle, or refuses it, saying why.
+4. The installed model is exported with the calibration provenance in its metadata and checked
+   against torch with onnxruntime.
 5. A report (JSON, PNG) is written; a running daemon is told to load the new model.
 
 Exit status: 0 the model was installed (or written to ``--out``); 3 the gate refused it (nothing
@@ -37,7 +39,7 @@ from metalearn.calibration import config as configuration
 from metalearn.calibration.clip import ClipWindows, prepare_clip
 from metalearn.calibration.daemonlink import DaemonLink
 from metalearn.calibration.gate import GateDecision, decide
-from metalearn.calibration.metrics import change_delays, delay_summary, fmt_recall, summary
+from metalearn.calibration.metrics import change_delays, delay_summary, fmt_recall, steady_windows, summary
 from metalearn.calibration.store import Store, resolve_state_dir
 from metalearn.recording import Recording, read_recording
 
@@ -64,10 +66,11 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
     base = OnnxModel(base_model)
     spec = base.info.signal
     clip = prepare_clip(rec, spec, config.clip)
-    held = clip.held_out
+    steady = steady_windows(rec.labels, clip.ends, spec.window)
     say(f"clip: {clip_path} ({rec.duration:.1f} s, {rec.n_samples} samples at {rec.sample_rate:.0f} Hz)")
-    say(f"held out: the last cycle, from {clip.split_time:.1f} s ({int(held.sum())} windows); "
-        f"adapting on the {int((~held).sum())} windows before it")
+    starts = ", ".join(f"{t:.1f}" for t in clip.cycle_times())
+    say(f"{clip.n_cycles} cycles (from {starts} s): each is scored by a model adapted on the others "
+        f"(cross-validation); the model installed is adapted on all {len(clip.labels)} windows")
     activity = clip.activity()
     if min(activity["open"], activity["close"]) < 1.2:
         say(f"note: little muscle activity during open/close compared with relax ({activity}); "
@@ -76,17 +79,24 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
         say("note: the base model is itself a calibrated model; calibrating from the meta-model is usual")
 
     dec_base = base.predict(clip.windows).argmax(axis=1)
-    before = summary(clip.y_holdout, dec_base[held])
+    before = summary(clip.labels, dec_base, steady)
     say(f"base model {base.info.model_id}: held-out accuracy {before['accuracy']:.2f} ({fmt_recall(before['recall'])})")
 
-    from metalearn.calibration.adapt import adapt_to_clip, export_adapted
+    from metalearn.calibration.adapt import Adapter, export_adapted
 
-    adapted = adapt_to_clip(base_model, clip)
+    adapter = Adapter(base_model)
+    dec_cv = np.empty_like(clip.labels)
+    for _, train, held, samples in clip.folds():
+        fold = adapter.adapt(clip.windows[train], clip.labels[train], clip.conditioned[samples])
+        dec_cv[held] = fold.predict(clip.windows[held]).argmax(axis=1)
+    after = summary(clip.labels, dec_cv, steady)
+    adapted = adapter.adapt(clip.windows, clip.labels, clip.conditioned)
     inner = base.info.inner
-    say(f"adapted in {adapted.adapt_seconds:.3f} s ({inner['optimizer']}, {inner['steps']} steps, "
-        f"lr {inner['lr']:g}, on this PC's CPU)")
-    dec_torch = adapted.predict(clip.x_holdout).argmax(axis=1)
-    after = summary(clip.y_holdout, dec_torch)
+    how = (f"closed-form {inner['head']} head, shrinkage {inner.get('shrinkage', 0):g}"
+           + (f", then {inner['optimizer']} x {inner['steps']} at lr {inner['lr']:g}" if inner["steps"] else "")
+           if inner.get("head") else f"{inner['optimizer']}, {inner['steps']} steps, lr {inner['lr']:g}")
+    say(f"adapted in {adapted.adapt_seconds:.3f} s ({how}, on this PC's CPU)")
+    dec_torch = adapted.predict(clip.windows).argmax(axis=1)
     decision = decide(before, after, config.gate, force=force)
     calibration = _provenance(clip, clip_path, clip_digest, base, base_model, before, after, adapted.adapt_seconds,
                               decision, config, when, source)
@@ -98,9 +108,9 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
         export_adapted(adapted, calibration, candidate, clip.windows)
         new = OnnxModel(candidate)
         dec_new = new.predict(clip.windows).argmax(axis=1)
-        if not np.array_equal(dec_new[held], dec_torch):
+        if not np.array_equal(dec_new, dec_torch):
             raise ModelError(f"{candidate}: onnxruntime and torch decide differently on "
-                             f"{int((dec_new[held] != dec_torch).sum())} held-out window(s); nothing installed")
+                             f"{int((dec_new != dec_torch).sum())} window(s) of the clip; nothing installed")
         model_id = new.info.model_id
         say(f"adapted model {model_id}: held-out accuracy {after['accuracy']:.2f} ({fmt_recall(after['recall'])})")
         say(f"gate: {decision.line()}")
@@ -146,7 +156,7 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
     result["png"] = None
     if config.png:
         png = stem.with_suffix(".png")
-        note = _png(png, clip, dec_base, dec_new, before, after, base.info.model_id, decision)
+        note = _png(png, clip, dec_base, dec_cv, before, after, base.info.model_id, decision)
         if note:
             say(f"note: {note}")
         else:
@@ -154,7 +164,7 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
     result["total_seconds"] = round(time.perf_counter() - t_total, 3)
     report = {**result, "time": when.isoformat(timespec="seconds"), "calibration": calibration,
               "held_out": {"before": before, "after": after},
-              "delays": {"before": _delays(clip, dec_base), "after": _delays(clip, dec_new)},
+              "delays": {"before": _delays(clip, dec_base), "after": _delays(clip, dec_cv)},
               "activity": activity, "saturated_fraction": clip.saturated_fraction,
               "config": config.to_dict()}
     from metalearn.calibration.report import write_json
@@ -185,10 +195,10 @@ def _provenance(clip: ClipWindows, clip_path: Path, digest: str, base: OnnxModel
         "clip_sha256": digest,
         "clip_file": clip_path.name,
         "clip_seconds": round(rec.duration, 3),
-        "holdout": "last cycle",
-        "holdout_start_s": round(clip.split_time, 3),
-        "windows_adapt": int((~clip.held_out).sum()),
-        "windows_holdout": int(clip.held_out.sum()),
+        "holdout": f"cross-validation over {clip.n_cycles} cycles",
+        "cycle_starts_s": [round(t, 3) for t in clip.cycle_times()],
+        "windows_adapt": len(clip.labels),
+        "windows_holdout": len(clip.labels),
         "inner": dict(base.info.inner),
         "adapt_seconds": round(adapt_seconds, 6),
         "accuracy_before": before["accuracy"],
@@ -202,17 +212,17 @@ def _provenance(clip: ClipWindows, clip_path: Path, digest: str, base: OnnxModel
 
 def _delays(clip: ClipWindows, decisions: np.ndarray) -> dict:
     rec = clip.recording
-    held = [d for d in change_delays(rec.time, rec.labels, clip.ends, decisions) if d["t"] >= rec.time[clip.split]]
+    held = change_delays(rec.time, rec.labels, clip.ends, decisions)
     return {**delay_summary(held), "changes_held_out": held}
 
 
-def _png(path: Path, clip: ClipWindows, dec_base, dec_new, before, after, base_id: str, decision: GateDecision):
+def _png(path: Path, clip: ClipWindows, dec_base, dec_cv, before, after, base_id: str, decision: GateDecision):
     from metalearn.calibration.report import write_png
 
     title = (f"calibration: base {base_id} {before['accuracy']:.2f} -> adapted {after['accuracy']:.2f} "
-             f"on the held-out cycle; gate {decision.line()}")
-    return write_png(path, clip, {"base model": dec_base, "adapted model": dec_new},
-                     {"base model": before, "adapted model": after}, title[:160])
+             f"(cross-validated over the cycles); gate {decision.line()}")
+    return write_png(path, clip, {"base model": dec_base, "adapted (cross-validated)": dec_cv},
+                     {"base model": before, "adapted (cross-validated)": after}, title[:160])
 
 
 # ------------------------------------------------------------------------------ command line

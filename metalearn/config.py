@@ -55,6 +55,7 @@ class TrainConfig:
     augment_rotation: bool = False
     inner_batch_size: int | None = None
     compile: bool | str | None = False
+    lda_shrinkage: float = 0.3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))
@@ -63,7 +64,7 @@ class TrainConfig:
                 "time_seq_len", "stride", "lr_cycle")
         for key in ints:
             v = getattr(self, key)
-            low = 0 if key in ("n_val_tasks", "meta_steps") else 1
+            low = 0 if key in ("n_val_tasks", "meta_steps", "inner_steps") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"test.{key} must be an integer >= {low}, got {v!r}")
         for key in ("inner_lr", "outer_lr", "lr_factor"):
@@ -98,6 +99,9 @@ class TrainConfig:
             object.__setattr__(self, "compile", None)
         elif c not in COMPILE_BACKENDS:
             raise ConfigError(f"test.compile must be false, true or one of {', '.join(COMPILE_BACKENDS)}, got {c!r}")
+        v = self.lda_shrinkage
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ConfigError(f"test.lda_shrinkage must be a number in [0, 1], got {v!r}")
         if not isinstance(self.model_hparams, dict):
             raise ConfigError("test.model_hparams must be a mapping")
         self.signal_spec(200.0)  # validate the signal section early

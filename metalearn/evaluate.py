@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metaemg.atomic import write_bytes, write_text
-from metalearn.maml import adapt, model_params
+from metalearn.maml import adapt_model, model_params
 from metalearn.tasks import TaskWindows
 
 METHODS = ("B1", "B2", "meta-model")
@@ -45,15 +45,13 @@ def score(model: nn.Module, params: dict, x: np.ndarray, y: np.ndarray, device: 
             "loss": float(F.cross_entropy(logits, target))}
 
 
-def adapt_and_score(model: nn.Module, params: dict, tw: TaskWindows, *, steps: int, lr: float, optimizer: str,
-                    rorcr_size: float, device: torch.device, batch_size: int | None = None) -> dict:
+def adapt_and_score(model: nn.Module, tw: TaskWindows, *, inner: dict, rorcr_size: float,
+                    device: torch.device) -> dict:
+    """Adapt a copy of ``model`` to the task's support as ``inner`` says (:func:`metalearn.maml.adapt_model`),
+    score it on the query."""
     xs, ys = support_part(tw, rorcr_size)
-    if steps > 0:
-        params = adapt(model, {k: v.detach() for k, v in params.items()}, to_tensor(xs, device),
-                       to_tensor(ys, device, torch.long), steps=steps, lr=lr, optimizer=optimizer, first_order=True,
-                       batch_size=batch_size)
-        params = {k: v.detach() for k, v in params.items()}
-    return score(model, params, tw.x_query, tw.y_query, device)
+    fitted = adapt_model(model, to_tensor(xs, device), to_tensor(ys, device, torch.long), inner)
+    return score(fitted, model_params(fitted), tw.x_query, tw.y_query, device)
 
 
 def pretrain_pooled(model: nn.Module, tasks: list[TaskWindows], *, steps: int, batch: int, lr: float,
@@ -73,17 +71,17 @@ def pretrain_pooled(model: nn.Module, tasks: list[TaskWindows], *, steps: int, b
     return model.eval()
 
 
-def compare(models: dict[str, nn.Module], tests: list[TaskWindows], *, steps_list: list[int], lr: float,
-            optimizer: str, rorcr_size: float, device: torch.device, batch_size: int | None = None) -> dict:
-    """Per method, per inner-step count, per task: accuracy and loss after adaptation."""
+def compare(models: dict[str, nn.Module], tests: list[TaskWindows], *, steps_list: list[int], inner: dict,
+            rorcr_size: float, device: torch.device) -> dict:
+    """Per method, per inner-step count, per task: accuracy and loss after adaptation (``inner``
+    with its ``steps`` replaced by each count)."""
     logs: dict = {}
     for name, model in models.items():
-        params = model_params(model)
         logs[name] = {}
         for steps in steps_list:
             logs[name][str(steps)] = {
-                str(tw.ref): adapt_and_score(model, params, tw, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                                             rorcr_size=rorcr_size, device=device)
+                str(tw.ref): adapt_and_score(model, tw, inner={**inner, "steps": steps}, rorcr_size=rorcr_size,
+                                             device=device)
                 for tw in tests
             }
     return logs

@@ -1,25 +1,35 @@
 """``metaemg-eval``: run a model file offline over labelled recordings, exactly as the daemon would.
 
-    metaemg-eval --model MODEL.onnx REC.csv [REC.csv ...] [--json]
+    metaemg-eval --model MODEL.onnx REC.csv [REC.csv ...] [--non-intent OTHER.csv ...]
+                 [--as-daemon [--config FILE]] [--json]
 
 Each recording (research CSV format: time_elapsed, emg0..7, gt) is one stream through a fresh
 :class:`~metaemg.signal.SignalChain` of the model's signal spec, windowed with the model's window
 and stride (:func:`~metaemg.signal.make_windows`, what the daemon's windower yields live), and
-decided by :class:`~metaemg.modelfile.OnnxModel` (the daemon's onnxruntime wrapper; the decision
-is the most probable intent). A window's label is the label of its last sample.
+scored by :class:`~metaemg.modelfile.OnnxModel` (the daemon's onnxruntime wrapper). A window's
+label is the label of its last sample.
 
-Reported per recording and over all of them: accuracy, recall of each intent, the confusion
-matrix (rows: label, columns: decision), and for each label change the delay from its first
-sample to the first window that decides the new intent (ms, from time_elapsed; a miss if no
-window does before the next change). The daemon's smoothing and safety policy come after the
-model and are not applied here. ``--json``: the last line is one JSON document with ``accuracy``
-(over all windows of all recordings) and ``recordings`` (each file's figures). torch-free.
+Decisions: by default the most probable intent of each window (the model alone). With
+``--as-daemon`` the decisions the controller would command: its policy (rejection below
+``policy.threshold``, majority vote, dwell, refractory; the defaults, or ``--config FILE``'s
+``policy`` section) replayed over the windows as one good stream; a rejected window votes relax
+and a window without a command (the policy arming at the start) counts as relax.
+
+Reported per recording and over all of them (see :mod:`metalearn.calibration.metrics`):
+accuracy (every window), steady_accuracy (windows whose samples all carry one label),
+wrong_direction, false_activation, recall of each intent, the confusion matrix, and for each label
+change the delay from its first sample to the first window that decides the new intent.
+``--non-intent`` recordings hold movements that are none of the intents (the Myo import's
+``other_gestures/*.csv``; no ``gt`` column needed): every window should decide relax, and their
+``false_activation`` (share deciding open or close) is reported apart. ``--json``: the last line
+is one JSON document. torch-free.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,14 +39,21 @@ from metaemg.cli import entry_point
 from metaemg.errors import DataError
 from metaemg.modelfile import OnnxModel
 from metaemg.signal import SignalChain, make_windows
-from metalearn.calibration.metrics import INTENTS, change_delays, delay_summary, fmt_recall, summary
+from metalearn.calibration.metrics import (
+    INTENTS,
+    change_delays,
+    delay_summary,
+    fmt_recall,
+    steady_windows,
+    summary,
+)
 from metalearn.recording import Recording, read_recording
 
 RATE_TOLERANCE = 0.05
 
 
-def decide_recording(model: OnnxModel, rec: Recording) -> tuple[np.ndarray, np.ndarray]:
-    """``(ends, decisions)``: each window's last sample and the model's decision for it."""
+def window_probabilities(model: OnnxModel, rec: Recording) -> tuple[np.ndarray, np.ndarray]:
+    """``(ends, probabilities)``: each window's last sample and the model's (n, 3) probabilities."""
     info = model.info
     where = rec.path
     if rec.n_channels != info.channels:
@@ -47,29 +64,70 @@ def decide_recording(model: OnnxModel, rec: Recording) -> tuple[np.ndarray, np.n
     windows, ends = make_windows(SignalChain(info.signal).process(rec.emg), info.window, info.stride)
     if len(ends) == 0:
         raise DataError(f"too short: {rec.n_samples} samples give no {info.window}-sample window", path=where)
-    return ends, model.predict(windows).argmax(axis=1)
+    return ends, model.predict(windows)
 
 
-def evaluate_recording(model: OnnxModel, rec: Recording) -> tuple[dict, np.ndarray, np.ndarray]:
-    """``(figures, window labels, decisions)`` for one recording."""
-    ends, decisions = decide_recording(model, rec)
+def decide(probabilities: np.ndarray, rec: Recording, ends: np.ndarray, policy=None) -> np.ndarray:
+    """Each window's decision: the most probable intent, or with ``policy`` (a controller
+    ``PolicyConfig``) the intent the daemon would command."""
+    if policy is None:
+        return probabilities.argmax(axis=1)
+    from controller.policy import replay
+
+    return np.asarray(replay(probabilities, rec.time[ends], policy, start=rec.time[0]), dtype=np.int64)
+
+
+def decide_recording(model: OnnxModel, rec: Recording, policy=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ends, decisions)``: each window's last sample and its decision (see :func:`decide`)."""
+    ends, probs = window_probabilities(model, rec)
+    return ends, decide(probs, rec, ends, policy)
+
+
+def evaluate_recording(model: OnnxModel, rec: Recording, policy=None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """``(figures, window labels, decisions, steady mask)`` for one recording."""
+    ends, decisions = decide_recording(model, rec, policy)
     labels = rec.labels[ends]
+    steady = steady_windows(rec.labels, ends, model.info.window)
     delays = change_delays(rec.time, rec.labels, ends, decisions)
-    figures = {"path": None if rec.path is None else str(rec.path), **summary(labels, decisions),
+    figures = {"path": None if rec.path is None else str(rec.path), **summary(labels, decisions, steady),
                "delay": delay_summary(delays), "changes": delays}
-    return figures, labels, decisions
+    return figures, labels, decisions, steady
 
 
-def evaluate(model_path: str | Path, paths: list[str | Path]) -> dict:
-    """The ``--json`` document for ``model_path`` over the recordings in ``paths``."""
+def evaluate(model_path: str | Path, paths: list[str | Path], *, non_intent: list[str | Path] = (),
+             policy=None) -> dict:
+    """The ``--json`` document for ``model_path`` over the recordings in ``paths`` (and the
+    ``non_intent`` ones); ``policy`` a controller ``PolicyConfig`` for the daemon's decisions."""
     model = OnnxModel(model_path)
-    recordings = [read_recording(p, channels=model.info.channels) for p in paths]  # all checked before any work
-    scored = [evaluate_recording(model, rec) for rec in recordings]
+    channels = model.info.channels
+    recordings = [read_recording(p, channels=channels) for p in paths]  # all checked before any work
+    others = [read_recording(p, channels=channels, labelled=False) for p in non_intent]
+    scored = [evaluate_recording(model, rec, policy) for rec in recordings]
     results = [s[0] for s in scored]
-    overall = summary(np.concatenate([s[1] for s in scored]), np.concatenate([s[2] for s in scored]))
+    overall = summary(*(np.concatenate([s[k] for s in scored]) for k in (1, 2, 3)))
     all_changes = [c for r in results for c in r["changes"]]
-    return {"model": str(model_path), "model_id": model.info.model_id, "calibration": _calibration(model),
-            **overall, "delay": delay_summary(all_changes), "recordings": results}
+    doc = {"model": str(model_path), "model_id": model.info.model_id, "calibration": _calibration(model),
+           "decisions": "daemon" if policy is not None else "argmax",
+           "policy": None if policy is None else _policy_dict(policy),
+           **overall, "delay": delay_summary(all_changes), "recordings": results,
+           "non_intent": None}
+    if others:
+        rows = []
+        for rec in others:
+            ends, decisions = decide_recording(model, rec, policy)
+            rows.append({"path": str(rec.path), "windows": len(ends),
+                         "false_activation": float((decisions != 0).mean()),
+                         "decided": {name: int((decisions == i).sum()) for i, name in enumerate(INTENTS)}})
+        n = sum(r["windows"] for r in rows)
+        doc["non_intent"] = {"windows": n, "false_activation": sum(r["false_activation"] * r["windows"] for r in rows) / n,
+                             "recordings": rows}
+    return doc
+
+
+def _policy_dict(policy) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(policy)
 
 
 def _calibration(model: OnnxModel) -> dict | None:
@@ -84,20 +142,52 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _f(v: float | None, width: int = 6) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.3f}"
+
+
+def display_names(paths: list[str]) -> list[str]:
+    """Recordings named by their path below the folder they all share (two subjects'
+    ``t0_myo_rorcr.csv`` stay apart); a single recording by its path as given."""
+    if len(paths) < 2:
+        return list(paths)
+    try:
+        common = os.path.commonpath([os.path.abspath(p) for p in paths])
+    except ValueError:  # different drives
+        return list(paths)
+    return [os.path.relpath(os.path.abspath(p), common) for p in paths]
+
+
 def print_table(doc: dict) -> None:
-    print(f"model {doc['model']} ({doc['model_id']})")
-    width = max(12, *(len(Path(r["path"]).name) for r in doc["recordings"]))
-    print(f"{'recording':<{width}} {'windows':>7} {'accuracy':>8}  {'recall relax/open/close':<24} "
-          f"{'delay median/max ms':>19} {'missed':>6}")
-    for r in [*doc["recordings"], {**doc, "path": "all"}]:
+    how = "as the daemon decides (policy replayed)" if doc["decisions"] == "daemon" else "most probable intent per window"
+    print(f"model {doc['model']} ({doc['model_id']}); decisions: {how}")
+    recs = doc["recordings"]
+    names = display_names([r["path"] for r in recs])
+    width = max(12, *(len(n) for n in names))
+    print(f"{'recording':<{width}} {'windows':>7} {'accuracy':>8} {'steady':>6} {'wrong':>6} {'false':>6}  "
+          f"{'recall relax/open/close':<24} {'delay median/max ms':>19} {'missed':>6}")
+    print(f"{'':<{width}} {'':>7} {'':>8} {'':>6} {'dir.':>6} {'activ.':>6}")
+    for name, r in [*zip(names, recs, strict=True), ("all", doc)]:
         rec = " / ".join("-" if r["recall"][k] is None else f"{r['recall'][k]:.2f}" for k in INTENTS)
         d = r["delay"]
-        print(f"{Path(r['path']).name:<{width}} {r['windows']:>7} {r['accuracy']:>8.3f}  {rec:<24} "
+        print(f"{name:<{width}} {r['windows']:>7} {_f(r['accuracy'], 8)} {_f(r['steady_accuracy'])} "
+              f"{_f(r['wrong_direction'])} {_f(r['false_activation'])}  {rec:<24} "
               f"{_ms(d['median_ms']) + ' / ' + _ms(d['max_ms']):>19} {d['missed']:>3}/{d['changes']:<2}")
     print("confusion over all recordings (rows: label, columns: decision; " + ", ".join(INTENTS) + "):")
     for name, row in zip(INTENTS, doc["confusion"], strict=True):
         print(f"  {name:<6} " + " ".join(f"{v:>7}" for v in row))
     print(f"recall: {fmt_recall(doc['recall'])}")
+    other = doc["non_intent"]
+    if other:
+        names = display_names([r["path"] for r in other["recordings"]])
+        print("movements that are no intent (every window should decide relax):")
+        for name, r in zip(names, other["recordings"], strict=True):
+            print(f"  {name}: {r['windows']} windows, false activation {r['false_activation']:.3f} "
+                  f"(open {r['decided']['open']}, close {r['decided']['close']})")
+        print(f"  all: false activation {other['false_activation']:.3f} of {other['windows']} windows")
+    if doc["calibration"] is None and doc["accuracy"] is not None and doc["accuracy"] < 0.5:
+        print("note: this model has not been calibrated; a meta-model is meant to be adapted to the wearer first "
+              "(metaemg-calibrate), and scores near chance before that")
 
 
 @entry_point
@@ -105,13 +195,30 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="metaemg-eval",
         description="Score a model file on labelled recordings through exactly the daemon's signal chain and "
-                    "windowing: accuracy, per-intent recall, confusion matrix, delay to the first correct decision.")
+                    "windowing: accuracy (every window and steady windows), wrong-direction and false-activation "
+                    "rates, per-intent recall, confusion matrix, delay to the first correct decision.")
     p.add_argument("--model", required=True, type=Path, help="the ONNX model file (e.g. models/current.onnx)")
     p.add_argument("recordings", nargs="+", type=Path, metavar="REC.csv",
                    help="recordings in the research format (time_elapsed, emg0..7, gt)")
+    p.add_argument("--non-intent", nargs="+", type=Path, default=[], metavar="OTHER.csv",
+                   help="recordings of movements that are none of the intents (time_elapsed, emg0..7; e.g. "
+                        "DATA/other_gestures/*.csv): every window should decide relax")
+    p.add_argument("--as-daemon", action="store_true",
+                   help="score the decisions the controller would command (its policy replayed) instead of "
+                        "each window's most probable intent")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="with --as-daemon: the controller configuration whose policy section to use "
+                        "(default: the policy defaults)")
     p.add_argument("--json", action="store_true", help="print one JSON document on the last line")
     args = p.parse_args(argv)
-    doc = evaluate(args.model, args.recordings)
+    policy = None
+    if args.config is not None and not args.as_daemon:
+        p.error("--config applies to --as-daemon")
+    if args.as_daemon:
+        from controller.config import PolicyConfig, load
+
+        policy = load(args.config).policy if args.config is not None else PolicyConfig()
+    doc = evaluate(args.model, args.recordings, non_intent=args.non_intent, policy=policy)
     print_table(doc)
     if args.json:
         print(json.dumps(doc), flush=True)

@@ -9,7 +9,8 @@ its first ops, runs the model and returns ``logits`` and ``probabilities`` (soft
 Safety: an export is written to a temporary file beside ``out``, loaded with onnxruntime exactly as
 the daemon loads it (:class:`~metaemg.modelfile.OnnxModel`, self-test included) and compared with
 torch on the checkpoint's real ``verify_windows``; only if logits and probabilities agree within
-``tolerance`` (and are finite) is it renamed over ``out``. A bad new model never replaces a good one.
+``tolerance`` (and are finite; logits relative to their largest magnitude when it exceeds 1) is it
+renamed over ``out``. A bad new model never replaces a good one.
 
 Weights: every ``state_dict`` entry is an ONNX initializer of the same name (constant folding is
 off, and initializers are not merged), so :func:`load_torch_from_onnx` rebuilds the torch model
@@ -116,7 +117,8 @@ def _metadata_from_checkpoint(ckpt: dict, where: Path) -> dict[str, Any]:
         "signal": spec.to_dict(),
         "class_names": list(ckpt["class_names"]),
         "inner": {**{k: inner[k] for k in ("optimizer", "steps", "lr", "first_order")},
-                  "batch_size": inner.get("batch_size")},
+                  "batch_size": inner.get("batch_size"),
+                  **{k: inner[k] for k in ("head", "shrinkage") if inner.get(k) is not None}},
         "scaler": {
             "kind": scaler["kind"],
             "offset": np.asarray(scaler["offset"], dtype=np.float64).ravel().tolist(),
@@ -323,11 +325,14 @@ def _verify_and_replace(data: bytes, out: Path, windows: np.ndarray, expected: l
         except ModelError as exc:
             reason = str(exc).replace(f"{tmp}: ", "")
             raise ModelError(f"{label}: the exported model failed its check, {out} not written: {reason}") from None
-        d_logits = max(float(np.abs(g[0] - e[0]).max()) for g, e in zip(got, expected, strict=True))
+        # logits relative to their size (float32 keeps ~7 digits: a logit of 100 is exact to ~1e-5),
+        # probabilities absolute
+        d_logits = max(float(np.abs(g[0] - e[0]).max() / max(1.0, float(np.abs(e[0]).max())))
+                       for g, e in zip(got, expected, strict=True))
         d_probs = max(float(np.abs(g[1] - e[1]).max()) for g, e in zip(got, expected, strict=True))
         if not (d_logits <= tolerance and d_probs <= tolerance):
             raise ModelError(
-                f"{label}: onnxruntime differs from torch by {d_logits:.3g} (logits) and {d_probs:.3g} "
+                f"{label}: onnxruntime differs from torch by {d_logits:.3g} (logits, relative) and {d_probs:.3g} "
                 f"(probabilities) on {len(windows)} verify windows, above the tolerance {tolerance:g}; "
                 f"{out} not written"
             )

@@ -16,11 +16,13 @@ schedule; :func:`allreduce_meta_gradients` combines shards of a meta-batch under
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -217,6 +219,40 @@ def adapt(
     x, y = _check_xy(x_support, y_support, "support set", _n_classes(model))
     ref = next(iter(params.values()))
     return _adapt(model, params, _to(x, ref), _to(y, ref), inner, functional=False)
+
+
+HEADS = ("lda",)  # closed-form heads a model may fit before the gradient steps (FeatLDA.fit_head)
+
+
+def check_head(head: object, shrinkage: object) -> None:
+    """ConfigError unless ``head`` is None or one of :data:`HEADS` and ``shrinkage`` a fraction."""
+    if head is not None and head not in HEADS:
+        raise ConfigError(f"inner head must be null or one of {', '.join(HEADS)}, got {head!r}")
+    if isinstance(shrinkage, bool) or not isinstance(shrinkage, int | float) or not 0 <= shrinkage <= 1:
+        raise ConfigError(f"inner shrinkage must be a number in [0, 1], got {shrinkage!r}")
+
+
+def adapt_model(model: nn.Module, x: Tensor, y: Tensor, inner: Mapping[str, Any]) -> nn.Module:
+    """A copy of ``model`` adapted to the labelled windows ``(x, y)`` as its ``inner`` settings say
+    (the ``inner`` document of a checkpoint or model file): with ``head: lda`` the model's
+    closed-form head first (:meth:`metalearn.models.FeatLDA.fit_head`, with ``shrinkage``), then
+    ``steps`` gradient steps of the inner loop (:func:`adapt`, first order). ``model`` is untouched."""
+    head, shrinkage = inner.get("head"), inner.get("shrinkage", 0.3)
+    check_head(head, shrinkage)
+    x, y = _check_xy(x, y, "adaptation set", _n_classes(model))
+    fitted = copy.deepcopy(model)
+    if head == "lda":
+        if not hasattr(fitted, "fit_head"):
+            raise ConfigError(f"inner head 'lda' needs a model with a closed-form head (feat), not {type(model).__name__}")
+        fitted.fit_head(x, y, float(shrinkage))
+    steps = int(inner["steps"])
+    if steps:
+        params = adapt(fitted, model_params(fitted), x, y, steps=steps, lr=float(inner["lr"]),
+                       optimizer=inner["optimizer"], first_order=True, batch_size=inner.get("batch_size"))
+        with torch.no_grad():
+            for name, p in fitted.named_parameters():
+                p.copy_(params[name])
+    return fitted.eval()
 
 
 # ---------------------------------------------------------------- meta-gradient

@@ -1,15 +1,18 @@
-"""The four intent classifiers of the research code: "dnn", "cnn", "tcn" and "tf".
+"""The intent classifiers: the research code's "dnn", "cnn", "tcn" and "tf", and "feat".
 
 Every model maps a window ``(batch, window, channels)`` of float32 EMG to logits
-``(batch, n_classes)``. They hold no buffers, no BatchNorm and no dropout, so they work with
-``torch.func`` (``functional_call``, ``vmap``, ``grad``) for MAML, and they export to ONNX with
-plain operators. ``model.hparams`` (or :func:`model_hparams`) gives the plain dict that rebuilds
-the model with :func:`build_model`, e.g. for ONNX metadata.
+``(batch, n_classes)``. They hold no BatchNorm and no dropout, so they work with ``torch.func``
+(``functional_call``, ``vmap``, ``grad``) for MAML, and they export to ONNX with plain operators.
+The four research models hold no buffers; "feat" (:class:`FeatLDA`) holds fixed statistics as
+buffers, which adaptation sets (:meth:`FeatLDA.fit_head`), and only its head is a parameter.
+``model.hparams`` (or :func:`model_hparams`) gives the plain dict that rebuilds the model with
+:func:`build_model`, e.g. for ONNX metadata.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -18,7 +21,7 @@ from torch.nn import functional as F
 
 from metaemg.errors import ConfigError, ModelError
 
-MODEL_KINDS = ("dnn", "cnn", "tcn", "tf")
+MODEL_KINDS = ("dnn", "cnn", "tcn", "tf", "feat")
 
 # Model-specific hyper-parameters and their defaults; anything else is refused.
 _DEFAULTS: dict[str, dict[str, int]] = {
@@ -26,6 +29,7 @@ _DEFAULTS: dict[str, dict[str, int]] = {
     "cnn": {"filters": 32, "kernel_size": 5, "n_layers": 2},
     "tcn": {"filters": 32, "kernel_size": 3, "n_blocks": 3},
     "tf": {"d_model": 32, "n_heads": 4, "n_layers": 2, "ff_mult": 2},
+    "feat": {},
 }
 
 
@@ -199,7 +203,129 @@ class Transformer(_WindowClassifier):
         return self.head(self.norm(h).mean(dim=1))
 
 
-_CLASSES = {"dnn": DNN, "cnn": CNN, "tcn": TCN, "tf": Transformer}
+# The windows over which FeatLDA computes its features: the whole window, its newer half and its
+# newest fifth (250, 125 and 50 ms at 200 Hz): the short ones see a new contraction within a
+# few tens of ms, the long one averages the noise of a steady one.
+FEAT_SCALES = (1, 2, 5)
+FEAT_KINDS = ("log_mav", "log_wl")
+_LOG_EPS = 1e-4  # in conditioned units (the myo chain: raw / 128; one Myo LSB is 0.0078)
+
+
+def feature_count(window: int, n_channels: int) -> int:
+    return len(FEAT_KINDS) * len(FEAT_SCALES) * n_channels
+
+
+class FeatLDA(_WindowClassifier):
+    """Log-amplitude features, standardised, whitened, and a linear head fitted in closed form.
+
+    Features, per channel, over the whole window and its newest 1/2 and 1/5: the log of the mean
+    absolute value and the log of the mean absolute difference (waveform length), as the
+    time-domain set of Hudgins et al. but on a log scale, where a channel's gain (electrode
+    contact, skin) is an offset. Laid out ``(feature, scale, channel)``, so rolling the last axis
+    rotates the armband.
+
+    - ``feat_offset``, ``feat_scale`` (buffers): per-feature standardisation, fitted on the
+      wearer's calibration clip by :meth:`fit_head` (each recording's own statistics);
+    - ``whiten`` (buffer, features x features): the meta-learned part, learned across many wearers
+      (:func:`metalearn.train` fits it in closed form: the inverse square root of the pooled
+      within-intent covariance of standardised features, over every training task and armband
+      rotation). LDA's shrinkage toward the identity in the whitened space is shrinkage toward
+      what other wearers' muscles look like, instead of toward independent features;
+    - ``head`` (parameters): a linear layer, set by :meth:`fit_head` to the shrinkage LDA of the
+      clip's whitened features (class means, pooled covariance); optional gradient steps of the
+      inner loop may follow. Zero until fitted: equal probabilities, which the daemon's threshold
+      rejects, so an uncalibrated model never moves the hand.
+    """
+
+    def __init__(self, hparams: dict[str, Any]):
+        super().__init__(hparams)
+        d = feature_count(self.window, self.n_channels)
+        self.register_buffer("feat_offset", torch.zeros(d))
+        self.register_buffer("feat_scale", torch.ones(d))
+        self.register_buffer("whiten", torch.eye(d))
+        self.head = nn.Linear(d, hparams["n_classes"])
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, x: Tensor) -> Tensor:
+        """(batch, window, channels) -> (batch, features): log MAV and log WL at each scale."""
+        diff = (x[:, 1:] - x[:, :-1]).abs()
+        mav, wl = [], []
+        for k in FEAT_SCALES:
+            n = max(2, self.window // k)
+            mav.append(x[:, -n:].abs().mean(dim=1))
+            wl.append(diff[:, -(n - 1):].mean(dim=1))
+        return torch.log(torch.cat(mav + wl, dim=1) + _LOG_EPS)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Standardised, whitened features."""
+        return ((self.features(x) - self.feat_offset) / self.feat_scale) @ self.whiten.T
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        return self.head(self.embed(x))
+
+    @torch.no_grad()
+    def fit_head(self, x: Tensor, y: Tensor, shrinkage: float) -> None:
+        """Fit the standardisation and the head to labelled windows (in place)."""
+        n_classes = self.head.out_features
+        f = self.features(x)
+        self.feat_offset.copy_(f.mean(dim=0))
+        self.feat_scale.copy_(f.std(dim=0, unbiased=False).clamp_min(1e-3))
+        weight, bias = lda(self.embed(x), y, n_classes, shrinkage)
+        self.head.weight.copy_(weight)
+        self.head.bias.copy_(bias)
+
+
+    @torch.no_grad()
+    def fit_whitening(self, tasks: Iterable[tuple[Tensor, Tensor]], *, rotate: bool = True,
+                      per_task: bool = True) -> None:
+        """The meta-learned part, in closed form: ``whiten`` = C^(-1/2), C the mean within-intent
+        covariance of the features over ``tasks`` (each ``(windows, labels)``). ``per_task``:
+        each task's features standardised with its own statistics and its own intent means, as
+        :meth:`fit_head` sees a wearer; otherwise all tasks pooled as one data set (baseline B2).
+        ``rotate``: averaged over every rotation of the armband (channels rolled)."""
+        n_classes = self.head.out_features
+        feats, labels = [], []
+        for x, y in tasks:
+            f = self.features(x).double()
+            if per_task:
+                f = (f - f.mean(dim=0)) / f.std(dim=0, unbiased=False).clamp_min(1e-3)
+            feats.append(f)
+            labels.append(y.long())
+        groups = feats if per_task else [torch.cat(feats)]
+        group_labels = labels if per_task else [torch.cat(labels)]
+        d = feats[0].shape[1]
+        cov, count = torch.zeros(d, d, dtype=torch.float64), 0
+        shifts = range(self.n_channels) if rotate else (0,)
+        for f, y in zip(groups, group_labels, strict=True):
+            onehot = F.one_hot(y, n_classes).to(f.dtype)
+            resid = f - onehot @ ((onehot.T @ f) / onehot.sum(dim=0).clamp_min(1)[:, None])
+            for k in shifts:
+                r = torch.roll(resid.reshape(len(f), -1, self.n_channels), k, dims=2).reshape(len(f), d)
+                cov += r.T @ r
+                count += len(f)
+        evals, evecs = torch.linalg.eigh(cov / count)
+        self.whiten.copy_(((evecs / torch.sqrt(evals.clamp_min(0) + 1e-3)) @ evecs.T).float())
+
+
+def lda(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor, Tensor]:
+    """Shrinkage linear discriminant analysis with equal priors: ``(weight (classes, d), bias)``
+    of the linear discriminant functions. The pooled within-class covariance is shrunk toward
+    ``shrinkage * mean variance * I``. A class without windows gets a bias of -1e4 (never chosen)."""
+    onehot = F.one_hot(y.long(), n_classes).to(z.dtype)
+    counts = onehot.sum(dim=0)
+    means = (onehot.T @ z) / counts.clamp_min(1)[:, None]
+    resid = z - onehot @ means
+    d = z.shape[1]
+    cov = resid.T @ resid / max(1, len(z) - n_classes)
+    cov = (1 - shrinkage) * cov + shrinkage * torch.eye(d, dtype=z.dtype) * torch.trace(cov) / d
+    weight = torch.linalg.solve(cov, means.T).T
+    bias = -0.5 * (means * weight).sum(dim=1)
+    return weight, torch.where(counts > 0, bias, torch.full_like(bias, -1e4))
+
+
+_CLASSES = {"dnn": DNN, "cnn": CNN, "tcn": TCN, "tf": Transformer, "feat": FeatLDA}
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -220,7 +346,9 @@ def build_model(
             f"unknown hyper-parameter(s) {', '.join(unknown)} for model {kind!r}; "
             f"allowed: {', '.join(sorted(_DEFAULTS[kind]))}"
         )
-    common = {"n_channels": n_channels, "window": window, "n_classes": n_classes, "fc_units": fc_units}
+    common = {"n_channels": n_channels, "window": window, "n_classes": n_classes}
+    if kind != "feat":  # the only model without a hidden layer
+        common["fc_units"] = fc_units
     hparams: dict[str, Any] = {"kind": kind}
     for name, value in {**common, **_DEFAULTS[kind], **hp}.items():
         hparams[name] = _positive_int(name, value)

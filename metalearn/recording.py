@@ -118,8 +118,12 @@ def _check_values(time: np.ndarray, emg: np.ndarray, labels: np.ndarray, path: o
         raise DataError(f"label {labels[row]} is outside {{0,1,2}}", path=path, row=row + 1)
 
 
-def read_recording(path: str | os.PathLike, channels: int = N_CHANNELS) -> Recording:
-    """Read a recording CSV; any problem raises :class:`DataError` naming file and row."""
+def read_recording(path: str | os.PathLike, channels: int = N_CHANNELS, *, labelled: bool = True) -> Recording:
+    """Read a recording CSV; any problem raises :class:`DataError` naming file and row.
+
+    ``labelled=False`` reads a recording of movements that are none of the intents (e.g. the Myo
+    import's ``other_gestures/*.csv``): no ``gt`` column is needed (one is ignored) and every
+    sample is labelled relax, the decision the orthosis should take."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -132,7 +136,7 @@ def read_recording(path: str | os.PathLike, channels: int = N_CHANNELS) -> Recor
     if not header:
         raise DataError("empty file (no header)", path=path)
     header = [h.strip() for h in header]
-    wanted = [TIME_COLUMN, *emg_columns(channels), LABEL_COLUMN]
+    wanted = [TIME_COLUMN, *emg_columns(channels), *([LABEL_COLUMN] if labelled else [])]
     missing = [c for c in wanted if c not in header]
     if missing:
         extra_emg = sorted(h for h in header if h.startswith("emg") and h not in wanted)
@@ -159,6 +163,8 @@ def read_recording(path: str | os.PathLike, channels: int = N_CHANNELS) -> Recor
     if len(values) < 2:
         raise DataError(f"too few data rows ({len(values)})", path=path)
     arr = np.asarray(values, dtype=np.float64)
+    if not labelled:
+        return Recording(arr[:, 0], arr[:, 1:], np.zeros(len(arr), dtype=np.int64), path)
     labels_f = arr[:, -1]
     finite = np.isfinite(labels_f)
     if not finite.all():

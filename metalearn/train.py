@@ -90,6 +90,22 @@ class Sampler:
         return [self.task(self.tasks[i]) for i in chosen]
 
 
+def _tensor(a: np.ndarray, device, long: bool = False):
+    import torch
+
+    from metalearn.evaluate import to_tensor
+
+    return to_tensor(a, device, torch.long if long else torch.float32)
+
+
+def closed_form_loss(model, tasks: list[TaskWindows], inner: dict, rorcr_size: float, device) -> float:
+    """Mean query loss over ``tasks`` after adapting a copy of ``model`` to each task's support."""
+    from metalearn.evaluate import adapt_and_score
+
+    return float(np.mean([adapt_and_score(model, t, inner=inner, rorcr_size=rorcr_size, device=device)["loss"]
+                          for t in tasks]))
+
+
 def _tensors(task: tuple, device):
     """(x_support, y_support, x_query, y_query) arrays as float32 / long tensors on ``device``."""
     import torch
@@ -147,6 +163,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     hp = {"n_channels": spec.channels, "window": spec.window, "n_classes": len(INTENTS), "fc_units": cfg.fc_units,
           **cfg.model_hparams}
     model = build_model(cfg.model, **hp).to(device)
+    closed_form = cfg.model == "feat"  # its meta-learned part has a closed form (FeatLDA.fit_whitening)
     outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
     start = 0
     if cfg.resume:
@@ -161,9 +178,11 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
                                                   for t in train_tasks]))
     verify = unscaled(train_tasks[0].x_query[:32], train_tasks[0].scaler).astype(np.float32)
     config_dict = cfg.to_dict()
-    common = {"model": model_hparams(model), "signal": spec.to_dict(), "scaler": pooled.to_dict(),
-              "inner": {"optimizer": inner.optimizer, "steps": inner.steps, "lr": inner.lr,
-                        "first_order": inner.first_order, "batch_size": inner.batch_size},
+    inner_doc = {"optimizer": inner.optimizer, "steps": inner.steps, "lr": inner.lr,
+                 "first_order": inner.first_order, "batch_size": inner.batch_size}
+    if closed_form:
+        inner_doc.update(head="lda", shrinkage=float(cfg.lda_shrinkage))
+    common = {"model": model_hparams(model), "signal": spec.to_dict(), "scaler": pooled.to_dict(), "inner": inner_doc,
               "class_names": list(INTENTS), "config": config_dict, "config_hash": stable_hash(config_dict),
               "data_hash": data_hash, "verify_windows": verify, "seed": seed}
 
@@ -176,13 +195,24 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     wb = _wandb(cfg, run_dir) if (cfg.wandb and lead) else None
     history, best = [], (float("inf"), None)
     t0 = time.monotonic()
-    if cfg.compile and lead:
+    if cfg.compile and lead and not closed_form:
         print(f"compiling the meta-step with torch.compile ({cfg.compile}): the first meta-epoch takes longer")
-    bar = tqdm(range(start, cfg.meta_steps), desc="meta-epochs", unit="epoch", disable=not lead or None)
+    if closed_form and lead:
+        print(f"model feat: the whitening is fitted in closed form over the {len(train_tasks)} training tasks "
+              "(one meta-epoch; test.meta_steps does not apply)")
+    epochs = range(0, 1) if closed_form else range(start, cfg.meta_steps)
+    bar = tqdm(epochs, desc="meta-epochs", unit="epoch", disable=not lead or None)
     for epoch in bar:
-        batch = [_tensors(t, device) for t in sampler.meta_batch(cfg.n_train_tasks)]
-        train_loss = meta_step(model, outer, shard_tasks(batch) if world > 1 else batch, inner, compile=cfg.compile)
-        val_loss = float(meta_loss(model, model_params(model), val_batch, inner))
+        if closed_form:
+            model.fit_whitening([(_tensor(np.concatenate([t.x_support, t.x_query]), device),
+                                  _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True))
+                                 for t in train_tasks], rotate=cfg.augment_rotation)
+            train_loss = closed_form_loss(model, train_tasks, inner_doc, cfg.rorcr_size, device)
+            val_loss = closed_form_loss(model, val, inner_doc, cfg.rorcr_size, device)
+        else:
+            batch = [_tensors(t, device) for t in sampler.meta_batch(cfg.n_train_tasks)]
+            train_loss = meta_step(model, outer, shard_tasks(batch) if world > 1 else batch, inner, compile=cfg.compile)
+            val_loss = float(meta_loss(model, model_params(model), val_batch, inner))
         history.append({"meta_epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "outer_lr": outer.lr})
         bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
         if writer:
@@ -211,19 +241,24 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     elif isinstance(best[1], dict):
         model.load_state_dict(best[1])
 
-    summary = {"run_dir": str(run_dir), "seed": seed, "meta_epochs": cfg.meta_steps, "train_seconds": train_seconds,
+    summary = {"run_dir": str(run_dir), "seed": seed, "meta_epochs": len(epochs) + start * (not closed_form), "train_seconds": train_seconds,
                "best_val_loss": best[0], "best_checkpoint": str(best[1]) if isinstance(best[1], Path) else None,
                "history": history, "device": str(device), "world_size": world, "compile": cfg.compile}
     if tests:
         torch.manual_seed(seed)
         b1 = build_model(cfg.model, **hp).to(device).eval()
         torch.manual_seed(seed)
-        b2 = pretrain_pooled(build_model(cfg.model, **hp).to(device), train_tasks,
-                             steps=max(1, cfg.meta_steps) * cfg.inner_steps, batch=cfg.batch_size * cfg.n_train_tasks,
-                             lr=float(cfg.outer_lr), seed=seed, device=device)
-        models = {"B1": b1, "B2": b2, "meta-model": model.eval()}
-        kw = {"lr": inner.lr, "optimizer": inner.optimizer, "batch_size": inner.batch_size,
-              "rorcr_size": cfg.rorcr_size, "device": device}
+        b2 = build_model(cfg.model, **hp).to(device)
+        if closed_form:
+            b2.fit_whitening([(_tensor(np.concatenate([t.x_support, t.x_query]), device),
+                               _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True))
+                              for t in train_tasks], rotate=cfg.augment_rotation, per_task=False)
+        else:
+            b2 = pretrain_pooled(b2, train_tasks, steps=max(1, cfg.meta_steps) * cfg.inner_steps,
+                                 batch=cfg.batch_size * cfg.n_train_tasks, lr=float(cfg.outer_lr), seed=seed,
+                                 device=device)
+        models = {"B1": b1, "B2": b2.eval(), "meta-model": model.eval()}
+        kw = {"inner": inner_doc, "rorcr_size": cfg.rorcr_size, "device": device}
         logs = compare(models, tests, steps_list=[cfg.inner_steps], **kw)
         conv = compare(models, tests, steps_list=list(cfg.converge_steps), **kw) if cfg.converge_baselines else None
         summary["test_data_hash"] = test_hash

@@ -26,7 +26,7 @@ from calibrate_helpers import (
 
 from metaemg.modelfile import OnnxModel, read_model_info
 from metalearn.calibrate import EXIT_REFUSED, main
-from metalearn.calibration.clip import holdout_start
+from metalearn.calibration.clip import cycle_starts, prepare_clip
 from metalearn.evaluate_cli import evaluate
 from metalearn.recording import Recording, read_recording, write_recording
 
@@ -67,7 +67,7 @@ def test_offline_calibration_installs_the_adapted_model_with_provenance(base, cl
     assert res["installed"] and res["gate"]["passed"] and res["accuracy_after"] > res["accuracy_before"] + 0.3
     assert 0 < res["adapt_seconds"] < 5
     assert "daemon not running: it will load the new model at its next start" in proc.stdout
-    assert "gate: passed" in proc.stdout and "held out: the last cycle" in proc.stdout
+    assert "gate: passed" in proc.stdout and "2 cycles (from 0.0, 15.0 s): each is scored by a model adapted on the others" in proc.stdout
 
     models = state / "models"
     model = Path(res["model"])
@@ -85,16 +85,17 @@ def test_offline_calibration_installs_the_adapted_model_with_provenance(base, cl
     cal = info.calibration
     assert cal["clip_sha256"] == digest and cal["base_model_id"] == base_info.model_id
     assert cal["accuracy_before"] == res["accuracy_before"] and cal["accuracy_after"] == res["accuracy_after"]
-    assert cal["gate"]["passed"] and cal["inner"] == dict(base_info.inner) and cal["holdout"] == "last cycle"
+    assert cal["gate"]["passed"] and cal["inner"] == dict(base_info.inner)
+    assert cal["holdout"] == "cross-validation over 2 cycles" and cal["cycle_starts_s"][0] == 0.0
     # same metadata as the base, except the scaler fitted on the clip and the provenance
     same = {k: v for k, v in base_info.to_dict().items() if k not in ("scaler", "calibration", "model_id", "created")}
     assert {k: info.to_dict()[k] for k in same} == same
     assert info.scaler["kind"] == base_info.scaler["kind"] and info.scaler["offset"] != base_info.scaler["offset"]
 
-    # "after" is the installed ONNX file itself on the held-out windows
+    # "before" is the base ONNX file on every window; "after" each cycle scored by a model adapted on the other
     rec = read_recording(clip)
-    assert res["accuracy_after"] == pytest.approx(_holdout_accuracy(model, rec), abs=1e-12)
-    assert res["accuracy_before"] == pytest.approx(_holdout_accuracy(base, rec), abs=1e-12)
+    assert res["accuracy_before"] == pytest.approx(_clip_accuracy(base, rec), abs=1e-12)
+    assert res["accuracy_after"] == pytest.approx(_cross_validated_accuracy(base, rec), abs=1e-12)
 
     report = json.loads(Path(res["report"]).read_text())
     assert report["held_out"]["after"]["accuracy"] == res["accuracy_after"]
@@ -104,13 +105,27 @@ def test_offline_calibration_installs_the_adapted_model_with_provenance(base, cl
     assert history[-1]["action"] == "install" and history[-1]["model_id"] == res["model_id"]
 
 
-def _holdout_accuracy(model_path: Path, rec: Recording) -> float:
+def _clip_accuracy(model_path: Path, rec: Recording) -> float:
     from metaemg.signal import SignalChain, make_windows
 
     model = OnnxModel(model_path)
     w, ends = make_windows(SignalChain(model.info.signal).process(rec.emg), model.info.window, model.info.stride)
-    held = ends >= holdout_start(rec.labels)
-    return float((model.predict(w[held]).argmax(1) == rec.labels[ends][held]).mean())
+    return float((model.predict(w).argmax(1) == rec.labels[ends]).mean())
+
+
+def _cross_validated_accuracy(base: Path, rec: Recording) -> float:
+    """Each cycle of the clip decided by the base model adapted, with --out, on a clip of the other cycle."""
+    from metalearn.calibration.adapt import Adapter
+
+    clip = prepare_clip(rec, OnnxModel(base).info.signal)
+    assert clip.n_cycles == 2
+    adapter, hits = Adapter(base), 0
+    for k in range(2):
+        other = clip.cycles != k
+        fitted = adapter.adapt(clip.windows[other], clip.labels[other], clip.conditioned[clip.cycle_samples(1 - k)])
+        held = clip.cycles == k
+        hits += int((fitted.predict(clip.windows[held]).argmax(1) == clip.labels[held]).sum())
+    return hits / len(clip.labels)
 
 
 def test_calibration_improves_accuracy_on_later_sessions(base, clips, tmp_path, capsys):
@@ -154,7 +169,7 @@ def test_the_gate_refuses_a_worse_model_and_force_installs_it(base, clips, tmp_p
     # then a clip where the patient did the opposite of the cues in the first cycle
     rec = read_recording(clips["Male13/cal"])
     labels = rec.labels.copy()
-    first = labels[: holdout_start(labels)]
+    first = labels[: cycle_starts(labels)[1]]
     first[first > 0] = 3 - first[first > 0]  # open <-> close
     swapped = write_recording(tmp_path / "swapped.csv", Recording(rec.time, rec.emg, labels))
     state = tmp_path / "state"

@@ -17,7 +17,7 @@ from metaemg.modelfile import read_model_info
 from metaemg.signal import SignalSpec
 from metalearn.calibrate import end_hold
 from metalearn.calibration import config as configuration
-from metalearn.calibration.clip import ClipRules, holdout_start, prepare_clip
+from metalearn.calibration.clip import ClipRules, cycle_starts, prepare_clip
 from metalearn.calibration.daemonlink import DaemonLink, default_control_endpoint
 from metalearn.calibration.gate import GateRules, decide
 from metalearn.calibration.metrics import change_delays, confusion, delay_summary, summary
@@ -68,16 +68,32 @@ def test_bad_protocol_values_are_refused(changes, fragment):
 
 
 # ------------------------------------------------------------------------------------ clip
-def test_the_held_out_part_is_the_last_cycle_with_all_three_intents(male13):
+def test_the_clip_is_cut_into_cycles_each_with_all_three_intents(male13):
     clip = prepare_clip(male13, SPEC)
     starts = np.flatnonzero(np.diff(male13.labels)) + 1  # relax | open relax close | relax open relax close relax
     assert male13.labels[starts].tolist() == [1, 0, 2, 0, 1, 0, 2, 0]
-    assert clip.split == holdout_start(male13.labels) == starts[3]  # the relax before the 2nd open
-    assert 14.5 < clip.split_time < 15.5
-    assert set(clip.y_holdout.tolist()) == {0, 1, 2} and set(clip.y_adapt.tolist()) == {0, 1, 2}
-    assert (clip.ends[clip.held_out] >= clip.split).all() and (clip.ends[~clip.held_out] < clip.split).all()
+    assert clip.cycle_starts == cycle_starts(male13.labels) == (0, starts[3])  # the relax before the 2nd open
+    assert clip.n_cycles == 2 and 14.5 < clip.cycle_times()[1] < 15.5
+    cycles = clip.cycles
+    assert (cycles[clip.ends < starts[3]] == 0).all() and (cycles[clip.ends >= starts[3]] == 1).all()
+    folds = list(clip.folds())
+    assert [k for k, *_ in folds] == [0, 1]
+    for k, train, held, samples in folds:
+        assert set(clip.labels[held].tolist()) == {0, 1, 2} and set(clip.labels[train].tolist()) == {0, 1, 2}
+        assert (train == ~held).all() and (held == (cycles == k)).all()
+        assert not samples[clip.cycle_samples(k)].any() and samples.sum() == len(samples) - len(
+            range(*clip.cycle_samples(k).indices(len(samples))))
     assert clip.windows.shape[1:] == (50, 8) and clip.windows.dtype == np.float32
     assert clip.activity()["open"] > 1.5 and clip.activity()["close"] > 1.5
+
+
+def test_every_cycle_of_a_longer_clip_is_one_fold(myo_src):
+    rec = myo_recording(myo_src, "Male13", "training0")  # four cycles
+    clip = prepare_clip(rec, SPEC)
+    assert clip.n_cycles == 4
+    assert np.bincount(clip.cycles).tolist() == [int((clip.cycles == k).sum()) for k in range(4)]
+    assert all(np.bincount(clip.cycles)[k] > 200 for k in range(4))
+    assert clip.cycle_samples(3).stop == rec.n_samples
 
 
 def _with(rec: Recording, emg=None, labels=None) -> Recording:
@@ -101,8 +117,8 @@ def test_a_missing_intent_one_cycle_or_too_short_a_part_is_refused(male13):
         prepare_clip(male13.slice(0, 16 * 200), SPEC)
     short_open = male13.labels.copy()
     opens = np.flatnonzero(short_open == 1)
-    short_open[opens[opens >= 3000][40:]] = 0  # the held-out open lasts 0.2 s
-    with pytest.raises(DataError, match="held-out last cycle has only open 0.2"):
+    short_open[opens[opens >= 3000][40:]] = 0  # the second cycle's open lasts 0.2 s
+    with pytest.raises(DataError, match="its cycle 2 of 2 has only open 0.2"):
         prepare_clip(_with(male13, labels=short_open), SPEC)
 
 

@@ -19,6 +19,7 @@ from metaemg.errors import ConfigError, ModelError
 from metaemg.modelfile import (
     CLASS_NAMES,
     FORMAT,
+    INNER_HEADS,
     INNER_OPTIMIZERS,
     MODEL_KINDS,
     SCALER_KINDS,
@@ -47,6 +48,7 @@ TINY = {
     "cnn": {"fc_units": 8, "filters": 4, "n_layers": 2, "kernel_size": 3},
     "tcn": {"fc_units": 8, "filters": 4, "n_blocks": 2},
     "tf": {"fc_units": 8, "d_model": 8, "n_heads": 2, "n_layers": 2, "ff_mult": 1},
+    "feat": {},
 }
 INNER = {"optimizer": "adam", "steps": 3, "lr": 0.005, "first_order": False, "batch_size": 8}
 
@@ -68,6 +70,11 @@ def make_checkpoint(path: Path, kind: str, *, seed: int = 0, nan_weight: bool = 
                     **extra) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(seed)
     model = build_model(kind, n_channels=SPEC.channels, window=SPEC.window, **TINY[kind])
+    if kind == "feat":  # its whitening and head are fitted, not drawn: fit them to something
+        x = torch.from_numpy(SCALER.transform(WINDOWS).astype(np.float32))
+        y = torch.from_numpy(np.random.default_rng(seed).integers(0, 3, len(x)))
+        model.fit_whitening([(x, y)])
+        model.fit_head(x, y, 0.3)
     state = model.state_dict()
     if nan_weight:
         next(iter(state.values())).view(-1)[0] = float("nan")
@@ -111,6 +118,7 @@ def torch_outputs(model: torch.nn.Module, windows: np.ndarray) -> tuple[np.ndarr
 def test_constants_agree_with_the_training_side():
     assert MODEL_KINDS == models.MODEL_KINDS
     assert INNER_OPTIMIZERS == maml.OPTIMIZERS
+    assert INNER_HEADS == maml.HEADS
     assert SCALER_KINDS == tasks.SCALERS
 
 

@@ -40,6 +40,7 @@ TINY = {
     "cnn": {"fc_units": 8, "filters": 4},
     "tcn": {"fc_units": 8, "filters": 4, "n_blocks": 2},
     "tf": {"fc_units": 8, "d_model": 8, "n_heads": 2, "n_layers": 1},
+    "feat": {},
 }
 
 
@@ -220,7 +221,7 @@ def test_adapt_reduces_support_loss_without_building_a_graph(kind: str, optimize
     model, ((xs, ys, _, _),) = tiny(kind, torch.float32), make_tasks(1, n_support=24, dtype=torch.float32)
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     params = model_params(model)
-    lr = {"sgd": {"dnn": 0.5, "cnn": 1.0, "tcn": 1.0, "tf": 0.5}[kind], "adam": 0.02}[optimizer]
+    lr = {"sgd": {"dnn": 0.5, "cnn": 1.0, "tcn": 1.0, "tf": 0.5, "feat": 1.0}[kind], "adam": 0.02}[optimizer]
     adapted = adapt(model, params, xs, ys, steps=20, lr=lr, optimizer=optimizer, first_order=False)
     loss0 = F.cross_entropy(torch.func.functional_call(model, params, (xs,)), ys)
     loss1 = F.cross_entropy(torch.func.functional_call(model, adapted, (xs,)), ys)

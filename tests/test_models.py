@@ -21,6 +21,7 @@ TINY = {
     "cnn": {"fc_units": 16, "filters": 8},
     "tcn": {"fc_units": 16, "filters": 8, "n_blocks": 2},
     "tf": {"fc_units": 16, "d_model": 16, "n_heads": 2, "n_layers": 2},
+    "feat": {},
 }
 
 
@@ -51,13 +52,18 @@ def test_init_is_deterministic_from_seed(kind: str) -> None:
     a, b, c = tiny(kind, seed=1), tiny(kind, seed=1), tiny(kind, seed=2)
     for (name, pa), (_, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
         assert torch.equal(pa, pb), name
+    if kind == "feat":  # fitted, not drawn: a zero head (equal probabilities) whatever the seed
+        assert all(not p.any() for p in c.parameters())
+        return
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_no_buffers_batchnorm_or_dropout(kind: str) -> None:
+    """Buffers only where fitted statistics live (feat), never running statistics."""
     model = tiny(kind)
-    assert list(model.buffers()) == []
+    expected = ["feat_offset", "feat_scale", "whiten"] if kind == "feat" else []
+    assert [name for name, _ in model.named_buffers()] == expected
     banned = (nn.modules.batchnorm._BatchNorm, nn.Dropout)
     assert not any(isinstance(m, banned) for m in model.modules())
     x = torch.randn(4, WINDOW, CHANNELS)
@@ -178,3 +184,105 @@ def test_onnx_export_matches_torch(kind: str) -> None:
         assert got.shape == (batch, 3)
         assert np.abs(got - want).max() <= 1e-5
 
+
+
+# ---------------------------------------------------------------- feat: features, closed-form head, whitening
+def test_feat_features_are_log_mav_and_log_wl_at_three_scales_laid_out_by_channel() -> None:
+    from metalearn.models import FEAT_SCALES, feature_count
+
+    model = build_model("feat", n_channels=3, window=10)
+    x = torch.zeros(1, 10, 3)
+    x[0, :, 0] = torch.tensor([1.0, -1.0] * 5)  # |x| = 1, |diff| = 2 everywhere
+    x[0, 8:, 1] = 3.0  # only the newest two samples: seen by the short scales
+    f = model.features(x).reshape(2, len(FEAT_SCALES), 3)  # (mav | wl, scale, channel)
+    assert f.shape[1] * 6 == feature_count(10, 3) and feature_count(10, 3) == 18
+    eps = 1e-4
+    torch.testing.assert_close(f[0, :, 0], torch.full((3,), float(np.log(1 + eps))))
+    torch.testing.assert_close(f[1, :, 0], torch.full((3,), float(np.log(2 + eps))))
+    # channel 1: mean |x| over the last 10, 5 and 2 samples
+    torch.testing.assert_close(f[0, :, 1], torch.log(torch.tensor([0.6, 1.2, 3.0]) + eps))
+    torch.testing.assert_close(f[0, :, 2], torch.full((3,), float(np.log(eps))))
+    rolled = model.features(torch.roll(x, 1, dims=2)).reshape(2, 3, 3)
+    torch.testing.assert_close(rolled, torch.roll(f, 1, dims=2))  # rotating the armband rolls the last axis
+
+
+def test_lda_matches_the_textbook_formula() -> None:
+    from metalearn.models import lda
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 2, (3, 4))
+    y = np.repeat(np.arange(3), 30)
+    z = means[y] + rng.normal(0, 1, (90, 4))
+    w, b = lda(torch.from_numpy(z), torch.from_numpy(y), 3, 0.25)
+    mu = np.stack([z[y == k].mean(0) for k in range(3)])
+    r = z - mu[y]
+    cov = r.T @ r / (90 - 3)
+    cov = 0.75 * cov + 0.25 * np.eye(4) * np.trace(cov) / 4
+    inv = np.linalg.inv(cov)
+    np.testing.assert_allclose(w.numpy(), mu @ inv, rtol=1e-10)
+    np.testing.assert_allclose(b.numpy(), -0.5 * np.einsum("kd,de,ke->k", mu, inv, mu), rtol=1e-10)
+    # a class without windows is never decided
+    w, b = lda(torch.from_numpy(z[y < 2]), torch.from_numpy(y[y < 2]), 3, 0.25)
+    assert b[2] == -1e4
+
+
+def test_feat_is_safe_until_fitted_then_separates_its_clip() -> None:
+    torch.manual_seed(0)
+    model = build_model("feat", n_channels=8, window=20)
+    gains = torch.tensor([[0.1] * 8, [1.0] * 4 + [0.1] * 4, [0.1] * 4 + [1.0] * 4])  # relax, open, close
+    y = torch.arange(3).repeat_interleave(40)
+    x = torch.randn(120, 20, 8) * gains[y][:, None, :]
+    probs = torch.softmax(model(x), dim=1)
+    torch.testing.assert_close(probs, torch.full_like(probs, 1 / 3))  # below any threshold: no motion
+    model.fit_head(x, y, 0.3)
+    f = model.features(x)
+    torch.testing.assert_close(model.feat_offset, f.mean(0))
+    torch.testing.assert_close(model.feat_scale, f.std(0, unbiased=False))
+    fresh = torch.randn(120, 20, 8) * gains[y][:, None, :]
+    assert (model(fresh).argmax(1) == y).float().mean() > 0.95
+
+
+def test_feat_whitening_is_the_inverse_root_of_the_pooled_within_class_covariance() -> None:
+    torch.manual_seed(0)
+    model = build_model("feat", n_channels=4, window=10)
+    tasks = [(torch.randn(60, 10, 4) * (1 + k), torch.arange(3).repeat(20)) for k in range(3)]
+    model.fit_whitening(tasks, rotate=True)
+    resid = []
+    for x, y in tasks:
+        f = model.features(x).double()
+        f = (f - f.mean(0)) / f.std(0, unbiased=False)
+        mu = torch.stack([f[y == k].mean(0) for k in range(3)])
+        r = f - mu[y]
+        resid += [torch.roll(r.reshape(60, -1, 4), s, dims=2).reshape(60, -1) for s in range(4)]
+    r = torch.cat(resid)
+    cov = r.T @ r / len(r)
+    w = model.whiten.double()
+    torch.testing.assert_close(w @ (cov + 1e-3 * torch.eye(len(cov), dtype=torch.float64)) @ w.T,
+                               torch.eye(len(cov), dtype=torch.float64), atol=1e-4, rtol=0)
+    # averaged over rotations: rotating every task's armband changes nothing
+    rotated = build_model("feat", n_channels=4, window=10)
+    rotated.fit_whitening([(torch.roll(x, 1, dims=2), y) for x, y in tasks], rotate=True)
+    torch.testing.assert_close(rotated.whiten, model.whiten, atol=1e-5, rtol=0)
+
+
+def test_adapt_model_fits_the_head_then_steps_and_leaves_the_model_alone() -> None:
+    from metalearn.maml import adapt_model
+
+    torch.manual_seed(0)
+    model = build_model("feat", n_channels=8, window=20)
+    x, y = torch.randn(60, 20, 8), torch.arange(3).repeat(20)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inner = {"optimizer": "adam", "steps": 0, "lr": 0.01, "first_order": True, "head": "lda", "shrinkage": 0.3}
+    fitted = adapt_model(model, x, y, inner)
+    reference = build_model("feat", n_channels=8, window=20)
+    reference.fit_head(x, y, 0.3)
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(fitted.state_dict()[k], v)
+    stepped = adapt_model(model, x, y, {**inner, "steps": 3})
+    assert not torch.equal(stepped.head.weight, fitted.head.weight)
+    torch.testing.assert_close(stepped.feat_offset, fitted.feat_offset)  # steps move the head only
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match="inner head 'lda' needs a model with a closed-form head"):
+        adapt_model(tiny("dnn"), torch.randn(6, WINDOW, CHANNELS), torch.arange(3).repeat(2), inner)
+    with pytest.raises(ConfigError, match="inner head must be null or one of lda"):
+        adapt_model(model, x, y, {**inner, "head": "svm"})

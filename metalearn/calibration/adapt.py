@@ -1,11 +1,12 @@
-"""Adapt the base meta-model to a clip with exactly the inner loop it was meta-trained with.
+"""Adapt the base meta-model to (part of) a clip with exactly the adaptation it was meta-trained for.
 
-The base ONNX file is turned back into its torch model (:func:`metalearn.export.load_torch_from_onnx`);
-a scaler of the base model's kind is fitted on the conditioned samples of the adaptation part
-only; the inner loop (optimiser, steps, learning rate from the file's ``inner`` metadata) runs on
-every adaptation window at once, on the CPU; the result is exported, with the new scaler baked
-in and the calibration provenance in its metadata, by :func:`metalearn.export.export_model`
-(which checks onnxruntime against torch before the file exists).
+The base ONNX file is turned back into its torch model once (:func:`metalearn.export.load_torch_from_onnx`);
+:meth:`Adapter.adapt` then fits, on a copy, a scaler of the base model's kind on the conditioned
+samples of the part given, and runs the file's ``inner`` adaptation on its windows, on the CPU
+(:func:`metalearn.maml.adapt_model`: the closed-form head of a ``feat`` model, then the inner
+loop's gradient steps). The result is exported, with the new scaler baked in and the calibration
+provenance in its metadata, by :func:`metalearn.export.export_model` (which checks onnxruntime
+against torch before the file exists).
 
 torch and onnx are imported only here, and only when called: :func:`require_torch` says
 exactly what to install on a device PC without them.
@@ -65,29 +66,35 @@ class Adapted:
             return torch.softmax(logits, dim=-1).numpy()
 
 
-def adapt_to_clip(base_path: str | Path, clip: ClipWindows) -> Adapted:
-    """Run the base model's inner loop on the clip's adaptation windows."""
-    torch, _ = require_torch()
-    from metalearn.export import load_torch_from_onnx
-    from metalearn.maml import adapt, model_params, torch_threads
+class Adapter:
+    """The base model file's own adaptation, applicable to any part of a clip."""
 
-    model, info = load_torch_from_onnx(base_path)
-    scaler = Scaler.fit(info.scaler["kind"], clip.conditioned[: clip.split])
-    result = Adapted(model, info, scaler, 0.0)
-    x = torch.from_numpy(result.scaled(clip.x_adapt))
-    y = torch.from_numpy(np.ascontiguousarray(clip.y_adapt, dtype=np.int64))
-    inner = info.inner
-    with torch_threads(ADAPT_THREADS):
-        t0 = time.perf_counter()
-        params = adapt(model, model_params(model), x, y, steps=int(inner["steps"]), lr=float(inner["lr"]),
-                       optimizer=inner["optimizer"], first_order=bool(inner["first_order"]),
-                       batch_size=inner.get("batch_size"))
-        result.adapt_seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name])
-    model.eval()
-    return result
+    def __init__(self, base_path: str | Path):
+        require_torch()
+        from metalearn.export import load_torch_from_onnx
+
+        self.model, self.info = load_torch_from_onnx(base_path)
+
+    def adapt(self, windows: np.ndarray, labels: np.ndarray, samples: np.ndarray) -> Adapted:
+        """Adapt a copy of the base model to ``windows`` (conditioned, unscaled) and ``labels``;
+        the scaler is fitted on the conditioned ``samples`` they were cut from."""
+        torch, _ = require_torch()
+        from metalearn.maml import adapt_model, torch_threads
+
+        scaler = Scaler.fit(self.info.scaler["kind"], samples)
+        result = Adapted(self.model, self.info, scaler, 0.0)
+        x = torch.from_numpy(result.scaled(windows))
+        y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        with torch_threads(ADAPT_THREADS):
+            t0 = time.perf_counter()
+            result.model = adapt_model(self.model, x, y, self.info.inner)
+            result.adapt_seconds = time.perf_counter() - t0
+        return result
+
+
+def adapt_to_clip(base_path: str | Path, clip: ClipWindows) -> Adapted:
+    """The base model adapted on every cycle of the clip (what is installed)."""
+    return Adapter(base_path).adapt(clip.windows, clip.labels, clip.conditioned)
 
 
 def export_adapted(adapted: Adapted, calibration: dict, out: str | Path, verify_windows: np.ndarray) -> Path:

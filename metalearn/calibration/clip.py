@@ -1,15 +1,17 @@
-"""A calibration clip -> checked, conditioned windows, split into an adaptation part and a
-held-out part (the last cycle).
+"""A calibration clip -> checked, conditioned windows, cut into its relax-open-relax-close cycles.
 
 The whole clip runs through a fresh :class:`~metaemg.signal.SignalChain` of the model's spec, as
 one stream (what the daemon would compute), then :func:`~metaemg.signal.make_windows`; each
-window is labelled by its last sample. The held-out part starts at the relax before the last
-open or close (whichever comes first), so it is one whole relax-open-relax-close-relax cycle and
-holds all three intents; windows whose last sample lies in it are held out, the rest adapt.
+window is labelled by its last sample and belongs to the cycle its last sample lies in. A cycle
+starts at the relax before its open or close (whichever comes first); the first cycle starts at
+the clip's first sample and the last one runs to its end, so each holds all three intents.
+
+The gate cross-validates over the cycles (each cycle scored by a model adapted on the others,
+:func:`folds`); the model that is installed is adapted on every cycle.
 
 Refused with a one-line :class:`~metaemg.errors.DataError` (no model is made): a wrong channel
 count or sample rate, a flat channel (no contact, armband off), a saturated clip, an intent
-that is missing, fewer than two cycles, or too little of an intent in either part.
+that is missing, fewer than two cycles, or too little of an intent in a cycle.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ FLAT_FRACTION = 1e-3  # of the input range: a channel that moves less than this 
 class ClipRules:
     """What makes a clip usable (the ``gate`` section of the configuration holds these)."""
 
-    min_intent_s: float = 0.5  # of each intent, in each part (adaptation and held-out)
+    min_intent_s: float = 0.5  # of each intent, in each cycle
     max_saturated: float = 0.2  # fraction of samples at the armband's range limits
 
     def __post_init__(self) -> None:
@@ -49,32 +51,35 @@ class ClipWindows:
     windows: np.ndarray  # (k, window, channels) float32, conditioned, unscaled
     ends: np.ndarray  # (k,) sample index of each window's last sample
     labels: np.ndarray  # (k,) label of each window's last sample
-    split: int  # first sample of the held-out part
+    cycle_starts: tuple[int, ...]  # first sample of each cycle (the first is 0)
     saturated_fraction: float
 
     @property
-    def held_out(self) -> np.ndarray:
-        return self.ends >= self.split
+    def n_cycles(self) -> int:
+        return len(self.cycle_starts)
 
     @property
-    def x_adapt(self) -> np.ndarray:
-        return self.windows[~self.held_out]
+    def cycles(self) -> np.ndarray:
+        """(k,) the cycle of each window (of its last sample)."""
+        return np.searchsorted(np.asarray(self.cycle_starts), self.ends, side="right") - 1
 
-    @property
-    def y_adapt(self) -> np.ndarray:
-        return self.labels[~self.held_out]
+    def cycle_samples(self, k: int) -> slice:
+        """The samples of cycle ``k``."""
+        stop = self.cycle_starts[k + 1] if k + 1 < self.n_cycles else len(self.conditioned)
+        return slice(self.cycle_starts[k], stop)
 
-    @property
-    def x_holdout(self) -> np.ndarray:
-        return self.windows[self.held_out]
+    def folds(self):
+        """For each cycle ``k``: ``(k, train windows mask, held-out windows mask, train samples mask)``."""
+        cycles = self.cycles
+        for k in range(self.n_cycles):
+            samples = np.ones(len(self.conditioned), dtype=bool)
+            samples[self.cycle_samples(k)] = False
+            yield k, cycles != k, cycles == k, samples
 
-    @property
-    def y_holdout(self) -> np.ndarray:
-        return self.labels[self.held_out]
-
-    @property
-    def split_time(self) -> float:
-        return float(self.recording.time[self.split] - self.recording.time[0])
+    def cycle_times(self) -> list[float]:
+        """Start of each cycle, seconds from the clip's start."""
+        t = self.recording.time
+        return [float(t[i] - t[0]) for i in self.cycle_starts]
 
     def activity(self) -> dict[str, float]:
         """Mean conditioned level per intent relative to relax (about 1: no contraction seen)."""
@@ -84,9 +89,10 @@ class ClipWindows:
         return {name: round(v / base, 3) for name, v in level.items()}
 
 
-def holdout_start(labels: np.ndarray, path: object | None = None) -> int:
-    """First sample of the held-out part: the relax before the last open or close (whichever is
-    first), or that open/close itself when no relax precedes it."""
+def cycle_starts(labels: np.ndarray, path: object | None = None) -> tuple[int, ...]:
+    """First sample of each relax-open-relax-close cycle: 0, then for every later cycle the relax
+    before its open or close (whichever comes first), or that open/close itself when no relax
+    precedes it. A cycle is counted for each pair of an open run and a close run."""
     labels = np.asarray(labels, dtype=np.int64)
     starts = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1])
     run_labels = labels[starts]
@@ -94,17 +100,19 @@ def holdout_start(labels: np.ndarray, path: object | None = None) -> int:
         if not (labels == k).any():
             seen = ", ".join(n for i, n in enumerate(INTENTS) if (labels == i).any())
             raise DataError(f"the clip has no '{name}' (intents seen: {seen}); it needs relax, open and close", path=path)
-    cycles = min(int((run_labels == 1).sum()), int((run_labels == 2).sum()))
+    opens, closes = np.flatnonzero(run_labels == 1), np.flatnonzero(run_labels == 2)
+    cycles = min(len(opens), len(closes))
     if cycles < 2:
         raise DataError(
             f"the clip has {cycles} cycle(s) of open and close; calibration needs at least 2 "
-            "(it adapts on the first ones and checks the result on the last one)", path=path)
-    last_open = int(np.flatnonzero(run_labels == 1)[-1])
-    last_close = int(np.flatnonzero(run_labels == 2)[-1])
-    first = min(last_open, last_close)
-    if first > 0 and run_labels[first - 1] == 0:
-        first -= 1
-    return int(starts[first])
+            "(it adapts on all but one and checks the result on the one left out, for each cycle)", path=path)
+    out = [0]
+    for c in range(1, cycles):
+        first = int(min(opens[c], closes[c]))
+        if first > 0 and run_labels[first - 1] == 0:
+            first -= 1
+        out.append(int(starts[first]))
+    return tuple(out)
 
 
 def prepare_clip(rec: Recording, spec: SignalSpec, rules: ClipRules = ClipRules()) -> ClipWindows:
@@ -123,22 +131,22 @@ def prepare_clip(rec: Recording, spec: SignalSpec, rules: ClipRules = ClipRules(
         raise DataError(
             f"the armband saturates in {saturated:.0%} of the clip (limit {rules.max_saturated:.0%}): "
             "check its fit and position, then calibrate again", path=path)
-    split = holdout_start(rec.labels, path)
+    starts = cycle_starts(rec.labels, path)
     conditioned = chain.process(rec.emg)
     windows, ends = make_windows(conditioned, spec.window, spec.stride)
     if len(ends) == 0:
         raise DataError(f"the clip is too short: {rec.duration:.1f} s gives no {spec.window}-sample window", path=path)
     labels = rec.labels[ends]
     need = max(1, int(np.ceil(rules.min_intent_s * rate / spec.stride)))
-    held = ends >= split
-    for part, mask in (("adaptation part (all but the last cycle)", ~held), ("held-out last cycle", held)):
-        counts = np.bincount(labels[mask], minlength=len(INTENTS))
+    cycles = np.searchsorted(np.asarray(starts), ends, side="right") - 1
+    for k in range(len(starts)):
+        counts = np.bincount(labels[cycles == k], minlength=len(INTENTS))
         short = [f"{INTENTS[i]} {counts[i] * spec.stride / rate:.2f} s" for i in range(len(INTENTS)) if counts[i] < need]
         if short:
             raise DataError(
-                f"the clip is too short: its {part} has only {', '.join(short)}; each part needs at least "
-                f"{rules.min_intent_s:g} s of each intent", path=path)
-    return ClipWindows(spec, rec, conditioned, windows.astype(np.float32), ends, labels, split, saturated)
+                f"the clip is too short: its cycle {k + 1} of {len(starts)} has only {', '.join(short)}; each cycle "
+                f"needs at least {rules.min_intent_s:g} s of each intent", path=path)
+    return ClipWindows(spec, rec, conditioned, windows.astype(np.float32), ends, labels, starts, saturated)
 
 
 def _check_flat(rec: Recording, spec: SignalSpec) -> None:

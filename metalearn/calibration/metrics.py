@@ -1,12 +1,24 @@
-"""How well decisions match labels: accuracy, per-intent recall, confusion matrix, and the delay
-from each label change to the first correct decision. Pure numpy, shared by calibration and
-``metaemg-eval``."""
+"""How well decisions match labels, in the terms a patient feels. Pure numpy, shared by
+calibration, ``metaemg-eval`` and the benchmarks.
+
+- ``accuracy``: share of windows whose decision names the label of the window's last sample
+  (every window, those that straddle a label change included);
+- ``steady_accuracy``: the same over the windows whose samples all carry one label;
+- ``wrong_direction``: share of the open and close windows that decide the opposite motion
+  (open during close, close during open): the hand moves the wrong way;
+- ``false_activation``: share of the relax windows that decide open or close: the hand moves
+  while the patient rests (for recordings of movements that are no intent, every window is a
+  relax window);
+- ``recall`` of each intent and the confusion matrix;
+- the delay from each label change to the first correct decision (:func:`change_delays`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 INTENTS = ("relax", "open", "close")
+RELAX, OPEN, CLOSE = range(len(INTENTS))
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(INTENTS)) -> np.ndarray:
@@ -16,16 +28,39 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(INTENTS)) -> 
     return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
 
 
-def summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """``{"windows", "accuracy", "recall": {intent: fraction or None}, "confusion": [[...]]}``;
-    recall is None for an intent with no window (accuracy is None without windows)."""
+def _share(hits: int, total: int) -> float | None:
+    return float(hits / total) if total else None
+
+
+def summary(y_true: np.ndarray, y_pred: np.ndarray, steady: np.ndarray | None = None) -> dict:
+    """``{"windows", "accuracy", "steady_accuracy", "wrong_direction", "false_activation", "recall":
+    {intent: fraction or None}, "confusion": [[...]]}`` (see the module docstring). A share is None
+    where it has no window to count (``steady_accuracy`` also when ``steady`` is not given)."""
     y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
     cm = confusion(y_true, y_pred)
     n = int(cm.sum())
     support = cm.sum(axis=1)
-    recall = {name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(INTENTS)}
-    return {"windows": n, "accuracy": float(np.trace(cm) / n) if n else None, "recall": recall,
-            "confusion": cm.tolist()}
+    recall = {name: _share(int(cm[i, i]), int(support[i])) for i, name in enumerate(INTENTS)}
+    steady_acc = None
+    if steady is not None:
+        steady = np.asarray(steady, dtype=bool)
+        steady_acc = _share(int((y_true[steady] == y_pred[steady]).sum()), int(steady.sum()))
+    return {"windows": n, "accuracy": _share(int(np.trace(cm)), n), "steady_accuracy": steady_acc,
+            "wrong_direction": _share(int(cm[OPEN, CLOSE] + cm[CLOSE, OPEN]), int(support[OPEN] + support[CLOSE])),
+            "false_activation": _share(int(cm[RELAX, OPEN] + cm[RELAX, CLOSE]), int(support[RELAX])),
+            "recall": recall, "confusion": cm.tolist()}
+
+
+def steady_windows(labels: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """Per window (its last sample at ``ends``): True when all its ``window`` samples carry one label."""
+    labels = np.asarray(labels, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    # index of the most recent label change at or before each sample
+    change = np.zeros(len(labels), dtype=np.int64)
+    change[1:] = np.where(np.diff(labels) != 0, np.arange(1, len(labels)), 0)
+    last_change = np.maximum.accumulate(change)
+    return last_change[ends] <= ends - window + 1
 
 
 def change_delays(time: np.ndarray, labels: np.ndarray, ends: np.ndarray, decisions: np.ndarray) -> list[dict]:

@@ -1,5 +1,6 @@
-"""The calibration report: a JSON document (everything, for the record) and a PNG (the clip, the
-cue labels, both models' decisions over the clip, and the held-out confusion matrices)."""
+"""The calibration report: a JSON document (everything, for the record) and a PNG (the clip and its
+cycles, the cue labels, the base model's and the cross-validated adapted models' decisions over
+the clip, and their confusion matrices)."""
 
 from __future__ import annotations
 
@@ -34,16 +35,17 @@ def write_png(path: Path, clip: ClipWindows, decisions: dict[str, np.ndarray], h
     rec = clip.recording
     t = rec.time - rec.time[0]
     t_win = t[clip.ends]
-    split_t = clip.split_time
+    cycle_t = clip.cycle_times()
     fig = plt.figure(figsize=(11, 7.5))
     grid = fig.add_gridspec(3, 2, height_ratios=[2.2, 1.0, 2.0], hspace=0.45, wspace=0.3)
 
     ax = fig.add_subplot(grid[0, :])
     ax.plot(t, clip.conditioned, lw=0.6)
     _shade(ax, t, rec.labels)
-    ax.axvline(split_t, color="k", ls="--", lw=1)
-    ax.text(split_t, 0.97, " held out ->", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
-    ax.text(t[0], 0.97, " adaptation", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    for k, start in enumerate(cycle_t):
+        if k:
+            ax.axvline(start, color="k", ls="--", lw=1)
+        ax.text(start, 0.97, f" cycle {k + 1}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
     ax.set_xlim(t[0], t[-1])
     ax.set_ylabel("conditioned EMG")
     ax.set_title(title, fontsize=10)
@@ -56,7 +58,8 @@ def write_png(path: Path, clip: ClipWindows, decisions: dict[str, np.ndarray], h
             m = values == k
             ax.scatter(t_win[m], np.full(m.sum(), y), c=COLORS[k], marker="|", s=120, lw=2)
     ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=8)
-    ax.axvline(split_t, color="k", ls="--", lw=1)
+    for start in cycle_t[1:]:
+        ax.axvline(start, color="k", ls="--", lw=1)
     ax.set_xlim(t[0], t[-1])
     ax.set_xlabel("time (s)")
     handles = [plt.Line2D([], [], color=COLORS[k], lw=6) for k in range(len(INTENTS))]
