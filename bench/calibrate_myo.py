@@ -2,9 +2,10 @@
 
 For each of Male13, Male14, Male15: ``metaemg-calibrate --from-recording`` on the first
 ``--clip-s`` seconds of session training0 (default 45 s: three relax-open-relax-close cycles, as
-the live protocol: two to adapt on, the last held out), then ``metaemg-eval`` of the base model and of the adapted model on
-sessions Test0 and Test1 (the armband put on again, later). Prints a Markdown table: accuracy on
-the clip's held-out cycle (what the gate sees) and on Test0+Test1, before and after.
+the live protocol), then ``metaemg-eval`` of the base model and of the adapted model on sessions
+Test0 and Test1 (the armband put on again, later), as the daemon decides. Prints a Markdown
+table: the clip's cross-validated accuracy (what the gate sees: each cycle decided by a model
+adapted on the others) and accuracy on Test0+Test1, before and after.
 
     python -m bench.calibrate_myo --model metalearn/default_model/myo_meta.onnx [--clip-s 45] [--json]
 """
@@ -24,6 +25,7 @@ SUBJECTS = ("Male13", "Male14", "Male15")
 
 
 def run(model: Path, myo_root: Path, clip_s: float) -> dict:
+    from controller.config import PolicyConfig
     from metalearn.calibrate import main as calibrate
     from metalearn.evaluate_cli import evaluate
     from metalearn.myo import build_recording, find_sessions
@@ -48,8 +50,8 @@ def run(model: Path, myo_root: Path, clip_s: float) -> dict:
                 raise SystemExit(f"{subject}: calibration failed: {res.get('error')}")
             rows[subject] = {"clip_before": res["accuracy_before"], "clip_after": res["accuracy_after"],
                              "gate": res["gate"]["line"], "adapt_seconds": res["adapt_seconds"],
-                             "test_before": evaluate(model, tests)["accuracy"],
-                             "test_after": evaluate(out, tests)["accuracy"]}
+                             "test_before": evaluate(model, tests, policy=PolicyConfig())["accuracy"],
+                             "test_after": evaluate(out, tests, policy=PolicyConfig())["accuracy"]}
     keys = ("clip_before", "clip_after", "test_before", "test_after")
     rows["mean"] = {k: float(np.mean([rows[s][k] for s in SUBJECTS])) for k in keys}
     return {"model": str(model), "clip_s": clip_s, "rows": rows}
@@ -58,13 +60,15 @@ def run(model: Path, myo_root: Path, clip_s: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="base meta-model (ONNX)")
-    p.add_argument("--myo-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "myoarmband")
+    p.add_argument("--myo-root", type=Path, help="the Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)")
     p.add_argument("--clip-s", type=float, default=45.0, help="seconds of training0 used as the calibration clip")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    res = run(args.model, args.myo_root, args.clip_s)
+    from controller.replay import default_myo_root
+
+    res = run(args.model, args.myo_root or default_myo_root(), args.clip_s)
     print(f"calibration clip: the first {args.clip_s:g} s of training0; base model {args.model}")
-    print("| subject | held-out cycle: before | after | Test0+Test1: before | after | gate |")
+    print("| subject | clip, cross-validated: before | after | Test0+Test1 as the daemon decides: before | after | gate |")
     print("|---|---|---|---|---|---|")
     for name, r in res["rows"].items():
         gate = r.get("gate", "")

@@ -61,7 +61,7 @@ def time_file(model: Path, clip: Path, repeats: int) -> dict:
 
     info = read_model_info(model)
     windows = prepare_clip(read_recording(clip, channels=info.channels), info.signal)
-    adapter = Adapter(model)
+    adapter = Adapter.from_file(model)
     final, total = [], []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()

@@ -1,43 +1,144 @@
-"""Accuracy on the Myo evaluation subjects: meta-model vs B1, B2 and an LDA on time-domain features.
+"""Accuracy on arms the model has never seen: the meta-model against its baselines, on 25 Myo arms.
 
-For each evaluation subject (Male13, Male14, Male15): adapt on the first 2 s and the first 5 s of
-each intent (relax, open, close) in session ``training0``; score on sessions ``Test0`` and ``Test1``
-(different donnings, recorded later). Same data, same run, same inner loop for the three networks:
+Two protocols, each with a calibration clip of S seconds of each intent (``--budgets``, 2 and 5):
 
-- meta-model: the meta-trained checkpoint, adapted with its own inner loop (optimiser, steps, lr);
-- B1: an untrained model of the same kind, adapted the same way;
-- B2: the same model pre-trained on all pre-training subjects pooled, then adapted the same way;
-- LDA: linear discriminant on MAV, WL, ZC, SSC per channel (Hudgins' time-domain set), fitted
-  on the same clip's windows (high-passed, not rectified).
+- **evaluation subjects, across sessions** (Male13, Male14, Male15): the models are (meta-)trained
+  on the 22 pre-training subjects; each subject's clip is cut from session ``training0`` in two
+  relax-open-relax-close cycles (S/2 s of open and of close per cycle, S/4 s of each relax, and a
+  final relax); scored on the later, separately donned sessions ``Test0`` and ``Test1``.
+- **leave-subjects-out rotation** over the 22 pre-training subjects (``--folds``, 5): for each
+  fold, the models are (meta-)trained without its subjects; each of them is calibrated on a clip
+  of cycle 0 of their session (S s of open and close, S/2 s of each relax) and scored on cycles 1-3.
 
-    python -m bench.myo_accuracy --data data/myo --checkpoint RUN/models/best.pt [--json]
+Scored on every window of the continuous recordings (those that straddle a label change
+included), through the signal chain of each method, as the daemon would: accuracy, steady
+accuracy, per-intent recall, and, as the daemon decides (its default policy replayed:
+:func:`controller.policy.replay`), wrong direction, false activation on relax, onset delay;
+false activation on the four other Myo gestures of the scored sessions (wrist flexion and
+extension, radial and ulnar deviation: none is an intent), raw and as the daemon decides.
+
+Methods (same clip, same windows):
+
+- ``meta-model``: the shipped recipe (``metalearn/conf/myo_default.yaml``, model ``feat``):
+  log-amplitude features of high-passed raw EMG, a whitening learned across the training
+  subjects in closed form, a closed-form LDA head fitted on the clip;
+- ``B1``: the same model with nothing learned from other subjects (identity whitening: LDA on the
+  same standardised features), adapted the same way;
+- ``B2``: the same model with the whitening fitted on all training subjects pooled (no per-subject
+  standardisation), adapted the same way;
+- ``+5 steps``: the meta-model, then 5 Adam steps of gradient fine-tuning on the clip;
+- ``LDA TD``: Hudgins' time-domain features (MAV, WL, ZC, SSC) of high-passed raw EMG and a
+  shrinkage LDA (0.1), the classic anchor;
+- ``MAML cnn``: the previous default recipe (the ``myo`` signal chain: rectified 5 Hz envelopes;
+  a 1-D CNN meta-trained with second-order MAML, 300 meta-steps, rotation augmentation, adapted
+  with 5 Adam steps); ``--no-previous`` leaves it out (it takes most of the run time).
+
+    python -m bench.myo_accuracy [--data data/myo] [--folds 5] [--budgets 2,5] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from metaemg.signal import SignalChain, SignalSpec, make_windows
-from metalearn.recording import read_recording
-from metalearn.tasks import Scaler, TaskRef, load_collection
+from metalearn.calibration.metrics import INTENTS, change_delays, delay_summary, steady_windows, summary
+from metalearn.recording import Recording, read_recording
 
-SUBJECTS = ("Male13", "Male14", "Male15")
+EVAL_SUBJECTS = ("Male13", "Male14", "Male15")
 BUDGETS = (2.0, 5.0)
+CONDITION = "myo_rorcr"
+RATE = 200.0
+OTHER_BLOCKS = 16  # other_gestures/*.csv: 4 cycles x 4 gestures, cycle-major
 
 
-def clip_mask(labels: np.ndarray, ends: np.ndarray, rate: float, seconds: float) -> np.ndarray:
-    """Windows whose last sample lies in the first ``seconds`` of its intent's samples."""
-    rank = np.zeros(len(labels), dtype=np.int64)
-    for k in np.unique(labels):
-        idx = np.flatnonzero(labels == k)
-        rank[idx] = np.arange(len(idx))
-    return rank[ends] < seconds * rate
+# ------------------------------------------------------------------------------ data
+def recording(data: Path, subject: str, session: str) -> Recording:
+    name = f"myo_{subject}_{session}"
+    return read_recording(data / name / f"{name[-2:]}_{CONDITION}.csv")
 
 
+def other_gestures(data: Path, subject: str, session: str, cycles: range | None = None) -> Recording:
+    """The four other gestures of a session (every window should decide relax); ``cycles``: only those."""
+    path = data / "other_gestures" / f"myo_{subject}_{session}.csv"
+    rec = read_recording(path, labelled=False)
+    if cycles is None:
+        return rec
+    with path.open(encoding="utf-8") as fh:
+        column = next(csv.reader(fh)).index("gesture")
+    codes = np.loadtxt(path, delimiter=",", skiprows=1, usecols=column, dtype=np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
+    if len(starts) - 1 != OTHER_BLOCKS:
+        raise ValueError(f"{path}: {len(starts) - 1} gesture blocks, expected {OTHER_BLOCKS}")
+    lo, hi = starts[4 * cycles.start], starts[4 * cycles.stop]
+    return Recording(rec.time[lo:hi] - rec.time[lo], rec.emg[lo:hi], rec.labels[lo:hi], rec.path)
+
+
+def runs(labels: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of equal labels."""
+    edges = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1, [len(labels)]])
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
+def calibration_clip(rec: Recording, seconds: float, cycles: tuple[int, ...]) -> Recording:
+    """``seconds`` of each intent over ``cycles`` of an imported Myo recording (4 runs a cycle:
+    relax, open, relax, close): from each cycle the first seconds/n of its open and close and
+    seconds/2n of each relax, then seconds/2n of the relax after the last cycle (each at most
+    what the run holds: one cycle of 5 s asks for more than some Myo gesture files hold); re-timed
+    as one continuous clip."""
+    n = len(cycles)
+    active, rest = int(round(seconds / n * RATE)), int(round(seconds / n / 2 * RATE))
+    r = runs(rec.labels)
+    pieces = []
+    for c in cycles:
+        for k, length in zip(range(4 * c, 4 * c + 4), (rest, active, rest, active), strict=True):
+            start, stop = r[k]
+            pieces.append(slice(start, min(stop, start + length)))  # a Myo gesture file holds 3.7-5.2 s
+    start, stop = r[4 * cycles[-1] + 4]
+    pieces.append(slice(start, min(stop, start + rest)))
+    emg = np.concatenate([rec.emg[p] for p in pieces])
+    labels = np.concatenate([rec.labels[p] for p in pieces])
+    return Recording(np.arange(len(emg)) / RATE, emg, labels)
+
+
+def cycle_start(rec: Recording, cycle: int) -> int:
+    return runs(rec.labels)[4 * cycle][0]
+
+
+@dataclass
+class Case:
+    """One subject and budget: the clip, the recordings to score (and from which sample on), the
+    other-gesture recordings."""
+
+    subject: str
+    clip: Recording
+    tests: list[tuple[Recording, int]]
+    others: list[Recording]
+
+
+def cases(data: Path, protocol: str, subjects: tuple[str, ...], budget: float) -> list[Case]:
+    out = []
+    for s in subjects:
+        if protocol == "sessions":
+            clip = calibration_clip(recording(data, s, "training0"), budget, (0, 1))
+            tests = [(recording(data, s, t), 0) for t in ("Test0", "Test1")]
+            others = [other_gestures(data, s, t) for t in ("Test0", "Test1")]
+        else:
+            rec = recording(data, s, "training0")
+            clip = calibration_clip(rec, budget, (0,))
+            tests = [(rec, cycle_start(rec, 1))]
+            others = [other_gestures(data, s, "training0", range(1, 4))]
+        out.append(Case(s, clip, tests, others))
+    return out
+
+
+# ------------------------------------------------------------------------------ LDA on TD features
 def td_features(w: np.ndarray, zc_thresh: float = 1.0) -> np.ndarray:
     """(n, window, ch) -> (n, 4*ch): mean absolute value, waveform length, zero and slope-sign changes."""
     mav = np.abs(w).mean(1)
@@ -49,7 +150,7 @@ def td_features(w: np.ndarray, zc_thresh: float = 1.0) -> np.ndarray:
 
 
 class LDA:
-    """Shrinkage linear discriminant analysis (equal priors)."""
+    """Shrinkage linear discriminant analysis (equal priors) on standardised features."""
 
     def fit(self, x: np.ndarray, y: np.ndarray, shrink: float = 0.1) -> LDA:
         self.mu_x, self.sd_x = x.mean(0), x.std(0) + 1e-9
@@ -63,88 +164,258 @@ class LDA:
         self.b = -0.5 * np.sum(means.T * self.w, axis=0)
         return self
 
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        s = ((x - self.mu_x) / self.sd_x) @ self.w + self.b
+        s = np.exp(s - s.max(axis=1, keepdims=True))
+        p = s / s.sum(axis=1, keepdims=True)
+        out = np.zeros((len(x), len(INTENTS)))
+        out[:, self.classes] = p
+        return out
+
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.classes[np.argmax(((x - self.mu_x) / self.sd_x) @ self.w + self.b, axis=1)]
+        return self.probabilities(x).argmax(axis=1)
 
 
-def _windows(rec, spec: SignalSpec):
-    y = SignalChain(spec).process(rec.emg)
-    w, ends = make_windows(y, spec.window, spec.stride)
-    return y, w, ends, rec.labels[ends]
+# ------------------------------------------------------------------------------ methods
+class Method:
+    """A recipe: trained on some subjects (``train``), adapted to a clip (``adapt``), deciding
+    windows of the conditioned signal (the predictor ``adapt`` returns)."""
+
+    name: str
+    spec: SignalSpec
+
+    def train(self, data: Path, subjects: tuple[str, ...]) -> None:
+        pass
+
+    def adapt(self, windows: np.ndarray, labels: np.ndarray, samples: np.ndarray):
+        raise NotImplementedError
 
 
-def run(data: Path, checkpoint: Path) -> dict:
+class LdaTD(Method):
+    name = "LDA TD"
+
+    def __init__(self, spec: SignalSpec):
+        self.spec = spec
+
+    def adapt(self, windows, labels, samples):
+        lda = LDA().fit(td_features(windows * self.spec.scale), labels, 0.1)  # raw units: ZC threshold 1 LSB
+        return lambda w: lda.probabilities(td_features(w * self.spec.scale))
+
+
+class Torch(Method):
+    """A metalearn model adapted with :class:`metalearn.calibration.adapt.Adapter`, as calibration does."""
+
+    def __init__(self, name: str, cfg, fit):
+        from metalearn.config import TrainConfig
+
+        self.name, self.cfg, self.fit = name, TrainConfig.from_dict(cfg), fit
+        self.spec = self.cfg.signal_spec(RATE)
+        self.adapter = None
+
+    def train(self, data, subjects):
+        import torch
+
+        from metalearn.calibration.adapt import Adapter
+        from metalearn.models import build_model
+        from metalearn.tasks import TaskRef
+        from metalearn.train import load_task_windows
+
+        refs = [TaskRef(f"myo_{s}_training0", CONDITION) for s in subjects]
+        tasks, _, _ = load_task_windows(refs, data, self.cfg, self.spec)
+        torch.manual_seed(0)
+        model = build_model(self.cfg.model, n_channels=self.spec.channels, window=self.spec.window,
+                            n_classes=len(INTENTS), fc_units=self.cfg.fc_units, **self.cfg.model_hparams)
+        self.fit(model, tasks, self.cfg)
+        inner = {"optimizer": self.cfg.inner_optimizer, "steps": self.cfg.inner_steps, "lr": float(self.cfg.inner_lr),
+                 "first_order": True, "batch_size": self.cfg.inner_batch_size}
+        if self.cfg.model == "feat":
+            inner.update(head="lda", shrinkage=float(self.cfg.lda_shrinkage))
+        self.adapter = Adapter(model.eval(), self.cfg.scale, inner)
+
+    def adapt(self, windows, labels, samples):
+        adapted = self.adapter.adapt(windows, labels, samples)
+        return adapted.predict
+
+
+def fit_meta(model, tasks, cfg) -> None:
+    from metalearn.train import fit_whitening
+
+    fit_whitening(model, tasks, rotate=cfg.augment_rotation)
+
+
+def fit_pooled(model, tasks, cfg) -> None:
+    from metalearn.train import fit_whitening
+
+    fit_whitening(model, tasks, rotate=cfg.augment_rotation, per_task=False)
+
+
+def fit_nothing(model, tasks, cfg) -> None:
+    pass
+
+
+def fit_maml(model, tasks, cfg) -> None:
+    """Second-order MAML as metaemg-train runs it (meta-batches from the Sampler, AdamW, StepLR)."""
     import torch
 
-    from metalearn.checkpoint import build_from_checkpoint, load_checkpoint
-    from metalearn.config import TrainConfig
-    from metalearn.evaluate import pretrain_pooled, score, to_tensor
-    from metalearn.maml import adapt, model_params
-    from metalearn.models import build_model
-    from metalearn.train import load_task_windows
+    from metalearn.maml import InnerLoop, OuterLoop, meta_step, torch_threads
+    from metalearn.train import Sampler, _tensors
 
-    ckpt = load_checkpoint(checkpoint)
-    spec = SignalSpec.from_dict(ckpt["signal"])
-    inner = ckpt["inner"]
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    lda_spec = SignalSpec.from_dict({**spec.to_dict(), "rectify": False, "envelope_hz": None, "scale": 1.0})
-    device = torch.device("cpu")
-    seed = int(ckpt.get("seed", 0))
-    pre, _, _ = load_task_windows(load_collection(data / "task_collections" / "myo_pretrain.json"), data, cfg, spec)
-    torch.manual_seed(seed)
-    b1 = build_model(**ckpt["model"]).eval()
-    torch.manual_seed(seed)
-    b2 = pretrain_pooled(build_model(**ckpt["model"]), pre, steps=max(1, cfg.meta_steps) * cfg.inner_steps,
-                         batch=cfg.batch_size * cfg.n_train_tasks, lr=cfg.outer_lr, seed=seed, device=device)
-    nets = {"meta-model": build_from_checkpoint(ckpt), "B1": b1, "B2": b2}
-    results: dict = {m: {} for m in [*nets, "LDA"]}
-    for subject in SUBJECTS:
-        path = lambda s: TaskRef(f"myo_{subject}_{s}", "myo_rorcr").path(data)  # noqa: E731
-        cal = read_recording(path("training0"))
-        tests = [read_recording(path(s)) for s in ("Test0", "Test1")]
-        y_cal, w_cal, ends, lab = _windows(cal, spec)
-        _, lw_cal, _, _ = _windows(cal, lda_spec)
-        test_w = [_windows(t, spec) for t in tests]
-        test_lda = [_windows(t, lda_spec) for t in tests]
-        for budget in BUDGETS:
-            key = f"{subject}@{budget:g}s"
-            m = clip_mask(cal.labels, ends, cal.sample_rate, budget)
-            rows = np.zeros(len(y_cal), dtype=bool)
-            for e in ends[m]:
-                rows[e - spec.window + 1: e + 1] = True
-            scaler = Scaler.fit(ckpt["scaler"]["kind"], y_cal[rows])
-            xs, ys = scaler.transform(w_cal[m]), lab[m]
-            for name, net in nets.items():
-                params = adapt(net, model_params(net), to_tensor(xs, device), to_tensor(ys, device, torch.long),
-                               steps=inner["steps"], lr=inner["lr"], optimizer=inner["optimizer"], first_order=True)
-                params = {k: v.detach() for k, v in params.items()}
-                accs = [score(net, params, scaler.transform(w), yl, device)["accuracy"] for _, w, _, yl in test_w]
-                results[name][key] = float(np.mean(accs))
-            lda = LDA().fit(td_features(lw_cal[m]), ys)
-            results["LDA"][key] = float(np.mean([(lda.predict(td_features(w)) == yl).mean() for _, w, _, yl in test_lda]))
-    for name in results:
-        for budget in BUDGETS:
-            vals = [v for k, v in results[name].items() if k.endswith(f"@{budget:g}s")]
-            results[name][f"mean@{budget:g}s"] = float(np.mean(vals))
-    return {"checkpoint": str(checkpoint), "inner": inner, "results": results}
+    inner = InnerLoop(steps=cfg.inner_steps, lr=float(cfg.inner_lr), optimizer=cfg.inner_optimizer,
+                      first_order=cfg.first_order, batch_size=cfg.inner_batch_size)
+    outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
+    sampler = Sampler(tasks, cfg.batch_size, cfg.rorcr_size, np.random.default_rng(cfg.seed), rotate=cfg.augment_rotation)
+    with torch_threads(torch.get_num_threads()):
+        for _ in range(cfg.meta_steps):
+            meta_step(model, outer, [_tensors(t, "cpu") for t in sampler.meta_batch(cfg.n_train_tasks)], inner)
+
+
+def shipped_config() -> dict:
+    """The ``test`` section of ``metalearn/conf/myo_default.yaml``, read as metaemg-train reads it."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[1] / "metalearn" / "conf" / "myo_default.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)["test"]
+
+
+PREVIOUS = {"model": "cnn", "fc_units": 64, "time_seq_len": 50, "stride": 10, "signal": "myo", "scale": "standard",
+            "meta_steps": 300, "n_train_tasks": 4, "batch_size": 64, "inner_optimizer": "adam", "inner_steps": 5,
+            "inner_lr": 0.01, "augment_rotation": True, "outer_lr": 1e-3, "lr_cycle": 100, "lr_factor": 0.5,
+            "seed": 0}
+
+
+def methods(previous: bool) -> list[Method]:
+    base = {k: v for k, v in shipped_config().items() if k not in ("train_collection_json", "test_collection_json",
+                                                                   "data_root")}
+    cfg = {"train_collection_json": "-", **base}
+    out = [Torch("meta-model", cfg, fit_meta), Torch("B1", cfg, fit_nothing), Torch("B2", cfg, fit_pooled),
+           Torch("+5 steps", {**cfg, "inner_steps": 5}, fit_meta)]
+    out.append(LdaTD(out[0].spec))
+    if previous:
+        out.append(Torch("MAML cnn", {"train_collection_json": "-", **PREVIOUS}, fit_maml))
+    return out
+
+
+# ------------------------------------------------------------------------------ scoring
+def score(method: Method, case: Case) -> dict:
+    from controller.policy import replay
+
+    spec = method.spec
+    y = SignalChain(spec).process(case.clip.emg)
+    w, ends = make_windows(y, spec.window, spec.stride)
+    predict = method.adapt(w.astype(np.float32), case.clip.labels[ends], y)
+    labels, raw, daemon, steady, changes = [], [], [], [], []
+    for rec, start in case.tests:
+        w, ends = make_windows(SignalChain(spec).process(rec.emg), spec.window, spec.stride)
+        probs = predict(w.astype(np.float32))
+        decided = np.asarray(replay(probs, rec.time[ends], start=rec.time[0]))
+        keep = ends >= start
+        labels.append(rec.labels[ends][keep])
+        raw.append(probs.argmax(1)[keep])
+        daemon.append(decided[keep])
+        steady.append(steady_windows(rec.labels, ends, spec.window)[keep])
+        changes += [c for c in change_delays(rec.time, rec.labels, ends, decided) if c["t"] >= rec.time[start]]
+    labels, steady = np.concatenate(labels), np.concatenate(steady)
+    out = {"raw": summary(labels, np.concatenate(raw), steady), "daemon": summary(labels, np.concatenate(daemon), steady),
+           "delay": delay_summary(changes)}
+    fa_raw, fa_daemon, n = 0, 0, 0
+    for rec in case.others:
+        w, ends = make_windows(SignalChain(spec).process(rec.emg), spec.window, spec.stride)
+        probs = predict(w.astype(np.float32))
+        fa_raw += int((probs.argmax(1) != 0).sum())
+        fa_daemon += int((np.asarray(replay(probs, rec.time[ends], start=rec.time[0])) != 0).sum())
+        n += len(ends)
+    out["other_raw"], out["other_daemon"] = fa_raw / n, fa_daemon / n
+    return out
+
+
+def run(data: Path, folds: int, budgets: tuple[float, ...], previous: bool, log=print) -> dict:
+    pre = sorted({p.name.split("_")[1] for p in data.glob("myo_*_training0")} - set(EVAL_SUBJECTS))
+    groups = [("sessions", tuple(pre), EVAL_SUBJECTS)]
+    groups += [("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds]))
+               for k in range(folds)]
+    results: dict = {}
+    for protocol, train_subjects, test_subjects in groups:
+        for method in methods(previous):
+            t0 = time.perf_counter()
+            method.train(data, train_subjects)
+            trained = time.perf_counter() - t0
+            for budget in budgets:
+                for case in cases(data, protocol, test_subjects, budget):
+                    row = {"subject": case.subject, **score(method, case)}
+                    results.setdefault(protocol, {}).setdefault(method.name, {}).setdefault(f"{budget:g}", []).append(row)
+            log(f"  {protocol}: {method.name} trained on {len(train_subjects)} subjects in {trained:.1f} s, "
+                f"scored {', '.join(test_subjects)}")
+    return {"protocols": {p: {m: {b: aggregate(rows) for b, rows in per_b.items()} for m, per_b in per_m.items()}
+                          for p, per_m in results.items()},
+            "subjects": results, "folds": folds, "budgets": list(budgets)}
+
+
+def aggregate(rows: list[dict]) -> dict:
+    acc = np.array([r["raw"]["accuracy"] for r in rows])
+
+    def mean(key, kind="raw"):
+        return float(np.mean([r[kind][key] for r in rows]))
+
+    delays = [r["delay"]["median_ms"] for r in rows if r["delay"]["median_ms"] is not None]
+    recall = {k: float(np.mean([r["daemon"]["recall"][k] for r in rows])) for k in INTENTS}
+    return {"subjects": len(rows), "accuracy": float(acc.mean()), "worst": float(acc.min()),
+            "worst_subject": rows[int(acc.argmin())]["subject"], "steady_accuracy": mean("steady_accuracy"),
+            "daemon_accuracy": mean("accuracy", "daemon"), "daemon_steady_accuracy": mean("steady_accuracy", "daemon"),
+            "wrong_direction": mean("wrong_direction", "daemon"), "false_activation": mean("false_activation", "daemon"),
+            "recall": recall, "min_recall": min(recall.values()),
+            "delay_median_ms": float(np.median(delays)) if delays else None,
+            "other_false_activation_raw": float(np.mean([r["other_raw"] for r in rows])),
+            "other_false_activation": float(np.mean([r["other_daemon"] for r in rows]))}
+
+
+def print_tables(doc: dict) -> None:
+    titles = {"sessions": "the 3 evaluation subjects: clip from training0 (two cycles), scored on Test0 + Test1",
+              "rotation": f"leave-subjects-out rotation over the 22 pre-training subjects ({doc['folds']} folds): "
+                          "clip from cycle 0, scored on cycles 1-3"}
+    for protocol, per_m in doc["protocols"].items():
+        print(f"\n{titles[protocol]}")
+        print(f"{'method':<11} {'S':>3} {'accuracy':>8} {'worst':>6} {'steady':>6} | as the daemon decides: "
+              f"{'acc.':>5} {'wrong':>6} {'false':>6} {'min':>5} {'delay':>5} | {'other gestures':>14}")
+        print(f"{'':<11} {'':>3} {'':>8} {'':>6} {'':>6} | {'':>21} {'':>5} {'dir.':>6} {'activ.':>6} "
+              f"{'recall':>5} {'ms':>5} | {'raw':>6} {'daemon':>7}")
+        for name, per_b in per_m.items():
+            for b, a in per_b.items():
+                delay = "-" if a["delay_median_ms"] is None else f"{a['delay_median_ms']:.0f}"
+                print(f"{name:<11} {b:>3} {a['accuracy']:>8.3f} {a['worst']:>6.3f} {a['steady_accuracy']:>6.3f} | "
+                      f"{'':>21} {a['daemon_accuracy']:>5.3f} {a['wrong_direction']:>6.3f} {a['false_activation']:>6.3f} "
+                      f"{a['min_recall']:>5.2f} {delay:>5} | {a['other_false_activation_raw']:>6.2f} "
+                      f"{a['other_false_activation']:>7.2f}")
+    sessions = doc["subjects"].get("sessions")
+    if sessions:
+        print("\nper evaluation subject (accuracy, every window of Test0 + Test1):")
+        for name, per_b in sessions.items():
+            print(f"  {name:<11} " + "  ".join(f"{r['subject']} {b}s {r['raw']['accuracy']:.3f}"
+                                                for b, rows in per_b.items() for r in rows))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="imported Myo data root (metaemg-import myoarmband)")
-    p.add_argument("--checkpoint", type=Path, required=True, help="meta-model checkpoint (RUN/models/best.pt)")
+    p = argparse.ArgumentParser(prog="python -m bench.myo_accuracy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data/myo"),
+                   help="the imported Myo data (metaemg-import myoarmband SRC DATA); imported there when missing")
+    p.add_argument("--folds", type=int, default=5, help="folds of the leave-subjects-out rotation (0: none)")
+    p.add_argument("--budgets", default="2,5", help="seconds of each intent in the calibration clip, comma-separated")
+    p.add_argument("--no-previous", action="store_true", help="leave out the previous recipe (MAML cnn), the slow part")
     p.add_argument("--json", action="store_true", help="last line: one JSON document")
     args = p.parse_args(argv)
-    out = run(args.data, args.checkpoint)
-    res = out["results"]
-    cols = [f"{s}@{b:g}s" for b in BUDGETS for s in SUBJECTS] + [f"mean@{b:g}s" for b in BUDGETS]
-    print(f"query accuracy on Test0+Test1 after adapting on the first N s of each intent of training0 "
-          f"(inner loop: {out['inner']['optimizer']}, {out['inner']['steps']} steps, lr {out['inner']['lr']:g})")
-    print(f"{'method':<11}" + "".join(f"{c:>14}" for c in cols))
-    for name, vals in res.items():
-        print(f"{name:<11}" + "".join(f"{vals[c]:>14.3f}" for c in cols))
+    if not (args.data / "other_gestures").is_dir():
+        from controller.replay import default_myo_root
+        from metalearn.myo import import_myoarmband
+
+        print(f"importing the Myo dataset into {args.data} ...")
+        import_myoarmband(default_myo_root(), args.data)
+    budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
+    t0 = time.perf_counter()
+    doc = run(args.data, args.folds, budgets, not args.no_previous)
+    doc["seconds"] = round(time.perf_counter() - t0, 1)
+    print_tables(doc)
+    print(f"\n{doc['seconds']:.0f} s")
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps(doc))
     return 0
 
 

@@ -84,7 +84,7 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
 
     from metalearn.calibration.adapt import Adapter, export_adapted
 
-    adapter = Adapter(base_model)
+    adapter = Adapter.from_file(base_model)
     dec_cv = np.empty_like(clip.labels)
     for _, train, held, samples in clip.folds():
         fold = adapter.adapt(clip.windows[train], clip.labels[train], clip.conditioned[samples])

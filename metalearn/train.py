@@ -98,6 +98,13 @@ def _tensor(a: np.ndarray, device, long: bool = False):
     return to_tensor(a, device, torch.long if long else torch.float32)
 
 
+def fit_whitening(model, tasks: list[TaskWindows], *, rotate: bool, device=None, per_task: bool = True) -> None:
+    """Fit a feat model's whitening on every window (support and query) of ``tasks``."""
+    model.fit_whitening([(_tensor(np.concatenate([t.x_support, t.x_query]), device),
+                          _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True))
+                         for t in tasks], rotate=rotate, per_task=per_task)
+
+
 def closed_form_loss(model, tasks: list[TaskWindows], inner: dict, rorcr_size: float, device) -> float:
     """Mean query loss over ``tasks`` after adapting a copy of ``model`` to each task's support."""
     from metalearn.evaluate import adapt_and_score
@@ -204,9 +211,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     bar = tqdm(epochs, desc="meta-epochs", unit="epoch", disable=not lead or None)
     for epoch in bar:
         if closed_form:
-            model.fit_whitening([(_tensor(np.concatenate([t.x_support, t.x_query]), device),
-                                  _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True))
-                                 for t in train_tasks], rotate=cfg.augment_rotation)
+            fit_whitening(model, train_tasks, rotate=cfg.augment_rotation, device=device)
             train_loss = closed_form_loss(model, train_tasks, inner_doc, cfg.rorcr_size, device)
             val_loss = closed_form_loss(model, val, inner_doc, cfg.rorcr_size, device)
         else:
@@ -250,9 +255,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
         torch.manual_seed(seed)
         b2 = build_model(cfg.model, **hp).to(device)
         if closed_form:
-            b2.fit_whitening([(_tensor(np.concatenate([t.x_support, t.x_query]), device),
-                               _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True))
-                              for t in train_tasks], rotate=cfg.augment_rotation, per_task=False)
+            fit_whitening(b2, train_tasks, rotate=cfg.augment_rotation, device=device, per_task=False)
         else:
             b2 = pretrain_pooled(b2, train_tasks, steps=max(1, cfg.meta_steps) * cfg.inner_steps,
                                  batch=cfg.batch_size * cfg.n_train_tasks, lr=float(cfg.outer_lr), seed=seed,

@@ -119,7 +119,7 @@ def _cross_validated_accuracy(base: Path, rec: Recording) -> float:
 
     clip = prepare_clip(rec, OnnxModel(base).info.signal)
     assert clip.n_cycles == 2
-    adapter, hits = Adapter(base), 0
+    adapter, hits = Adapter.from_file(base), 0
     for k in range(2):
         other = clip.cycles != k
         fitted = adapter.adapt(clip.windows[other], clip.labels[other], clip.conditioned[clip.cycle_samples(1 - k)])

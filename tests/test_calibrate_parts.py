@@ -39,12 +39,12 @@ def male13(myo_src) -> Recording:
 
 
 # ------------------------------------------------------------------------------------ protocol
-def test_default_protocol_is_three_cycles_of_relax_open_relax_close_then_relax():
+def test_default_protocol_is_two_cycles_of_relax_open_relax_close_then_relax():
     p = CueProtocol()
     cues = p.cues()
-    assert [c.name for c in cues] == ["relax", "open", "relax", "close"] * 3 + ["relax"]
-    assert [c.cycle for c in cues] == [1] * 4 + [2] * 4 + [3] * 5
-    assert p.duration_s == 39.0 and p.countdown_s == 3 and p.reaction_s == 0.3
+    assert [c.name for c in cues] == ["relax", "open", "relax", "close"] * 2 + ["relax"]
+    assert [c.cycle for c in cues] == [1] * 4 + [2] * 5
+    assert p.duration_s == 18.0 and p.countdown_s == 3 and p.reaction_s == 0.3
     assert all(a.end == b.start for a, b in zip(cues, cues[1:], strict=False))
     assert p.duration_s + p.countdown_s < 60  # the README's promise: under a minute of the patient's time
 
@@ -178,7 +178,7 @@ def test_config_file_overrides_defaults_and_refuses_unknown_keys(tmp_path):
     good = tmp_path / "cal.yaml"
     good.write_text("protocol:\n  cycles: 4\n  open_s: 4\ngate:\n  min_accuracy: 0.8\nstate_dir: /x\n")
     cfg = configuration.load(good)
-    assert cfg.protocol.cycles == 4 and cfg.protocol.open_s == 4.0 and cfg.protocol.close_s == 3.0
+    assert cfg.protocol.cycles == 4 and cfg.protocol.open_s == 4.0 and cfg.protocol.close_s == 2.0
     assert cfg.gate.min_accuracy == 0.8 and cfg.state_dir == "/x" and cfg.lsl.name == "MyHand-EMG"
     assert configuration.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # round trip
     for text, fragment in [("protocol:\n  cycle: 4\n", "unknown key 'protocol.cycle'"),

@@ -1,12 +1,15 @@
-"""The shipped default Myo meta-model: loadable without torch, honest metadata, works on real data."""
+"""The shipped default Myo meta-model: loadable without torch, honest metadata, safe until
+calibrated, and calibrated on one session it works on a later one."""
 
 from pathlib import Path
 
 import numpy as np
+from calibrate_helpers import clean_env, last_json, run_cli
 
 import metalearn
 from metaemg.modelfile import OnnxModel
 from metaemg.signal import SignalChain, make_windows
+from metalearn.evaluate_cli import evaluate
 from metalearn.recording import read_recording
 
 DEFAULT = Path(metalearn.__file__).parent / "default_model" / "myo_meta.onnx"
@@ -17,37 +20,43 @@ def test_metadata_describes_a_myo_model_trained_on_pretraining_subjects_only():
     info = model.info
     assert (info.sample_rate, info.channels, info.window, info.stride) == (200.0, 8, 50, 10)
     assert info.class_names == ("relax", "open", "close")
-    assert info.kind == "cnn"
-    assert dict(info.inner) == {"optimizer": "adam", "steps": 5, "lr": 0.01, "first_order": False}
+    assert info.kind == "feat"
+    assert not info.signal.rectify and info.signal.envelope_hz is None and info.signal.highpass_hz == 20
+    assert dict(info.inner) == {"optimizer": "adam", "steps": 0, "lr": 0.01, "first_order": False, "batch_size": None,
+                                "head": "lda", "shrinkage": 0.3}
     config = dict(info.to_dict())
     assert config["calibration"] is None
     model.check_stream(200.0, 8)
     model.self_test()
 
 
-def test_default_model_adapted_on_one_session_works_on_a_later_one(myo_data):
-    """The meta-model is a starting point for calibration (its own inner loop), not a classifier
-    to use unadapted: adapt on Male15's training0 support, score on Test0 through the ONNX path."""
-    import torch
+def test_uncalibrated_it_never_moves_the_hand(myo_data):
+    """As shipped its head is zero: equal probabilities, below the daemon's threshold (0.5)."""
+    model = OnnxModel(DEFAULT)
+    rec = read_recording(myo_data / "myo_Male13_Test0" / "t0_myo_rorcr.csv")
+    w, _ = make_windows(SignalChain(model.info.signal).process(rec.emg), model.info.window, model.info.stride)
+    probs = model.predict(w.astype(np.float32))
+    assert np.allclose(probs, 1 / 3, atol=1e-6)
 
-    from metalearn.export import export_model, load_torch_from_onnx
-    from metalearn.maml import adapt, model_params
-    from metalearn.tasks import Scaler, find_split
 
-    net, info = load_torch_from_onnx(DEFAULT)
-    cal = read_recording(myo_data / "myo_Male15_training0" / "g0_myo_rorcr.csv")
-    y = SignalChain(info.signal).process(cal.emg)
-    split = find_split(cal.labels)
-    scaler = Scaler.fit(info.scaler["kind"], y[:split])
-    windows, ends = make_windows(y, info.window, info.stride)
-    sup = ends < split
-    x = torch.as_tensor(scaler.transform(windows[sup]), dtype=torch.float32)
-    params = adapt(net, model_params(net), x, torch.as_tensor(cal.labels[ends][sup]), **dict(info.inner))
-    net.load_state_dict({k: v.detach() for k, v in params.items()})
-    meta = {**info.to_dict(), "scaler": scaler.to_dict()}
-    path = export_model(net, meta, Path(myo_data) / "adapted.onnx", verify_windows=windows[:16].astype(np.float32))
-    test = read_recording(myo_data / "myo_Male15_Test0" / "t0_myo_rorcr.csv")
-    model = OnnxModel(path)
-    tw, te = make_windows(SignalChain(info.signal).process(test.emg), info.window, info.stride)
-    accuracy = (model.predict(tw.astype(np.float32)).argmax(1) == test.labels[te]).mean()
-    assert accuracy > 0.75  # chance is 1/3
+def test_calibrated_on_training0_it_works_on_test0_and_rejects_some_wrist_movements(myo_data, tmp_path):
+    """metaemg-calibrate on Male13's training0 (the hardest of the three evaluation subjects),
+    scored by metaemg-eval on Test0 (a later donning) and on the four other gestures of Test0,
+    as the daemon decides. Measured when the model was built: accuracy 0.951, steady 0.973,
+    onset delay median 110 ms; the other gestures still open the hand in 58 % of their windows
+    (README, "The default model": the rejection target is not met)."""
+    out = tmp_path / "male13.onnx"
+    proc = run_cli("metaemg-calibrate", ["--from-recording", str(myo_data / "myo_Male13_training0" / "g0_myo_rorcr.csv"),
+                                         "--out", str(out), "--no-png", "--json", "--state-dir", str(tmp_path / "s")],
+                   clean_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    res = last_json(proc.stdout)
+    assert res["gate"]["passed"] and res["accuracy_after"] > 0.95
+    from controller.config import PolicyConfig
+
+    doc = evaluate(out, [myo_data / "myo_Male13_Test0" / "t0_myo_rorcr.csv"],
+                   non_intent=[myo_data / "other_gestures" / "myo_Male13_Test0.csv"], policy=PolicyConfig())
+    assert doc["accuracy"] > 0.93 and doc["steady_accuracy"] > 0.96
+    assert doc["wrong_direction"] < 0.005 and min(doc["recall"].values()) > 0.9
+    assert doc["delay"]["missed"] == 0 and doc["delay"]["median_ms"] <= 120
+    assert doc["non_intent"]["false_activation"] < 0.7

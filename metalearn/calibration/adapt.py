@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ def require_torch():
 @dataclass(eq=False)
 class Adapted:
     model: Any  # the adapted torch model (without the scaler)
-    base_info: ModelInfo
+    base_info: ModelInfo | None  # the base model file's metadata (None: not from a file)
     scaler: Scaler  # fitted on the adaptation part
     adapt_seconds: float  # the inner loop alone
 
@@ -67,13 +68,20 @@ class Adapted:
 
 
 class Adapter:
-    """The base model file's own adaptation, applicable to any part of a clip."""
+    """A base model's own adaptation (its scaler kind and ``inner`` settings), applicable to any
+    part of a clip. ``info`` is the base model file's metadata (None for a model that is not
+    exported, e.g. in a benchmark); :meth:`from_file` reads both from a model file."""
 
-    def __init__(self, base_path: str | Path):
+    def __init__(self, model, scaler_kind: str, inner: Mapping[str, Any], info: ModelInfo | None = None):
+        self.model, self.scaler_kind, self.inner, self.info = model, scaler_kind, inner, info
+
+    @classmethod
+    def from_file(cls, base_path: str | Path) -> Adapter:
         require_torch()
         from metalearn.export import load_torch_from_onnx
 
-        self.model, self.info = load_torch_from_onnx(base_path)
+        model, info = load_torch_from_onnx(base_path)
+        return cls(model, info.scaler["kind"], info.inner, info)
 
     def adapt(self, windows: np.ndarray, labels: np.ndarray, samples: np.ndarray) -> Adapted:
         """Adapt a copy of the base model to ``windows`` (conditioned, unscaled) and ``labels``;
@@ -81,20 +89,20 @@ class Adapter:
         torch, _ = require_torch()
         from metalearn.maml import adapt_model, torch_threads
 
-        scaler = Scaler.fit(self.info.scaler["kind"], samples)
+        scaler = Scaler.fit(self.scaler_kind, samples)
         result = Adapted(self.model, self.info, scaler, 0.0)
         x = torch.from_numpy(result.scaled(windows))
         y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
         with torch_threads(ADAPT_THREADS):
             t0 = time.perf_counter()
-            result.model = adapt_model(self.model, x, y, self.info.inner)
+            result.model = adapt_model(self.model, x, y, self.inner)
             result.adapt_seconds = time.perf_counter() - t0
         return result
 
 
 def adapt_to_clip(base_path: str | Path, clip: ClipWindows) -> Adapted:
     """The base model adapted on every cycle of the clip (what is installed)."""
-    return Adapter(base_path).adapt(clip.windows, clip.labels, clip.conditioned)
+    return Adapter.from_file(base_path).adapt(clip.windows, clip.labels, clip.conditioned)
 
 
 def export_adapted(adapted: Adapted, calibration: dict, out: str | Path, verify_windows: np.ndarray) -> Path:

@@ -1,7 +1,8 @@
 """The cue protocol a patient follows during calibration, and the labels the cues give.
 
 Default: a 3-2-1 countdown, then ``cycles`` x (relax, open, relax, close), then a final relax,
-3 s each: 3 cycles take 39 s. A sample recorded at time ``t`` is labelled with the cue that was
+2 s each: 2 cycles take 18 s (README, "The default model": with 2 s of each intent in two cycles
+the default model does as well on later sessions as with 5 s). A sample recorded at time ``t`` is labelled with the cue that was
 on screen at ``t - reaction_s``: the patient needs a moment to react to a new cue.
 """
 
@@ -45,10 +46,10 @@ class Cue:
 class CueProtocol:
     """Durations in seconds; validated at construction (ConfigError names the key)."""
 
-    relax_s: float = 3.0
-    open_s: float = 3.0
-    close_s: float = 3.0
-    cycles: int = 3
+    relax_s: float = 2.0
+    open_s: float = 2.0
+    close_s: float = 2.0
+    cycles: int = 2
     countdown_s: int = 3
     reaction_s: float = 0.3
 
@@ -59,7 +60,8 @@ class CueProtocol:
                 raise ConfigError(f"protocol.{key} must be a number of seconds in [0.5, 30], got {value!r}")
         if not _int(self.cycles) or not 2 <= self.cycles <= 10:
             raise ConfigError(
-                f"protocol.cycles must be an integer in 2..10 (one cycle is held out to check the result), "
+                f"protocol.cycles must be an integer in 2..10 (the gate scores each cycle with a model adapted on "
+                f"the others), "
                 f"got {self.cycles!r}"
             )
         if not _int(self.countdown_s) or not 0 <= self.countdown_s <= 10:
