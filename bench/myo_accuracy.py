@@ -255,18 +255,15 @@ def fit_nothing(model, tasks, cfg) -> None:
 
 def fit_maml(model, tasks, cfg) -> None:
     """Second-order MAML as metaemg-train runs it (meta-batches from the Sampler, AdamW, StepLR)."""
-    import torch
-
-    from metalearn.maml import InnerLoop, OuterLoop, meta_step, torch_threads
+    from metalearn.maml import InnerLoop, OuterLoop, meta_step
     from metalearn.train import Sampler, _tensors
 
     inner = InnerLoop(steps=cfg.inner_steps, lr=float(cfg.inner_lr), optimizer=cfg.inner_optimizer,
                       first_order=cfg.first_order, batch_size=cfg.inner_batch_size)
     outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
     sampler = Sampler(tasks, cfg.batch_size, cfg.rorcr_size, np.random.default_rng(cfg.seed), rotate=cfg.augment_rotation)
-    with torch_threads(torch.get_num_threads()):
-        for _ in range(cfg.meta_steps):
-            meta_step(model, outer, [_tensors(t, "cpu") for t in sampler.meta_batch(cfg.n_train_tasks)], inner)
+    for _ in range(cfg.meta_steps):
+        meta_step(model, outer, [_tensors(t, "cpu") for t in sampler.meta_batch(cfg.n_train_tasks)], inner)
 
 
 def shipped_config() -> dict:

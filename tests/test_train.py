@@ -145,11 +145,39 @@ def test_sweep_runs_each_model(colls, tmp_path):
         assert ckpt["verify_windows"].shape[1:] == (20, 8)
 
 
+def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, tmp_path):
+    """test.model=feat: one closed-form "meta-epoch" (the whitening), its inner settings carry the
+    LDA head into the checkpoint and the model file, and B1/B2/meta-model are adapted that way."""
+    from metalearn.export import export_onnx
+
+    run = tmp_path / "run"
+    out = train(colls, run, "test.model=feat", "test.inner_steps=0", "test.lda_shrinkage=0.4", "test.scale=none",
+                "test.augment_rotation=true", "test.signal={preset: myo, rectify: false, envelope_hz: null}").stdout
+    assert "model feat: the whitening is fitted in closed form over the 3 training tasks" in out
+    assert "meta-training: 1 meta-epochs" in out
+    assert [p.name[:10] for p in (run / "models").glob("epoch_*.pt")] == ["epoch_0000"]
+    best = load_checkpoint(run / "models" / "best.pt")
+    assert best["inner"] == {"optimizer": "adam", "steps": 0, "lr": 0.01, "first_order": False, "batch_size": None,
+                             "head": "lda", "shrinkage": 0.4}
+    assert best["signal"]["rectify"] is False and best["signal"]["envelope_hz"] is None
+    whiten = best["state_dict"]["whiten"]
+    assert not torch.allclose(whiten, torch.eye(len(whiten)))  # learned, not the identity
+    assert not best["state_dict"]["head.weight"].any()  # no head until a wearer's clip fits one
+    rows = {r.split(",")[0]: [float(v) for v in r.split(",")[1:]]
+            for r in (run / "results" / "results_table.csv").read_text().splitlines()[1:]}
+    assert set(rows) == {"B1", "B2", "meta-model"} and all(acc[-1] > 0.8 for acc in rows.values())
+    from metaemg.modelfile import read_model_info
+
+    info = read_model_info(export_onnx(run, tmp_path / "feat.onnx"))
+    assert info.kind == "feat" and info.inner["head"] == "lda" and info.inner["shrinkage"] == 0.4
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [
         ("test.n_train_tasks=4", "has 4 tasks; test.n_train_tasks + test.n_val_tasks = 5"),
-        ("test.model=lstm", "test.model must be one of dnn, cnn, tcn, tf"),
+        ("test.model=lstm", "test.model must be one of dnn, cnn, tcn, tf, feat"),
+        ("test.lda_shrinkage=2", "test.lda_shrinkage must be a number in [0, 1], got 2"),
         ("test.inner_batch_size=0", "test.inner_batch_size must be null or an integer >= 1"),
         ("test.compile=jit", "test.compile must be false, true or one of aot_eager, inductor, got 'jit'"),
         ("+test.bogus=1", "unknown key(s) test.bogus"),
