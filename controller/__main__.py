@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 from metaemg.cli import control_request, entry_point
@@ -71,6 +72,8 @@ def _ctl(argv: list[str]) -> int:
     args = _ctl_parser().parse_args(argv)
     cfg = load_config(args)
     req = control_request(args.request)
+    if req.get("cmd") == "reload" and isinstance(req.get("path"), str) and req["path"]:
+        req["path"] = os.path.abspath(os.path.expanduser(req["path"]))  # the caller's directory, not the daemon's
     answer = request(cfg.control.resolved_endpoint(), req, timeout_s=args.timeout)
     print(json.dumps(answer, indent=2, sort_keys=True))
     return 0 if answer.get("ok") else 1

@@ -1,9 +1,12 @@
-"""The control socket: ZeroMQ REP on ``ipc://<runtime dir>/control.sock``, mode 0600.
+"""The control socket: ZeroMQ on ``ipc://<runtime dir>/control.sock``, mode 0600.
 
 One JSON object per request, ``{"cmd": NAME, ...}``; one JSON object per answer,
 ``{"ok": true|false, ...}`` (``"error"`` says why not). Commands (see docs/controller.md):
-``status``, ``pause``, ``resume``, ``reload`` [``path``], ``clear``, ``cue`` ``cue``, ``stop``.
-:func:`request` is the client (used by ``myhand-controller ctl``).
+:data:`COMMANDS`. :func:`request` is the client (``myhand-controller ctl``, ``metaemg-calibrate``):
+a REQ socket. The server is a ROUTER socket that handles each request in its own task, so a slow
+one (a reload loading a large model file) never delays ``pause`` or ``stop``. A request is at most
+:data:`MAX_REQUEST` bytes and :data:`MAX_DEPTH` levels of nesting; anything else is answered with
+an error, never a crash.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from controller.monitor import bind
 
 COMMANDS = ("status", "pause", "resume", "reload", "clear", "cue", "stop")
 MAX_REQUEST = 64 * 1024
+MAX_DEPTH = 8  # a request's JSON nesting (a cue is an object in the request: 2 levels)
 
 Handler = Callable[[dict], Awaitable[dict]]
 
@@ -36,6 +40,31 @@ def ipc_path(endpoint: str) -> Path:
     return Path(endpoint[len("ipc://"):])
 
 
+def parse_request(raw: bytes) -> dict:
+    """A request's JSON object, checked (ValueError says what is wrong)."""
+    if len(raw) > MAX_REQUEST:
+        raise ValueError(f"a request is at most {MAX_REQUEST} bytes, got {len(raw)}")
+    try:
+        request = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"a request is nested at most {MAX_DEPTH} levels deep") from None
+    if _depth(request) > MAX_DEPTH:
+        raise ValueError(f"a request is nested at most {MAX_DEPTH} levels deep")
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        raise ValueError('a request is a JSON object with a "cmd" string')
+    if request["cmd"] not in COMMANDS:
+        raise ValueError(f"unknown cmd {request['cmd']!r} (known: {', '.join(COMMANDS)})")
+    return request
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
 class ControlServer:
     def __init__(self, endpoint: str, context: zmq.asyncio.Context, handler: Handler) -> None:
         self.path = ipc_path(endpoint)
@@ -46,7 +75,7 @@ class ControlServer:
                 raise ConfigError(f"control endpoint {endpoint}: another myhand-controller answers there")
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # left over by a process that was killed
-        self._socket = context.socket(zmq.REP)
+        self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST)
         old = os.umask(0o077)  # the socket file is 0600 from its creation, not only after chmod
@@ -59,26 +88,39 @@ class ControlServer:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self.requests = 0
+        self._pending: set[asyncio.Task] = set()
 
     async def serve(self) -> None:
-        while True:
-            raw = await self._socket.recv()
-            self.requests += 1
-            try:
-                request = json.loads(raw.decode("utf-8"))
-                if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                    raise ValueError('a request is a JSON object with a "cmd" string')
-                if request["cmd"] not in COMMANDS:
-                    raise ValueError(f"unknown cmd {request['cmd']!r} (known: {', '.join(COMMANDS)})")
-                answer = await self._handler(request)
-            except (ValueError, UnicodeDecodeError, MetaEMGError) as exc:
-                answer = {"ok": False, "error": str(exc)}
-            except asyncio.CancelledError:
-                await self._socket.send(json.dumps({"ok": False, "error": "shutting down"}).encode())
-                raise
-            await self._socket.send(json.dumps(answer, default=str).encode())
+        try:
+            while True:
+                frames = await self._socket.recv_multipart()
+                if len(frames) != 3 or frames[1] != b"":
+                    continue  # not a REQ client's envelope: nobody to answer
+                self.requests += 1
+                task = asyncio.get_running_loop().create_task(self._answer(frames[0], frames[2]))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+        finally:
+            for task in list(self._pending):
+                task.cancel()
+
+    async def _answer(self, identity: bytes, raw: bytes) -> None:
+        try:
+            answer = await self._handler(parse_request(raw))
+        except (ValueError, UnicodeDecodeError, MetaEMGError) as exc:
+            answer = {"ok": False, "error": str(exc)}
+        except asyncio.CancelledError:
+            answer = {"ok": False, "error": "shutting down"}
+        except Exception as exc:  # a bug: answer, then let the loop's exception handler stop the daemon
+            answer = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "control request failed", "exception": exc})
+        with contextlib.suppress(zmq.ZMQError):
+            await self._socket.send_multipart([identity, b"", json.dumps(answer, default=str).encode()])
 
     def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
         self._socket.close(linger=0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -1,7 +1,7 @@
 """The myhand-controller daemon: one asyncio loop wiring the stages together.
 
     LslSource (thread) -> Pipeline (checks, filters, windows) -> OnnxModel -> Policy -> Link
-                 \\-> Monitor (ZeroMQ PUB)     ControlServer (ZeroMQ REP) -/     StateMachine
+                 \\-> Monitor (ZeroMQ PUB)     ControlServer (ZeroMQ ROUTER) -/  StateMachine
 
 Hot path (:meth:`Controller._on_data`, once per chunk): input checks, signal chain, the newest
 window only, one inference, the policy, the COMMAND write, and only then the monitor messages;
@@ -512,42 +512,61 @@ class Controller:
     # -- control requests ----------------------------------------------------------------------------
 
     async def _handle_control(self, req: dict) -> dict:
+        """One request from the control socket (already parsed and checked against
+        :data:`controller.control.COMMANDS`), by the table :meth:`_control_table`."""
         cmd = req["cmd"]
-        allowed = {"reload": {"path"}, "cue": {"cue"}}.get(cmd, set())
-        extra = sorted(set(req) - {"cmd"} - allowed)
+        handler, allowed = self._control_table()[cmd]
+        extra = sorted(set(req) - {"cmd"} - set(allowed))
         if extra:
             return {"ok": False, "error": f"{cmd}: unexpected field(s) {', '.join(extra)}"}
         self.counters["control_requests"] += 1
-        now = time.monotonic()
         if cmd != "status":
             log.info("control", cmd=cmd, **{k: v for k, v in req.items() if k in allowed and k != "cue"})
-        if cmd == "status":
-            return {"ok": True, "status": self._status(now)}
-        if cmd == "pause":
-            self.paused = True
+        return await handler(req, time.monotonic())
+
+    def _control_table(self) -> dict:
+        """command -> (handler, the fields it takes besides cmd); its keys are control.COMMANDS."""
+        return {"status": (self._ctl_status, ()), "pause": (self._ctl_pause, ()), "resume": (self._ctl_resume, ()),
+                "reload": (self._ctl_reload, ("path",)), "clear": (self._ctl_clear, ()),
+                "cue": (self._ctl_cue, ("cue",)), "stop": (self._ctl_stop, ())}
+
+    async def _ctl_status(self, req: dict, now: float) -> dict:
+        return {"ok": True, "status": self._status(now)}
+
+    async def _ctl_pause(self, req: dict, now: float) -> dict:
+        self.paused = True
+        self._evaluate(now)
+        return {"ok": True, "state": self.sm.state.value}
+
+    async def _ctl_resume(self, req: dict, now: float) -> dict:
+        if self.paused:
+            self.paused = False
+            self.policy.restart(now)
             self._evaluate(now)
-            return {"ok": True, "state": self.sm.state.value}
-        if cmd == "resume":
-            if self.paused:
-                self.paused = False
-                self.policy.restart(now)
-                self._evaluate(now)
-            return {"ok": True, "state": self.sm.state.value}
-        if cmd == "reload":
-            path = req.get("path")
-            if path is not None and (not isinstance(path, str) or not path):
-                return {"ok": False, "error": "reload: path must be a non-empty string"}
-            return await self.reload(path, reason="control")
-        if cmd == "clear":
-            seq = self.link.send_clear(now)
-            if seq is None:
-                return {"ok": False, "error": f"the link is not ready ({self.link.proto.phase.value})"}
-            return {"ok": True, "seq": seq}
-        if cmd == "cue":
-            cue = req.get("cue")
-            if not isinstance(cue, dict):
-                return {"ok": False, "error": "cue: 'cue' must be a JSON object"}
-            self.monitor.publish("cue", {"cue": cue, "source": "control"})
-            return {"ok": True}
-        self.request_stop("control")  # "stop"
+        return {"ok": True, "state": self.sm.state.value}
+
+    async def _ctl_reload(self, req: dict, now: float) -> dict:
+        path = req.get("path")
+        if path is not None and (not isinstance(path, str) or not path):
+            return {"ok": False, "error": "reload: path must be a non-empty string"}
+        if path is not None and not Path(path).expanduser().is_absolute():
+            return {"ok": False, "error": f"reload: path must be absolute (the daemon's working directory is not "
+                                          f"the caller's), got {path!r}"}
+        return await self.reload(path, reason="control")
+
+    async def _ctl_clear(self, req: dict, now: float) -> dict:
+        seq = self.link.send_clear(now)
+        if seq is None:
+            return {"ok": False, "error": f"the link is not ready ({self.link.proto.phase.value})"}
+        return {"ok": True, "seq": seq}
+
+    async def _ctl_cue(self, req: dict, now: float) -> dict:
+        cue = req.get("cue")
+        if not isinstance(cue, dict):
+            return {"ok": False, "error": "cue: 'cue' must be a JSON object"}
+        self.monitor.publish("cue", {"cue": cue, "source": "control"})
+        return {"ok": True}
+
+    async def _ctl_stop(self, req: dict, now: float) -> dict:
+        self.request_stop("control")
         return {"ok": True, "state": "stopping"}

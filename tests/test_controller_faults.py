@@ -9,14 +9,16 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from controller_helpers import Daemon, Sim, Sub, male13_model, myo_recording, unique_name, wait_until
+from controller_helpers import BIN, Daemon, Sim, Sub, male13_model, myo_recording, unique_name, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -122,6 +124,13 @@ def test_faults_are_states_with_a_safe_reaction(tmp_path, model, recording):
         assert accepted == []
         assert daemon.ctl("clear")["ok"] is True
         wait_until(state_is(daemon, "running"), 5, "running after clear")
+
+        # a relative path means the caller's directory: refused on the socket, made absolute by ctl
+        rel = daemon.request(cmd="reload", path=model.name)
+        assert rel["ok"] is False and "path must be absolute" in rel["error"]
+        proc = subprocess.run([str(BIN / "myhand-controller"), "ctl", "--control", daemon.control, "reload",
+                               f"path={model.name}"], capture_output=True, text=True, timeout=10, cwd=model.parent)
+        assert json.loads(proc.stdout)["path"] == str(model)
         assert sim.log.events("clear")[-1]["result"] == "ok"
 
         # the armband stream lost, then back with the same name

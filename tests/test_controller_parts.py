@@ -148,6 +148,91 @@ def test_control_socket_is_0600_answers_and_refuses_a_second_daemon(tmp_path):
     assert not (tmp_path / "run" / "control.sock").exists()
 
 
+def test_a_slow_request_never_delays_pause_or_stop(tmp_path):
+    """A reload that takes long (a large model file) is answered when it is done; a pause sent
+    meanwhile from another client is answered at once (one task per request)."""
+    endpoint = f"ipc://{tmp_path}/control.sock"
+    released = asyncio.Event()
+    order = []
+
+    async def handler(req):
+        if req["cmd"] == "reload":
+            await released.wait()
+        order.append(req["cmd"])
+        return {"ok": True, "cmd": req["cmd"]}
+
+    async def main():
+        ctx = zmq.asyncio.Context()
+        server = ControlServer(endpoint, ctx, handler)
+        task = asyncio.get_running_loop().create_task(server.serve())
+        try:
+            slow = asyncio.create_task(asyncio.to_thread(request, endpoint, {"cmd": "reload", "path": "/x"}, timeout_s=10))
+            while server.requests < 1:
+                await asyncio.sleep(0.001)
+            paused = await asyncio.to_thread(request, endpoint, {"cmd": "pause"}, timeout_s=2)
+            released.set()  # only now may the reload finish
+            return paused, await slow
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+            ctx.term()
+
+    paused, reloaded = asyncio.run(main())
+    assert paused == {"ok": True, "cmd": "pause"} and reloaded == {"ok": True, "cmd": "reload"}
+    assert order == ["pause", "reload"]
+
+
+def test_oversized_deep_or_broken_requests_get_an_error_and_the_server_goes_on(tmp_path):
+    from controller.control import MAX_DEPTH, parse_request
+
+    endpoint = f"ipc://{tmp_path}/control.sock"
+
+    async def handler(req):
+        return {"ok": True}
+
+    def raw(payload: bytes) -> dict:
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(endpoint)
+            sock.send(payload)
+            assert sock.poll(3000), "no answer"
+            return json.loads(sock.recv())
+        finally:
+            sock.close(0)
+
+    async def main():
+        ctx = zmq.asyncio.Context()
+        server = ControlServer(endpoint, ctx, handler)
+        task = asyncio.get_running_loop().create_task(server.serve())
+        try:
+            deep = await asyncio.to_thread(raw, b"[" * 30000 + b"]" * 30000)  # 60 kB: RecursionError in json
+            nested = await asyncio.to_thread(raw, json.dumps({"cmd": "cue", "cue": {"a": [[[[[[[[1]]]]]]]]}}).encode())
+            binary = await asyncio.to_thread(raw, b"\xff\xfe")
+            status = await asyncio.to_thread(request, endpoint, {"cmd": "status"})
+            return deep, nested, binary, status
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+            ctx.term()
+
+    deep, nested, binary, status = asyncio.run(main())
+    assert deep == {"ok": False, "error": f"a request is nested at most {MAX_DEPTH} levels deep"}
+    assert nested["ok"] is False and "nested" in nested["error"]
+    assert binary["ok"] is False and status == {"ok": True}
+    assert parse_request(json.dumps({"cmd": "cue", "cue": {"cue": "open", "index": 1}}).encode())["cmd"] == "cue"
+
+
+def test_the_daemon_dispatches_exactly_the_protocol_commands():
+    from controller.config import Config
+    from controller.control import COMMANDS
+    from controller.daemon import Controller
+
+    assert tuple(Controller(Config())._control_table()) == COMMANDS
+
+
 def test_a_leftover_control_socket_is_replaced(tmp_path):
     path = tmp_path / "control.sock"
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

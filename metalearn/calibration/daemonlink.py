@@ -194,7 +194,7 @@ class DaemonLink:
         endpoint = self.control_endpoint
         if not self._socket_exists():
             return ReloadResult("not_running", "daemon not running: it will load the new model at its next start")
-        request = {"cmd": "reload", "path": str(path)}
+        request = {"cmd": "reload", "path": os.path.abspath(path)}
         for _ in range(BUSY_RETRIES):
             answer = self._request(request)
             if answer is None:
