@@ -4,6 +4,7 @@ crash (any other exception) and never a hang.
     python -m bench.fuzz                         # 1e6 decoder inputs, 2e4 files per loader
     python -m bench.fuzz --decoder 1e5 --files 2000 --seed 7 --json
     python -m bench.fuzz --utf8                  # mutated files kept valid UTF-8
+    python -m bench.fuzz --control 1e5           # the daemon's control socket (default 1e4)
 
 Targets and what each may do with a bad input:
 
@@ -16,6 +17,10 @@ Targets and what each may do with a bad input:
   ``DataError``.
 - ``collection``: ``metalearn.tasks.load_collection`` on mutated JSON files: a list or
   ``DataError``.
+- ``control``: a real ``myhand-controller`` process (no armband stream, no orthosis) and its
+  control socket, sent valid requests mutated at the byte level, random JSON values and random
+  bytes (``stop`` excluded, every one under the 64 kB limit): every request must be answered
+  within ``--hang-s`` and the daemon must stay alive.
 
 An input that takes longer than ``--hang-s`` (default 1 s) counts as a hang. The first few
 failures are printed with a reproducer (the seed and the input's index, and the input as hex).
@@ -279,6 +284,137 @@ def fuzz_collection(n: int, seed: int = 0, hang_s: float = 1.0, utf8: bool = Fal
 # -- command line -----------------------------------------------------------------------------------
 
 
+# -- the daemon's control socket ---------------------------------------------------------------------
+
+CONTROL_SEEDS = [
+    {"cmd": "status"}, {"cmd": "pause"}, {"cmd": "resume"}, {"cmd": "clear"}, {"cmd": "reload"},
+    {"cmd": "reload", "path": "/nonexistent/model.onnx"}, {"cmd": "reload", "path": "relative.onnx"},
+    {"cmd": "cue", "cue": {"cue": "open", "index": 2, "cycle": 1, "remaining_s": 1.5}},
+    {"cmd": "status", "extra": [1, 2, {"a": None}]}, {"cmd": 7}, [], "status", 1e308, {"cmd": "dance"},
+]
+
+
+def control_inputs(seed: int, n: int) -> Iterator[bytes]:
+    """Mutated valid requests, random JSON values and random bytes; never a ``stop`` request."""
+    from controller.control import MAX_REQUEST
+
+    rng = random.Random(seed)
+    seeds = [json.dumps(s).encode() for s in CONTROL_SEEDS]
+    produced = 0
+    while produced < n:
+        kind = rng.random()
+        if kind < 0.1:  # valid requests in between: the daemon must still answer them
+            data = rng.choice(seeds)
+        elif kind < 0.35:
+            data = mutate(rng.choice(seeds), rng, rounds=1)
+        elif kind < 0.7:
+            data = mutate(rng.choice(seeds), rng)
+        elif kind < 0.72:  # deep nesting: '[' * n, or {"cmd": ..., "cue": [[[...]]]}
+            depth = rng.randint(9, 30000)
+            data = b"[" * depth + b"]" * depth if rng.random() < 0.5 else \
+                b'{"cmd": "cue", "cue": ' + b"[" * depth + b"]" * depth + b"}"
+        elif kind < 0.85:
+            data = json.dumps(_random_json(rng, rng.randint(0, 12))).encode()
+        else:
+            data = bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+        try:
+            if json.loads(data).get("cmd") == "stop":
+                continue
+        except (ValueError, AttributeError, RecursionError, UnicodeDecodeError):
+            pass
+        if len(data) < MAX_REQUEST:
+            produced += 1
+            yield data
+
+
+def _random_json(rng: random.Random, depth: int):
+    r = rng.random()
+    if depth <= 0 or r < 0.3:
+        return rng.choice([None, True, False, rng.randint(-2**40, 2**40), rng.random() * 1e6, "",
+                           "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 12))),
+                           "status", "pause", "reload", "cue"])
+    if r < 0.65:
+        return [_random_json(rng, depth - 1) for _ in range(rng.randint(0, 4))]
+    obj = {rng.choice(["cmd", "path", "cue", "x", ""]): _random_json(rng, depth - 1) for _ in range(rng.randint(0, 4))}
+    if rng.random() < 0.5:
+        obj["cmd"] = rng.choice(["status", "pause", "resume", "reload", "clear", "cue", "nope"])
+    return obj
+
+
+def fuzz_control(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
+    import os
+    import subprocess
+    import uuid
+
+    import zmq
+
+    result = Result("control")
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        endpoint = f"ipc://{tmp}/run/control.sock"
+        model = REPO / "metalearn" / "default_model" / "myo_meta.onnx"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller", "--lsl-stream", f"fuzz-{uuid.uuid4().hex[:8]}", "--serial-port",
+             str(Path(tmp) / "no-orthosis"), "--model", str(model), "--monitor", f"ipc://{tmp}/monitor.sock",
+             "--control", endpoint],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp)
+        ctx = zmq.Context()
+        sock = None
+        try:
+            deadline = time.monotonic() + 30
+            while not Path(endpoint[len("ipc://"):]).exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    result.crashes.append(f"the daemon did not start: {proc.stderr.read()[-400:]}")
+                    return result
+                time.sleep(0.05)  # polling for a file another process creates, with a deadline
+            for i, data in enumerate(control_inputs(seed, n)):
+                if sock is None:
+                    sock = ctx.socket(zmq.REQ)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.connect(endpoint)
+                result.inputs += 1
+                t0 = time.perf_counter()
+                sock.send(data)
+                answered = sock.poll(int(hang_s * 1000))
+                dt = time.perf_counter() - t0
+                result.max_s = max(result.max_s, dt)
+                if proc.poll() is not None:
+                    result.crashes.append(f"seed {seed} input {i} ({data[:80].hex()}): the daemon exited "
+                                          f"{proc.returncode}: {proc.stderr.read()[-400:]}")
+                    break
+                if not answered:
+                    result.hangs.append(f"seed {seed} input {i} ({data[:80].hex()}): no answer in {hang_s:g} s")
+                    sock.close(0)
+                    sock = None
+                    continue
+                try:
+                    answer = json.loads(sock.recv())
+                except ValueError as exc:
+                    result.crashes.append(f"seed {seed} input {i}: the answer is not JSON: {exc}")
+                    continue
+                if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+                    result.crashes.append(f"seed {seed} input {i}: the answer has no ok: {answer!r:.200}")
+                elif answer["ok"]:
+                    result.accepted += 1
+                else:
+                    result.typed_errors += 1
+            if proc.poll() is None:
+                proc.terminate()
+                if proc.wait(10) != 0:
+                    result.crashes.append(f"the daemon exited {proc.returncode} after SIGTERM")
+        finally:
+            if sock is not None:
+                sock.close(0)
+            ctx.term()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.split("\n\n")[0])
     p.add_argument("--decoder", type=float, default=1e6, help="decoder inputs (default 1e6)")
@@ -286,11 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hang-s", type=float, default=1.0, help="an input slower than this is a hang")
     p.add_argument("--utf8", action="store_true", help="keep mutated files valid UTF-8")
+    p.add_argument("--control", type=float, default=1e4, help="control-socket requests (default 1e4)")
     p.add_argument("--json", action="store_true", help="end with one JSON document")
     args = p.parse_args(argv)
     results = [fuzz_decoder(int(args.decoder), args.seed, args.hang_s)]
     for fn in (fuzz_config, fuzz_recording, fuzz_collection):
         results.append(fn(int(args.files), args.seed, args.hang_s, args.utf8))
+    results.append(fuzz_control(int(args.control), args.seed, args.hang_s))
     print(f"{'target':<11} {'inputs':>9} {'accepted':>9} {'typed err':>10} {'crashes':>8} {'hangs':>6} "
           f"{'max ms':>8} {'s':>7}")
     for r in results:

@@ -1,12 +1,13 @@
 """Fuzzing the parsers of untrusted input (the generators are bench/fuzz.py's, with fewer inputs):
 the frame decoder must never raise, the config, recording and task-collection loaders may raise
-only the project's own typed errors; nothing may take longer than a second."""
+only the project's own typed errors, the daemon's control socket answers every request and the
+daemon survives; nothing may take longer than a second."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.fuzz import fuzz_collection, fuzz_config, fuzz_decoder, fuzz_recording
+from bench.fuzz import fuzz_collection, fuzz_config, fuzz_control, fuzz_decoder, fuzz_recording
 
 SEEDS = (0, 1)
 
@@ -54,3 +55,11 @@ def test_task_collection_loader_raises_only_data_error(seed):
     result = fuzz_collection(500, seed)
     _check(result)
     assert result.accepted > 5 and result.typed_errors > 50
+
+
+def test_control_socket_answers_every_request_and_the_daemon_survives():
+    """1000 fuzzed requests to a real daemon's control socket (bench.fuzz runs 1e4, or 1e5 with
+    --control 1e5); found: a deeply nested request crashed the daemon (RecursionError, exit 1)."""
+    result = fuzz_control(1000, seed=3)
+    _check(result)
+    assert result.inputs == 1000 and result.accepted > 20 and result.typed_errors > 500
