@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="ENDPOINT", help="ZeroMQ control endpoint, ipc://PATH (control.endpoint)")
     p.add_argument("--log-level", choices=configuration.LOG_LEVELS, help="logging.level")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration, print it as JSON and exit")
+                   help="validate the configuration and load the model file, print them as JSON and exit")
     return p
 
 
@@ -87,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = load_config(args)
     if args.check_config:
+        from controller.pipeline import load_model
+
         doc = cfg.to_dict()
         doc["model"]["resolved_path"] = str(cfg.model.resolved_path())
+        # the model file as the daemon loads it at start: a missing or broken one fails here too
+        doc["model"]["model_id"] = load_model(cfg.model.resolved_path()).info.model_id
         doc["control"]["resolved_endpoint"] = cfg.control.resolved_endpoint()
         print(json.dumps(doc, indent=2))
         return 0

@@ -23,6 +23,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 DEFAULT_STREAM_NAME = "MyHand-EMG"
 DEFAULT_MODEL_NAME = "myo_meta.onnx"
+STALE_MS_RANGE = (20, 250)
+REARM_MS_RANGE = (100, 10000)
 
 
 def default_model_path() -> Path:
@@ -139,10 +141,16 @@ class PolicyConfig:
     def validate(self, key: str) -> None:
         _check(0 <= self.threshold < 1, f"{key}.threshold", "must be in [0, 1)", self.threshold)
         _check(1 <= self.vote <= 100, f"{key}.vote", "must be 1..100", self.vote)
-        for attr in ("min_dwell_ms", "refractory_ms", "rearm_ms"):
+        for attr in ("min_dwell_ms", "refractory_ms"):
             value = getattr(self, attr)
             _check(0 <= value <= 10000, f"{key}.{attr}", "must be 0..10000", value)
-        _check(10 <= self.stale_ms <= 5000, f"{key}.stale_ms", "must be 10..5000", self.stale_ms)
+        # safety limits: the hand may go on moving for stale_ms after the armband stops, and
+        # re-arming needs a stretch of good input, not a single good chunk
+        _check(STALE_MS_RANGE[0] <= self.stale_ms <= STALE_MS_RANGE[1], f"{key}.stale_ms",
+               f"must be {STALE_MS_RANGE[0]}..{STALE_MS_RANGE[1]} (the hand keeps moving this long after the "
+               "armband stops)", self.stale_ms)
+        _check(REARM_MS_RANGE[0] <= self.rearm_ms <= REARM_MS_RANGE[1], f"{key}.rearm_ms",
+               f"must be {REARM_MS_RANGE[0]}..{REARM_MS_RANGE[1]}", self.rearm_ms)
         _check(0 < self.saturation_fraction <= 1, f"{key}.saturation_fraction", "must be in (0, 1]",
                self.saturation_fraction)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import fields
@@ -30,12 +31,46 @@ def read_yaml(path: str | os.PathLike) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+_LOADER = None
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-1 or 5E3 (no dot) as text; a config means a number
+_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+def _loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (the second would silently
+    win) and reads 1e-1 as a number."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            def construct_mapping(self, node, deep=False):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    if key in seen:
+                        raise _DuplicateKey(f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                                            f"{key_node.start_mark.line + 1})")
+                    seen[key] = key_node.start_mark.line
+                return super().construct_mapping(node, deep)
+
+        Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
+        _LOADER = Loader
+    return _LOADER
 
 
 def coerce(hint: Any, value: Any, key: str) -> Any:

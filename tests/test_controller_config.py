@@ -42,6 +42,9 @@ def test_docs_mention_every_key():
     ({"policy": {"vote": 2.5}}, "policy.vote: must be an integer, got 2.5"),
     ({"policy": {"threshold": "high"}}, "policy.threshold: must be a number, got 'high'"),
     ({"serial": {"ttl_ms": 5000}}, "serial.ttl_ms: must be 1..1000"),
+    # issue 14: 5000 held the hand open 5 s after the armband stopped; 0 re-armed on one good chunk
+    ({"policy": {"stale_ms": 5000}}, "policy.stale_ms: must be 20..250 (the hand keeps moving this long"),
+    ({"policy": {"rearm_ms": 0}}, "policy.rearm_ms: must be 100..10000, got 0"),
     ({"serial": {"refresh_ms": 200}}, "serial.refresh_ms: must be 10..ttl_ms/2"),
     ({"serial": {"send_every_decision": "yes"}}, "serial.send_every_decision: must be true or false"),
     ({"serial": {"port": None}}, "serial.port: must not be null"),
@@ -107,7 +110,8 @@ def test_cli_refuses_a_bad_config_before_anything_starts(tmp_path):
     cfg.write_text("serial:\n  port: /dev/does-not-matter\npolicy:\n  stale_ms: 5\n")
     proc = run_cli("--config", str(cfg))
     assert proc.returncode == 2
-    assert proc.stderr == f"error: {cfg}: policy.stale_ms: must be 10..5000, got 5.0\n"
+    assert proc.stderr == (f"error: {cfg}: policy.stale_ms: must be 20..250 (the hand keeps moving this long after "
+                           "the armband stops), got 5.0\n")
     assert proc.stdout == ""  # nothing started: no log line at all
     proc = run_cli("--config", str(tmp_path / "missing.yaml"))
     assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'missing.yaml'}: config file not found\n"
@@ -133,6 +137,28 @@ def test_check_config_prints_the_effective_configuration(tmp_path):
     doc = json.loads(proc.stdout)
     assert doc["lsl"]["name"] == "Arm" and doc["policy"]["stale_ms"] == 100.0
     assert doc["model"]["resolved_path"] == str(default_model_path())
+    from metaemg.modelfile import read_model_info
+
+    assert doc["model"]["model_id"] == read_model_info(default_model_path()).model_id
+
+
+def test_check_config_fails_on_a_missing_model_file(tmp_path):
+    """issue 14: --check-config passed with a model file the daemon then could not load."""
+    proc = run_cli("--model", str(tmp_path / "gone.onnx"), "--check-config")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: {tmp_path / 'gone.onnx'}") and "not found" in proc.stderr
+
+
+def test_duplicate_keys_are_refused_and_exponents_are_numbers(tmp_path):
+    """issue 14: a key given twice was accepted (the second won) and 1e-1 was refused as text."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("policy:\n  vote: 3\n  threshold: 0.5\n  vote: 1\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: key 'vote' is given twice \(lines 2 and 4\)"):
+        configuration.load(dup)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("policy:\n  threshold: 6e-1\n  stale_ms: 1.2E2\n")
+    cfg = configuration.load(exp)
+    assert cfg.policy.threshold == 0.6 and cfg.policy.stale_ms == 120.0
 
 
 def test_ctl_without_a_daemon_is_a_one_line_error(tmp_path):
