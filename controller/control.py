@@ -48,7 +48,7 @@ def parse_request(raw: bytes) -> dict:
         request = json.loads(raw.decode("utf-8"))
     except RecursionError:
         raise ValueError(f"a request is nested at most {MAX_DEPTH} levels deep") from None
-    if _depth(request) > MAX_DEPTH:
+    if _too_deep(request):
         raise ValueError(f"a request is nested at most {MAX_DEPTH} levels deep")
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         raise ValueError('a request is a JSON object with a "cmd" string')
@@ -57,12 +57,14 @@ def parse_request(raw: bytes) -> dict:
     return request
 
 
-def _depth(value: object) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
+def _too_deep(value: object) -> bool:
+    """Whether JSON ``value`` nests more than MAX_DEPTH levels (iterative: no recursion limit)."""
+    level = [value]
+    for _ in range(MAX_DEPTH + 1):
+        level = [c for v in level if isinstance(v, dict | list) for c in (v.values() if isinstance(v, dict) else v)]
+        if not level:
+            return False
+    return True
 
 
 class ControlServer:

@@ -208,18 +208,20 @@ def test_oversized_deep_or_broken_requests_get_an_error_and_the_server_goes_on(t
         task = asyncio.get_running_loop().create_task(server.serve())
         try:
             deep = await asyncio.to_thread(raw, b"[" * 30000 + b"]" * 30000)  # 60 kB: RecursionError in json
+            # json parses 900 levels; measuring that depth recursively crashed too (found by bench.fuzz)
+            parsed_deep = await asyncio.to_thread(raw, b"[" * 900 + b"]" * 900)
             nested = await asyncio.to_thread(raw, json.dumps({"cmd": "cue", "cue": {"a": [[[[[[[[1]]]]]]]]}}).encode())
             binary = await asyncio.to_thread(raw, b"\xff\xfe")
             status = await asyncio.to_thread(request, endpoint, {"cmd": "status"})
-            return deep, nested, binary, status
+            return deep, parsed_deep, nested, binary, status
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             server.close()
             ctx.term()
 
-    deep, nested, binary, status = asyncio.run(main())
-    assert deep == {"ok": False, "error": f"a request is nested at most {MAX_DEPTH} levels deep"}
+    deep, parsed_deep, nested, binary, status = asyncio.run(main())
+    assert deep == parsed_deep == {"ok": False, "error": f"a request is nested at most {MAX_DEPTH} levels deep"}
     assert nested["ok"] is False and "nested" in nested["error"]
     assert binary["ok"] is False and status == {"ok": True}
     assert parse_request(json.dumps({"cmd": "cue", "cue": {"cue": "open", "index": 1}}).encode())["cmd"] == "cue"
