@@ -41,6 +41,9 @@ from controller.states import STOP_REASONS, Conditions, DaemonState, StateMachin
 log = structlog.get_logger("controller")
 
 TICK_S = 0.01
+# each stops the daemon the safe way (STOP to the orthosis, then exit 0); SIGHUP (a closed
+# terminal) used to kill it without STOP
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOP_ACK_WAIT_S = 0.2
 
 
@@ -120,7 +123,7 @@ class Controller:
             self._close_sockets()
             raise
         loop.set_exception_handler(self._on_loop_exception)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         self.link = Link(cfg.serial, self.counters, self._on_link_change)
         self.source = LslSource(cfg.lsl, loop, check=self._check_stream, on_data=self._on_data,
@@ -159,7 +162,7 @@ class Controller:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.source.stop()
         self._close_sockets()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             self._loop.remove_signal_handler(signum)
         log.info("stopped", exit_code=self._exit_code, counters=dict(self.counters))
         self.notifier.close()

@@ -255,10 +255,10 @@ class Daemon:
         assert proc.returncode in (0, 1), proc.stderr
         return json.loads(proc.stdout)
 
-    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds until exit)."""
+    def terminate(self, signum: int = signal.SIGTERM, timeout: float = 5.0) -> tuple[int, float]:
+        """SIGTERM (or ``signum``); returns (exit code, seconds until exit)."""
         t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signum)
         rc = self.proc.wait(timeout)
         elapsed = time.monotonic() - t0
         self._reader.join(2)

@@ -61,6 +61,7 @@ FAULTS = {
                            "reload refused, the old model keeps deciding, no STOP", 3.0),
     "bad_config": ("a bad configuration file", "exit 2 with a one-line error, the port is never opened", 10.0),
     "sigterm": ("SIGTERM", "STOP (host shutdown), exit 0, no command after it", 1.0),
+    "sighup": ("SIGHUP (the terminal it was started from closes)", "as SIGTERM (it used to die without STOP)", 1.0),
     "sigkill_restart": ("SIGKILL, then a restart",
                         "the device goes safe by its own watchdog/TTL; the restarted daemon runs again", 0.4),
 }
@@ -431,12 +432,12 @@ def _bad_config(tmp_path):
         sim.stop()
 
 
-@case("sigterm")
-def _sigterm(rig):
+@case("sigterm", "sighup")
+def _sigterm(rig, name):
     t = time.monotonic()
-    rc, elapsed = rig.daemon.terminate()
+    rc, elapsed = rig.daemon.terminate(signal.SIGHUP if name == "sighup" else signal.SIGTERM)
     assert rc == 0, rig.daemon.stderr
-    within("sigterm", elapsed)
+    within(name, elapsed)
     stop = rig.wait_stop_after(t, 2)
     assert stop["reason"] == STOP_HOST_SHUTDOWN
     assert rig.commands(stop["t"]) == [] and rig.device_state() == "safe"
