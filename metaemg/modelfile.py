@@ -304,18 +304,55 @@ def _check_file(path: Path) -> None:
         raise ModelError(f"{path}: model file not found")
 
 
-def _session(path: Path, intra_op_threads: int = 1) -> Any:
-    """An onnxruntime CPU session, single-threaded across operators, sequential."""
+def _session(path: Path, intra_op_threads: int = 1, data: bytes | None = None) -> Any:
+    """An onnxruntime CPU session, single-threaded across operators, sequential (of ``data``,
+    the file's bytes, when given: what is verified is what runs)."""
     ort = _import_ort()
-    _check_file(path)
+    if data is None:
+        _check_file(path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path) if data is None else data, sess_options=options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's exceptions derive from Exception only
         raise ModelError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: model file not found (it is a directory)") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
+
+
+def onnx_weights(proto: Any) -> dict[str, np.ndarray]:
+    """The initializers of a loaded ONNX model by name (what :func:`compute_model_id` hashes)."""
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+
+
+def verify_model_id(data: bytes, info: ModelInfo, path: str | os.PathLike) -> None:
+    """ModelError unless the file's weights and metadata hash to its ``model_id`` (a file changed
+    after export, by hand or by a broken copy, keeps its old id otherwise)."""
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError("verifying a model file needs the onnx package: pip install onnx") from None
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
+    if compute_model_id(onnx_weights(proto), info.to_dict()) != info.model_id:
+        raise ModelError(f"{path}: weights or metadata do not match model_id {info.model_id} "
+                         "(changed after export?); refusing it")
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -352,8 +389,10 @@ class OnnxModel:
         if not _is_int(intra_op_threads) or intra_op_threads < 1:
             raise ConfigError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
         self.path = Path(path)
-        self._session = _session(self.path, intra_op_threads)
+        data = _read(self.path)  # read once: the session runs and the id check hashes the same bytes
+        self._session = _session(self.path, intra_op_threads, data)
         self.info = ModelInfo.from_metadata_map(self._session.get_modelmeta().custom_metadata_map, self.path)
+        verify_model_id(data, self.info, self.path)
         self._check_io()
         self._shape = (self.info.window, self.info.channels)
         self._one = np.zeros((1, *self._shape), dtype=np.float32)  # reused for single windows

@@ -47,6 +47,7 @@ from metaemg.modelfile import (
     ModelInfo,
     OnnxModel,
     compute_model_id,
+    onnx_weights,
     read_model_info,
 )
 from metaemg.signal import SignalSpec
@@ -268,8 +269,6 @@ def _finish_proto(proto, model, metadata: dict[str, Any], label: str) -> None:
     """Make the initializers plain weights named as in the state_dict, check they hold the
     model's exact weights, then set the metadata and model_id."""
     _, onnx = _deps()
-    from onnx import numpy_helper
-
     graph = proto.graph
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
@@ -280,7 +279,7 @@ def _finish_proto(proto, model, metadata: dict[str, Any], label: str) -> None:
     mapping.update({"scaler_offset": SCALER_OFFSET, "scaler_scale": SCALER_SCALE})
     _rename(graph, mapping)
 
-    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = onnx_weights(proto)
     for name, value in state.items():
         got = weights.get(name)
         if got is None or got.shape != value.shape or not np.array_equal(got, value):
@@ -352,8 +351,6 @@ def load_torch_from_onnx(path: str | os.PathLike):
     Raises ModelError if the weights or metadata do not match the file's model_id.
     """
     torch, onnx = _deps()
-    from onnx import numpy_helper
-
     from metalearn.models import build_model
 
     path = Path(path)
@@ -362,7 +359,7 @@ def load_torch_from_onnx(path: str | os.PathLike):
         proto = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
-    weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    weights = onnx_weights(proto)
     if compute_model_id(weights, info.to_dict()) != info.model_id:
         raise ModelError(f"{path}: weights or metadata do not match model_id {info.model_id} (modified after export?)")
     for name, key in ((SCALER_OFFSET, "offset"), (SCALER_SCALE, "scale")):

@@ -59,6 +59,8 @@ FAULTS = {
                       "reload refused, the old model keeps deciding, no STOP", 3.0),
     "model_other_stream": ("the watched model file is replaced by a model for a 250 Hz stream",
                            "reload refused, the old model keeps deciding, no STOP", 3.0),
+    "model_tampered": ("the watched model file is replaced by one whose weights changed but whose model_id did not",
+                       "reload refused (it used to run under the old id), the old model keeps deciding", 3.0),
     "bad_config": ("a bad configuration file", "exit 2 with a one-line error, the port is never opened", 10.0),
     "sigterm": ("SIGTERM", "STOP (host shutdown), exit 0, no command after it", 1.0),
     "sighup": ("SIGHUP (the terminal it was started from closes)", "as SIGTERM (it used to die without STOP)", 1.0),
@@ -390,6 +392,24 @@ def _refused_reload(rig: Rig, data: bytes, name: str) -> dict:
 def _model_garbage(rig):
     event = _refused_reload(rig, b"this is not an onnx model" * 10, "model_garbage")
     assert "not a valid ONNX model" in event["error"]
+
+
+@pytest.fixture(scope="module")
+def tampered_model() -> bytes:
+    """The default model with one weight changed and its metadata (model_id included) untouched."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(default_model()))
+    init = next(t for t in m.graph.initializer if t.name == "whiten")
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2, "whiten"))
+    return m.SerializeToString()
+
+
+@case("model_tampered", fixtures=("rig", "tampered_model"))
+def _model_tampered(rig, tampered_model):
+    event = _refused_reload(rig, tampered_model, "model_tampered")
+    assert "weights or metadata do not match model_id" in event["error"]
 
 
 @case("model_other_stream", fixtures=("rig", "other_stream_model"))

@@ -57,8 +57,9 @@ def metadata(**overrides) -> dict:
 
 
 def write_model(path: Path, meta: dict | None = None, *, weight: np.ndarray = W, batch: str | int = "batch",
-                props: dict | None = None) -> Path:
-    """windows (batch, 20, 8) -> mean over time @ weight -> logits, softmax -> probabilities."""
+                props: dict | None = None, real_id: bool = True) -> Path:
+    """windows (batch, 20, 8) -> mean over time @ weight -> logits, softmax -> probabilities;
+    ``model_id`` the hash of the weight and metadata (as export writes it) unless ``real_id`` is false."""
     nodes = [
         helper.make_node("ReduceMean", ["windows"], ["pooled"], axes=[1], keepdims=0),
         helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
@@ -74,7 +75,10 @@ def write_model(path: Path, meta: dict | None = None, *, weight: np.ndarray = W,
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if props is None:
-        props = {"metaemg": json.dumps(metadata() if meta is None else meta)}
+        meta = metadata() if meta is None else meta
+        if real_id:
+            meta = {**meta, "model_id": compute_model_id({"w": weight.astype(np.float32)}, meta)}
+        props = {"metaemg": json.dumps(meta)}
     helper.set_model_props(model, props)
     onnx.save(model, path)
     return path
@@ -197,14 +201,14 @@ def test_metadata_not_json(tmp_path):
 def test_read_model_info_round_trip(model_file):
     info = read_model_info(model_file)
     assert info.path == str(model_file)
-    assert info.to_dict() == metadata()
+    assert info.to_dict() == {**metadata(), "model_id": compute_model_id({"w": W}, metadata())}
     assert info.signal == SignalSpec.myo(window=WINDOW, stride=5)
     assert (info.sample_rate, info.channels, info.window, info.stride) == (200.0, 8, WINDOW, 5)
     assert info.class_names == ("relax", "open", "close") and info.n_classes == 3
     assert dict(info.inner) == {"optimizer": "sgd", "steps": 5, "lr": 0.01, "first_order": True}
     assert info.kind == "dnn" and info.model["n_hidden"] == 1
     assert info.scaler["offset"] == (0.5,) * 8
-    assert (info.model_id, info.meta_epoch, info.val_loss, info.calibration) == ("0123456789ab", 7, 0.25, None)
+    assert (info.meta_epoch, info.val_loss, info.calibration) == (7, 0.25, None)
     assert (info.config_hash, info.data_hash, info.package_version) == ("ab" * 32, None, "0.1.0")
     assert OnnxModel(model_file).info.to_dict() == info.to_dict()
 
@@ -290,7 +294,7 @@ BAD_METADATA = [
 def test_invalid_metadata_names_field_and_file(tmp_path, mutate, message):
     meta = copy.deepcopy(metadata())
     mutate(meta)
-    path = write_model(tmp_path / "bad.onnx", meta)
+    path = write_model(tmp_path / "bad.onnx", meta, real_id=False)  # the metadata exactly as mutated
     with pytest.raises(ModelError) as exc:
         read_model_info(path)
     text = str(exc.value)
@@ -355,5 +359,18 @@ def test_read_model_info_without_onnxruntime_uses_onnx(model_file):
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "0123456789ab"
+    assert lines[0] == read_model_info(model_file).model_id
     assert lines[1].startswith("missing: onnxruntime is needed")
+
+
+def test_a_model_whose_weights_changed_after_export_is_refused(tmp_path):
+    """issue 14: a reloaded file with other weights kept reporting the original model_id. Every
+    OnnxModel (the daemon, eval, calibration) now hashes the bytes it runs against the id."""
+    good = write_model(tmp_path / "good.onnx")
+    meta = read_model_info(good).to_dict()
+    tampered = write_model(tmp_path / "tampered.onnx", meta, weight=W * 2, real_id=False)  # same id, other weights
+    assert read_model_info(tampered).model_id == meta["model_id"]  # the metadata alone cannot tell
+    with pytest.raises(ModelError, match=r"tampered.onnx: weights or metadata do not match model_id "
+                                         rf"{meta['model_id']} \(changed after export\?\); refusing it"):
+        OnnxModel(tampered)
+    OnnxModel(good)
