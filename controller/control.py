@@ -24,6 +24,7 @@ import zmq.asyncio
 from metaemg.errors import ConfigError, MetaEMGError
 
 from controller.monitor import bind
+from metaemg.trust import check_dir, private_dir
 
 COMMANDS = ("status", "pause", "resume", "reload", "clear", "cue", "stop")
 MAX_REQUEST = 64 * 1024
@@ -71,7 +72,7 @@ class ControlServer:
     def __init__(self, endpoint: str, context: zmq.asyncio.Context, handler: Handler) -> None:
         self.path = ipc_path(endpoint)
         self._handler = handler
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.path.parent, "control socket directory")
         if self.path.exists() or self.path.is_symlink():
             if _answers(endpoint):
                 raise ConfigError(f"control endpoint {endpoint}: another myhand-controller answers there")
@@ -136,9 +137,23 @@ def _answers(endpoint: str, timeout_s: float = 0.3) -> bool:
     return True
 
 
+def check_socket_dir(endpoint: str) -> bool:
+    """Whether an ``ipc://`` control socket is there; ConfigError when the directory it is in is not
+    trusted (see :mod:`metaemg.trust`: another user could have put a socket of their own there).
+    True for any other transport."""
+    if not endpoint.startswith("ipc://"):
+        return True
+    path = ipc_path(endpoint)
+    if not path.parent.is_dir():
+        return False
+    check_dir(path.parent, "control socket directory", allow_root=True)
+    return path.exists()
+
+
 def request(endpoint: str, req: dict, *, timeout_s: float = 3.0) -> dict:
-    """Send one request to a running daemon and return its answer (ControlError if none)."""
-    if endpoint.startswith("ipc://") and not ipc_path(endpoint).exists():
+    """Send one request to a running daemon and return its answer (ControlError if none,
+    ConfigError if its socket lies in a directory other users control)."""
+    if not check_socket_dir(endpoint):
         raise ControlError(f"{endpoint}: no control socket (is myhand-controller running?)")
     context = zmq.Context.instance()
     sock = context.socket(zmq.REQ)

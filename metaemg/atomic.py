@@ -1,4 +1,7 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+``mode`` sets the file's permissions from its creation (the temporary file already has them);
+:data:`PRIVATE` is for patient data (calibration clips, reports, a patient's models)."""
 
 from __future__ import annotations
 
@@ -12,18 +15,20 @@ from typing import IO
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+PRIVATE = 0o600  # patient data: the service's user only
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kw) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "w", *, perms: int | None = None, **open_kw) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+    ``perms``: the file's mode bits (default: the usual ``0666 & ~umask``).
 
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+    os.chmod(tmp, 0o666 & ~_UMASK if perms is None else perms)  # mkstemp makes 0600
     try:
         with os.fdopen(fd, mode, **open_kw) as fh:
             yield fh
@@ -36,11 +41,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kw) -> Iterato
         raise
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_write(path, "wb") as fh:
+def write_bytes(path: str | os.PathLike, data: bytes, *, perms: int | None = None) -> None:
+    with atomic_write(path, "wb", perms=perms) as fh:
         fh.write(data)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
+def write_text(path: str | os.PathLike, text: str, *, perms: int | None = None) -> None:
+    with atomic_write(path, "w", perms=perms, encoding="utf-8", newline="") as fh:
         fh.write(text)

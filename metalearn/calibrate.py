@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metaemg.atomic import PRIVATE
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
 from metaemg.modelfile import OnnxModel
@@ -116,6 +117,7 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
         say(f"gate: {decision.line()}")
         if decision.install:
             if out is not None:
+                os.chmod(candidate, PRIVATE)  # fitted to a patient's clip: patient data
                 os.replace(candidate, out)
                 model_path = out
                 say(f"wrote {out} (not installed: --out)")

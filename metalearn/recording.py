@@ -191,6 +191,7 @@ def write_recording(
     extra: dict[str, np.ndarray] | None = None,
     index_column: bool = True,
     emg_format: str = "%.10g",
+    perms: int | None = None,
 ) -> Path:
     """Write ``rec`` atomically in the research code's CSV layout (pandas-style unnamed index
     column first, then ``time_elapsed``, ``emg0..``, ``gt``, then any ``extra`` columns)."""
@@ -210,5 +211,5 @@ def write_recording(
         col = np.asarray(col)
         columns.append(np.char.mod("%.10g", col).tolist() if col.dtype.kind == "f" else [str(v) for v in col])
     lines = [",".join(header)] + [",".join(parts) for parts in zip(*columns, strict=True)]
-    write_text(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n", perms=perms)
     return path

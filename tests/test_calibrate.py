@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,11 @@ def test_offline_calibration_installs_the_adapted_model_with_provenance(base, cl
     assert Path(res["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = [json.loads(line) for line in (models / "history.jsonl").read_text().splitlines()]
     assert history[-1]["action"] == "install" and history[-1]["model_id"] == res["model_id"]
+    # patient data is private to the service's user (issue 14: these were 0644)
+    for d in ("clips", "models", "reports"):
+        assert stat.S_IMODE(os.stat(state / d).st_mode) == 0o700
+    files = [p for d in ("clips", "models", "reports") for p in (state / d).iterdir()]
+    assert len(files) >= 7 and {oct(stat.S_IMODE(os.stat(p).st_mode)) for p in files} == {oct(0o600)}
 
 
 def _clip_accuracy(model_path: Path, rec: Recording) -> float:
@@ -313,3 +320,14 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
     # labels change reaction_s after each cue was shown (at the first sample from then on)
     assert rec.time[starts[1:]] == pytest.approx(t_shown[1:] - t_shown[0] + 0.3, abs=0.011)
     assert read_model_info(res["model"]).calibration["reaction_s"] == 0.3
+
+
+def test_a_state_directory_other_users_can_write_is_refused(base, clips, tmp_path, capsys):
+    state = tmp_path / "shared"
+    state.mkdir()
+    state.chmod(0o777)
+    rc, _, err = calibrate("--from-recording", clips["Male13/cal"], "--base-model", base, "--no-png", state=state,
+                           capsys=capsys)
+    assert rc == 2 and err == (f"error: state directory {state} is writable by other users (mode 0777): refusing to "
+                               f"use it; run: chmod go-w {state}\n")
+    assert list(state.iterdir()) == []  # nothing written

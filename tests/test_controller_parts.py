@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ import zmq
 import zmq.asyncio
 
 from controller.config import MonitorConfig
+from controller_helpers import BIN
 from controller.control import ControlError, ControlServer, request
 from controller.monitor import SCHEMA, Monitor
 from controller.pipeline import NONFINITE, SATURATED, Pipeline, SaturationMonitor, check_stream
@@ -358,3 +360,49 @@ def test_every_state_but_running_has_a_stop_reason():
 
 def _fields(c: Conditions) -> dict:
     return {name: getattr(c, name) for name in c.__slots__}
+
+
+def test_a_control_socket_directory_other_users_control_is_refused(tmp_path, monkeypatch):
+    """issue 14: another user created the fallback /tmp/myhand-<uid> 0777 and put a control socket
+    of their own in it: ctl pause answered "paused" while the hand kept moving. The daemon refuses
+    to bind there, and every client (ctl, calibration) refuses to talk there."""
+    from controller.control import check_socket_dir
+
+    shared = tmp_path / "myhand-0"
+    shared.mkdir()
+    shared.chmod(0o777)
+    endpoint = f"ipc://{shared}/control.sock"
+
+    async def handler(req):
+        return {"ok": True, "state": "paused"}  # what the impostor answers
+
+    async def bind():
+        ctx = zmq.asyncio.Context()
+        try:
+            ControlServer(endpoint, ctx, handler)
+        finally:
+            ctx.term()
+
+    with pytest.raises(ConfigError, match=rf"control socket directory {shared} is writable by other users "
+                                          r"\(mode 0777\): refusing to use it; run: chmod go-w"):
+        asyncio.run(bind())
+    (shared / "control.sock").touch()  # the impostor's socket
+    with pytest.raises(ConfigError, match="is writable by other users"):
+        request(endpoint, {"cmd": "pause"})
+    proc = subprocess.run([str(BIN / "myhand-controller"), "ctl", "--control", endpoint, "pause"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: control socket directory {shared} is writable by other users")
+    # a directory that is not ours (nor root's), even if not writable by others
+    shared.chmod(0o755)
+    assert check_socket_dir(endpoint) is True  # ours, 0755: trusted
+    if os.geteuid() == 0:  # root (as in CI here) can give it away for real
+        os.chown(shared, 4242, -1)
+    else:  # otherwise: this process pretends to be another user
+        monkeypatch.setattr(os, "getuid", lambda: os.stat(shared).st_uid + 4242)
+    with pytest.raises(ConfigError, match=rf"{shared} belongs to uid \d+, not to this user"):
+        check_socket_dir(endpoint)
+    link = tmp_path / "link"
+    link.symlink_to(shared)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        check_socket_dir(f"ipc://{link}/control.sock")

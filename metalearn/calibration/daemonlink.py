@@ -126,6 +126,7 @@ class DaemonLink:
         self._zmq = zmq
         self._context = zmq.Context()
         self.control_endpoint = control_endpoint or default_control_endpoint()
+        self._socket_exists()  # a control socket in a directory other users control: refused now
         self.timeout_s = timeout_s
         self.forward_cues = forward_cues
         self._forwarder: _CueForwarder | None = None
@@ -244,8 +245,9 @@ class DaemonLink:
         return f"WARNING: the daemon could not be resumed ({why}): resume it with: myhand-controller ctl resume"
 
     def _socket_exists(self) -> bool:
-        endpoint = self.control_endpoint
-        return not endpoint.startswith("ipc://") or Path(endpoint[len("ipc://"):]).exists()
+        from controller.control import check_socket_dir
+
+        return check_socket_dir(self.control_endpoint)
 
     def _request(self, request: dict) -> dict | None:
         zmq = self._zmq

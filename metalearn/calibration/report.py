@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metaemg.atomic import write_bytes, write_text
+from metaemg.atomic import PRIVATE, write_bytes, write_text
 from metalearn.calibration.clip import ClipWindows
 from metalearn.calibration.metrics import INTENTS
 
@@ -18,7 +18,7 @@ COLORS = {0: "#d9d9d9", 1: "#4daf4a", 2: "#e66101"}
 
 
 def write_json(path: Path, report: dict) -> Path:
-    write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n", perms=PRIVATE)
     return path
 
 
@@ -82,7 +82,7 @@ def write_png(path: Path, clip: ClipWindows, decisions: dict[str, np.ndarray], h
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue(), perms=PRIVATE)
     return None
 
 

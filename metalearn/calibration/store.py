@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metaemg.atomic import write_bytes, write_text
+from metaemg.atomic import PRIVATE, write_bytes, write_text
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
 from metaemg.modelfile import OnnxModel, read_model_info
+from metaemg.trust import private_dir
 from metalearn.recording import Recording, write_recording
 
 
@@ -89,10 +90,10 @@ class Store:
     # -- set-up ----------------------------------------------------------------------------------
     def ensure(self) -> Store:
         try:
-            for d in (self.clips, self.models, self.reports):
-                d.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(f"{self.root}: cannot create the state directory: {exc.strerror or exc}") from None
+            for d in (self.root, self.clips, self.models, self.reports):  # patient data: 0700, ours
+                private_dir(d, "state directory")
+        except ConfigError as exc:
+            raise StateError(str(exc)) from None
         if not os.access(self.models, os.W_OK):
             raise StateError(f"{self.models}: not writable by this user (run as the daemon's user, or give --state-dir)")
         return self
@@ -101,7 +102,7 @@ class Store:
     def lock(self) -> Iterator[None]:
         """Exclusive for one process; StateError at once if another calibration holds it."""
         self.ensure()
-        fd = os.open(self.root / ".calibrate.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / ".calibrate.lock", os.O_RDWR | os.O_CREAT, PRIVATE)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,14 +116,14 @@ class Store:
     def save_clip_bytes(self, data: bytes, when: datetime, suffix: str = "") -> tuple[Path, str]:
         digest = sha256_bytes(data)
         path = _unique(self.clips / f"{utc_stamp(when)}_{digest[:8]}{suffix}", ".csv")
-        write_bytes(path, data)
+        write_bytes(path, data, perms=PRIVATE)
         return path, digest
 
     def save_clip(self, rec: Recording, when: datetime, *, extra: dict | None = None,
                   suffix: str = "") -> tuple[Path, str]:
         """Write a recorded clip in the research CSV format, named by its content hash."""
         pending = _unique(self.clips / f"{utc_stamp(when)}_pending{suffix}", ".csv")
-        write_recording(pending, rec, extra=extra)
+        write_recording(pending, rec, extra=extra, perms=PRIVATE)
         digest = sha256_bytes(pending.read_bytes())
         path = _unique(self.clips / f"{utc_stamp(when)}_{digest[:8]}{suffix}", ".csv")
         os.replace(pending, path)
@@ -140,11 +141,12 @@ class Store:
         the first install, ``base_model``) becomes previous."""
         info = read_model_info(candidate)
         versioned = _unique(self.models / f"adapted_{utc_stamp(when)}_{info.model_id}", ".onnx")
+        os.chmod(candidate, PRIVATE)
         os.replace(candidate, versioned)
         old = self.current if self.current.is_file() else Path(base_model)
         previous_id = _model_id_or_none(old)
-        write_bytes(self.previous, old.read_bytes())
-        write_bytes(self.current, versioned.read_bytes())  # the one change the daemon sees
+        write_bytes(self.previous, old.read_bytes(), perms=PRIVATE)
+        write_bytes(self.current, versioned.read_bytes(), perms=PRIVATE)  # the one change the daemon sees
         self._log({"action": "install", "model_id": info.model_id, "file": versioned.name,
                    "previous_model_id": previous_id, **note})
         self.prune()
@@ -162,9 +164,9 @@ class Store:
         restored = self.previous.read_bytes()
         replaced = self.current.read_bytes() if self.current.is_file() else None
         replaced_id = _model_id_or_none(self.current)
-        write_bytes(self.current, restored)  # first: current is always a whole, tested model
+        write_bytes(self.current, restored, perms=PRIVATE)  # first: current is always a whole, tested model
         if replaced is not None:
-            write_bytes(self.previous, replaced)
+            write_bytes(self.previous, replaced, perms=PRIVATE)
         self._log({"action": "rollback", "model_id": model.info.model_id, "previous_model_id": replaced_id})
         return model.info.model_id, replaced_id
 
@@ -183,7 +185,7 @@ class Store:
     def _log(self, entry: dict) -> None:
         line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"), **entry}, sort_keys=True)
         old = self.history.read_text(encoding="utf-8") if self.history.is_file() else ""
-        write_text(self.history, old + line + "\n")
+        write_text(self.history, old + line + "\n", perms=PRIVATE)
 
 
 def _unique(stem: Path, suffix: str) -> Path:
