@@ -26,7 +26,7 @@ from metaemg.errors import ConfigError, MetaEMGError
 from controller.monitor import bind
 from metaemg.trust import check_dir, private_dir
 
-COMMANDS = ("status", "pause", "resume", "reload", "clear", "cue", "stop")
+COMMANDS = ("status", "pause", "resume", "reload", "clear", "cue", "rebind", "stop")
 MAX_REQUEST = 64 * 1024
 MAX_DEPTH = 8  # a request's JSON nesting (a cue is an object in the request: 2 levels)
 

@@ -32,7 +32,7 @@ from controller.config import Config
 from controller.control import ControlServer
 from controller.link import Link
 from controller.monitor import Monitor
-from controller.pipeline import NONFINITE, Pipeline, check_stream, load_model
+from controller.pipeline import NONFINITE, RATE, Pipeline, RateMonitor, check_stream, load_model
 from controller.policy import INTENTS, Decision, Policy
 from controller.sdnotify import Notifier
 from controller.source import LslSource
@@ -95,6 +95,7 @@ class Controller:
         self._last_model_error: str | None = None
         self._rate = (0.0, 0)  # (t, samples) of the last status, for the measured rate
         self._measured_rate: float | None = None
+        self._rate_monitor = RateMonitor(1.0)  # replaced by the stream's nominal rate when it connects
         self._tasks: list[asyncio.Task] = []
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,10 +205,18 @@ class Controller:
         pipeline, policy = self.pipeline, self.policy
         if self._last_chunk_at is not None and now - self._last_chunk_at >= self._stale_s:
             pipeline.reset()  # after a gap: no window straddles it
+            self._rate_monitor.reset()  # nor a rate measurement
         self._last_chunk_at = now
+        rate_problem = self._rate_monitor.push(stamps)
         bad = pipeline.check(x)
+        if bad is None and rate_problem is not None:
+            bad = RATE
         if bad is None:
             policy.input_good(now)
+        elif bad == RATE:
+            if self._rate_monitor.rate is not None:
+                c["bad_input_rate"] += 1
+            policy.input_bad(now, f"rate: {rate_problem}")
         else:
             c["bad_input_" + bad] += 1
             policy.input_bad(now, bad)
@@ -388,9 +397,12 @@ class Controller:
             "input": {
                 "connected": self._stream_connected,
                 "stream": None if self._stream is None else self._stream.to_dict(),
+                "bound_to": None if self.source.bound is None else {"source_id": self.source.bound[0],
+                                                                   "host": self.source.bound[1]},
                 "problem": self._stream_problem,
                 "last_sample_age_ms": None if self._last_chunk_at is None else (now - self._last_chunk_at) * 1000,
                 "measured_rate": self._measured_rate,
+                "timestamp_rate": self._rate_monitor.rate,
                 "saturated_fraction": self.pipeline.saturated_fraction,
             },
             "link": self.link.status(),
@@ -432,6 +444,7 @@ class Controller:
             self._ever_connected = True
             self.counters["stream_connects"] += 1
             self.pipeline.reset()
+            self._rate_monitor = RateMonitor(detail.rate)
             log.info("stream_connected", **detail.to_dict())
         else:
             problem = f"stream mismatch: {detail}" if kind == "mismatch" else str(detail)
@@ -449,9 +462,11 @@ class Controller:
                 if not self._ever_connected:
                     self._fatal = ModelError(f"refusing to start: {detail}")
                     self.request_stop("stream mismatch", exit_code=2)
-            elif kind == "missing":
+            elif kind in ("missing", "ambiguous", "foreign"):
                 if changed:
-                    log.warning("stream_missing", problem=detail)
+                    if kind != "missing":
+                        self.counters[f"stream_{kind}"] += 1
+                    log.warning(f"stream_{kind}", problem=detail)
             else:
                 log.error("source_error", problem=detail)
                 self.request_stop("the LSL reader failed", exit_code=1)
@@ -531,7 +546,7 @@ class Controller:
         """command -> (handler, the fields it takes besides cmd); its keys are control.COMMANDS."""
         return {"status": (self._ctl_status, ()), "pause": (self._ctl_pause, ()), "resume": (self._ctl_resume, ()),
                 "reload": (self._ctl_reload, ("path",)), "clear": (self._ctl_clear, ()),
-                "cue": (self._ctl_cue, ("cue",)), "stop": (self._ctl_stop, ())}
+                "cue": (self._ctl_cue, ("cue",)), "rebind": (self._ctl_rebind, ()), "stop": (self._ctl_stop, ())}
 
     async def _ctl_status(self, req: dict, now: float) -> dict:
         return {"ok": True, "status": self._status(now)}
@@ -569,6 +584,12 @@ class Controller:
             return {"ok": False, "error": "cue: 'cue' must be a JSON object"}
         self.monitor.publish("cue", {"cue": cue, "source": "control"})
         return {"ok": True}
+
+    async def _ctl_rebind(self, req: dict, now: float) -> dict:
+        """The operator accepts another armband: forget the one this daemon follows."""
+        was = self.source.rebind()
+        log.warning("stream_rebind", was=None if was is None else list(was))
+        return {"ok": True, "was": None if was is None else {"source_id": was[0], "host": was[1]}}
 
     async def _ctl_stop(self, req: dict, now: float) -> dict:
         self.request_stop("control")

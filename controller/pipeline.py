@@ -13,6 +13,7 @@ caller keeps its old model.
 from __future__ import annotations
 
 import os
+from collections import deque
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from metaemg.signal import SignalChain, SignalSpec, Windower
 
 NONFINITE = "nonfinite"
 SATURATED = "saturated"
+RATE = "rate"
+RATE_WINDOW_S = 1.0  # the sample rate is measured over the newest second of samples
+RATE_TOLERANCE = 0.1  # measured against nominal (timestamps jitter; the nominal rule is 5 %)
 
 
 class SaturationMonitor:
@@ -54,6 +58,51 @@ class SaturationMonitor:
             self._ring[idx] = flags
             self._pos = (self._pos + m) % self.n
         return self._count / self.n
+
+
+class RateMonitor:
+    """The stream's real sample rate, from the samples' own LSL timestamps over the newest
+    :data:`RATE_WINDOW_S` (not from when they arrive, so a stall of this process does not look
+    like a slow stream). :meth:`push` says whether the input is usable: not before a full window
+    has been seen ("rate unknown" at first: no command goes out on a stream whose rate was never
+    measured), and not while the rate is more than :data:`RATE_TOLERANCE` off the nominal one (a
+    stream that announced 200 Hz and delivered 50 or 800 drove the hand)."""
+
+    def __init__(self, nominal: float) -> None:
+        self.nominal = nominal
+        self._marks: deque[tuple[float, int]] = deque()  # (timestamp of a chunk's last sample, samples so far)
+        self._count = 0
+        self.rate: float | None = None
+
+    def reset(self) -> None:
+        self._marks.clear()
+        self._count = 0
+        self.rate = None
+
+    def push(self, stamps: np.ndarray) -> str | None:
+        """None when the rate is known and fits; else why not (a short text)."""
+        if len(stamps) == 0:
+            return None
+        marks = self._marks
+        if not marks:
+            marks.append((float(stamps[0]), 1))  # the first sample opens the first interval
+            self._count = 1
+            if len(stamps) == 1:
+                return "rate unknown"
+            stamps = stamps[1:]
+        self._count += len(stamps)
+        last = float(stamps[-1])
+        marks.append((last, self._count))
+        while len(marks) > 2 and last - marks[1][0] >= RATE_WINDOW_S:
+            marks.popleft()
+        t0, n0 = marks[0]
+        if last - t0 < RATE_WINDOW_S:
+            self.rate = None
+            return "rate unknown"
+        self.rate = (self._count - n0) / (last - t0)
+        if abs(self.rate - self.nominal) > RATE_TOLERANCE * self.nominal:
+            return f"measured {self.rate:.0f} Hz, the stream says {self.nominal:g} Hz"
+        return None
 
 
 class Pipeline:

@@ -10,6 +10,12 @@ loop everything queued since, so a loop that fell behind sees one larger chunk, 
 
 When the outlet disappears the inlet raises ``LostError`` (``recover=False``): the thread reports
 it and resolves again. liblsl is imported only here, in the thread.
+
+A stream is one armband. The reader binds to the first stream it connects to, by its source id
+and host (:func:`identity`), and afterwards follows only that armband: another stream with the
+same name (a second armband in the room) is reported ("foreign") and never read, until an operator
+says so (:meth:`LslSource.rebind`, ``myhand-controller ctl rebind``). Before it is bound, two
+armbands that both match the configured name are "ambiguous": neither is read.
 """
 
 from __future__ import annotations
@@ -27,11 +33,23 @@ from metaemg.lsl import StreamDesc, describe, quiet_liblsl
 MAX_CHUNK = 512  # samples drained per pull (more waits for the next pull)
 PULL_WAIT_S = 0.1  # how long the thread blocks for a first sample (bounds its stop latency)
 RESOLVE_SLICE_S = 0.25  # resolve in slices so that stop() is quick
+GATHER_S = 0.2  # once one stream is found, how long to look for a second one with the same name
 
 
-# event kinds sent to the loop: ("missing", text), ("mismatch", text), ("connected", desc),
-# ("lost", text), ("error", text)
+# event kinds sent to the loop: ("missing", text), ("mismatch", text), ("ambiguous", text),
+# ("foreign", text), ("connected", desc), ("lost", text), ("error", text)
 Event = tuple[str, object]
+
+
+def identity(desc: StreamDesc) -> tuple[str, str]:
+    """Which armband a stream is: its source id and host (its uid when it has no source id, which
+    then changes when the sender restarts)."""
+    return (desc.source_id or f"uid {desc.uid}", desc.hostname)
+
+
+def _who(desc: StreamDesc) -> str:
+    sid, host = identity(desc)
+    return f"source id {sid!r} on {host}"
 
 
 class LslSource:
@@ -52,6 +70,13 @@ class LslSource:
         self.stream: StreamDesc | None = None  # set while an inlet is open
         self.connected = False
         self.problem: str | None = "resolving"
+        self.bound: tuple[str, str] | None = None  # identity() of the armband this source follows
+
+    def rebind(self) -> tuple[str, str] | None:
+        """Forget the armband this source is bound to (the operator's decision): the next stream
+        that matches and is alone is taken. Returns the identity it was bound to."""
+        was, self.bound = self.bound, None
+        return was
 
     # -- loop side -------------------------------------------------------------------------------
 
@@ -97,8 +122,14 @@ class LslSource:
 
             quiet_liblsl(pylsl)
             while not self._stop.is_set():
-                info = self._resolve(pylsl)
+                infos = self._resolve(pylsl)
+                if not infos:
+                    continue
+                info, kind, problem = self._choose(infos)
                 if info is None:
+                    self.problem = problem
+                    self._event(kind, problem)
+                    self._stop.wait(self.config.retry_s)
                     continue
                 desc = describe(info)
                 problem = self._check(desc)
@@ -111,7 +142,25 @@ class LslSource:
         except Exception as exc:  # noqa: BLE001 - a thread must report, not vanish
             self._event("error", f"{type(exc).__name__}: {exc}")
 
-    def _resolve(self, pylsl):
+    def _choose(self, infos) -> tuple[object | None, str, str | None]:
+        """``(info, "", None)`` of the stream to read among those found, or ``(None, kind, why)``."""
+        descs = [(info, describe(info)) for info in infos]
+        if self.bound is not None:
+            mine = [info for info, d in descs if identity(d) == self.bound]
+            if mine:
+                return mine[0], "", None
+            others = "; ".join(sorted({_who(d) for _, d in descs}))
+            return None, "foreign", (f"stream {descs[0][1].describe()} is another armband ({others}), not the one "
+                                     f"this daemon is bound to (source id {self.bound[0]!r} on {self.bound[1]}): "
+                                     "not read; if the armband was replaced, run: myhand-controller ctl rebind")
+        armbands = sorted({_who(d) for _, d in descs})
+        if len(armbands) > 1:
+            return None, "ambiguous", (f"{len(armbands)} armbands match {self.config.predicate()} ({'; '.join(armbands)}): "
+                                       "none is read; switch one off, or set lsl.source_id")
+        return descs[0][0], "", None
+
+    def _resolve(self, pylsl) -> list:
+        """Every stream that matches (one search, then :data:`GATHER_S` for a second one)."""
         cfg = self.config
         predicate = cfg.predicate()
         deadline = time.monotonic() + cfg.resolve_timeout_s
@@ -121,12 +170,13 @@ class LslSource:
                 break
             found = pylsl.resolve_bypred(predicate, 1, min(left, RESOLVE_SLICE_S))
             if found:
-                return found[0]
+                more = pylsl.resolve_bypred(predicate, 2, GATHER_S)
+                return list({info.uid(): info for info in [*found, *more]}.values())
         if not self._stop.is_set():
             self.problem = f"no LSL stream matching {predicate}"
             self._event("missing", self.problem)
             self._stop.wait(cfg.retry_s)
-        return None
+        return []
 
     def _read(self, pylsl, info, desc: StreamDesc) -> None:
         flags = pylsl.proc_clocksync if self.config.clock_sync else pylsl.proc_none
@@ -142,6 +192,7 @@ class LslSource:
                 self._event("missing", self.problem)
                 return
             self.stream, self.connected, self.problem = desc, True, None
+            self.bound = identity(desc)
             self._event("connected", desc)
             buf = np.empty((MAX_CHUNK, desc.channels), dtype=inlet.np_dtype)
             rest = buf[1:]

@@ -87,7 +87,10 @@ def test_faults_are_states_with_a_safe_reaction(tmp_path, model, recording):
                        and st["link"]["problem"] != "not connected" and st, 20, "a failed open")
         assert s["link"]["problem"] == f"{link}: no such device" and s["ready"] is False
         sim = Sim(tmp_path)
-        s = wait_until(state_is(daemon, "waiting_for_stream"), 10, "waiting_for_stream")
+        # the handshake makes the link ready; the device's state comes with its next STATUS frame,
+        # which may be a moment later: wait for both, in any order
+        s = wait_until(lambda: (st := state_is(daemon, "waiting_for_stream")()) and
+                       st["link"]["device_state"] is not None and st, 10, "waiting_for_stream, device state known")
         assert s["link"]["phase"] == "ready" and s["link"]["device_state"] == "safe"
         assert not any("READY=1" in m for _, m in notify.drain())
         replay = Replay(recording.emg, recording.labels, 200.0, name=name, loop=True).start()

@@ -406,3 +406,31 @@ def test_a_control_socket_directory_other_users_control_is_refused(tmp_path, mon
     link.symlink_to(shared)
     with pytest.raises(ConfigError, match="is a symbolic link"):
         check_socket_dir(f"ipc://{link}/control.sock")
+
+
+def test_the_rate_monitor_measures_from_timestamps_and_waits_for_a_full_second():
+    from controller.pipeline import RateMonitor
+
+    mon = RateMonitor(200.0)
+    t = np.arange(0, 3, 1 / 200)
+    answers = [mon.push(t[i:i + 5]) for i in range(0, len(t), 5)]  # chunks of 5 samples
+    first_ok = next(i for i, a in enumerate(answers) if a is None)
+    assert all(a == "rate unknown" for a in answers[:first_ok])
+    assert t[first_ok * 5 + 4] >= 1.0 - 1e-9  # not before a full second of samples
+    assert all(a is None for a in answers[first_ok:]) and mon.rate == pytest.approx(200.0, rel=1e-6)
+    slow = RateMonitor(200.0)  # announced 200 Hz, delivers 50
+    t50 = np.arange(0, 2, 1 / 50)
+    assert [slow.push(t50[i:i + 1]) for i in range(len(t50))][-1] == "measured 50 Hz, the stream says 200 Hz"
+    fast = RateMonitor(200.0)  # delivers 800
+    t800 = np.arange(0, 2, 1 / 800)
+    assert fast.push(t800) == "measured 800 Hz, the stream says 200 Hz"
+    # a change of rate is seen within a fraction of the window: 200 -> 800 Hz
+    mon.reset()
+    for i in range(0, len(t), 5):
+        mon.push(t[i:i + 5])
+    t_new = t[-1] + np.arange(1, 400) / 800
+    seen = next(i for i in range(len(t_new)) if mon.push(t_new[i:i + 1]) is not None)
+    assert (t_new[seen] - t[-1]) < 0.05
+    # a late chunk (this process stalled) changes nothing: the timestamps are the sender's
+    late = RateMonitor(200.0)
+    assert late.push(np.arange(0, 1.5, 1 / 200)) is None

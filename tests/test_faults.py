@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,13 @@ FAULTS = {
                       "STOP (signal lost) after stale_ms (100 ms), state stale; commands again >= rearm_ms after it resumes", 0.2),
     "rate_changes": ("the stream comes back with another nominal rate",
                      "refused (stream mismatch), waiting_for_stream, no command, daemon alive", 0.2),
+    "rate_false": ("a stream that announces 200 Hz but delivers 50 Hz, or 800 Hz",
+                   "no command: its rate is measured (1 s of samples) before the policy arms; state stale "
+                   "(rate: measured ... Hz, the stream says 200 Hz); running again on a true 200 Hz stream", 0.2),
+    "two_armbands": ("a second armband with the same stream name; then the first one disappears",
+                     "the daemon keeps reading the armband it is bound to (source id and host); when that one goes: "
+                     "STOP, waiting_for_stream (another armband: not read), no command from the other one until "
+                     "ctl rebind; two candidates after rebind: ambiguous, none read", 0.2),
     "channels_change": ("the stream comes back with 4 channels instead of 8",
                         "refused (stream mismatch), waiting_for_stream, no command, daemon alive", 0.2),
     "nan": ("NaN samples", "STOP at once, state stale; commands again only after rearm_ms (300 ms) of good input", 0.15),
@@ -196,6 +204,78 @@ def _stream_metadata_changes(rig, name):
     assert s["state"] == "waiting_for_stream" and expect in s["input"]["problem"]
     assert s["counters"]["stream_mismatches"] >= 1
     assert rig.commands(stop["t"]) == [] and rig.device_state() == "safe" and rig.alive()
+
+
+@case("rate_false")
+def _rate_false(rig):
+    """issue 14: such a stream used to run and drive the hand (the rate was only shown in the status)."""
+    from controller.replay import Replay
+
+    for delivered in (50.0, 800.0):
+        t_last = rig.replay.pause()
+        rig.replay.close()
+        stop = rig.wait_stop_after(t_last, 2)
+        within("rate_false", stop["t"] - t_last)
+        t = time.monotonic()
+        rig.replay = Replay(rig.emg, None, delivered, nominal_rate=rig.rate, name=rig.name, loop=True).start()
+        s = wait_until(lambda: (st := rig.status())["reason"] and st["reason"].startswith("rate: measured") and st,
+                       10, f"the {delivered:g} Hz stream caught")
+        assert s["state"] == "stale" and s["input"]["connected"] is True
+        measured = float(re.fullmatch(r"rate: measured (\d+) Hz, the stream says 200 Hz", s["reason"]).group(1))
+        assert (45 <= measured <= 55) if delivered == 50 else measured > 300  # the replay tops out near 500 Hz
+        time.sleep(0.5)  # not synchronisation: a stretch in which no command may be accepted
+        assert rig.commands(t) == [] and rig.device_state() == "safe"
+        assert rig.status()["counters"]["bad_input_rate"] > 0
+    t = time.monotonic()
+    rig.replay.close()
+    rig.replay = Replay(rig.emg, None, rig.rate, name=rig.name, loop=True).start()
+    rig.wait_state("running", 10)
+    rig.wait_command_after(t, 3)
+    assert rig.alive()
+
+
+@case("two_armbands")
+def _two_armbands(rig):
+    """issue 14: the daemon drove the orthosis from the other armband within a second."""
+    from controller.replay import Replay
+
+    mine = rig.status()["input"]["stream"]["source_id"]
+    other = Replay(rig.emg[::-1].copy(), None, rig.rate, name=rig.name, loop=True, source_id="armband-2").start()
+    third = None
+    try:
+        time.sleep(1.0)  # not synchronisation: a stretch in which the daemon must stay on its armband
+        s = rig.status()
+        assert s["state"] == "running" and s["input"]["stream"]["source_id"] == mine
+        assert s["input"]["bound_to"]["source_id"] == mine
+        t_last = rig.replay.pause()
+        rig.replay.close()
+        rig.replay, other = other, None  # the rig closes it from now on
+        stop = rig.wait_stop_after(t_last, 2)
+        within("two_armbands", stop["t"] - t_last)
+        s = wait_until(lambda: (st := rig.status())["input"]["problem"] and "another armband" in st["input"]["problem"]
+                       and st, 10, "the other armband reported")
+        assert s["state"] == "waiting_for_stream" and "source id 'armband-2'" in s["input"]["problem"]
+        assert "myhand-controller ctl rebind" in s["input"]["problem"] and s["counters"]["stream_foreign"] >= 1
+        time.sleep(1.0)  # not synchronisation: a stretch in which no command may be accepted
+        assert rig.commands(stop["t"]) == [] and rig.device_state() == "safe"
+        third = Replay(rig.emg, None, rig.rate, name=rig.name, loop=True, source_id="armband-3").start()
+        wait_until(lambda: "'armband-3'" in (rig.status()["input"]["problem"] or ""), 10, "the third armband seen")
+        answer = rig.daemon.ctl("rebind")
+        assert answer["ok"] is True and answer["was"]["source_id"] == mine
+        s = wait_until(lambda: (st := rig.status())["input"]["problem"] and "2 armbands match" in st["input"]["problem"]
+                       and st, 10, "two candidates: ambiguous")
+        assert "'armband-2'" in s["input"]["problem"] and "'armband-3'" in s["input"]["problem"]
+        assert rig.commands(stop["t"]) == []
+        third.close()
+        third = None
+        t = time.monotonic()
+        s = rig.wait_state("running", 15)
+        assert s["input"]["stream"]["source_id"] == "armband-2" and s["input"]["bound_to"]["source_id"] == "armband-2"
+        rig.wait_command_after(t, 3)
+    finally:
+        for replay in (other, third):
+            if replay is not None:
+                replay.close()
 
 
 def _inject_inf(rig: Rig, count: int) -> float:
