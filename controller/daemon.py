@@ -82,6 +82,7 @@ class Controller:
         self._stream_connected = False
         self._stream_problem: str | None = "resolving"
         self._ever_connected = False
+        self._link_started = False
         self._last_chunk_at: float | None = None
         self._last_command_at = -1e9
         self._refresh_s = config.serial.refresh_ms / 1000
@@ -129,11 +130,10 @@ class Controller:
         self.link = Link(cfg.serial, self.counters, self._on_link_change)
         self.source = LslSource(cfg.lsl, loop, check=self._check_stream, on_data=self._on_data,
                                 on_event=self._on_stream_event)
-        for coro, name in ((self.link.run(), "link"), (self.control.serve(), "control"),
-                           (self._control_loop(), "control_loop")):
-            task = loop.create_task(coro, name=name)
-            task.add_done_callback(self._task_done)
-            self._tasks.append(task)
+        for coro, name in ((self.control.serve(), "control"), (self._control_loop(), "control_loop")):
+            self._start_task(coro, name)
+        # The orthosis port opens only once the first stream found fits the model (or none is
+        # there): a stream that is refused at start never gets a HELLO sent to the device.
         self.source.start()
         log.info("started", monitor=self.monitor.endpoint, control=self.control.endpoint)
         await self._stop_event.wait()
@@ -141,6 +141,11 @@ class Controller:
         if self._fatal is not None:
             raise self._fatal
         return self._exit_code
+
+    def _start_task(self, coro, name: str) -> None:
+        task = self._loop.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
 
     def request_stop(self, why: str = "request", exit_code: int = 0) -> None:
         if self._stop_event is None or self._stop_event.is_set():
@@ -438,6 +443,9 @@ class Controller:
 
     def _on_stream_event(self, kind: str, detail: object) -> None:
         now = time.monotonic()
+        if kind != "mismatch" and not self._link_started and not self._stopping:
+            self._link_started = True
+            self._start_task(self.link.run(), "link")
         if kind == "connected":
             assert isinstance(detail, StreamDesc)
             self._stream, self._stream_connected, self._stream_problem = detail, True, None

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from controller.config import LslConfig
-from metaemg.lsl import StreamDesc, describe, quiet_liblsl
+from metaemg.lsl import FATAL_ONLY, StreamDesc, describe, quiet_liblsl
 
 MAX_CHUNK = 512  # samples drained per pull (more waits for the next pull)
 PULL_WAIT_S = 0.1  # how long the thread blocks for a first sample (bounds its stop latency)
@@ -120,7 +120,7 @@ class LslSource:
         try:
             import pylsl
 
-            quiet_liblsl(pylsl)
+            quiet_liblsl(pylsl, FATAL_ONLY)
             while not self._stop.is_set():
                 infos = self._resolve(pylsl)
                 if not infos:

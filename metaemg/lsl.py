@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-_LSL_LOG_CONFIG = "[log]\nlevel = -1\n"  # liblsl: warnings and errors only
+WARNINGS, FATAL_ONLY = -1, -3  # liblsl's (loguru's) log levels
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,11 @@ def describe(info) -> StreamDesc:
     )
 
 
-def quiet_liblsl(pylsl) -> None:
-    """liblsl logs INFO lines to stderr; keep warnings and errors. Only effective before liblsl's
-    first use in the process (later it is a no-op)."""
+def quiet_liblsl(pylsl, level: int = WARNINGS) -> None:
+    """liblsl logs INFO lines to stderr; keep only those at ``level`` and above (the daemon:
+    :data:`FATAL_ONLY`, as its own JSON log reports every stream event and a raw liblsl line would
+    break that log). Only effective before liblsl's first use in the process (later a no-op)."""
     try:
-        pylsl.set_config_content(_LSL_LOG_CONFIG)
+        pylsl.set_config_content(f"[log]\nlevel = {int(level)}\n")
     except Exception:  # noqa: BLE001 - only quietens a log; harmless if refused
         pass

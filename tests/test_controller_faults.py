@@ -170,12 +170,14 @@ def test_faults_are_states_with_a_safe_reaction(tmp_path, model, recording):
 
 
 def test_a_model_that_does_not_match_the_stream_is_refused_at_start(tmp_path, model):
+    """... before the orthosis port is opened: no HELLO reaches the device (issue 14: it did)."""
     from controller.replay import Replay
 
     name = unique_name()
     replay = Replay(np.zeros((400, 8)), None, 100.0, name=name, loop=True).start()
+    sim = Sim(tmp_path)
     try:
-        daemon = Daemon(tmp_path, stream=name, port=str(tmp_path / "no-port"), model=model)
+        daemon = Daemon(tmp_path, stream=name, port=str(sim.link), model=model)
         try:
             rc = daemon.proc.wait(30)
             daemon._reader.join(2)
@@ -184,6 +186,8 @@ def test_a_model_that_does_not_match_the_stream_is_refused_at_start(tmp_path, mo
             daemon.stop()
     finally:
         replay.close()
+        sim.stop()
+    assert sim.log.events("hello") == [] and sim.log.events("command") == []
     assert rc == 2
     lines = stderr.splitlines()
     assert len(lines) == 1, stderr

@@ -165,6 +165,11 @@ def _outlet_dies(rig):
     s = rig.status()
     # one loss, one reconnect (a resolve that still returns the vanished outlet is "missing")
     assert s["counters"]["stream_lost"] == 1 and s["counters"]["stream_connects"] == 2 and rig.alive()
+    # the log stays JSON: liblsl's own "Stream transmission broke off" line used to land in it
+    assert rig.daemon.terminate()[0] == 0
+    rig.daemon._reader.join(2)
+    assert rig.daemon.proc.stderr.read() == ""
+    assert rig.daemon.raw and len(rig.daemon.lines) == len(rig.daemon.raw)
 
 
 @case("outlet_silent")
