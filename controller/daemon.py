@@ -24,7 +24,7 @@ import structlog
 import zmq
 import zmq.asyncio
 
-from metaemg.errors import MetaEMGError, ModelError
+from metaemg.errors import ConfigError, MetaEMGError, ModelError
 from metaemg.lsl import StreamDesc
 from metaemg.modelfile import OnnxModel
 
@@ -127,7 +127,7 @@ class Controller:
         loop.set_exception_handler(self._on_loop_exception)
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
-        self.link = Link(cfg.serial, self.counters, self._on_link_change)
+        self.link = Link(cfg.serial, self.counters, self._on_link_change, on_busy=self._on_port_busy)
         self.source = LslSource(cfg.lsl, loop, check=self._check_stream, on_data=self._on_data,
                                 on_event=self._on_stream_event)
         for coro, name in ((self.control.serve(), "control"), (self._control_loop(), "control_loop")):
@@ -342,6 +342,13 @@ class Controller:
         self.monitor.publish("event", {"event": "state", "state": tr.state.value, "prev": tr.prev.value,
                                        "reason": tr.reason})
         self._publish_status(now)
+
+    def _on_port_busy(self, problem: str) -> None:
+        """Another process holds the orthosis port before this daemon ever opened it: two
+        controllers must never share an orthosis, so this one does not start."""
+        log.error("link_busy", problem=problem)
+        self._fatal = ConfigError(f"refusing to start: {problem}")
+        self.request_stop("the orthosis port is in use", exit_code=2)
 
     def _on_link_change(self) -> None:
         if self._loop is not None and not self._stopping:

@@ -15,7 +15,16 @@ from collections.abc import Callable
 
 import structlog
 
-from firmware_protocol import Decoder, LinkError, LinkTimeout, Message, ProtocolError, encode, open_transport
+from firmware_protocol import (
+    Decoder,
+    LinkBusy,
+    LinkError,
+    LinkTimeout,
+    Message,
+    ProtocolError,
+    encode,
+    open_transport,
+)
 from firmware_protocol.transport import Transport
 
 from controller.config import SerialConfig
@@ -27,8 +36,10 @@ log = structlog.get_logger("controller.link")
 class Link:
     """One orthosis port. :meth:`run` keeps it connected until :meth:`close`."""
 
-    def __init__(self, config: SerialConfig, counters: Counter, on_change: Callable[[], None]) -> None:
+    def __init__(self, config: SerialConfig, counters: Counter, on_change: Callable[[], None],
+                 on_busy: Callable[[str], None] | None = None) -> None:
         self.config = config
+        self._on_busy = on_busy  # told when another process holds the port before this link ever opened it
         self.url = config.port
         self.counters = counters
         self.proto = HostLink(config, counters)
@@ -50,6 +61,15 @@ class Link:
         while not self._closing:
             try:
                 transport = await asyncio.to_thread(open_transport, self.url, baudrate=self.config.baudrate)
+            except LinkBusy as exc:
+                if self._on_busy is not None and not self.counters["link_opens"]:
+                    self._on_busy(str(exc))
+                    return
+                self.proto.closed(str(exc))
+                self._notify()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.reconnect_max_ms / 1000)
+                continue
             except ProtocolError as exc:
                 self.proto.closed(str(exc))
                 if reported != str(exc):

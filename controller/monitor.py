@@ -9,15 +9,18 @@ subscriber once its high-water mark is reached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket as stdsocket
 import time
 from pathlib import Path
 
 import zmq
 
 from metaemg.errors import ConfigError
+from metaemg.trust import private_dir
 
 from controller.config import MonitorConfig
 
@@ -47,9 +50,25 @@ def encode(topic: str, payload: dict, t_mono: float | None = None) -> list[bytes
 
 
 def bind(socket: zmq.Socket, endpoint: str, what: str) -> str:
-    """Bind ``endpoint`` (creating an ipc:// socket's directory); one-line ConfigError if not."""
+    """Bind ``endpoint``; one-line ConfigError if not. An ``ipc://`` socket goes in a trusted
+    directory (:mod:`metaemg.trust`, created 0700) and never replaces one another process is
+    still bound to (ZeroMQ would silently take the path over); a leftover file of a process that
+    died is removed."""
     if endpoint.startswith("ipc://"):
-        Path(endpoint[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(endpoint[len("ipc://"):])
+        private_dir(path.parent, f"{what} socket directory")
+        if path.exists() or path.is_symlink():
+            probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:  # refused or not a socket: nobody is there
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            else:
+                raise ConfigError(f"{what} endpoint {endpoint}: another process is bound there (another "
+                                  "myhand-controller?)")
+            finally:
+                probe.close()
     try:
         socket.bind(endpoint)
     except zmq.ZMQError as exc:

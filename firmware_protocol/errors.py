@@ -117,6 +117,10 @@ class LinkUnavailable(LinkError):
     """The link cannot be opened now (no such device yet, permission, busy). Retry later."""
 
 
+class LinkBusy(LinkUnavailable):
+    """Another process holds the port's exclusive lock (another controller on the same orthosis)."""
+
+
 class LinkTimeout(LinkError, builtins.TimeoutError):
     """A write or a wait did not complete in time."""
 

@@ -22,6 +22,8 @@ which raises :class:`~firmware_protocol.errors.LinkUnavailable` until the device
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import select
 import socket
@@ -31,6 +33,7 @@ import tty
 from abc import ABC, abstractmethod
 
 from firmware_protocol.errors import (
+    LinkBusy,
     LinkLost,
     LinkTimeout,
     LinkUnavailable,
@@ -181,11 +184,18 @@ class SerialTransport(Transport):
         if not os.path.exists(path):
             raise LinkUnavailable(f"{path}: no such device")
         try:
-            self._serial = serial.Serial(path, baudrate, timeout=0, write_timeout=0, exclusive=True)
-            self._serial.reset_input_buffer()  # drop whatever queued while nobody listened
+            self._serial = serial.Serial(path, baudrate, timeout=0, write_timeout=0)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise LinkUnavailable(f"{path}: cannot open: {exc}") from exc
         self._fd = self._serial.fileno()
+        try:  # exclusive: the lock pyserial's exclusive=True takes, with its own error
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._serial.close()
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise LinkBusy(f"{path}: in use by another process (another controller on this orthosis?)") from None
+            raise LinkUnavailable(f"{path}: cannot lock: {exc.strerror or exc}") from exc
+        self._serial.reset_input_buffer()  # drop whatever queued while nobody listened
 
     def fileno(self) -> int:
         return self._fd

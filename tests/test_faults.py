@@ -70,6 +70,10 @@ FAULTS = {
     "model_tampered": ("the watched model file is replaced by one whose weights changed but whose model_id did not",
                        "reload refused (it used to run under the old id), the old model keeps deciding", 3.0),
     "bad_config": ("a bad configuration file", "exit 2 with a one-line error, the port is never opened", 10.0),
+    "second_daemon": ("a second myhand-controller on the same orthosis port, or on the same ipc:// monitor socket",
+                      "the second one is refused at start (exit 2, one line); the first keeps running (the second "
+                      "used to wait on the port's lock and take over when the first died, or to steal the monitor "
+                      "socket)", 10.0),
     "sigterm": ("SIGTERM", "STOP (host shutdown), exit 0, no command after it", 1.0),
     "sighup": ("SIGHUP (the terminal it was started from closes)", "as SIGTERM (it used to die without STOP)", 1.0),
     "sigkill_restart": ("SIGKILL, then a restart",
@@ -535,6 +539,30 @@ def _bad_config(tmp_path):
         assert sim.log.events("hello") == [] and sim.log.events("command") == []  # the port was never opened
     finally:
         sim.stop()
+
+
+@case("second_daemon")
+def _second_daemon(rig):
+    base = [str(BIN / "myhand-controller"), "--lsl-stream", rig.name, "--model", str(rig.model)]
+    cases = {  # what is shared -> (the other arguments, what the one line says)
+        "port": (["--serial-port", rig.port, "--monitor", f"ipc://{rig.tmp}/mon2.sock",
+                  "--control", f"ipc://{rig.tmp}/run2/control.sock"],
+                 f"error: refusing to start: {rig.port}: in use by another process"),
+        "monitor": (["--serial-port", str(rig.tmp / "no-such-port"), "--monitor", rig.daemon.monitor,
+                     "--control", f"ipc://{rig.tmp}/run3/control.sock"],
+                    f"error: monitor endpoint {rig.daemon.monitor}: another process is bound there"),
+    }
+    for what, (args, expect) in cases.items():
+        t = time.monotonic()
+        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=limit("second_daemon") + 10)
+        within("second_daemon", time.monotonic() - t)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(expect), (what, proc.stderr)
+    t = time.monotonic()
+    rig.wait_command_after(t, 2)  # the first one still drives the orthosis
+    s = rig.status()
+    assert s["state"] == "running" and s["counters"].get("link_lost", 0) == 0 and rig.alive()
+    rig.sub.wait_for(lambda topic, m: topic == "status" and m["t_mono"] > t, 3, "its monitor still publishes")
 
 
 @case("sigterm", "sighup")
