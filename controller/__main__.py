@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 def _ctl_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="myhand-controller ctl",
                                 description="send one request to a running myhand-controller")
-    p.add_argument("--config", help="read control.endpoint / runtime_dir from this file")
+    p.add_argument("--config", help="read control.endpoint / runtime_dir from this file (default: $MYHAND_CONFIG, "
+                                    "else /etc/myhand/controller.yaml when it exists)")
     p.add_argument("--control", metavar="ENDPOINT", help="control endpoint (default: from the config)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     p.add_argument("request", nargs="+",
@@ -48,8 +49,11 @@ def _ctl_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_config(args: argparse.Namespace) -> configuration.Config:
-    cfg = configuration.load(args.config) if args.config else configuration.Config().validate()
+def load_config(args: argparse.Namespace, *, service_default: bool = False) -> configuration.Config:
+    """The configuration: ``--config``, else (``service_default``, for ctl) the service's
+    (:func:`controller.config.service_config_path`), else the built-in defaults; then the flags."""
+    path = args.config or (configuration.service_config_path() if service_default else None)
+    cfg = configuration.load(path) if path else configuration.Config().validate()
     cfg = cfg.with_overrides(lsl_stream=getattr(args, "lsl_stream", None),
                              serial_port=getattr(args, "serial_port", None),
                              model=getattr(args, "model", None), monitor=getattr(args, "monitor", None))
@@ -67,14 +71,19 @@ def load_config(args: argparse.Namespace) -> configuration.Config:
 
 
 def _ctl(argv: list[str]) -> int:
-    from controller.control import request
+    from controller.control import ControlError, request
 
     args = _ctl_parser().parse_args(argv)
-    cfg = load_config(args)
+    cfg = load_config(args, service_default=True)
     req = control_request(args.request)
     if req.get("cmd") == "reload" and isinstance(req.get("path"), str) and req["path"]:
         req["path"] = os.path.abspath(os.path.expanduser(req["path"]))  # the caller's directory, not the daemon's
-    answer = request(cfg.control.resolved_endpoint(), req, timeout_s=args.timeout)
+    try:
+        answer = request(cfg.control.resolved_endpoint(), req, timeout_s=args.timeout)
+    except ControlError as exc:
+        if cfg.control.endpoint:
+            raise
+        raise ControlError(f"{exc}; {configuration.where_the_daemon_is(cfg, args.config)}") from None
     print(json.dumps(answer, indent=2, sort_keys=True))
     return 0 if answer.get("ok") else 1
 

@@ -22,6 +22,11 @@ from metaemg.typedconfig import document, read_yaml
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 DEFAULT_STREAM_NAME = "MyHand-EMG"
+# Where the service's own files are (systemd: ConfigurationDirectory=, RuntimeDirectory=): tools
+# run from a shell find the running daemon through these, as the daemon resolves them itself.
+SERVICE_CONFIG = Path("/etc/myhand/controller.yaml")
+SERVICE_RUNTIME_DIR = Path("/run/myhand")
+CONFIG_ENV = "MYHAND_CONFIG"
 DEFAULT_MODEL_NAME = "myo_meta.onnx"
 STALE_MS_RANGE = (20, 250)
 REARM_MS_RANGE = (100, 10000)
@@ -159,21 +164,22 @@ class PolicyConfig:
 class MonitorConfig:
     """The ZeroMQ PUB stream of decisions, status, EMG and cues."""
 
-    endpoint: str = "tcp://127.0.0.1:5556"
+    endpoint: str | None = None
     allow_remote: bool = False
     emg_decimation: int = 10
     status_hz: float = 5.0
     hwm: int = 1000
 
     def validate(self, key: str) -> None:
-        scheme, sep, rest = self.endpoint.partition("://")
-        _check(bool(sep) and scheme in ("tcp", "ipc") and rest != "", f"{key}.endpoint",
-               "must be tcp://HOST:PORT or ipc://PATH", self.endpoint)
-        if scheme == "tcp" and not self.allow_remote:
-            host = rest.rsplit(":", 1)[0]
-            _check(host in LOOPBACK_HOSTS, f"{key}.endpoint",
-                   "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
-                   self.endpoint)
+        if self.endpoint is not None:  # null: ipc://<runtime dir>/monitor.sock, private to the service's user
+            scheme, sep, rest = self.endpoint.partition("://")
+            _check(bool(sep) and scheme in ("tcp", "ipc") and rest != "", f"{key}.endpoint",
+                   "must be tcp://HOST:PORT or ipc://PATH (or null)", self.endpoint)
+            if scheme == "tcp" and not self.allow_remote:
+                host = rest.rsplit(":", 1)[0]
+                _check(host in LOOPBACK_HOSTS, f"{key}.endpoint",
+                       "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
+                       self.endpoint)
         _check(1 <= self.emg_decimation <= 10000, f"{key}.emg_decimation", "must be 1..10000", self.emg_decimation)
         _check(0.1 <= self.status_hz <= 100, f"{key}.status_hz", "must be 0.1..100", self.status_hz)
         _check(1 <= self.hwm <= 1_000_000, f"{key}.hwm", "must be 1..1000000", self.hwm)
@@ -192,16 +198,22 @@ class ControlConfig:
                    "must be ipc://PATH (the control socket is local only) or null", self.endpoint)
 
     def resolved_runtime_dir(self, env: typing.Mapping[str, str] | None = None) -> Path:
-        """$RUNTIME_DIRECTORY (systemd), else ``runtime_dir``, else $XDG_RUNTIME_DIR/myhand,
-        else /tmp/myhand-<uid>."""
+        return self.runtime_dir_and_why(env)[0]
+
+    def runtime_dir_and_why(self, env: typing.Mapping[str, str] | None = None) -> tuple[Path, str]:
+        """The first of: $RUNTIME_DIRECTORY (systemd), ``runtime_dir``, the service's
+        /run/myhand when it exists, $XDG_RUNTIME_DIR/myhand, /tmp/myhand-<uid>; and which rule
+        gave it (for the messages of a tool that finds no daemon there)."""
         env = os.environ if env is None else env
         if env.get("RUNTIME_DIRECTORY"):
-            return Path(env["RUNTIME_DIRECTORY"].split(":")[0])
+            return Path(env["RUNTIME_DIRECTORY"].split(":")[0]), "$RUNTIME_DIRECTORY"
         if self.runtime_dir:
-            return Path(self.runtime_dir).expanduser()
+            return Path(self.runtime_dir).expanduser(), "control.runtime_dir"
+        if SERVICE_RUNTIME_DIR.is_dir():
+            return SERVICE_RUNTIME_DIR, "the service's runtime directory"
         if env.get("XDG_RUNTIME_DIR"):
-            return Path(env["XDG_RUNTIME_DIR"]) / "myhand"
-        return Path(f"/tmp/myhand-{os.getuid()}")
+            return Path(env["XDG_RUNTIME_DIR"]) / "myhand", "$XDG_RUNTIME_DIR"
+        return Path(f"/tmp/myhand-{os.getuid()}"), "no runtime directory set: the fallback"
 
     def resolved_endpoint(self, env: typing.Mapping[str, str] | None = None) -> str:
         if self.endpoint:
@@ -234,6 +246,13 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def monitor_endpoint(self, env: typing.Mapping[str, str] | None = None) -> str:
+        """``monitor.endpoint``, or ``ipc://<runtime dir>/monitor.sock`` (the default: only the
+        service's user can subscribe; a tcp:// endpoint is the explicit opt-in for wider access)."""
+        if self.monitor.endpoint:
+            return self.monitor.endpoint
+        return f"ipc://{self.control.resolved_runtime_dir(env) / 'monitor.sock'}"
 
     def with_overrides(self, *, lsl_stream: str | None = None, serial_port: str | None = None,
                        model: str | None = None, monitor: str | None = None) -> Config:
@@ -277,6 +296,24 @@ def from_dict(data: Any, where: str = "config") -> Config:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def service_config_path(env: typing.Mapping[str, str] | None = None) -> Path | None:
+    """The configuration the service runs with, for tools run from a shell: $MYHAND_CONFIG, else
+    /etc/myhand/controller.yaml when it exists, else None (the built-in defaults)."""
+    env = os.environ if env is None else env
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return SERVICE_CONFIG if SERVICE_CONFIG.is_file() else None
+
+
 def load(path: str | os.PathLike) -> Config:
     """Read and validate one YAML file; every problem is one ConfigError line naming it."""
     return from_dict(read_yaml(path), str(Path(path)))
+
+
+def where_the_daemon_is(cfg: Config, config_path: str | None) -> str:
+    """How a tool found the daemon's sockets (when not configured outright), for its message when
+    nothing answers there."""
+    path, why = cfg.control.runtime_dir_and_why()
+    source = config_path or service_config_path() or "no config file"
+    return (f"looked in {path} ({why}; config: {source}); if the daemon runs with another configuration or "
+            f"runtime directory, give its --config FILE")

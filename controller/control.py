@@ -89,7 +89,6 @@ class ControlServer:
             raise
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
         self.requests = 0
         self._pending: set[asyncio.Task] = set()
 

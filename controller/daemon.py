@@ -108,7 +108,7 @@ class Controller:
         self._stop_event = asyncio.Event()
         cfg = self.config
         log.info("starting", pid=os.getpid(), model=str(self.model_path), stream=cfg.lsl.predicate(),
-                 port=cfg.serial.port, monitor=cfg.monitor.endpoint, control=self.control_endpoint)
+                 port=cfg.serial.port, monitor=cfg.monitor_endpoint(), control=self.control_endpoint)
         # Everything that can be refused is checked before the port is opened.
         self.model = await asyncio.to_thread(load_model, self.model_path)
         self._model_loaded_wall = time.time()
@@ -119,7 +119,7 @@ class Controller:
         self._actx = zmq.asyncio.Context()
         self.monitor = self.control = None
         try:
-            self.monitor = Monitor(cfg.monitor, self._zctx)
+            self.monitor = Monitor(cfg.monitor, self._zctx, cfg.monitor_endpoint())
             self.control = ControlServer(self.control_endpoint, self._actx, self._handle_control)
         except BaseException:
             self._close_sockets()

@@ -73,20 +73,29 @@ def bind(socket: zmq.Socket, endpoint: str, what: str) -> str:
         socket.bind(endpoint)
     except zmq.ZMQError as exc:
         raise ConfigError(f"{what} endpoint {endpoint}: cannot bind: {exc}") from None
+    if endpoint.startswith("ipc://"):
+        os.chmod(endpoint[len("ipc://"):], 0o600)  # the service's user only (the directory is 0700 too)
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 class Monitor:
-    def __init__(self, config: MonitorConfig, context: zmq.Context) -> None:
+    def __init__(self, config: MonitorConfig, context: zmq.Context, endpoint: str | None = None) -> None:
+        """``endpoint``: where to publish (``Config.monitor_endpoint()``; default ``config.endpoint``)."""
         self.config = config
+        endpoint = endpoint or config.endpoint
+        if not endpoint:
+            raise ConfigError("monitor: no endpoint (Config.monitor_endpoint() resolves the default)")
         self._socket = context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, config.hwm)
+        old_umask = os.umask(0o077)  # an ipc socket file is 0600 from its creation
         try:
-            self.endpoint = bind(self._socket, config.endpoint, "monitor")
+            self.endpoint = bind(self._socket, endpoint, "monitor")
         except ConfigError:
             self._socket.close(linger=0)  # an open socket would make the context's term() wait
             raise
+        finally:
+            os.umask(old_umask)
         self.sent = 0
         self.dropped = 0
 

@@ -15,12 +15,13 @@ import os
 import sys
 import time
 from collections import deque
+from pathlib import Path
 
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError
 
 SCHEMA = "metaemg.monitor/1"  # = controller.monitor.SCHEMA (that module needs the daemon's config)
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+DEFAULT_ENDPOINT = "ipc://<runtime dir>/monitor.sock"  # as the daemon resolves it (Config.monitor_endpoint)
 CLASSES = ("relax", "open", "close")
 STALE_S = 2.0  # no message for this long: shown as NO DATA
 
@@ -112,11 +113,11 @@ def _get(d: dict | None, *keys, default=None):
     return default if d is None else d
 
 
-def render(view: MonitorView, endpoint: str = DEFAULT_ENDPOINT, now: float | None = None,
+def render(view: MonitorView, endpoint: str = "", now: float | None = None,
            color: bool = False, width: int = 78) -> str:
     """The monitor screen as text (no cursor codes; colour codes only with ``color``)."""
     now = time.monotonic() if now is None else now
-    lines = [f"metaemg-monitor  {endpoint}"]
+    lines = [f"metaemg-monitor  {endpoint}".rstrip()]
     if view.last_at is None:
         lines.append(_c("waiting for the daemon (no message yet)", "33", color))
         return "\n".join(lines) + "\n"
@@ -341,7 +342,10 @@ def run_live(endpoint: str, *, duration: float | None = None, refresh_hz: float 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="metaemg-monitor", description="Watch the MyHand daemon's monitor stream live.")
-    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"the daemon's monitor endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--endpoint", help="the daemon's monitor endpoint (default: as the daemon resolves it from its "
+                                      "configuration, ipc://<runtime dir>/monitor.sock unless monitor.endpoint is set)")
+    p.add_argument("--config", help="the daemon's configuration file (default: $MYHAND_CONFIG, else "
+                                    "/etc/myhand/controller.yaml when it exists)")
     p.add_argument("--once", action="store_true", help="wait for one status message, print it, exit")
     p.add_argument("--json", action="store_true", help="with --once: print the status message as one JSON line")
     p.add_argument("--timeout", type=float, default=5.0, help="with --once: give up after S seconds (exit 2)")
@@ -354,6 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.refresh <= 0 or (args.duration is not None and args.duration < 0) or args.timeout <= 0:
         raise ConfigError("--refresh and --timeout must be positive, --duration not negative")
+    if args.endpoint is None:
+        from controller import config as configuration
+
+        path = args.config or configuration.service_config_path()
+        cfg = configuration.load(path) if path else configuration.Config()
+        args.endpoint = cfg.monitor_endpoint()
+        if args.endpoint.startswith("ipc://") and not Path(args.endpoint[len("ipc://"):]).exists():
+            raise ConfigError(f"no monitor socket at {args.endpoint} (is myhand-controller running?); "
+                              f"{configuration.where_the_daemon_is(cfg, args.config)}")
     if args.once:
         msg = wait_status(args.endpoint, args.timeout)
         if args.json:

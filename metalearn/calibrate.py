@@ -369,9 +369,17 @@ def _link(config, *, live: bool):
 
 
 def _default_control(config) -> str:
-    from metalearn.calibration.daemonlink import default_control_endpoint
+    """The daemon's control socket as the daemon resolves it: its configuration file
+    (``daemon.config``, else the service's), ``daemon.runtime_dir`` on top."""
+    import dataclasses
 
-    return default_control_endpoint(config.daemon.runtime_dir)
+    from controller import config as controller_config
+
+    path = config.daemon.config or controller_config.service_config_path()
+    cfg = controller_config.load(path) if path else controller_config.Config()
+    if config.daemon.runtime_dir:
+        cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, runtime_dir=config.daemon.runtime_dir))
+    return cfg.control.resolved_endpoint()
 
 
 def _record_live(config, base_model: Path, store: Store, link: DaemonLink, when: datetime):

@@ -18,7 +18,7 @@ from metaemg.signal import SignalSpec
 from metalearn.calibrate import end_hold
 from metalearn.calibration import config as configuration
 from metalearn.calibration.clip import ClipRules, cycle_starts, prepare_clip
-from metalearn.calibration.daemonlink import DaemonLink, default_control_endpoint
+from metalearn.calibration.daemonlink import DaemonLink
 from metalearn.calibration.gate import GateRules, decide
 from metalearn.calibration.metrics import change_delays, confusion, delay_summary, summary
 from metalearn.calibration.protocol import CueProtocol, labels_from_cues
@@ -254,8 +254,10 @@ def test_cues_are_published_on_the_pub_socket():
 
 
 def test_cue_endpoint_in_use_is_a_one_line_config_error():
-    with DaemonLink(cue_endpoint="tcp://127.0.0.1:*") as link, pytest.raises(ConfigError, match="cannot bind"):
-        DaemonLink(cue_endpoint=link.cue_endpoint)
+    none = "ipc:///nonexistent/c.sock"
+    with DaemonLink(cue_endpoint="tcp://127.0.0.1:*", control_endpoint=none) as link, \
+            pytest.raises(ConfigError, match="cannot bind"):
+        DaemonLink(cue_endpoint=link.cue_endpoint, control_endpoint=none)
 
 
 def test_reload_request_and_its_outcomes(tmp_path):
@@ -291,10 +293,21 @@ def test_reload_request_and_its_outcomes(tmp_path):
     assert result.status == "no_answer" and "did not answer" in result.note
 
 
-def test_default_control_endpoint_follows_the_daemon():
-    assert default_control_endpoint(None, {"RUNTIME_DIRECTORY": "/run/myhand"}) == "ipc:///run/myhand/control.sock"
-    assert default_control_endpoint("/r", {"XDG_RUNTIME_DIR": "/x"}) == "ipc:///r/control.sock"
-    assert default_control_endpoint(None, {"XDG_RUNTIME_DIR": "/x"}) == "ipc:///x/myhand/control.sock"
+def test_the_control_endpoint_is_found_as_the_daemon_resolves_it(tmp_path, monkeypatch):
+    """issue 14: run from a clinician's shell, calibration looked in another runtime directory
+    than the daemon's and said "daemon not running (nothing to pause)"."""
+    from metalearn.calibrate import _default_control
+
+    daemon_cfg = tmp_path / "controller.yaml"
+    daemon_cfg.write_text(f"control:\n  runtime_dir: {tmp_path / 'run'}\n")
+    monkeypatch.setenv("MYHAND_CONFIG", str(daemon_cfg))  # as the service's /etc/myhand/controller.yaml
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    cfg = configuration.load(None)
+    assert _default_control(cfg) == f"ipc://{tmp_path / 'run' / 'control.sock'}"
+    assert _default_control(cfg.replace("daemon", runtime_dir="/r")) == "ipc:///r/control.sock"
+    other = tmp_path / "other.yaml"
+    other.write_text("control:\n  endpoint: ipc:///x/c.sock\n")
+    assert _default_control(cfg.replace("daemon", config=str(other))) == "ipc:///x/c.sock"
 
 
 def test_hold_pauses_a_running_daemon_and_release_resumes_only_what_it_paused(tmp_path):
@@ -328,7 +341,7 @@ def test_hold_pauses_a_running_daemon_and_release_resumes_only_what_it_paused(tm
         daemon.close()
     assert [r["cmd"] for r in daemon.requests] == ["status"]
     with DaemonLink(cue_endpoint=None, control_endpoint=f"ipc://{tmp_path / 'none.sock'}") as link:
-        assert link.hold().note == "daemon not running (nothing to pause)"
+        assert link.hold().note == f"daemon not running (no control socket at {link.control_endpoint}; nothing to pause)"
 
 
 def test_cue_forwarding_to_the_daemon_never_blocks_the_cues(tmp_path):

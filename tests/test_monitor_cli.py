@@ -215,3 +215,39 @@ def test_render_status_only_has_no_bars():
     text = render(view, now=0.1)
     assert "intent  - (no decision yet)" in text and "|" not in text
     assert "latency -" in text and all(line == line.rstrip() for line in text.splitlines())
+
+
+def test_by_default_the_monitor_is_private_and_every_tool_finds_the_daemon_from_its_config(tmp_path):
+    """issue 14: any local user could subscribe to tcp://127.0.0.1:5556 (raw EMG, decisions), and
+    tools run from another shell looked in another runtime directory than the daemon's. Now the
+    monitor is ipc://<runtime dir>/monitor.sock (the directory 0700, the socket 0600) and ctl,
+    metaemg-monitor and metaemg-calibrate resolve the sockets from the daemon's configuration."""
+    import stat
+
+    from controller_helpers import BIN, end_process
+    from polling import wait_until
+
+    run = tmp_path / "run"
+    cfg = tmp_path / "controller.yaml"
+    cfg.write_text(f"lsl:\n  name: nobody-{os.getpid()}\nserial:\n  port: {tmp_path / 'none'}\n"
+                   f"control:\n  runtime_dir: {run}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNTIME_DIRECTORY", "MYHAND_CONFIG")}
+    daemon = subprocess.Popen([str(BIN / "myhand-controller"), "--config", str(cfg)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (run / "control.sock").exists() and (run / "monitor.sock").exists(), 20, "the sockets")
+        assert stat.S_IMODE(os.stat(run).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(run / "monitor.sock").st_mode) == 0o600
+        ctl = subprocess.run([str(BIN / "myhand-controller"), "ctl", "status"], capture_output=True, text=True,
+                             timeout=30, env={**env, "MYHAND_CONFIG": str(cfg)})
+        status = json.loads(ctl.stdout)["status"]
+        assert status["monitor"]["endpoint"] == f"ipc://{run}/monitor.sock"
+        mon = subprocess.run([str(BIN / "metaemg-monitor"), "--once", "--json", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=30, env=env)
+        assert mon.returncode == 0, mon.stderr
+        assert json.loads(mon.stdout)["pid"] == daemon.pid
+        lost = subprocess.run([str(BIN / "metaemg-monitor"), "--once"], capture_output=True, text=True, timeout=30,
+                              env={**env, "XDG_RUNTIME_DIR": str(tmp_path / "xdg")})
+        assert lost.returncode == 2 and f"looked in {tmp_path / 'xdg' / 'myhand'} ($XDG_RUNTIME_DIR" in lost.stderr
+    finally:
+        end_process(daemon)

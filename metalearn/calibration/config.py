@@ -63,8 +63,9 @@ class CueSection:
 
 @dataclass(frozen=True)
 class DaemonSection:
-    control: str | None = None  # the daemon's control endpoint; null: as the daemon's default
-    runtime_dir: str | None = None  # the daemon's control.runtime_dir, if its configuration sets one
+    control: str | None = None  # the daemon's control endpoint; null: as the daemon resolves it
+    config: str | None = None  # the daemon's configuration file; null: $MYHAND_CONFIG or /etc/myhand/controller.yaml
+    runtime_dir: str | None = None  # overrides control.runtime_dir of that configuration
     timeout_s: float = 1.0
     notify: bool = True  # tell a running daemon to load the new model
     pause_while_recording: bool = True  # pause a running daemon during a live recording, resume after

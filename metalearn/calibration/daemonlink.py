@@ -39,21 +39,6 @@ DEFAULT_CUE_ENDPOINT = "tcp://127.0.0.1:5557"
 BUSY_RETRIES = 3  # the daemon's own file watcher may be reloading the same file already
 
 
-def default_control_endpoint(runtime_dir: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """The daemon's default control endpoint (as controller.config.ControlConfig resolves it):
-    $RUNTIME_DIRECTORY, else ``runtime_dir``, else $XDG_RUNTIME_DIR/myhand, else /tmp/myhand-<uid>."""
-    env = os.environ if env is None else env
-    if env.get("RUNTIME_DIRECTORY"):
-        base = Path(env["RUNTIME_DIRECTORY"].split(":")[0])
-    elif runtime_dir:
-        base = Path(runtime_dir).expanduser()
-    elif env.get("XDG_RUNTIME_DIR"):
-        base = Path(env["XDG_RUNTIME_DIR"]) / "myhand"
-    else:
-        base = Path(f"/tmp/myhand-{os.getuid()}")
-    return f"ipc://{base / 'control.sock'}"
-
-
 @dataclass(frozen=True)
 class ReloadResult:
     """``status``: reloaded | not_running | no_answer | busy | refused."""
@@ -119,13 +104,13 @@ class _CueForwarder(threading.Thread):
 
 
 class DaemonLink:
-    def __init__(self, *, cue_endpoint: str | None = DEFAULT_CUE_ENDPOINT, control_endpoint: str | None = None,
+    def __init__(self, *, control_endpoint: str, cue_endpoint: str | None = DEFAULT_CUE_ENDPOINT,
                  timeout_s: float = 1.0, forward_cues: bool = False):
         import zmq
 
         self._zmq = zmq
         self._context = zmq.Context()
-        self.control_endpoint = control_endpoint or default_control_endpoint()
+        self.control_endpoint = control_endpoint
         self._socket_exists()  # a control socket in a directory other users control: refused now
         self.timeout_s = timeout_s
         self.forward_cues = forward_cues
@@ -220,7 +205,7 @@ class DaemonLink:
     def hold(self) -> Hold:
         """Pause a running daemon (the orthosis holds still) unless it is paused already."""
         if not self._socket_exists():
-            return Hold(False, "daemon not running (nothing to pause)")
+            return Hold(False, f"daemon not running (no control socket at {self.control_endpoint}; nothing to pause)")
         status = self._request({"cmd": "status"})
         if status is None:
             return Hold(False, f"WARNING: the daemon did not answer on {self.control_endpoint}; it could not be "
