@@ -107,6 +107,10 @@ class ModelInfo:
     val_loss: float | None
     calibration: Mapping[str, Any] | None
     metadata_json: str = field(repr=False)
+    # optional: what other people's intents look like, for the calibration's plausibility check
+    # (FeatLDA.population_means: class means of standardised features, the armband as most
+    # training subjects wore it, and how many electrodes of turn to allow)
+    population: Mapping[str, Any] | None = None
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -251,6 +255,15 @@ class ModelInfo:
         calibration = get("calibration")
         if calibration is not None and not isinstance(calibration, dict):
             raise bad("calibration", f"must be an object or null, got {calibration!r}")
+        population = data.get("population")
+        if population is not None:
+            means = population.get("means") if isinstance(population, dict) else None
+            if not (isinstance(means, list) and len(means) == len(class_names) and all(
+                    isinstance(m, list) and m and len(m) == len(means[0]) and all(map(_is_num, m)) for m in means)):
+                raise bad("population", f"means must be {len(class_names)} equal lists of numbers, got {means!r:.80}")
+            turn = population.get("max_rotation")
+            if not _is_int(turn) or turn < 0:
+                raise bad("population", f"max_rotation must be an integer >= 0, got {turn!r}")
 
         return cls(
             path=None if path is None else str(path),
@@ -268,6 +281,7 @@ class ModelInfo:
             val_loss=None if val_loss is None else float(val_loss),
             calibration=_freeze(calibration),
             metadata_json=json.dumps(data, sort_keys=True),
+            population=_freeze(population),
         )
 
     @classmethod

@@ -39,6 +39,7 @@ from metaemg.modelfile import OnnxModel
 from metalearn.calibration import config as configuration
 from metalearn.calibration.clip import ClipWindows, prepare_clip
 from metalearn.calibration.daemonlink import DaemonLink
+from metalearn.calibration import plausible
 from metalearn.calibration.gate import GateDecision, decide
 from metalearn.calibration.metrics import change_delays, delay_summary, fmt_recall, steady_windows, summary
 from metalearn.calibration.store import Store, resolve_state_dir
@@ -98,7 +99,9 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
            if inner.get("head") else f"{inner['optimizer']}, {inner['steps']} steps, lr {inner['lr']:g}")
     say(f"adapted in {adapted.adapt_seconds:.3f} s ({how}, on this PC's CPU)")
     dec_torch = adapted.predict(clip.windows).argmax(axis=1)
-    decision = decide(before, after, config.gate, force=force)
+    witnesses = _witnesses(base, adapter, store, clip)
+    implausible = plausible.reasons(witnesses, config.gate.swap_margin)
+    decision = decide(before, after, config.gate, force=force, implausible=implausible)
     calibration = _provenance(clip, clip_path, clip_digest, base, base_model, before, after, adapted.adapt_seconds,
                               decision, config, when, source)
 
@@ -148,7 +151,8 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
         "adapt_seconds": round(adapted.adapt_seconds, 6),
         "recall_before": before["recall"], "recall_after": after["recall"],
         "gate": {**decision.to_dict(), "line": decision.line(), "min_accuracy": config.gate.min_accuracy,
-                 "min_recall": config.gate.min_recall},
+                 "min_recall": config.gate.min_recall, "swap_margin": config.gate.swap_margin,
+                 "witnesses": [w.to_dict() for w in witnesses]},
         "base_model": str(base_model), "base_model_id": base.info.model_id,
         "clip": str(clip_path), "clip_sha256": clip_digest,
         "daemon": None if daemon is None else daemon.to_dict(),
@@ -182,6 +186,27 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
         say(f"RESULT: REFUSED ({change}); the current model stays. Check the armband's position and contact, "
             "then calibrate again.")
     return result
+
+
+def _witnesses(base: OnnxModel, adapter, store: Store, clip: ClipWindows) -> list:
+    """:mod:`.calibration.plausible`'s witnesses for this clip: the previous calibrated model of
+    this state directory (same armband format), and the base model's population when it has one."""
+    out = []
+    info = base.info
+    if store.current.is_file():
+        try:
+            previous = OnnxModel(store.current)
+        except ModelError:
+            previous = None  # rollback and install say more about an unusable current model
+        if (previous is not None and previous.info.calibration is not None
+                and previous.info.signal == info.signal):
+            out.append(plausible.previous_model(previous, clip.windows, clip.labels))
+    if info.population is not None and hasattr(adapter.model, "whiten"):
+        out.append(plausible.population(adapter.model, dict(info.population), clip.windows, clip.labels))
+    for w in out:
+        say(f"plausibility: {w.name} decides {w.as_labelled:.0%} of the clip's open and close windows as labelled, "
+            f"{w.swapped:.0%} swapped")
+    return out
 
 
 def _provenance(clip: ClipWindows, clip_path: Path, digest: str, base: OnnxModel, base_model: Path, before: dict,

@@ -130,6 +130,7 @@ def _metadata_from_checkpoint(ckpt: dict, where: Path) -> dict[str, Any]:
         "meta_epoch": None if meta_epoch is None else int(meta_epoch),
         "val_loss": val_loss,
         "calibration": None,
+        **({"population": ckpt["population"]} if ckpt.get("population") is not None else {}),
     }
 
 

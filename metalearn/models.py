@@ -309,6 +309,22 @@ class FeatLDA(_WindowClassifier):
         self.whiten.copy_(((evecs / torch.sqrt(evals.clamp_min(0) + 1e-3)) @ evecs.T).float())
 
 
+    @torch.no_grad()
+    def population_means(self, tasks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+        """(n_classes, features): each intent's mean over ``tasks`` of each task's standardised
+        features, the armband as the training subjects wore it (no rotation): what other people's
+        intents look like, for :mod:`metalearn.calibration.plausible`."""
+        n_classes = self.head.out_features
+        sums = counts = 0
+        for x, y in tasks:
+            f = self.features(x).double()
+            f = (f - f.mean(dim=0)) / f.std(dim=0, unbiased=False).clamp_min(1e-3)
+            onehot = F.one_hot(y.long(), n_classes).double()
+            sums = sums + onehot.T @ f
+            counts = counts + onehot.sum(dim=0)
+        return (sums / counts.clamp_min(1)[:, None]).float()
+
+
 def lda(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor, Tensor]:
     """Shrinkage linear discriminant analysis with equal priors: ``(weight (classes, d), bias)``
     of the linear discriminant functions. The pooled within-class covariance is shrunk toward

@@ -105,6 +105,19 @@ def fit_whitening(model, tasks: list[TaskWindows], *, rotate: bool, device=None,
                          for t in tasks], rotate=rotate, per_task=per_task)
 
 
+POPULATION_MAX_ROTATION = 1  # electrodes of turn from how the training subjects wore the armband
+
+
+def population(model, tasks: list[TaskWindows], device=None) -> dict:
+    """A feat model's ``population`` metadata: its intents' mean standardised features over the
+    training tasks, for the calibration's plausibility check (see ModelInfo.population)."""
+    means = model.population_means([(_tensor(np.concatenate([t.x_support, t.x_query]), device),
+                                     _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True))
+                                    for t in tasks])
+    return {"means": [[round(float(v), 6) for v in row] for row in means.cpu()],
+            "max_rotation": POPULATION_MAX_ROTATION}
+
+
 def closed_form_loss(model, tasks: list[TaskWindows], inner: dict, rorcr_size: float, device) -> float:
     """Mean query loss over ``tasks`` after adapting a copy of ``model`` to each task's support."""
     from metalearn.evaluate import adapt_and_score
@@ -212,6 +225,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     for epoch in bar:
         if closed_form:
             fit_whitening(model, train_tasks, rotate=cfg.augment_rotation, device=device)
+            common["population"] = population(model, train_tasks, device=device)
             train_loss = closed_form_loss(model, train_tasks, inner_doc, cfg.rorcr_size, device)
             val_loss = closed_form_loss(model, val, inner_doc, cfg.rorcr_size, device)
         else:

@@ -331,3 +331,57 @@ def test_a_state_directory_other_users_can_write_is_refused(base, clips, tmp_pat
     assert rc == 2 and err == (f"error: state directory {state} is writable by other users (mode 0777): refusing to "
                                f"use it; run: chmod go-w {state}\n")
     assert list(state.iterdir()) == []  # nothing written
+
+
+def _swapped(path: Path, out: Path) -> Path:
+    rec = read_recording(path)
+    labels = np.where(rec.labels == 1, 2, np.where(rec.labels == 2, 1, rec.labels))
+    return write_recording(out, Recording(rec.time, rec.emg, labels))
+
+
+def test_a_clip_with_open_and_close_swapped_is_refused_by_other_peoples_muscles(clips, tmp_path, capsys):
+    """issue 14: such a clip passed the gate (its held-out cycle carries the same wrong labels) and
+    the installed model opened the hand for close. The packaged model knows what other people's
+    intents look like (its population metadata): Male13's swapped clip is refused, the true one
+    passes, --force still installs."""
+    from metalearn.calibrate import default_base_model
+
+    default = default_base_model()
+    rc, out, _ = calibrate("--from-recording", clips["Male13/cal"], "--base-model", default, "--no-png", "--json",
+                           state=tmp_path / "ok", capsys=capsys)
+    assert rc == 0 and last_json(out)["gate"]["passed"]
+    swapped = _swapped(clips["Male13/cal"], tmp_path / "swapped.csv")
+    rc, out, _ = calibrate("--from-recording", swapped, "--base-model", default, "--no-png", "--json",
+                           state=tmp_path / "s", capsys=capsys)
+    res = last_json(out)
+    assert rc == EXIT_REFUSED and not res["installed"]
+    (witness,) = res["gate"]["witnesses"]
+    assert witness["name"] == "other people (the base model's population)"
+    assert witness["swapped"] > 0.9 and witness["as_labelled"] < 0.3
+    assert any(r.startswith("open and close look swapped: other people") for r in res["gate"]["reasons"])
+    rc, out, _ = calibrate("--from-recording", swapped, "--base-model", default, "--no-png", "--json", "--force",
+                           state=tmp_path / "s", capsys=capsys)
+    assert rc == 0 and last_json(out)["gate"]["forced"]
+
+
+def test_a_clip_with_open_and_close_swapped_is_refused_by_the_patients_previous_model(base, clips, myo_src, tmp_path,
+                                                                                        capsys):
+    """A returning patient: the model calibrated at the last session decides the new clip's open
+    windows as close. (The tests' base model has no population: this witness alone refuses.)"""
+    state = tmp_path / "state"
+    rc, out, _ = calibrate("--from-recording", clips["Male14/cal"], "--base-model", base, "--no-png", "--json",
+                           state=state, capsys=capsys)
+    assert rc == 0 and last_json(out)["installed"]
+    later = write_clip(myo_recording(myo_src, "Male14", "Test0"), tmp_path / "later.csv", CLIP_S)
+    rc, out, _ = calibrate("--from-recording", _swapped(later, tmp_path / "later_swapped.csv"), "--base-model", base,
+                           "--no-png", "--json", state=state, capsys=capsys)
+    res = last_json(out)
+    assert rc == EXIT_REFUSED and not res["installed"]
+    (witness,) = res["gate"]["witnesses"]
+    assert witness["name"].startswith("the previous model ") and witness["swapped"] > witness["as_labelled"] + 0.25
+    rc, out, _ = calibrate("--from-recording", later, "--base-model", base, "--no-png", "--json", state=state,
+                           capsys=capsys)
+    res = last_json(out)
+    assert rc == 0 and res["installed"]  # the true labels agree with the previous model
+    (witness,) = res["gate"]["witnesses"]
+    assert witness["as_labelled"] > witness["swapped"]

@@ -287,6 +287,8 @@ BAD_METADATA = [
     (_set(["meta_epoch"], -1), "field 'meta_epoch'"),
     (_set(["val_loss"], "low"), "field 'val_loss'"),
     (_set(["calibration"], [1, 2]), "field 'calibration'"),
+    (_set(["population"], {"means": [[1.0], [2.0]], "max_rotation": 1}), "field 'population' means"),
+    (_set(["population"], {"means": [[1.0], [2.0], [3.0]], "max_rotation": -1}), "field 'population' max_rotation"),
 ]
 
 

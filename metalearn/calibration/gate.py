@@ -5,7 +5,9 @@ The adapted model is refused when any rule fails:
 
 1. its accuracy is below ``min_accuracy``;
 2. it is worse than the base model (lower accuracy);
-3. it recognises some intent in fewer than ``min_recall`` of that intent's windows.
+3. it recognises some intent in fewer than ``min_recall`` of that intent's windows;
+4. a witness from outside the clip sees its open and close swapped by more than ``swap_margin``
+   (:mod:`.plausible`: the patient's previous model, other people's intents).
 
 ``--force`` installs a refused model anyway (the report and the model's metadata say so). It
 never overrides the clip checks of :mod:`.clip`: a flat or incomplete clip gives no model at all.
@@ -23,9 +25,10 @@ from metaemg.errors import ConfigError
 class GateRules:
     min_accuracy: float = 0.7
     min_recall: float = 0.5
+    swap_margin: float = 0.25
 
     def __post_init__(self) -> None:
-        for key in ("min_accuracy", "min_recall"):
+        for key in ("min_accuracy", "min_recall", "swap_margin"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
                 math.isfinite(value) and 0 <= value <= 1
@@ -34,7 +37,8 @@ class GateRules:
 
     def describe(self) -> str:
         return (f"accuracy >= {self.min_accuracy:.2f}, not worse than the base model, "
-                f"every intent recognised in >= {self.min_recall:.0%} of its windows")
+                f"every intent recognised in >= {self.min_recall:.0%} of its windows, "
+                f"open and close not swapped by more than {self.swap_margin:.0%}")
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,11 @@ class GateDecision:
         return {"passed": self.passed, "forced": self.forced, "install": self.install, "reasons": list(self.reasons)}
 
 
-def decide(before: dict, after: dict, rules: GateRules, *, force: bool = False) -> GateDecision:
+def decide(before: dict, after: dict, rules: GateRules, *, force: bool = False,
+           implausible: list[str] | tuple[str, ...] = ()) -> GateDecision:
     """``before``/``after``: :func:`.metrics.summary` of the base and the adapted model on the
-    same held-out windows."""
-    reasons = []
+    same held-out windows; ``implausible``: :func:`.plausible.reasons` for the clip."""
+    reasons = list(implausible)
     acc_b, acc_a = before["accuracy"], after["accuracy"]
     if acc_a < rules.min_accuracy:
         reasons.append(f"accuracy {acc_a:.2f} on the held-out cycle is below the floor {rules.min_accuracy:.2f}")
