@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +386,32 @@ def test_a_clip_with_open_and_close_swapped_is_refused_by_the_patients_previous_
     assert rc == 0 and res["installed"]  # the true labels agree with the previous model
     (witness,) = res["gate"]["witnesses"]
     assert witness["as_labelled"] > witness["swapped"]
+
+
+def test_nan_from_the_armband_stops_a_live_calibration_at_once_and_keeps_the_clip(base, myo_src, tmp_path):
+    """issue 14: a NaN was reported only after the whole protocol, without saying where, and
+    nothing was kept. Now the recording stops at the first non-finite sample, says which channel
+    and when, and the clip up to it is saved as ..._incomplete.csv."""
+    name = unique_name()
+    cues = f"ipc://{tmp_path / 'cues.sock'}"
+    patient = SimulatedPatient(myo_recording(myo_src, "Male13", "training0"), name, cues)
+    patient.pools[1][40:60, 3] = np.nan  # in the first open, about 0.2 s in
+    patient.start()
+    state = tmp_path / "state"
+    t = time.monotonic()
+    try:
+        proc = run_cli("metaemg-calibrate", ["--base-model", str(base), "--state-dir", str(state), "--lsl-stream", name,
+                                             "--cue-s", "2", "--cycles", "2", "--countdown-s", "1", "--cue-endpoint",
+                                             cues, "--control", f"ipc://{tmp_path}/none.sock"],
+                       clean_env(tmp_path), timeout=90)
+    finally:
+        patient.stop()
+    elapsed = time.monotonic() - t
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: the armband sent NaN on emg3 ")
+    assert "s into the protocol" in lines[0]
+    assert elapsed < 15  # the protocol takes 18 s after the countdown: it stopped early
+    (kept,) = (state / "clips").glob("*_incomplete.csv")
+    rec = read_recording(kept)
+    assert 2.0 < rec.duration < 4.0 and np.isfinite(rec.emg).all() and 1 in rec.labels

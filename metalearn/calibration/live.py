@@ -108,8 +108,18 @@ class LiveRecorder:
                 raise DataError(f"the armband's stream {self.stream.describe()} was lost {self._when()}") from None
             now = self.clock()
             if len(stamps):
-                self._chunks.append(np.asarray(data, dtype=np.float64).reshape(len(stamps), -1))
-                self._stamps.append(np.asarray(stamps, dtype=np.float64))
+                chunk = np.asarray(data, dtype=np.float64).reshape(len(stamps), -1)
+                stamps = np.asarray(stamps, dtype=np.float64)
+                bad = ~np.isfinite(chunk)
+                if bad.any():  # stop now, keeping what came before it (the caller saves it)
+                    row, col = (int(v) for v in np.argwhere(bad)[0])
+                    self._chunks.append(chunk[:row])
+                    self._stamps.append(stamps[:row])
+                    value = "NaN" if np.isnan(chunk[row, col]) else "an infinite value"
+                    raise DataError(f"the armband sent {value} on emg{col} {self._when()}: the recording stops; "
+                                    "check the armband and calibrate again")
+                self._chunks.append(chunk)
+                self._stamps.append(stamps)
                 self._last_data = now
             elif now - self._last_data > self.lsl.stall_timeout_s:
                 raise DataError(f"the armband stopped sending ({now - self._last_data:.1f} s without a sample) "
