@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from metaemg.errors import StorageError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -26,8 +28,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, perms: int | None 
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.chmod(tmp, 0o666 & ~_UMASK if perms is None else perms)  # mkstemp makes 0600
     try:
         with os.fdopen(fd, mode, **open_kw) as fh:
@@ -35,9 +40,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, perms: int | None 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError):  # disk full, file too large, ...
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}; the old file (if any) is untouched") from None
         raise
 
 

@@ -32,5 +32,9 @@ class ModelError(MetaEMGError):
     """A model file is unreadable, inconsistent with its metadata, or with the input stream."""
 
 
+class StorageError(MetaEMGError, OSError):
+    """A file could not be written (disk full, file too large, read-only); nothing was replaced."""
+
+
 class MissingDependencyError(MetaEMGError, ImportError):
     """An optional dependency needed for this command is not installed."""

@@ -38,7 +38,7 @@ import numpy as np
 
 from metaemg import __version__
 from metaemg.cli import entry_point
-from metaemg.errors import ConfigError, MissingDependencyError, ModelError
+from metaemg.errors import ConfigError, MissingDependencyError, ModelError, StorageError
 from metaemg.modelfile import (
     FORMAT,
     INPUT,
@@ -308,14 +308,20 @@ def _finish_proto(proto, model, metadata: dict[str, Any], label: str) -> None:
 
 def _verify_and_replace(data: bytes, out: Path, windows: np.ndarray, expected: list, tolerance: float,
                         label: str) -> ExportReport:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise StorageError(f"{label}: cannot write {out}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # disk full, file too large
+            raise StorageError(f"{label}: cannot write {out}: {exc.strerror or exc}; {out} not written") from None
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the daemon may run as another user
         try:
             onnx_model = OnnxModel(tmp)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from calibrate_helpers import (
+    BIN,
     SUBJECTS,
     NO_TORCH,
     FakeDaemon,
@@ -415,3 +416,24 @@ def test_nan_from_the_armband_stops_a_live_calibration_at_once_and_keeps_the_cli
     (kept,) = (state / "clips").glob("*_incomplete.csv")
     rec = read_recording(kept)
     assert 2.0 < rec.duration < 4.0 and np.isfinite(rec.emg).all() and 1 in rec.labels
+
+
+def test_a_full_disk_is_one_line_and_installs_nothing(base, clips, tmp_path):
+    """issue 14: disk full during calibration ended in a traceback. The kernel's own refusal
+    (RLIMIT_FSIZE, as a full disk refuses a write) now gives one line naming the file."""
+    import resource
+    import signal
+    import subprocess
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    state = tmp_path / "state"
+    proc = subprocess.run([str(BIN / "metaemg-calibrate"), "--from-recording", str(clips["Male13/cal"]), "--base-model",
+                           str(base), "--state-dir", str(state), "--no-png"], capture_output=True, text=True,
+                          timeout=120, env=clean_env(tmp_path), preexec_fn=small_files)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: cannot write {state / 'clips'}/") and proc.stderr.count("\n") == 1
+    assert "File too large" in proc.stderr and not list((state / "models").glob("*.onnx"))
+    assert not [p for p in (state / "clips").iterdir()]  # no half-written clip, no temporary file
