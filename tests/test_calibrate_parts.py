@@ -231,6 +231,49 @@ def test_install_keeps_previous_and_rollback_swaps_them(base, tmp_path):
     assert [e["action"] for e in log] == ["install", "rollback", "install", "install", "install"]
 
 
+def test_an_install_killed_half_way_is_finished_by_the_next_calibration(base, tmp_path, monkeypatch):
+    """issue 14: kill -9 during an install left temporary files, previous == current (so rollback
+    did nothing) and no history line. The intent is written first; the next lock finishes it."""
+    from datetime import UTC, datetime
+
+    import metalearn.calibration.store as store_module
+    from metalearn.calibrate import default_base_model
+
+    other = default_base_model()  # a second, different model
+    a_id, b_id = read_model_info(base).model_id, read_model_info(other).model_id
+    store = Store(tmp_path / "state").ensure()
+    when = datetime(2025, 1, 1, tzinfo=UTC)
+    cand = store.candidate_path()
+    cand.write_bytes(other.read_bytes())
+    store.install(cand, when, base, {})  # current B, previous A
+    cand.write_bytes(base.read_bytes())
+    real_write = store_module.write_bytes
+
+    class Killed(BaseException):
+        pass
+
+    def dies_before_current(path, data, **kw):
+        if Path(path) == store.current:
+            raise Killed  # the process is gone after previous.onnx was written
+        real_write(path, data, **kw)
+
+    monkeypatch.setattr(store_module, "write_bytes", dies_before_current)
+    with pytest.raises(Killed):
+        store.install(cand, when, base, {})
+    monkeypatch.undo()
+    assert read_model_info(store.previous).model_id == read_model_info(store.current).model_id == b_id  # the bad state
+    assert store.pending.is_file()
+    (store.models / ".current.onnx.x1y2.tmp").write_bytes(b"half")  # what a killed atomic write leaves
+    (store.models / ".candidate-99999-abcd.onnx").write_bytes(b"half")
+    with Store(tmp_path / "state").lock():
+        pass
+    assert read_model_info(store.current).model_id == a_id and read_model_info(store.previous).model_id == b_id
+    assert not store.pending.exists() and not list(store.models.glob(".*"))
+    log = [json.loads(line) for line in store.history.read_text().splitlines()]
+    assert log[-1]["action"] == "install" and log[-1]["model_id"] == a_id and log[-1]["recovered"] is True
+    assert store.rollback() == (b_id, a_id)  # and rollback works again
+
+
 # ------------------------------------------------------------------------------------ daemon link
 def test_cues_are_published_on_the_pub_socket():
     ctx = zmq.Context.instance()

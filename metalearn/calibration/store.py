@@ -15,6 +15,11 @@ watcher sees exactly one change. Installing copies the old current to ``previous
 (on the first install, the base model the calibration started from). ``rollback`` swaps the two:
 a second rollback undoes the first. A lock file stops two calibrations writing at once.
 
+An install or a rollback that is killed half-way (``kill -9``, a power cut) is finished by the
+next calibration on the directory: each writes its intent first (``models/.pending.json``: the
+model ids previous and current must end with, and the history line), and :meth:`Store.lock`
+completes a pending one and removes temporary files left by a dead process.
+
 The state directory is, in this order: ``--state-dir``, ``$STATE_DIRECTORY`` (systemd's
 StateDirectory=), ``state_dir`` in the configuration, ``$XDG_STATE_HOME/myhand``,
 ``~/.local/state/myhand``.
@@ -86,6 +91,7 @@ class Store:
         self.current = self.models / self.CURRENT
         self.previous = self.models / self.PREVIOUS
         self.history = self.models / "history.jsonl"
+        self.pending = self.models / ".pending.json"
 
     # -- set-up ----------------------------------------------------------------------------------
     def ensure(self) -> Store:
@@ -108,6 +114,7 @@ class Store:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StateError(f"{self.root}: another metaemg-calibrate is running on this state directory") from None
+            self._recover()
             yield
         finally:
             os.close(fd)
@@ -145,12 +152,40 @@ class Store:
         os.replace(candidate, versioned)
         old = self.current if self.current.is_file() else Path(base_model)
         previous_id = _model_id_or_none(old)
-        write_bytes(self.previous, old.read_bytes(), perms=PRIVATE)
-        write_bytes(self.current, versioned.read_bytes(), perms=PRIVATE)  # the one change the daemon sees
-        self._log({"action": "install", "model_id": info.model_id, "file": versioned.name,
-                   "previous_model_id": previous_id, **note})
+        self._apply({"previous": str(old), "previous_id": previous_id, "current": str(versioned),
+                     "current_id": info.model_id,
+                     "history": {"action": "install", "model_id": info.model_id, "file": versioned.name,
+                                 "previous_model_id": previous_id, **note}})
         self.prune()
         return Installed(self.current, versioned, info.model_id, previous_id)
+
+    def _apply(self, change: dict) -> None:
+        """Make previous and current the models ``change`` names, then log it: written down first
+        (``.pending.json``), so that a process killed half-way is finished by the next one."""
+        write_text(self.pending, json.dumps(change, sort_keys=True), perms=PRIVATE)
+        self._finish(change)
+
+    def _finish(self, change: dict) -> None:
+        if _model_id_or_none(self.current) != change["current_id"]:  # current not switched yet
+            if _model_id_or_none(self.previous) != change["previous_id"]:
+                write_bytes(self.previous, Path(change["previous"]).read_bytes(), perms=PRIVATE)
+            write_bytes(self.current, Path(change["current"]).read_bytes(), perms=PRIVATE)  # what the daemon sees
+        self._log(change["history"])
+        self.pending.unlink()
+
+    def _recover(self) -> None:
+        """Under the lock: finish an install or rollback a killed process left half done, and
+        remove the temporary files such a process left."""
+        for leftover in [*self.models.glob(".*.tmp"), *self.models.glob(".candidate-*"), *self.clips.glob(".*.tmp"),
+                         *self.reports.glob(".*.tmp")]:
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        if self.pending.is_file():
+            change = json.loads(self.pending.read_text(encoding="utf-8"))
+            change["history"] = {**change["history"], "recovered": True}
+            self._finish(change)
+        for leftover in self.models.glob(".rollback-*.onnx"):
+            leftover.unlink()
 
     def rollback(self) -> tuple[str, str | None]:
         """Swap current and previous; returns ``(model id now current, model id it replaced)``."""
@@ -161,13 +196,18 @@ class Store:
             model.self_test()
         except ModelError as exc:
             raise StateError(f"cannot roll back: the previous model is unusable ({exc}); current is unchanged") from None
-        restored = self.previous.read_bytes()
-        replaced = self.current.read_bytes() if self.current.is_file() else None
         replaced_id = _model_id_or_none(self.current)
-        write_bytes(self.current, restored, perms=PRIVATE)  # first: current is always a whole, tested model
-        if replaced is not None:
-            write_bytes(self.previous, replaced, perms=PRIVATE)
-        self._log({"action": "rollback", "model_id": model.info.model_id, "previous_model_id": replaced_id})
+        # the two files swap: keep the bytes of both beside them while it happens
+        keep_new, keep_old = self.models / ".rollback-new.onnx", self.models / ".rollback-old.onnx"
+        write_bytes(keep_new, self.previous.read_bytes(), perms=PRIVATE)
+        write_bytes(keep_old, (self.current if self.current.is_file() else self.previous).read_bytes(), perms=PRIVATE)
+        self._apply({"previous": str(keep_old), "previous_id": replaced_id, "current": str(keep_new),
+                     "current_id": model.info.model_id,
+                     "history": {"action": "rollback", "model_id": model.info.model_id,
+                                 "previous_model_id": replaced_id}})
+        for f in (keep_new, keep_old):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
         return model.info.model_id, replaced_id
 
     def prune(self) -> list[Path]:
