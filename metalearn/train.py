@@ -326,24 +326,30 @@ def _print_summary(summary: dict) -> None:
             print(f"  {method:<11} " + "  ".join(f"{s} steps {a:.3f}" for s, a in accs.items()))
 
 
+def run_composed(cfg, run_dir: Path, cwd: Path) -> dict:
+    """What ``metaemg-train`` does with a composed Hydra config: check its ``test`` section (a
+    :class:`ConfigError` naming the key), then :func:`train` into ``run_dir``."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        section = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True).get("test")
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}" if key else msg) from None
+    return train(TrainConfig.from_dict(section), run_dir, cwd)
+
+
 def _hydra_entry():
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     @hydra.main(version_base="1.3", config_path="conf", config_name="config")
     def _main(cfg) -> None:
         try:
-            try:
-                section = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True).get("test")
-            except OmegaConfBaseException as exc:
-                key = getattr(exc, "full_key", None)
-                msg = str(exc).splitlines()[0]
-                raise ConfigError(f"{key}: {msg}" if key else msg) from None
-            tc = TrainConfig.from_dict(section)
             run_dir = Path(HydraConfig.get().runtime.output_dir)
-            _print_summary(train(tc, run_dir, Path(hydra.utils.get_original_cwd())))
+            _print_summary(run_composed(cfg, run_dir, Path(hydra.utils.get_original_cwd())))
         except MetaEMGError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -269,7 +269,7 @@ class Daemon:
                                      + "".join(self.raw[-10:])) from None
             return None
 
-    def ctl(self, *words: str, timeout: float = 10.0) -> dict:
+    def ctl(self, *words: str, timeout: float = 30.0) -> dict:
         """``myhand-controller ctl WORDS`` as a subprocess (the clinician's tool)."""
         proc = subprocess.run([str(BIN / "myhand-controller"), "ctl", "--control", self.control, *words],
                               capture_output=True, text=True, timeout=timeout)

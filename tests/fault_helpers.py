@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from controller_helpers import Daemon, Sim, Sub, unique_name, wait_until
+from firmware_protocol.messages import StopReason
 
-STOP_SIGNAL_LOST = 4  # StopReason.SIGNAL_LOST
-STOP_HOST_SHUTDOWN = 2  # StopReason.HOST_SHUTDOWN
-STOP_HOST_ERROR = 3  # StopReason.HOST_ERROR
+STOP_SIGNAL_LOST = StopReason.SIGNAL_LOST
+STOP_HOST_SHUTDOWN = StopReason.HOST_SHUTDOWN
+STOP_HOST_ERROR = StopReason.HOST_ERROR
 
 
 def default_model() -> Path:
@@ -92,9 +93,12 @@ class Rig:
         return (sim or self.sim).log.wait_for(lambda e: e["event"] == "command" and e["t"] > t, timeout,
                                               "a command at the simulator")
 
-    def wait_stop_after(self, t: float, timeout: float, sim: Sim | None = None) -> dict:
-        return (sim or self.sim).log.wait_for(lambda e: e["event"] == "stop" and e["t"] > t, timeout,
-                                              "a STOP at the simulator")
+    def wait_stop_after(self, t: float, timeout: float, reason: StopReason, sim: Sim | None = None) -> dict:
+        """The first STOP with ``reason`` after ``t``. Another STOP may come first: under load a
+        late ACK makes the host probe with STOP (host error), and the code orders nothing between
+        the two."""
+        return (sim or self.sim).log.wait_for(lambda e: e["event"] == "stop" and e["t"] > t and e["reason"] == reason,
+                                              timeout, f"a STOP ({reason.name}) at the simulator")
 
     def device_state(self, sim: Sim | None = None) -> str:
         return (sim or self.sim).log.events("state")[-1]["state"]

@@ -19,16 +19,18 @@ def run_demo(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
 
 def test_demo_replays_a_recording_through_daemon_and_simulator(myo_src, tmp_path_factory, tmp_path):
     model = male13_model(tmp_path_factory.getbasetemp(), myo_src)
-    proc = run_demo("--duration", "10", "--model", str(model), "--workdir", str(tmp_path))
+    proc = run_demo("--duration", "7", "--model", str(model), "--workdir", str(tmp_path))
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert "replay   myo:Male13/Test0" in out
     live = [line for line in out.splitlines() if re.match(r"\s+\d+\.\d\s+(relax|open|close|-)\s", line)]
-    assert len(live) >= 10  # about four lines per second
+    assert len(live) >= 8  # about four lines per second
     decisions = int(re.search(r"decisions\s+(\d+)", out).group(1))
     commands = int(re.search(r"commands accepted by the simulator\s+(\d+)", out).group(1))
     agreement = float(re.search(r"agreement with the labels\s+([\d.]+)%", out).group(1))
-    assert decisions >= 100 and commands >= 80
+    # 20 a second once running: about 110 in 7 s on an idle machine, after the start and 1.3 s of
+    # rate check; a loaded machine (two CPU hogs beside the suite) starts everything later: 54 seen
+    assert decisions >= 40 and commands >= 30
     assert agreement >= 60  # a calibrated model on an unseen session of the same subject
     assert "myhand-controller exit status      0" in out
     assert (tmp_path / "controller.log").read_text().count('"event": "stopped"') == 1
@@ -37,13 +39,13 @@ def test_demo_replays_a_recording_through_daemon_and_simulator(myo_src, tmp_path
 def test_demo_calibrates_the_packaged_default_model(tmp_path):
     path = default_model_path()
     if path.is_file():  # shipped: calibrated on Male13/training0, then driving the replay of Test0
-        proc = run_demo("--duration", "8", "--quiet", "--workdir", str(tmp_path))
+        proc = run_demo("--duration", "6", "--quiet", "--workdir", str(tmp_path))
         out = proc.stdout
         assert proc.returncode == 0, out + proc.stderr
         assert "calibration: adapting the default model on Male13/training0" in out
         assert re.search(r"calibration: held-out accuracy \d+% -> \d+%", out), out
         assert f"model    {tmp_path / 'calibrated.onnx'}" in out
-        assert int(re.search(r"decisions\s+(\d+)", out).group(1)) > 50
+        assert int(re.search(r"decisions\s+(\d+)", out).group(1)) > 30
         assert int(re.search(r"commands accepted by the simulator\s+(\d+)", out).group(1)) > 0
     else:  # not shipped: a clear one-line error naming the path
         proc = run_demo("--duration", "1")

