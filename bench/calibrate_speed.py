@@ -69,9 +69,15 @@ def time_file(model: Path, clip: Path, repeats: int) -> dict:
             adapter.adapt(windows.windows[train], windows.labels[train], windows.conditioned[samples])
         final.append(adapter.adapt(windows.windows, windows.labels, windows.conditioned).adapt_seconds)
         total.append(time.perf_counter() - t0)
-    return {info.kind: {"windows": len(windows.labels), "median_s": float(np.median(final[1:])),
-                        "max_s": float(np.max(final[1:])), "cycles": windows.n_cycles,
-                        "with_cross_validation_median_s": float(np.median(total[1:]))}}
+    return {
+        info.kind: {
+            "windows": len(windows.labels),
+            "median_s": float(np.median(final[1:])),
+            "max_s": float(np.max(final[1:])),
+            "cycles": windows.n_cycles,
+            "with_cross_validation_median_s": float(np.median(total[1:])),
+        }
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     for kind, r in res.items():
         print(f"  {kind:<4} {r['windows']:>4} windows: {r['median_s'] * 1000:7.1f} ms / {r['max_s'] * 1000:7.1f} ms")
         if "cycles" in r:
-            print(f"       with the gate's cross-validation ({r['cycles']} cycles, {r['cycles'] + 1} adaptations): "
-                  f"{r['with_cross_validation_median_s'] * 1000:.1f} ms median")
+            print(
+                f"       with the gate's cross-validation ({r['cycles']} cycles, {r['cycles'] + 1} adaptations): "
+                f"{r['with_cross_validation_median_s'] * 1000:.1f} ms median"
+            )
     if args.json:
         print(json.dumps(res))
     return 0

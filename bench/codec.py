@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(r, dict) and "median_us" in r:
             print(f"{name:<24} {r['median_us']:>10.2f} {r['p99_us']:>10.2f}")
     tp = results["decoder_throughput"]
-    print(f"decoder throughput: {tp['frames_per_s']:,} frames/s, {tp['mbytes_per_s']} MB/s "
-          f"(Python {results['python']}, {results['machine']})")
+    print(
+        f"decoder throughput: {tp['frames_per_s']:,} frames/s, {tp['mbytes_per_s']} MB/s "
+        f"(Python {results['python']}, {results['machine']})"
+    )
     if args.json:
         print(json.dumps(results, sort_keys=True))
     return 0

@@ -61,10 +61,17 @@ class Result:
         return not self.crashes and not self.hangs
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "inputs": self.inputs, "accepted": self.accepted,
-                "typed_errors": self.typed_errors, "crashes": len(self.crashes), "hangs": len(self.hangs),
-                "max_ms": round(self.max_s * 1000, 3), "seconds": round(self.seconds, 2),
-                "first_failures": (self.crashes + self.hangs)[:3]}
+        return {
+            "target": self.target,
+            "inputs": self.inputs,
+            "accepted": self.accepted,
+            "typed_errors": self.typed_errors,
+            "crashes": len(self.crashes),
+            "hangs": len(self.hangs),
+            "max_ms": round(self.max_s * 1000, 3),
+            "seconds": round(self.seconds, 2),
+            "first_failures": (self.crashes + self.hangs)[:3],
+        }
 
 
 # -- mutation --------------------------------------------------------------------------------------
@@ -86,11 +93,11 @@ def mutate(data: bytes, rng: random.Random, rounds: int | None = None) -> bytes:
         elif op == 2:  # insert bytes
             buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
         elif op == 3 and buf:  # delete a span
-            del buf[pos:pos + rng.randint(1, 8)]
+            del buf[pos : pos + rng.randint(1, 8)]
         elif op == 4:  # an interesting constant
             buf[pos:pos] = rng.choice(INTERESTING)
         elif op == 5 and buf:  # truncate
-            del buf[rng.randrange(len(buf)):]
+            del buf[rng.randrange(len(buf)) :]
         elif op == 6 and len(buf) > 2:  # duplicate a span
             a = rng.randrange(len(buf))
             b = min(len(buf), a + rng.randint(1, 16))
@@ -105,7 +112,7 @@ def _chunks(data: bytes, rng: random.Random) -> Iterator[bytes]:
     i = 0
     while i < len(data):
         n = rng.choice((1, 2, 3, 7, 16, 64, len(data)))
-        yield data[i:i + n]
+        yield data[i : i + n]
         i += n
 
 
@@ -171,14 +178,14 @@ def fuzz_decoder(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
                         result.accepted += 1
                 if decoder.pending > MAX_ENCODED:
                     result.crashes.append(f"seed {seed} input {i}: pending {decoder.pending} > {MAX_ENCODED}")
-            except Exception as exc:  # noqa: BLE001 - that is what we look for
+            except Exception as exc:
                 _crash(result, f"seed {seed} input {i} ({data.hex()}) Decoder.feed", exc)
             # the one-frame decoder on the same bytes: FrameError only
             try:
                 decode(data)
             except FrameError:
                 pass
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _crash(result, f"seed {seed} input {i} ({data.hex()}) decode", exc)
 
         _timed(result, hang_s, lambda i=i: f"seed {seed} input {i}", run)
@@ -192,9 +199,17 @@ def fuzz_decoder(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
 # -- file loaders -----------------------------------------------------------------------------------
 
 
-def _fuzz_files(target: str, seeds: list[bytes], suffix: str, load: Callable[[Path], object],
-                allowed: tuple[type[BaseException], ...], n: int, seed: int, hang_s: float,
-                utf8: bool = False) -> Result:
+def _fuzz_files(
+    target: str,
+    seeds: list[bytes],
+    suffix: str,
+    load: Callable[[Path], object],
+    allowed: tuple[type[BaseException], ...],
+    n: int,
+    seed: int,
+    hang_s: float,
+    utf8: bool = False,
+) -> Result:
     result = Result(target)
     rng = random.Random(seed)
     t_start = time.perf_counter()
@@ -202,8 +217,11 @@ def _fuzz_files(target: str, seeds: list[bytes], suffix: str, load: Callable[[Pa
         path = Path(tmp) / f"input{suffix}"
         for i in range(n):
             base = rng.choice(seeds)
-            data = mutate(base, rng, rng.choice((1, 1, 2, 4, 16))) if rng.random() < 0.95 else bytes(
-                rng.randrange(256) for _ in range(rng.randint(0, 200)))
+            data = (
+                mutate(base, rng, rng.choice((1, 1, 2, 4, 16)))
+                if rng.random() < 0.95
+                else bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+            )
             if utf8:  # keep the text valid UTF-8 (to look past a known encoding problem)
                 data = data.decode("utf-8", "replace").encode("utf-8")
             path.write_bytes(data)
@@ -215,7 +233,7 @@ def _fuzz_files(target: str, seeds: list[bytes], suffix: str, load: Callable[[Pa
                     result.accepted += 1
                 except allowed:
                     result.typed_errors += 1
-                except Exception as exc:  # noqa: BLE001 - that is what we look for
+                except Exception as exc:
                     _crash(result, f"seed {seed} input {i} ({data[:300].hex()})", exc)
 
             _timed(result, hang_s, lambda i=i: f"seed {seed} input {i}", run)
@@ -250,8 +268,9 @@ def recording_seeds() -> list[bytes]:
         for k, index in enumerate((True, False)):
             rng = np.random.default_rng(k)
             n = 12
-            rec = Recording(np.arange(n) / 100.0, rng.integers(0, 1000, (n, 8)).astype(float),
-                            np.repeat([0, 1, 0, 2], 3))
+            rec = Recording(
+                np.arange(n) / 100.0, rng.integers(0, 1000, (n, 8)).astype(float), np.repeat([0, 1, 0, 2], 3)
+            )
             path = write_recording(Path(tmp) / f"r{k}.csv", rec, index_column=index)
             out.append(path.read_bytes())
     return out
@@ -261,8 +280,7 @@ def fuzz_recording(n: int, seed: int = 0, hang_s: float = 1.0, utf8: bool = Fals
     from metaemg.errors import DataError
     from metalearn.recording import read_recording
 
-    return _fuzz_files("recording", recording_seeds(), ".csv", read_recording, (DataError,), n, seed, hang_s,
-                       utf8)
+    return _fuzz_files("recording", recording_seeds(), ".csv", read_recording, (DataError,), n, seed, hang_s, utf8)
 
 
 def collection_seeds() -> list[bytes]:
@@ -277,8 +295,7 @@ def fuzz_collection(n: int, seed: int = 0, hang_s: float = 1.0, utf8: bool = Fal
     from metaemg.errors import DataError
     from metalearn.tasks import load_collection
 
-    return _fuzz_files("collection", collection_seeds(), ".json", load_collection, (DataError,), n, seed,
-                       hang_s, utf8)
+    return _fuzz_files("collection", collection_seeds(), ".json", load_collection, (DataError,), n, seed, hang_s, utf8)
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -287,10 +304,20 @@ def fuzz_collection(n: int, seed: int = 0, hang_s: float = 1.0, utf8: bool = Fal
 # -- the daemon's control socket ---------------------------------------------------------------------
 
 CONTROL_SEEDS = [
-    {"cmd": "status"}, {"cmd": "pause"}, {"cmd": "resume"}, {"cmd": "clear"}, {"cmd": "reload"},
-    {"cmd": "reload", "path": "/nonexistent/model.onnx"}, {"cmd": "reload", "path": "relative.onnx"},
+    {"cmd": "status"},
+    {"cmd": "pause"},
+    {"cmd": "resume"},
+    {"cmd": "clear"},
+    {"cmd": "reload"},
+    {"cmd": "reload", "path": "/nonexistent/model.onnx"},
+    {"cmd": "reload", "path": "relative.onnx"},
     {"cmd": "cue", "cue": {"cue": "open", "index": 2, "cycle": 1, "remaining_s": 1.5}},
-    {"cmd": "status", "extra": [1, 2, {"a": None}]}, {"cmd": 7}, [], "status", 1e308, {"cmd": "dance"},
+    {"cmd": "status", "extra": [1, 2, {"a": None}]},
+    {"cmd": 7},
+    [],
+    "status",
+    1e308,
+    {"cmd": "dance"},
 ]
 
 
@@ -311,8 +338,11 @@ def control_inputs(seed: int, n: int) -> Iterator[bytes]:
             data = mutate(rng.choice(seeds), rng)
         elif kind < 0.72:  # deep nesting: '[' * n, or {"cmd": ..., "cue": [[[...]]]}
             depth = rng.randint(9, 30000)
-            data = b"[" * depth + b"]" * depth if rng.random() < 0.5 else \
-                b'{"cmd": "cue", "cue": ' + b"[" * depth + b"]" * depth + b"}"
+            data = (
+                b"[" * depth + b"]" * depth
+                if rng.random() < 0.5
+                else b'{"cmd": "cue", "cue": ' + b"[" * depth + b"]" * depth + b"}"
+            )
         elif kind < 0.85:
             data = json.dumps(_random_json(rng, rng.randint(0, 12))).encode()
         else:
@@ -330,9 +360,21 @@ def control_inputs(seed: int, n: int) -> Iterator[bytes]:
 def _random_json(rng: random.Random, depth: int):
     r = rng.random()
     if depth <= 0 or r < 0.3:
-        return rng.choice([None, True, False, rng.randint(-2**40, 2**40), rng.random() * 1e6, "",
-                           "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 12))),
-                           "status", "pause", "reload", "cue"])
+        return rng.choice(
+            [
+                None,
+                True,
+                False,
+                rng.randint(-(2**40), 2**40),
+                rng.random() * 1e6,
+                "",
+                "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 12))),
+                "status",
+                "pause",
+                "reload",
+                "cue",
+            ]
+        )
     if r < 0.65:
         return [_random_json(rng, depth - 1) for _ in range(rng.randint(0, 4))]
     obj = {rng.choice(["cmd", "path", "cue", "x", ""]): _random_json(rng, depth - 1) for _ in range(rng.randint(0, 4))}
@@ -354,16 +396,32 @@ def fuzz_control(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
         endpoint = f"ipc://{tmp}/run/control.sock"
         model = REPO / "metalearn" / "default_model" / "myo_meta.onnx"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--lsl-stream", f"fuzz-{uuid.uuid4().hex[:8]}", "--serial-port",
-             str(Path(tmp) / "no-orthosis"), "--model", str(model), "--monitor", f"ipc://{tmp}/monitor.sock",
-             "--control", endpoint],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp)
+            [
+                sys.executable,
+                "-m",
+                "controller",
+                "--lsl-stream",
+                f"fuzz-{uuid.uuid4().hex[:8]}",
+                "--serial-port",
+                str(Path(tmp) / "no-orthosis"),
+                "--model",
+                str(model),
+                "--monitor",
+                f"ipc://{tmp}/monitor.sock",
+                "--control",
+                endpoint,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=tmp,
+        )
         ctx = zmq.Context()
         sock = None
         try:
             deadline = time.monotonic() + 30
-            while not Path(endpoint[len("ipc://"):]).exists():
+            while not Path(endpoint[len("ipc://") :]).exists():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     result.crashes.append(f"the daemon did not start: {proc.stderr.read()[-400:]}")
                     return result
@@ -380,8 +438,10 @@ def fuzz_control(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
                 dt = time.perf_counter() - t0
                 result.max_s = max(result.max_s, dt)
                 if proc.poll() is not None:
-                    result.crashes.append(f"seed {seed} input {i} ({data[:80].hex()}): the daemon exited "
-                                          f"{proc.returncode}: {proc.stderr.read()[-400:]}")
+                    result.crashes.append(
+                        f"seed {seed} input {i} ({data[:80].hex()}): the daemon exited "
+                        f"{proc.returncode}: {proc.stderr.read()[-400:]}"
+                    )
                     break
                 if not answered:
                     result.hangs.append(f"seed {seed} input {i} ({data[:80].hex()}): no answer in {hang_s:g} s")
@@ -429,11 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     for fn in (fuzz_config, fuzz_recording, fuzz_collection):
         results.append(fn(int(args.files), args.seed, args.hang_s, args.utf8))
     results.append(fuzz_control(int(args.control), args.seed, args.hang_s))
-    print(f"{'target':<11} {'inputs':>9} {'accepted':>9} {'typed err':>10} {'crashes':>8} {'hangs':>6} "
-          f"{'max ms':>8} {'s':>7}")
+    print(
+        f"{'target':<11} {'inputs':>9} {'accepted':>9} {'typed err':>10} {'crashes':>8} {'hangs':>6} "
+        f"{'max ms':>8} {'s':>7}"
+    )
     for r in results:
-        print(f"{r.target:<11} {r.inputs:>9} {r.accepted:>9} {r.typed_errors:>10} {len(r.crashes):>8} "
-              f"{len(r.hangs):>6} {r.max_s * 1000:>8.2f} {r.seconds:>7.1f}")
+        print(
+            f"{r.target:<11} {r.inputs:>9} {r.accepted:>9} {r.typed_errors:>10} {len(r.crashes):>8} "
+            f"{len(r.hangs):>6} {r.max_s * 1000:>8.2f} {r.seconds:>7.1f}"
+        )
         for line in (r.crashes + r.hangs)[:5]:
             print(f"  {line[:400]}")
     ok = all(r.ok for r in results)

@@ -63,8 +63,13 @@ def stats(values_ms) -> dict:
     v = np.asarray(values_ms, dtype=float)
     if v.size == 0:
         return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
-    return {"n": int(v.size), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
-            "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+    return {
+        "n": int(v.size),
+        "p50": float(np.percentile(v, 50)),
+        "p95": float(np.percentile(v, 95)),
+        "p99": float(np.percentile(v, 99)),
+        "max": float(v.max()),
+    }
 
 
 # -- the armband -------------------------------------------------------------------------------------
@@ -164,8 +169,12 @@ def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> li
     master, slave = os.openpty()
     tty.setraw(slave)
     pusher = Pusher(name, emg, None, rate)
-    proc = subprocess.Popen([sys.executable, "-m", "bench.latency", "--relay", name, os.ttyname(slave), mode],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.latency", "--relay", name, os.ttyname(slave), mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     lat: list[float] = []
     try:
         assert proc.stdout.readline().strip() == "ready", "the relay did not start"
@@ -190,7 +199,7 @@ def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> li
         pusher.close()
         os.close(master)
         os.close(slave)
-    return lat[int(rate * 0.5):]  # skip the first half second (connection set-up)
+    return lat[int(rate * 0.5) :]  # skip the first half second (connection set-up)
 
 
 # -- inference: onnxruntime vs torch -------------------------------------------------------------------
@@ -248,8 +257,9 @@ def load_data():
     return rec.emg, rec.labels, rec.sample_rate, "synth", None
 
 
-def run_chain(work: Path, model: Path, emg: np.ndarray, labels, rate: float, duration: float,
-              daemon_args: tuple[str, ...] = ()) -> dict:
+def run_chain(
+    work: Path, model: Path, emg: np.ndarray, labels, rate: float, duration: float, daemon_args: tuple[str, ...] = ()
+) -> dict:
     h = helpers()
     sim = h.Sim(work)
     name = h.unique_name("bench-emg")
@@ -315,8 +325,12 @@ def decision_latency(label_changes: list[tuple[float, int]], commands: list[dict
             missed += 1
         else:
             out.append((hit["t"] - t) * 1000)
-    return {"changes": len(label_changes), "missed": missed, "median_ms": float(np.median(out)) if out else None,
-            "values_ms": out}
+    return {
+        "changes": len(label_changes),
+        "missed": missed,
+        "median_ms": float(np.median(out)) if out else None,
+        "values_ms": out,
+    }
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -325,8 +339,7 @@ def decision_latency(label_changes: list[tuple[float, int]], commands: list[dict
 def _row(name: str, s: dict, unit: str = "ms") -> str:
     if not s.get("n"):
         return f"  {name:<34} {'-':>9}"
-    return (f"  {name:<34} {s['p50']:>9.3f} {s['p95']:>9.3f} {s['p99']:>9.3f} {s['max']:>9.3f}  {unit}"
-            f"  (n={s['n']})")
+    return f"  {name:<34} {s['p50']:>9.3f} {s['p95']:>9.3f} {s['p99']:>9.3f} {s['max']:>9.3f}  {unit}  (n={s['n']})"
 
 
 def histogram(path: Path, e2e: list[float], floor: list[float]) -> Path | None:
@@ -340,7 +353,13 @@ def histogram(path: Path, e2e: list[float], floor: list[float]) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     top = max(np.percentile(e2e, 99.5) if e2e else 1, np.percentile(floor, 99.5) if floor else 1) * 1.2
     bins = np.linspace(0, top, 80)
-    ax.hist(np.clip(floor, 0, top), bins=bins, alpha=0.6, density=True, label=f"floor (LSL -> pty), p50 {np.median(floor):.2f} ms")
+    ax.hist(
+        np.clip(floor, 0, top),
+        bins=bins,
+        alpha=0.6,
+        density=True,
+        label=f"floor (LSL -> pty), p50 {np.median(floor):.2f} ms",
+    )
     ax.hist(np.clip(e2e, 0, top), bins=bins, alpha=0.6, density=True, label=f"end to end, p50 {np.median(e2e):.2f} ms")
     ax.set_xlabel("ms (last sample pushed -> frame read at the pty)")
     ax.set_ylabel("density (floor: every sample; end to end: every window)")
@@ -359,8 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured in the chain run (default 20)")
     p.add_argument("--floor-s", type=float, default=8.0, help="seconds per floor measurement (default 8)")
     p.add_argument("--model", type=Path, help="the daemon's model (default: trained on Male13, else the packaged one)")
-    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "metaemg-latency.png",
-                   help="the histogram (default: metaemg-latency.png in the temporary directory)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "metaemg-latency.png",
+        help="the histogram (default: metaemg-latency.png in the temporary directory)",
+    )
     p.add_argument("--no-compare", action="store_true", help="skip the naive-loop floor and the torch comparison")
     p.add_argument("--config", type=Path, help="a myhand-controller config file for the daemon (default: its defaults)")
     p.add_argument("--json", action="store_true", help="end with one JSON document")
@@ -381,10 +404,14 @@ def main(argv: list[str] | None = None) -> int:
                 model = None
         if model is None:
             model, model_note = default_model_path(), "packaged default model (decision latency not meaningful)"
-        print(f"chain: {source} at {rate:g} Hz -> myhand-controller ({model_note}) -> metaemg-sim on a pty, "
-              f"{args.duration:g} s ...", flush=True)
-        chain = run_chain(work, model, emg, labels, rate, args.duration,
-                          () if args.config is None else ("--config", str(args.config)))
+        print(
+            f"chain: {source} at {rate:g} Hz -> myhand-controller ({model_note}) -> metaemg-sim on a pty, "
+            f"{args.duration:g} s ...",
+            flush=True,
+        )
+        chain = run_chain(
+            work, model, emg, labels, rate, args.duration, () if args.config is None else ("--config", str(args.config))
+        )
         print("floor: LSL push -> pull (daemon strategy) -> pty write -> read ...", flush=True)
         floor = measure_floor("daemon", args.floor_s, emg, rate)
         naive = [] if args.no_compare else measure_floor("naive", args.floor_s, emg, rate)
@@ -392,9 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     decision = decision_latency(chain["label_changes"], chain["commands"]) if train is not None else None
 
     e2e, fl = stats(chain["e2e_ms"]), stats(floor)
-    print(f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-          f"{chain['decisions']} windows, {chain['matched']} matched to a command at the simulator, "
-          f"{chain['skipped']} skipped")
+    print(
+        f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"{chain['decisions']} windows, {chain['matched']} matched to a command at the simulator, "
+        f"{chain['skipped']} skipped"
+    )
     print(f"  {'':<34} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
     print(_row("end to end (push -> device)", e2e))
     print(_row("daemon (chunk received -> written)", stats(chain["daemon_ms"])))
@@ -413,18 +442,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio end-to-end p50 / floor p50: {ratio:.2f}")
     if decision is not None:
         med = decision["median_ms"]
-        print(f"  label change -> first correct command: median "
-              f"{'-' if med is None else f'{med:.0f} ms'} over {decision['changes'] - decision['missed']} of "
-              f"{decision['changes']} changes ({decision['missed']} without a correct command before the next change)")
+        print(
+            f"  label change -> first correct command: median "
+            f"{'-' if med is None else f'{med:.0f} ms'} over {decision['changes'] - decision['missed']} of "
+            f"{decision['changes']} changes ({decision['missed']} without a correct command before the next change)"
+        )
     png = histogram(args.out, chain["e2e_ms"], floor)
     print(f"  histogram: {png}" if png else "  histogram: skipped (matplotlib not installed)")
     if args.json:
         doc = {
             "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
-            "source": source, "model": model_note, "duration_s": args.duration,
-            "windows": chain["decisions"], "matched": chain["matched"], "skipped": chain["skipped"],
-            "e2e_p50_ms": e2e["p50"], "e2e_p95_ms": e2e["p95"], "e2e_p99_ms": e2e["p99"], "e2e_max_ms": e2e["max"],
-            "floor_p50_ms": fl["p50"], "floor_p99_ms": fl["p99"], "floor_max_ms": fl["max"],
+            "source": source,
+            "model": model_note,
+            "duration_s": args.duration,
+            "windows": chain["decisions"],
+            "matched": chain["matched"],
+            "skipped": chain["skipped"],
+            "e2e_p50_ms": e2e["p50"],
+            "e2e_p95_ms": e2e["p95"],
+            "e2e_p99_ms": e2e["p99"],
+            "e2e_max_ms": e2e["max"],
+            "floor_p50_ms": fl["p50"],
+            "floor_p99_ms": fl["p99"],
+            "floor_max_ms": fl["max"],
             "ratio_p50": ratio,
             "daemon_ms": stats(chain["daemon_ms"]),
             "stages_us": {s: stats(chain["stages_us"][s]) for s in STAGES},

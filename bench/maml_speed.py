@@ -48,8 +48,11 @@ CHANNELS, WINDOW, N_CLASSES = 8, 50, 3
 OUTER_LR, LR_CYCLE, LR_FACTOR = 1e-3, 1000, 0.5
 # Our eager configurations: name -> (first_order, vmapped, compile backend); --compile adds
 # "compiled_<backend>": (False, True, backend).
-EAGER = {"vmap_second_order": (False, True, None), "vmap_first_order": (True, True, None),
-         "loop_second_order": (False, False, None)}
+EAGER = {
+    "vmap_second_order": (False, True, None),
+    "vmap_first_order": (True, True, None),
+    "loop_second_order": (False, False, None),
+}
 HELD_OUT_TASKS = 16
 
 Task = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -104,8 +107,10 @@ class Research:
         from torch.utils.data import DataLoader, TensorDataset
 
         xs, ys, xq, yq = task
-        return (DataLoader(TensorDataset(xs, ys), batch_size=self.batch),
-                DataLoader(TensorDataset(xq, yq), batch_size=self.batch))
+        return (
+            DataLoader(TensorDataset(xs, ys), batch_size=self.batch),
+            DataLoader(TensorDataset(xq, yq), batch_size=self.batch),
+        )
 
     def step(self, tasks: list[Task]) -> float:
         self.opt.zero_grad()
@@ -113,8 +118,10 @@ class Research:
         for task in tasks:
             support, query = self._loaders(task)
             inner_opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
-            with higher.innerloop_ctx(self.model, inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=True) as (fmodel, diffopt):
+            with higher.innerloop_ctx(self.model, inner_opt, copy_initial_weights=False, track_higher_grads=True) as (
+                fmodel,
+                diffopt,
+            ):
                 for _ in range(self.epochs):
                     for xb, yb in support:
                         diffopt.step(F.cross_entropy(fmodel(xb), yb))
@@ -158,8 +165,16 @@ class Ours:
     def accuracy(self, tasks: list[Task]) -> float:
         accs = []
         for xs, ys, xq, yq in tasks:
-            params = adapt(self.model, model_params(self.model), xs, ys, steps=self.inner.steps, lr=self.inner.lr,
-                           optimizer=self.inner.optimizer, batch_size=self.inner.batch_size)
+            params = adapt(
+                self.model,
+                model_params(self.model),
+                xs,
+                ys,
+                steps=self.inner.steps,
+                lr=self.inner.lr,
+                optimizer=self.inner.optimizer,
+                batch_size=self.inner.batch_size,
+            )
             with torch.no_grad():
                 logits = torch.func.functional_call(self.model, params, (xq,))
             accs.append(float((logits.argmax(1) == yq).float().mean()))
@@ -175,8 +190,9 @@ def ours_configs(backends: list[str]) -> dict[str, tuple[bool, bool, str | None]
     return {**EAGER, **{f"compiled_{b}": (False, True, b) for b in backends}}
 
 
-def learner(name: str, kind: str, epochs: int, lr: float, batch: int,
-            ours: dict[str, tuple[bool, bool, str | None]]) -> Research | Ours:
+def learner(
+    name: str, kind: str, epochs: int, lr: float, batch: int, ours: dict[str, tuple[bool, bool, str | None]]
+) -> Research | Ours:
     if name == "reference":
         return Research(fresh_model(kind), epochs, lr, batch)
     first_order, vmapped, backend = ours[name]
@@ -184,8 +200,9 @@ def learner(name: str, kind: str, epochs: int, lr: float, batch: int,
     return Ours(fresh_model(kind), inner, vmapped, backend)
 
 
-def time_steps(steps: dict[str, Callable[[], object]],
-               repeats: int) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+def time_steps(
+    steps: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Median wall and process-CPU seconds per call, and each method's first (warm-up) call;
     methods interleaved so load hits all alike."""
     first: dict[str, float] = {}
@@ -201,13 +218,29 @@ def time_steps(steps: dict[str, Callable[[], object]],
             step()
             wall[name].append(time.perf_counter() - w)
             cpu[name].append(time.process_time() - c)
-    return ({n: statistics.median(ts) for n, ts in wall.items()}, {n: statistics.median(ts) for n, ts in cpu.items()},
-            first)
+    return (
+        {n: statistics.median(ts) for n, ts in wall.items()},
+        {n: statistics.median(ts) for n, ts in cpu.items()},
+        first,
+    )
 
 
-def compare(kind: str, *, n_tasks: int, n_support: int, n_query: int, epochs: int, lr: float, batch: int,
-            repeats: int, meta_steps: int, eval_every: int, tolerance: float, backends: list[str],
-            log: Callable[[str], None]) -> dict:
+def compare(
+    kind: str,
+    *,
+    n_tasks: int,
+    n_support: int,
+    n_query: int,
+    epochs: int,
+    lr: float,
+    batch: int,
+    repeats: int,
+    meta_steps: int,
+    eval_every: int,
+    tolerance: float,
+    backends: list[str],
+    log: Callable[[str], None],
+) -> dict:
     """Time per meta-step and final held-out accuracy of the reference and each of our configurations."""
     family = TaskFamily(seed=0)
     batch_tasks = family.tasks(n_tasks, seed=1, n_support=n_support, n_query=n_query)
@@ -220,12 +253,16 @@ def compare(kind: str, *, n_tasks: int, n_support: int, n_query: int, epochs: in
     compile_s = {n: first[n] - wall[n] for n in compiled}
     gain = {n: wall["vmap_second_order"] - wall[n] for n in compiled}
     break_even = {n: (math.ceil(compile_s[n] / gain[n]) if gain[n] > 0 else None) for n in compiled}
-    log(f"{kind}: one meta-step ({n_tasks} tasks, {epochs} epochs of Adam on mini-batches of {batch} over "
+    log(
+        f"{kind}: one meta-step ({n_tasks} tasks, {epochs} epochs of Adam on mini-batches of {batch} over "
         f"{n_support} support windows): reference (higher, tasks looped) {wall['reference']:.3f} s; "
-        + ", ".join(f"{n} {wall[n]:.3f} s ({wall['reference'] / wall[n]:.2f}x)" for n in ours))
+        + ", ".join(f"{n} {wall[n]:.3f} s ({wall['reference'] / wall[n]:.2f}x)" for n in ours)
+    )
     for n in compiled:
-        log(f"  {n}: compiling took {compile_s[n]:.1f} s; it beats the eager vmap after "
-            + (f"{break_even[n]} meta-steps" if break_even[n] else "no number of meta-steps"))
+        log(
+            f"  {n}: compiling took {compile_s[n]:.1f} s; it beats the eager vmap after "
+            + (f"{break_even[n]} meta-steps" if break_even[n] else "no number of meta-steps")
+        )
 
     held_out = family.tasks(HELD_OUT_TASKS, seed=2, n_support=n_support, n_query=n_query)
     trained = ("reference", "vmap_second_order", "vmap_first_order", *compiled)  # the loop is the vmap's maths (tested)
@@ -245,19 +282,35 @@ def compare(kind: str, *, n_tasks: int, n_support: int, n_query: int, epochs: in
     holds = [n for n in ours if final[n] >= final["reference"] - tolerance]
     chosen = min(holds, key=wall.__getitem__) if holds else None
     out = {
-        "model": kind, "reference_s": wall["reference"], "reference_cpu_s": cpu["reference"],
-        **{f"{n}_s": wall[n] for n in ours}, **{f"{n}_cpu_s": cpu[n] for n in ours},
+        "model": kind,
+        "reference_s": wall["reference"],
+        "reference_cpu_s": cpu["reference"],
+        **{f"{n}_s": wall[n] for n in ours},
+        **{f"{n}_cpu_s": cpu[n] for n in ours},
         **{f"speedup_{n}": wall["reference"] / wall[n] for n in ours},
         **{f"{n}_compile_s": compile_s[n] for n in compiled},
         **{f"{n}_break_even_meta_steps": break_even[n] for n in compiled},
-        "untrained_accuracy": untrained, "final_accuracy": final, "curves": curves, "holds_accuracy": holds,
-        "ours_config": chosen, "ours_s": None if chosen is None else wall[chosen],
+        "untrained_accuracy": untrained,
+        "final_accuracy": final,
+        "curves": curves,
+        "holds_accuracy": holds,
+        "ours_config": chosen,
+        "ours_s": None if chosen is None else wall[chosen],
         "speedup": None if chosen is None else wall["reference"] / wall[chosen],
     }
-    log(f"  held-out accuracy after {meta_steps} meta-steps: reference {final['reference']:.3f}, "
-        + ", ".join(f"{n} {final[n]:.3f}" for n in trained[1:]) + f" (untrained {untrained:.3f})")
-    log(f"  {kind}: " + (f"{chosen} holds accuracy: {out['speedup']:.2f}x" if chosen else
-                         f"no configuration of ours holds accuracy within {tolerance}"))
+    log(
+        f"  held-out accuracy after {meta_steps} meta-steps: reference {final['reference']:.3f}, "
+        + ", ".join(f"{n} {final[n]:.3f}" for n in trained[1:])
+        + f" (untrained {untrained:.3f})"
+    )
+    log(
+        f"  {kind}: "
+        + (
+            f"{chosen} holds accuracy: {out['speedup']:.2f}x"
+            if chosen
+            else f"no configuration of ours holds accuracy within {tolerance}"
+        )
+    )
     return out
 
 
@@ -274,11 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed meta-steps per method (median; default 3)")
     p.add_argument("--meta-steps", type=int, default=40, help="meta-steps before the accuracy check (default 40)")
     p.add_argument("--eval-every", type=int, default=10, help="meta-steps between accuracy checks (default 10)")
-    p.add_argument("--tolerance", type=float, default=0.01,
-                   help="ours holds accuracy if >= reference - this (default 0.01)")
-    p.add_argument("--compile", default="aot_eager",
-                   help="comma-separated torch.compile backends to time as well (aot_eager, inductor; "
-                        "'' for none; default aot_eager). inductor compiles for minutes the first time")
+    p.add_argument(
+        "--tolerance", type=float, default=0.01, help="ours holds accuracy if >= reference - this (default 0.01)"
+    )
+    p.add_argument(
+        "--compile",
+        default="aot_eager",
+        help="comma-separated torch.compile backends to time as well (aot_eager, inductor; "
+        "'' for none; default aot_eager). inductor compiles for minutes the first time",
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -294,31 +351,63 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for b in backends:
             check_compile(b)
-        results = [compare(k, n_tasks=args.tasks, n_support=args.support, n_query=args.query, epochs=args.epochs,
-                           lr=args.inner_lr, batch=args.batch, repeats=args.repeats, meta_steps=args.meta_steps,
-                           eval_every=args.eval_every, tolerance=args.tolerance, backends=backends, log=print)
-                   for k in models]
+        results = [
+            compare(
+                k,
+                n_tasks=args.tasks,
+                n_support=args.support,
+                n_query=args.query,
+                epochs=args.epochs,
+                lr=args.inner_lr,
+                batch=args.batch,
+                repeats=args.repeats,
+                meta_steps=args.meta_steps,
+                eval_every=args.eval_every,
+                tolerance=args.tolerance,
+                backends=backends,
+                log=print,
+            )
+            for k in models
+        ]
     except MetaEMGError as exc:
         print(f"maml_speed: {exc}", file=sys.stderr)
         return 2
     held = all(r["speedup"] is not None for r in results)
     worst = min(results, key=lambda r: r["speedup"] if r["speedup"] is not None else -1.0)
     result = {
-        "setup": {"channels": CHANNELS, "window": WINDOW, "tasks_per_meta_batch": args.tasks, "support": args.support,
-                  "query": args.query, "inner_epochs": args.epochs, "inner_batch": args.batch,
-                  "inner_lr": args.inner_lr, "inner_optimizer": "adam", "outer_lr": OUTER_LR,
-                  "meta_steps": args.meta_steps, "tolerance": args.tolerance, "repeats": args.repeats,
-                  "compile_backends": backends,
-                  "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "setup": {
+            "channels": CHANNELS,
+            "window": WINDOW,
+            "tasks_per_meta_batch": args.tasks,
+            "support": args.support,
+            "query": args.query,
+            "inner_epochs": args.epochs,
+            "inner_batch": args.batch,
+            "inner_lr": args.inner_lr,
+            "inner_optimizer": "adam",
+            "outer_lr": OUTER_LR,
+            "meta_steps": args.meta_steps,
+            "tolerance": args.tolerance,
+            "repeats": args.repeats,
+            "compile_backends": backends,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "models": {r["model"]: r for r in results},
-        "equal_accuracy": held, "model": worst["model"], "speedup": worst["speedup"],
-        "ours_config": worst["ours_config"], "reference_s": worst["reference_s"], "ours_s": worst["ours_s"],
+        "equal_accuracy": held,
+        "model": worst["model"],
+        "speedup": worst["speedup"],
+        "ours_config": worst["ours_config"],
+        "reference_s": worst["reference_s"],
+        "ours_s": worst["ours_s"],
         "reference_accuracy": worst["final_accuracy"]["reference"],
         "ours_accuracy": None if worst["ours_config"] is None else worst["final_accuracy"][worst["ours_config"]],
     }
     if held:
-        print(f"speedup at equal final accuracy (reference s / ours s per meta-step, slowest-gaining model "
-              f"{worst['model']}, {worst['ours_config']}): {worst['speedup']:.2f}x")
+        print(
+            f"speedup at equal final accuracy (reference s / ours s per meta-step, slowest-gaining model "
+            f"{worst['model']}, {worst['ours_config']}): {worst['speedup']:.2f}x"
+        )
     else:
         print(f"speedup: none of our configurations held accuracy on {worst['model']}")
     if args.json:

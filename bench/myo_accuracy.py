@@ -223,11 +223,22 @@ class Torch(Method):
         refs = [TaskRef(f"myo_{s}_training0", CONDITION) for s in subjects]
         tasks, _, _ = load_task_windows(refs, data, self.cfg, self.spec)
         torch.manual_seed(0)
-        model = build_model(self.cfg.model, n_channels=self.spec.channels, window=self.spec.window,
-                            n_classes=len(INTENTS), fc_units=self.cfg.fc_units, **self.cfg.model_hparams)
+        model = build_model(
+            self.cfg.model,
+            n_channels=self.spec.channels,
+            window=self.spec.window,
+            n_classes=len(INTENTS),
+            fc_units=self.cfg.fc_units,
+            **self.cfg.model_hparams,
+        )
         self.fit(model, tasks, self.cfg)
-        inner = {"optimizer": self.cfg.inner_optimizer, "steps": self.cfg.inner_steps, "lr": float(self.cfg.inner_lr),
-                 "first_order": True, "batch_size": self.cfg.inner_batch_size}
+        inner = {
+            "optimizer": self.cfg.inner_optimizer,
+            "steps": self.cfg.inner_steps,
+            "lr": float(self.cfg.inner_lr),
+            "first_order": True,
+            "batch_size": self.cfg.inner_batch_size,
+        }
         if self.cfg.model == "feat":
             inner.update(head="lda", shrinkage=float(self.cfg.lda_shrinkage))
         self.adapter = Adapter(model.eval(), self.cfg.scale, inner)
@@ -258,10 +269,17 @@ def fit_maml(model, tasks, cfg) -> None:
     from metalearn.maml import InnerLoop, OuterLoop, meta_step
     from metalearn.train import Sampler, _tensors
 
-    inner = InnerLoop(steps=cfg.inner_steps, lr=float(cfg.inner_lr), optimizer=cfg.inner_optimizer,
-                      first_order=cfg.first_order, batch_size=cfg.inner_batch_size)
+    inner = InnerLoop(
+        steps=cfg.inner_steps,
+        lr=float(cfg.inner_lr),
+        optimizer=cfg.inner_optimizer,
+        first_order=cfg.first_order,
+        batch_size=cfg.inner_batch_size,
+    )
     outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
-    sampler = Sampler(tasks, cfg.batch_size, cfg.rorcr_size, np.random.default_rng(cfg.seed), rotate=cfg.augment_rotation)
+    sampler = Sampler(
+        tasks, cfg.batch_size, cfg.rorcr_size, np.random.default_rng(cfg.seed), rotate=cfg.augment_rotation
+    )
     for _ in range(cfg.meta_steps):
         meta_step(model, outer, [_tensors(t, "cpu") for t in sampler.meta_batch(cfg.n_train_tasks)], inner)
 
@@ -274,18 +292,40 @@ def shipped_config() -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)["test"]
 
 
-PREVIOUS = {"model": "cnn", "fc_units": 64, "time_seq_len": 50, "stride": 10, "signal": "myo", "scale": "standard",
-            "meta_steps": 300, "n_train_tasks": 4, "batch_size": 64, "inner_optimizer": "adam", "inner_steps": 5,
-            "inner_lr": 0.01, "augment_rotation": True, "outer_lr": 1e-3, "lr_cycle": 100, "lr_factor": 0.5,
-            "seed": 0}
+PREVIOUS = {
+    "model": "cnn",
+    "fc_units": 64,
+    "time_seq_len": 50,
+    "stride": 10,
+    "signal": "myo",
+    "scale": "standard",
+    "meta_steps": 300,
+    "n_train_tasks": 4,
+    "batch_size": 64,
+    "inner_optimizer": "adam",
+    "inner_steps": 5,
+    "inner_lr": 0.01,
+    "augment_rotation": True,
+    "outer_lr": 1e-3,
+    "lr_cycle": 100,
+    "lr_factor": 0.5,
+    "seed": 0,
+}
 
 
 def methods(previous: bool) -> list[Method]:
-    base = {k: v for k, v in shipped_config().items() if k not in ("train_collection_json", "test_collection_json",
-                                                                   "data_root")}
+    base = {
+        k: v
+        for k, v in shipped_config().items()
+        if k not in ("train_collection_json", "test_collection_json", "data_root")
+    }
     cfg = {"train_collection_json": "-", **base}
-    out = [Torch("meta-model", cfg, fit_meta), Torch("B1", cfg, fit_nothing), Torch("B2", cfg, fit_pooled),
-           Torch("+5 steps", {**cfg, "inner_steps": 5}, fit_meta)]
+    out = [
+        Torch("meta-model", cfg, fit_meta),
+        Torch("B1", cfg, fit_nothing),
+        Torch("B2", cfg, fit_pooled),
+        Torch("+5 steps", {**cfg, "inner_steps": 5}, fit_meta),
+    ]
     out.append(LdaTD(out[0].spec))
     if previous:
         out.append(Torch("MAML cnn", {"train_collection_json": "-", **PREVIOUS}, fit_maml))
@@ -312,8 +352,11 @@ def score(method: Method, case: Case) -> dict:
         steady.append(steady_windows(rec.labels, ends, spec.window)[keep])
         changes += [c for c in change_delays(rec.time, rec.labels, ends, decided) if c["t"] >= rec.time[start]]
     labels, steady = np.concatenate(labels), np.concatenate(steady)
-    out = {"raw": summary(labels, np.concatenate(raw), steady), "daemon": summary(labels, np.concatenate(daemon), steady),
-           "delay": delay_summary(changes)}
+    out = {
+        "raw": summary(labels, np.concatenate(raw), steady),
+        "daemon": summary(labels, np.concatenate(daemon), steady),
+        "delay": delay_summary(changes),
+    }
     fa_raw, fa_daemon, n = 0, 0, 0
     for rec in case.others:
         w, ends = make_windows(SignalChain(spec).process(rec.emg), spec.window, spec.stride)
@@ -328,8 +371,9 @@ def score(method: Method, case: Case) -> dict:
 def run(data: Path, folds: int, budgets: tuple[float, ...], previous: bool, log=print) -> dict:
     pre = sorted({p.name.split("_")[1] for p in data.glob("myo_*_training0")} - set(EVAL_SUBJECTS))
     groups = [("sessions", tuple(pre), EVAL_SUBJECTS)]
-    groups += [("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds]))
-               for k in range(folds)]
+    groups += [
+        ("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds])) for k in range(folds)
+    ]
     results: dict = {}
     for protocol, train_subjects, test_subjects in groups:
         for method in methods(previous):
@@ -339,12 +383,22 @@ def run(data: Path, folds: int, budgets: tuple[float, ...], previous: bool, log=
             for budget in budgets:
                 for case in cases(data, protocol, test_subjects, budget):
                     row = {"subject": case.subject, **score(method, case)}
-                    results.setdefault(protocol, {}).setdefault(method.name, {}).setdefault(f"{budget:g}", []).append(row)
-            log(f"  {protocol}: {method.name} trained on {len(train_subjects)} subjects in {trained:.1f} s, "
-                f"scored {', '.join(test_subjects)}")
-    return {"protocols": {p: {m: {b: aggregate(rows) for b, rows in per_b.items()} for m, per_b in per_m.items()}
-                          for p, per_m in results.items()},
-            "subjects": results, "folds": folds, "budgets": list(budgets)}
+                    results.setdefault(protocol, {}).setdefault(method.name, {}).setdefault(f"{budget:g}", []).append(
+                        row
+                    )
+            log(
+                f"  {protocol}: {method.name} trained on {len(train_subjects)} subjects in {trained:.1f} s, "
+                f"scored {', '.join(test_subjects)}"
+            )
+    return {
+        "protocols": {
+            p: {m: {b: aggregate(rows) for b, rows in per_b.items()} for m, per_b in per_m.items()}
+            for p, per_m in results.items()
+        },
+        "subjects": results,
+        "folds": folds,
+        "budgets": list(budgets),
+    }
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -355,45 +409,69 @@ def aggregate(rows: list[dict]) -> dict:
 
     delays = [r["delay"]["median_ms"] for r in rows if r["delay"]["median_ms"] is not None]
     recall = {k: float(np.mean([r["daemon"]["recall"][k] for r in rows])) for k in INTENTS}
-    return {"subjects": len(rows), "accuracy": float(acc.mean()), "worst": float(acc.min()),
-            "worst_subject": rows[int(acc.argmin())]["subject"], "steady_accuracy": mean("steady_accuracy"),
-            "daemon_accuracy": mean("accuracy", "daemon"), "daemon_steady_accuracy": mean("steady_accuracy", "daemon"),
-            "wrong_direction": mean("wrong_direction", "daemon"), "false_activation": mean("false_activation", "daemon"),
-            "recall": recall, "min_recall": min(recall.values()),
-            "delay_median_ms": float(np.median(delays)) if delays else None,
-            "other_false_activation_raw": float(np.mean([r["other_raw"] for r in rows])),
-            "other_false_activation": float(np.mean([r["other_daemon"] for r in rows]))}
+    return {
+        "subjects": len(rows),
+        "accuracy": float(acc.mean()),
+        "worst": float(acc.min()),
+        "worst_subject": rows[int(acc.argmin())]["subject"],
+        "steady_accuracy": mean("steady_accuracy"),
+        "daemon_accuracy": mean("accuracy", "daemon"),
+        "daemon_steady_accuracy": mean("steady_accuracy", "daemon"),
+        "wrong_direction": mean("wrong_direction", "daemon"),
+        "false_activation": mean("false_activation", "daemon"),
+        "recall": recall,
+        "min_recall": min(recall.values()),
+        "delay_median_ms": float(np.median(delays)) if delays else None,
+        "other_false_activation_raw": float(np.mean([r["other_raw"] for r in rows])),
+        "other_false_activation": float(np.mean([r["other_daemon"] for r in rows])),
+    }
 
 
 def print_tables(doc: dict) -> None:
-    titles = {"sessions": "the 3 evaluation subjects: clip from training0 (two cycles), scored on Test0 + Test1",
-              "rotation": f"leave-subjects-out rotation over the 22 pre-training subjects ({doc['folds']} folds): "
-                          "clip from cycle 0, scored on cycles 1-3"}
+    titles = {
+        "sessions": "the 3 evaluation subjects: clip from training0 (two cycles), scored on Test0 + Test1",
+        "rotation": f"leave-subjects-out rotation over the 22 pre-training subjects ({doc['folds']} folds): "
+        "clip from cycle 0, scored on cycles 1-3",
+    }
     for protocol, per_m in doc["protocols"].items():
         print(f"\n{titles[protocol]}")
-        print(f"{'method':<11} {'S':>3} {'accuracy':>8} {'worst':>6} {'steady':>6} | as the daemon decides: "
-              f"{'acc.':>5} {'wrong':>6} {'false':>6} {'min':>5} {'delay':>5} | {'other gestures':>14}")
-        print(f"{'':<11} {'':>3} {'':>8} {'':>6} {'':>6} | {'':>21} {'':>5} {'dir.':>6} {'activ.':>6} "
-              f"{'recall':>5} {'ms':>5} | {'raw':>6} {'daemon':>7}")
+        print(
+            f"{'method':<11} {'S':>3} {'accuracy':>8} {'worst':>6} {'steady':>6} | as the daemon decides: "
+            f"{'acc.':>5} {'wrong':>6} {'false':>6} {'min':>5} {'delay':>5} | {'other gestures':>14}"
+        )
+        print(
+            f"{'':<11} {'':>3} {'':>8} {'':>6} {'':>6} | {'':>21} {'':>5} {'dir.':>6} {'activ.':>6} "
+            f"{'recall':>5} {'ms':>5} | {'raw':>6} {'daemon':>7}"
+        )
         for name, per_b in per_m.items():
             for b, a in per_b.items():
                 delay = "-" if a["delay_median_ms"] is None else f"{a['delay_median_ms']:.0f}"
-                print(f"{name:<11} {b:>3} {a['accuracy']:>8.3f} {a['worst']:>6.3f} {a['steady_accuracy']:>6.3f} | "
-                      f"{'':>21} {a['daemon_accuracy']:>5.3f} {a['wrong_direction']:>6.3f} {a['false_activation']:>6.3f} "
-                      f"{a['min_recall']:>5.2f} {delay:>5} | {a['other_false_activation_raw']:>6.2f} "
-                      f"{a['other_false_activation']:>7.2f}")
+                print(
+                    f"{name:<11} {b:>3} {a['accuracy']:>8.3f} {a['worst']:>6.3f} {a['steady_accuracy']:>6.3f} | "
+                    f"{'':>21} {a['daemon_accuracy']:>5.3f} {a['wrong_direction']:>6.3f} {a['false_activation']:>6.3f} "
+                    f"{a['min_recall']:>5.2f} {delay:>5} | {a['other_false_activation_raw']:>6.2f} "
+                    f"{a['other_false_activation']:>7.2f}"
+                )
     sessions = doc["subjects"].get("sessions")
     if sessions:
         print("\nper evaluation subject (accuracy, every window of Test0 + Test1):")
         for name, per_b in sessions.items():
-            print(f"  {name:<11} " + "  ".join(f"{r['subject']} {b}s {r['raw']['accuracy']:.3f}"
-                                                for b, rows in per_b.items() for r in rows))
+            print(
+                f"  {name:<11} "
+                + "  ".join(
+                    f"{r['subject']} {b}s {r['raw']['accuracy']:.3f}" for b, rows in per_b.items() for r in rows
+                )
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.myo_accuracy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path("data/myo"),
-                   help="the imported Myo data (metaemg-import myoarmband SRC DATA); imported there when missing")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data/myo"),
+        help="the imported Myo data (metaemg-import myoarmband SRC DATA); imported there when missing",
+    )
     p.add_argument("--folds", type=int, default=5, help="folds of the leave-subjects-out rotation (0: none)")
     p.add_argument("--budgets", default="2,5", help="seconds of each intent in the calibration clip, comma-separated")
     p.add_argument("--no-previous", action="store_true", help="leave out the previous recipe (MAML cnn), the slow part")

@@ -11,10 +11,10 @@ daemon checks it) and pushes ``speed`` times faster, one sample per push.
 
 Reported: the daemon's resident memory (after a warm-up, at the end, growth, and the slope per
 hour of data), its open file descriptors, samples pushed vs received and windows expected vs
-evaluated (both from the moment the daemon runs), skipped windows, decisions without a command, commands accepted by the simulator,
-state changes (there should be none after start-up), and the daemon's latency (chunk received ->
-COMMAND written) per tenth of the run, to show drift. Target: an hour of data at 10x with memory
-growth < 10 MB.
+evaluated (both from the moment the daemon runs), skipped windows, decisions without a command,
+commands accepted by the simulator, state changes (there should be none after start-up), and the
+daemon's latency (chunk received -> COMMAND written) per tenth of the run, to show drift.
+Target: an hour of data at 10x with memory growth < 10 MB.
 """
 
 from __future__ import annotations
@@ -126,20 +126,34 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
     p99 = [float(np.percentile(s, 99)) if s else None for s in lat_slices]
     return {
         "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "source": label, "rate": rate, "speed": speed, "wall_minutes": minutes, "data_hours": data_h,
-        "rss_start_mb": rss0 / 1024, "rss_end_mb": rss1 / 1024, "rss_growth_mb": (rss1 - rss0) / 1024,
+        "source": label,
+        "rate": rate,
+        "speed": speed,
+        "wall_minutes": minutes,
+        "data_hours": data_h,
+        "rss_start_mb": rss0 / 1024,
+        "rss_end_mb": rss1 / 1024,
+        "rss_growth_mb": (rss1 - rss0) / 1024,
         "rss_slope_mb_per_data_hour": slope * 3600 / speed / 1024 if speed else None,
-        "fds_start": warm_samples[0]["fds"], "fds_end": final["fds"],
+        "fds_start": warm_samples[0]["fds"],
+        "fds_end": final["fds"],
         "fds_max": max(s["fds"] for s in samples if s["fds"] is not None),
-        "samples_pushed": pushed, "samples_received": counters.get("samples", 0) - first.get("samples", 0),
-        "windows": counters.get("windows", 0) - first.get("windows", 0), "windows_expected": pushed // stride,
+        "samples_pushed": pushed,
+        "samples_received": counters.get("samples", 0) - first.get("samples", 0),
+        "windows": counters.get("windows", 0) - first.get("windows", 0),
+        "windows_expected": pushed // stride,
         "skipped_windows": counters.get("skipped_windows", 0) - first.get("skipped_windows", 0),
         "decisions": decisions,
-        "decisions_without_command": no_command, "commands_at_sim": commands,
-        "state_events_after_start": state_events, "stale_events": counters.get("stale_events", 0),
-        "latency_p50_ms_by_tenth": lat, "latency_p99_ms_by_tenth": p99,
+        "decisions_without_command": no_command,
+        "commands_at_sim": commands,
+        "state_events_after_start": state_events,
+        "stale_events": counters.get("stale_events", 0),
+        "latency_p50_ms_by_tenth": lat,
+        "latency_p99_ms_by_tenth": p99,
         "latency_drift_ms": None if lat[0] is None or lat[-1] is None else lat[-1] - lat[0],
-        "exit_code": rc, "exit_s": exit_s, "sim_alive": final["sim_alive"],
+        "exit_code": rc,
+        "exit_s": exit_s,
+        "sim_alive": final["sim_alive"],
     }
 
 
@@ -150,23 +164,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", help="a recording (csv, myo:SUBJECT/SESSION, synth) instead of Male13's sessions")
     p.add_argument("--json", action="store_true", help="end with one JSON document")
     args = p.parse_args(argv)
-    print(f"soak: {args.minutes:g} min at {args.speed:g}x ({args.minutes * args.speed:g} minutes of data) ...",
-          flush=True)
+    print(
+        f"soak: {args.minutes:g} min at {args.speed:g}x ({args.minutes * args.speed:g} minutes of data) ...", flush=True
+    )
     r = run(args.minutes, args.speed, args.source)
     fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
-    print(f"\n{r['machine']['node']}, {r['machine']['cpus']} CPUs; {r['source']} at {r['rate']:g} Hz x {r['speed']:g}: "
-          f"{r['data_hours'] * 60:.1f} minutes of data in {r['wall_minutes']:g} min")
-    print(f"  daemon memory (RSS)     {r['rss_start_mb']:.1f} MB after warm-up -> {r['rss_end_mb']:.1f} MB "
-          f"(growth {r['rss_growth_mb']:+.2f} MB; trend {fmt(r['rss_slope_mb_per_data_hour'], '{:+.2f}')} MB per hour of data)")
+    print(
+        f"\n{r['machine']['node']}, {r['machine']['cpus']} CPUs; {r['source']} at {r['rate']:g} Hz x {r['speed']:g}: "
+        f"{r['data_hours'] * 60:.1f} minutes of data in {r['wall_minutes']:g} min"
+    )
+    print(
+        f"  daemon memory (RSS)     {r['rss_start_mb']:.1f} MB after warm-up -> {r['rss_end_mb']:.1f} MB "
+        f"(growth {r['rss_growth_mb']:+.2f} MB; "
+        f"trend {fmt(r['rss_slope_mb_per_data_hour'], '{:+.2f}')} MB per hour of data)"
+    )
     print(f"  file descriptors        {r['fds_start']} -> {r['fds_end']} (max {r['fds_max']})")
     print(f"  samples                 pushed {r['samples_pushed']}, received {r['samples_received']}")
-    print(f"  windows                 evaluated {r['windows']} of ~{r['windows_expected']}, skipped {r['skipped_windows']}")
-    print(f"  decisions               {r['decisions']} ({r['decisions_without_command']} without a command); "
-          f"commands accepted by the simulator {r['commands_at_sim']}")
-    print(f"  state changes           {r['state_events_after_start']} after running (stale events, start-up included: {r['stale_events']})")
+    print(
+        f"  windows                 evaluated {r['windows']} of ~{r['windows_expected']}, "
+        f"skipped {r['skipped_windows']}"
+    )
+    print(
+        f"  decisions               {r['decisions']} ({r['decisions_without_command']} without a command); "
+        f"commands accepted by the simulator {r['commands_at_sim']}"
+    )
+    print(
+        f"  state changes           {r['state_events_after_start']} after running "
+        f"(stale events, start-up included: {r['stale_events']})"
+    )
     print("  latency p50 by tenth    " + " ".join(fmt(v, "{:.2f}") for v in r["latency_p50_ms_by_tenth"]) + " ms")
     print("  latency p99 by tenth    " + " ".join(fmt(v, "{:.2f}") for v in r["latency_p99_ms_by_tenth"]) + " ms")
-    print(f"  exit                    {r['exit_code']} after SIGTERM in {r['exit_s'] * 1000:.0f} ms; simulator alive: {r['sim_alive']}")
+    print(
+        f"  exit                    {r['exit_code']} after SIGTERM in {r['exit_s'] * 1000:.0f} ms; "
+        f"simulator alive: {r['sim_alive']}"
+    )
     if args.json:
         print(json.dumps(r))
     return 0

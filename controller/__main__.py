@@ -17,14 +17,14 @@ import json
 import os
 import sys
 
-from metaemg.cli import control_request, entry_point
-
 from controller import config as configuration
+from metaemg.cli import control_request, entry_point
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="myhand-controller",
-                                description="MyHand orthosis controller: armband (LSL) -> intent -> orthosis")
+    p = argparse.ArgumentParser(
+        prog="myhand-controller", description="MyHand orthosis controller: armband (LSL) -> intent -> orthosis"
+    )
     p.add_argument("--config", help="YAML configuration file (default: built-in defaults)")
     p.add_argument("--lsl-stream", metavar="NAME", help="LSL stream name (lsl.name)")
     p.add_argument("--serial-port", metavar="PATH", help="orthosis port or transport URL (serial.port)")
@@ -32,20 +32,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor", metavar="ENDPOINT", help="ZeroMQ PUB endpoint (monitor.endpoint)")
     p.add_argument("--control", metavar="ENDPOINT", help="ZeroMQ control endpoint, ipc://PATH (control.endpoint)")
     p.add_argument("--log-level", choices=configuration.LOG_LEVELS, help="logging.level")
-    p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration and load the model file, print them as JSON and exit")
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and load the model file, print them as JSON and exit",
+    )
     return p
 
 
 def _ctl_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="myhand-controller ctl",
-                                description="send one request to a running myhand-controller")
-    p.add_argument("--config", help="read control.endpoint / runtime_dir from this file (default: $MYHAND_CONFIG, "
-                                    "else /etc/myhand/controller.yaml when it exists)")
+    p = argparse.ArgumentParser(
+        prog="myhand-controller ctl", description="send one request to a running myhand-controller"
+    )
+    p.add_argument(
+        "--config",
+        help="read control.endpoint / runtime_dir from this file (default: $MYHAND_CONFIG, "
+        "else /etc/myhand/controller.yaml when it exists)",
+    )
     p.add_argument("--control", metavar="ENDPOINT", help="control endpoint (default: from the config)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
-    p.add_argument("request", nargs="+",
-                   help="status | pause | resume | reload [path=FILE] | clear | stop | cue cue='{...}'")
+    p.add_argument(
+        "request", nargs="+", help="status | pause | resume | reload [path=FILE] | clear | stop | cue cue='{...}'"
+    )
     return p
 
 
@@ -54,9 +62,12 @@ def load_config(args: argparse.Namespace, *, service_default: bool = False) -> c
     (:func:`controller.config.service_config_path`), else the built-in defaults; then the flags."""
     path = args.config or (configuration.service_config_path() if service_default else None)
     cfg = configuration.load(path) if path else configuration.Config().validate()
-    cfg = cfg.with_overrides(lsl_stream=getattr(args, "lsl_stream", None),
-                             serial_port=getattr(args, "serial_port", None),
-                             model=getattr(args, "model", None), monitor=getattr(args, "monitor", None))
+    cfg = cfg.with_overrides(
+        lsl_stream=getattr(args, "lsl_stream", None),
+        serial_port=getattr(args, "serial_port", None),
+        model=getattr(args, "model", None),
+        monitor=getattr(args, "monitor", None),
+    )
     control = getattr(args, "control", None)
     if control is not None:
         import dataclasses

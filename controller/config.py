@@ -60,13 +60,23 @@ class LslConfig:
     clock_sync: bool = True
 
     def validate(self, key: str) -> None:
-        _check(any((self.name, self.type, self.source_id)), key,
-               "give at least one of name, type, source_id", (self.name, self.type, self.source_id))
+        _check(
+            any((self.name, self.type, self.source_id)),
+            key,
+            "give at least one of name, type, source_id",
+            (self.name, self.type, self.source_id),
+        )
         for attr in ("name", "type", "source_id"):
             value = getattr(self, attr)
-            _check(value is None or ("'" not in value and value.strip() == value and value != ""),
-                   f"{key}.{attr}", "must be a non-empty string without quotes or surrounding spaces", value)
-        _check(0 < self.resolve_timeout_s <= 60, f"{key}.resolve_timeout_s", "must be in (0, 60]", self.resolve_timeout_s)
+            _check(
+                value is None or ("'" not in value and value.strip() == value and value != ""),
+                f"{key}.{attr}",
+                "must be a non-empty string without quotes or surrounding spaces",
+                value,
+            )
+        _check(
+            0 < self.resolve_timeout_s <= 60, f"{key}.resolve_timeout_s", "must be in (0, 60]", self.resolve_timeout_s
+        )
         _check(0 < self.retry_s <= 60, f"{key}.retry_s", "must be in (0, 60]", self.retry_s)
         _check(1 <= self.max_buffer_s <= 60, f"{key}.max_buffer_s", "must be 1..60", self.max_buffer_s)
 
@@ -86,8 +96,9 @@ class ModelConfig:
 
     def validate(self, key: str) -> None:
         _check(self.path is None or self.path != "", f"{key}.path", "must be a file path or null", self.path)
-        _check(0.1 <= self.watch_interval_s <= 60, f"{key}.watch_interval_s", "must be in [0.1, 60]",
-               self.watch_interval_s)
+        _check(
+            0.1 <= self.watch_interval_s <= 60, f"{key}.watch_interval_s", "must be in [0.1, 60]", self.watch_interval_s
+        )
 
     def resolved_path(self) -> Path:
         return Path(self.path).expanduser() if self.path else default_model_path()
@@ -112,23 +123,39 @@ class SerialConfig:
 
     def validate(self, key: str) -> None:
         scheme = self.port.partition("://")[0] if "://" in self.port else None
-        _check(self.port != "" and scheme in (None, "serial", "pty", "loop"), f"{key}.port",
-               "must be a device path, serial://PATH, pty:// or loop://", self.port)
+        _check(
+            self.port != "" and scheme in (None, "serial", "pty", "loop"),
+            f"{key}.port",
+            "must be a device path, serial://PATH, pty:// or loop://",
+            self.port,
+        )
         _check(self.baudrate > 0, f"{key}.baudrate", "must be > 0", self.baudrate)
         _check(1 <= self.ttl_ms <= 1000, f"{key}.ttl_ms", "must be 1..1000 (the device's max TTL)", self.ttl_ms)
         _check(10 <= self.heartbeat_ms <= 1000, f"{key}.heartbeat_ms", "must be 10..1000", self.heartbeat_ms)
         _check(5 <= self.ack_timeout_ms <= 1000, f"{key}.ack_timeout_ms", "must be 5..1000", self.ack_timeout_ms)
         _check(0 <= self.retries <= 10, f"{key}.retries", "must be 0..10", self.retries)
-        _check(50 <= self.device_timeout_ms <= 10000, f"{key}.device_timeout_ms", "must be 50..10000",
-               self.device_timeout_ms)
-        _check(100 <= self.handshake_timeout_ms <= 10000, f"{key}.handshake_timeout_ms", "must be 100..10000",
-               self.handshake_timeout_ms)
-        _check(10 <= self.reconnect_min_ms <= 60000, f"{key}.reconnect_min_ms", "must be 10..60000",
-               self.reconnect_min_ms)
-        _check(self.reconnect_min_ms <= self.reconnect_max_ms <= 60000, f"{key}.reconnect_max_ms",
-               "must be reconnect_min_ms..60000", self.reconnect_max_ms)
-        _check(10 <= self.refresh_ms <= self.ttl_ms / 2, f"{key}.refresh_ms", "must be 10..ttl_ms/2",
-               self.refresh_ms)
+        _check(
+            50 <= self.device_timeout_ms <= 10000,
+            f"{key}.device_timeout_ms",
+            "must be 50..10000",
+            self.device_timeout_ms,
+        )
+        _check(
+            100 <= self.handshake_timeout_ms <= 10000,
+            f"{key}.handshake_timeout_ms",
+            "must be 100..10000",
+            self.handshake_timeout_ms,
+        )
+        _check(
+            10 <= self.reconnect_min_ms <= 60000, f"{key}.reconnect_min_ms", "must be 10..60000", self.reconnect_min_ms
+        )
+        _check(
+            self.reconnect_min_ms <= self.reconnect_max_ms <= 60000,
+            f"{key}.reconnect_max_ms",
+            "must be reconnect_min_ms..60000",
+            self.reconnect_max_ms,
+        )
+        _check(10 <= self.refresh_ms <= self.ttl_ms / 2, f"{key}.refresh_ms", "must be 10..ttl_ms/2", self.refresh_ms)
 
 
 @dataclass(frozen=True)
@@ -151,13 +178,25 @@ class PolicyConfig:
             _check(0 <= value <= 10000, f"{key}.{attr}", "must be 0..10000", value)
         # safety limits: the hand may go on moving for stale_ms after the armband stops, and
         # re-arming needs a stretch of good input, not a single good chunk
-        _check(STALE_MS_RANGE[0] <= self.stale_ms <= STALE_MS_RANGE[1], f"{key}.stale_ms",
-               f"must be {STALE_MS_RANGE[0]}..{STALE_MS_RANGE[1]} (the hand keeps moving this long after the "
-               "armband stops)", self.stale_ms)
-        _check(REARM_MS_RANGE[0] <= self.rearm_ms <= REARM_MS_RANGE[1], f"{key}.rearm_ms",
-               f"must be {REARM_MS_RANGE[0]}..{REARM_MS_RANGE[1]}", self.rearm_ms)
-        _check(0 < self.saturation_fraction <= 1, f"{key}.saturation_fraction", "must be in (0, 1]",
-               self.saturation_fraction)
+        _check(
+            STALE_MS_RANGE[0] <= self.stale_ms <= STALE_MS_RANGE[1],
+            f"{key}.stale_ms",
+            f"must be {STALE_MS_RANGE[0]}..{STALE_MS_RANGE[1]} (the hand keeps moving this long after the "
+            "armband stops)",
+            self.stale_ms,
+        )
+        _check(
+            REARM_MS_RANGE[0] <= self.rearm_ms <= REARM_MS_RANGE[1],
+            f"{key}.rearm_ms",
+            f"must be {REARM_MS_RANGE[0]}..{REARM_MS_RANGE[1]}",
+            self.rearm_ms,
+        )
+        _check(
+            0 < self.saturation_fraction <= 1,
+            f"{key}.saturation_fraction",
+            "must be in (0, 1]",
+            self.saturation_fraction,
+        )
 
 
 @dataclass(frozen=True)
@@ -173,13 +212,20 @@ class MonitorConfig:
     def validate(self, key: str) -> None:
         if self.endpoint is not None:  # null: ipc://<runtime dir>/monitor.sock, private to the service's user
             scheme, sep, rest = self.endpoint.partition("://")
-            _check(bool(sep) and scheme in ("tcp", "ipc") and rest != "", f"{key}.endpoint",
-                   "must be tcp://HOST:PORT or ipc://PATH (or null)", self.endpoint)
+            _check(
+                bool(sep) and scheme in ("tcp", "ipc") and rest != "",
+                f"{key}.endpoint",
+                "must be tcp://HOST:PORT or ipc://PATH (or null)",
+                self.endpoint,
+            )
             if scheme == "tcp" and not self.allow_remote:
                 host = rest.rsplit(":", 1)[0]
-                _check(host in LOOPBACK_HOSTS, f"{key}.endpoint",
-                       "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
-                       self.endpoint)
+                _check(
+                    host in LOOPBACK_HOSTS,
+                    f"{key}.endpoint",
+                    "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
+                    self.endpoint,
+                )
         _check(1 <= self.emg_decimation <= 10000, f"{key}.emg_decimation", "must be 1..10000", self.emg_decimation)
         _check(0.1 <= self.status_hz <= 100, f"{key}.status_hz", "must be 0.1..100", self.status_hz)
         _check(1 <= self.hwm <= 1_000_000, f"{key}.hwm", "must be 1..1000000", self.hwm)
@@ -194,8 +240,12 @@ class ControlConfig:
 
     def validate(self, key: str) -> None:
         if self.endpoint is not None:
-            _check(self.endpoint.startswith("ipc://") and len(self.endpoint) > len("ipc://"), f"{key}.endpoint",
-                   "must be ipc://PATH (the control socket is local only) or null", self.endpoint)
+            _check(
+                self.endpoint.startswith("ipc://") and len(self.endpoint) > len("ipc://"),
+                f"{key}.endpoint",
+                "must be ipc://PATH (the control socket is local only) or null",
+                self.endpoint,
+            )
 
     def resolved_runtime_dir(self, env: typing.Mapping[str, str] | None = None) -> Path:
         return self.runtime_dir_and_why(env)[0]
@@ -254,8 +304,14 @@ class Config:
             return self.monitor.endpoint
         return f"ipc://{self.control.resolved_runtime_dir(env) / 'monitor.sock'}"
 
-    def with_overrides(self, *, lsl_stream: str | None = None, serial_port: str | None = None,
-                       model: str | None = None, monitor: str | None = None) -> Config:
+    def with_overrides(
+        self,
+        *,
+        lsl_stream: str | None = None,
+        serial_port: str | None = None,
+        model: str | None = None,
+        monitor: str | None = None,
+    ) -> Config:
         """Apply the command-line overrides, then validate again."""
         cfg = self
         if lsl_stream is not None:
@@ -315,5 +371,7 @@ def where_the_daemon_is(cfg: Config, config_path: str | None) -> str:
     nothing answers there."""
     path, why = cfg.control.runtime_dir_and_why()
     source = config_path or service_config_path() or "no config file"
-    return (f"looked in {path} ({why}; config: {source}); if the daemon runs with another configuration or "
-            f"runtime directory, give its --config FILE")
+    return (
+        f"looked in {path} ({why}; config: {source}); if the daemon runs with another configuration or "
+        f"runtime directory, give its --config FILE"
+    )

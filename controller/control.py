@@ -21,9 +21,8 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from metaemg.errors import ConfigError, MetaEMGError
-
 from controller.monitor import bind
+from metaemg.errors import ConfigError, MetaEMGError
 from metaemg.trust import check_dir, private_dir
 
 COMMANDS = ("status", "pause", "resume", "reload", "clear", "cue", "rebind", "stop")
@@ -38,7 +37,7 @@ class ControlError(MetaEMGError):
 
 
 def ipc_path(endpoint: str) -> Path:
-    return Path(endpoint[len("ipc://"):])
+    return Path(endpoint[len("ipc://") :])
 
 
 def parse_request(raw: bytes) -> dict:
@@ -115,8 +114,7 @@ class ControlServer:
             answer = {"ok": False, "error": "shutting down"}
         except Exception as exc:  # a bug: answer, then let the loop's exception handler stop the daemon
             answer = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
-            asyncio.get_running_loop().call_exception_handler(
-                {"message": "control request failed", "exception": exc})
+            asyncio.get_running_loop().call_exception_handler({"message": "control request failed", "exception": exc})
         with contextlib.suppress(zmq.ZMQError):
             await self._socket.send_multipart([identity, b"", json.dumps(answer, default=str).encode()])
 

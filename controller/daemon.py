@@ -24,10 +24,6 @@ import structlog
 import zmq
 import zmq.asyncio
 
-from metaemg.errors import ConfigError, MetaEMGError, ModelError
-from metaemg.lsl import StreamDesc
-from metaemg.modelfile import OnnxModel
-
 from controller.config import Config
 from controller.control import ControlServer
 from controller.link import Link
@@ -37,6 +33,9 @@ from controller.policy import INTENTS, Decision, Policy
 from controller.sdnotify import Notifier
 from controller.source import LslSource
 from controller.states import STOP_REASONS, Conditions, DaemonState, StateMachine, Transition
+from metaemg.errors import ConfigError, MetaEMGError, ModelError
+from metaemg.lsl import StreamDesc
+from metaemg.modelfile import OnnxModel
 
 log = structlog.get_logger("controller")
 
@@ -62,8 +61,9 @@ def _name(intent: int | None) -> str | None:
 class Controller:
     """The daemon. ``await Controller(config).run()`` returns the exit code."""
 
-    def __init__(self, config: Config, *, control_endpoint: str | None = None,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, config: Config, *, control_endpoint: str | None = None, notifier: Notifier | None = None
+    ) -> None:
         self.config = config
         self.control_endpoint = control_endpoint or config.control.resolved_endpoint()
         self.notifier = notifier or Notifier()
@@ -107,8 +107,15 @@ class Controller:
         loop = self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         cfg = self.config
-        log.info("starting", pid=os.getpid(), model=str(self.model_path), stream=cfg.lsl.predicate(),
-                 port=cfg.serial.port, monitor=cfg.monitor_endpoint(), control=self.control_endpoint)
+        log.info(
+            "starting",
+            pid=os.getpid(),
+            model=str(self.model_path),
+            stream=cfg.lsl.predicate(),
+            port=cfg.serial.port,
+            monitor=cfg.monitor_endpoint(),
+            control=self.control_endpoint,
+        )
         # Everything that can be refused is checked before the port is opened.
         self.model = await asyncio.to_thread(load_model, self.model_path)
         self._model_loaded_wall = time.time()
@@ -128,8 +135,9 @@ class Controller:
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         self.link = Link(cfg.serial, self.counters, self._on_link_change, on_busy=self._on_port_busy)
-        self.source = LslSource(cfg.lsl, loop, check=self._check_stream, on_data=self._on_data,
-                                on_event=self._on_stream_event)
+        self.source = LslSource(
+            cfg.lsl, loop, check=self._check_stream, on_data=self._on_data, on_event=self._on_stream_event
+        )
         for coro, name in ((self.control.serve(), "control"), (self._control_loop(), "control_loop")):
             self._start_task(coro, name)
         # The orthosis port opens only once the first stream found fits the model (or none is
@@ -185,14 +193,17 @@ class Controller:
             return
         exc = task.exception()
         if exc is not None:
-            log.error("internal_error", task=task.get_name(), error=f"{type(exc).__name__}: {exc}",
-                      exc_info=exc)
+            log.error("internal_error", task=task.get_name(), error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             self.request_stop(f"internal error in {task.get_name()}", exit_code=1)
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         exc = context.get("exception")
-        log.error("internal_error", message=context.get("message"),
-                  error=None if exc is None else f"{type(exc).__name__}: {exc}", exc_info=exc)
+        log.error(
+            "internal_error",
+            message=context.get("message"),
+            error=None if exc is None else f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
         self.request_stop("internal error", exit_code=1)
 
     # -- the hot path --------------------------------------------------------------------------------
@@ -253,8 +264,10 @@ class Controller:
         t_policy = time.monotonic_ns()
         self._evaluate(now)
         seq = None
-        if self.sm.state is DaemonState.RUNNING and decision.intent is not None and (
-            self._send_every or decision.changed or now - self._last_command_at >= self._refresh_s
+        if (
+            self.sm.state is DaemonState.RUNNING
+            and decision.intent is not None
+            and (self._send_every or decision.changed or now - self._last_command_at >= self._refresh_s)
         ):
             seq = self.link.send_command(decision.intent, now)
             if seq is not None:
@@ -264,39 +277,51 @@ class Controller:
         if decision.rejected:
             c["rejected"] += 1
         lsl_ts = float(stamps[end - seen_before]) if 0 <= end - seen_before < len(stamps) else None
-        self._publish_decision(decision, probs, seq, lsl_ts, skipped,
-                               (t_recv, t_start, t_signal, t_model, t_policy, t_link))
+        self._publish_decision(
+            decision, probs, seq, lsl_ts, skipped, (t_recv, t_start, t_signal, t_model, t_policy, t_link)
+        )
         self._publish_emg(x, stamps)
 
-    def _publish_decision(self, d: Decision, probs: np.ndarray, seq: int | None, lsl_ts: float | None,
-                          skipped: int, t: tuple[int, int, int, int, int, int]) -> None:
+    def _publish_decision(
+        self,
+        d: Decision,
+        probs: np.ndarray,
+        seq: int | None,
+        lsl_ts: float | None,
+        skipped: int,
+        t: tuple[int, int, int, int, int, int],
+    ) -> None:
         t_recv, t_start, t_signal, t_model, t_policy, t_link = t
-        self.monitor.publish("decision", {
-            "label": d.label_name,
-            "probabilities": probs.tolist(),
-            "confidence": d.confidence,
-            "rejected": d.rejected,
-            "vote": _name(d.vote),
-            "intent": d.intent_name,
-            "changed": d.changed,
-            "held": d.held,
-            "safe_reason": d.reason,
-            "state": self.sm.state.value,
-            "command_seq": seq,
-            "lsl_ts": lsl_ts,
-            "t_received": t_recv / 1e9,
-            "t_command": t_link / 1e9,
-            "latency_ms": (t_link - t_recv) / 1e6,
-            "stages_us": {
-                "input": (t_start - t_recv) / 1e3,
-                "signal": (t_signal - t_start) / 1e3,
-                "model": (t_model - t_signal) / 1e3,
-                "policy": (t_policy - t_model) / 1e3,
-                "link": (t_link - t_policy) / 1e3,
+        self.monitor.publish(
+            "decision",
+            {
+                "label": d.label_name,
+                "probabilities": probs.tolist(),
+                "confidence": d.confidence,
+                "rejected": d.rejected,
+                "vote": _name(d.vote),
+                "intent": d.intent_name,
+                "changed": d.changed,
+                "held": d.held,
+                "safe_reason": d.reason,
+                "state": self.sm.state.value,
+                "command_seq": seq,
+                "lsl_ts": lsl_ts,
+                "t_received": t_recv / 1e9,
+                "t_command": t_link / 1e9,
+                "latency_ms": (t_link - t_recv) / 1e6,
+                "stages_us": {
+                    "input": (t_start - t_recv) / 1e3,
+                    "signal": (t_signal - t_start) / 1e3,
+                    "model": (t_model - t_signal) / 1e3,
+                    "policy": (t_policy - t_model) / 1e3,
+                    "link": (t_link - t_policy) / 1e3,
+                },
+                "skipped": skipped,
+                "model_id": self.model.info.model_id,
             },
-            "skipped": skipped,
-            "model_id": self.model.info.model_id,
-        }, t_mono=t_link / 1e9)
+            t_mono=t_link / 1e9,
+        )
 
     def _publish_emg(self, x: np.ndarray, stamps: np.ndarray) -> None:
         dec = self.config.monitor.emg_decimation
@@ -306,8 +331,16 @@ class Controller:
         if offset >= len(x):
             return
         rate = self._stream.rate / dec if self._stream is not None else None
-        self.monitor.publish("emg", {"first_index": first + offset, "decimation": dec, "rate": rate,
-                                     "lsl_ts": stamps[offset::dec].tolist(), "samples": x[offset::dec].tolist()})
+        self.monitor.publish(
+            "emg",
+            {
+                "first_index": first + offset,
+                "decimation": dec,
+                "rate": rate,
+                "lsl_ts": stamps[offset::dec].tolist(),
+                "samples": x[offset::dec].tolist(),
+            },
+        )
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -339,8 +372,9 @@ class Controller:
         log_fn = log.warning if tr.state in (DaemonState.FAULT, DaemonState.STALE) else log.info
         log_fn("state", state=tr.state.value, prev=tr.prev.value, reason=tr.reason)
         self.notifier.status(tr.state.value if tr.reason is None else f"{tr.state.value}: {tr.reason}")
-        self.monitor.publish("event", {"event": "state", "state": tr.state.value, "prev": tr.prev.value,
-                                       "reason": tr.reason})
+        self.monitor.publish(
+            "event", {"event": "state", "state": tr.state.value, "prev": tr.prev.value, "reason": tr.reason}
+        )
         self._publish_status(now)
 
     def _on_port_busy(self, problem: str) -> None:
@@ -367,11 +401,13 @@ class Controller:
             self.policy.tick(now)
             self.link.tick(now)
             self._evaluate(now)
-            if (self.sm.state is DaemonState.RUNNING and self.policy.intent is not None
-                    and now - self._last_command_at >= self._refresh_s):
-                if self.link.send_command(self.policy.intent, now) is not None:
-                    self._last_command_at = now
-                    self.counters["refreshes"] += 1
+            if (
+                self.sm.state is DaemonState.RUNNING
+                and self.policy.intent is not None
+                and now - self._last_command_at >= self._refresh_s
+            ) and self.link.send_command(self.policy.intent, now) is not None:
+                self._last_command_at = now
+                self.counters["refreshes"] += 1
             if now >= next_status:
                 next_status = now + status_period
                 self._publish_status(now)
@@ -409,8 +445,9 @@ class Controller:
             "input": {
                 "connected": self._stream_connected,
                 "stream": None if self._stream is None else self._stream.to_dict(),
-                "bound_to": None if self.source.bound is None else {"source_id": self.source.bound[0],
-                                                                   "host": self.source.bound[1]},
+                "bound_to": None
+                if self.source.bound is None
+                else {"source_id": self.source.bound[0], "host": self.source.bound[1]},
                 "problem": self._stream_problem,
                 "last_sample_age_ms": None if self._last_chunk_at is None else (now - self._last_chunk_at) * 1000,
                 "measured_rate": self._measured_rate,
@@ -418,13 +455,15 @@ class Controller:
                 "saturated_fraction": self.pipeline.saturated_fraction,
             },
             "link": self.link.status(),
-            "model": {"path": str(self.model_path), **self._model_fields(),
-                      "loaded_at": self._model_loaded_wall, "last_reload": self._last_reload,
-                      "last_error": self._last_model_error},
-            "policy": {"armed": self.policy.armed, "intent": _name(self.policy.intent),
-                       "reason": self.policy.reason},
-            "monitor": {"endpoint": self.monitor.endpoint, "sent": self.monitor.sent,
-                        "dropped": self.monitor.dropped},
+            "model": {
+                "path": str(self.model_path),
+                **self._model_fields(),
+                "loaded_at": self._model_loaded_wall,
+                "last_reload": self._last_reload,
+                "last_error": self._last_model_error,
+            },
+            "policy": {"armed": self.policy.armed, "intent": _name(self.policy.intent), "reason": self.policy.reason},
+            "monitor": {"endpoint": self.monitor.endpoint, "sent": self.monitor.sent, "dropped": self.monitor.dropped},
             "control": {"endpoint": self.control.endpoint},
             "pid": os.getpid(),
             "counters": dict(self.counters),
@@ -435,8 +474,14 @@ class Controller:
 
     def _model_fields(self) -> dict:
         info = self.model.info
-        return {"model_id": info.model_id, "kind": info.kind, "sample_rate": info.sample_rate,
-                "channels": info.channels, "window": info.window, "stride": info.stride}
+        return {
+            "model_id": info.model_id,
+            "kind": info.kind,
+            "sample_rate": info.sample_rate,
+            "channels": info.channels,
+            "window": info.window,
+            "stride": info.stride,
+        }
 
     # -- the stream ----------------------------------------------------------------------------------
 
@@ -485,8 +530,14 @@ class Controller:
             else:
                 log.error("source_error", problem=detail)
                 self.request_stop("the LSL reader failed", exit_code=1)
-        self.monitor.publish("event", {"event": "stream_" + kind, "detail": self._stream_problem,
-                                       "stream": None if self._stream is None else self._stream.to_dict()})
+        self.monitor.publish(
+            "event",
+            {
+                "event": "stream_" + kind,
+                "detail": self._stream_problem,
+                "stream": None if self._stream is None else self._stream.to_dict(),
+            },
+        )
         self._evaluate(now)
 
     # -- model swap ----------------------------------------------------------------------------------
@@ -516,10 +567,14 @@ class Controller:
             model = await asyncio.to_thread(load_model, target, stream)
         except MetaEMGError as exc:
             self.counters["reloads_failed"] += 1
-            self._last_reload = {"ok": False, "path": str(target), "error": str(exc), "t_wall": time.time(),
-                                 "reason": reason}
-            log.error("reload_failed", path=str(target), error=str(exc), reason=reason,
-                      kept=old.info.model_id)
+            self._last_reload = {
+                "ok": False,
+                "path": str(target),
+                "error": str(exc),
+                "t_wall": time.time(),
+                "reason": reason,
+            }
+            log.error("reload_failed", path=str(target), error=str(exc), reason=reason, kept=old.info.model_id)
             self.monitor.publish("event", {"event": "reload", **self._last_reload, "model_id": old.info.model_id})
             return {"ok": False, "error": str(exc), "model_id": old.info.model_id}
         finally:
@@ -534,13 +589,23 @@ class Controller:
         self._model_loaded_wall = time.time()
         self._last_model_error = None
         self.counters["reloads_ok"] += 1
-        self._last_reload = {"ok": True, "path": str(target), "error": None, "t_wall": time.time(),
-                             "reason": reason}
+        self._last_reload = {"ok": True, "path": str(target), "error": None, "t_wall": time.time(), "reason": reason}
         log.info("model_swapped", path=str(target), previous=old.info.model_id, reason=reason, **self._model_fields())
-        self.monitor.publish("event", {"event": "reload", **self._last_reload, "model_id": model.info.model_id,
-                                       "previous_model_id": old.info.model_id})
-        return {"ok": True, "model_id": model.info.model_id, "previous_model_id": old.info.model_id,
-                "path": str(target)}
+        self.monitor.publish(
+            "event",
+            {
+                "event": "reload",
+                **self._last_reload,
+                "model_id": model.info.model_id,
+                "previous_model_id": old.info.model_id,
+            },
+        )
+        return {
+            "ok": True,
+            "model_id": model.info.model_id,
+            "previous_model_id": old.info.model_id,
+            "path": str(target),
+        }
 
     # -- control requests ----------------------------------------------------------------------------
 
@@ -559,9 +624,16 @@ class Controller:
 
     def _control_table(self) -> dict:
         """command -> (handler, the fields it takes besides cmd); its keys are control.COMMANDS."""
-        return {"status": (self._ctl_status, ()), "pause": (self._ctl_pause, ()), "resume": (self._ctl_resume, ()),
-                "reload": (self._ctl_reload, ("path",)), "clear": (self._ctl_clear, ()),
-                "cue": (self._ctl_cue, ("cue",)), "rebind": (self._ctl_rebind, ()), "stop": (self._ctl_stop, ())}
+        return {
+            "status": (self._ctl_status, ()),
+            "pause": (self._ctl_pause, ()),
+            "resume": (self._ctl_resume, ()),
+            "reload": (self._ctl_reload, ("path",)),
+            "clear": (self._ctl_clear, ()),
+            "cue": (self._ctl_cue, ("cue",)),
+            "rebind": (self._ctl_rebind, ()),
+            "stop": (self._ctl_stop, ()),
+        }
 
     async def _ctl_status(self, req: dict, now: float) -> dict:
         return {"ok": True, "status": self._status(now)}
@@ -583,8 +655,11 @@ class Controller:
         if path is not None and (not isinstance(path, str) or not path):
             return {"ok": False, "error": "reload: path must be a non-empty string"}
         if path is not None and not Path(path).expanduser().is_absolute():
-            return {"ok": False, "error": f"reload: path must be absolute (the daemon's working directory is not "
-                                          f"the caller's), got {path!r}"}
+            return {
+                "ok": False,
+                "error": f"reload: path must be absolute (the daemon's working directory is not "
+                f"the caller's), got {path!r}",
+            }
         return await self.reload(path, reason="control")
 
     async def _ctl_clear(self, req: dict, now: float) -> dict:

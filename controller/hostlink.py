@@ -31,6 +31,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from controller.config import SerialConfig
 from firmware_protocol import (
     Ack,
     Clear,
@@ -53,8 +54,6 @@ from firmware_protocol import (
     make_command,
 )
 from firmware_protocol.messages import enum_name, fault_names
-
-from controller.config import SerialConfig
 
 HANDSHAKE_RESEND_S = 0.25
 MISMATCH_RETRY_S = 5.0
@@ -222,7 +221,7 @@ class HostLink:
 
     def _on_ack(self, msg: Ack, now: float) -> list[Message]:
         pending = self._outstanding.get(msg.acked_seq)
-        if pending is not None and pending.msg.TYPE == msg.acked_type:
+        if pending is not None and msg.acked_type == pending.msg.TYPE:
             del self._outstanding[msg.acked_seq]
         else:
             self.counters["acks_unmatched"] += 1  # a late ACK of a superseded or retried frame

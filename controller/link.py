@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import structlog
 
+from controller.config import SerialConfig
+from controller.hostlink import HostLink, Phase
 from firmware_protocol import (
     Decoder,
     LinkBusy,
@@ -27,17 +29,19 @@ from firmware_protocol import (
 )
 from firmware_protocol.transport import Transport
 
-from controller.config import SerialConfig
-from controller.hostlink import HostLink, Phase
-
 log = structlog.get_logger("controller.link")
 
 
 class Link:
     """One orthosis port. :meth:`run` keeps it connected until :meth:`close`."""
 
-    def __init__(self, config: SerialConfig, counters: Counter, on_change: Callable[[], None],
-                 on_busy: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: SerialConfig,
+        counters: Counter,
+        on_change: Callable[[], None],
+        on_busy: Callable[[str], None] | None = None,
+    ) -> None:
         self.config = config
         self._on_busy = on_busy  # told when another process holds the port before this link ever opened it
         self.url = config.port
@@ -161,8 +165,13 @@ class Link:
             self._phase = phase
             if phase == Phase.READY and self.proto.device is not None:
                 d = self.proto.device
-                log.info("link_ready", url=self.url, firmware=f"{d.sw_major}.{d.sw_minor}.{d.sw_patch}",
-                         watchdog_ms=d.watchdog_ms, max_ttl_ms=d.max_ttl_ms)
+                log.info(
+                    "link_ready",
+                    url=self.url,
+                    firmware=f"{d.sw_major}.{d.sw_minor}.{d.sw_patch}",
+                    watchdog_ms=d.watchdog_ms,
+                    max_ttl_ms=d.max_ttl_ms,
+                )
             elif phase in (Phase.MISMATCH, Phase.SILENT):
                 log.error("link_" + phase.value, url=self.url, problem=self.proto.problem)
         self._on_change()

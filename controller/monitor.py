@@ -19,10 +19,9 @@ from pathlib import Path
 
 import zmq
 
+from controller.config import MonitorConfig
 from metaemg.errors import ConfigError
 from metaemg.trust import private_dir
-
-from controller.config import MonitorConfig
 
 SCHEMA = "metaemg.monitor/1"
 TOPICS = ("decision", "status", "emg", "cue", "event")
@@ -40,8 +39,13 @@ def _clean(value):
 
 
 def encode(topic: str, payload: dict, t_mono: float | None = None) -> list[bytes]:
-    message = {"schema": SCHEMA, "topic": topic,
-               "t_mono": time.monotonic() if t_mono is None else t_mono, "t_wall": time.time(), **payload}
+    message = {
+        "schema": SCHEMA,
+        "topic": topic,
+        "t_mono": time.monotonic() if t_mono is None else t_mono,
+        "t_wall": time.time(),
+        **payload,
+    }
     try:
         text = json.dumps(message, separators=(",", ":"), allow_nan=False)
     except ValueError:
@@ -55,7 +59,7 @@ def bind(socket: zmq.Socket, endpoint: str, what: str) -> str:
     still bound to (ZeroMQ would silently take the path over); a leftover file of a process that
     died is removed."""
     if endpoint.startswith("ipc://"):
-        path = Path(endpoint[len("ipc://"):])
+        path = Path(endpoint[len("ipc://") :])
         private_dir(path.parent, f"{what} socket directory")
         if path.exists() or path.is_symlink():
             probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
@@ -65,8 +69,9 @@ def bind(socket: zmq.Socket, endpoint: str, what: str) -> str:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             else:
-                raise ConfigError(f"{what} endpoint {endpoint}: another process is bound there (another "
-                                  "myhand-controller?)")
+                raise ConfigError(
+                    f"{what} endpoint {endpoint}: another process is bound there (another myhand-controller?)"
+                )
             finally:
                 probe.close()
     try:
@@ -74,7 +79,7 @@ def bind(socket: zmq.Socket, endpoint: str, what: str) -> str:
     except zmq.ZMQError as exc:
         raise ConfigError(f"{what} endpoint {endpoint}: cannot bind: {exc}") from None
     if endpoint.startswith("ipc://"):
-        os.chmod(endpoint[len("ipc://"):], 0o600)  # the service's user only (the directory is 0700 too)
+        os.chmod(endpoint[len("ipc://") :], 0o600)  # the service's user only (the directory is 0700 too)
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
@@ -110,6 +115,6 @@ class Monitor:
         self._socket.close(linger=0)
         if self.endpoint.startswith("ipc://"):
             try:
-                os.unlink(self.endpoint[len("ipc://"):])
+                os.unlink(self.endpoint[len("ipc://") :])
             except OSError:
                 pass

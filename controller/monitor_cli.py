@@ -113,8 +113,9 @@ def _get(d: dict | None, *keys, default=None):
     return default if d is None else d
 
 
-def render(view: MonitorView, endpoint: str = "", now: float | None = None,
-           color: bool = False, width: int = 78) -> str:
+def render(
+    view: MonitorView, endpoint: str = "", now: float | None = None, color: bool = False, width: int = 78
+) -> str:
     """The monitor screen as text (no cursor codes; colour codes only with ``color``)."""
     now = time.monotonic() if now is None else now
     lines = [f"metaemg-monitor  {endpoint}".rstrip()]
@@ -127,7 +128,9 @@ def render(view: MonitorView, endpoint: str = "", now: float | None = None,
     st, d = view.status, view.decision
     state = _get(st, "state", default=_get(d, "state", default="?"))
     reason = _get(st, "reason", default="")
-    flags = ("  PAUSED" if _get(st, "paused") else "") + ("  (not ready yet)" if st is not None and not st.get("ready") else "")
+    flags = ("  PAUSED" if _get(st, "paused") else "") + (
+        "  (not ready yet)" if st is not None and not st.get("ready") else ""
+    )
     state_color = {"running": "32", "fault": "1;31", "safe": "33"}.get(str(state), "36")
     lines.append(f"state   {_c(str(state).upper(), state_color, color)}{'  ' + reason if reason else ''}{flags}")
     intent = _get(d, "intent")
@@ -157,36 +160,52 @@ def render(view: MonitorView, endpoint: str = "", now: float | None = None,
         lines.append("input   (no status yet)")
     else:
         conn = _c("connected", "32", color) if inp.get("connected") else _c("NOT CONNECTED", "1;31", color)
-        desc = f"{stream.get('name', '?')} {stream.get('channels', '?')} ch @ {stream.get('rate', '?')} Hz" \
-            if stream else "no stream"
+        desc = (
+            f"{stream.get('name', '?')} {stream.get('channels', '?')} ch @ {stream.get('rate', '?')} Hz"
+            if stream
+            else "no stream"
+        )
         rate = inp.get("measured_rate")
         age_ms = inp.get("last_sample_age_ms")
-        lines.append(f"input   {conn}  {desc}"
-                     + (f"  measured {rate:.0f}/s" if isinstance(rate, (int, float)) else "")
-                     + (f"  last sample {age_ms:.0f} ms ago" if isinstance(age_ms, (int, float)) else "")
-                     + (f"  problem: {inp['problem']}" if inp.get("problem") else ""))
+        lines.append(
+            f"input   {conn}  {desc}"
+            + (f"  measured {rate:.0f}/s" if isinstance(rate, (int, float)) else "")
+            + (f"  last sample {age_ms:.0f} ms ago" if isinstance(age_ms, (int, float)) else "")
+            + (f"  problem: {inp['problem']}" if inp.get("problem") else "")
+        )
         link = _get(st, "link", default={})
         ok = link.get("ready")
-        lines.append(f"link    {_c(str(link.get('phase', '?')), '32' if ok else '1;31', color)}"
-                     f"  {link.get('url', '')}  device {link.get('device_state', '?')}"
-                     f"  position {link.get('position', '?')}"
-                     + (f"  fw {link['firmware']}" if link.get("firmware") else "")
-                     + (f"  FAULT {link.get('fault_flags')}" if link.get("fault") else "")
-                     + (f"  problem: {link['problem']}" if link.get("problem") else ""))
+        lines.append(
+            f"link    {_c(str(link.get('phase', '?')), '32' if ok else '1;31', color)}"
+            f"  {link.get('url', '')}  device {link.get('device_state', '?')}"
+            f"  position {link.get('position', '?')}"
+            + (f"  fw {link['firmware']}" if link.get("firmware") else "")
+            + (f"  FAULT {link.get('fault_flags')}" if link.get("fault") else "")
+            + (f"  problem: {link['problem']}" if link.get("problem") else "")
+        )
     model_id = _get(st, "model", "model_id", default=_get(d, "model_id", default="?"))
     kind = _get(st, "model", "kind", default="")
-    lines.append(f"model   {model_id}{'  (' + kind + ')' if kind else ''}"
-                 + (f"  error: {_get(st, 'model', 'last_error')}" if _get(st, "model", "last_error") else ""))
+    lines.append(
+        f"model   {model_id}{'  (' + kind + ')' if kind else ''}"
+        + (f"  error: {_get(st, 'model', 'last_error')}" if _get(st, "model", "last_error") else "")
+    )
     lat = view.latency_percentiles()
     rate = view.decision_rate()
-    lines.append("latency " + ("-" if lat is None else
-                               f"p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  p99 {lat['p99']:.1f} ms  "
-                               f"max {lat['max']:.1f} ms (last {len(view.latencies)})")
-                 + (f"  {rate:.1f} decisions/s" if rate else ""))
+    lines.append(
+        "latency "
+        + (
+            "-"
+            if lat is None
+            else f"p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  p99 {lat['p99']:.1f} ms  "
+            f"max {lat['max']:.1f} ms (last {len(view.latencies)})"
+        )
+        + (f"  {rate:.1f} decisions/s" if rate else "")
+    )
     stages = _get(d, "stages_us", default={})
     if stages:
-        lines.append("stages  " + "  ".join(f"{k} {v:.0f} us" for k, v in stages.items()
-                                           if isinstance(v, (int, float))))
+        lines.append(
+            "stages  " + "  ".join(f"{k} {v:.0f} us" for k, v in stages.items() if isinstance(v, (int, float)))
+        )
     counters = _get(st, "counters", default={})
     if counters:
         items = [f"{k} {v}" for k, v in counters.items()]
@@ -239,12 +258,15 @@ class LivePlot:
             t_end = view.decisions[-1][0]
             ts = [t - t_end for t, _, _ in view.decisions]
             for k, line in enumerate(self.prob_lines):
-                line.set_data(ts, [p[k] if k < len(p) and p[k] is not None else float("nan")
-                                   for _, p, _ in view.decisions])
+                line.set_data(
+                    ts, [p[k] if k < len(p) and p[k] is not None else float("nan") for _, p, _ in view.decisions]
+                )
             self.ax_dec.set_xlim(min(ts[0], -1.0), 0)
         d = view.decision or {}
-        self.title.set_text(f"intent {str(d.get('intent') or 'safe').upper()}  "
-                            f"model {_get(view.status, 'model', 'model_id', default=d.get('model_id', '?'))}")
+        self.title.set_text(
+            f"intent {str(d.get('intent') or 'safe').upper()}  "
+            f"model {_get(view.status, 'model', 'model_id', default=d.get('model_id', '?'))}"
+        )
         self.fig.canvas.draw_idle()
         self.fig.canvas.flush_events()
         self.frames += 1
@@ -291,15 +313,26 @@ def wait_status(endpoint: str, timeout: float) -> dict:
             got = _receive(sock, max(1, int(left * 1000)))
             if got and got[0] == "status" and got[1].get("schema") == SCHEMA:
                 return got[1]
-        raise MonitorTimeout(f"no status message from {endpoint} within {timeout:g} s (is the daemon running, "
-                             "with monitor.endpoint set to this address?)")
+        raise MonitorTimeout(
+            f"no status message from {endpoint} within {timeout:g} s (is the daemon running, "
+            "with monitor.endpoint set to this address?)"
+        )
     finally:
         sock.close(linger=0)
         ctx.term()
 
 
-def run_live(endpoint: str, *, duration: float | None = None, refresh_hz: float = 4.0, plot: bool = False,
-             ansi: bool = True, color: bool = True, out=None, save_plot: str | None = None) -> MonitorView:
+def run_live(
+    endpoint: str,
+    *,
+    duration: float | None = None,
+    refresh_hz: float = 4.0,
+    plot: bool = False,
+    ansi: bool = True,
+    color: bool = True,
+    out=None,
+    save_plot: str | None = None,
+) -> MonitorView:
     """Redraw until ``duration`` s have passed, the plot window is closed, or Ctrl-C."""
     out = out or sys.stdout
     view = MonitorView()
@@ -342,10 +375,16 @@ def run_live(endpoint: str, *, duration: float | None = None, refresh_hz: float 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="metaemg-monitor", description="Watch the MyHand daemon's monitor stream live.")
-    p.add_argument("--endpoint", help="the daemon's monitor endpoint (default: as the daemon resolves it from its "
-                                      "configuration, ipc://<runtime dir>/monitor.sock unless monitor.endpoint is set)")
-    p.add_argument("--config", help="the daemon's configuration file (default: $MYHAND_CONFIG, else "
-                                    "/etc/myhand/controller.yaml when it exists)")
+    p.add_argument(
+        "--endpoint",
+        help="the daemon's monitor endpoint (default: as the daemon resolves it from its "
+        "configuration, ipc://<runtime dir>/monitor.sock unless monitor.endpoint is set)",
+    )
+    p.add_argument(
+        "--config",
+        help="the daemon's configuration file (default: $MYHAND_CONFIG, else "
+        "/etc/myhand/controller.yaml when it exists)",
+    )
     p.add_argument("--once", action="store_true", help="wait for one status message, print it, exit")
     p.add_argument("--json", action="store_true", help="with --once: print the status message as one JSON line")
     p.add_argument("--timeout", type=float, default=5.0, help="with --once: give up after S seconds (exit 2)")
@@ -353,8 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-plot", metavar="PNG", help="with --plot: write the last frame to PNG on exit")
     p.add_argument("--duration", type=float, help="stop after S seconds (default: until Ctrl-C)")
     p.add_argument("--refresh", type=float, default=4.0, help="redraws per second (default 4)")
-    p.add_argument("--plain", action="store_true",
-                   help="no cursor or colour codes: print each frame below the last (default when not a terminal)")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="no cursor or colour codes: print each frame below the last (default when not a terminal)",
+    )
     args = p.parse_args(argv)
     if args.refresh <= 0 or (args.duration is not None and args.duration < 0) or args.timeout <= 0:
         raise ConfigError("--refresh and --timeout must be positive, --duration not negative")
@@ -364,9 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         path = args.config or configuration.service_config_path()
         cfg = configuration.load(path) if path else configuration.Config()
         args.endpoint = cfg.monitor_endpoint()
-        if args.endpoint.startswith("ipc://") and not Path(args.endpoint[len("ipc://"):]).exists():
-            raise ConfigError(f"no monitor socket at {args.endpoint} (is myhand-controller running?); "
-                              f"{configuration.where_the_daemon_is(cfg, args.config)}")
+        if args.endpoint.startswith("ipc://") and not Path(args.endpoint[len("ipc://") :]).exists():
+            raise ConfigError(
+                f"no monitor socket at {args.endpoint} (is myhand-controller running?); "
+                f"{configuration.where_the_daemon_is(cfg, args.config)}"
+            )
     if args.once:
         msg = wait_status(args.endpoint, args.timeout)
         if args.json:
@@ -378,8 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ansi = not args.plain and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
     try:
-        run_live(args.endpoint, duration=args.duration, refresh_hz=args.refresh, plot=args.plot,
-                 ansi=ansi, color=ansi, save_plot=args.save_plot)
+        run_live(
+            args.endpoint,
+            duration=args.duration,
+            refresh_hz=args.refresh,
+            plot=args.plot,
+            ansi=ansi,
+            color=ansi,
+            save_plot=args.save_plot,
+        )
     except KeyboardInterrupt:
         pass
     return 0

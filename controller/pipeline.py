@@ -49,7 +49,7 @@ class SaturationMonitor:
             self._count += new - old
             self._pos = (self._pos + 1) % self.n
         elif m >= self.n:
-            self._ring[:] = flags[-self.n:]
+            self._ring[:] = flags[-self.n :]
             self._pos = 0
             self._count = int(self._ring.sum())
         elif m:
@@ -143,7 +143,7 @@ class Pipeline:
         k = len(ends)
         if k == 0:
             return None, -1, 0
-        return windows[k - 1:], int(ends[k - 1]), k - 1
+        return windows[k - 1 :], int(ends[k - 1]), k - 1
 
 
 def check_stream(info_rate: float, info_channels: int, rate: float, channels: int) -> str | None:

@@ -27,10 +27,9 @@ from typing import IO
 
 import numpy as np
 
+from controller.config import DEFAULT_STREAM_NAME
 from metaemg.cli import entry_point
 from metaemg.errors import DataError
-
-from controller.config import DEFAULT_STREAM_NAME
 
 INTENTS = ("relax", "open", "close")
 
@@ -48,7 +47,7 @@ def load_source(spec: str, myo_root: Path | None = None):
         root = myo_root or default_myo_root()
         if not root.is_dir():
             raise DataError("Myo armband dataset not found (give --myo-root or set METAEMG_MYO_ROOT)", path=root)
-        want = spec[len("myo:"):]
+        want = spec[len("myo:") :]
         sessions = {f"{s.subject}/{s.name}": s for s in find_sessions(root)}
         if want not in sessions:
             raise DataError(f"no session {want!r} (e.g. {', '.join(sorted(sessions)[:3])}, ...)", path=root)
@@ -66,9 +65,20 @@ def load_source(spec: str, myo_root: Path | None = None):
 class Replay:
     """Plays ``emg`` (n, channels) at ``rate`` Hz into a new LSL outlet, in a thread."""
 
-    def __init__(self, emg: np.ndarray, labels: np.ndarray | None, rate: float, *, name: str = DEFAULT_STREAM_NAME,
-                 stream_type: str = "EMG", source_id: str | None = None, nominal_rate: float | None = None,
-                 speed: float = 1.0, loop: bool = False, log: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        emg: np.ndarray,
+        labels: np.ndarray | None,
+        rate: float,
+        *,
+        name: str = DEFAULT_STREAM_NAME,
+        stream_type: str = "EMG",
+        source_id: str | None = None,
+        nominal_rate: float | None = None,
+        speed: float = 1.0,
+        loop: bool = False,
+        log: IO[str] | None = None,
+    ) -> None:
         import pylsl
 
         from metaemg.lsl import quiet_liblsl
@@ -82,8 +92,14 @@ class Replay:
         self.loop = loop
         self.name = name
         channels = self.emg.shape[1]
-        info = pylsl.StreamInfo(name, stream_type, channels, float(nominal_rate or rate), pylsl.cf_float32,
-                                source_id or f"metaemg-replay-{name}-{os.getpid()}")
+        info = pylsl.StreamInfo(
+            name,
+            stream_type,
+            channels,
+            float(nominal_rate or rate),
+            pylsl.cf_float32,
+            source_id or f"metaemg-replay-{name}-{os.getpid()}",
+        )
         info.desc().append_child_value("manufacturer", "MetaEMG replay")
         self.outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=2)
         self._log = log
@@ -202,10 +218,18 @@ class Replay:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="metaemg-replay", description="play a labelled EMG recording into LSL in real time")
-    p.add_argument("source", nargs="?", default="myo:Male13/Test0",
-                   help="recording.csv | myo:SUBJECT/SESSION | synth[:SEED] (default myo:Male13/Test0)")
-    p.add_argument("--myo-root", type=Path, help="Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)")
+    p = argparse.ArgumentParser(
+        prog="metaemg-replay", description="play a labelled EMG recording into LSL in real time"
+    )
+    p.add_argument(
+        "source",
+        nargs="?",
+        default="myo:Male13/Test0",
+        help="recording.csv | myo:SUBJECT/SESSION | synth[:SEED] (default myo:Male13/Test0)",
+    )
+    p.add_argument(
+        "--myo-root", type=Path, help="Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)"
+    )
     p.add_argument("--name", default=DEFAULT_STREAM_NAME, help="LSL stream name")
     p.add_argument("--type", default="EMG", help="LSL stream type")
     p.add_argument("--source-id", help="LSL source id")
@@ -221,9 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     start = int(args.start_s * rate)
     log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115 - closed below
     try:
-        replay = Replay(rec.emg[start:], rec.labels[start:], rate, name=args.name, stream_type=args.type,
-                        source_id=args.source_id, nominal_rate=args.rate, speed=args.speed, loop=args.loop,
-                        log=log)
+        replay = Replay(
+            rec.emg[start:],
+            rec.labels[start:],
+            rate,
+            name=args.name,
+            stream_type=args.type,
+            source_id=args.source_id,
+            nominal_rate=args.rate,
+            speed=args.speed,
+            loop=args.loop,
+            log=log,
+        )
         print(f"streaming {args.name!r}: {args.source}, {rec.emg.shape[1]} channels at {rate:g} Hz", flush=True)
         replay.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+
 import numpy as np
 
 from controller.config import LslConfig
@@ -55,9 +56,15 @@ def _who(desc: StreamDesc) -> str:
 class LslSource:
     """Reads one LSL stream in a background thread; see the module docstring."""
 
-    def __init__(self, config: LslConfig, loop: asyncio.AbstractEventLoop, *,
-                 check: Callable[[StreamDesc], str | None],
-                 on_data: Callable[[], None], on_event: Callable[[str, object], None]) -> None:
+    def __init__(
+        self,
+        config: LslConfig,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        check: Callable[[StreamDesc], str | None],
+        on_data: Callable[[], None],
+        on_event: Callable[[str, object], None],
+    ) -> None:
         self.config = config
         self._loop = loop
         self._check = check
@@ -139,7 +146,7 @@ class LslSource:
                     self._stop.wait(self.config.retry_s)
                     continue
                 self._read(pylsl, info, desc)
-        except Exception as exc:  # noqa: BLE001 - a thread must report, not vanish
+        except Exception as exc:
             self._event("error", f"{type(exc).__name__}: {exc}")
 
     def _choose(self, infos) -> tuple[object | None, str, str | None]:
@@ -150,13 +157,25 @@ class LslSource:
             if mine:
                 return mine[0], "", None
             others = "; ".join(sorted({_who(d) for _, d in descs}))
-            return None, "foreign", (f"stream {descs[0][1].describe()} is another armband ({others}), not the one "
-                                     f"this daemon is bound to (source id {self.bound[0]!r} on {self.bound[1]}): "
-                                     "not read; if the armband was replaced, run: myhand-controller ctl rebind")
+            return (
+                None,
+                "foreign",
+                (
+                    f"stream {descs[0][1].describe()} is another armband ({others}), not the one "
+                    f"this daemon is bound to (source id {self.bound[0]!r} on {self.bound[1]}): "
+                    "not read; if the armband was replaced, run: myhand-controller ctl rebind"
+                ),
+            )
         armbands = sorted({_who(d) for _, d in descs})
         if len(armbands) > 1:
-            return None, "ambiguous", (f"{len(armbands)} armbands match {self.config.predicate()} ({'; '.join(armbands)}): "
-                                       "none is read; switch one off, or set lsl.source_id")
+            return (
+                None,
+                "ambiguous",
+                (
+                    f"{len(armbands)} armbands match {self.config.predicate()} ({'; '.join(armbands)}): "
+                    "none is read; switch one off, or set lsl.source_id"
+                ),
+            )
         return descs[0][0], "", None
 
     def _resolve(self, pylsl) -> list:
@@ -180,8 +199,7 @@ class LslSource:
 
     def _read(self, pylsl, info, desc: StreamDesc) -> None:
         flags = pylsl.proc_clocksync if self.config.clock_sync else pylsl.proc_none
-        inlet = pylsl.StreamInlet(info, max_buflen=self.config.max_buffer_s, recover=False,
-                                  processing_flags=flags)
+        inlet = pylsl.StreamInlet(info, max_buflen=self.config.max_buffer_s, recover=False, processing_flags=flags)
         try:
             try:
                 inlet.open_stream(timeout=self.config.resolve_timeout_s)

@@ -1,8 +1,8 @@
 """``metaemg-sim``: the orthosis simulator and small tools around the protocol.
 
-    metaemg-sim orthosis [--link PATH] [--log FILE.jsonl] [--control SOCK] [faults...]
-    metaemg-sim control SOCK CMD [key=value ...]     (or a JSON object instead of CMD ...)
-    metaemg-sim probe URL                             handshake and print the device's HELLO
+metaemg-sim orthosis [--link PATH] [--log FILE.jsonl] [--control SOCK] [faults...]
+metaemg-sim control SOCK CMD [key=value ...]     (or a JSON object instead of CMD ...)
+metaemg-sim probe URL                             handshake and print the device's HELLO
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from metaemg.cli import control_request, entry_point
-
 from firmware_protocol.device import DeviceConfig
 from firmware_protocol.messages import PROTOCOL_VERSION, SCHEMA_HASH
+from metaemg.cli import control_request, entry_point
 
 
 def _fraction(text: str) -> float:
@@ -60,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser("control", help="send a runtime request to a simulator's --control socket")
     ctl.add_argument("socket", type=Path)
-    ctl.add_argument("request", nargs="+", help='CMD [key=value ...] or one JSON object, e.g. vanish ms=500')
+    ctl.add_argument("request", nargs="+", help="CMD [key=value ...] or one JSON object, e.g. vanish ms=500")
 
     probe = sub.add_parser("probe", help="open URL, handshake, print the device HELLO and one STATUS")
     probe.add_argument("url")

@@ -84,9 +84,7 @@ def unpack(frame: bytes, version: int = PROTOCOL_VERSION) -> Message:
     if cls is None:
         raise UnknownTypeError(f"unknown message type 0x{type_code:02x}")
     if len(payload) != cls.STRUCT.size:
-        raise PayloadLengthError(
-            f"{cls.NAME} payload of {len(payload)} bytes, expected {cls.STRUCT.size}"
-        )
+        raise PayloadLengthError(f"{cls.NAME} payload of {len(payload)} bytes, expected {cls.STRUCT.size}")
     return cls(*cls.STRUCT.unpack(payload), seq=seq)
 
 
@@ -117,7 +115,7 @@ class Decoder:
         self._buf = bytearray()
         self._discarding = False
         self._on_error = on_error
-        self.errors: Counter[str] = Counter({kind: 0 for kind in FRAME_ERROR_KINDS})
+        self.errors: Counter[str] = Counter(dict.fromkeys(FRAME_ERROR_KINDS, 0))
         self.frames = 0
         self.last_error: FrameError | None = None
 

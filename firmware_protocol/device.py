@@ -270,8 +270,14 @@ class Device:
             self._emit("duplicate", seq=msg.seq)
             return [self._ack(msg, Result.OK)]
         if result != Result.OK:
-            self._emit("reject", type=msg.NAME, seq=msg.seq, result=result.name.lower(),
-                       intent=enum_name(Intent, msg.intent), ttl_ms=msg.ttl_ms)
+            self._emit(
+                "reject",
+                type=msg.NAME,
+                seq=msg.seq,
+                result=result.name.lower(),
+                intent=enum_name(Intent, msg.intent),
+                ttl_ms=msg.ttl_ms,
+            )
             return [self._ack(msg, result)]
         intent = Intent(msg.intent)
         self.last_command = msg

@@ -153,7 +153,7 @@ class Message:
     STRUCT: ClassVar[struct.Struct]
 
     def __post_init__(self) -> None:
-        for name, wire in self.FIELDS + (("seq", "u16"),):
+        for name, wire in (*self.FIELDS, ("seq", "u16")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise MessageValueError(f"{self.NAME}.{name} must be an int, got {value!r}")

@@ -54,9 +54,17 @@ from firmware_protocol.transport import PtyTransport
 
 DIRECTIONS = ("rx", "tx", "both")
 STAT_KEYS = (
-    "rx_bytes", "rx_frames", "rx_dropped", "rx_corrupted",
-    "tx_bytes", "tx_dropped", "tx_corrupted", "tx_overflow", "tx_lost_unplugged",
-    "acks_delayed", "acks_suppressed",
+    "rx_bytes",
+    "rx_frames",
+    "rx_dropped",
+    "rx_corrupted",
+    "tx_bytes",
+    "tx_dropped",
+    "tx_corrupted",
+    "tx_overflow",
+    "tx_lost_unplugged",
+    "acks_delayed",
+    "acks_suppressed",
 )
 MAX_POLL_S = 0.1
 
@@ -138,7 +146,7 @@ class Simulator:
         self.device = Device(options.device, emit=self._log)
         self._version = options.device.protocol_version  # another one only to test mismatches
         self.decoder = Decoder(on_error=self._on_frame_error, version=self._version)
-        self.stats: Counter[str] = Counter({key: 0 for key in STAT_KEYS})
+        self.stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
         self._pty: PtyTransport | None = None
         self._poller = select.poll()
         self._control: socket.socket | None = None

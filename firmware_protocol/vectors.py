@@ -58,12 +58,21 @@ def _messages() -> list[tuple[str, Message, str]]:
     h = host_hello()
     return [
         ("hello_host", h, "host HELLO sent on connect (watchdog_ms and max_ttl_ms are 0)"),
-        ("hello_device", Hello(PROTOCOL_VERSION, int(Role.DEVICE), SCHEMA_HASH, 1, 2, 3, 200, 1000, seq=0),
-         "device HELLO at boot / in reply to a HELLO"),
-        ("hello_host_mismatch", Hello(PROTOCOL_VERSION, int(Role.HOST), 0x12345678, seq=1),
-         "a host with other definitions: the device replies HELLO and FAULT SCHEMA_MISMATCH"),
-        ("hello_max", Hello(0xFF, 0xFF, 0xFFFFFFFF, 0xFF, 0xFF, 0xFF, 0xFFFF, 0xFFFF, seq=0xFFFF),
-         "all fields at their maximum (a mismatching HELLO)"),
+        (
+            "hello_device",
+            Hello(PROTOCOL_VERSION, int(Role.DEVICE), SCHEMA_HASH, 1, 2, 3, 200, 1000, seq=0),
+            "device HELLO at boot / in reply to a HELLO",
+        ),
+        (
+            "hello_host_mismatch",
+            Hello(PROTOCOL_VERSION, int(Role.HOST), 0x12345678, seq=1),
+            "a host with other definitions: the device replies HELLO and FAULT SCHEMA_MISMATCH",
+        ),
+        (
+            "hello_max",
+            Hello(0xFF, 0xFF, 0xFFFFFFFF, 0xFF, 0xFF, 0xFF, 0xFFFF, 0xFFFF, seq=0xFFFF),
+            "all fields at their maximum (a mismatching HELLO)",
+        ),
         ("heartbeat_zero", Heartbeat(0, seq=0), "all-zero header fields and payload: COBS at work"),
         ("heartbeat_max", Heartbeat(0xFFFFFFFF, seq=0xFFFF), "uptime and seq at their maximum"),
         ("heartbeat_typical", Heartbeat(123456, seq=42), ""),
@@ -90,15 +99,33 @@ def _messages() -> list[tuple[str, Message, str]]:
         ("ack_clear_fault_active", Ack(14, Clear.TYPE, int(Result.REJECT_FAULT_ACTIVE), int(State.FAULT), seq=7), ""),
         ("ack_max", Ack(0xFFFF, 0xFF, 0xFF, 0xFF, seq=0xFFFF), ""),
         ("status_safe_idle", Status(int(State.SAFE), 0, 500, 0, 0, 0, 0, 0, seq=0), "just booted"),
-        ("status_opening", Status(int(State.OPEN), _SESSION_MOVING, 250, 0, 12345, 2, 480, 3, seq=100),
-         "opening under command seq 2, 480 ms of TTL left"),
-        ("status_fault", Status(int(State.FAULT), int(StatusFlag.SESSION), 500,
-                                fault_bit(FaultCode.OVERCURRENT) | fault_bit(FaultCode.STALL), 99000, 7, 0, 0, seq=200),
-         "latched faults overcurrent and stall"),
+        (
+            "status_opening",
+            Status(int(State.OPEN), _SESSION_MOVING, 250, 0, 12345, 2, 480, 3, seq=100),
+            "opening under command seq 2, 480 ms of TTL left",
+        ),
+        (
+            "status_fault",
+            Status(
+                int(State.FAULT),
+                int(StatusFlag.SESSION),
+                500,
+                fault_bit(FaultCode.OVERCURRENT) | fault_bit(FaultCode.STALL),
+                99000,
+                7,
+                0,
+                0,
+                seq=200,
+            ),
+            "latched faults overcurrent and stall",
+        ),
         ("status_max", Status(0xFF, 0xFF, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFF, 0xFFFF, 0xFFFF, seq=0xFFFF), ""),
         ("fault_overcurrent", Fault(int(FaultCode.OVERCURRENT), fault_bit(FaultCode.OVERCURRENT), 1500, seq=8), ""),
-        ("fault_schema_mismatch", Fault(int(FaultCode.SCHEMA_MISMATCH), fault_bit(FaultCode.SCHEMA_MISMATCH),
-                                        0x12345678, seq=9), "detail = the host's schema hash"),
+        (
+            "fault_schema_mismatch",
+            Fault(int(FaultCode.SCHEMA_MISMATCH), fault_bit(FaultCode.SCHEMA_MISMATCH), 0x12345678, seq=9),
+            "detail = the host's schema hash",
+        ),
         ("fault_max", Fault(0xFF, 0xFFFF, 0xFFFFFFFF, seq=0xFFFF), ""),
     ]
 
@@ -162,28 +189,27 @@ def _invalid() -> list[dict]:
     hello_body = pack(host_hello())[:-2]
     version_2 = bytes.fromhex("02 02 05 00 00 00 00 00")
     cases = [
-        ("crc_bit_flip", _wire(bytes(flipped)), "crc",
-         "command_open with one payload bit flipped"),
-        ("crc_little_endian", _wire(_with_crc(good[:-2], big_endian=False)), "crc",
-         "CRC appended in the wrong byte order"),
-        ("cobs_overrun", bytes.fromhex("00 05 11 22 00"), "cobs",
-         "COBS code points past the delimiter"),
-        ("truncated_wire", encode(Command(_OPEN, 500, seq=2))[:-4] + b"\x00", "cobs",
-         "last bytes of a frame lost"),
-        ("too_short", _wire(bytes.fromhex("01 02 00")), "too_short",
-         f"fewer than {MIN_FRAME} bytes after COBS"),
-        ("too_long", b"\x00" + b"\x11" * (MAX_ENCODED + 1) + b"\x00", "too_long",
-         f"more than {MAX_ENCODED} bytes between delimiters"),
-        ("unknown_type", _wire(_with_crc(bytes.fromhex("01 7f 01 00"))), "type",
-         "type 0x7f is not defined"),
-        ("payload_too_long", _wire(_with_crc(good[:-2] + b"\x00")), "length",
-         "COMMAND with a 4-byte payload"),
-        ("payload_too_short", _wire(_with_crc(good[:-3])), "length",
-         "COMMAND with a 2-byte payload"),
-        ("version_2_heartbeat", _wire(_with_crc(version_2)), "version",
-         "non-HELLO frame of another protocol version"),
-        ("hello_truncated", _wire(_with_crc(hello_body[:-1])), "length",
-         "HELLO shorter than its 13 frozen bytes"),
+        ("crc_bit_flip", _wire(bytes(flipped)), "crc", "command_open with one payload bit flipped"),
+        (
+            "crc_little_endian",
+            _wire(_with_crc(good[:-2], big_endian=False)),
+            "crc",
+            "CRC appended in the wrong byte order",
+        ),
+        ("cobs_overrun", bytes.fromhex("00 05 11 22 00"), "cobs", "COBS code points past the delimiter"),
+        ("truncated_wire", encode(Command(_OPEN, 500, seq=2))[:-4] + b"\x00", "cobs", "last bytes of a frame lost"),
+        ("too_short", _wire(bytes.fromhex("01 02 00")), "too_short", f"fewer than {MIN_FRAME} bytes after COBS"),
+        (
+            "too_long",
+            b"\x00" + b"\x11" * (MAX_ENCODED + 1) + b"\x00",
+            "too_long",
+            f"more than {MAX_ENCODED} bytes between delimiters",
+        ),
+        ("unknown_type", _wire(_with_crc(bytes.fromhex("01 7f 01 00"))), "type", "type 0x7f is not defined"),
+        ("payload_too_long", _wire(_with_crc(good[:-2] + b"\x00")), "length", "COMMAND with a 4-byte payload"),
+        ("payload_too_short", _wire(_with_crc(good[:-3])), "length", "COMMAND with a 2-byte payload"),
+        ("version_2_heartbeat", _wire(_with_crc(version_2)), "version", "non-HELLO frame of another protocol version"),
+        ("hello_truncated", _wire(_with_crc(hello_body[:-1])), "length", "HELLO shorter than its 13 frozen bytes"),
     ]
     out = []
     for name, wire, kind, note in cases:
@@ -197,15 +223,17 @@ def _compat() -> list[dict]:
     payload = Hello(2, int(Role.DEVICE), 0xCAFEF00D, 2, 0, 0, 150, 800).payload() + bytes.fromhex("aa bb cc")
     frame = _with_crc(bytes([2, Hello.TYPE, 0x07, 0x00]) + payload)
     fields = Hello(2, int(Role.DEVICE), 0xCAFEF00D, 2, 0, 0, 150, 800).fields()
-    return [{
-        "name": "hello_version_2_longer",
-        "message": "HELLO",
-        "seq": 7,
-        "fields": fields,
-        "wire": _wire(frame).hex(),
-        "note": "a version-2 device HELLO with 3 extra payload bytes: decode the frozen 13 bytes, "
-                "then fail the handshake (protocol_version 2 != 1)",
-    }]
+    return [
+        {
+            "name": "hello_version_2_longer",
+            "message": "HELLO",
+            "seq": 7,
+            "fields": fields,
+            "wire": _wire(frame).hex(),
+            "note": "a version-2 device HELLO with 3 extra payload bytes: decode the frozen 13 bytes, "
+            "then fail the handshake (protocol_version 2 != 1)",
+        }
+    ]
 
 
 def _stream() -> dict:
@@ -232,8 +260,17 @@ def _stream() -> dict:
 
 def generate() -> dict:
     """The whole vector document (deterministic)."""
-    cobs_cases = [b"", b"\x00", b"\x00\x00", b"\x11\x22\x00\x33", b"\x11\x22\x33\x44", b"\x11\x00\x00\x00",
-                  bytes(range(1, 255)), bytes(range(0, 255)), bytes(range(1, 256)) + b"\x00"]
+    cobs_cases = [
+        b"",
+        b"\x00",
+        b"\x00\x00",
+        b"\x11\x22\x00\x33",
+        b"\x11\x22\x33\x44",
+        b"\x11\x00\x00\x00",
+        bytes(range(1, 255)),
+        bytes(range(255)),
+        bytes(range(1, 256)) + b"\x00",
+    ]
     return {
         "description": "MyHand orthosis serial protocol: golden vectors (see docs/firmware_protocol.md)",
         "generated_by": GENERATED_BY,

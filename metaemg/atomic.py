@@ -14,7 +14,6 @@ from typing import IO
 
 from metaemg.errors import StorageError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 PRIVATE = 0o600  # patient data: the service's user only
@@ -44,7 +43,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, perms: int | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, StorageError):  # disk full, file too large, ...
-            raise StorageError(f"cannot write {path}: {exc.strerror or exc}; the old file (if any) is untouched") from None
+            raise StorageError(
+                f"cannot write {path}: {exc.strerror or exc}; the old file (if any) is untouched"
+            ) from None
         raise
 
 

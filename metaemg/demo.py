@@ -94,8 +94,9 @@ def _spawn(argv: list[str], log: Path, *, pipe_stdout: bool = False) -> subproce
     """Start a child in a session of its own (Ctrl-C reaches only the demo, which then stops the
     children in order), its output in ``log``."""
     with open(log, "w", encoding="utf-8") as fh:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE if pipe_stdout else fh, stderr=fh, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE if pipe_stdout else fh, stderr=fh, text=True, start_new_session=True
+        )
 
 
 def _stop(proc: subprocess.Popen | None, timeout: float = 5.0) -> int | None:
@@ -120,8 +121,10 @@ def _model_path(arg: Path | None) -> Path:
 
     path = default_model_path()
     if not path.is_file():
-        raise ModelError(f"{path}: the default model is not there; give --model FILE "
-                         "(train one with metaemg-train, then metaemg-export RUN --out FILE)")
+        raise ModelError(
+            f"{path}: the default model is not there; give --model FILE "
+            "(train one with metaemg-train, then metaemg-export RUN --out FILE)"
+        )
     return path
 
 
@@ -129,14 +132,22 @@ def _model_path(arg: Path | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="metaemg-demo", description=__doc__.splitlines()[0].replace("`", ""))
     p.add_argument("--model", type=Path, help="ONNX model (default: the packaged default model)")
-    p.add_argument("--source", help="recording to replay: myo:SUBJECT/SESSION, synth[:SEED] or a CSV "
-                                    "(default myo:Male13/Test0, or synth without the dataset)")
-    p.add_argument("--myo-root", type=Path, help="Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)")
+    p.add_argument(
+        "--source",
+        help="recording to replay: myo:SUBJECT/SESSION, synth[:SEED] or a CSV "
+        "(default myo:Male13/Test0, or synth without the dataset)",
+    )
+    p.add_argument(
+        "--myo-root", type=Path, help="Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)"
+    )
     p.add_argument("--duration", type=float, help="stop after this many seconds and print the summary")
     p.add_argument("--workdir", type=Path, help="keep logs and sockets here (default: a temporary directory)")
     p.add_argument("--quiet", action="store_true", help="no live lines, only the summary")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="run the default meta-model as shipped (it is not calibrated: it mostly rejects)")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="run the default meta-model as shipped (it is not calibrated: it mostly rejects)",
+    )
     args = p.parse_args(argv)
 
     model = _model_path(args.model)
@@ -162,7 +173,7 @@ def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Pa
     from metalearn.myo import build_recording, find_sessions
     from metalearn.recording import write_recording
 
-    subject = source[len("myo:"):].split("/")[0]
+    subject = source[len("myo:") :].split("/")[0]
     found = [s for s in find_sessions(myo_root) if s.subject == subject and s.name == "training0"]
     if not found:
         print(f"calibration: skipped ({subject} has no training0 session)")
@@ -170,9 +181,27 @@ def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Pa
     clip = write_recording(work / f"{subject}_training0.csv", build_recording(found[0]))
     out = work / "calibrated.onnx"
     print(f"calibration: adapting the default model on {subject}/training0 (metaemg-calibrate) ...", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "metalearn.calibrate", "--from-recording", str(clip),
-                           "--base-model", str(model), "--out", str(out), "--state-dir", str(work / "calibration"),
-                           "--no-reload", "--no-png", "--json"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metalearn.calibrate",
+            "--from-recording",
+            str(clip),
+            "--base-model",
+            str(model),
+            "--out",
+            str(out),
+            "--state-dir",
+            str(work / "calibration"),
+            "--no-reload",
+            "--no-png",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -181,8 +210,10 @@ def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Pa
         why = result.get("gate", {}).get("line") or (proc.stderr.strip().splitlines() or ["unknown"])[-1]
         print(f"calibration: failed ({why}); the model runs as shipped")
         return model
-    print(f"calibration: held-out accuracy {result['accuracy_before']:.0%} -> {result['accuracy_after']:.0%} "
-          f"in {result.get('total_seconds', 0):.1f} s\n")
+    print(
+        f"calibration: held-out accuracy {result['accuracy_before']:.0%} -> {result['accuracy_after']:.0%} "
+        f"in {result.get('total_seconds', 0):.1f} s\n"
+    )
     return out
 
 
@@ -203,18 +234,52 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
     sub.setsockopt_string(zmq.SUBSCRIBE, "")
     stats: dict = {"decisions": 0, "agree": 0, "scored": 0, "latency": [], "states": Counter()}
     try:
-        print(f"model    {model}\nreplay   {source} as LSL stream {name!r}\northosis simulator on {link}\n"
-              f"logs     {work}\n")
-        sim = _spawn([py, "-m", "firmware_protocol.cli", "orthosis", "--link", str(link),
-                      "--log", str(work / "sim.jsonl")], work / "sim.out", pipe_stdout=True)
+        print(
+            f"model    {model}\nreplay   {source} as LSL stream {name!r}\northosis simulator on {link}\n"
+            f"logs     {work}\n"
+        )
+        sim = _spawn(
+            [py, "-m", "firmware_protocol.cli", "orthosis", "--link", str(link), "--log", str(work / "sim.jsonl")],
+            work / "sim.out",
+            pipe_stdout=True,
+        )
         pty = sim.stdout.readline().strip()
         if not pty:
             raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})")
-        replay = _spawn([py, "-m", "controller.replay", source, "--name", name, "--loop", "--myo-root", str(myo_root),
-                         "--log", str(work / "replay.jsonl")], work / "replay.out")
-        daemon = _spawn([py, "-m", "controller", "--lsl-stream", name, "--serial-port", str(link),
-                         "--model", str(model), "--monitor", monitor, "--control", control],
-                        work / "controller.log")
+        replay = _spawn(
+            [
+                py,
+                "-m",
+                "controller.replay",
+                source,
+                "--name",
+                name,
+                "--loop",
+                "--myo-root",
+                str(myo_root),
+                "--log",
+                str(work / "replay.jsonl"),
+            ],
+            work / "replay.out",
+        )
+        daemon = _spawn(
+            [
+                py,
+                "-m",
+                "controller",
+                "--lsl-stream",
+                name,
+                "--serial-port",
+                str(link),
+                "--model",
+                str(model),
+                "--monitor",
+                monitor,
+                "--control",
+                control,
+            ],
+            work / "controller.log",
+        )
         sub.connect(monitor)
         labels, replay_log, sim_log = Labels(), _Lines(work / "replay.jsonl"), _Lines(work / "sim.jsonl")
         t_start = time.monotonic()
@@ -226,8 +291,10 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
         while not stopping and (deadline is None or time.monotonic() < deadline):
             for proc, what in ((daemon, "myhand-controller"), (replay, "the replay"), (sim, "the simulator")):
                 if proc.poll() is not None:
-                    raise DemoError(f"{what} exited with status {proc.returncode} (see the logs in {work}: "
-                                    f"{_tail(work / 'controller.log')})")
+                    raise DemoError(
+                        f"{what} exited with status {proc.returncode} (see the logs in {work}: "
+                        f"{_tail(work / 'controller.log')})"
+                    )
             for record in replay_log.poll():
                 labels.add(record)
             if sub.poll(50):
@@ -290,9 +357,11 @@ def _print_line(t: float, last: dict, labels: Labels) -> None:
     position = link.get("position")
     bar = "" if position is None else "[" + "#" * round(position / 100) + "." * (10 - round(position / 100)) + "]"
     mark = "" if label is None or d["intent"] is None else ("  " if label == d["intent"] else " *")
-    print(f"{t:6.1f}  {label or '-':<9} {intent:<9} {d['confidence'] or 0:4.2f}  {state:<18} "
-          f"{link.get('device_state') or '-':<9} {'' if position is None else position:>4} {bar}{mark}",
-          flush=True)
+    print(
+        f"{t:6.1f}  {label or '-':<9} {intent:<9} {d['confidence'] or 0:4.2f}  {state:<18} "
+        f"{link.get('device_state') or '-':<9} {'' if position is None else position:>4} {bar}{mark}",
+        flush=True,
+    )
 
 
 def _summary(stats: dict, commands: list[dict], labels: Labels, daemon_rc, stopping, seconds: float) -> None:
@@ -304,16 +373,23 @@ def _summary(stats: dict, commands: list[dict], labels: Labels, daemon_rc, stopp
     lat = np.array(stats["latency"]) if stats["latency"] else None
     print("\nsummary" + (f" ({stopping[0]})" if stopping else ""))
     print(f"  ran for                  {seconds:.1f} s")
-    print(f"  decisions                {stats['decisions']} ({', '.join(f'{k} {v}' for k, v in stats['states'].items())})")
+    print(
+        f"  decisions                {stats['decisions']} ({', '.join(f'{k} {v}' for k, v in stats['states'].items())})"
+    )
     if stats["scored"]:
-        print(f"  decisions agreeing       {stats['agree'] / stats['scored']:.1%} of {stats['scored']} "
-              f"with the recording's label {REACTION_S:g} s earlier")
-    print(f"  commands accepted by the simulator  {len(commands)} "
-          f"({', '.join(f'{k} {by_intent[k]}' for k in INTENTS)})")
+        print(
+            f"  decisions agreeing       {stats['agree'] / stats['scored']:.1%} of {stats['scored']} "
+            f"with the recording's label {REACTION_S:g} s earlier"
+        )
+    print(
+        f"  commands accepted by the simulator  {len(commands)} ({', '.join(f'{k} {by_intent[k]}' for k in INTENTS)})"
+    )
     if scored:
         agreement = sum(i == lab for i, lab in scored) / len(scored)
         print(f"  agreement with the labels          {agreement:.1%} of {len(scored)} commands (chance: 33%)")
     if lat is not None:
-        print(f"  daemon latency (chunk in -> command out)  p50 {np.median(lat):.2f} ms, "
-              f"p99 {np.percentile(lat, 99):.2f} ms")
+        print(
+            f"  daemon latency (chunk in -> command out)  p50 {np.median(lat):.2f} ms, "
+            f"p99 {np.percentile(lat, 99):.2f} ms"
+        )
     print(f"  myhand-controller exit status      {daemon_rc}")

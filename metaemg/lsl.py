@@ -33,11 +33,23 @@ def describe(info) -> StreamDesc:
     """The :class:`StreamDesc` of a ``pylsl.StreamInfo``."""
     from pylsl import cf_double64, cf_float32, cf_int8, cf_int16, cf_int32, cf_int64, cf_string
 
-    formats = {cf_float32: "float32", cf_double64: "double64", cf_string: "string", cf_int32: "int32",
-               cf_int16: "int16", cf_int8: "int8", cf_int64: "int64"}
+    formats = {
+        cf_float32: "float32",
+        cf_double64: "double64",
+        cf_string: "string",
+        cf_int32: "int32",
+        cf_int16: "int16",
+        cf_int8: "int8",
+        cf_int64: "int64",
+    }
     return StreamDesc(
-        name=info.name(), type=info.type(), source_id=info.source_id(), hostname=info.hostname(),
-        uid=info.uid(), channels=info.channel_count(), rate=float(info.nominal_srate()),
+        name=info.name(),
+        type=info.type(),
+        source_id=info.source_id(),
+        hostname=info.hostname(),
+        uid=info.uid(),
+        channels=info.channel_count(),
+        rate=float(info.nominal_srate()),
         channel_format=formats.get(info.channel_format(), str(info.channel_format())),
     )
 
@@ -48,5 +60,5 @@ def quiet_liblsl(pylsl, level: int = WARNINGS) -> None:
     break that log). Only effective before liblsl's first use in the process (later a no-op)."""
     try:
         pylsl.set_config_content(f"[log]\nlevel = {int(level)}\n")
-    except Exception:  # noqa: BLE001 - only quietens a log; harmless if refused
+    except Exception:
         pass

@@ -180,8 +180,12 @@ class ModelInfo:
             signal = SignalSpec.from_dict(get("signal"))
         except ConfigError as exc:
             raise bad("signal", f"is invalid: {exc}") from None
-        for name, value in (("sample_rate", signal.sample_rate), ("channels", signal.channels),
-                            ("window", signal.window), ("stride", signal.stride)):
+        for name, value in (
+            ("sample_rate", signal.sample_rate),
+            ("channels", signal.channels),
+            ("window", signal.window),
+            ("stride", signal.stride),
+        ):
             got = get(name)
             if not _is_num(got) or not math.isclose(got, value, rel_tol=1e-9):
                 raise bad(name, f"is {got!r}, but the signal spec says {value!r}")
@@ -192,8 +196,11 @@ class ModelInfo:
 
         inner = get("inner")
         if not isinstance(inner, dict) or not INNER_KEYS <= set(inner) <= INNER_KEYS | INNER_OPTIONAL:
-            raise bad("inner", f"must be an object with optimizer, steps, lr, first_order (and optionally "
-                               f"{', '.join(sorted(INNER_OPTIONAL))}), got {inner!r}")
+            raise bad(
+                "inner",
+                f"must be an object with optimizer, steps, lr, first_order (and optionally "
+                f"{', '.join(sorted(INNER_OPTIONAL))}), got {inner!r}",
+            )
         if inner["optimizer"] not in INNER_OPTIMIZERS:
             raise bad("inner", f"optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner['optimizer']!r}")
         if not _is_int(inner["steps"]) or inner["steps"] < 0:
@@ -217,8 +224,11 @@ class ModelInfo:
         for key, value in model.items():
             if key != "kind" and (not _is_int(value) or value < 1):
                 raise bad("model", f"hyper-parameter {key} must be a positive integer, got {value!r}")
-        for key, expected in (("n_channels", signal.channels), ("window", signal.window),
-                              ("n_classes", len(class_names))):
+        for key, expected in (
+            ("n_channels", signal.channels),
+            ("window", signal.window),
+            ("n_classes", len(class_names)),
+        ):
             if model.get(key) != expected:
                 raise bad("model", f"{key} is {model.get(key)!r}, but the file's stream/classes need {expected}")
 
@@ -258,8 +268,11 @@ class ModelInfo:
         population = data.get("population")
         if population is not None:
             means = population.get("means") if isinstance(population, dict) else None
-            if not (isinstance(means, list) and len(means) == len(class_names) and all(
-                    isinstance(m, list) and m and len(m) == len(means[0]) and all(map(_is_num, m)) for m in means)):
+            if not (
+                isinstance(means, list)
+                and len(means) == len(class_names)
+                and all(isinstance(m, list) and m and len(m) == len(means[0]) and all(map(_is_num, m)) for m in means)
+            ):
                 raise bad("population", f"means must be {len(class_names)} equal lists of numbers, got {means!r:.80}")
             turn = population.get("max_rotation")
             if not _is_int(turn) or turn < 0:
@@ -307,9 +320,7 @@ def _import_ort():
     try:
         import onnxruntime
     except ImportError:
-        raise MissingDependencyError(
-            "onnxruntime is needed to run models: pip install 'metaemg[device]'"
-        ) from None
+        raise MissingDependencyError("onnxruntime is needed to run models: pip install 'metaemg[device]'") from None
     return onnxruntime
 
 
@@ -329,8 +340,9 @@ def _session(path: Path, intra_op_threads: int = 1, data: bytes | None = None) -
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
-        return ort.InferenceSession(str(path) if data is None else data, sess_options=options,
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path) if data is None else data, sess_options=options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime's exceptions derive from Exception only
         raise ModelError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
 
@@ -365,8 +377,9 @@ def verify_model_id(data: bytes, info: ModelInfo, path: str | os.PathLike) -> No
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
     if compute_model_id(onnx_weights(proto), info.to_dict()) != info.model_id:
-        raise ModelError(f"{path}: weights or metadata do not match model_id {info.model_id} "
-                         "(changed after export?); refusing it")
+        raise ModelError(
+            f"{path}: weights or metadata do not match model_id {info.model_id} (changed after export?); refusing it"
+        )
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -416,8 +429,9 @@ class OnnxModel:
         self._one_probs = np.zeros((1, self.info.n_classes), dtype=np.float32)
         self._binding = self._session.io_binding()
         self._binding.bind_cpu_input(INPUT, self._one)  # shares self._one's memory
-        self._binding.bind_output(PROBABILITIES, "cpu", 0, np.float32, self._one_probs.shape,
-                                  self._one_probs.ctypes.data)
+        self._binding.bind_output(
+            PROBABILITIES, "cpu", 0, np.float32, self._one_probs.shape, self._one_probs.ctypes.data
+        )
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, kind={self.info.kind!r}, model_id={self.info.model_id!r})"

@@ -57,14 +57,20 @@ class SignalSpec:
         checks = [
             (_num(self.sample_rate) and self.sample_rate > 0, "sample_rate must be > 0"),
             (isinstance(self.channels, int) and self.channels >= 1, "channels must be an integer >= 1"),
-            (self.input_range is None or self.input_range[0] < self.input_range[1],
-             "input_range must be [low, high] with low < high"),
-            (self.highpass_hz is None or (_num(self.highpass_hz) and 0 < self.highpass_hz < nyq),
-             f"highpass_hz must be in (0, {nyq:g}) (Nyquist) or null"),
+            (
+                self.input_range is None or self.input_range[0] < self.input_range[1],
+                "input_range must be [low, high] with low < high",
+            ),
+            (
+                self.highpass_hz is None or (_num(self.highpass_hz) and 0 < self.highpass_hz < nyq),
+                f"highpass_hz must be in (0, {nyq:g}) (Nyquist) or null",
+            ),
             (self.mains_hz is None or self.mains_hz in (50, 60), "mains_hz must be 50, 60 or null"),
             (_num(self.notch_q) and self.notch_q > 0, "notch_q must be > 0"),
-            (self.envelope_hz is None or (_num(self.envelope_hz) and 0 < self.envelope_hz < nyq),
-             f"envelope_hz must be in (0, {nyq:g}) (Nyquist) or null"),
+            (
+                self.envelope_hz is None or (_num(self.envelope_hz) and 0 < self.envelope_hz < nyq),
+                f"envelope_hz must be in (0, {nyq:g}) (Nyquist) or null",
+            ),
             (isinstance(self.filter_order, int) and 1 <= self.filter_order <= 8, "filter_order must be 1..8"),
             (_num(self.scale) and self.scale != 0 and math.isfinite(self.scale), "scale must be finite and non-zero"),
             (_num(self.offset) and math.isfinite(self.offset), "offset must be finite"),
@@ -80,15 +86,24 @@ class SignalSpec:
     def myo(cls, **overrides) -> SignalSpec:
         """Raw bipolar EMG at 200 Hz, int8 range (Thalmic Myo): high-pass 20 Hz, mains notch,
         rectified 5 Hz envelope, scaled to about 0..1. Window 250 ms, stride 50 ms."""
-        base = dict(sample_rate=200.0, input_range=(-128.0, 127.0), highpass_hz=20.0, mains_hz=60,
-                    rectify=True, envelope_hz=5.0, scale=128.0, window=50, stride=10)
+        base = {
+            "sample_rate": 200.0,
+            "input_range": (-128.0, 127.0),
+            "highpass_hz": 20.0,
+            "mains_hz": 60,
+            "rectify": True,
+            "envelope_hz": 5.0,
+            "scale": 128.0,
+            "window": 50,
+            "stride": 10,
+        }
         return cls(**{**base, **overrides})
 
     @classmethod
     def myhand(cls, **overrides) -> SignalSpec:
         """MyHand armband envelopes at about 100 Hz, values 0..1000: already rectified and
         smoothed, so only clipped and scaled to 0..1. Window 250 ms, stride 50 ms."""
-        base = dict(sample_rate=100.0, input_range=(0.0, 1000.0), scale=1000.0, window=25, stride=5)
+        base = {"sample_rate": 100.0, "input_range": (0.0, 1000.0), "scale": 1000.0, "window": 25, "stride": 5}
         return cls(**{**base, **overrides})
 
     # -- serialisation ----------------------------------------------------------------------
@@ -146,8 +161,7 @@ class SignalSpec:
         """Raise ConfigError if ``sample_rate`` differs from the spec's by more than ``tolerance``."""
         if abs(sample_rate - self.sample_rate) > tolerance * self.sample_rate:
             raise ConfigError(
-                f"{what} sample rate {sample_rate:.1f} Hz does not match the signal chain's "
-                f"{self.sample_rate:g} Hz"
+                f"{what} sample rate {sample_rate:.1f} Hz does not match the signal chain's {self.sample_rate:g} Hz"
             )
 
 

@@ -38,14 +38,19 @@ def check_dir(path: Path, what: str, *, allow_root: bool = False) -> None:
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot inspect it: {exc.strerror or exc}") from None
     if stat.S_ISLNK(st.st_mode):
-        raise ConfigError(f"{what} {path} is a symbolic link: refusing to use it (another user could point it "
-                          "elsewhere)")
+        raise ConfigError(
+            f"{what} {path} is a symbolic link: refusing to use it (another user could point it elsewhere)"
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{what} {path} is not a directory")
     uid = os.getuid()
     if st.st_uid != uid and not (allow_root and st.st_uid == 0):
-        raise ConfigError(f"{what} {path} belongs to uid {st.st_uid}, not to this user (uid {uid}): refusing to use "
-                          "it (another user could replace what is in it)")
+        raise ConfigError(
+            f"{what} {path} belongs to uid {st.st_uid}, not to this user (uid {uid}): refusing to use "
+            "it (another user could replace what is in it)"
+        )
     if st.st_mode & 0o022:
-        raise ConfigError(f"{what} {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}): refusing "
-                          f"to use it; run: chmod go-w {path}")
+        raise ConfigError(
+            f"{what} {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}): refusing "
+            f"to use it; run: chmod go-w {path}"
+        )

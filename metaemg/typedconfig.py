@@ -31,7 +31,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
     try:
-        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_loader())
     except _DuplicateKey as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -63,8 +63,9 @@ def _loader():
                 for key_node, _ in node.value:
                     key = self.construct_object(key_node, deep=True)
                     if key in seen:
-                        raise _DuplicateKey(f"key {key!r} is given twice (lines {seen[key] + 1} and "
-                                            f"{key_node.start_mark.line + 1})")
+                        raise _DuplicateKey(
+                            f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})"
+                        )
                     seen[key] = key_node.start_mark.line
                 return super().construct_mapping(node, deep)
 

@@ -45,9 +45,11 @@ def discover(root: str | os.PathLike) -> dict[str, list[TaskRef]]:
         if not d.is_dir() or len(d.name) < 2:
             continue
         prefix = d.name[-2:] + "_"
-        conds = sorted(f.name[len(prefix):-4] for f in d.iterdir()
-                       if f.is_file() and f.name.startswith(prefix) and f.name.endswith(".csv")
-                       and len(f.name) > len(prefix) + 4)
+        conds = sorted(
+            f.name[len(prefix) : -4]
+            for f in d.iterdir()
+            if f.is_file() and f.name.startswith(prefix) and f.name.endswith(".csv") and len(f.name) > len(prefix) + 4
+        )
         if conds:
             sessions[d.name] = [TaskRef(d.name, c) for c in conds]
     return sessions
@@ -56,8 +58,7 @@ def discover(root: str | os.PathLike) -> dict[str, list[TaskRef]]:
 def session_sort_key(name: str) -> tuple:
     """Natural order, case-insensitive (digits compare as numbers), with names containing
     ``train`` first: the Myo import's ``training0`` comes before ``Test0``, ``Test1``."""
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
-                  for p in re.split(r"(\d+)", name.lower()) if p)
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name.lower()) if p)
     return (0 if "train" in name.lower() else 1, parts)
 
 
@@ -107,8 +108,9 @@ def select(refs: list[TaskRef], include: list[str] | None = None, exclude: list[
     return out
 
 
-def split_cross_patient(refs: list[TaskRef], holdout: str | None = None,
-                        patient_key: str = DEFAULT_PATIENT_KEY) -> tuple[list[TaskRef], list[TaskRef], str]:
+def split_cross_patient(
+    refs: list[TaskRef], holdout: str | None = None, patient_key: str = DEFAULT_PATIENT_KEY
+) -> tuple[list[TaskRef], list[TaskRef], str]:
     """Hold out one patient (default: the last in natural order). Returns train, test, patient."""
     patients = sorted({patient_of(r.session, patient_key) for r in refs}, key=session_sort_key)
     if len(patients) < 2:
@@ -122,8 +124,9 @@ def split_cross_patient(refs: list[TaskRef], holdout: str | None = None,
     return train, test, holdout
 
 
-def split_by_session(refs: list[TaskRef], last: int = 1,
-                     patient_key: str = DEFAULT_PATIENT_KEY) -> tuple[list[TaskRef], list[TaskRef]]:
+def split_by_session(
+    refs: list[TaskRef], last: int = 1, patient_key: str = DEFAULT_PATIENT_KEY
+) -> tuple[list[TaskRef], list[TaskRef]]:
     """For each patient, the ``last`` latest sessions (in :func:`session_sort_key` order) go to
     test and the earlier ones to train; a patient with ``last`` sessions or fewer stays in train."""
     if last < 1:
@@ -139,9 +142,18 @@ def split_by_session(refs: list[TaskRef], last: int = 1,
     return [r for r in refs if r.session not in held], [r for r in refs if r.session in held]
 
 
-def build(root: str | os.PathLike, out: str | os.PathLike, *, include: list[str] | None = None,
-          exclude: list[str] | None = None, split: str | None = None, holdout: str | None = None,
-          holdout_sessions: int = 1, patient_key: str = DEFAULT_PATIENT_KEY, channels: int = 8) -> dict:
+def build(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    split: str | None = None,
+    holdout: str | None = None,
+    holdout_sessions: int = 1,
+    patient_key: str = DEFAULT_PATIENT_KEY,
+    channels: int = 8,
+) -> dict:
     """Check, filter, split and write the collections. Returns a report (dict)."""
     if split is not None and split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -156,16 +168,22 @@ def build(root: str | os.PathLike, out: str | os.PathLike, *, include: list[str]
         raise DataError(f"none of the {len(refs)} selected recordings is valid (first: {invalid[0]['error']})")
     out = Path(out)
     written = {"all": str(save_collection(out / "all.json", valid))}
-    report: dict = {"root": str(root), "out": str(out), "selected": len(refs), "valid": len(valid),
-                    "invalid": invalid, "split": split, "files": written}
+    report: dict = {
+        "root": str(root),
+        "out": str(out),
+        "selected": len(refs),
+        "valid": len(valid),
+        "invalid": invalid,
+        "split": split,
+        "files": written,
+    }
     if split == "cross-patient":
         train, test, patient = split_cross_patient(valid, holdout, patient_key)
         report["holdout"] = patient
     elif split == "by-session":
         train, test = split_by_session(valid, holdout_sessions, patient_key)
         if not test:
-            raise DataError("by-session: no patient has more than "
-                            f"{holdout_sessions} session(s), nothing to hold out")
+            raise DataError(f"by-session: no patient has more than {holdout_sessions} session(s), nothing to hold out")
         report["holdout_sessions"] = sorted({r.session for r in test}, key=session_sort_key)
     if split is not None:
         written["train"] = str(save_collection(out / "train.json", train))
@@ -180,8 +198,10 @@ def print_report(report: dict, file=None) -> None:
     file = file or sys.stdout
     for bad in report["invalid"]:
         print(f"skipped {bad['task']}: {bad['error']}", file=file)
-    print(f"{report['valid']} of {report['selected']} selected recordings valid, "
-          f"{len(report['invalid'])} skipped", file=file)
+    print(
+        f"{report['valid']} of {report['selected']} selected recordings valid, {len(report['invalid'])} skipped",
+        file=file,
+    )
     if report["split"] == "cross-patient":
         print(f"cross-patient: held out patient {report['holdout']}", file=file)
     elif report["split"] == "by-session":

@@ -37,9 +37,9 @@ from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
 from metaemg.modelfile import OnnxModel
 from metalearn.calibration import config as configuration
+from metalearn.calibration import plausible
 from metalearn.calibration.clip import ClipWindows, prepare_clip
 from metalearn.calibration.daemonlink import DaemonLink
-from metalearn.calibration import plausible
 from metalearn.calibration.gate import GateDecision, decide
 from metalearn.calibration.metrics import change_delays, delay_summary, fmt_recall, steady_windows, summary
 from metalearn.calibration.store import Store, resolve_state_dir
@@ -60,9 +60,20 @@ def say(text: str = "") -> None:
 
 
 # ------------------------------------------------------------------------------------ the work
-def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: Path, config, store: Store,
-              when: datetime, out: Path | None = None, force: bool = False, link: DaemonLink | None = None,
-              source: str = "recording") -> dict:
+def calibrate(
+    rec: Recording,
+    clip_path: Path,
+    clip_digest: str,
+    *,
+    base_model: Path,
+    config,
+    store: Store,
+    when: datetime,
+    out: Path | None = None,
+    force: bool = False,
+    link: DaemonLink | None = None,
+    source: str = "recording",
+) -> dict:
     """Steps 2-5 of the module docstring for a clip already stored; returns the result document."""
     t_total = time.perf_counter()
     base = OnnxModel(base_model)
@@ -71,12 +82,16 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
     steady = steady_windows(rec.labels, clip.ends, spec.window)
     say(f"clip: {clip_path} ({rec.duration:.1f} s, {rec.n_samples} samples at {rec.sample_rate:.0f} Hz)")
     starts = ", ".join(f"{t:.1f}" for t in clip.cycle_times())
-    say(f"{clip.n_cycles} cycles (from {starts} s): each is scored by a model adapted on the others "
-        f"(cross-validation); the model installed is adapted on all {len(clip.labels)} windows")
+    say(
+        f"{clip.n_cycles} cycles (from {starts} s): each is scored by a model adapted on the others "
+        f"(cross-validation); the model installed is adapted on all {len(clip.labels)} windows"
+    )
     activity = clip.activity()
     if min(activity["open"], activity["close"]) < 1.2:
-        say(f"note: little muscle activity during open/close compared with relax ({activity}); "
-            "the patient may not have followed the cues")
+        say(
+            f"note: little muscle activity during open/close compared with relax ({activity}); "
+            "the patient may not have followed the cues"
+        )
     if base.info.calibration is not None:
         say("note: the base model is itself a calibrated model; calibrating from the meta-model is usual")
 
@@ -94,16 +109,31 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
     after = summary(clip.labels, dec_cv, steady)
     adapted = adapter.adapt(clip.windows, clip.labels, clip.conditioned)
     inner = base.info.inner
-    how = (f"closed-form {inner['head']} head, shrinkage {inner.get('shrinkage', 0):g}"
-           + (f", then {inner['optimizer']} x {inner['steps']} at lr {inner['lr']:g}" if inner["steps"] else "")
-           if inner.get("head") else f"{inner['optimizer']}, {inner['steps']} steps, lr {inner['lr']:g}")
+    how = (
+        f"closed-form {inner['head']} head, shrinkage {inner.get('shrinkage', 0):g}"
+        + (f", then {inner['optimizer']} x {inner['steps']} at lr {inner['lr']:g}" if inner["steps"] else "")
+        if inner.get("head")
+        else f"{inner['optimizer']}, {inner['steps']} steps, lr {inner['lr']:g}"
+    )
     say(f"adapted in {adapted.adapt_seconds:.3f} s ({how}, on this PC's CPU)")
     dec_torch = adapted.predict(clip.windows).argmax(axis=1)
     witnesses = _witnesses(base, adapter, store, clip)
     implausible = plausible.reasons(witnesses, config.gate.swap_margin)
     decision = decide(before, after, config.gate, force=force, implausible=implausible)
-    calibration = _provenance(clip, clip_path, clip_digest, base, base_model, before, after, adapted.adapt_seconds,
-                              decision, config, when, source)
+    calibration = _provenance(
+        clip,
+        clip_path,
+        clip_digest,
+        base,
+        base_model,
+        before,
+        after,
+        adapted.adapt_seconds,
+        decision,
+        config,
+        when,
+        source,
+    )
 
     out_dir = out.parent if out is not None else store.models
     candidate = out_dir / f".candidate-{os.getpid()}-{clip_digest[:8]}.onnx"
@@ -113,8 +143,10 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
         new = OnnxModel(candidate)
         dec_new = new.predict(clip.windows).argmax(axis=1)
         if not np.array_equal(dec_new, dec_torch):
-            raise ModelError(f"{candidate}: onnxruntime and torch decide differently on "
-                             f"{int((dec_new != dec_torch).sum())} window(s) of the clip; nothing installed")
+            raise ModelError(
+                f"{candidate}: onnxruntime and torch decide differently on "
+                f"{int((dec_new != dec_torch).sum())} window(s) of the clip; nothing installed"
+            )
         model_id = new.info.model_id
         say(f"adapted model {model_id}: held-out accuracy {after['accuracy']:.2f} ({fmt_recall(after['recall'])})")
         say(f"gate: {decision.line()}")
@@ -125,12 +157,22 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
                 model_path = out
                 say(f"wrote {out} (not installed: --out)")
             else:
-                installed = store.install(candidate, when, base_model, {
-                    "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
-                    "clip": clip_path.name, "forced": decision.forced})
+                installed = store.install(
+                    candidate,
+                    when,
+                    base_model,
+                    {
+                        "accuracy_before": before["accuracy"],
+                        "accuracy_after": after["accuracy"],
+                        "clip": clip_path.name,
+                        "forced": decision.forced,
+                    },
+                )
                 model_path, current = installed.versioned, installed.current
-                say(f"installed: {current} ({installed.versioned.name}); the previous model "
-                    f"{installed.previous_model_id} is kept for --rollback")
+                say(
+                    f"installed: {current} ({installed.versioned.name}); the previous model "
+                    f"{installed.previous_model_id} is kept for --rollback"
+                )
         else:
             say("nothing installed: the current model stays (use --force to install this one anyway)")
     finally:
@@ -145,16 +187,28 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
         say("daemon not told (daemon.notify is false): it loads the new model when its file watcher sees the change")
 
     result = {
-        "ok": decision.install, "installed": installed is not None, "model": None if model_path is None else str(model_path),
-        "model_id": model_id if decision.install else None, "current": None if current is None else str(current),
-        "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+        "ok": decision.install,
+        "installed": installed is not None,
+        "model": None if model_path is None else str(model_path),
+        "model_id": model_id if decision.install else None,
+        "current": None if current is None else str(current),
+        "accuracy_before": before["accuracy"],
+        "accuracy_after": after["accuracy"],
         "adapt_seconds": round(adapted.adapt_seconds, 6),
-        "recall_before": before["recall"], "recall_after": after["recall"],
-        "gate": {**decision.to_dict(), "line": decision.line(), "min_accuracy": config.gate.min_accuracy,
-                 "min_recall": config.gate.min_recall, "swap_margin": config.gate.swap_margin,
-                 "witnesses": [w.to_dict() for w in witnesses]},
-        "base_model": str(base_model), "base_model_id": base.info.model_id,
-        "clip": str(clip_path), "clip_sha256": clip_digest,
+        "recall_before": before["recall"],
+        "recall_after": after["recall"],
+        "gate": {
+            **decision.to_dict(),
+            "line": decision.line(),
+            "min_accuracy": config.gate.min_accuracy,
+            "min_recall": config.gate.min_recall,
+            "swap_margin": config.gate.swap_margin,
+            "witnesses": [w.to_dict() for w in witnesses],
+        },
+        "base_model": str(base_model),
+        "base_model_id": base.info.model_id,
+        "clip": str(clip_path),
+        "clip_sha256": clip_digest,
         "daemon": None if daemon is None else daemon.to_dict(),
     }
     stem = store.report_stem(when, clip_digest)
@@ -168,23 +222,31 @@ def calibrate(rec: Recording, clip_path: Path, clip_digest: str, *, base_model: 
         else:
             result["png"] = str(png)
     result["total_seconds"] = round(time.perf_counter() - t_total, 3)
-    report = {**result, "time": when.isoformat(timespec="seconds"), "calibration": calibration,
-              "held_out": {"before": before, "after": after},
-              "delays": {"before": _delays(clip, dec_base), "after": _delays(clip, dec_cv)},
-              "activity": activity, "saturated_fraction": clip.saturated_fraction,
-              "config": config.to_dict()}
+    report = {
+        **result,
+        "time": when.isoformat(timespec="seconds"),
+        "calibration": calibration,
+        "held_out": {"before": before, "after": after},
+        "delays": {"before": _delays(clip, dec_base), "after": _delays(clip, dec_cv)},
+        "activity": activity,
+        "saturated_fraction": clip.saturated_fraction,
+        "config": config.to_dict(),
+    }
     from metalearn.calibration.report import write_json
 
     write_json(Path(result["report"]), report)
     say(f"report: {result['report']}" + (f" and {result['png']}" if result["png"] else ""))
     change = f"held-out accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}"
     if installed is not None:
-        say(f"RESULT: the adapted model is installed ({change}){' although the gate refused it' if decision.forced else ''}.")
+        forced = " although the gate refused it" if decision.forced else ""
+        say(f"RESULT: the adapted model is installed ({change}){forced}.")
     elif model_path is not None:
         say(f"RESULT: the adapted model is written to {model_path} ({change}); nothing was installed.")
     else:
-        say(f"RESULT: REFUSED ({change}); the current model stays. Check the armband's position and contact, "
-            "then calibrate again.")
+        say(
+            f"RESULT: REFUSED ({change}); the current model stays. Check the armband's position and contact, "
+            "then calibrate again."
+        )
     return result
 
 
@@ -198,19 +260,32 @@ def _witnesses(base: OnnxModel, adapter, store: Store, clip: ClipWindows) -> lis
             previous = OnnxModel(store.current)
         except ModelError:
             previous = None  # rollback and install say more about an unusable current model
-        if (previous is not None and previous.info.calibration is not None
-                and previous.info.signal == info.signal):
+        if previous is not None and previous.info.calibration is not None and previous.info.signal == info.signal:
             out.append(plausible.previous_model(previous, clip.windows, clip.labels))
     if info.population is not None and hasattr(adapter.model, "whiten"):
         out.append(plausible.population(adapter.model, dict(info.population), clip.windows, clip.labels))
     for w in out:
-        say(f"plausibility: {w.name} decides {w.as_labelled:.0%} of the clip's open and close windows as labelled, "
-            f"{w.swapped:.0%} swapped")
+        say(
+            f"plausibility: {w.name} decides {w.as_labelled:.0%} of the clip's open and close windows as labelled, "
+            f"{w.swapped:.0%} swapped"
+        )
     return out
 
 
-def _provenance(clip: ClipWindows, clip_path: Path, digest: str, base: OnnxModel, base_model: Path, before: dict,
-                after: dict, adapt_seconds: float, decision: GateDecision, config, when: datetime, source: str) -> dict:
+def _provenance(
+    clip: ClipWindows,
+    clip_path: Path,
+    digest: str,
+    base: OnnxModel,
+    base_model: Path,
+    before: dict,
+    after: dict,
+    adapt_seconds: float,
+    decision: GateDecision,
+    config,
+    when: datetime,
+    source: str,
+) -> dict:
     """The ``calibration`` metadata of the adapted model."""
     rec = clip.recording
     return {
@@ -246,10 +321,17 @@ def _delays(clip: ClipWindows, decisions: np.ndarray) -> dict:
 def _png(path: Path, clip: ClipWindows, dec_base, dec_cv, before, after, base_id: str, decision: GateDecision):
     from metalearn.calibration.report import write_png
 
-    title = (f"calibration: base {base_id} {before['accuracy']:.2f} -> adapted {after['accuracy']:.2f} "
-             f"(cross-validated over the cycles); gate {decision.line()}")
-    return write_png(path, clip, {"base model": dec_base, "adapted (cross-validated)": dec_cv},
-                     {"base model": before, "adapted (cross-validated)": after}, title[:160])
+    title = (
+        f"calibration: base {base_id} {before['accuracy']:.2f} -> adapted {after['accuracy']:.2f} "
+        f"(cross-validated over the cycles); gate {decision.line()}"
+    )
+    return write_png(
+        path,
+        clip,
+        {"base model": dec_base, "adapted (cross-validated)": dec_cv},
+        {"base model": before, "adapted (cross-validated)": after},
+        title[:160],
+    )
 
 
 # ------------------------------------------------------------------------------ command line
@@ -257,30 +339,54 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="metaemg-calibrate",
         description="Calibrate the intent model at the start of a session: record a short cue-guided clip "
-                    "(or read one), adapt the base meta-model, check it on the clip's last cycle, install it "
-                    "and tell the running daemon.")
+        "(or read one), adapt the base meta-model, check it on the clip's last cycle, install it "
+        "and tell the running daemon.",
+    )
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--from-recording", metavar="CLIP.csv", type=Path,
-                      help="calibrate from a labelled recording (time_elapsed, emg0..7, gt) instead of live")
-    what.add_argument("--rollback", action="store_true",
-                      help="make the previous model current again (run it twice to undo) and tell the daemon")
+    what.add_argument(
+        "--from-recording",
+        metavar="CLIP.csv",
+        type=Path,
+        help="calibrate from a labelled recording (time_elapsed, emg0..7, gt) instead of live",
+    )
+    what.add_argument(
+        "--rollback",
+        action="store_true",
+        help="make the previous model current again (run it twice to undo) and tell the daemon",
+    )
     what.add_argument("--print-config", action="store_true", help="print the effective configuration (YAML) and exit")
-    p.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration file (docs/calibration.md lists every key)")
-    p.add_argument("--base-model", type=Path, metavar="FILE", help="base meta-model (default: base_model, else the packaged one)")
-    p.add_argument("--state-dir", type=Path, metavar="DIR", help="state directory (default: $STATE_DIRECTORY, state_dir, "
-                                                  "$XDG_STATE_HOME/myhand or ~/.local/state/myhand)")
-    p.add_argument("--out", type=Path, metavar="FILE", help="write the adapted model to this file instead of installing it")
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="YAML configuration file (docs/calibration.md lists every key)"
+    )
+    p.add_argument(
+        "--base-model", type=Path, metavar="FILE", help="base meta-model (default: base_model, else the packaged one)"
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="state directory (default: $STATE_DIRECTORY, state_dir, $XDG_STATE_HOME/myhand or ~/.local/state/myhand)",
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the adapted model to this file instead of installing it"
+    )
     p.add_argument("--force", action="store_true", help="install the adapted model even if the gate refuses it")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document on the last line")
     live = p.add_argument_group("live recording")
     live.add_argument("--lsl-stream", metavar="NAME", help="LSL stream name of the armband (lsl.name)")
     live.add_argument("--cycles", type=int, metavar="N", help="relax-open-relax-close cycles (protocol.cycles)")
     live.add_argument("--cue-s", type=float, metavar="S", help="seconds of each cue (protocol.relax_s/open_s/close_s)")
-    live.add_argument("--countdown-s", type=int, metavar="N", help="countdown before the first cue (protocol.countdown_s)")
+    live.add_argument(
+        "--countdown-s", type=int, metavar="N", help="countdown before the first cue (protocol.countdown_s)"
+    )
     live.add_argument("--reaction-s", type=float, metavar="S", help="label shift after each cue (protocol.reaction_s)")
-    live.add_argument("--cue-endpoint", metavar="ENDPOINT", help="ZeroMQ PUB endpoint for the cues, or 'none' (cues.endpoint)")
+    live.add_argument(
+        "--cue-endpoint", metavar="ENDPOINT", help="ZeroMQ PUB endpoint for the cues, or 'none' (cues.endpoint)"
+    )
     gate = p.add_argument_group("gate and daemon")
-    gate.add_argument("--min-accuracy", type=float, metavar="X", help="accuracy floor on the held-out cycle (gate.min_accuracy)")
+    gate.add_argument(
+        "--min-accuracy", type=float, metavar="X", help="accuracy floor on the held-out cycle (gate.min_accuracy)"
+    )
     gate.add_argument("--min-recall", type=float, metavar="X", help="recall floor for every intent (gate.min_recall)")
     gate.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket, ipc://PATH (daemon.control)")
     gate.add_argument("--no-reload", action="store_true", help="do not tell the daemon (daemon.notify: false)")
@@ -290,8 +396,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace):
     cfg = configuration.load(args.config)
-    proto = {k: v for k, v in (("cycles", args.cycles), ("countdown_s", args.countdown_s),
-                               ("reaction_s", args.reaction_s)) if v is not None}
+    proto = {
+        k: v
+        for k, v in (("cycles", args.cycles), ("countdown_s", args.countdown_s), ("reaction_s", args.reaction_s))
+        if v is not None
+    }
     if args.cue_s is not None:
         proto.update(relax_s=args.cue_s, open_s=args.cue_s, close_s=args.cue_s)
     if proto:
@@ -319,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except MetaEMGError as exc:
         if args.json:
-            print(json.dumps({"ok": False, "error": str(exc), **{k: None for k in JSON_KEYS}}), flush=True)
+            print(json.dumps({"ok": False, "error": str(exc), **dict.fromkeys(JSON_KEYS)}), flush=True)
         raise
 
 
@@ -333,9 +442,15 @@ def _run(args: argparse.Namespace) -> int:
         if args.out or args.force or args.base_model:
             raise ConfigError("--rollback takes no --out, --force or --base-model")
         return _rollback(store, config, args.json)
-    base_model = args.base_model or (Path(config.base_model).expanduser() if config.base_model else default_base_model())
+    base_model = args.base_model or (
+        Path(config.base_model).expanduser() if config.base_model else default_base_model()
+    )
     if not base_model.is_file():
-        what = "the packaged default model is not installed" if base_model == default_base_model() else "base model not found"
+        what = (
+            "the packaged default model is not installed"
+            if base_model == default_base_model()
+            else "base model not found"
+        )
         raise ModelError(f"{base_model}: {what}; give the meta-model with --base-model FILE")
     base_model = base_model.absolute()
     out = None if args.out is None else args.out.absolute()
@@ -351,8 +466,19 @@ def _run(args: argparse.Namespace) -> int:
             base_info = OnnxModel(base_model).info
             rec = read_recording(args.from_recording, channels=base_info.channels)
             clip_path, digest = store.save_clip_bytes(args.from_recording.read_bytes(), when)
-            result = calibrate(rec, clip_path, digest, base_model=base_model, config=config, store=store, when=when,
-                               out=out, force=args.force, link=link, source="recording")
+            result = calibrate(
+                rec,
+                clip_path,
+                digest,
+                base_model=base_model,
+                config=config,
+                store=store,
+                when=when,
+                out=out,
+                force=args.force,
+                link=link,
+                source="recording",
+            )
         else:
             hold = link.hold() if config.daemon.pause_while_recording else None
             if hold is not None:
@@ -360,8 +486,19 @@ def _run(args: argparse.Namespace) -> int:
             result = None
             try:
                 rec, clip_path, digest = _record_live(config, base_model, store, link, when)
-                result = calibrate(rec, clip_path, digest, base_model=base_model, config=config, store=store,
-                                   when=when, out=out, force=args.force, link=link, source="live")
+                result = calibrate(
+                    rec,
+                    clip_path,
+                    digest,
+                    base_model=base_model,
+                    config=config,
+                    store=store,
+                    when=when,
+                    out=out,
+                    force=args.force,
+                    link=link,
+                    source="live",
+                )
             finally:
                 note = None if hold is None else end_hold(link, hold, installed=bool(result and result["installed"]))
                 if note:
@@ -378,15 +515,20 @@ def end_hold(link: DaemonLink, hold, *, installed: bool) -> str | None:
         return None
     if installed:
         return link.release(hold)
-    return ("the controller stays paused: no new model was installed. To go on with the model it had, "
-            "run: myhand-controller ctl resume")
+    return (
+        "the controller stays paused: no new model was installed. To go on with the model it had, "
+        "run: myhand-controller ctl resume"
+    )
 
 
 @contextlib.contextmanager
 def _link(config, *, live: bool):
-    link = DaemonLink(cue_endpoint=config.cues.endpoint if live else None,
-                      control_endpoint=config.daemon.control or _default_control(config),
-                      timeout_s=config.daemon.timeout_s, forward_cues=live and config.cues.via_daemon)
+    link = DaemonLink(
+        cue_endpoint=config.cues.endpoint if live else None,
+        control_endpoint=config.daemon.control or _default_control(config),
+        timeout_s=config.daemon.timeout_s,
+        forward_cues=live and config.cues.via_daemon,
+    )
     try:
         yield link
     finally:
@@ -445,9 +587,19 @@ def _rollback(store: Store, config, as_json: bool) -> int:
             daemon = link.request_reload(store.current)
         say(daemon.note)
     if as_json:
-        print(json.dumps({"ok": True, "action": "rollback", "model": str(store.current), "model_id": now_id,
-                          "replaced_model_id": was_id, "daemon": None if daemon is None else daemon.to_dict()}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "action": "rollback",
+                    "model": str(store.current),
+                    "model_id": now_id,
+                    "replaced_model_id": was_id,
+                    "daemon": None if daemon is None else daemon.to_dict(),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -22,14 +22,16 @@ def import_main(argv: list[str] | None = None) -> int:
     myo = sub.add_parser("myoarmband", help="the Myo armband dataset (Côté-Allard et al. 2019)")
     myo.add_argument("src", type=Path, help="dataset directory (holds PreTrainingDataset/, EvaluationDataset/)")
     myo.add_argument("out", type=Path, help="output data root")
-    myo.add_argument("--no-other-gestures", action="store_true",
-                     help="do not export the four non-intent gestures to OUT/other_gestures/")
+    myo.add_argument(
+        "--no-other-gestures",
+        action="store_true",
+        help="do not export the four non-intent gestures to OUT/other_gestures/",
+    )
     myo.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     from metalearn.myo import COLLECTIONS, import_myoarmband
 
-    colls = import_myoarmband(args.src, args.out, other_gestures=not args.no_other_gestures,
-                              progress=not args.quiet)
+    colls = import_myoarmband(args.src, args.out, other_gestures=not args.no_other_gestures, progress=not args.quiet)
     total = sum(len(c) for c in colls.values())
     print(f"imported {total} recordings into {args.out}")
     for name, refs in colls.items():
@@ -47,19 +49,32 @@ def synth_main(argv: list[str] | None = None) -> int:
     p.add_argument("--patients", type=int, default=20)
     p.add_argument("--conditions", type=int, default=6, help="recordings (conditions) per patient")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--style", choices=("myo", "myhand"), default="myo",
-                   help="myo: 200 Hz raw -128..127; myhand: ~100 Hz envelopes 0..1000 with repeated rows")
+    p.add_argument(
+        "--style",
+        choices=("myo", "myhand"),
+        default="myo",
+        help="myo: 200 Hz raw -128..127; myhand: ~100 Hz envelopes 0..1000 with repeated rows",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     from metalearn.synth import generate_dataset
     from metalearn.tasks import TaskRef, save_collection
 
-    coll = generate_dataset(args.out, patients=args.patients, conditions=args.conditions, seed=args.seed,
-                            style=args.style, progress=not args.quiet)
-    path = save_collection(args.out / "task_collections" / "synth_all.json",
-                           [TaskRef(t["session"], t["condition"]) for t in coll])
-    print(f"wrote {len(coll)} recordings ({args.patients} patients x {args.conditions} conditions, "
-          f"style {args.style}) into {args.out}; collection {path}")
+    coll = generate_dataset(
+        args.out,
+        patients=args.patients,
+        conditions=args.conditions,
+        seed=args.seed,
+        style=args.style,
+        progress=not args.quiet,
+    )
+    path = save_collection(
+        args.out / "task_collections" / "synth_all.json", [TaskRef(t["session"], t["condition"]) for t in coll]
+    )
+    print(
+        f"wrote {len(coll)} recordings ({args.patients} patients x {args.conditions} conditions, "
+        f"style {args.style}) into {args.out}; collection {path}"
+    )
     return 0
 
 
@@ -75,32 +90,60 @@ def tasks_main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="make collections (and train/test splits) from a data root, headless")
     b.add_argument("--root", type=Path, required=True, help="data root holding the session directories")
     b.add_argument("--out", type=Path, required=True, help="output directory: all.json (+ train.json, test.json)")
-    b.add_argument("--include", action="append", metavar="GLOB",
-                   help="keep only session/condition matching GLOB (repeatable)")
-    b.add_argument("--exclude", action="append", metavar="GLOB", help="drop session/condition matching GLOB (repeatable)")
-    b.add_argument("--split", choices=("cross-patient", "by-session"),
-                   help="cross-patient: hold out one patient; by-session: hold out each patient's later sessions")
+    b.add_argument(
+        "--include", action="append", metavar="GLOB", help="keep only session/condition matching GLOB (repeatable)"
+    )
+    b.add_argument(
+        "--exclude", action="append", metavar="GLOB", help="drop session/condition matching GLOB (repeatable)"
+    )
+    b.add_argument(
+        "--split",
+        choices=("cross-patient", "by-session"),
+        help="cross-patient: hold out one patient; by-session: hold out each patient's later sessions",
+    )
     b.add_argument("--holdout", metavar="PATIENT", help="cross-patient: the patient to hold out (default: the last)")
-    b.add_argument("--holdout-sessions", type=int, default=1, metavar="N",
-                   help="by-session: how many of each patient's latest sessions to hold out (default 1)")
-    b.add_argument("--patient-key", metavar="REGEX", default=None,
-                   help="regex on the session name; its first non-empty group is the patient "
-                        "(default: myo_<Subject>_..., else the last two characters)")
+    b.add_argument(
+        "--holdout-sessions",
+        type=int,
+        default=1,
+        metavar="N",
+        help="by-session: how many of each patient's latest sessions to hold out (default 1)",
+    )
+    b.add_argument(
+        "--patient-key",
+        metavar="REGEX",
+        default=None,
+        help="regex on the session name; its first non-empty group is the patient "
+        "(default: myo_<Subject>_..., else the last two characters)",
+    )
     b.add_argument("--channels", type=int, default=8)
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     g = sub.add_parser("gui", help="walk recordings in a window and approve them into a collection")
     g.add_argument("--root", type=Path, required=True, help="data root holding the session directories")
     g.add_argument("--out", type=Path, help="save here without asking (default: a dialog in data/task_collections/)")
-    g.add_argument("--open", type=Path, dest="open_collection", metavar="FILE.json",
-                   help="start from an existing collection to edit it")
+    g.add_argument(
+        "--open",
+        type=Path,
+        dest="open_collection",
+        metavar="FILE.json",
+        help="start from an existing collection to edit it",
+    )
     g.add_argument("--channels", type=int, default=8)
     args = p.parse_args(argv)
     if args.cmd == "build":
         from metalearn.builder import DEFAULT_PATIENT_KEY, build, print_report
 
-        report = build(args.root, args.out, include=args.include, exclude=args.exclude, split=args.split,
-                       holdout=args.holdout, holdout_sessions=args.holdout_sessions,
-                       patient_key=args.patient_key or DEFAULT_PATIENT_KEY, channels=args.channels)
+        report = build(
+            args.root,
+            args.out,
+            include=args.include,
+            exclude=args.exclude,
+            split=args.split,
+            holdout=args.holdout,
+            holdout_sessions=args.holdout_sessions,
+            patient_key=args.patient_key or DEFAULT_PATIENT_KEY,
+            channels=args.channels,
+        )
         if args.json:
             print(json.dumps(report, indent=2))
         else:
@@ -146,20 +189,32 @@ def validate_collection(collection: Path, root: Path, channels: int = 8) -> dict
             )
         tasks.append(entry)
     n_bad = sum(not t["valid"] for t in tasks)
-    return {"collection": str(collection), "root": str(root), "tasks": tasks, "n_tasks": len(tasks),
-            "n_invalid": n_bad, "valid": bool(tasks) and n_bad == 0}
+    return {
+        "collection": str(collection),
+        "root": str(root),
+        "tasks": tasks,
+        "n_tasks": len(tasks),
+        "n_invalid": n_bad,
+        "valid": bool(tasks) and n_bad == 0,
+    }
 
 
 def print_validation(report: dict, file=sys.stdout) -> None:
-    head = f"{'task':<44} {'samples':>8} {'rate Hz':>8} {'ch':>3} " + " ".join(
-        f"{n:>6}" for n in INTENTS) + f" {'split':>7}"
+    head = (
+        f"{'task':<44} {'samples':>8} {'rate Hz':>8} {'ch':>3} "
+        + " ".join(f"{n:>6}" for n in INTENTS)
+        + f" {'split':>7}"
+    )
     print(head, file=file)
     for t in report["tasks"]:
         name = f"{t['session']}/{t['condition']}"
         if t["valid"]:
             counts = " ".join(f"{t['label_counts'][n]:>6}" for n in INTENTS)
-            print(f"{name:<44} {t['samples']:>8} {t['sample_rate']:>8.1f} {t['channels']:>3} {counts} "
-                  f"{t['split_index']:>7}", file=file)
+            print(
+                f"{name:<44} {t['samples']:>8} {t['sample_rate']:>8.1f} {t['channels']:>3} {counts} "
+                f"{t['split_index']:>7}",
+                file=file,
+            )
         else:
             print(f"{name:<44} INVALID: {t['error']}", file=file)
     status = "all valid" if report["valid"] else f"{report['n_invalid']} invalid"

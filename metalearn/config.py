@@ -60,8 +60,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))
         object.__setattr__(self, "converge_steps", tuple(self.converge_steps or ()))
-        ints = ("meta_steps", "inner_steps", "n_val_tasks", "n_train_tasks", "fc_units", "batch_size",
-                "time_seq_len", "stride", "lr_cycle")
+        ints = (
+            "meta_steps",
+            "inner_steps",
+            "n_val_tasks",
+            "n_train_tasks",
+            "fc_units",
+            "batch_size",
+            "time_seq_len",
+            "stride",
+            "lr_cycle",
+        )
         for key in ints:
             v = getattr(self, key)
             low = 0 if key in ("n_val_tasks", "meta_steps", "inner_steps") else 1
@@ -72,7 +81,9 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"test.{key} must be a number > 0, got {v!r}")
         if not (isinstance(self.rorcr_size, (int, float)) and 0 < self.rorcr_size <= 1):
-            raise ConfigError(f"test.rorcr_size must be in (0, 1] (fraction of the support used), got {self.rorcr_size!r}")
+            raise ConfigError(
+                f"test.rorcr_size must be in (0, 1] (fraction of the support used), got {self.rorcr_size!r}"
+            )
         if not (isinstance(self.seed, int) or self.seed == "r"):
             raise ConfigError(f"test.seed must be an integer or 'r' (random), got {self.seed!r}")
         if self.device not in (None, "", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
@@ -84,7 +95,9 @@ class TrainConfig:
             raise ConfigError(f"test.model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
         object.__setattr__(self, "model", str(self.model).lower())
         if self.inner_optimizer not in OPTIMIZERS:
-            raise ConfigError(f"test.inner_optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.inner_optimizer!r}")
+            raise ConfigError(
+                f"test.inner_optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.inner_optimizer!r}"
+            )
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.converge_steps):
             raise ConfigError(f"test.converge_steps must be integers >= 1, got {list(self.converge_steps)!r}")
         b = self.inner_batch_size

@@ -38,15 +38,17 @@ def to_tensor(x: np.ndarray, device: torch.device, dtype=torch.float32) -> torch
 def score(model: nn.Module, params: dict, x: np.ndarray, y: np.ndarray, device: torch.device) -> dict:
     from torch.func import functional_call
 
-    logits = torch.cat([functional_call(model, params, (to_tensor(x[i:i + 4096], device),))
-                        for i in range(0, len(x), 4096)])
+    logits = torch.cat(
+        [functional_call(model, params, (to_tensor(x[i : i + 4096], device),)) for i in range(0, len(x), 4096)]
+    )
     target = to_tensor(y, device, torch.long)
-    return {"accuracy": float((logits.argmax(1) == target).float().mean()),
-            "loss": float(F.cross_entropy(logits, target))}
+    return {
+        "accuracy": float((logits.argmax(1) == target).float().mean()),
+        "loss": float(F.cross_entropy(logits, target)),
+    }
 
 
-def adapt_and_score(model: nn.Module, tw: TaskWindows, *, inner: dict, rorcr_size: float,
-                    device: torch.device) -> dict:
+def adapt_and_score(model: nn.Module, tw: TaskWindows, *, inner: dict, rorcr_size: float, device: torch.device) -> dict:
     """Adapt a copy of ``model`` to the task's support as ``inner`` says (:func:`metalearn.maml.adapt_model`),
     score it on the query."""
     xs, ys = support_part(tw, rorcr_size)
@@ -54,8 +56,9 @@ def adapt_and_score(model: nn.Module, tw: TaskWindows, *, inner: dict, rorcr_siz
     return score(fitted, model_params(fitted), tw.x_query, tw.y_query, device)
 
 
-def pretrain_pooled(model: nn.Module, tasks: list[TaskWindows], *, steps: int, batch: int, lr: float,
-                    seed: int, device: torch.device) -> nn.Module:
+def pretrain_pooled(
+    model: nn.Module, tasks: list[TaskWindows], *, steps: int, batch: int, lr: float, seed: int, device: torch.device
+) -> nn.Module:
     """B2's pre-training: plain supervised training on all training tasks' windows pooled."""
     x = np.concatenate([np.concatenate([t.x_support, t.x_query]) for t in tasks])
     y = np.concatenate([np.concatenate([t.y_support, t.y_query]) for t in tasks])
@@ -71,8 +74,15 @@ def pretrain_pooled(model: nn.Module, tasks: list[TaskWindows], *, steps: int, b
     return model.eval()
 
 
-def compare(models: dict[str, nn.Module], tests: list[TaskWindows], *, steps_list: list[int], inner: dict,
-            rorcr_size: float, device: torch.device) -> dict:
+def compare(
+    models: dict[str, nn.Module],
+    tests: list[TaskWindows],
+    *,
+    steps_list: list[int],
+    inner: dict,
+    rorcr_size: float,
+    device: torch.device,
+) -> dict:
     """Per method, per inner-step count, per task: accuracy and loss after adaptation (``inner``
     with its ``steps`` replaced by each count)."""
     logs: dict = {}
@@ -80,8 +90,9 @@ def compare(models: dict[str, nn.Module], tests: list[TaskWindows], *, steps_lis
         logs[name] = {}
         for steps in steps_list:
             logs[name][str(steps)] = {
-                str(tw.ref): adapt_and_score(model, tw, inner={**inner, "steps": steps}, rorcr_size=rorcr_size,
-                                             device=device)
+                str(tw.ref): adapt_and_score(
+                    model, tw, inner={**inner, "steps": steps}, rorcr_size=rorcr_size, device=device
+                )
                 for tw in tests
             }
     return logs
@@ -114,8 +125,10 @@ def write_reports(res_dir: Path, logs: dict, *, inner_steps: int, convergence: d
     out = {"table": {r[0]: r[-1] for r in rows}}
     if convergence:
         steps = sorted(int(s) for s in next(iter(convergence.values())))
-        conv_rows = [[m, *[round(float(np.mean([v["accuracy"] for v in convergence[m][str(s)].values()])), 4)
-                           for s in steps]] for m in convergence]
+        conv_rows = [
+            [m, *[round(float(np.mean([v["accuracy"] for v in convergence[m][str(s)].values()])), 4) for s in steps]]
+            for m in convergence
+        ]
         write_text(res_dir / "convergence.csv", _csv(["method", *[f"{s}_steps" for s in steps]], conv_rows))
         write_text(res_dir / "convergence_logs.json", json.dumps(convergence, indent=1))
         _convplot(res_dir / "convergence.png", steps, conv_rows)

@@ -83,19 +83,26 @@ def decide_recording(model: OnnxModel, rec: Recording, policy=None) -> tuple[np.
     return ends, decide(probs, rec, ends, policy)
 
 
-def evaluate_recording(model: OnnxModel, rec: Recording, policy=None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+def evaluate_recording(
+    model: OnnxModel, rec: Recording, policy=None
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """``(figures, window labels, decisions, steady mask)`` for one recording."""
     ends, decisions = decide_recording(model, rec, policy)
     labels = rec.labels[ends]
     steady = steady_windows(rec.labels, ends, model.info.window)
     delays = change_delays(rec.time, rec.labels, ends, decisions)
-    figures = {"path": None if rec.path is None else str(rec.path), **summary(labels, decisions, steady),
-               "delay": delay_summary(delays), "changes": delays}
+    figures = {
+        "path": None if rec.path is None else str(rec.path),
+        **summary(labels, decisions, steady),
+        "delay": delay_summary(delays),
+        "changes": delays,
+    }
     return figures, labels, decisions, steady
 
 
-def evaluate(model_path: str | Path, paths: list[str | Path], *, non_intent: list[str | Path] = (),
-             policy=None) -> dict:
+def evaluate(
+    model_path: str | Path, paths: list[str | Path], *, non_intent: list[str | Path] = (), policy=None
+) -> dict:
     """The ``--json`` document for ``model_path`` over the recordings in ``paths`` (and the
     ``non_intent`` ones); ``policy`` a controller ``PolicyConfig`` for the daemon's decisions."""
     model = OnnxModel(model_path)
@@ -106,21 +113,35 @@ def evaluate(model_path: str | Path, paths: list[str | Path], *, non_intent: lis
     results = [s[0] for s in scored]
     overall = summary(*(np.concatenate([s[k] for s in scored]) for k in (1, 2, 3)))
     all_changes = [c for r in results for c in r["changes"]]
-    doc = {"model": str(model_path), "model_id": model.info.model_id, "calibration": _calibration(model),
-           "decisions": "daemon" if policy is not None else "argmax",
-           "policy": None if policy is None else _policy_dict(policy),
-           **overall, "delay": delay_summary(all_changes), "recordings": results,
-           "non_intent": None}
+    doc = {
+        "model": str(model_path),
+        "model_id": model.info.model_id,
+        "calibration": _calibration(model),
+        "decisions": "daemon" if policy is not None else "argmax",
+        "policy": None if policy is None else _policy_dict(policy),
+        **overall,
+        "delay": delay_summary(all_changes),
+        "recordings": results,
+        "non_intent": None,
+    }
     if others:
         rows = []
         for rec in others:
             ends, decisions = decide_recording(model, rec, policy)
-            rows.append({"path": str(rec.path), "windows": len(ends),
-                         "false_activation": float((decisions != 0).mean()),
-                         "decided": {name: int((decisions == i).sum()) for i, name in enumerate(INTENTS)}})
+            rows.append(
+                {
+                    "path": str(rec.path),
+                    "windows": len(ends),
+                    "false_activation": float((decisions != 0).mean()),
+                    "decided": {name: int((decisions == i).sum()) for i, name in enumerate(INTENTS)},
+                }
+            )
         n = sum(r["windows"] for r in rows)
-        doc["non_intent"] = {"windows": n, "false_activation": sum(r["false_activation"] * r["windows"] for r in rows) / n,
-                             "recordings": rows}
+        doc["non_intent"] = {
+            "windows": n,
+            "false_activation": sum(r["false_activation"] * r["windows"] for r in rows) / n,
+            "recordings": rows,
+        }
     return doc
 
 
@@ -159,20 +180,26 @@ def display_names(paths: list[str]) -> list[str]:
 
 
 def print_table(doc: dict) -> None:
-    how = "as the daemon decides (policy replayed)" if doc["decisions"] == "daemon" else "most probable intent per window"
+    how = (
+        "as the daemon decides (policy replayed)" if doc["decisions"] == "daemon" else "most probable intent per window"
+    )
     print(f"model {doc['model']} ({doc['model_id']}); decisions: {how}")
     recs = doc["recordings"]
     names = display_names([r["path"] for r in recs])
     width = max(12, *(len(n) for n in names))
-    print(f"{'recording':<{width}} {'windows':>7} {'accuracy':>8} {'steady':>6} {'wrong':>6} {'false':>6}  "
-          f"{'recall relax/open/close':<24} {'delay median/max ms':>19} {'missed':>6}")
+    print(
+        f"{'recording':<{width}} {'windows':>7} {'accuracy':>8} {'steady':>6} {'wrong':>6} {'false':>6}  "
+        f"{'recall relax/open/close':<24} {'delay median/max ms':>19} {'missed':>6}"
+    )
     print(f"{'':<{width}} {'':>7} {'':>8} {'':>6} {'dir.':>6} {'activ.':>6}")
     for name, r in [*zip(names, recs, strict=True), ("all", doc)]:
         rec = " / ".join("-" if r["recall"][k] is None else f"{r['recall'][k]:.2f}" for k in INTENTS)
         d = r["delay"]
-        print(f"{name:<{width}} {r['windows']:>7} {_f(r['accuracy'], 8)} {_f(r['steady_accuracy'])} "
-              f"{_f(r['wrong_direction'])} {_f(r['false_activation'])}  {rec:<24} "
-              f"{_ms(d['median_ms']) + ' / ' + _ms(d['max_ms']):>19} {d['missed']:>3}/{d['changes']:<2}")
+        print(
+            f"{name:<{width}} {r['windows']:>7} {_f(r['accuracy'], 8)} {_f(r['steady_accuracy'])} "
+            f"{_f(r['wrong_direction'])} {_f(r['false_activation'])}  {rec:<24} "
+            f"{_ms(d['median_ms']) + ' / ' + _ms(d['max_ms']):>19} {d['missed']:>3}/{d['changes']:<2}"
+        )
     print("confusion over all recordings (rows: label, columns: decision; " + ", ".join(INTENTS) + "):")
     for name, row in zip(INTENTS, doc["confusion"], strict=True):
         print(f"  {name:<6} " + " ".join(f"{v:>7}" for v in row))
@@ -182,12 +209,16 @@ def print_table(doc: dict) -> None:
         names = display_names([r["path"] for r in other["recordings"]])
         print("movements that are no intent (every window should decide relax):")
         for name, r in zip(names, other["recordings"], strict=True):
-            print(f"  {name}: {r['windows']} windows, false activation {r['false_activation']:.3f} "
-                  f"(open {r['decided']['open']}, close {r['decided']['close']})")
+            print(
+                f"  {name}: {r['windows']} windows, false activation {r['false_activation']:.3f} "
+                f"(open {r['decided']['open']}, close {r['decided']['close']})"
+            )
         print(f"  all: false activation {other['false_activation']:.3f} of {other['windows']} windows")
     if doc["calibration"] is None and doc["accuracy"] is not None and doc["accuracy"] < 0.5:
-        print("note: this model has not been calibrated; a meta-model is meant to be adapted to the wearer first "
-              "(metaemg-calibrate), and scores near chance before that")
+        print(
+            "note: this model has not been calibrated; a meta-model is meant to be adapted to the wearer first "
+            "(metaemg-calibrate), and scores near chance before that"
+        )
 
 
 @entry_point
@@ -195,20 +226,39 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="metaemg-eval",
         description="Score a model file on labelled recordings through exactly the daemon's signal chain and "
-                    "windowing: accuracy (every window and steady windows), wrong-direction and false-activation "
-                    "rates, per-intent recall, confusion matrix, delay to the first correct decision.")
+        "windowing: accuracy (every window and steady windows), wrong-direction and false-activation "
+        "rates, per-intent recall, confusion matrix, delay to the first correct decision.",
+    )
     p.add_argument("--model", required=True, type=Path, help="the ONNX model file (e.g. models/current.onnx)")
-    p.add_argument("recordings", nargs="+", type=Path, metavar="REC.csv",
-                   help="recordings in the research format (time_elapsed, emg0..7, gt)")
-    p.add_argument("--non-intent", nargs="+", type=Path, default=[], metavar="OTHER.csv",
-                   help="recordings of movements that are none of the intents (time_elapsed, emg0..7; e.g. "
-                        "DATA/other_gestures/*.csv): every window should decide relax")
-    p.add_argument("--as-daemon", action="store_true",
-                   help="score the decisions the controller would command (its policy replayed) instead of "
-                        "each window's most probable intent")
-    p.add_argument("--config", type=Path, metavar="FILE",
-                   help="with --as-daemon: the controller configuration whose policy section to use "
-                        "(default: the policy defaults)")
+    p.add_argument(
+        "recordings",
+        nargs="+",
+        type=Path,
+        metavar="REC.csv",
+        help="recordings in the research format (time_elapsed, emg0..7, gt)",
+    )
+    p.add_argument(
+        "--non-intent",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="OTHER.csv",
+        help="recordings of movements that are none of the intents (time_elapsed, emg0..7; e.g. "
+        "DATA/other_gestures/*.csv): every window should decide relax",
+    )
+    p.add_argument(
+        "--as-daemon",
+        action="store_true",
+        help="score the decisions the controller would command (its policy replayed) instead of "
+        "each window's most probable intent",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="with --as-daemon: the controller configuration whose policy section to use "
+        "(default: the policy defaults)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document on the last line")
     args = p.parse_args(argv)
     policy = None

@@ -117,9 +117,11 @@ def _metadata_from_checkpoint(ckpt: dict, where: Path) -> dict[str, Any]:
         "stride": spec.stride,
         "signal": spec.to_dict(),
         "class_names": list(ckpt["class_names"]),
-        "inner": {**{k: inner[k] for k in ("optimizer", "steps", "lr", "first_order")},
-                  "batch_size": inner.get("batch_size"),
-                  **{k: inner[k] for k in ("head", "shrinkage") if inner.get(k) is not None}},
+        "inner": {
+            **{k: inner[k] for k in ("optimizer", "steps", "lr", "first_order")},
+            "batch_size": inner.get("batch_size"),
+            **{k: inner[k] for k in ("head", "shrinkage") if inner.get(k) is not None},
+        },
         "scaler": {
             "kind": scaler["kind"],
             "offset": np.asarray(scaler["offset"], dtype=np.float64).ravel().tolist(),
@@ -156,8 +158,14 @@ def _export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, tolera
     return _write_verified(model, metadata, out, windows, tolerance, label=str(path))
 
 
-def export_model(model, metadata: dict[str, Any], out: str | os.PathLike, *, verify_windows: np.ndarray,
-                 tolerance: float = DEFAULT_TOLERANCE) -> Path:
+def export_model(
+    model,
+    metadata: dict[str, Any],
+    out: str | os.PathLike,
+    *,
+    verify_windows: np.ndarray,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Path:
     """Export a torch model with a ``"metaemg"`` metadata document (e.g. ``ModelInfo.to_dict()``
     of the file it came from, with ``calibration`` filled in), verified on ``verify_windows``
     (conditioned, unscaled). ``model``, ``package_version``, ``created`` and ``model_id`` are
@@ -166,20 +174,28 @@ def export_model(model, metadata: dict[str, Any], out: str | os.PathLike, *, ver
     return _write_verified(model, dict(metadata), out, verify_windows, tolerance, label="export").path
 
 
-def _write_verified(model, metadata: dict[str, Any], out: str | os.PathLike, verify_windows: Any,
-                    tolerance: float, *, label: str) -> ExportReport:
+def _write_verified(
+    model, metadata: dict[str, Any], out: str | os.PathLike, verify_windows: Any, tolerance: float, *, label: str
+) -> ExportReport:
     torch, _ = _deps()
     from metalearn.models import model_hparams
 
     out = Path(out)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
-        math.isfinite(tolerance) and tolerance >= 0
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not (math.isfinite(tolerance) and tolerance >= 0)
     ):
         raise ConfigError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     if out.is_dir():
         raise ModelError(f"{out}: is a directory; give the model file to write")
-    metadata = {**metadata, "model": model_hparams(model), "package_version": __version__,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"), "model_id": _PLACEHOLDER_ID}
+    metadata = {
+        **metadata,
+        "model": model_hparams(model),
+        "package_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model_id": _PLACEHOLDER_ID,
+    }
     try:
         metadata = json.loads(json.dumps(metadata, allow_nan=False))  # plain JSON values only
     except (TypeError, ValueError) as exc:
@@ -235,11 +251,14 @@ def _to_onnx(wrapper, info: ModelInfo):
         # says so on every call, and it calls its own deprecated setup_onnx_logging ("The
         # feature will be removed"). The dynamo exporter needs onnxscript, which we do not
         # depend on. The result is checked against torch before it is written.
-        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
         torch.onnx.export(
-            wrapper, (example,), buf,
+            wrapper,
+            (example,),
+            buf,
             dynamo=False,
             opset_version=OPSET,
             export_params=True,
@@ -284,8 +303,10 @@ def _finish_proto(proto, model, metadata: dict[str, Any], label: str) -> None:
     for name, value in state.items():
         got = weights.get(name)
         if got is None or got.shape != value.shape or not np.array_equal(got, value):
-            raise ModelError(f"{label}: the ONNX exporter did not keep weight {name} as an initializer; "
-                             "the model could not be recovered from the file")
+            raise ModelError(
+                f"{label}: the ONNX exporter did not keep weight {name} as an initializer; "
+                "the model could not be recovered from the file"
+            )
 
     metadata["model_id"] = compute_model_id(weights, metadata)
     hp = metadata["model"]
@@ -306,8 +327,9 @@ def _finish_proto(proto, model, metadata: dict[str, Any], label: str) -> None:
         raise ModelError(f"{label}: the exported graph is not valid ONNX ({' '.join(str(exc).split())})") from None
 
 
-def _verify_and_replace(data: bytes, out: Path, windows: np.ndarray, expected: list, tolerance: float,
-                        label: str) -> ExportReport:
+def _verify_and_replace(
+    data: bytes, out: Path, windows: np.ndarray, expected: list, tolerance: float, label: str
+) -> ExportReport:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -333,8 +355,10 @@ def _verify_and_replace(data: bytes, out: Path, windows: np.ndarray, expected: l
             raise ModelError(f"{label}: the exported model failed its check, {out} not written: {reason}") from None
         # logits relative to their size (float32 keeps ~7 digits: a logit of 100 is exact to ~1e-5),
         # probabilities absolute
-        d_logits = max(float(np.abs(g[0] - e[0]).max() / max(1.0, float(np.abs(e[0]).max())))
-                       for g, e in zip(got, expected, strict=True))
+        d_logits = max(
+            float(np.abs(g[0] - e[0]).max() / max(1.0, float(np.abs(e[0]).max())))
+            for g, e in zip(got, expected, strict=True)
+        )
         d_probs = max(float(np.abs(g[1] - e[1]).max()) for g, e in zip(got, expected, strict=True))
         if not (d_logits <= tolerance and d_probs <= tolerance):
             raise ModelError(
@@ -400,8 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("source", metavar="RUN_DIR_or_CHECKPOINT", help="a run directory or a checkpoint file")
     parser.add_argument("--out", required=True, type=Path, help="the model file to write, e.g. model.onnx")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="largest allowed |onnxruntime - torch| on logits and probabilities (default %(default)g)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest allowed |onnxruntime - torch| on logits and probabilities (default %(default)g)",
+    )
     args = parser.parse_args(argv)
     report = _export_checkpoint(args.source, args.out, args.tolerance)
     info = report.info

@@ -43,9 +43,14 @@ class Action:
 class Walk:
     """The walk through all recordings, session by session; pure (no Tk)."""
 
-    def __init__(self, root: str | os.PathLike, sessions: dict[str, list[TaskRef]] | None = None,
-                 approved: list[TaskRef] | None = None, channels: int = 8,
-                 collection: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        sessions: dict[str, list[TaskRef]] | None = None,
+        approved: list[TaskRef] | None = None,
+        channels: int = 8,
+        collection: Path | None = None,
+    ) -> None:
         self.root = Path(root)
         self.sessions = discover(root) if sessions is None else sessions
         self.refs = [r for rs in self.sessions.values() for r in rs]
@@ -83,9 +88,11 @@ class Walk:
 
     def where(self) -> str:
         s, rs = self.ref.session, self.sessions[self.ref.session]
-        return (f"session {self.session_index + 1} of {len(self.sessions)}: {s}    "
-                f"recording {self.recording_index + 1} of {len(rs)}: {self.ref.condition}    "
-                f"({self.pos + 1} of {len(self.refs)} overall, {len(self.approved)} approved)")
+        return (
+            f"session {self.session_index + 1} of {len(self.sessions)}: {s}    "
+            f"recording {self.recording_index + 1} of {len(rs)}: {self.ref.condition}    "
+            f"({self.pos + 1} of {len(self.refs)} overall, {len(self.approved)} approved)"
+        )
 
     @property
     def at_end(self) -> bool:
@@ -125,8 +132,10 @@ class Walk:
             return f"INVALID (cannot be approved): {c.error}"
         rec = self.recording()
         t = rec.time[c.split] - rec.time[0] if rec is not None else float("nan")
-        return (f"valid: relax-open-relax-close-relax split at row {c.split + 1} (t = {t:.1f} s): "
-                f"support {c.split} samples, query {c.n_samples - c.split}")
+        return (
+            f"valid: relax-open-relax-close-relax split at row {c.split + 1} (t = {t:.1f} s): "
+            f"support {c.split} samples, query {c.n_samples - c.split}"
+        )
 
     # -- approving --------------------------------------------------------------------------------
     def is_approved(self, ref: TaskRef | None = None) -> bool:
@@ -199,8 +208,17 @@ def plot_recording(fig, rec: Recording | None, c: Check, title: str) -> None:
     ax = fig.add_subplot(1, 1, 1)
     ax.set_title(title, fontsize=9)
     if rec is None:
-        ax.text(0.5, 0.5, "cannot read this recording\n" + (c.error or ""), ha="center", va="center",
-                wrap=True, color="firebrick", transform=ax.transAxes, fontsize=9)
+        ax.text(
+            0.5,
+            0.5,
+            "cannot read this recording\n" + (c.error or ""),
+            ha="center",
+            va="center",
+            wrap=True,
+            color="firebrick",
+            transform=ax.transAxes,
+            fontsize=9,
+        )
         ax.set_axis_off()
         return
     step = max(1, rec.n_samples // MAX_PLOT_POINTS)
@@ -214,12 +232,17 @@ def plot_recording(fig, rec: Recording | None, c: Check, title: str) -> None:
     ends = np.r_[starts[1:], len(labels)]
     seen: set[int] = set()
     tt = rec.time - rec.time[0]
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         lab = int(labels[s])
         if lab in colours:
             colour, name = colours[lab]
-            ax.axvspan(tt[s], tt[min(e, len(tt) - 1)], color=colour, alpha=0.15,
-                       label=None if lab in seen else f"intent {name}")
+            ax.axvspan(
+                tt[s],
+                tt[min(e, len(tt) - 1)],
+                color=colour,
+                alpha=0.15,
+                label=None if lab in seen else f"intent {name}",
+            )
             seen.add(lab)
     axl = ax.twinx()
     axl.step(t, labels[::step], where="post", color="black", lw=1.2)
@@ -259,11 +282,14 @@ class App:
         bar.pack(side="bottom", fill="x", pady=6)
         self.canvas.get_tk_widget().pack(fill="both", expand=True)  # after the bottom rows: takes the rest
         self.buttons = {}
-        for action, text in (("approve", "Approve [a / Enter]"), ("undo", "Undo [u / Ctrl-Z]"),
-                             ("back", "Back [b / Left]"), ("next", "Next [n / Right / Space]"),
-                             ("save", "Save & Exit [s / Ctrl-S]")):
-            b = tk.Button(bar, text=text, command=lambda a=action: self.do(a), width=24,
-                          takefocus=0)
+        for action, text in (
+            ("approve", "Approve [a / Enter]"),
+            ("undo", "Undo [u / Ctrl-Z]"),
+            ("back", "Back [b / Left]"),
+            ("next", "Next [n / Right / Space]"),
+            ("save", "Save & Exit [s / Ctrl-S]"),
+        ):
+            b = tk.Button(bar, text=text, command=lambda a=action: self.do(a), width=24, takefocus=0)
             b.pack(side="left", padx=4)
             self.buttons[action] = b
         for action, seqs in SHORTCUTS.items():
@@ -297,8 +323,10 @@ class App:
         self.where.config(text=w.where())
         approved = "  [in the collection]" if w.is_approved() else ""
         self.state.config(text=w.describe() + approved, fg="darkgreen" if c.valid else "firebrick")
-        self.buttons["approve"].config(text="Remove [a / Enter]" if w.is_approved() else "Approve [a / Enter]",
-                                       state="normal" if (c.valid or w.is_approved()) else "disabled")
+        self.buttons["approve"].config(
+            text="Remove [a / Enter]" if w.is_approved() else "Approve [a / Enter]",
+            state="normal" if (c.valid or w.is_approved()) else "disabled",
+        )
         if w.missing and not message:
             message = f"{len(w.missing)} task(s) of the collection are not under the root; they are kept"
         self.message.config(text=message)
@@ -310,9 +338,14 @@ class App:
 
         default = self.walk.default_save_path()
         default.parent.mkdir(parents=True, exist_ok=True)
-        got = filedialog.asksaveasfilename(parent=self.root, title="Save the task collection",
-                                           initialdir=str(default.parent), initialfile=default.name,
-                                           defaultextension=".json", filetypes=[("task collection", "*.json")])
+        got = filedialog.asksaveasfilename(
+            parent=self.root,
+            title="Save the task collection",
+            initialdir=str(default.parent),
+            initialfile=default.name,
+            defaultextension=".json",
+            filetypes=[("task collection", "*.json")],
+        )
         return Path(got) if got else None
 
     def save_and_exit(self) -> None:
@@ -327,8 +360,9 @@ class App:
         from tkinter import messagebox
 
         if self.walk.dirty:
-            answer = messagebox.askyesnocancel("Unsaved changes", "Save the collection before closing?",
-                                               parent=self.root)
+            answer = messagebox.askyesnocancel(
+                "Unsaved changes", "Save the collection before closing?", parent=self.root
+            )
             if answer is None:
                 return
             if answer:

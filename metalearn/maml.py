@@ -88,8 +88,10 @@ class InnerLoop:
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ConfigError(f"inner steps must be an integer >= 0, got {self.steps!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not (
-            math.isfinite(self.lr) and self.lr > 0
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, int | float)
+            or not (math.isfinite(self.lr) and self.lr > 0)
         ):
             raise ConfigError(f"inner lr must be a finite number > 0, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -243,12 +245,23 @@ def adapt_model(model: nn.Module, x: Tensor, y: Tensor, inner: Mapping[str, Any]
     fitted = copy.deepcopy(model)
     if head == "lda":
         if not hasattr(fitted, "fit_head"):
-            raise ConfigError(f"inner head 'lda' needs a model with a closed-form head (feat), not {type(model).__name__}")
+            raise ConfigError(
+                f"inner head 'lda' needs a model with a closed-form head (feat), not {type(model).__name__}"
+            )
         fitted.fit_head(x, y, float(shrinkage))
     steps = int(inner["steps"])
     if steps:
-        params = adapt(fitted, model_params(fitted), x, y, steps=steps, lr=float(inner["lr"]),
-                       optimizer=inner["optimizer"], first_order=True, batch_size=inner.get("batch_size"))
+        params = adapt(
+            fitted,
+            model_params(fitted),
+            x,
+            y,
+            steps=steps,
+            lr=float(inner["lr"]),
+            optimizer=inner["optimizer"],
+            first_order=True,
+            batch_size=inner.get("batch_size"),
+        )
         with torch.no_grad():
             for name, p in fitted.named_parameters():
                 p.copy_(params[name])

@@ -119,9 +119,7 @@ class TCN(_WindowClassifier):
     def __init__(self, hparams: dict[str, Any]):
         super().__init__(hparams)
         f, k = hparams["filters"], hparams["kernel_size"]
-        blocks = [
-            _TemporalBlock(self.n_channels if i == 0 else f, f, k, 2**i) for i in range(hparams["n_blocks"])
-        ]
+        blocks = [_TemporalBlock(self.n_channels if i == 0 else f, f, k, 2**i) for i in range(hparams["n_blocks"])]
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(
             nn.Linear(f, hparams["fc_units"]), nn.ReLU(), nn.Linear(hparams["fc_units"], hparams["n_classes"])
@@ -254,7 +252,7 @@ class FeatLDA(_WindowClassifier):
         for k in FEAT_SCALES:
             n = max(2, self.window // k)
             mav.append(x[:, -n:].abs().mean(dim=1))
-            wl.append(diff[:, -(n - 1):].mean(dim=1))
+            wl.append(diff[:, -(n - 1) :].mean(dim=1))
         return torch.log(torch.cat(mav + wl, dim=1) + _LOG_EPS)
 
     def embed(self, x: Tensor) -> Tensor:
@@ -276,10 +274,10 @@ class FeatLDA(_WindowClassifier):
         self.head.weight.copy_(weight)
         self.head.bias.copy_(bias)
 
-
     @torch.no_grad()
-    def fit_whitening(self, tasks: Iterable[tuple[Tensor, Tensor]], *, rotate: bool = True,
-                      per_task: bool = True) -> None:
+    def fit_whitening(
+        self, tasks: Iterable[tuple[Tensor, Tensor]], *, rotate: bool = True, per_task: bool = True
+    ) -> None:
         """The meta-learned part, in closed form: ``whiten`` = C^(-1/2), C the mean within-intent
         covariance of the features over ``tasks`` (each ``(windows, labels)``). ``per_task``:
         each task's features standardised with its own statistics and its own intent means, as
@@ -307,7 +305,6 @@ class FeatLDA(_WindowClassifier):
                 count += len(f)
         evals, evecs = torch.linalg.eigh(cov / count)
         self.whiten.copy_(((evecs / torch.sqrt(evals.clamp_min(0) + 1e-3)) @ evecs.T).float())
-
 
     @torch.no_grad()
     def population_means(self, tasks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:

@@ -32,8 +32,15 @@ from metalearn.tasks import TaskRef, save_collection
 SAMPLE_RATE = 200.0
 N_CHANNELS = 8
 N_CYCLES = 4
-GESTURES = ("neutral", "radial_deviation", "wrist_flexion", "ulnar_deviation", "wrist_extension",
-            "hand_close", "hand_open")
+GESTURES = (
+    "neutral",
+    "radial_deviation",
+    "wrist_flexion",
+    "ulnar_deviation",
+    "wrist_extension",
+    "hand_close",
+    "hand_open",
+)
 NEUTRAL, CLOSE, OPEN = 0, 5, 6
 OTHER = (1, 2, 3, 4)
 CONDITION = "myo_rorcr"
@@ -141,10 +148,12 @@ def import_myoarmband(
     refs = {s: TaskRef(s.session, CONDITION) for s in sessions}
     collections = {
         "myo_pretrain.json": [r for s, r in refs.items() if s.group == "PreTrainingDataset"],
-        "myo_eval_training0.json": [r for s, r in refs.items()
-                                    if s.group == "EvaluationDataset" and s.name == "training0"],
-        "myo_eval_test.json": [r for s, r in refs.items()
-                               if s.group == "EvaluationDataset" and s.name.startswith("Test")],
+        "myo_eval_training0.json": [
+            r for s, r in refs.items() if s.group == "EvaluationDataset" and s.name == "training0"
+        ],
+        "myo_eval_test.json": [
+            r for s, r in refs.items() if s.group == "EvaluationDataset" and s.name.startswith("Test")
+        ],
     }
     for name, coll in collections.items():
         if coll:

@@ -140,15 +140,15 @@ def read_recording(path: str | os.PathLike, channels: int = N_CHANNELS, *, label
     missing = [c for c in wanted if c not in header]
     if missing:
         extra_emg = sorted(h for h in header if h.startswith("emg") and h not in wanted)
-        hint = f" (found {len([h for h in header if h.startswith('emg')])} emg columns)" if extra_emg or any(
-            m.startswith("emg") for m in missing
-        ) else ""
+        hint = (
+            f" (found {len([h for h in header if h.startswith('emg')])} emg columns)"
+            if extra_emg or any(m.startswith("emg") for m in missing)
+            else ""
+        )
         raise DataError(f"missing column(s) {', '.join(missing)}{hint}", path=path)
     extra_emg = [h for h in header if h.startswith("emg") and h[3:].isdigit() and h not in wanted]
     if extra_emg:
-        raise DataError(
-            f"expected {channels} EMG channels, found extra column(s) {', '.join(extra_emg)}", path=path
-        )
+        raise DataError(f"expected {channels} EMG channels, found extra column(s) {', '.join(extra_emg)}", path=path)
     idx = [header.index(c) for c in wanted]
     width = max(idx) + 1
     values: list[list[float]] = []

@@ -121,9 +121,7 @@ def condition_names(n: int) -> list[str]:
 def _parse_condition(condition: str) -> _Condition:
     code, _, kind = condition.partition("_") if isinstance(condition, str) else ("", "", "")
     if not code.isdigit() or kind not in _KINDS:
-        raise ConfigError(
-            f"condition {condition!r} is not '<digits>_<kind>' with kind one of {', '.join(_KINDS)}"
-        )
+        raise ConfigError(f"condition {condition!r} is not '<digits>_<kind>' with kind one of {', '.join(_KINDS)}")
     return _KINDS[kind]
 
 

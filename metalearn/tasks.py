@@ -169,8 +169,14 @@ def normalise_scaler_kind(kind: str | int | bool | None) -> str:
         if kind not in (0, 1, 2):
             raise ConfigError(f"scale must be 0 (none), 1 (standard) or 2 (minmax), got {kind}")
         return SCALERS[kind]
-    aliases = {"std": "standard", "standardise": "standard", "standardize": "standard", "zscore": "standard",
-               "min-max": "minmax", "min_max": "minmax"}
+    aliases = {
+        "std": "standard",
+        "standardise": "standard",
+        "standardize": "standard",
+        "zscore": "standard",
+        "min-max": "minmax",
+        "min_max": "minmax",
+    }
     kind = aliases.get(str(kind).lower(), str(kind).lower())
     if kind not in SCALERS:
         raise ConfigError(f"scale must be one of {', '.join(SCALERS)} (got {kind!r})")
@@ -194,12 +200,16 @@ def task_windows(task: Task, spec: SignalSpec, scale: str | bool | None = "none"
     """Condition the whole recording causally (as the daemon would see it), window it, and split
     the windows by their last sample: before the split -> support, from it -> query."""
     if task.recording.n_channels != spec.channels:
-        raise DataError(f"has {task.recording.n_channels} channels, the signal chain expects {spec.channels}",
-                        path=task.recording.path)
+        raise DataError(
+            f"has {task.recording.n_channels} channels, the signal chain expects {spec.channels}",
+            path=task.recording.path,
+        )
     rate = task.recording.sample_rate
     if abs(rate - spec.sample_rate) > 0.05 * spec.sample_rate:
-        raise DataError(f"sample rate {rate:.1f} Hz does not match the signal chain's {spec.sample_rate:g} Hz",
-                        path=task.recording.path)
+        raise DataError(
+            f"sample rate {rate:.1f} Hz does not match the signal chain's {spec.sample_rate:g} Hz",
+            path=task.recording.path,
+        )
     y = SignalChain(spec).process(task.recording.emg)
     scaler = Scaler.fit(scale, y[: task.split])
     windows, ends = make_windows(scaler.transform(y), spec.window, spec.stride)

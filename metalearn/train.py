@@ -33,7 +33,9 @@ def _resolve(path: str | None, base: Path) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
-def load_task_windows(refs: list[TaskRef], root: Path, cfg: TrainConfig, spec=None) -> tuple[list[TaskWindows], object, str]:
+def load_task_windows(
+    refs: list[TaskRef], root: Path, cfg: TrainConfig, spec=None
+) -> tuple[list[TaskWindows], object, str]:
     """Load and window every task; returns (tasks, signal spec, data hash)."""
     digest = hashlib.sha256()
     tasks, out = [], []
@@ -46,18 +48,30 @@ def load_task_windows(refs: list[TaskRef], root: Path, cfg: TrainConfig, spec=No
     _check_window(cfg, spec)
     for task in tasks:
         tw = task_windows(task, spec, cfg.scale)
-        out.append(TaskWindows(tw.ref, tw.x_support.astype(np.float32), tw.y_support, tw.x_query.astype(np.float32),
-                               tw.y_query, tw.scaler))
+        out.append(
+            TaskWindows(
+                tw.ref,
+                tw.x_support.astype(np.float32),
+                tw.y_support,
+                tw.x_query.astype(np.float32),
+                tw.y_query,
+                tw.scaler,
+            )
+        )
     return out, spec, digest.hexdigest()
 
 
 def _check_window(cfg: TrainConfig, spec) -> None:
     secs = spec.window_seconds
     if not 0.02 <= secs <= 5.0:
-        raise ConfigError(f"test.time_seq_len {cfg.time_seq_len} at {spec.sample_rate:g} Hz is a {secs:.3g} s window; "
-                          "use 20 ms .. 5 s")
+        raise ConfigError(
+            f"test.time_seq_len {cfg.time_seq_len} at {spec.sample_rate:g} Hz is a {secs:.3g} s window; "
+            "use 20 ms .. 5 s"
+        )
     if spec.stride > spec.window:
-        raise ConfigError(f"test.stride {spec.stride} is longer than the window ({spec.window}): samples would be skipped")
+        raise ConfigError(
+            f"test.stride {spec.stride} is longer than the window ({spec.window}): samples would be skipped"
+        )
 
 
 def unscaled(x: np.ndarray, scaler: Scaler) -> np.ndarray:
@@ -67,8 +81,9 @@ def unscaled(x: np.ndarray, scaler: Scaler) -> np.ndarray:
 class Sampler:
     """Fixed-size support/query samples per task, so a meta-batch runs in one vmap."""
 
-    def __init__(self, tasks: list[TaskWindows], batch: int, rorcr_size: float, rng: np.random.Generator,
-                 rotate: bool = False):
+    def __init__(
+        self, tasks: list[TaskWindows], batch: int, rorcr_size: float, rng: np.random.Generator, rotate: bool = False
+    ):
         self.tasks, self.batch, self.rorcr_size, self.rng, self.rotate = tasks, batch, rorcr_size, rng, rotate
 
     def _pick(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,9 +115,17 @@ def _tensor(a: np.ndarray, device, long: bool = False):
 
 def fit_whitening(model, tasks: list[TaskWindows], *, rotate: bool, device=None, per_task: bool = True) -> None:
     """Fit a feat model's whitening on every window (support and query) of ``tasks``."""
-    model.fit_whitening([(_tensor(np.concatenate([t.x_support, t.x_query]), device),
-                          _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True))
-                         for t in tasks], rotate=rotate, per_task=per_task)
+    model.fit_whitening(
+        [
+            (
+                _tensor(np.concatenate([t.x_support, t.x_query]), device),
+                _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True),
+            )
+            for t in tasks
+        ],
+        rotate=rotate,
+        per_task=per_task,
+    )
 
 
 POPULATION_MAX_ROTATION = 1  # electrodes of turn from how the training subjects wore the armband
@@ -111,19 +134,28 @@ POPULATION_MAX_ROTATION = 1  # electrodes of turn from how the training subjects
 def population(model, tasks: list[TaskWindows], device=None) -> dict:
     """A feat model's ``population`` metadata: its intents' mean standardised features over the
     training tasks, for the calibration's plausibility check (see ModelInfo.population)."""
-    means = model.population_means([(_tensor(np.concatenate([t.x_support, t.x_query]), device),
-                                     _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True))
-                                    for t in tasks])
-    return {"means": [[round(float(v), 6) for v in row] for row in means.cpu()],
-            "max_rotation": POPULATION_MAX_ROTATION}
+    means = model.population_means(
+        [
+            (
+                _tensor(np.concatenate([t.x_support, t.x_query]), device),
+                _tensor(np.concatenate([t.y_support, t.y_query]), device, long=True),
+            )
+            for t in tasks
+        ]
+    )
+    return {
+        "means": [[round(float(v), 6) for v in row] for row in means.cpu()],
+        "max_rotation": POPULATION_MAX_ROTATION,
+    }
 
 
 def closed_form_loss(model, tasks: list[TaskWindows], inner: dict, rorcr_size: float, device) -> float:
     """Mean query loss over ``tasks`` after adapting a copy of ``model`` to each task's support."""
     from metalearn.evaluate import adapt_and_score
 
-    return float(np.mean([adapt_and_score(model, t, inner=inner, rorcr_size=rorcr_size, device=device)["loss"]
-                          for t in tasks]))
+    return float(
+        np.mean([adapt_and_score(model, t, inner=inner, rorcr_size=rorcr_size, device=device)["loss"] for t in tasks])
+    )
 
 
 def _tensors(task: tuple, device):
@@ -170,18 +202,30 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
         raise ConfigError(f"{train_path} has {len(refs)} tasks; test.n_train_tasks + test.n_val_tasks = {need}")
     test_refs = load_collection(test_path) if test_path else []
     if cfg.n_val_tasks == 0 and not test_refs:
-        raise ConfigError("test.n_val_tasks is 0, which validates on the test collection, but test_collection_json is empty")
+        raise ConfigError(
+            "test.n_val_tasks is 0, which validates on the test collection, but test_collection_json is empty"
+        )
 
     all_tasks, spec, data_hash = load_task_windows(refs, root, cfg)
     tests, _, test_hash = load_task_windows(test_refs, root, cfg, spec) if test_refs else ([], spec, "")
     order = rng.permutation(len(all_tasks))
     val = [all_tasks[i] for i in order[: cfg.n_val_tasks]] or tests
-    train_tasks = [all_tasks[i] for i in order[cfg.n_val_tasks:]]
+    train_tasks = [all_tasks[i] for i in order[cfg.n_val_tasks :]]
 
-    inner = InnerLoop(steps=cfg.inner_steps, lr=float(cfg.inner_lr), optimizer=cfg.inner_optimizer,
-                      first_order=cfg.first_order, batch_size=cfg.inner_batch_size)
-    hp = {"n_channels": spec.channels, "window": spec.window, "n_classes": len(INTENTS), "fc_units": cfg.fc_units,
-          **cfg.model_hparams}
+    inner = InnerLoop(
+        steps=cfg.inner_steps,
+        lr=float(cfg.inner_lr),
+        optimizer=cfg.inner_optimizer,
+        first_order=cfg.first_order,
+        batch_size=cfg.inner_batch_size,
+    )
+    hp = {
+        "n_channels": spec.channels,
+        "window": spec.window,
+        "n_classes": len(INTENTS),
+        "fc_units": cfg.fc_units,
+        **cfg.model_hparams,
+    }
     model = build_model(cfg.model, **hp).to(device)
     closed_form = cfg.model == "feat"  # its meta-learned part has a closed form (FeatLDA.fit_whitening)
     outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
@@ -194,17 +238,32 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
         start = int(ckpt.get("meta_epoch", -1)) + 1
         rng = np.random.default_rng([seed, start])
 
-    pooled = Scaler.fit(cfg.scale, np.concatenate([unscaled(t.x_support, t.scaler).reshape(-1, spec.channels)
-                                                  for t in train_tasks]))
+    pooled = Scaler.fit(
+        cfg.scale, np.concatenate([unscaled(t.x_support, t.scaler).reshape(-1, spec.channels) for t in train_tasks])
+    )
     verify = unscaled(train_tasks[0].x_query[:32], train_tasks[0].scaler).astype(np.float32)
     config_dict = cfg.to_dict()
-    inner_doc = {"optimizer": inner.optimizer, "steps": inner.steps, "lr": inner.lr,
-                 "first_order": inner.first_order, "batch_size": inner.batch_size}
+    inner_doc = {
+        "optimizer": inner.optimizer,
+        "steps": inner.steps,
+        "lr": inner.lr,
+        "first_order": inner.first_order,
+        "batch_size": inner.batch_size,
+    }
     if closed_form:
         inner_doc.update(head="lda", shrinkage=float(cfg.lda_shrinkage))
-    common = {"model": model_hparams(model), "signal": spec.to_dict(), "scaler": pooled.to_dict(), "inner": inner_doc,
-              "class_names": list(INTENTS), "config": config_dict, "config_hash": stable_hash(config_dict),
-              "data_hash": data_hash, "verify_windows": verify, "seed": seed}
+    common = {
+        "model": model_hparams(model),
+        "signal": spec.to_dict(),
+        "scaler": pooled.to_dict(),
+        "inner": inner_doc,
+        "class_names": list(INTENTS),
+        "config": config_dict,
+        "config_hash": stable_hash(config_dict),
+        "data_hash": data_hash,
+        "verify_windows": verify,
+        "seed": seed,
+    }
 
     sampler = Sampler(train_tasks, cfg.batch_size, cfg.rorcr_size, rng, rotate=cfg.augment_rotation)
     val_sampler = Sampler(val, cfg.batch_size * 4, cfg.rorcr_size, np.random.default_rng([seed, 1]))
@@ -218,9 +277,11 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     if cfg.compile and lead and not closed_form:
         print(f"compiling the meta-step with torch.compile ({cfg.compile}): the first meta-epoch takes longer")
     if closed_form and lead:
-        print(f"model feat: the whitening is fitted in closed form over the {len(train_tasks)} training tasks "
-              "(one meta-epoch; test.meta_steps does not apply)")
-    epochs = range(0, 1) if closed_form else range(start, cfg.meta_steps)
+        print(
+            f"model feat: the whitening is fitted in closed form over the {len(train_tasks)} training tasks "
+            "(one meta-epoch; test.meta_steps does not apply)"
+        )
+    epochs = range(1) if closed_form else range(start, cfg.meta_steps)
     bar = tqdm(epochs, desc="meta-epochs", unit="epoch", disable=not lead or None)
     for epoch in bar:
         if closed_form:
@@ -242,8 +303,13 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
             wb.log({"train_loss": train_loss, "val_loss": val_loss, "meta_epoch": epoch})
         if lead and cfg.save:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            ckpt = {**common, "state_dict": state, "meta_epoch": epoch, "val_loss": val_loss,
-                    "outer": outer.state_dict()}
+            ckpt = {
+                **common,
+                "state_dict": state,
+                "meta_epoch": epoch,
+                "val_loss": val_loss,
+                "outer": outer.state_dict(),
+            }
             path = save_checkpoint(models_dir / f"epoch_{epoch:04d}_loss_{val_loss:.4f}.pt", ckpt)
             if val_loss < best[0]:
                 best = (val_loss, path)
@@ -260,9 +326,18 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     elif isinstance(best[1], dict):
         model.load_state_dict(best[1])
 
-    summary = {"run_dir": str(run_dir), "seed": seed, "meta_epochs": len(epochs) + start * (not closed_form), "train_seconds": train_seconds,
-               "best_val_loss": best[0], "best_checkpoint": str(best[1]) if isinstance(best[1], Path) else None,
-               "history": history, "device": str(device), "world_size": world, "compile": cfg.compile}
+    summary = {
+        "run_dir": str(run_dir),
+        "seed": seed,
+        "meta_epochs": len(epochs) + start * (not closed_form),
+        "train_seconds": train_seconds,
+        "best_val_loss": best[0],
+        "best_checkpoint": str(best[1]) if isinstance(best[1], Path) else None,
+        "history": history,
+        "device": str(device),
+        "world_size": world,
+        "compile": cfg.compile,
+    }
     if tests:
         torch.manual_seed(seed)
         b1 = build_model(cfg.model, **hp).to(device).eval()
@@ -271,9 +346,15 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
         if closed_form:
             fit_whitening(b2, train_tasks, rotate=cfg.augment_rotation, device=device, per_task=False)
         else:
-            b2 = pretrain_pooled(b2, train_tasks, steps=max(1, cfg.meta_steps) * cfg.inner_steps,
-                                 batch=cfg.batch_size * cfg.n_train_tasks, lr=float(cfg.outer_lr), seed=seed,
-                                 device=device)
+            b2 = pretrain_pooled(
+                b2,
+                train_tasks,
+                steps=max(1, cfg.meta_steps) * cfg.inner_steps,
+                batch=cfg.batch_size * cfg.n_train_tasks,
+                lr=float(cfg.outer_lr),
+                seed=seed,
+                device=device,
+            )
         models = {"B1": b1, "B2": b2.eval(), "meta-model": model.eval()}
         kw = {"inner": inner_doc, "rorcr_size": cfg.rorcr_size, "device": device}
         logs = compare(models, tests, steps_list=[cfg.inner_steps], **kw)
@@ -287,8 +368,10 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
             summary["table"] = {r[0]: r[-1] for r in results_table(logs, cfg.inner_steps)[1]}
     if cfg.save:
         write_text(res_dir / "meta_training_log.json", json.dumps(history, indent=1))
-        write_text(run_dir / "resolved_config.json",
-                   json.dumps({"test": config_dict, "signal_spec": spec.to_dict(), "seed": seed}, indent=2))
+        write_text(
+            run_dir / "resolved_config.json",
+            json.dumps({"test": config_dict, "signal_spec": spec.to_dict(), "seed": seed}, indent=2),
+        )
         write_text(res_dir / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     if wb:
         wb.finish()
@@ -317,8 +400,10 @@ def _print_summary(summary: dict) -> None:
         return
     print(f"run directory: {summary['run_dir']}")
     how = f"x{summary['world_size']}" + (f", compiled: {summary['compile']}" if summary["compile"] else "")
-    print(f"meta-training: {summary['meta_epochs']} meta-epochs in {summary['train_seconds']:.1f} s on "
-          f"{summary['device']} ({how}), best validation loss {summary['best_val_loss']:.4f}")
+    print(
+        f"meta-training: {summary['meta_epochs']} meta-epochs in {summary['train_seconds']:.1f} s on "
+        f"{summary['device']} ({how}), best validation loss {summary['best_val_loss']:.4f}"
+    )
     if "table" in summary:
         print("mean query accuracy after adaptation: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["table"].items()))
     if "convergence" in summary:

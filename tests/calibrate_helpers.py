@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-
 from controller_helpers import myo_recording, unique_name  # noqa: F401  (re-exported for the tests)
 from polling import wait_until  # noqa: F401  (re-exported for the tests)
 
@@ -73,22 +72,32 @@ def _train_base(myo_src: Path, out_dir: Path) -> Path:
     for s in find_sessions(myo_src):
         if s.group == "PreTrainingDataset":
             rec = build_recording(s)
-            tasks.append(task_windows(Task(TaskRef(s.session, "myo_rorcr"), rec, find_split(rec.labels)), spec,
-                                      "standard"))
+            tasks.append(
+                task_windows(Task(TaskRef(s.session, "myo_rorcr"), rec, find_split(rec.labels)), spec, "standard")
+            )
     torch.manual_seed(0)
     model = build_model("dnn", n_channels=8, window=spec.window, n_classes=3, fc_units=32)
     inner = InnerLoop(**INNER)
     outer = OuterLoop(model, lr=3e-3, lr_cycle=100, lr_factor=0.5)
     sampler = Sampler(tasks, 32, 1.0, np.random.default_rng(0))
     for _ in range(24):
-        batch = [tuple(torch.as_tensor(a, dtype=torch.long if k % 2 else torch.float32) for k, a in enumerate(t))
-                 for t in sampler.meta_batch(4)]
+        batch = [
+            tuple(torch.as_tensor(a, dtype=torch.long if k % 2 else torch.float32) for k, a in enumerate(t))
+            for t in sampler.meta_batch(4)
+        ]
         meta_step(model, outer, batch, inner, batched=False)
     pooled = Scaler.fit("standard", np.concatenate([unscaled(t.x_support, t.scaler).reshape(-1, 8) for t in tasks]))
-    ckpt = {"model": model_hparams(model), "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "signal": spec.to_dict(), "scaler": pooled.to_dict(), "inner": dict(INNER),
-            "class_names": list(CLASS_NAMES), "meta_epoch": 23, "val_loss": None,
-            "verify_windows": unscaled(tasks[0].x_query[:32], tasks[0].scaler).astype(np.float32)}
+    ckpt = {
+        "model": model_hparams(model),
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "signal": spec.to_dict(),
+        "scaler": pooled.to_dict(),
+        "inner": dict(INNER),
+        "class_names": list(CLASS_NAMES),
+        "meta_epoch": 23,
+        "val_loss": None,
+        "verify_windows": unscaled(tasks[0].x_query[:32], tasks[0].scaler).astype(np.float32),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "base.pt", ckpt)
     return export_onnx(out_dir / "base.pt", out_dir / "base.onnx")
@@ -101,13 +110,16 @@ def clean_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(tool: str, args: list[str], env: dict[str, str], timeout: float = 120,
-            python_prelude: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    tool: str, args: list[str], env: dict[str, str], timeout: float = 120, python_prelude: str | None = None
+) -> subprocess.CompletedProcess:
     if python_prelude is None:
         cmd = [str(BIN / tool), *args]
     else:
-        module, func = {"metaemg-calibrate": ("metalearn.calibrate", "main"),
-                        "metaemg-eval": ("metalearn.evaluate_cli", "main")}[tool]
+        module, func = {
+            "metaemg-calibrate": ("metalearn.calibrate", "main"),
+            "metaemg-eval": ("metalearn.evaluate_cli", "main"),
+        }[tool]
         code = f"{python_prelude}\nimport sys\nfrom {module} import {func}\nsys.exit({func}(sys.argv[1:]))"
         cmd = [sys.executable, "-c", code, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)

@@ -43,8 +43,9 @@ def myo_data(myo_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def myhand_like_csv(path: Path, *, seconds: float = 40.0, rate: float = 100.0, seed: int = 0,
-                    labels: np.ndarray | None = None) -> Path:
+def myhand_like_csv(
+    path: Path, *, seconds: float = 40.0, rate: float = 100.0, seed: int = 0, labels: np.ndarray | None = None
+) -> Path:
     """Write a file shaped like a real MyHand armband recording: pandas index column,
     time_elapsed with jitter, current_time, emg0..7 envelopes 0..1000 held over repeated rows,
     gt, current_task; protocol relax-open-relax-close-relax-open-relax."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from polling import wait_until  # noqa: F401  (re-exported for the tests)
+from polling import wait_until
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +42,16 @@ def myo_recording(myo_src: Path, subject: str, session: str):
     raise LookupError(f"{subject}/{session} not in {myo_src}")
 
 
-def train_model(out: Path, recordings: list, *, window: int = 50, stride: int = 10, steps: int = 400,
-                seed: int = 0, rate: float | None = None) -> Path:
+def train_model(
+    out: Path,
+    recordings: list,
+    *,
+    window: int = 50,
+    stride: int = 10,
+    steps: int = 400,
+    seed: int = 0,
+    rate: float | None = None,
+) -> Path:
     """Train a small dnn on ``recordings`` (supervised, full batch) and export it to ``out``."""
     import torch
 
@@ -192,9 +200,20 @@ class Sim:
         self.log_path = tmp / "sim.jsonl"
         self.control = tmp / "sim.ctl"
         self.proc = subprocess.Popen(
-            [str(BIN / "metaemg-sim"), "orthosis", "--link", str(self.link), "--log", str(self.log_path),
-             "--control", str(self.control), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                str(BIN / "metaemg-sim"),
+                "orthosis",
+                "--link",
+                str(self.link),
+                "--log",
+                str(self.log_path),
+                "--control",
+                str(self.control),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.pty = self.proc.stdout.readline().strip()
         assert self.pty.startswith("/dev/"), self.proc.stderr.read()
@@ -212,17 +231,29 @@ class Sim:
 class Daemon:
     """``myhand-controller`` with the four flags, a private control socket and a private monitor."""
 
-    def __init__(self, tmp: Path, *, stream: str, port: str, model: Path, extra: tuple[str, ...] = (),
-                 env: dict | None = None) -> None:
+    def __init__(
+        self, tmp: Path, *, stream: str, port: str, model: Path, extra: tuple[str, ...] = (), env: dict | None = None
+    ) -> None:
         self.monitor = f"ipc://{tmp}/monitor.sock"
         self.control = f"ipc://{tmp}/run/control.sock"
-        self.argv = [str(BIN / "myhand-controller"), "--lsl-stream", stream, "--serial-port", port,
-                     "--model", str(model), "--monitor", self.monitor, "--control", self.control, *extra]
+        self.argv = [
+            str(BIN / "myhand-controller"),
+            "--lsl-stream",
+            stream,
+            "--serial-port",
+            port,
+            "--model",
+            str(model),
+            "--monitor",
+            self.monitor,
+            "--control",
+            self.control,
+            *extra,
+        ]
         full_env = {**os.environ, **(env or {})}
         if "NOTIFY_SOCKET" not in (env or {}):
             full_env.pop("NOTIFY_SOCKET", None)  # never talk to a systemd we were started by
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=full_env)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
         self.lines: list[dict] = []
         self.raw: list[str] = []
         self.stderr = ""
@@ -244,8 +275,10 @@ class Daemon:
         def find():
             if self.proc.poll() is not None and not any(predicate(r) for r in list(self.lines)):
                 self._reader.join(1)
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {what}: "
-                                     f"{self.proc.stderr.read()}\n{''.join(self.raw[-20:])}")
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) before {what}: "
+                    f"{self.proc.stderr.read()}\n{''.join(self.raw[-20:])}"
+                )
             return next((r for r in list(self.lines) if predicate(r)), None)
 
         return wait_until(find, timeout, what)
@@ -265,14 +298,19 @@ class Daemon:
         except ControlError:
             if self.proc.poll() is not None:
                 self._reader.join(1)
-                raise AssertionError(f"the daemon exited ({self.proc.returncode}): {self.proc.stderr.read()}\n"
-                                     + "".join(self.raw[-10:])) from None
+                raise AssertionError(
+                    f"the daemon exited ({self.proc.returncode}): {self.proc.stderr.read()}\n" + "".join(self.raw[-10:])
+                ) from None
             return None
 
     def ctl(self, *words: str, timeout: float = 30.0) -> dict:
         """``myhand-controller ctl WORDS`` as a subprocess (the clinician's tool)."""
-        proc = subprocess.run([str(BIN / "myhand-controller"), "ctl", "--control", self.control, *words],
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [str(BIN / "myhand-controller"), "ctl", "--control", self.control, *words],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert proc.returncode in (0, 1), proc.stderr
         return json.loads(proc.stdout)
 

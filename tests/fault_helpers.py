@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from controller_helpers import Daemon, Sim, Sub, unique_name, wait_until
+
 from firmware_protocol.messages import StopReason
 
 STOP_SIGNAL_LOST = StopReason.SIGNAL_LOST
@@ -35,9 +35,18 @@ def default_model() -> Path:
 class Rig:
     """Simulator + replay outlet + daemon + monitor subscriber, all real (see the module doc)."""
 
-    def __init__(self, tmp: Path, model: Path, emg: np.ndarray, *, rate: float = 200.0,
-                 udev: Path | None = None, daemon_args: tuple[str, ...] = (), sim_args: tuple[str, ...] = (),
-                 wait_running: float = 20.0) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        model: Path,
+        emg: np.ndarray,
+        *,
+        rate: float = 200.0,
+        udev: Path | None = None,
+        daemon_args: tuple[str, ...] = (),
+        sim_args: tuple[str, ...] = (),
+        wait_running: float = 20.0,
+    ) -> None:
         from controller.replay import Replay
 
         self.tmp = tmp
@@ -77,8 +86,12 @@ class Rig:
     def state_event(self, state: str, after: float, timeout: float) -> dict:
         """The monitor's ``event`` for entering ``state`` after monotonic time ``after``."""
         return self.sub.wait_for(
-            lambda topic, m: topic == "event" and m.get("event") == "state" and m.get("state") == state
-            and m["t_mono"] > after, timeout, f"state event {state!r}")
+            lambda topic, m: (
+                topic == "event" and m.get("event") == "state" and m.get("state") == state and m["t_mono"] > after
+            ),
+            timeout,
+            f"state event {state!r}",
+        )
 
     def decisions(self, after: float = -1.0) -> list[dict]:
         self.sub.drain()
@@ -90,15 +103,19 @@ class Rig:
         return [e for e in (sim or self.sim).log.events("command") if after < e["t"] < before]
 
     def wait_command_after(self, t: float, timeout: float, sim: Sim | None = None) -> dict:
-        return (sim or self.sim).log.wait_for(lambda e: e["event"] == "command" and e["t"] > t, timeout,
-                                              "a command at the simulator")
+        return (sim or self.sim).log.wait_for(
+            lambda e: e["event"] == "command" and e["t"] > t, timeout, "a command at the simulator"
+        )
 
     def wait_stop_after(self, t: float, timeout: float, reason: StopReason, sim: Sim | None = None) -> dict:
         """The first STOP with ``reason`` after ``t``. Another STOP may come first: under load a
         late ACK makes the host probe with STOP (host error), and the code orders nothing between
         the two."""
-        return (sim or self.sim).log.wait_for(lambda e: e["event"] == "stop" and e["t"] > t and e["reason"] == reason,
-                                              timeout, f"a STOP ({reason.name}) at the simulator")
+        return (sim or self.sim).log.wait_for(
+            lambda e: e["event"] == "stop" and e["t"] > t and e["reason"] == reason,
+            timeout,
+            f"a STOP ({reason.name}) at the simulator",
+        )
 
     def device_state(self, sim: Sim | None = None) -> str:
         return (sim or self.sim).log.events("state")[-1]["state"]

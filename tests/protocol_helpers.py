@@ -16,9 +16,10 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from polling import wait_until
+
 from firmware_protocol import Decoder, Message, encode, open_transport
 from firmware_protocol.handshake import check_reply, host_hello
-from polling import wait_until  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 10.0
@@ -32,8 +33,17 @@ class SimProcess:
         self.control_path = tmp_path / "sim.ctl"
         self.link = tmp_path / "myhand"
         cmd = [
-            sys.executable, "-m", "firmware_protocol.cli", "orthosis",
-            "--log", str(self.log), "--control", str(self.control_path), "--link", str(self.link), *args,
+            sys.executable,
+            "-m",
+            "firmware_protocol.cli",
+            "orthosis",
+            "--log",
+            str(self.log),
+            "--control",
+            str(self.control_path),
+            "--link",
+            str(self.link),
+            *args,
         ]
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -60,7 +70,8 @@ class SimProcess:
 
     def find(self, event: str, after: float = -1.0, **fields: object) -> list[dict]:
         return [
-            e for e in self.events()
+            e
+            for e in self.events()
             if e["event"] == event and e["t"] > after and all(e.get(k) == v for k, v in fields.items())
         ]
 

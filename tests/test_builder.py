@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import myhand_like_csv
+
 from metaemg.errors import DataError
 from metalearn.builder import (
     build,
@@ -28,8 +28,7 @@ def make_root(tmp: Path) -> Path:
     """Research layout: three patients (p1, p2, p4), p1 and p2 with two dated sessions; one
     recording without a complete cycle and one unreadable file."""
     root = tmp / "data"
-    for i, session in enumerate(["2023_03_14_p1", "2023_04_02_p1", "2023_03_15_p2", "2023_05_01_p2",
-                                 "2023_03_20_p4"]):
+    for i, session in enumerate(["2023_03_14_p1", "2023_04_02_p1", "2023_03_15_p2", "2023_05_01_p2", "2023_03_20_p4"]):
         for cond in ("rorcr", "rorcr_weight"):
             myhand_like_csv(root / session / f"{session[-2:]}_{cond}.csv", seconds=8, seed=i)
     n = 800
@@ -47,7 +46,10 @@ def test_discover_and_sort_order(tmp_path):
     assert list(sessions) == ["2023_03_14_p1", "2023_03_15_p2", "2023_03_20_p4", "2023_04_02_p1", "2023_05_01_p2"]
     assert [r.condition for r in sessions["2023_04_02_p1"]] == ["broken", "rorcr", "rorcr_weight"]
     assert sorted(["myo_Male13_Test1", "myo_Male13_training0", "myo_Male13_Test0"], key=session_sort_key) == [
-        "myo_Male13_training0", "myo_Male13_Test0", "myo_Male13_Test1"]
+        "myo_Male13_training0",
+        "myo_Male13_Test0",
+        "myo_Male13_Test1",
+    ]
     assert sorted(["s10", "s9", "S2"], key=session_sort_key) == ["S2", "s9", "s10"]
 
 
@@ -78,7 +80,8 @@ def test_build_writes_valid_collections_and_reports_invalid(tmp_path):
     report = build(root, tmp_path / "out", split="cross-patient", holdout="p2")
     assert {b["task"] for b in report["invalid"]} == {"2023_03_20_p4/open_only", "2023_04_02_p1/broken"}
     assert "no complete relax-open-relax-close-relax cycle" in next(
-        b["error"] for b in report["invalid"] if "open_only" in b["task"])
+        b["error"] for b in report["invalid"] if "open_only" in b["task"]
+    )
     all_refs = load_collection(tmp_path / "out" / "all.json")
     test = load_collection(tmp_path / "out" / "test.json")
     train = load_collection(tmp_path / "out" / "train.json")
@@ -106,16 +109,35 @@ def test_build_command(tmp_path):
     from metalearn.cli import tasks_main
 
     out = tmp_path / "out"
-    rc = tasks_main(["build", "--root", str(root), "--out", str(out), "--split", "cross-patient",
-                     "--patient-key", r"_(p\d)$", "--holdout", "p4", "--json"])
+    rc = tasks_main(
+        [
+            "build",
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--split",
+            "cross-patient",
+            "--patient-key",
+            r"_(p\d)$",
+            "--holdout",
+            "p4",
+            "--json",
+        ]
+    )
     assert rc == 0
-    assert [str(r) for r in load_collection(out / "test.json")] == ["2023_03_20_p4/rorcr",
-                                                                     "2023_03_20_p4/rorcr_weight"]
-    proc = subprocess.run([str(REPO / ".venv/bin/metaemg-tasks"), "build", "--root", str(tmp_path / "missing"),
-                           "--out", str(out)], capture_output=True, text=True)
+    assert [str(r) for r in load_collection(out / "test.json")] == ["2023_03_20_p4/rorcr", "2023_03_20_p4/rorcr_weight"]
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/metaemg-tasks"), "build", "--root", str(tmp_path / "missing"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     # the written collection validates with the existing command
-    proc = subprocess.run([str(REPO / ".venv/bin/metaemg-tasks"), "validate", str(out / "all.json"),
-                           "--root", str(root), "--json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/metaemg-tasks"), "validate", str(out / "all.json"), "--root", str(root), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n_tasks"] == 10

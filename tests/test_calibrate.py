@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from calibrate_helpers import (
     BIN,
-    SUBJECTS,
     NO_TORCH,
+    SUBJECTS,
     FakeDaemon,
     SimulatedPatient,
     base_model,
@@ -63,19 +63,27 @@ def calibrate(*args, state: Path, capsys=None) -> tuple[int, str, str]:
 
 def test_offline_calibration_installs_the_adapted_model_with_provenance(base, clips, tmp_path):
     state = tmp_path / "state"
-    proc = run_cli("metaemg-calibrate", ["--from-recording", str(clips["Male13/cal"]), "--base-model", str(base),
-                                         "--state-dir", str(state), "--json"], clean_env(tmp_path))
+    proc = run_cli(
+        "metaemg-calibrate",
+        ["--from-recording", str(clips["Male13/cal"]), "--base-model", str(base), "--state-dir", str(state), "--json"],
+        clean_env(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     res = last_json(proc.stdout)
     assert {"accuracy_before", "accuracy_after", "adapt_seconds", "model"} <= set(res)
     assert res["installed"] and res["gate"]["passed"] and res["accuracy_after"] > res["accuracy_before"] + 0.3
     assert 0 < res["adapt_seconds"] < 5
     assert "daemon not running: it will load the new model at its next start" in proc.stdout
-    assert "gate: passed" in proc.stdout and "2 cycles (from 0.0, 15.0 s): each is scored by a model adapted on the others" in proc.stdout
+    assert (
+        "gate: passed" in proc.stdout
+        and "2 cycles (from 0.0, 15.0 s): each is scored by a model adapted on the others" in proc.stdout
+    )
 
     models = state / "models"
     model = Path(res["model"])
-    assert model.parent == models and model.name.startswith("adapted_") and model.name.endswith(f"_{res['model_id']}.onnx")
+    assert (
+        model.parent == models and model.name.startswith("adapted_") and model.name.endswith(f"_{res['model_id']}.onnx")
+    )
     assert (models / "current.onnx").read_bytes() == model.read_bytes()
     assert (models / "previous.onnx").read_bytes() == base.read_bytes()  # first install: rollback -> base
     assert not list(models.glob(".candidate*"))
@@ -143,8 +151,17 @@ def test_calibration_improves_accuracy_on_later_sessions(base, clips, tmp_path, 
     before, after = {}, {}
     for s in SUBJECTS:
         out = tmp_path / f"{s}.onnx"
-        rc, _, err = calibrate("--from-recording", clips[f"{s}/cal"], "--base-model", base, "--out", out, "--no-png",
-                               state=tmp_path / "state", capsys=capsys)
+        rc, _, err = calibrate(
+            "--from-recording",
+            clips[f"{s}/cal"],
+            "--base-model",
+            base,
+            "--out",
+            out,
+            "--no-png",
+            state=tmp_path / "state",
+            capsys=capsys,
+        )
         assert rc == 0, err
         tests = [clips[f"{s}/Test0"], clips[f"{s}/Test1"]]
         before[s] = evaluate(base, tests)["accuracy"]
@@ -160,21 +177,40 @@ def test_a_flat_clip_gives_a_clear_message_and_no_model(base, clips, tmp_path, c
     emg = rec.emg.copy()
     emg[:, :] = 0.0
     flat = write_recording(tmp_path / "flat.csv", Recording(rec.time, emg, rec.labels))
-    rc, out, err = calibrate("--from-recording", flat, "--base-model", base, "--json", state=tmp_path / "s",
-                             capsys=capsys)
+    rc, out, err = calibrate(
+        "--from-recording", flat, "--base-model", base, "--json", state=tmp_path / "s", capsys=capsys
+    )
     assert rc == 2
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert "no EMG: every channel is flat" in err and "Traceback" not in err
-    assert last_json(out) == {"ok": False, "error": err.strip()[7:], "accuracy_before": None, "accuracy_after": None,
-                              "adapt_seconds": None, "model": None}
+    assert last_json(out) == {
+        "ok": False,
+        "error": err.strip()[7:],
+        "accuracy_before": None,
+        "accuracy_after": None,
+        "adapt_seconds": None,
+        "model": None,
+    }
     assert not list((tmp_path / "s" / "models").iterdir())
 
 
 def test_the_gate_refuses_a_worse_model_and_force_installs_it(base, clips, tmp_path, capsys):
     # a good base for this patient: an earlier calibration
     good = tmp_path / "good.onnx"
-    assert calibrate("--from-recording", clips["Male13/cal"], "--base-model", base, "--out", good, "--no-png",
-                     state=tmp_path / "s0", capsys=capsys)[0] == 0
+    assert (
+        calibrate(
+            "--from-recording",
+            clips["Male13/cal"],
+            "--base-model",
+            base,
+            "--out",
+            good,
+            "--no-png",
+            state=tmp_path / "s0",
+            capsys=capsys,
+        )[0]
+        == 0
+    )
     # then a clip where the patient did the opposite of the cues in the first cycle
     rec = read_recording(clips["Male13/cal"])
     labels = rec.labels.copy()
@@ -182,8 +218,9 @@ def test_the_gate_refuses_a_worse_model_and_force_installs_it(base, clips, tmp_p
     first[first > 0] = 3 - first[first > 0]  # open <-> close
     swapped = write_recording(tmp_path / "swapped.csv", Recording(rec.time, rec.emg, labels))
     state = tmp_path / "state"
-    rc, out, _ = calibrate("--from-recording", swapped, "--base-model", good, "--json", "--no-png", state=state,
-                           capsys=capsys)
+    rc, out, _ = calibrate(
+        "--from-recording", swapped, "--base-model", good, "--json", "--no-png", state=state, capsys=capsys
+    )
     res = last_json(out)
     assert rc == EXIT_REFUSED and not res["ok"] and not res["installed"] and res["model"] is None
     assert res["accuracy_after"] < res["accuracy_before"]
@@ -192,8 +229,9 @@ def test_the_gate_refuses_a_worse_model_and_force_installs_it(base, clips, tmp_p
     assert not (state / "models" / "current.onnx").exists() and not list((state / "models").glob("*.onnx"))
     assert Path(res["report"]).is_file()  # the refusal is on record
 
-    rc, out, _ = calibrate("--from-recording", swapped, "--base-model", good, "--json", "--no-png", "--force",
-                           state=state, capsys=capsys)
+    rc, out, _ = calibrate(
+        "--from-recording", swapped, "--base-model", good, "--json", "--no-png", "--force", state=state, capsys=capsys
+    )
     res = last_json(out)
     assert rc == 0 and res["installed"] and res["gate"]["forced"] and not res["gate"]["passed"]
     assert read_model_info(state / "models" / "current.onnx").calibration["gate"]["forced"] is True
@@ -203,8 +241,16 @@ def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, 
     state = tmp_path / "state"
     ids = []
     for s in ("Male13", "Male15"):
-        rc, out, err = calibrate("--from-recording", clips[f"{s}/cal"], "--base-model", base, "--json", "--no-png",
-                                 state=state, capsys=capsys)
+        rc, out, err = calibrate(
+            "--from-recording",
+            clips[f"{s}/cal"],
+            "--base-model",
+            base,
+            "--json",
+            "--no-png",
+            state=state,
+            capsys=capsys,
+        )
         assert rc == 0, err
         ids.append(last_json(out)["model_id"])
     current, previous = state / "models" / "current.onnx", state / "models" / "previous.onnx"
@@ -230,8 +276,20 @@ def test_an_installed_model_is_hot_swapped_by_a_running_daemon(base, clips, tmp_
     endpoint = f"ipc://{tmp_path / 'control.sock'}"
     daemon = FakeDaemon(endpoint, [{"ok": True, "model_id": "new", "previous_model_id": "old"}])
     try:
-        rc = main(["--from-recording", str(clips["Male15/cal"]), "--base-model", str(base), "--no-png",
-                   "--state-dir", str(tmp_path / "state"), "--control", endpoint, "--json"])
+        rc = main(
+            [
+                "--from-recording",
+                str(clips["Male15/cal"]),
+                "--base-model",
+                str(base),
+                "--no-png",
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--control",
+                endpoint,
+                "--json",
+            ]
+        )
     finally:
         daemon.close()
     res = last_json(capsys.readouterr().out)
@@ -241,22 +299,28 @@ def test_an_installed_model_is_hot_swapped_by_a_running_daemon(base, clips, tmp_
 
 def test_without_torch_it_says_what_to_install_before_recording(base, clips, tmp_path):
     state = tmp_path / "state"
-    proc = run_cli("metaemg-calibrate", ["--from-recording", str(clips["Male13/cal"]), "--base-model", str(base),
-                                         "--state-dir", str(state)], clean_env(tmp_path),
-                   python_prelude=NO_TORCH)
+    proc = run_cli(
+        "metaemg-calibrate",
+        ["--from-recording", str(clips["Male13/cal"]), "--base-model", str(base), "--state-dir", str(state)],
+        clean_env(tmp_path),
+        python_prelude=NO_TORCH,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in proc.stderr
     assert not state.exists()  # failed before anything was recorded or written
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--base-model", "/nonexistent/base.onnx", "--from-recording", "x.csv"], "base model not found"),
-    (["--rollback", "--out", "m.onnx"], "--rollback takes no --out"),
-    (["--rollback"], "nothing to roll back to"),
-    (["--cycles", "1", "--print-config"], "protocol.cycles must be an integer in 2..10"),
-    (["--min-accuracy", "2", "--print-config"], "gate.min_accuracy must be a fraction"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--base-model", "/nonexistent/base.onnx", "--from-recording", "x.csv"], "base model not found"),
+        (["--rollback", "--out", "m.onnx"], "--rollback takes no --out"),
+        (["--rollback"], "nothing to roll back to"),
+        (["--cycles", "1", "--print-config"], "protocol.cycles must be an integer in 2..10"),
+        (["--min-accuracy", "2", "--print-config"], "gate.min_accuracy must be a fraction"),
+    ],
+)
 def test_bad_input_is_one_line(args, fragment, tmp_path, capsys):
     rc, _, err = calibrate(*args, state=tmp_path / "state", capsys=capsys)
     assert rc == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
@@ -269,8 +333,14 @@ def test_print_config_shows_the_effective_configuration(tmp_path, capsys):
     import yaml
 
     doc = yaml.safe_load(capsys.readouterr().out)
-    assert doc["protocol"] == {"relax_s": 2.0, "open_s": 2.0, "close_s": 2.0, "cycles": 4, "countdown_s": 3,
-                               "reaction_s": 0.3}
+    assert doc["protocol"] == {
+        "relax_s": 2.0,
+        "open_s": 2.0,
+        "close_s": 2.0,
+        "cycles": 4,
+        "countdown_s": 3,
+        "reaction_s": 0.3,
+    }
     assert doc["cues"]["endpoint"] == "tcp://127.0.0.1:5557" and doc["gate"]["min_accuracy"] == 0.7
 
 
@@ -280,15 +350,42 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
     name = unique_name()
     cues = f"ipc://{tmp_path / 'cues.sock'}"
     control = f"ipc://{tmp_path / 'control.sock'}"
-    daemon = FakeDaemon(control, [{"ok": True, "status": {"paused": False}}, {"ok": True, "state": "paused"},
-                                  {"ok": True, "model_id": "new", "previous_model_id": "old"},
-                                  {"ok": True, "state": "running"}])
+    daemon = FakeDaemon(
+        control,
+        [
+            {"ok": True, "status": {"paused": False}},
+            {"ok": True, "state": "paused"},
+            {"ok": True, "model_id": "new", "previous_model_id": "old"},
+            {"ok": True, "state": "running"},
+        ],
+    )
     patient = SimulatedPatient(myo_recording(myo_src, "Male13", "training0"), name, cues).start()
     state = tmp_path / "state"
     try:
-        proc = run_cli("metaemg-calibrate", ["--base-model", str(base), "--state-dir", str(state), "--lsl-stream", name,
-                                             "--cue-s", "1", "--cycles", "2", "--countdown-s", "1", "--cue-endpoint",
-                                             cues, "--control", control, "--json"], clean_env(tmp_path), timeout=90)
+        proc = run_cli(
+            "metaemg-calibrate",
+            [
+                "--base-model",
+                str(base),
+                "--state-dir",
+                str(state),
+                "--lsl-stream",
+                name,
+                "--cue-s",
+                "1",
+                "--cycles",
+                "2",
+                "--countdown-s",
+                "1",
+                "--cue-endpoint",
+                cues,
+                "--control",
+                control,
+                "--json",
+            ],
+            clean_env(tmp_path),
+            timeout=90,
+        )
     finally:
         patient.stop()
         daemon.close()
@@ -304,8 +401,18 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
     assert "INFO" not in proc.stderr  # liblsl kept quiet
 
     seen = [c["cue"] for c in patient.cues if c["cue"] != "countdown"]
-    assert [c for i, c in enumerate(seen) if i == 0 or c != seen[i - 1]] == \
-        ["relax", "open", "relax", "close", "relax", "open", "relax", "close", "relax", "done"]
+    assert [c for i, c in enumerate(seen) if i == 0 or c != seen[i - 1]] == [
+        "relax",
+        "open",
+        "relax",
+        "close",
+        "relax",
+        "open",
+        "relax",
+        "close",
+        "relax",
+        "done",
+    ]
     assert all(c["schema"] == "metaemg.monitor/1" for c in patient.cues)
 
     rec = read_recording(res["clip"])  # the stored clip, in the research format
@@ -328,10 +435,13 @@ def test_a_state_directory_other_users_can_write_is_refused(base, clips, tmp_pat
     state = tmp_path / "shared"
     state.mkdir()
     state.chmod(0o777)
-    rc, _, err = calibrate("--from-recording", clips["Male13/cal"], "--base-model", base, "--no-png", state=state,
-                           capsys=capsys)
-    assert rc == 2 and err == (f"error: state directory {state} is writable by other users (mode 0777): refusing to "
-                               f"use it; run: chmod go-w {state}\n")
+    rc, _, err = calibrate(
+        "--from-recording", clips["Male13/cal"], "--base-model", base, "--no-png", state=state, capsys=capsys
+    )
+    assert rc == 2 and err == (
+        f"error: state directory {state} is writable by other users (mode 0777): refusing to "
+        f"use it; run: chmod go-w {state}\n"
+    )
     assert list(state.iterdir()) == []  # nothing written
 
 
@@ -349,40 +459,69 @@ def test_a_clip_with_open_and_close_swapped_is_refused_by_other_peoples_muscles(
     from metalearn.calibrate import default_base_model
 
     default = default_base_model()
-    rc, out, _ = calibrate("--from-recording", clips["Male13/cal"], "--base-model", default, "--no-png", "--json",
-                           state=tmp_path / "ok", capsys=capsys)
+    rc, out, _ = calibrate(
+        "--from-recording",
+        clips["Male13/cal"],
+        "--base-model",
+        default,
+        "--no-png",
+        "--json",
+        state=tmp_path / "ok",
+        capsys=capsys,
+    )
     assert rc == 0 and last_json(out)["gate"]["passed"]
     swapped = _swapped(clips["Male13/cal"], tmp_path / "swapped.csv")
-    rc, out, _ = calibrate("--from-recording", swapped, "--base-model", default, "--no-png", "--json",
-                           state=tmp_path / "s", capsys=capsys)
+    rc, out, _ = calibrate(
+        "--from-recording", swapped, "--base-model", default, "--no-png", "--json", state=tmp_path / "s", capsys=capsys
+    )
     res = last_json(out)
     assert rc == EXIT_REFUSED and not res["installed"]
     (witness,) = res["gate"]["witnesses"]
     assert witness["name"] == "other people (the base model's population)"
     assert witness["swapped"] > 0.9 and witness["as_labelled"] < 0.3
     assert any(r.startswith("open and close look swapped: other people") for r in res["gate"]["reasons"])
-    rc, out, _ = calibrate("--from-recording", swapped, "--base-model", default, "--no-png", "--json", "--force",
-                           state=tmp_path / "s", capsys=capsys)
+    rc, out, _ = calibrate(
+        "--from-recording",
+        swapped,
+        "--base-model",
+        default,
+        "--no-png",
+        "--json",
+        "--force",
+        state=tmp_path / "s",
+        capsys=capsys,
+    )
     assert rc == 0 and last_json(out)["gate"]["forced"]
 
 
-def test_a_clip_with_open_and_close_swapped_is_refused_by_the_patients_previous_model(base, clips, myo_src, tmp_path,
-                                                                                        capsys):
+def test_a_clip_with_open_and_close_swapped_is_refused_by_the_patients_previous_model(
+    base, clips, myo_src, tmp_path, capsys
+):
     """A returning patient: the model calibrated at the last session decides the new clip's open
     windows as close. (The tests' base model has no population: this witness alone refuses.)"""
     state = tmp_path / "state"
-    rc, out, _ = calibrate("--from-recording", clips["Male14/cal"], "--base-model", base, "--no-png", "--json",
-                           state=state, capsys=capsys)
+    rc, out, _ = calibrate(
+        "--from-recording", clips["Male14/cal"], "--base-model", base, "--no-png", "--json", state=state, capsys=capsys
+    )
     assert rc == 0 and last_json(out)["installed"]
     later = write_clip(myo_recording(myo_src, "Male14", "Test0"), tmp_path / "later.csv", CLIP_S)
-    rc, out, _ = calibrate("--from-recording", _swapped(later, tmp_path / "later_swapped.csv"), "--base-model", base,
-                           "--no-png", "--json", state=state, capsys=capsys)
+    rc, out, _ = calibrate(
+        "--from-recording",
+        _swapped(later, tmp_path / "later_swapped.csv"),
+        "--base-model",
+        base,
+        "--no-png",
+        "--json",
+        state=state,
+        capsys=capsys,
+    )
     res = last_json(out)
     assert rc == EXIT_REFUSED and not res["installed"]
     (witness,) = res["gate"]["witnesses"]
     assert witness["name"].startswith("the previous model ") and witness["swapped"] > witness["as_labelled"] + 0.25
-    rc, out, _ = calibrate("--from-recording", later, "--base-model", base, "--no-png", "--json", state=state,
-                           capsys=capsys)
+    rc, out, _ = calibrate(
+        "--from-recording", later, "--base-model", base, "--no-png", "--json", state=state, capsys=capsys
+    )
     res = last_json(out)
     assert rc == 0 and res["installed"]  # the true labels agree with the previous model
     (witness,) = res["gate"]["witnesses"]
@@ -401,10 +540,29 @@ def test_nan_from_the_armband_stops_a_live_calibration_at_once_and_keeps_the_cli
     state = tmp_path / "state"
     t = time.monotonic()
     try:
-        proc = run_cli("metaemg-calibrate", ["--base-model", str(base), "--state-dir", str(state), "--lsl-stream", name,
-                                             "--cue-s", "2", "--cycles", "2", "--countdown-s", "1", "--cue-endpoint",
-                                             cues, "--control", f"ipc://{tmp_path}/none.sock"],
-                       clean_env(tmp_path), timeout=90)
+        proc = run_cli(
+            "metaemg-calibrate",
+            [
+                "--base-model",
+                str(base),
+                "--state-dir",
+                str(state),
+                "--lsl-stream",
+                name,
+                "--cue-s",
+                "2",
+                "--cycles",
+                "2",
+                "--countdown-s",
+                "1",
+                "--cue-endpoint",
+                cues,
+                "--control",
+                f"ipc://{tmp_path}/none.sock",
+            ],
+            clean_env(tmp_path),
+            timeout=90,
+        )
     finally:
         patient.stop()
     elapsed = time.monotonic() - t
@@ -430,10 +588,24 @@ def test_a_full_disk_is_one_line_and_installs_nothing(base, clips, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
     state = tmp_path / "state"
-    proc = subprocess.run([str(BIN / "metaemg-calibrate"), "--from-recording", str(clips["Male13/cal"]), "--base-model",
-                           str(base), "--state-dir", str(state), "--no-png"], capture_output=True, text=True,
-                          timeout=120, env=clean_env(tmp_path), preexec_fn=small_files)
+    proc = subprocess.run(
+        [
+            str(BIN / "metaemg-calibrate"),
+            "--from-recording",
+            str(clips["Male13/cal"]),
+            "--base-model",
+            str(base),
+            "--state-dir",
+            str(state),
+            "--no-png",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(tmp_path),
+        preexec_fn=small_files,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: cannot write {state / 'clips'}/") and proc.stderr.count("\n") == 1
     assert "File too large" in proc.stderr and not list((state / "models").glob("*.onnx"))
-    assert not [p for p in (state / "clips").iterdir()]  # no half-written clip, no temporary file
+    assert not list((state / "clips").iterdir())  # no half-written clip, no temporary file

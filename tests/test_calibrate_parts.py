@@ -3,7 +3,9 @@ gate, metrics, configuration, state directory, and the daemon link over real Zer
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import time
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def test_default_protocol_is_two_cycles_of_relax_open_relax_close_then_relax():
     assert [c.name for c in cues] == ["relax", "open", "relax", "close"] * 2 + ["relax"]
     assert [c.cycle for c in cues] == [1] * 4 + [2] * 5
     assert p.duration_s == 18.0 and p.countdown_s == 3 and p.reaction_s == 0.3
-    assert all(a.end == b.start for a, b in zip(cues, cues[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(cues))
     assert p.duration_s + p.countdown_s < 60  # the README's promise: under a minute of the patient's time
 
 
@@ -56,12 +58,15 @@ def test_labels_follow_the_cues_shifted_by_the_reaction_time():
     assert got.tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
 
 
-@pytest.mark.parametrize("changes, fragment", [
-    ({"cycles": 1}, "protocol.cycles must be an integer in 2..10"),
-    ({"open_s": 0.1}, "protocol.open_s"),
-    ({"reaction_s": 2.0}, "protocol.reaction_s"),
-    ({"countdown_s": 1.5}, "protocol.countdown_s"),
-])
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"cycles": 1}, "protocol.cycles must be an integer in 2..10"),
+        ({"open_s": 0.1}, "protocol.open_s"),
+        ({"reaction_s": 2.0}, "protocol.reaction_s"),
+        ({"countdown_s": 1.5}, "protocol.countdown_s"),
+    ],
+)
 def test_bad_protocol_values_are_refused(changes, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         CueProtocol(**changes)
@@ -82,7 +87,8 @@ def test_the_clip_is_cut_into_cycles_each_with_all_three_intents(male13):
         assert set(clip.labels[held].tolist()) == {0, 1, 2} and set(clip.labels[train].tolist()) == {0, 1, 2}
         assert (train == ~held).all() and (held == (cycles == k)).all()
         assert not samples[clip.cycle_samples(k)].any() and samples.sum() == len(samples) - len(
-            range(*clip.cycle_samples(k).indices(len(samples))))
+            range(*clip.cycle_samples(k).indices(len(samples)))
+        )
     assert clip.windows.shape[1:] == (50, 8) and clip.windows.dtype == np.float32
     assert clip.activity()["open"] > 1.5 and clip.activity()["close"] > 1.5
 
@@ -118,13 +124,13 @@ def test_a_missing_intent_one_cycle_or_too_short_a_part_is_refused(male13):
     short_open = male13.labels.copy()
     opens = np.flatnonzero(short_open == 1)
     short_open[opens[opens >= 3000][40:]] = 0  # the second cycle's open lasts 0.2 s
-    with pytest.raises(DataError, match="its cycle 2 of 2 has only open 0.2"):
+    with pytest.raises(DataError, match=re.escape("its cycle 2 of 2 has only open 0.2")):
         prepare_clip(_with(male13, labels=short_open), SPEC)
 
 
 def test_wrong_rate_and_saturation_are_refused(male13):
     slow = Recording(male13.time * 2, male13.emg, male13.labels)
-    with pytest.raises(DataError, match="sample rate is 100.0 Hz, the model expects 200 Hz"):
+    with pytest.raises(DataError, match=re.escape("sample rate is 100.0 Hz, the model expects 200 Hz")):
         prepare_clip(slow, SPEC)
     sat = male13.emg.copy()
     sat[::3] = 127
@@ -149,7 +155,7 @@ def test_gate_rules():
     forced = decide(_summary(0.95), _summary(0.5), rules, force=True)
     assert forced.install and forced.forced and not forced.passed and "--force" in forced.line()
     assert not decide(_summary(0.4), _summary(0.9), rules, force=True).forced  # nothing to force
-    with pytest.raises(ConfigError, match="gate.min_accuracy"):
+    with pytest.raises(ConfigError, match=re.escape("gate.min_accuracy")):
         GateRules(min_accuracy=1.5)
 
 
@@ -181,11 +187,13 @@ def test_config_file_overrides_defaults_and_refuses_unknown_keys(tmp_path):
     assert cfg.protocol.cycles == 4 and cfg.protocol.open_s == 4.0 and cfg.protocol.close_s == 2.0
     assert cfg.gate.min_accuracy == 0.8 and cfg.state_dir == "/x" and cfg.lsl.name == "MyHand-EMG"
     assert configuration.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # round trip
-    for text, fragment in [("protocol:\n  cycle: 4\n", "unknown key 'protocol.cycle'"),
-                           ("gate:\n  min_accuracy: high\n", "gate.min_accuracy: must be a number, got 'high'"),
-                           ("cues:\n  endpoint: udp://x\n", "cues.endpoint must be"),
-                           ("protocol: [1]\n", "protocol: must be a mapping, got list"),
-                           ("a: [\n", "not valid YAML")]:
+    for text, fragment in [
+        ("protocol:\n  cycle: 4\n", "unknown key 'protocol.cycle'"),
+        ("gate:\n  min_accuracy: high\n", "gate.min_accuracy: must be a number, got 'high'"),
+        ("cues:\n  endpoint: udp://x\n", "cues.endpoint must be"),
+        ("protocol: [1]\n", "protocol: must be a mapping, got list"),
+        ("a: [\n", "not valid YAML"),
+    ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(ConfigError, match=str(bad)) as info:
@@ -283,6 +291,7 @@ def test_cues_are_published_on_the_pub_socket():
         sub.setsockopt(zmq.SUBSCRIBE, b"cue")
         sub.connect(link.cue_endpoint)
         try:
+
             def received():  # a SUB joins late: publish until one arrives
                 link.publish_cue("open", 1, 2.5, cycle=1, n_cues=13, cycles=3, total_remaining_s=30.0)
                 return sub.poll(20) and sub.recv_multipart()
@@ -298,8 +307,10 @@ def test_cues_are_published_on_the_pub_socket():
 
 def test_cue_endpoint_in_use_is_a_one_line_config_error():
     none = "ipc:///nonexistent/c.sock"
-    with DaemonLink(cue_endpoint="tcp://127.0.0.1:*", control_endpoint=none) as link, \
-            pytest.raises(ConfigError, match="cannot bind"):
+    with (
+        DaemonLink(cue_endpoint="tcp://127.0.0.1:*", control_endpoint=none) as link,
+        pytest.raises(ConfigError, match="cannot bind"),
+    ):
         DaemonLink(cue_endpoint=link.cue_endpoint, control_endpoint=none)
 
 
@@ -307,10 +318,18 @@ def test_reload_request_and_its_outcomes(tmp_path):
     endpoint = f"ipc://{tmp_path / 'control.sock'}"
     with DaemonLink(cue_endpoint=None, control_endpoint=f"ipc://{tmp_path / 'absent.sock'}") as link:
         result = link.request_reload("/m.onnx")
-    assert result.status == "not_running" and str(result) == "daemon not running: it will load the new model at its next start"
+    assert (
+        result.status == "not_running"
+        and str(result) == "daemon not running: it will load the new model at its next start"
+    )
 
-    daemon = FakeDaemon(endpoint, [{"ok": False, "error": "a reload is already in progress"},
-                                   {"ok": True, "model_id": "abc", "previous_model_id": "def"}])
+    daemon = FakeDaemon(
+        endpoint,
+        [
+            {"ok": False, "error": "a reload is already in progress"},
+            {"ok": True, "model_id": "abc", "previous_model_id": "def"},
+        ],
+    )
     try:
         with DaemonLink(cue_endpoint=None, control_endpoint=endpoint, timeout_s=2.0) as link:
             result = link.request_reload(tmp_path / "current.onnx")
@@ -355,8 +374,10 @@ def test_the_control_endpoint_is_found_as_the_daemon_resolves_it(tmp_path, monke
 
 def test_hold_pauses_a_running_daemon_and_release_resumes_only_what_it_paused(tmp_path):
     endpoint = f"ipc://{tmp_path / 'control.sock'}"
-    daemon = FakeDaemon(endpoint, [{"ok": True, "status": {"paused": False}}, {"ok": True, "state": "paused"},
-                                   {"ok": True, "state": "running"}])
+    daemon = FakeDaemon(
+        endpoint,
+        [{"ok": True, "status": {"paused": False}}, {"ok": True, "state": "paused"}, {"ok": True, "state": "running"}],
+    )
     try:
         with DaemonLink(cue_endpoint=None, control_endpoint=endpoint) as link:
             hold = link.hold()
@@ -384,7 +405,9 @@ def test_hold_pauses_a_running_daemon_and_release_resumes_only_what_it_paused(tm
         daemon.close()
     assert [r["cmd"] for r in daemon.requests] == ["status"]
     with DaemonLink(cue_endpoint=None, control_endpoint=f"ipc://{tmp_path / 'none.sock'}") as link:
-        assert link.hold().note == f"daemon not running (no control socket at {link.control_endpoint}; nothing to pause)"
+        assert (
+            link.hold().note == f"daemon not running (no control socket at {link.control_endpoint}; nothing to pause)"
+        )
 
 
 def test_cue_forwarding_to_the_daemon_never_blocks_the_cues(tmp_path):

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from calibrate_helpers import base_model, write_clip
 from controller_helpers import Daemon, Sim, myo_recording, unique_name, wait_until
+
 from metaemg.modelfile import read_model_info
 
 BIN = Path(sys.executable).parent
@@ -38,9 +38,24 @@ def test_calibration_is_taken_up_by_the_running_daemon(myo_src, base, tmp_path):
         wait_until(lambda: (daemon.status() or {}).get("state") == "running", 30, "the daemon running")
         before = daemon.ctl("status")["status"]["model"]["model_id"]
         assert before == read_model_info(base).model_id
-        proc = subprocess.run([str(BIN / "metaemg-calibrate"), "--from-recording", str(clip), "--base-model",
-                               str(base), "--state-dir", str(state), "--control", daemon.control, "--no-png",
-                               "--json"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                str(BIN / "metaemg-calibrate"),
+                "--from-recording",
+                str(clip),
+                "--base-model",
+                str(base),
+                "--state-dir",
+                str(state),
+                "--control",
+                daemon.control,
+                "--no-png",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result["accuracy_after"] > result["accuracy_before"]

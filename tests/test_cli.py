@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import myhand_like_csv
+
 from metalearn.tasks import TaskRef, save_collection
 
 BIN = Path(sys.executable).parent
@@ -36,9 +36,14 @@ def test_validate_reports_each_bad_task_and_exits_1(tmp_path):
     myhand_like_csv(tmp_path / "2023_03_14_p4" / "p4_111_ok.csv", seconds=20)
     bad = myhand_like_csv(tmp_path / "2023_03_14_p4" / "p4_112_bad.csv", seconds=20)
     bad.write_text(bad.read_text().replace(",rorcr\n", ",rorcr\n", 1).replace("\n5,", "\n5,nan", 1))
-    coll = save_collection(tmp_path / "c.json", [TaskRef("2023_03_14_p4", "111_ok"),
-                                                 TaskRef("2023_03_14_p4", "112_bad"),
-                                                 TaskRef("2023_03_14_p4", "113_missing")])
+    coll = save_collection(
+        tmp_path / "c.json",
+        [
+            TaskRef("2023_03_14_p4", "111_ok"),
+            TaskRef("2023_03_14_p4", "112_bad"),
+            TaskRef("2023_03_14_p4", "113_missing"),
+        ],
+    )
     proc = run("metaemg-tasks", "validate", coll, "--root", tmp_path, "--json", check_rc=1)
     doc = json.loads(proc.stdout)
     assert [t["valid"] for t in doc["tasks"]] == [True, False, False]
@@ -65,4 +70,3 @@ def test_import_of_a_wrong_directory(tmp_path):
     proc = run("metaemg-import", "myoarmband", tmp_path, tmp_path / "out", check_rc=2)
     assert "not a Myo armband dataset" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
-

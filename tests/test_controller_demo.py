@@ -6,9 +6,9 @@ import re
 import subprocess
 
 import pytest
+from controller_helpers import BIN, male13_model
 
 from controller.config import default_model_path
-from controller_helpers import BIN, male13_model
 
 pytestmark = [pytest.mark.slow]
 

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from firmware_protocol.messages import StopReason
 from controller_helpers import (
     Daemon,
     Sim,
@@ -35,6 +33,8 @@ from controller_helpers import (
     unique_name,
     wait_until,
 )
+
+from firmware_protocol.messages import StopReason
 
 pytestmark = [pytest.mark.slow]
 
@@ -113,7 +113,9 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         r["paused_state"] = daemon.ctl("status")["status"]["state"]
         r["resume"] = daemon.ctl("resume")
         t = time.monotonic()
-        r["resumed_command"] = sim.log.wait_for(lambda e: e["event"] == "command" and e["t"] > t, 3, "commands after resume")
+        r["resumed_command"] = sim.log.wait_for(
+            lambda e: e["event"] == "command" and e["t"] > t, 3, "commands after resume"
+        )
 
         # 3. hot swap
         garbage = tmp / "garbage.onnx"
@@ -125,11 +127,15 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         shutil.copy(other_models["second"], tmp_copy)
         os.replace(tmp_copy, model)  # replace the watched file atomically
         r["reload_event"] = sub.wait_for(
-            lambda topic, m: topic == "event" and m.get("event") == "reload" and m["t_mono"] > t, 5,
-            "the file-watch reload")
+            lambda topic, m: topic == "event" and m.get("event") == "reload" and m["t_mono"] > t,
+            5,
+            "the file-watch reload",
+        )
         r["after_swap_decision"] = sub.wait_for(
-            lambda topic, m: topic == "decision" and m["t_mono"] > r["reload_event"]["t_mono"], 3,
-            "a decision of the new model")
+            lambda topic, m: topic == "decision" and m["t_mono"] > r["reload_event"]["t_mono"],
+            3,
+            "a decision of the new model",
+        )
         r["status_after_swap"] = daemon.status()
 
         # 4. NaN samples
@@ -138,8 +144,9 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         replay.inject("nan", 5)
         r["nan_stop"] = _stop_after(sim, t, StopReason.SIGNAL_LOST, "STOP on NaN")
         r["nan_event"] = sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "stale", 2, "stale")
-        r["nan_rearm_command"] = sim.log.wait_for(lambda e: e["event"] == "command" and e["t"] > r["nan_stop"]["t"],
-                                                  3, "commands after the NaN")
+        r["nan_rearm_command"] = sim.log.wait_for(
+            lambda e: e["event"] == "command" and e["t"] > r["nan_stop"]["t"], 3, "commands after the NaN"
+        )
         r["nan_injected_at"] = t
 
         # 5. stale: the armband goes quiet
@@ -147,8 +154,9 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         time.sleep(0.2)  # not synchronisation: a stretch of normal streaming before the silence
         r["t_last_sample"] = replay.pause()
         r["stale_stop"] = _stop_after(sim, r["t_last_sample"], StopReason.SIGNAL_LOST, "STOP after the input stopped")
-        r["stale_state"] = sim.log.wait_for(lambda e: e["event"] == "state" and e["t"] > r["t_last_sample"], 2,
-                                            "the device's safe state")
+        r["stale_state"] = sim.log.wait_for(
+            lambda e: e["event"] == "state" and e["t"] > r["t_last_sample"], 2, "the device's safe state"
+        )
         r["stale_status"] = daemon.status()
         r["commands_after_silence"] = [c for c in sim.log.events("command") if c["t"] > r["stale_stop"]["t"]]
         replay.resume()
@@ -159,7 +167,7 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
         r["exit_code"], r["exit_s"] = daemon.terminate()
         r["term_stop"] = _stop_after(sim, t, StopReason.HOST_SHUTDOWN, "STOP on SIGTERM")
         r["term_commands"] = [c for c in sim.log.events("command") if c["t"] > r["term_stop"]["t"]]
-        r["final_state"] = [e for e in sim.log.events("state")][-1]
+        r["final_state"] = list(sim.log.events("state"))[-1]
         yield r
     finally:
         sub.close()
@@ -200,9 +208,11 @@ def test_decision_messages_carry_timing_for_every_command(scenario):
     # the LSL timestamp of the window's last sample, then the command at the simulator
     e2e = np.array([by_seq[d["command_seq"]]["t"] - d["lsl_ts"] for d in decisions if d["command_seq"] in by_seq])
     inside = np.array([d["latency_ms"] for d in decisions])
-    print(f"\nend-to-end (last sample pushed -> command at the simulator): p50 {1e3 * np.median(e2e):.2f} ms, "
-          f"p99 {1e3 * np.percentile(e2e, 99):.2f} ms; daemon (chunk received -> written): "
-          f"p50 {np.median(inside):.3f} ms, p99 {np.percentile(inside, 99):.3f} ms")
+    print(
+        f"\nend-to-end (last sample pushed -> command at the simulator): p50 {1e3 * np.median(e2e):.2f} ms, "
+        f"p99 {1e3 * np.percentile(e2e, 99):.2f} ms; daemon (chunk received -> written): "
+        f"p50 {np.median(inside):.3f} ms, p99 {np.percentile(inside, 99):.3f} ms"
+    )
     assert len(e2e) >= 0.9 * len(decisions)
     assert (e2e > 0).all()
     assert np.median(e2e) < 0.02 and np.median(inside) < 5
@@ -257,6 +267,6 @@ def test_sigterm_sends_stop_and_exits_0_within_1_s(scenario):
     assert scenario["term_stop"]["reason"] == StopReason.HOST_SHUTDOWN
     assert scenario["term_commands"] == []
     assert scenario["final_state"]["state"] == "safe"
-    assert not Path(scenario["daemon"].control[len("ipc://"):]).exists()
+    assert not Path(scenario["daemon"].control[len("ipc://") :]).exists()
     stopped = scenario["daemon"].events("stopped")
     assert stopped and stopped[0]["exit_code"] == 0

@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-
 from controller_helpers import BIN, Daemon, Sim, Sub, male13_model, myo_recording, unique_name, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -77,20 +76,36 @@ def test_faults_are_states_with_a_safe_reaction(tmp_path, model, recording):
     notify = Notify(tmp_path / "notify")
     name = unique_name()
     link = tmp_path / "myhand"
-    daemon = Daemon(tmp_path, stream=name, port=str(link), model=model,
-                    env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"})
+    daemon = Daemon(
+        tmp_path,
+        stream=name,
+        port=str(link),
+        model=model,
+        env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"},
+    )
     sub = Sub(daemon.monitor)
     sim = replay = None
     try:
         # no port, no stream: waiting, not ready
-        s = wait_until(lambda: (st := state_is(daemon, "waiting_for_link")()) and st["link"]["open"] is False
-                       and st["link"]["problem"] != "not connected" and st, 20, "a failed open")
+        s = wait_until(
+            lambda: (
+                (st := state_is(daemon, "waiting_for_link")())
+                and st["link"]["open"] is False
+                and st["link"]["problem"] != "not connected"
+                and st
+            ),
+            20,
+            "a failed open",
+        )
         assert s["link"]["problem"] == f"{link}: no such device" and s["ready"] is False
         sim = Sim(tmp_path)
         # the handshake makes the link ready; the device's state comes with its next STATUS frame,
         # which may be a moment later: wait for both, in any order
-        s = wait_until(lambda: (st := state_is(daemon, "waiting_for_stream")()) and
-                       st["link"]["device_state"] is not None and st, 10, "waiting_for_stream, device state known")
+        s = wait_until(
+            lambda: (st := state_is(daemon, "waiting_for_stream")()) and st["link"]["device_state"] is not None and st,
+            10,
+            "waiting_for_stream, device state known",
+        )
         assert s["link"]["phase"] == "ready" and s["link"]["device_state"] == "safe"
         assert not any("READY=1" in m for _, m in notify.drain())
         replay = Replay(recording.emg, recording.labels, 200.0, name=name, loop=True).start()
@@ -106,8 +121,11 @@ def test_faults_are_states_with_a_safe_reaction(tmp_path, model, recording):
         # the orthosis unplugged for 0.5 s: waiting_for_link, then the same path again
         t = time.monotonic()
         sim.send(cmd="vanish", ms=500)
-        lost = sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "waiting_for_link", 3,
-                            "waiting_for_link after the unplug")
+        lost = sub.wait_for(
+            lambda topic, m: topic == "event" and m.get("state") == "waiting_for_link",
+            3,
+            "waiting_for_link after the unplug",
+        )
         assert lost["t_mono"] - t < 0.5
         vanished = sim.log.wait_for(lambda e: e["event"] == "vanish" and e["t"] > t, 3, "the unplug")
         reappeared = sim.log.wait_for(lambda e: e["event"] == "appear" and e["t"] > t, 3, "the new pty")
@@ -131,8 +149,13 @@ def test_faults_are_states_with_a_safe_reaction(tmp_path, model, recording):
         # a relative path means the caller's directory: refused on the socket, made absolute by ctl
         rel = daemon.request(cmd="reload", path=model.name)
         assert rel["ok"] is False and "path must be absolute" in rel["error"]
-        proc = subprocess.run([str(BIN / "myhand-controller"), "ctl", "--control", daemon.control, "reload",
-                               f"path={model.name}"], capture_output=True, text=True, timeout=10, cwd=model.parent)
+        proc = subprocess.run(
+            [str(BIN / "myhand-controller"), "ctl", "--control", daemon.control, "reload", f"path={model.name}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=model.parent,
+        )
         assert json.loads(proc.stdout)["path"] == str(model)
         assert sim.log.events("clear")[-1]["result"] == "ok"
 

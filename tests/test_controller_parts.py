@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
+from controller_helpers import BIN
 
 from controller.config import MonitorConfig
-from controller_helpers import BIN
 from controller.control import ControlError, ControlServer, request
 from controller.monitor import SCHEMA, Monitor
 from controller.pipeline import NONFINITE, SATURATED, Pipeline, SaturationMonitor, check_stream
@@ -26,7 +26,6 @@ from controller.states import Conditions, DaemonState, StateMachine, derive
 from firmware_protocol import StopReason
 from metaemg.errors import ConfigError
 from metaemg.signal import SignalSpec, condition, make_windows
-
 
 # -- sd_notify --------------------------------------------------------------------------------------
 
@@ -168,7 +167,9 @@ def test_a_slow_request_never_delays_pause_or_stop(tmp_path):
         server = ControlServer(endpoint, ctx, handler)
         task = asyncio.get_running_loop().create_task(server.serve())
         try:
-            slow = asyncio.create_task(asyncio.to_thread(request, endpoint, {"cmd": "reload", "path": "/x"}, timeout_s=10))
+            slow = asyncio.create_task(
+                asyncio.to_thread(request, endpoint, {"cmd": "reload", "path": "/x"}, timeout_s=10)
+            )
             while server.requests < 1:
                 await asyncio.sleep(0.001)
             paused = await asyncio.to_thread(request, endpoint, {"cmd": "pause"}, timeout_s=2)
@@ -267,7 +268,7 @@ def test_pipeline_windows_match_the_offline_chain_in_any_chunking():
     got, got_ends, skipped = [], [], 0
     i = 0
     for size in rng.integers(1, 40, 200):
-        chunk = raw[i:i + size]
+        chunk = raw[i : i + size]
         i += size
         if not len(chunk):
             break
@@ -317,10 +318,10 @@ def test_saturation_monitor_counts_the_last_n_flags_for_any_chunking():
     mon, i = SaturationMonitor(7), 0
     while i < len(flags):
         k = int(rng.choice([1, 1, 1, 2, 5, 9]))  # mostly the live path: one sample per chunk
-        chunk = flags[i:i + k]
+        chunk = flags[i : i + k]
         got = mon.push(chunk)
         i += len(chunk)
-        assert got == flags[max(0, i - 7):i].sum() / 7, i
+        assert got == flags[max(0, i - 7) : i].sum() / 7, i
 
 
 def test_check_stream_messages():
@@ -337,10 +338,19 @@ def test_check_stream_messages():
 def test_state_precedence_and_transitions():
     ok = Conditions(link_ready=True, stream_connected=True, armed=True)
     assert derive(ok) == (DaemonState.RUNNING, None)
-    assert derive(Conditions(**{**_fields(ok), "armed": False, "input_problem": "stale"})) == (DaemonState.STALE, "stale")
+    assert derive(Conditions(**{**_fields(ok), "armed": False, "input_problem": "stale"})) == (
+        DaemonState.STALE,
+        "stale",
+    )
     assert derive(Conditions(**{**_fields(ok), "paused": True})) == (DaemonState.PAUSED, "operator")
-    assert derive(Conditions(**{**_fields(ok), "stream_connected": False})) == (DaemonState.WAITING_FOR_STREAM, "resolving")
-    assert derive(Conditions(**{**_fields(ok), "link_ready": False, "link_problem": "x"})) == (DaemonState.WAITING_FOR_LINK, "x")
+    assert derive(Conditions(**{**_fields(ok), "stream_connected": False})) == (
+        DaemonState.WAITING_FOR_STREAM,
+        "resolving",
+    )
+    assert derive(Conditions(**{**_fields(ok), "link_ready": False, "link_problem": "x"})) == (
+        DaemonState.WAITING_FOR_LINK,
+        "x",
+    )
     assert derive(Conditions(**{**_fields(ok), "fault": "device fault: stall", "paused": True}))[0] == DaemonState.FAULT
     assert derive(Conditions(**{**_fields(ok), "stopping": True, "fault": "x"}))[0] == DaemonState.STOPPING
     sm = StateMachine(0.0)
@@ -383,14 +393,21 @@ def test_a_control_socket_directory_other_users_control_is_refused(tmp_path, mon
         finally:
             ctx.term()
 
-    with pytest.raises(ConfigError, match=rf"control socket directory {shared} is writable by other users "
-                                          r"\(mode 0777\): refusing to use it; run: chmod go-w"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"control socket directory {shared} is writable by other users "
+        r"\(mode 0777\): refusing to use it; run: chmod go-w",
+    ):
         asyncio.run(bind())
     (shared / "control.sock").touch()  # the impostor's socket
     with pytest.raises(ConfigError, match="is writable by other users"):
         request(endpoint, {"cmd": "pause"})
-    proc = subprocess.run([str(BIN / "myhand-controller"), "ctl", "--control", endpoint, "pause"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [str(BIN / "myhand-controller"), "ctl", "--control", endpoint, "pause"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: control socket directory {shared} is writable by other users")
     # a directory that is not ours (nor root's), even if not writable by others
@@ -413,23 +430,23 @@ def test_the_rate_monitor_measures_from_timestamps_and_waits_for_a_full_second()
 
     mon = RateMonitor(200.0)
     t = np.arange(0, 3, 1 / 200)
-    answers = [mon.push(t[i:i + 5]) for i in range(0, len(t), 5)]  # chunks of 5 samples
+    answers = [mon.push(t[i : i + 5]) for i in range(0, len(t), 5)]  # chunks of 5 samples
     first_ok = next(i for i, a in enumerate(answers) if a is None)
     assert all(a == "rate unknown" for a in answers[:first_ok])
     assert t[first_ok * 5 + 4] >= 1.0 - 1e-9  # not before a full second of samples
     assert all(a is None for a in answers[first_ok:]) and mon.rate == pytest.approx(200.0, rel=1e-6)
     slow = RateMonitor(200.0)  # announced 200 Hz, delivers 50
     t50 = np.arange(0, 2, 1 / 50)
-    assert [slow.push(t50[i:i + 1]) for i in range(len(t50))][-1] == "measured 50 Hz, the stream says 200 Hz"
+    assert [slow.push(t50[i : i + 1]) for i in range(len(t50))][-1] == "measured 50 Hz, the stream says 200 Hz"
     fast = RateMonitor(200.0)  # delivers 800
     t800 = np.arange(0, 2, 1 / 800)
     assert fast.push(t800) == "measured 800 Hz, the stream says 200 Hz"
     # a change of rate is seen within a fraction of the window: 200 -> 800 Hz
     mon.reset()
     for i in range(0, len(t), 5):
-        mon.push(t[i:i + 5])
+        mon.push(t[i : i + 5])
     t_new = t[-1] + np.arange(1, 400) / 800
-    seen = next(i for i in range(len(t_new)) if mon.push(t_new[i:i + 1]) is not None)
+    seen = next(i for i in range(len(t_new)) if mon.push(t_new[i : i + 1]) is not None)
     assert (t_new[seen] - t[-1]) < 0.05
     # a late chunk (this process stalled) changes nothing: the timestamps are the sender's
     late = RateMonitor(200.0)

@@ -155,8 +155,7 @@ probs = st.one_of(
     st.tuples(*[st.floats(0, 1)] * 3),
     st.just((math.nan, 0.3, 0.3)),
 )
-step = st.tuples(st.sampled_from(["window", "window", "window", "bad", "gap"]), probs,
-                 st.floats(0.001, 0.2))
+step = st.tuples(st.sampled_from(["window", "window", "window", "bad", "gap"]), probs, st.floats(0.001, 0.2))
 
 
 @settings(max_examples=300, deadline=None)

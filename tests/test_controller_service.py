@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from controller_helpers import BIN, REPO
 
 UNIT = REPO / "systemd" / "myhand-controller.service"
@@ -46,8 +45,9 @@ def test_systemd_analyze_verify_prints_nothing(analyze, local_unit):
 
 
 def test_security_rating_is_at_most_2_5(analyze, local_unit):
-    proc = subprocess.run([analyze, "security", "--offline=yes", str(local_unit)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [analyze, "security", "--offline=yes", str(local_unit)], capture_output=True, text=True, timeout=60
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
     assert match, proc.stdout + proc.stderr
     print(f"\nsystemd-analyze security: {match.group(1)}")
@@ -79,7 +79,10 @@ def test_the_unit_declares_what_the_controller_relies_on():
     assert "char-ttyACM rw" in service["DeviceAllow"] and service["DevicePolicy"] == "closed"
     assert service["ProtectSystem"] == "strict"
     assert (service["StateDirectory"], service["RuntimeDirectory"], service["ConfigurationDirectory"]) == (
-        "myhand", "myhand", "myhand")
+        "myhand",
+        "myhand",
+        "myhand",
+    )
     assert service["RuntimeDirectoryMode"] == "0700"
     assert service["Restart"] == "on-failure" and "WatchdogSec" in service
     assert "StartLimitIntervalSec" in head and "StartLimitBurst" in head

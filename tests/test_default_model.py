@@ -22,8 +22,15 @@ def test_metadata_describes_a_myo_model_trained_on_pretraining_subjects_only():
     assert info.class_names == ("relax", "open", "close")
     assert info.kind == "feat"
     assert not info.signal.rectify and info.signal.envelope_hz is None and info.signal.highpass_hz == 20
-    assert dict(info.inner) == {"optimizer": "adam", "steps": 0, "lr": 0.01, "first_order": False, "batch_size": None,
-                                "head": "lda", "shrinkage": 0.3}
+    assert dict(info.inner) == {
+        "optimizer": "adam",
+        "steps": 0,
+        "lr": 0.01,
+        "first_order": False,
+        "batch_size": None,
+        "head": "lda",
+        "shrinkage": 0.3,
+    }
     config = dict(info.to_dict())
     assert config["calibration"] is None
     model.check_stream(200.0, 8)
@@ -46,16 +53,31 @@ def test_calibrated_on_training0_it_works_on_test0_and_rejects_some_wrist_moveme
     onset delay median 110 ms; the other gestures still open the hand in 58 % of their windows
     (README, "The default model": the rejection target is not met)."""
     out = tmp_path / "male13.onnx"
-    proc = run_cli("metaemg-calibrate", ["--from-recording", str(myo_data / "myo_Male13_training0" / "g0_myo_rorcr.csv"),
-                                         "--out", str(out), "--no-png", "--json", "--state-dir", str(tmp_path / "s")],
-                   clean_env(tmp_path))
+    proc = run_cli(
+        "metaemg-calibrate",
+        [
+            "--from-recording",
+            str(myo_data / "myo_Male13_training0" / "g0_myo_rorcr.csv"),
+            "--out",
+            str(out),
+            "--no-png",
+            "--json",
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        clean_env(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     res = last_json(proc.stdout)
     assert res["gate"]["passed"] and res["accuracy_after"] > 0.95
     from controller.config import PolicyConfig
 
-    doc = evaluate(out, [myo_data / "myo_Male13_Test0" / "t0_myo_rorcr.csv"],
-                   non_intent=[myo_data / "other_gestures" / "myo_Male13_Test0.csv"], policy=PolicyConfig())
+    doc = evaluate(
+        out,
+        [myo_data / "myo_Male13_Test0" / "t0_myo_rorcr.csv"],
+        non_intent=[myo_data / "other_gestures" / "myo_Male13_Test0.csv"],
+        policy=PolicyConfig(),
+    )
     assert doc["accuracy"] > 0.93 and doc["steady_accuracy"] > 0.96
     assert doc["wrong_direction"] < 0.005 and min(doc["recall"].values()) > 0.9
     assert doc["delay"]["missed"] == 0 and doc["delay"]["median_ms"] <= 120

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,12 @@ def tests_male14(myo_src, tmp_path_factory) -> list[Path]:
 
 
 def test_eval_json_without_torch(base, tests_male14, tmp_path):
-    proc = run_cli("metaemg-eval", ["--model", str(base), *map(str, tests_male14), "--json"], clean_env(tmp_path),
-                   python_prelude=NO_TORCH)
+    proc = run_cli(
+        "metaemg-eval",
+        ["--model", str(base), *map(str, tests_male14), "--json"],
+        clean_env(tmp_path),
+        python_prelude=NO_TORCH,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = last_json(proc.stdout)
     recs = doc["recordings"]
@@ -59,7 +64,7 @@ def test_decisions_are_those_of_the_daemons_chain_fed_in_chunks(base, tests_male
     i = 0
     while i < rec.n_samples:
         n = int(rng.integers(1, 40))
-        windows, e = windower.push(chain.process(rec.emg[i:i + n]))
+        windows, e = windower.push(chain.process(rec.emg[i : i + n]))
         for w, end in zip(windows, e, strict=True):
             live_ends.append(int(end))
             live.append(int(model.predict(w[None]).argmax()))
@@ -82,7 +87,7 @@ def test_a_bad_recording_is_one_line_and_exit_2(base, tests_male14, tmp_path):
 def test_rate_mismatch_missing_model_and_short_recording(base, tests_male14, tmp_path, capsys):
     rec = read_recording(tests_male14[0])
     slow = write_recording(tmp_path / "slow.csv", Recording(rec.time * 2, rec.emg, rec.labels))
-    with pytest.raises(DataError, match="sample rate 100.0 Hz does not match the model's 200 Hz"):
+    with pytest.raises(DataError, match=re.escape("sample rate 100.0 Hz does not match the model's 200 Hz")):
         evaluate(base, [slow])
     short = write_recording(tmp_path / "short.csv", rec.slice(0, 20))
     with pytest.raises(DataError, match="too short"):
@@ -156,11 +161,15 @@ def test_as_daemon_non_intent_and_recordings_named_by_path(base, tests_male14, m
     for r_raw, r_daemon in zip(raw["recordings"], daemon["recordings"], strict=True):
         for a, b in zip(r_raw["changes"], r_daemon["changes"], strict=True):
             assert b["delay_ms"] is None or (a["delay_ms"] is not None and b["delay_ms"] >= a["delay_ms"])
-    proc = run_cli("metaemg-eval", ["--model", str(base), *map(str, sub), "--non-intent", str(other), "--as-daemon"],
-                   clean_env(tmp_path))
+    proc = run_cli(
+        "metaemg-eval",
+        ["--model", str(base), *map(str, sub), "--non-intent", str(other), "--as-daemon"],
+        clean_env(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "a/rec.csv" in proc.stdout and "b/rec.csv" in proc.stdout  # two files named rec.csv stay apart
     assert "as the daemon decides" in proc.stdout and "false activation" in proc.stdout
-    bad = run_cli("metaemg-eval", ["--model", str(base), str(sub[0]), "--config", str(tmp_path / "c.yaml")],
-                  clean_env(tmp_path))
+    bad = run_cli(
+        "metaemg-eval", ["--model", str(base), str(sub[0]), "--config", str(tmp_path / "c.yaml")], clean_env(tmp_path)
+    )
     assert bad.returncode == 2 and "--config applies to --as-daemon" in bad.stderr

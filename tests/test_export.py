@@ -66,8 +66,9 @@ WINDOWS = emg_windows(0)
 SCALER = Scaler.fit("standard", WINDOWS)
 
 
-def make_checkpoint(path: Path, kind: str, *, seed: int = 0, nan_weight: bool = False,
-                    **extra) -> tuple[Path, torch.nn.Module]:
+def make_checkpoint(
+    path: Path, kind: str, *, seed: int = 0, nan_weight: bool = False, **extra
+) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(seed)
     model = build_model(kind, n_channels=SPEC.channels, window=SPEC.window, **TINY[kind])
     if kind == "feat":  # its whitening and head are fitted, not drawn: fit them to something
@@ -173,9 +174,26 @@ def test_metadata_round_trip(exported, kind):
     created = datetime.fromisoformat(info.created)
     assert created.utcoffset() == timedelta(0)
     doc = info.to_dict()
-    assert set(doc) == {"format", "sample_rate", "channels", "window", "stride", "signal", "class_names", "inner",
-                        "model", "scaler", "config_hash", "data_hash", "package_version", "created", "meta_epoch",
-                        "val_loss", "model_id", "calibration"}
+    assert set(doc) == {
+        "format",
+        "sample_rate",
+        "channels",
+        "window",
+        "stride",
+        "signal",
+        "class_names",
+        "inner",
+        "model",
+        "scaler",
+        "config_hash",
+        "data_hash",
+        "package_version",
+        "created",
+        "meta_epoch",
+        "val_loss",
+        "model_id",
+        "calibration",
+    }
     assert doc["format"] == FORMAT and doc["signal"] == SPEC.to_dict()
     proto = onnx.load(str(path))
     weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
@@ -290,9 +308,10 @@ def test_tolerance_too_tight_refused_and_good_file_kept(exported, tmp_path):
     ckpt, good, model = exported["tf"]
     # Only meaningful if float32 onnxruntime really differs from torch on these windows
     # (it does for this transformer: different matmul and reduction order).
-    ort_logits, ort_probs = OnnxModel(good).infer(WINDOWS[:16])
+    ort_logits, _ort_probs = OnnxModel(good).infer(WINDOWS[:16])
     wrapper_in = (torch.from_numpy(WINDOWS[:16]) - torch.tensor(SCALER.offset, dtype=torch.float32)) / torch.tensor(
-        SCALER.scale, dtype=torch.float32)
+        SCALER.scale, dtype=torch.float32
+    )
     with torch.no_grad():
         ref = model(wrapper_in).numpy()
     diff = float(np.abs(ort_logits - ref).max())
@@ -325,8 +344,9 @@ def test_export_model_after_adaptation(exported, tmp_path):
     with torch.no_grad():
         model.head[2].bias += 0.5
     calibration = {"support_windows": 16, "steps": 3, "source_model_id": info.model_id}
-    out = export_model(model, {**info.to_dict(), "calibration": calibration}, tmp_path / "cal.onnx",
-                       verify_windows=WINDOWS[16:32])
+    out = export_model(
+        model, {**info.to_dict(), "calibration": calibration}, tmp_path / "cal.onnx", verify_windows=WINDOWS[16:32]
+    )
     new = read_model_info(out)
     assert new.to_dict()["calibration"] == calibration and new.model_id != info.model_id
     rebuilt, _ = load_torch_from_onnx(out)
@@ -360,13 +380,18 @@ def test_cli_subprocess(exported, tmp_path):
     (run_dir / "models").mkdir(parents=True)
     (run_dir / "models" / "best.pt").write_bytes(ckpt.read_bytes())
     exe = str(BIN / "metaemg-export")
-    ok = subprocess.run([exe, str(run_dir), "--out", str(tmp_path / "m.onnx"), "--tolerance", "1e-4"],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [exe, str(run_dir), "--out", str(tmp_path / "m.onnx"), "--tolerance", "1e-4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "wrote" in ok.stdout and "tcn model" in ok.stdout
     assert read_model_info(tmp_path / "m.onnx").kind == "tcn"
-    bad = subprocess.run([exe, str(tmp_path / "nope"), "--out", str(tmp_path / "n.onnx")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [exe, str(tmp_path / "nope"), "--out", str(tmp_path / "n.onnx")], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
     assert not (tmp_path / "n.onnx").exists()

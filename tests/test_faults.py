@@ -12,6 +12,7 @@ test_controller_e2e.py; here every case is short and on its own.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from controller_helpers import BIN, Daemon, Sim, Sub, myo_recording, wait_until
 from fault_helpers import STOP_HOST_ERROR, STOP_HOST_SHUTDOWN, STOP_SIGNAL_LOST, Rig, default_model
 
@@ -31,53 +31,107 @@ pytestmark = [pytest.mark.faults]
 
 # case: (fault, expected reaction, time limit in seconds)
 FAULTS = {
-    "outlet_dies": ("the LSL outlet disappears, then comes back",
-                    "STOP (signal lost) at the device, state waiting_for_stream; running again on the new outlet", 0.2),
-    "outlet_silent": ("the outlet stays but stops sending",
-                      "STOP (signal lost) after stale_ms (100 ms), state stale; commands again >= rearm_ms after it resumes", 0.2),
-    "rate_changes": ("the stream comes back with another nominal rate",
-                     "refused (stream mismatch), waiting_for_stream, no command, daemon alive", 0.2),
-    "rate_false": ("a stream that announces 200 Hz but delivers 50 Hz, or 800 Hz",
-                   "no command: its rate is measured (1 s of samples) before the policy arms; state stale "
-                   "(rate: measured ... Hz, the stream says 200 Hz); running again on a true 200 Hz stream", 0.2),
-    "two_armbands": ("a second armband with the same stream name; then the first one disappears",
-                     "the daemon keeps reading the armband it is bound to (source id and host); when that one goes: "
-                     "STOP, waiting_for_stream (another armband: not read), no command from the other one until "
-                     "ctl rebind; two candidates after rebind: ambiguous, none read", 0.2),
-    "channels_change": ("the stream comes back with 4 channels instead of 8",
-                        "refused (stream mismatch), waiting_for_stream, no command, daemon alive", 0.2),
-    "nan": ("NaN samples", "STOP at once, state stale; commands again only after rearm_ms (300 ms) of good input", 0.15),
+    "outlet_dies": (
+        "the LSL outlet disappears, then comes back",
+        "STOP (signal lost) at the device, state waiting_for_stream; running again on the new outlet",
+        0.2,
+    ),
+    "outlet_silent": (
+        "the outlet stays but stops sending",
+        "STOP (signal lost) after stale_ms (100 ms), state stale; commands again >= rearm_ms after it resumes",
+        0.2,
+    ),
+    "rate_changes": (
+        "the stream comes back with another nominal rate",
+        "refused (stream mismatch), waiting_for_stream, no command, daemon alive",
+        0.2,
+    ),
+    "rate_false": (
+        "a stream that announces 200 Hz but delivers 50 Hz, or 800 Hz",
+        "no command: its rate is measured (1 s of samples) before the policy arms; state stale "
+        "(rate: measured ... Hz, the stream says 200 Hz); running again on a true 200 Hz stream",
+        0.2,
+    ),
+    "two_armbands": (
+        "a second armband with the same stream name; then the first one disappears",
+        "the daemon keeps reading the armband it is bound to (source id and host); when that one goes: "
+        "STOP, waiting_for_stream (another armband: not read), no command from the other one until "
+        "ctl rebind; two candidates after rebind: ambiguous, none read",
+        0.2,
+    ),
+    "channels_change": (
+        "the stream comes back with 4 channels instead of 8",
+        "refused (stream mismatch), waiting_for_stream, no command, daemon alive",
+        0.2,
+    ),
+    "nan": (
+        "NaN samples",
+        "STOP at once, state stale; commands again only after rearm_ms (300 ms) of good input",
+        0.15,
+    ),
     "inf": ("Inf samples", "STOP at once, state stale; commands again only after rearm_ms of good input", 0.15),
-    "saturated": ("saturated samples (> 20 % of a window at the rail)",
-                  "STOP, state stale (saturated); commands again after rearm_ms", 0.2),
-    "unplug_same_path": ("the orthosis is unplugged for 0.5 s and comes back behind the same symlink",
-                         "waiting_for_link at once, no command while away, running again", 2.0),
-    "unplug_new_path": ("the orthosis comes back as another device node (the symlink is moved)",
-                        "waiting_for_link, then a new handshake and commands on the new node", 3.0),
-    "device_reboot": ("the device reboots mid-session",
-                      "reboot detected, handshake again, commands resume", 2.0),
-    "corrupt_drop": ("1 % of the bytes dropped and 1 % corrupted, both directions",
-                     "errors counted on both sides; >= 50 % of the commands accepted (the next one supersedes a lost one); "
-                     "any pause > 0.5 s is an announced state (e.g. fault: no ACK, STOP); running again once clean", 2.0),
-    "device_fault": ("the device raises a fault (overcurrent)",
-                     "state fault, no command until `clear`; running again after it", 0.2),
-    "no_ack": ("the device stops acking", "state fault (no ACK), STOP probes, no command; running again when ACKs return",
-               0.5),
-    "model_garbage": ("the watched model file is replaced by garbage",
-                      "reload refused, the old model keeps deciding, no STOP", 3.0),
-    "model_other_stream": ("the watched model file is replaced by a model for a 250 Hz stream",
-                           "reload refused, the old model keeps deciding, no STOP", 3.0),
-    "model_tampered": ("the watched model file is replaced by one whose weights changed but whose model_id did not",
-                       "reload refused (it used to run under the old id), the old model keeps deciding", 3.0),
+    "saturated": (
+        "saturated samples (> 20 % of a window at the rail)",
+        "STOP, state stale (saturated); commands again after rearm_ms",
+        0.2,
+    ),
+    "unplug_same_path": (
+        "the orthosis is unplugged for 0.5 s and comes back behind the same symlink",
+        "waiting_for_link at once, no command while away, running again",
+        2.0,
+    ),
+    "unplug_new_path": (
+        "the orthosis comes back as another device node (the symlink is moved)",
+        "waiting_for_link, then a new handshake and commands on the new node",
+        3.0,
+    ),
+    "device_reboot": ("the device reboots mid-session", "reboot detected, handshake again, commands resume", 2.0),
+    "corrupt_drop": (
+        "1 % of the bytes dropped and 1 % corrupted, both directions",
+        "errors counted on both sides; >= 50 % of the commands accepted (the next one supersedes a lost one); "
+        "any pause > 0.5 s is an announced state (e.g. fault: no ACK, STOP); running again once clean",
+        2.0,
+    ),
+    "device_fault": (
+        "the device raises a fault (overcurrent)",
+        "state fault, no command until `clear`; running again after it",
+        0.2,
+    ),
+    "no_ack": (
+        "the device stops acking",
+        "state fault (no ACK), STOP probes, no command; running again when ACKs return",
+        0.5,
+    ),
+    "model_garbage": (
+        "the watched model file is replaced by garbage",
+        "reload refused, the old model keeps deciding, no STOP",
+        3.0,
+    ),
+    "model_other_stream": (
+        "the watched model file is replaced by a model for a 250 Hz stream",
+        "reload refused, the old model keeps deciding, no STOP",
+        3.0,
+    ),
+    "model_tampered": (
+        "the watched model file is replaced by one whose weights changed but whose model_id did not",
+        "reload refused (it used to run under the old id), the old model keeps deciding",
+        3.0,
+    ),
     "bad_config": ("a bad configuration file", "exit 2 with a one-line error, the port is never opened", 10.0),
-    "second_daemon": ("a second myhand-controller on the same orthosis port, or on the same ipc:// monitor socket",
-                      "the second one is refused at start (exit 2, one line); the first keeps running (the second "
-                      "used to wait on the port's lock and take over when the first died, or to steal the monitor "
-                      "socket)", 10.0),
+    "second_daemon": (
+        "a second myhand-controller on the same orthosis port, or on the same ipc:// monitor socket",
+        "the second one is refused at start (exit 2, one line); the first keeps running (the second "
+        "used to wait on the port's lock and take over when the first died, or to steal the monitor "
+        "socket)",
+        10.0,
+    ),
     "sigterm": ("SIGTERM", "STOP (host shutdown), exit 0, no command after it", 1.0),
     "sighup": ("SIGHUP (the terminal it was started from closes)", "as SIGTERM (it used to die without STOP)", 1.0),
-    "sigkill_restart": ("SIGKILL, then a restart",
-                        "the device goes safe by its own watchdog/TTL; the restarted daemon runs again", 0.4),
+    "sigkill_restart": (
+        "SIGKILL, then a restart",
+        "the device goes safe by its own watchdog/TTL; the restarted daemon runs again",
+        0.4,
+    ),
 }
 
 
@@ -206,8 +260,11 @@ def _stream_metadata_changes(rig, name):
     else:
         rig.replay = Replay(rig.emg[:, :4], None, rig.rate, name=rig.name, loop=True).start()
         expect = "the model expects 8 channels, the stream has 4"
-    s = wait_until(lambda: (st := rig.status())["input"]["problem"] and "mismatch" in st["input"]["problem"] and st,
-                   10, "the stream mismatch")
+    s = wait_until(
+        lambda: (st := rig.status())["input"]["problem"] and "mismatch" in st["input"]["problem"] and st,
+        10,
+        "the stream mismatch",
+    )
     assert s["state"] == "waiting_for_stream" and expect in s["input"]["problem"]
     assert s["counters"]["stream_mismatches"] >= 1
     assert rig.commands(stop["t"]) == [] and rig.device_state() == "safe" and rig.alive()
@@ -225,8 +282,11 @@ def _rate_false(rig):
         within("rate_false", stop["t"] - t_last)
         t = time.monotonic()
         rig.replay = Replay(rig.emg, None, delivered, nominal_rate=rig.rate, name=rig.name, loop=True).start()
-        s = wait_until(lambda: (st := rig.status())["reason"] and st["reason"].startswith("rate: measured") and st,
-                       10, f"the {delivered:g} Hz stream caught")
+        s = wait_until(
+            lambda: (st := rig.status())["reason"] and st["reason"].startswith("rate: measured") and st,
+            10,
+            f"the {delivered:g} Hz stream caught",
+        )
         assert s["state"] == "stale" and s["input"]["connected"] is True
         measured = float(re.fullmatch(r"rate: measured (\d+) Hz, the stream says 200 Hz", s["reason"]).group(1))
         assert (45 <= measured <= 55) if delivered == 50 else measured > 300  # the replay tops out near 500 Hz
@@ -259,8 +319,11 @@ def _two_armbands(rig):
         rig.replay, other = other, None  # the rig closes it from now on
         stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
         within("two_armbands", stop["t"] - t_last)
-        s = wait_until(lambda: (st := rig.status())["input"]["problem"] and "another armband" in st["input"]["problem"]
-                       and st, 10, "the other armband reported")
+        s = wait_until(
+            lambda: (st := rig.status())["input"]["problem"] and "another armband" in st["input"]["problem"] and st,
+            10,
+            "the other armband reported",
+        )
         assert s["state"] == "waiting_for_stream" and "source id 'armband-2'" in s["input"]["problem"]
         assert "myhand-controller ctl rebind" in s["input"]["problem"] and s["counters"]["stream_foreign"] >= 1
         time.sleep(1.0)  # not synchronisation: a stretch in which no command may be accepted
@@ -269,8 +332,11 @@ def _two_armbands(rig):
         wait_until(lambda: "'armband-3'" in (rig.status()["input"]["problem"] or ""), 10, "the third armband seen")
         answer = rig.daemon.ctl("rebind")
         assert answer["ok"] is True and answer["was"]["source_id"] == mine
-        s = wait_until(lambda: (st := rig.status())["input"]["problem"] and "2 armbands match" in st["input"]["problem"]
-                       and st, 10, "two candidates: ambiguous")
+        s = wait_until(
+            lambda: (st := rig.status())["input"]["problem"] and "2 armbands match" in st["input"]["problem"] and st,
+            10,
+            "two candidates: ambiguous",
+        )
         assert "'armband-2'" in s["input"]["problem"] and "'armband-3'" in s["input"]["problem"]
         assert rig.commands(stop["t"]) == []
         third.close()
@@ -368,12 +434,14 @@ def _device_reboot(rig):
     t = time.monotonic()
     rig.sim.send(cmd="reboot")
     rig.sim.log.wait_for(lambda e: e["event"] == "reboot" and e["t"] > t, 2, "the reboot")
-    hello = rig.sim.log.wait_for(lambda e: e["event"] == "hello" and e["t"] > t, limit("device_reboot"),
-                                 "a new host HELLO")
+    hello = rig.sim.log.wait_for(
+        lambda e: e["event"] == "hello" and e["t"] > t, limit("device_reboot"), "a new host HELLO"
+    )
     command = rig.wait_command_after(hello["t"], limit("device_reboot"))
     within("device_reboot", command["t"] - t)
-    s = wait_until(lambda: (st := rig.status())["counters"].get("device_reboots", 0) >= 1 and st, 2,
-                   "the reboot counted")
+    s = wait_until(
+        lambda: (st := rig.status())["counters"].get("device_reboots", 0) >= 1 and st, 2, "the reboot counted"
+    )
     assert s["state"] == "running" and rig.alive()
 
 
@@ -398,16 +466,21 @@ def _corrupt_drop(rig):
     got = {c["seq"] for c in accepted}
     arrived = sum(seq in got for seq in sent) / max(1, len(sent))
     times = [t1] + [c["t"] for c in accepted if c["t"] < t2] + [t2]
-    leaves = [m["t_mono"] for topic, m in rig.sub.messages if topic == "event" and m.get("event") == "state"
-              and m.get("prev") == "running" and t1 <= m["t_mono"] <= t2]
+    leaves = [
+        m["t_mono"]
+        for topic, m in rig.sub.messages
+        if topic == "event" and m.get("event") == "state" and m.get("prev") == "running" and t1 <= m["t_mono"] <= t2
+    ]
     s = rig.status()
     errors = rig.sim.log.events("rx_error")
-    print(f"\n1 % drop + 1 % corrupt: {len(sent)} commands sent, {arrived:.1%} accepted, longest gap "
-          f"{max(np.diff(times)) * 1000:.0f} ms, {len(leaves)} state changes, {len(errors)} device rx errors, "
-          f"host decode errors {s['link']['decode_errors']}, ack retries {s['counters'].get('ack_retries', 0)}")
+    print(
+        f"\n1 % drop + 1 % corrupt: {len(sent)} commands sent, {arrived:.1%} accepted, longest gap "
+        f"{max(np.diff(times)) * 1000:.0f} ms, {len(leaves)} state changes, {len(errors)} device rx errors, "
+        f"host decode errors {s['link']['decode_errors']}, ack retries {s['counters'].get('ack_retries', 0)}"
+    )
     assert errors and s["link"]["decode_errors"]
     assert len(accepted) >= 5 and arrived >= 0.5
-    for a, b in zip(times, times[1:]):
+    for a, b in itertools.pairwise(times):
         if b - a > 0.5:  # a pause: the daemon must have left running (and sent STOP) during it
             assert any(a - 0.05 <= t <= b for t in leaves), f"silent pause {a:.3f} -> {b:.3f} while running"
     rig.sim.send(cmd="set", drop=0.0, corrupt=0.0)
@@ -442,7 +515,7 @@ def _no_ack(rig):
     fault = rig.state_event("fault", t, 3)
     assert "no ACK" in fault["reason"]
     within("no_ack", fault["t_mono"] - t)
-    stop = rig.wait_stop_after(t, 2, STOP_HOST_ERROR)
+    rig.wait_stop_after(t, 2, STOP_HOST_ERROR)
     t_fault = fault["t_mono"]
     wait_until(lambda: time.monotonic() > t_fault + 0.3, 1, "a stretch in the fault state")
     assert rig.commands(t_fault + 0.05) == []
@@ -460,12 +533,18 @@ def _refused_reload(rig: Rig, data: bytes, name: str) -> dict:
     model_id = rig.status()["model"]["model_id"]
     t = time.monotonic()
     _replace_atomically(rig.model, data)
-    event = rig.sub.wait_for(lambda topic, m: topic == "event" and m.get("event") == "reload" and m["t_mono"] > t,
-                             limit(name), "the reload event")
+    event = rig.sub.wait_for(
+        lambda topic, m: topic == "event" and m.get("event") == "reload" and m["t_mono"] > t,
+        limit(name),
+        "the reload event",
+    )
     assert event["ok"] is False and event["model_id"] == model_id
     within(name, event["t_mono"] - t)
-    after = rig.sub.wait_for(lambda topic, m: topic == "decision" and m["t_mono"] > event["t_mono"]
-                             and m["command_seq"] is not None, 2, "a decision after the refusal")
+    after = rig.sub.wait_for(
+        lambda topic, m: topic == "decision" and m["t_mono"] > event["t_mono"] and m["command_seq"] is not None,
+        2,
+        "a decision after the refusal",
+    )
     assert after["model_id"] == model_id
     s = rig.status()
     assert s["state"] == "running" and s["counters"]["reloads_failed"] == 1
@@ -522,10 +601,24 @@ def _bad_config(tmp_path):
             path = tmp_path / f"bad{i}.yaml"
             path.write_bytes(text if isinstance(text, bytes) else text.encode())
             t = time.monotonic()
-            proc = subprocess.run([str(BIN / "myhand-controller"), "--config", str(path), "--serial-port",
-                                   str(sim.link), "--model", str(default_model()), "--monitor",
-                                   f"ipc://{tmp_path}/mon{i}.sock", "--control", f"ipc://{tmp_path}/ctl{i}.sock"],
-                                  capture_output=True, text=True, timeout=limit("bad_config") + 5)
+            proc = subprocess.run(
+                [
+                    str(BIN / "myhand-controller"),
+                    "--config",
+                    str(path),
+                    "--serial-port",
+                    str(sim.link),
+                    "--model",
+                    str(default_model()),
+                    "--monitor",
+                    f"ipc://{tmp_path}/mon{i}.sock",
+                    "--control",
+                    f"ipc://{tmp_path}/ctl{i}.sock",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=limit("bad_config") + 5,
+            )
             elapsed = time.monotonic() - t
             lines = proc.stderr.splitlines()
             assert proc.returncode == 2, (what, proc.stderr)
@@ -541,12 +634,28 @@ def _bad_config(tmp_path):
 def _second_daemon(rig):
     base = [str(BIN / "myhand-controller"), "--lsl-stream", rig.name, "--model", str(rig.model)]
     cases = {  # what is shared -> (the other arguments, what the one line says)
-        "port": (["--serial-port", rig.port, "--monitor", f"ipc://{rig.tmp}/mon2.sock",
-                  "--control", f"ipc://{rig.tmp}/run2/control.sock"],
-                 f"error: refusing to start: {rig.port}: in use by another process"),
-        "monitor": (["--serial-port", str(rig.tmp / "no-such-port"), "--monitor", rig.daemon.monitor,
-                     "--control", f"ipc://{rig.tmp}/run3/control.sock"],
-                    f"error: monitor endpoint {rig.daemon.monitor}: another process is bound there"),
+        "port": (
+            [
+                "--serial-port",
+                rig.port,
+                "--monitor",
+                f"ipc://{rig.tmp}/mon2.sock",
+                "--control",
+                f"ipc://{rig.tmp}/run2/control.sock",
+            ],
+            f"error: refusing to start: {rig.port}: in use by another process",
+        ),
+        "monitor": (
+            [
+                "--serial-port",
+                str(rig.tmp / "no-such-port"),
+                "--monitor",
+                rig.daemon.monitor,
+                "--control",
+                f"ipc://{rig.tmp}/run3/control.sock",
+            ],
+            f"error: monitor endpoint {rig.daemon.monitor}: another process is bound there",
+        ),
     }
     for what, (args, expect) in cases.items():
         t = time.monotonic()
@@ -577,8 +686,9 @@ def _sigkill_restart(rig):
     t = time.monotonic()
     rig.daemon.proc.send_signal(signal.SIGKILL)
     rig.daemon.proc.wait(5)
-    safe = rig.sim.log.wait_for(lambda e: e["event"] == "state" and e["t"] > t and e["state"] == "safe", 2,
-                                "the device's own safe state")
+    safe = rig.sim.log.wait_for(
+        lambda e: e["event"] == "state" and e["t"] > t and e["state"] == "safe", 2, "the device's own safe state"
+    )
     assert safe["reason"] in ("watchdog", "ttl")
     within("sigkill_restart", safe["t"] - t)
     assert rig.commands(t + 0.01) == []

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import myhand_like_csv
+
 from metaemg.errors import DataError
 from metalearn.gui import Walk, plot_recording
 from metalearn.tasks import TaskRef, load_collection, save_collection
@@ -80,8 +80,10 @@ def test_walk_approve_undo_remove_and_save(tmp_path):
     w.pos = 0
     w.approve()
     out = w.save(tmp_path / "out" / "c.json")
-    assert json.loads(out.read_text()) == [{"session": "s2_p2", "condition": "a"},
-                                           {"session": "s1_p1", "condition": "a"}]
+    assert json.loads(out.read_text()) == [
+        {"session": "s2_p2", "condition": "a"},
+        {"session": "s1_p1", "condition": "a"},
+    ]
     assert not w.dirty and list(out.parent.iterdir()) == [out]  # atomic: no temporary left
 
 
@@ -152,8 +154,12 @@ def xvfb():
     """A private X server: Xvfb picks a free display (-displayfd); wait for its socket."""
     _need_tools()
     r, w = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        pass_fds=(w,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     os.close(w)
     try:
         deadline = time.monotonic() + 20
@@ -185,8 +191,9 @@ def xvfb():
 
 
 def screenshot(display: str, path: Path) -> Path:
-    subprocess.run(["import", "-display", display, "-window", "root", str(path)], check=True, timeout=30,
-                   capture_output=True)
+    subprocess.run(
+        ["import", "-display", display, "-window", "root", str(path)], check=True, timeout=30, capture_output=True
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("METAEMG_ARTIFACTS"):
         dest = Path(os.environ["METAEMG_ARTIFACTS"])
@@ -238,8 +245,10 @@ def test_window_keys_and_buttons_in_process(xvfb, tmp_path):
             app.root.destroy()
         except Exception:  # already destroyed by Save & Exit
             pass
-    assert json.loads(out.read_text()) == [{"session": "s1_p1", "condition": "a"},
-                                           {"session": "s2_p2", "condition": "a"}]
+    assert json.loads(out.read_text()) == [
+        {"session": "s1_p1", "condition": "a"},
+        {"session": "s2_p2", "condition": "a"},
+    ]
 
 
 @pytest.mark.gui
@@ -248,16 +257,25 @@ def test_command_driven_by_xdotool_edits_a_collection(xvfb, tmp_path):
     coll = save_collection(tmp_path / "edit.json", [TaskRef("s1_p1", "a")])
     out = tmp_path / "edited.json"
     env = dict(os.environ, DISPLAY=xvfb)
-    proc = subprocess.Popen([str(REPO / ".venv/bin/metaemg-tasks"), "gui", "--root", str(root), "--open", str(coll),
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(REPO / ".venv/bin/metaemg-tasks"), "gui", "--root", str(root), "--open", str(coll), "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         wid = ""
         while not wid:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the window did not appear within 30 s"
-            wid = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "^metaemg-tasks gui"], env=env,
-                                 capture_output=True, text=True).stdout.split("\n")[0]
+            wid = subprocess.run(
+                ["xdotool", "search", "--onlyvisible", "--name", "^metaemg-tasks gui"],
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout.split("\n")[0]
             time.sleep(0.1)
         subprocess.run(["xdotool", "windowfocus", "--sync", wid], env=env, check=True, timeout=10)
         time.sleep(0.5)  # first recording drawn
@@ -281,8 +299,13 @@ def test_command_driven_by_xdotool_edits_a_collection(xvfb, tmp_path):
 def test_command_without_a_display_is_one_line(tmp_path):
     root = make_root(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    proc = subprocess.run([str(REPO / ".venv/bin/metaemg-tasks"), "gui", "--root", str(root)], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/metaemg-tasks"), "gui", "--root", str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot open a window: ")
     assert "Traceback" not in proc.stderr
 

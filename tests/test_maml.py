@@ -46,6 +46,7 @@ TINY = {
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
 def tiny(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(kind, n_channels=CHANNELS, window=WINDOW, **TINY[kind]).to(dtype)
@@ -69,8 +70,9 @@ def torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, foreach=False)
 
 
-def higher_meta_gradient(model: nn.Module, tasks, *, steps: int, lr: float, optimizer: str,
-                         batch: int | None = None) -> dict:
+def higher_meta_gradient(
+    model: nn.Module, tasks, *, steps: int, lr: float, optimizer: str, batch: int | None = None
+) -> dict:
     """Second-order MAML the research-code way: higher, tasks one by one, mean query loss.
 
     higher 0.2.1's DifferentiableAdam uses the pre-1.0 torch Adam formula, which adds eps to
@@ -381,7 +383,7 @@ def test_bad_outer_settings_raise_config_error(kwargs: dict) -> None:
 
 
 def _bad_tasks():
-    (xs, ys, xq, yq), = make_tasks(1)
+    ((xs, ys, xq, yq),) = make_tasks(1)
     return {
         "empty meta-batch": [],
         "three items": [(xs, ys, xq)],

@@ -27,6 +27,7 @@ TINY = {
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
 def tiny(kind: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(kind, n_channels=CHANNELS, window=WINDOW, **TINY[kind])
@@ -50,12 +51,14 @@ def test_default_sizes_build_for_real_windows(kind: str) -> None:
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_init_is_deterministic_from_seed(kind: str) -> None:
     a, b, c = tiny(kind, seed=1), tiny(kind, seed=1), tiny(kind, seed=2)
-    for (name, pa), (_, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+    for (name, pa), (_, pb), (_, _pc) in zip(
+        a.named_parameters(), b.named_parameters(), c.named_parameters(), strict=True
+    ):
         assert torch.equal(pa, pb), name
     if kind == "feat":  # fitted, not drawn: a zero head (equal probabilities) whatever the seed
         assert all(not p.any() for p in c.parameters())
         return
-    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
@@ -185,7 +188,6 @@ def test_onnx_export_matches_torch(kind: str) -> None:
         assert np.abs(got - want).max() <= 1e-5
 
 
-
 # ---------------------------------------------------------------- feat: features, closed-form head, whitening
 def test_feat_features_are_log_mav_and_log_wl_at_three_scales_laid_out_by_channel() -> None:
     from metalearn.models import FEAT_SCALES, feature_count
@@ -257,8 +259,12 @@ def test_feat_whitening_is_the_inverse_root_of_the_pooled_within_class_covarianc
     r = torch.cat(resid)
     cov = r.T @ r / len(r)
     w = model.whiten.double()
-    torch.testing.assert_close(w @ (cov + 1e-3 * torch.eye(len(cov), dtype=torch.float64)) @ w.T,
-                               torch.eye(len(cov), dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        w @ (cov + 1e-3 * torch.eye(len(cov), dtype=torch.float64)) @ w.T,
+        torch.eye(len(cov), dtype=torch.float64),
+        atol=1e-4,
+        rtol=0,
+    )
     # averaged over rotations: rotating every task's armband changes nothing
     rotated = build_model("feat", n_channels=4, window=10)
     rotated.fit_whitening([(torch.roll(x, 1, dims=2), y) for x, y in tasks], rotate=True)

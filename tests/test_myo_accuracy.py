@@ -10,12 +10,14 @@ def test_a_clip_takes_s_seconds_of_each_intent_over_its_cycles(myo_data):
     assert [rec.labels[a] for a, _ in runs(rec.labels)] == [0, 1, 0, 2] * 4 + [0]
     clip = calibration_clip(rec, 2.0, (0, 1))
     # per cycle: 0.5 s relax, 1 s open, 0.5 s relax, 1 s close; then 0.5 s relax
-    assert [(clip.labels[a], b - a) for a, b in runs(clip.labels)] == [(0, 100), (1, 200), (0, 100), (2, 200)] * 2 + [(0, 100)]
+    assert [(clip.labels[a], b - a) for a, b in runs(clip.labels)] == [(0, 100), (1, 200), (0, 100), (2, 200)] * 2 + [
+        (0, 100)
+    ]
     counts = np.bincount(clip.labels, minlength=3) / 200
     assert counts[1] == counts[2] == 2.0 and counts[0] == 2.5
     r = runs(rec.labels)
-    assert np.array_equal(clip.emg[100:300], rec.emg[r[1][0]:r[1][0] + 200])  # the first second of cycle 0's open
-    assert np.array_equal(clip.emg[600:700], rec.emg[r[4][0]:r[4][0] + 100])  # cycle 1 starts with its relax
+    assert np.array_equal(clip.emg[100:300], rec.emg[r[1][0] : r[1][0] + 200])  # the first second of cycle 0's open
+    assert np.array_equal(clip.emg[600:700], rec.emg[r[4][0] : r[4][0] + 100])  # cycle 1 starts with its relax
     assert np.allclose(np.diff(clip.time), 1 / 200)
     one = calibration_clip(rec, 5.0, (0,))  # one cycle: a gesture file holds 3.7-5.2 s, the clip takes what is there
     assert [one.labels[a] for a, _ in runs(one.labels)] == [0, 1, 0, 2, 0]
@@ -27,7 +29,7 @@ def test_cases_score_later_sessions_or_the_later_cycles(myo_data):
     assert [t[1] for t in s.tests] == [0, 0] and len(s.others) == 2
     assert s.tests[0][0].path.parent.name == "myo_Male15_Test0"
     (r,) = cases(myo_data, "rotation", ("Female3",), 2.0)
-    (rec, start), = r.tests
+    ((rec, start),) = r.tests
     assert rec.path.parent.name == "myo_Female3_training0" and start == runs(rec.labels)[4][0]
     full = other_gestures(myo_data, "Female3", "training0")
     assert abs(r.others[0].n_samples / full.n_samples - 0.75) < 0.02  # cycles 1-3 of the four

@@ -15,11 +15,15 @@ from metalearn.tasks import load_collection, load_task, task_windows
 def test_collections_cover_the_dataset(myo_data):
     colls = {p.name: load_collection(p) for p in (myo_data / "task_collections").glob("*.json")}
     assert {k: len(v) for k, v in colls.items()} == {
-        "myo_pretrain.json": 22, "myo_eval_training0.json": 3, "myo_eval_test.json": 6}
+        "myo_pretrain.json": 22,
+        "myo_eval_training0.json": 3,
+        "myo_eval_test.json": 6,
+    }
     pre = {r.session for r in colls["myo_pretrain.json"]}
     assert not any("Male13" in s or "Male14" in s or "Male15" in s for s in pre)
     assert {r.session for r in colls["myo_eval_test.json"]} == {
-        f"myo_Male{s}_Test{k}" for s in (13, 14, 15) for k in (0, 1)}
+        f"myo_Male{s}_Test{k}" for s in (13, 14, 15) for k in (0, 1)
+    }
 
 
 def test_every_imported_recording_is_a_valid_task(myo_data):
@@ -28,7 +32,7 @@ def test_every_imported_recording_is_a_valid_task(myo_data):
             task = load_task(myo_data, ref)
             rec = task.recording
             assert rec.sample_rate == pytest.approx(200.0)
-            assert -128 <= rec.emg.min() and rec.emg.max() <= 127
+            assert rec.emg.min() >= -128 and rec.emg.max() <= 127
             counts = rec.label_counts()
             assert min(counts.values()) > 0.3 * rec.n_samples / 3
             # support = the first cycle (+ the next relax): about a quarter of the recording
@@ -41,11 +45,11 @@ def test_segments_are_the_source_gestures(myo_src, myo_data):
     neutral0, open0, close0 = (read_dat(src / f"classe_{i}.dat") for i in (0, 6, 5))
     half = len(np.array_split(neutral0, 2)[0])
     np.testing.assert_array_equal(rec.emg[:half], neutral0[:half])
-    np.testing.assert_array_equal(rec.emg[half:half + len(open0)], open0)
-    assert set(rec.labels[half:half + len(open0)]) == {1}
+    np.testing.assert_array_equal(rec.emg[half : half + len(open0)], open0)
+    assert set(rec.labels[half : half + len(open0)]) == {1}
     start_close = len(neutral0) + len(open0)
-    np.testing.assert_array_equal(rec.emg[start_close:start_close + len(close0)], close0)
-    assert set(rec.labels[start_close:start_close + len(close0)]) == {2}
+    np.testing.assert_array_equal(rec.emg[start_close : start_close + len(close0)], close0)
+    assert set(rec.labels[start_close : start_close + len(close0)]) == {2}
     assert rec.labels[0] == 0 and rec.labels[-1] == 0
 
 

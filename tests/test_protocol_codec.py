@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -49,7 +50,7 @@ messages = st.sampled_from(sorted(MESSAGES.values(), key=lambda c: c.TYPE)).flat
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 # -- CRC and COBS -----------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def test_decoder_resynchronises_after_garbage(garbage, msgs):
     decoder = Decoder()
     decoder.feed(garbage)
     out = decoder.feed(b"".join(encode(m) for m in msgs))
-    assert out[-len(msgs):] == msgs
+    assert out[-len(msgs) :] == msgs
 
 
 @given(messages, st.integers(1, 200), st.data())
@@ -159,7 +160,7 @@ def test_truncated_frame_is_counted_and_the_next_one_decodes(msg, cut, data):
     cut = min(cut, len(wire) - 3)  # keep at least one encoded byte
     nxt = data.draw(messages)
     decoder = Decoder()
-    out = decoder.feed(wire[:-1 - cut] + encode(nxt))  # the tail of the first frame is lost
+    out = decoder.feed(wire[: -1 - cut] + encode(nxt))  # the tail of the first frame is lost
     assert out[-1] == nxt
     assert decoder.error_count == 1, decoder.errors
 
@@ -235,7 +236,7 @@ def test_fuzz_decoder_never_raises_and_is_chunking_invariant():
         i = 0
         while i < len(stream):
             n = rng.randrange(1, 40)
-            got += pieces.feed(stream[i:i + n])
+            got += pieces.feed(stream[i : i + n])
             i += n
         assert got == expected
         assert pieces.errors == whole.errors
@@ -281,7 +282,7 @@ def test_make_command_checks_semantic_range():
 def test_schema_hash_is_sha256_prefix_of_the_canonical_text():
     import hashlib
 
-    assert SCHEMA_HASH == int.from_bytes(hashlib.sha256(SCHEMA_TEXT.encode()).digest()[:4], "big")
+    assert int.from_bytes(hashlib.sha256(SCHEMA_TEXT.encode()).digest()[:4], "big") == SCHEMA_HASH
     assert SCHEMA_TEXT.startswith("myhand-protocol 1\n") and SCHEMA_TEXT.endswith("\n")
     assert "message 0x10 COMMAND intent:u8 ttl_ms:u16\n" in SCHEMA_TEXT
     assert "enum Intent RELAX=0 OPEN=1 CLOSE=2\n" in SCHEMA_TEXT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from firmware_protocol import (
@@ -131,8 +133,14 @@ def test_echoed_device_frames_do_not_feed_the_watchdog():
 
 @pytest.mark.parametrize(
     ("intent", "ttl", "result"),
-    [(3, 500, Result.REJECT_INTENT), (255, 500, Result.REJECT_INTENT), (1, 0, Result.REJECT_TTL),
-     (1, 1001, Result.REJECT_TTL), (1, 1, Result.OK), (2, 1000, Result.OK)],
+    [
+        (3, 500, Result.REJECT_INTENT),
+        (255, 500, Result.REJECT_INTENT),
+        (1, 0, Result.REJECT_TTL),
+        (1, 1001, Result.REJECT_TTL),
+        (1, 1, Result.OK),
+        (2, 1000, Result.OK),
+    ],
 )
 def test_commands_are_range_checked(intent, ttl, result):
     rig = session()
@@ -259,8 +267,8 @@ def test_telemetry_cadence():
     statuses = [m for m in sent if isinstance(m, Status)]
     beats = [m for m in sent if isinstance(m, Heartbeat)]
     assert 25 <= len(statuses) <= 26 and 10 <= len(beats) <= 11
-    assert all(30 <= b.uptime_ms - a.uptime_ms <= 50 for a, b in zip(statuses, statuses[1:], strict=False))
-    assert all(90 <= b.uptime_ms - a.uptime_ms <= 110 for a, b in zip(beats, beats[1:], strict=False))
+    assert all(30 <= b.uptime_ms - a.uptime_ms <= 50 for a, b in itertools.pairwise(statuses))
+    assert all(90 <= b.uptime_ms - a.uptime_ms <= 110 for a, b in itertools.pairwise(beats))
     seqs = [m.seq for m in sent]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert statuses[-1].uptime_ms >= 960 and statuses[-1].flags & StatusFlag.SESSION

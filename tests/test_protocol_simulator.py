@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -118,7 +119,9 @@ def test_actuator_takes_time_to_travel(tmp_path):
         positions = []
         while not sim.find("actuator", accepted["t"], moving=False):
             host.send(Heartbeat, uptime_ms=0)
-            positions += [m.position for m in host.poll(timeout=0.03) if isinstance(m, Status) and m.state == State.CLOSE]
+            positions += [
+                m.position for m in host.poll(timeout=0.03) if isinstance(m, Status) and m.state == State.CLOSE
+            ]
             assert time.monotonic() < accepted["t"] + 2.0, "the actuator never arrived"
         arrived = sim.find("actuator", accepted["t"], moving=False)[0]
         assert arrived["position"] == 1000
@@ -220,8 +223,11 @@ def test_device_of_another_protocol_version_fails_closed(tmp_path):
             handshake(host.link, host.decoder, timeout=2.0)  # its HELLO is still readable
         cmd = host.send(Command, intent=int(Intent.OPEN), ttl_ms=500)
         sim.wait_event("rx_error", kind="version")  # it cannot read our version-1 COMMAND
-        wait_until(lambda: host.poll(0.02) is not None and host.decoder.errors["version"] > 0, 2.0,
-                   "version errors on the host (its STATUS frames are version 2)")
+        wait_until(
+            lambda: host.poll(0.02) is not None and host.decoder.errors["version"] > 0,
+            2.0,
+            "version errors on the host (its STATUS frames are version 2)",
+        )
         assert not any(isinstance(m, Ack) and m.acked_seq == cmd.seq for m in host.received)
         assert sim.stop() == 0
     assert not sim.find("command")
@@ -277,10 +283,12 @@ def test_stalled_loop_sends_no_heartbeat_and_the_hardware_watchdog_resets(tmp_pa
         hang = sim.wait_event("hang")
         end = sim.wait_event("hang_end")
         assert end["t"] - hang["t"] >= 0.25
-        host.wait_for(lambda m: isinstance(m, Heartbeat) and m.uptime_ms > 1000 * (end["t"] - hang["t"]),
-                      what="heartbeats after the stall")
+        host.wait_for(
+            lambda m: isinstance(m, Heartbeat) and m.uptime_ms > 1000 * (end["t"] - hang["t"]),
+            what="heartbeats after the stall",
+        )
         uptimes = [m.uptime_ms for m in host.received if isinstance(m, Heartbeat)]
-        gaps = [b - a for a, b in zip(uptimes, uptimes[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(uptimes)]
         assert max(gaps) >= 250 and min(gaps) >= 90, gaps  # silent while stalled, 10 Hz otherwise
         sim.control("hang", ms=10_000)
         hang2 = sim.wait_event("hang", after=end["t"])
@@ -361,7 +369,9 @@ def test_refuses_to_replace_a_real_file(tmp_path):
     target.write_text("precious")
     result = subprocess.run(
         [sys.executable, "-m", "firmware_protocol.cli", "orthosis", "--link", str(target)],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "not a symlink" in result.stderr
     assert target.read_text() == "precious"

@@ -147,7 +147,7 @@ def test_serial_open_flushes_stale_input_and_is_exclusive():
 
 
 def test_write_times_out_when_nobody_drains(pty_pair):
-    device, host = pty_pair
+    device, _host = pty_pair
     with pytest.raises(LinkTimeout) as info:
         for _ in range(10_000):
             device.write(b"\x55" * 4096, timeout=0.05)

@@ -19,11 +19,13 @@ def test_file_is_what_the_codec_generates():
     assert VECTORS_PATH.read_text(encoding="utf-8") == render(), (
         "vectors.json is out of date: run python -m firmware_protocol.vectors --write"
     )
-    assert VECTORS == generate()
+    assert generate() == VECTORS
 
 
 def test_check_command_reports_up_to_date():
-    result = subprocess.run([sys.executable, "-m", "firmware_protocol.vectors", "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "firmware_protocol.vectors", "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -63,7 +65,7 @@ def test_invalid_vector(vector):
 def test_compat_vectors_decode_the_frozen_hello():
     for vector in VECTORS["compat"]:
         msg = decode(bytes.fromhex(vector["wire"]))
-        assert msg.NAME == vector["message"] and msg.seq == vector["seq"]
+        assert vector["message"] == msg.NAME and msg.seq == vector["seq"]
         assert msg.fields() == vector["fields"]
 
 
@@ -72,7 +74,7 @@ def test_stream_vector_in_any_chunking(chunk):
     stream = VECTORS["stream"]
     data = bytes.fromhex(stream["wire"])
     decoder = Decoder()
-    msgs = [m for i in range(0, len(data), chunk) for m in decoder.feed(data[i:i + chunk])]
+    msgs = [m for i in range(0, len(data), chunk) for m in decoder.feed(data[i : i + chunk])]
     assert [{"message": m.NAME, "seq": m.seq, "fields": m.fields()} for m in msgs] == stream["messages"]
     assert {k: v for k, v in decoder.errors.items() if v} == stream["errors"]
     assert len(msgs) == 3 and decoder.error_count >= 3
@@ -89,7 +91,11 @@ def test_command_vectors_state_the_device_reaction():
     assert reactions["command_open"] == {"state": "open", "result": "ok"}
     assert reactions["command_ttl_zero"]["result"] == "reject_ttl"
     assert reactions["command_intent_255"]["result"] == "reject_intent"
-    assert reactions["hello_host_mismatch"] == {"state": "fault", "replies": ["HELLO", "FAULT"], "fault": "schema_mismatch"}
+    assert reactions["hello_host_mismatch"] == {
+        "state": "fault",
+        "replies": ["HELLO", "FAULT"],
+        "fault": "schema_mismatch",
+    }
     assert reactions["stop_unknown_reason"] == {"state": "safe", "result": "ok"}
 
 
@@ -99,11 +105,10 @@ def test_spec_document_quotes_the_current_schema_and_examples():
     spec = (Path(__file__).resolve().parents[1] / "docs" / "firmware_protocol.md").read_text(encoding="utf-8")
     assert "```\n" + SCHEMA_TEXT + "```\n" in spec  # the canonical text, verbatim
     assert f"0x{SCHEMA_HASH:08X}" in spec
-    spaced = {v["name"]: " ".join(v["wire"][i:i + 2] for i in range(0, len(v["wire"]), 2)) for v in VECTORS["frames"]}
+    spaced = {v["name"]: " ".join(v["wire"][i : i + 2] for i in range(0, len(v["wire"]), 2)) for v in VECTORS["frames"]}
     for name in ("command_open", "ack_command_ok", "heartbeat_zero", "hello_host", "status_opening", "stop", "clear"):
         assert spaced[name] in spec, name
     for vector in VECTORS["invalid"]:
-        wire = " ".join(vector["wire"][i:i + 2] for i in range(0, len(vector["wire"]), 2))
+        wire = " ".join(vector["wire"][i : i + 2] for i in range(0, len(vector["wire"]), 2))
         if f"| {vector['name']} |" in spec:
             assert f"`{wire}`" in spec, vector["name"]
-

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import myhand_like_csv
+
 from metaemg.errors import DataError
 from metalearn.recording import Recording, read_recording, recording_path, write_recording
 
@@ -44,7 +44,7 @@ def test_myhand_shaped_file_is_read_with_its_real_rate(tmp_path):
     assert rec.n_channels == 8
     assert rec.n_samples == 3000
     assert rec.sample_rate == pytest.approx(100.0, rel=0.03)
-    assert 0 <= rec.emg.min() and rec.emg.max() <= 1000
+    assert rec.emg.min() >= 0 and rec.emg.max() <= 1000
     repeated = (np.diff(rec.emg, axis=0) == 0).all(axis=1).mean()
     assert repeated > 0.4  # the armband's repeated rows are kept as they are
 
@@ -59,15 +59,21 @@ def test_repeated_timestamps_do_not_break_the_rate(tmp_path):
     "mutate, fragment, row",
     [
         (lambda h, r: (h.replace(",gt", ""), [x.rsplit(",", 1)[0] for x in r]), "missing column(s) gt", None),
-        (lambda h, r: (h.replace(",emg7", ""), [x.rsplit(",", 2)[0] + "," + x.rsplit(",", 1)[1] for x in r]),
-         "missing column(s) emg7", None),
-        (lambda h, r: (h.replace(",gt", ",emg8,gt"), [x.rsplit(",", 1)[0] + ",1," + x.rsplit(",", 1)[1] for x in r]),
-         "extra column(s) emg8", None),
-        (lambda h, r: (h, r[:3] + [r[3].replace(",3,4,", ",nan,4,", 1)] + r[4:]), "NaN", 4),
-        (lambda h, r: (h, r[:2] + [",,,,,,,,,,"] + r[3:]), "empty or short row", 3),
-        (lambda h, r: (h, r[:4] + [r[4].replace(",0.02,", ",0.001,")] + r[5:]), "goes backwards", 5),
-        (lambda h, r: (h, r[:1] + [r[1][:-1] + "3"] + r[2:]), "label 3 is outside {0,1,2}", 2),
-        (lambda h, r: (h, r[:1] + [r[1].replace(",1,2,", ",x,2,", 1)] + r[2:]), "is not a number", 2),
+        (
+            lambda h, r: (h.replace(",emg7", ""), [x.rsplit(",", 2)[0] + "," + x.rsplit(",", 1)[1] for x in r]),
+            "missing column(s) emg7",
+            None,
+        ),
+        (
+            lambda h, r: (h.replace(",gt", ",emg8,gt"), [x.rsplit(",", 1)[0] + ",1," + x.rsplit(",", 1)[1] for x in r]),
+            "extra column(s) emg8",
+            None,
+        ),
+        (lambda h, r: (h, [*r[:3], r[3].replace(",3,4,", ",nan,4,", 1), *r[4:]]), "NaN", 4),
+        (lambda h, r: (h, [*r[:2], ",,,,,,,,,,", *r[3:]]), "empty or short row", 3),
+        (lambda h, r: (h, [*r[:4], r[4].replace(",0.02,", ",0.001,"), *r[5:]]), "goes backwards", 5),
+        (lambda h, r: (h, [*r[:1], r[1][:-1] + "3", *r[2:]]), "label 3 is outside {0,1,2}", 2),
+        (lambda h, r: (h, [*r[:1], r[1].replace(",1,2,", ",x,2,", 1), *r[2:]]), "is not a number", 2),
     ],
     ids=["no-gt", "seven-channels", "nine-channels", "nan", "empty-row", "time-backwards", "label-3", "text"],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from datetime import datetime
 from functools import cache
 
@@ -35,7 +36,7 @@ def rec_of(seed: int, index: int, condition: str = "111_baseline", style: str = 
 def label_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
     """(label, start, stop) of each run of equal labels."""
     edges = np.r_[0, np.flatnonzero(np.diff(labels)) + 1, len(labels)]
-    return [(int(labels[a]), int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(labels[a]), int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def window_features(rec, win: int):
@@ -224,7 +225,7 @@ def test_generate_dataset_rejects_bad_arguments_before_writing(tmp_path, kwargs)
 
 @pytest.mark.parametrize("style", STYLES)
 def test_values_rates_and_types(style):
-    rec, extra = rec_of(0, 1, "111_baseline", style)
+    rec, _extra = rec_of(0, 1, "111_baseline", style)
     lo, hi, rate = (-128, 127, 200.0) if style == "myo" else (0, 1000, 100.0)
     assert rec.emg.shape[1] == N_CHANNELS
     assert np.array_equal(rec.emg, np.round(rec.emg))  # integers
@@ -248,7 +249,7 @@ def test_myo_contractions_use_the_range_and_saturate_only_occasionally():
 
 
 def test_myhand_rows_repeat_like_a_slow_armband():
-    rec, extra = rec_of(0, 2, "111_baseline", "myhand")
+    rec, _extra = rec_of(0, 2, "111_baseline", "myhand")
     same = np.all(np.diff(rec.emg, axis=0) == 0, axis=1)
     assert 0.3 < same.mean() < 0.75  # 35-55 Hz updates logged at 100 Hz
     runs = np.diff(np.flatnonzero(np.r_[True, ~same, True]))  # rows per armband update
@@ -277,7 +278,7 @@ def test_myhand_extra_columns():
 def test_label_protocol(style):
     rec, _ = rec_of(0, 0, "112_fatigue", style)
     runs = label_runs(rec.labels)
-    assert [b[0] - a[0] for a, b in zip(runs, runs[1:])][:5] == EXPECTED_CHANGES
+    assert [b[0] - a[0] for a, b in itertools.pairwise(runs)][:5] == EXPECTED_CHANGES
     assert [r[0] for r in runs] == [0, 1, 0, 2] * 4 + [0]
     dt = 1.0 / rec.sample_rate
     for _, a, b in runs:
@@ -303,7 +304,7 @@ def test_activation_follows_the_cue_with_a_short_lag():
     rec, _ = rec_of(0, 3)
     level = np.abs(rec.emg).mean(axis=1)
     runs = label_runs(rec.labels)
-    for (lab, a, b), (prev, pa, _) in zip(runs[1:], runs):
+    for (lab, a, b), (_prev, _pa, _) in zip(runs[1:], runs, strict=False):
         if lab == 0:
             continue
         before = level[a - 40 : a].mean()  # 0.2 s before the cue
@@ -319,9 +320,7 @@ def test_activation_follows_the_cue_with_a_short_lag():
 def test_intents_separable_within_patient_but_not_across(style, win):
     splits = [first_cycle_split(rec_of(0, k, "111_baseline", style)[0], win) for k in range(6)]
     within = [nearest_centroid_accuracy(tr, te) for tr, te in splits]
-    across = [
-        nearest_centroid_accuracy(splits[i][0], splits[j][1]) for i in range(6) for j in range(6) if i != j
-    ]
+    across = [nearest_centroid_accuracy(splits[i][0], splits[j][1]) for i in range(6) for j in range(6) if i != j]
     assert np.mean(within) > 0.85 and min(within) > 0.7  # chance is 1/3
     assert np.mean(across) < np.mean(within) - 0.1
 
@@ -393,7 +392,7 @@ def test_every_condition_generates_valid_recordings():
     p = make_patient(5, 7)
     assert isinstance(p, Patient)
     for condition in CONDITIONS:
-        for style, (lo, hi) in zip(STYLES, [(-128, 127), (0, 1000)]):
+        for style, (lo, hi) in zip(STYLES, [(-128, 127), (0, 1000)], strict=True):
             rec, extra = synth_recording(p, condition, style=style, n_cycles=2)
             assert [r[0] for r in label_runs(rec.labels)] == [0, 1, 0, 2, 0, 1, 0, 2, 0]
             assert rec.emg.min() >= lo and rec.emg.max() <= hi

@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import myhand_like_csv
+
 from metaemg.errors import ConfigError, DataError
 from metaemg.signal import SignalSpec
 from metalearn.recording import Recording, write_recording
@@ -103,7 +103,7 @@ def test_scaler_is_fitted_on_the_support_part_only(tmp_path):
     n = 1000
     labels = _labels((0, 200), (1, 200), (0, 200), (2, 200), (0, 100), (1, 100))
     emg = np.full((n, 8), 100.0)
-    emg[: 800] += np.random.default_rng(0).normal(0, 10, (800, 8))
+    emg[:800] += np.random.default_rng(0).normal(0, 10, (800, 8))
     emg[900:] = 900.0  # a huge query part must not move the scaler
     write_recording(tmp_path / "s_p1" / "p1_c.csv", Recording(np.arange(n) / 100, emg, labels))
     task = load_task(tmp_path, TaskRef("s_p1", "c"))
@@ -118,12 +118,11 @@ def test_scaler_is_fitted_on_the_support_part_only(tmp_path):
 def test_window_label_is_its_last_sample(tmp_path):
     n = 600
     labels = _labels((0, 100), (1, 100), (0, 100), (2, 100), (0, 100), (1, 100))
-    write_recording(tmp_path / "s_p1" / "p1_c.csv",
-                    Recording(np.arange(n) / 100, np.zeros((n, 8)), labels))
+    write_recording(tmp_path / "s_p1" / "p1_c.csv", Recording(np.arange(n) / 100, np.zeros((n, 8)), labels))
     tw = task_windows(load_task(tmp_path, TaskRef("s_p1", "c")), SignalSpec.myhand(window=25, stride=5))
     ends = 24 + 5 * np.arange(len(tw.y_support) + len(tw.y_query))
     np.testing.assert_array_equal(np.concatenate([tw.y_support, tw.y_query]), labels[ends])
-    assert (ends[: len(tw.y_support)] < 500).all() and (ends[len(tw.y_support):] >= 500).all()
+    assert (ends[: len(tw.y_support)] < 500).all() and (ends[len(tw.y_support) :] >= 500).all()
 
 
 def test_scaler_kinds():

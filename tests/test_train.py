@@ -13,8 +13,17 @@ from metalearn.checkpoint import load_checkpoint
 from metalearn.tasks import load_collection, save_collection
 
 BIN = Path(sys.executable).parent
-TINY = ["test.meta_steps=3", "test.batch_size=8", "test.time_seq_len=20", "test.stride=10", "test.fc_units=16",
-        "test.inner_steps=2", "test.converge_steps=[1,3]", "test.n_train_tasks=2", "test.n_val_tasks=1"]
+TINY = [
+    "test.meta_steps=3",
+    "test.batch_size=8",
+    "test.time_seq_len=20",
+    "test.stride=10",
+    "test.fc_units=16",
+    "test.inner_steps=2",
+    "test.converge_steps=[1,3]",
+    "test.n_train_tasks=2",
+    "test.n_val_tasks=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +31,24 @@ def colls(myo_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("colls")
     pre = load_collection(myo_data / "task_collections" / "myo_pretrain.json")
     test = load_collection(myo_data / "task_collections" / "myo_eval_test.json")
-    return {"train": save_collection(d / "train.json", pre[:4]), "test": save_collection(d / "test.json", test[:2]),
-            "two": save_collection(d / "two.json", pre[:2]), "root": myo_data}
+    return {
+        "train": save_collection(d / "train.json", pre[:4]),
+        "test": save_collection(d / "test.json", test[:2]),
+        "two": save_collection(d / "two.json", pre[:2]),
+        "root": myo_data,
+    }
 
 
 def train(colls, run_dir, *extra, check_rc=0, cwd=None):
-    args = [str(BIN / "metaemg-train"), f"test.train_collection_json={colls['train']}",
-            f"test.test_collection_json={colls['test']}", f"test.data_root={colls['root']}",
-            f"hydra.run.dir={run_dir}", *TINY, *extra]
+    args = [
+        str(BIN / "metaemg-train"),
+        f"test.train_collection_json={colls['train']}",
+        f"test.test_collection_json={colls['test']}",
+        f"test.data_root={colls['root']}",
+        f"hydra.run.dir={run_dir}",
+        *TINY,
+        *extra,
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=cwd)
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stdout + proc.stderr
@@ -75,8 +94,8 @@ def test_research_config_file_runs_unchanged(colls, tmp_path):
     inner_steps: 3
     n_val_tasks: 0
     n_train_tasks: 1
-    train_collection_json: '{colls['two']}'
-    test_collection_json: '{colls['test']}'
+    train_collection_json: '{colls["two"]}'
+    test_collection_json: '{colls["test"]}'
     save: True
     wandb: True
     fc_units: 32
@@ -92,14 +111,19 @@ def test_research_config_file_runs_unchanged(colls, tmp_path):
     lr_cycle: 15
     lr_factor: 0.9
     converge_baselines: False
-    data_root: '{colls['root']}'
+    data_root: '{colls["root"]}'
 
 hydra:
     run:
         dir: data/expt_outputs/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}
 """)
-    proc = subprocess.run([str(BIN / "metaemg-train"), "--config-path", str(conf), "--config-name", "config"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [str(BIN / "metaemg-train"), "--config-path", str(conf), "--config-name", "config"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     runs = list((tmp_path / "data" / "expt_outputs").glob("*/*"))
     assert len(runs) == 1
@@ -112,8 +136,13 @@ def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
     weights after a meta-step equal those of one process to 1e-6. (Over more steps float32
     rounding, amplified by AdamW on near-zero gradients, lets them drift apart slowly.) The two
     ranks also compile their meta-step (``test.compile=aot_eager``), which changes no value."""
-    overrides = [f"test.train_collection_json={colls['train']}", f"test.data_root={colls['root']}", *TINY,
-                 "test.meta_steps=1", "test.converge_baselines=false"]
+    overrides = [
+        f"test.train_collection_json={colls['train']}",
+        f"test.data_root={colls['root']}",
+        *TINY,
+        "test.meta_steps=1",
+        "test.converge_baselines=false",
+    ]
     # the one-process reference runs in this process (the same composition as the command)
     from hydra import compose, initialize_config_module
 
@@ -124,10 +153,22 @@ def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
     run_composed(cfg, tmp_path / "run1", tmp_path)
     weights = {1: load_checkpoint(next((tmp_path / "run1" / "models").glob("epoch_0000_loss_*.pt")))["state_dict"]}
     run = tmp_path / "run2"
-    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(BIN / "metaemg-train"),
-                           *overrides, f"hydra.run.dir={run}", "test.compile=aot_eager"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"},
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(BIN / "metaemg-train"),
+            *overrides,
+            f"hydra.run.dir={run}",
+            "test.compile=aot_eager",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("meta-training: 1 meta-epochs") == 1, proc.stdout
     assert "on cpu (x2, compiled: aot_eager)" in proc.stdout, proc.stdout
@@ -138,10 +179,22 @@ def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
 
 
 def test_sweep_runs_each_model(colls, tmp_path):
-    proc = subprocess.run([str(BIN / "metaemg-train"), "-m", f"test.train_collection_json={colls['train']}",
-                           f"test.data_root={colls['root']}", *TINY, "test.meta_steps=1", "test.model=dnn,cnn",
-                           "test.inner_batch_size=4",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(BIN / "metaemg-train"),
+            "-m",
+            f"test.train_collection_json={colls['train']}",
+            f"test.data_root={colls['root']}",
+            *TINY,
+            "test.meta_steps=1",
+            "test.model=dnn,cnn",
+            "test.inner_batch_size=4",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     ckpts = [load_checkpoint(tmp_path / "sweep" / str(i) / "models" / "best.pt") for i in (0, 1)]
     assert sorted(c["model"]["kind"] for c in ckpts) == ["cnn", "dnn"]
@@ -157,20 +210,37 @@ def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, 
     from metalearn.export import export_onnx
 
     run = tmp_path / "run"
-    out = train(colls, run, "test.model=feat", "test.inner_steps=0", "test.lda_shrinkage=0.4", "test.scale=none",
-                "test.augment_rotation=true", "test.signal={preset: myo, rectify: false, envelope_hz: null}").stdout
+    out = train(
+        colls,
+        run,
+        "test.model=feat",
+        "test.inner_steps=0",
+        "test.lda_shrinkage=0.4",
+        "test.scale=none",
+        "test.augment_rotation=true",
+        "test.signal={preset: myo, rectify: false, envelope_hz: null}",
+    ).stdout
     assert "model feat: the whitening is fitted in closed form over the 3 training tasks" in out
     assert "meta-training: 1 meta-epochs" in out
     assert [p.name[:10] for p in (run / "models").glob("epoch_*.pt")] == ["epoch_0000"]
     best = load_checkpoint(run / "models" / "best.pt")
-    assert best["inner"] == {"optimizer": "adam", "steps": 0, "lr": 0.01, "first_order": False, "batch_size": None,
-                             "head": "lda", "shrinkage": 0.4}
+    assert best["inner"] == {
+        "optimizer": "adam",
+        "steps": 0,
+        "lr": 0.01,
+        "first_order": False,
+        "batch_size": None,
+        "head": "lda",
+        "shrinkage": 0.4,
+    }
     assert best["signal"]["rectify"] is False and best["signal"]["envelope_hz"] is None
     whiten = best["state_dict"]["whiten"]
     assert not torch.allclose(whiten, torch.eye(len(whiten)))  # learned, not the identity
     assert not best["state_dict"]["head.weight"].any()  # no head until a wearer's clip fits one
-    rows = {r.split(",")[0]: [float(v) for v in r.split(",")[1:]]
-            for r in (run / "results" / "results_table.csv").read_text().splitlines()[1:]}
+    rows = {
+        r.split(",")[0]: [float(v) for v in r.split(",")[1:]]
+        for r in (run / "results" / "results_table.csv").read_text().splitlines()[1:]
+    }
     assert set(rows) == {"B1", "B2", "meta-model"} and all(acc[-1] > 0.8 for acc in rows.values())
     from metaemg.modelfile import read_model_info
 
@@ -199,8 +269,13 @@ def test_bad_input_fails_before_training(colls, tmp_path, override, fragment):
     from metaemg.errors import MetaEMGError
     from metalearn.train import run_composed
 
-    overrides = [f"test.train_collection_json={colls['train']}", f"test.test_collection_json={colls['test']}",
-                 f"test.data_root={colls['root']}", *TINY, override]
+    overrides = [
+        f"test.train_collection_json={colls['train']}",
+        f"test.test_collection_json={colls['test']}",
+        f"test.data_root={colls['root']}",
+        *TINY,
+        override,
+    ]
     with initialize_config_module(version_base="1.3", config_module="metalearn.conf"):
         cfg = compose("config", overrides=overrides)
     with pytest.raises(MetaEMGError) as err:

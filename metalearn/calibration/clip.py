@@ -99,13 +99,17 @@ def cycle_starts(labels: np.ndarray, path: object | None = None) -> tuple[int, .
     for k, name in enumerate(INTENTS):
         if not (labels == k).any():
             seen = ", ".join(n for i, n in enumerate(INTENTS) if (labels == i).any())
-            raise DataError(f"the clip has no '{name}' (intents seen: {seen}); it needs relax, open and close", path=path)
+            raise DataError(
+                f"the clip has no '{name}' (intents seen: {seen}); it needs relax, open and close", path=path
+            )
     opens, closes = np.flatnonzero(run_labels == 1), np.flatnonzero(run_labels == 2)
     cycles = min(len(opens), len(closes))
     if cycles < 2:
         raise DataError(
             f"the clip has {cycles} cycle(s) of open and close; calibration needs at least 2 "
-            "(it adapts on all but one and checks the result on the one left out, for each cycle)", path=path)
+            "(it adapts on all but one and checks the result on the one left out, for each cycle)",
+            path=path,
+        )
     out = [0]
     for c in range(1, cycles):
         first = int(min(opens[c], closes[c]))
@@ -122,15 +126,18 @@ def prepare_clip(rec: Recording, spec: SignalSpec, rules: ClipRules = ClipRules(
         raise DataError(f"the clip has {rec.n_channels} EMG channels, the model expects {spec.channels}", path=path)
     rate = rec.sample_rate
     if abs(rate - spec.sample_rate) > RATE_TOLERANCE * spec.sample_rate:
-        raise DataError(f"the clip's sample rate is {rate:.1f} Hz, the model expects {spec.sample_rate:g} Hz",
-                        path=path)
+        raise DataError(
+            f"the clip's sample rate is {rate:.1f} Hz, the model expects {spec.sample_rate:g} Hz", path=path
+        )
     _check_flat(rec, spec)
     chain = SignalChain(spec)
     saturated = float(chain.saturated(rec.emg).mean()) if spec.input_range is not None else 0.0
     if saturated > rules.max_saturated:
         raise DataError(
             f"the armband saturates in {saturated:.0%} of the clip (limit {rules.max_saturated:.0%}): "
-            "check its fit and position, then calibrate again", path=path)
+            "check its fit and position, then calibrate again",
+            path=path,
+        )
     starts = cycle_starts(rec.labels, path)
     conditioned = chain.process(rec.emg)
     windows, ends = make_windows(conditioned, spec.window, spec.stride)
@@ -141,11 +148,15 @@ def prepare_clip(rec: Recording, spec: SignalSpec, rules: ClipRules = ClipRules(
     cycles = np.searchsorted(np.asarray(starts), ends, side="right") - 1
     for k in range(len(starts)):
         counts = np.bincount(labels[cycles == k], minlength=len(INTENTS))
-        short = [f"{INTENTS[i]} {counts[i] * spec.stride / rate:.2f} s" for i in range(len(INTENTS)) if counts[i] < need]
+        short = [
+            f"{INTENTS[i]} {counts[i] * spec.stride / rate:.2f} s" for i in range(len(INTENTS)) if counts[i] < need
+        ]
         if short:
             raise DataError(
                 f"the clip is too short: its cycle {k + 1} of {len(starts)} has only {', '.join(short)}; each cycle "
-                f"needs at least {rules.min_intent_s:g} s of each intent", path=path)
+                f"needs at least {rules.min_intent_s:g} s of each intent",
+                path=path,
+            )
     return ClipWindows(spec, rec, conditioned, windows.astype(np.float32), ends, labels, starts, saturated)
 
 
@@ -155,9 +166,12 @@ def _check_flat(rec: Recording, spec: SignalSpec) -> None:
     ptp = np.ptp(rec.emg, axis=0)
     flat = [f"emg{i}" for i in np.flatnonzero(ptp <= tol)]
     if len(flat) == rec.n_channels:
-        raise DataError("no EMG: every channel is flat (is the armband on, switched on and touching the skin?)",
-                        path=rec.path)
+        raise DataError(
+            "no EMG: every channel is flat (is the armband on, switched on and touching the skin?)", path=rec.path
+        )
     if flat:
         raise DataError(
             f"channel(s) {', '.join(flat)} are flat (no signal): check the armband's contact with the skin, "
-            "then calibrate again", path=rec.path)
+            "then calibrate again",
+            path=rec.path,
+        )

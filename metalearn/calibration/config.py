@@ -38,8 +38,9 @@ class LslSection:
         for key in ("name", "type", "source_id"):
             value = getattr(self, key)
             if value is not None and (value == "" or "'" in value or value.strip() != value):
-                raise ConfigError(f"lsl.{key} must be a non-empty string without quotes or surrounding spaces, "
-                                  f"got {value!r}")
+                raise ConfigError(
+                    f"lsl.{key} must be a non-empty string without quotes or surrounding spaces, got {value!r}"
+                )
         if not 0 < self.resolve_timeout_s <= 60:
             raise ConfigError(f"lsl.resolve_timeout_s must be in (0, 60], got {self.resolve_timeout_s!r}")
         if not 0.1 <= self.stall_timeout_s <= 10:

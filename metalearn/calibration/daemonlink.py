@@ -27,9 +27,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from metaemg.errors import ConfigError
 
@@ -104,8 +102,14 @@ class _CueForwarder(threading.Thread):
 
 
 class DaemonLink:
-    def __init__(self, *, control_endpoint: str, cue_endpoint: str | None = DEFAULT_CUE_ENDPOINT,
-                 timeout_s: float = 1.0, forward_cues: bool = False):
+    def __init__(
+        self,
+        *,
+        control_endpoint: str,
+        cue_endpoint: str | None = DEFAULT_CUE_ENDPOINT,
+        timeout_s: float = 1.0,
+        forward_cues: bool = False,
+    ):
         import zmq
 
         self._zmq = zmq
@@ -128,7 +132,8 @@ class DaemonLink:
                 self.close()
                 raise ConfigError(
                     f"cue endpoint {cue_endpoint}: cannot bind: {exc} (is another calibration running? "
-                    "set cues.endpoint or --cue-endpoint, or 'none' to publish no cues)") from None
+                    "set cues.endpoint or --cue-endpoint, or 'none' to publish no cues)"
+                ) from None
             self.cue_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def __enter__(self) -> DaemonLink:
@@ -152,9 +157,17 @@ class DaemonLink:
         """Publish one cue message (at each cue and each countdown second); never blocks."""
         if self._pub is None and not self.forward_cues:
             return
-        message = {"schema": SCHEMA, "topic": CUE_TOPIC, "t_mono": time.monotonic(), "t_wall": time.time(),
-                   "source": "metaemg-calibrate", "cue": name, "index": index,
-                   "remaining_s": round(float(remaining_s), 3), **fields}
+        message = {
+            "schema": SCHEMA,
+            "topic": CUE_TOPIC,
+            "t_mono": time.monotonic(),
+            "t_wall": time.time(),
+            "source": "metaemg-calibrate",
+            "cue": name,
+            "index": index,
+            "remaining_s": round(float(remaining_s), 3),
+            **fields,
+        }
         if self.forward_cues:
             if self._forwarder is None and self._socket_exists():
                 self._forwarder = _CueForwarder(self._context, self.control_endpoint, self.timeout_s)
@@ -185,8 +198,10 @@ class DaemonLink:
             answer = self._request(request)
             if answer is None:
                 return ReloadResult(
-                    "no_answer", f"daemon did not answer on {endpoint} within {self.timeout_s:g} s: if it is "
-                    "running, its file watcher loads the new model; otherwise it loads it at its next start")
+                    "no_answer",
+                    f"daemon did not answer on {endpoint} within {self.timeout_s:g} s: if it is "
+                    "running, its file watcher loads the new model; otherwise it loads it at its next start",
+                )
             if answer.get("ok") is True:
                 now, was = answer.get("model_id"), answer.get("previous_model_id")
                 return ReloadResult("reloaded", f"daemon reloaded: now running model {now} (was {was})", answer)
@@ -195,11 +210,17 @@ class DaemonLink:
             time.sleep(0.3)  # its file watcher is loading the same file; ask again for the outcome
         else:
             return ReloadResult(
-                "busy", "daemon is busy reloading (its file watcher saw the new file); check that it runs the new "
-                "model with: myhand-controller ctl status", answer)
+                "busy",
+                "daemon is busy reloading (its file watcher saw the new file); check that it runs the new "
+                "model with: myhand-controller ctl status",
+                answer,
+            )
         return ReloadResult(
-            "refused", f"WARNING: the daemon did not take the new model and keeps running model "
-            f"{answer.get('model_id')}: {answer.get('error')}", answer)
+            "refused",
+            f"WARNING: the daemon did not take the new model and keeps running model "
+            f"{answer.get('model_id')}: {answer.get('error')}",
+            answer,
+        )
 
     # -- hold still while the patient follows the cues --------------------------------------------
     def hold(self) -> Hold:
@@ -208,16 +229,22 @@ class DaemonLink:
             return Hold(False, f"daemon not running (no control socket at {self.control_endpoint}; nothing to pause)")
         status = self._request({"cmd": "status"})
         if status is None:
-            return Hold(False, f"WARNING: the daemon did not answer on {self.control_endpoint}; it could not be "
-                               "paused: make sure the orthosis is not driven during the recording")
+            return Hold(
+                False,
+                f"WARNING: the daemon did not answer on {self.control_endpoint}; it could not be "
+                "paused: make sure the orthosis is not driven during the recording",
+            )
         if (status.get("status") or {}).get("paused"):
             return Hold(False, "daemon already paused: it stays paused")
         answer = self._request({"cmd": "pause"})
         if answer is not None and answer.get("ok") is True:
             return Hold(True, "daemon paused while the patient follows the cues (the orthosis holds still)")
         why = "no answer" if answer is None else answer.get("error")
-        return Hold(False, f"WARNING: the daemon could not be paused ({why}): make sure the orthosis is not "
-                           "driven during the recording")
+        return Hold(
+            False,
+            f"WARNING: the daemon could not be paused ({why}): make sure the orthosis is not "
+            "driven during the recording",
+        )
 
     def release(self, hold: Hold) -> str | None:
         """Resume the daemon if :meth:`hold` paused it; returns a note (None if nothing to do)."""

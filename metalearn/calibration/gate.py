@@ -30,15 +30,19 @@ class GateRules:
     def __post_init__(self) -> None:
         for key in ("min_accuracy", "min_recall", "swap_margin"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                math.isfinite(value) and 0 <= value <= 1
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and 0 <= value <= 1)
             ):
                 raise ConfigError(f"gate.{key} must be a fraction in [0, 1], got {value!r}")
 
     def describe(self) -> str:
-        return (f"accuracy >= {self.min_accuracy:.2f}, not worse than the base model, "
-                f"every intent recognised in >= {self.min_recall:.0%} of its windows, "
-                f"open and close not swapped by more than {self.swap_margin:.0%}")
+        return (
+            f"accuracy >= {self.min_accuracy:.2f}, not worse than the base model, "
+            f"every intent recognised in >= {self.min_recall:.0%} of its windows, "
+            f"open and close not swapped by more than {self.swap_margin:.0%}"
+        )
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,9 @@ class GateDecision:
         return {"passed": self.passed, "forced": self.forced, "install": self.install, "reasons": list(self.reasons)}
 
 
-def decide(before: dict, after: dict, rules: GateRules, *, force: bool = False,
-           implausible: list[str] | tuple[str, ...] = ()) -> GateDecision:
+def decide(
+    before: dict, after: dict, rules: GateRules, *, force: bool = False, implausible: list[str] | tuple[str, ...] = ()
+) -> GateDecision:
     """``before``/``after``: :func:`.metrics.summary` of the base and the adapted model on the
     same held-out windows; ``implausible``: :func:`.plausible.reasons` for the clip."""
     reasons = list(implausible)

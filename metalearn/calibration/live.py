@@ -35,8 +35,9 @@ RATE_TOLERANCE = 0.05
 
 
 class LiveRecorder:
-    def __init__(self, protocol: CueProtocol, lsl: LslSection, spec: SignalSpec, link: DaemonLink,
-                 out: IO[str] | None = None):
+    def __init__(
+        self, protocol: CueProtocol, lsl: LslSection, spec: SignalSpec, link: DaemonLink, out: IO[str] | None = None
+    ):
         import pylsl
 
         self._lsl = pylsl
@@ -69,16 +70,20 @@ class LiveRecorder:
         predicate = self.lsl.predicate()
         found = pylsl.resolve_bypred(predicate, 1, self.lsl.resolve_timeout_s)
         if not found:
-            raise DataError(f"no LSL stream matching {predicate} within {self.lsl.resolve_timeout_s:g} s: is the "
-                            "armband on, paired and streaming?")
+            raise DataError(
+                f"no LSL stream matching {predicate} within {self.lsl.resolve_timeout_s:g} s: is the "
+                "armband on, paired and streaming?"
+            )
         info = found[0]
         desc = describe(info)
         if desc.channels != self.spec.channels:
-            raise DataError(f"stream {desc.describe()} has {desc.channels} channels; the model expects "
-                            f"{self.spec.channels}")
+            raise DataError(
+                f"stream {desc.describe()} has {desc.channels} channels; the model expects {self.spec.channels}"
+            )
         if desc.rate > 0 and abs(desc.rate - self.spec.sample_rate) > RATE_TOLERANCE * self.spec.sample_rate:
-            raise DataError(f"stream {desc.describe()} runs at {desc.rate:g} Hz; the model expects "
-                            f"{self.spec.sample_rate:g} Hz")
+            raise DataError(
+                f"stream {desc.describe()} runs at {desc.rate:g} Hz; the model expects {self.spec.sample_rate:g} Hz"
+            )
         flags = pylsl.proc_clocksync | pylsl.proc_monotonize | (pylsl.proc_dejitter if desc.rate > 0 else 0)
         self.inlet = pylsl.StreamInlet(info, max_buflen=10, recover=False, processing_flags=flags)
         try:
@@ -102,8 +107,9 @@ class LiveRecorder:
             if now >= deadline:
                 return
             try:
-                data, stamps = self.inlet.pull_chunk(timeout=min(POLL_S, deadline - now), max_samples=1024,
-                                                     min_samples=1, as_numpy=True)
+                data, stamps = self.inlet.pull_chunk(
+                    timeout=min(POLL_S, deadline - now), max_samples=1024, min_samples=1, as_numpy=True
+                )
             except pylsl.util.LostError:
                 raise DataError(f"the armband's stream {self.stream.describe()} was lost {self._when()}") from None
             now = self.clock()
@@ -116,14 +122,18 @@ class LiveRecorder:
                     self._chunks.append(chunk[:row])
                     self._stamps.append(stamps[:row])
                     value = "NaN" if np.isnan(chunk[row, col]) else "an infinite value"
-                    raise DataError(f"the armband sent {value} on emg{col} {self._when()}: the recording stops; "
-                                    "check the armband and calibrate again")
+                    raise DataError(
+                        f"the armband sent {value} on emg{col} {self._when()}: the recording stops; "
+                        "check the armband and calibrate again"
+                    )
                 self._chunks.append(chunk)
                 self._stamps.append(stamps)
                 self._last_data = now
             elif now - self._last_data > self.lsl.stall_timeout_s:
-                raise DataError(f"the armband stopped sending ({now - self._last_data:.1f} s without a sample) "
-                                f"{self._when()}; check it and calibrate again")
+                raise DataError(
+                    f"the armband stopped sending ({now - self._last_data:.1f} s without a sample) "
+                    f"{self._when()}; check it and calibrate again"
+                )
 
     def _when(self) -> str:
         if self.t_start is None:
@@ -159,16 +169,18 @@ class LiveRecorder:
             shown = self.clock()
             self.cue_times.append((shown, cue.label))
             fields = {"cycle": cue.cycle, **common}
-            self.link.publish_cue(cue.name, cue.index, cue.duration, total_remaining_s=p.duration_s - cue.start,
-                                  **fields)
+            self.link.publish_cue(
+                cue.name, cue.index, cue.duration, total_remaining_s=p.duration_s - cue.start, **fields
+            )
             self.say(f"[{cue.index + 1:>2}/{n}] {cue.name.upper():<5}  {INSTRUCTIONS[cue.name]:<36}", end="")
             whole = math.ceil(cue.duration - 1e-9)
             for s in range(whole):
                 remaining = cue.duration - s
                 self._pump_until(t0 + cue.start + s)
                 if s:
-                    self.link.publish_cue(cue.name, cue.index, remaining,
-                                          total_remaining_s=p.duration_s - cue.start - s, **fields)
+                    self.link.publish_cue(
+                        cue.name, cue.index, remaining, total_remaining_s=p.duration_s - cue.start - s, **fields
+                    )
                 self.say(f" {math.ceil(remaining - 1e-9)}", end="")
             self.say()
         t_end = self.t_end = t0 + p.duration_s
@@ -207,6 +219,5 @@ class LiveRecorder:
             return None
         stamps = np.maximum.accumulate(stamps)  # proc_monotonize already guarantees it
         times = np.array([t for t, _ in self.cue_times])
-        labels = labels_from_cues(stamps, times, np.array([lab for _, lab in self.cue_times]),
-                                  self.protocol.reaction_s)
+        labels = labels_from_cues(stamps, times, np.array([lab for _, lab in self.cue_times]), self.protocol.reaction_s)
         return Recording(stamps - self.t_start, emg, labels)

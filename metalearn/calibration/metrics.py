@@ -46,10 +46,15 @@ def summary(y_true: np.ndarray, y_pred: np.ndarray, steady: np.ndarray | None = 
     if steady is not None:
         steady = np.asarray(steady, dtype=bool)
         steady_acc = _share(int((y_true[steady] == y_pred[steady]).sum()), int(steady.sum()))
-    return {"windows": n, "accuracy": _share(int(np.trace(cm)), n), "steady_accuracy": steady_acc,
-            "wrong_direction": _share(int(cm[OPEN, CLOSE] + cm[CLOSE, OPEN]), int(support[OPEN] + support[CLOSE])),
-            "false_activation": _share(int(cm[RELAX, OPEN] + cm[RELAX, CLOSE]), int(support[RELAX])),
-            "recall": recall, "confusion": cm.tolist()}
+    return {
+        "windows": n,
+        "accuracy": _share(int(np.trace(cm)), n),
+        "steady_accuracy": steady_acc,
+        "wrong_direction": _share(int(cm[OPEN, CLOSE] + cm[CLOSE, OPEN]), int(support[OPEN] + support[CLOSE])),
+        "false_activation": _share(int(cm[RELAX, OPEN] + cm[RELAX, CLOSE]), int(support[RELAX])),
+        "recall": recall,
+        "confusion": cm.tolist(),
+    }
 
 
 def steady_windows(labels: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
@@ -89,9 +94,12 @@ def change_delays(time: np.ndarray, labels: np.ndarray, ends: np.ndarray, decisi
 def delay_summary(delays: list[dict]) -> dict:
     """Median and maximum delay (ms) over the changes caught, and how many were missed."""
     caught = [d["delay_ms"] for d in delays if d["delay_ms"] is not None]
-    return {"changes": len(delays), "missed": len(delays) - len(caught),
-            "median_ms": float(np.median(caught)) if caught else None,
-            "max_ms": float(np.max(caught)) if caught else None}
+    return {
+        "changes": len(delays),
+        "missed": len(delays) - len(caught),
+        "median_ms": float(np.median(caught)) if caught else None,
+        "max_ms": float(np.max(caught)) if caught else None,
+    }
 
 
 def fmt_recall(recall: dict) -> str:

@@ -78,7 +78,9 @@ def reasons(witnesses: list[Witness], margin: float) -> list[str]:
     out = []
     for w in witnesses:
         if w.swapped - w.as_labelled > margin:
-            out.append(f"open and close look swapped: {w.name} decides {w.swapped:.0%} of the open and close windows "
-                       f"the other way round, {w.as_labelled:.0%} as labelled (were the cues followed the other way "
-                       "round, or is the armband on turned by half a circle?)")
+            out.append(
+                f"open and close look swapped: {w.name} decides {w.swapped:.0%} of the open and close windows "
+                f"the other way round, {w.as_labelled:.0%} as labelled (were the cues followed the other way "
+                "round, or is the armband on turned by half a circle?)"
+            )
     return out

@@ -2,8 +2,8 @@
 
 Default: a 3-2-1 countdown, then ``cycles`` x (relax, open, relax, close), then a final relax,
 2 s each: 2 cycles take 18 s (README, "The default model": with 2 s of each intent in two cycles
-the default model does as well on later sessions as with 5 s). A sample recorded at time ``t`` is labelled with the cue that was
-on screen at ``t - reaction_s``: the patient needs a moment to react to a new cue.
+the default model does as well on later sessions as with 5 s). A sample recorded at time ``t`` is
+labelled with the cue that was on screen at ``t - reaction_s``: the patient needs a moment to react to a new cue.
 """
 
 from __future__ import annotations
@@ -88,8 +88,10 @@ class CueProtocol:
         return self.cues()[-1].end
 
     def describe(self) -> str:
-        return (f"{self.cycles} cycles of relax {self.relax_s:g} s, open {self.open_s:g} s, relax, "
-                f"close {self.close_s:g} s, then relax: {self.duration_s:g} s after a {self.countdown_s} s countdown")
+        return (
+            f"{self.cycles} cycles of relax {self.relax_s:g} s, open {self.open_s:g} s, relax, "
+            f"close {self.close_s:g} s, then relax: {self.duration_s:g} s after a {self.countdown_s} s countdown"
+        )
 
 
 def labels_from_cues(t: np.ndarray, cue_times: np.ndarray, cue_labels: np.ndarray, reaction_s: float) -> np.ndarray:

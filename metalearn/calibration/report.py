@@ -22,8 +22,9 @@ def write_json(path: Path, report: dict) -> Path:
     return path
 
 
-def write_png(path: Path, clip: ClipWindows, decisions: dict[str, np.ndarray], held_out: dict[str, dict],
-              title: str) -> str | None:
+def write_png(
+    path: Path, clip: ClipWindows, decisions: dict[str, np.ndarray], held_out: dict[str, dict], title: str
+) -> str | None:
     """Draw the report figure; returns None, or a note when matplotlib is not installed."""
     try:
         import matplotlib
@@ -52,7 +53,7 @@ def write_png(path: Path, clip: ClipWindows, decisions: dict[str, np.ndarray], h
 
     ax = fig.add_subplot(grid[1, :])
     rows = [("cue label", clip.labels), *decisions.items()]
-    for i, (name, values) in enumerate(rows):
+    for i, (_name, values) in enumerate(rows):
         y = len(rows) - 1 - i
         for k in range(len(INTENTS)):
             m = values == k
@@ -72,8 +73,15 @@ def write_png(path: Path, clip: ClipWindows, decisions: dict[str, np.ndarray], h
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for r in range(len(INTENTS)):
             for c in range(len(INTENTS)):
-                ax.text(c, r, f"{int(cm[r, c])}", ha="center", va="center",
-                        color="white" if norm[r, c] > 0.5 else "black", fontsize=9)
+                ax.text(
+                    c,
+                    r,
+                    f"{int(cm[r, c])}",
+                    ha="center",
+                    va="center",
+                    color="white" if norm[r, c] > 0.5 else "black",
+                    fontsize=9,
+                )
         ax.set_xticks(range(3), INTENTS, fontsize=8)
         ax.set_yticks(range(3), INTENTS, fontsize=8)
         ax.set_xlabel("decided")

@@ -48,8 +48,9 @@ class StateError(MetaEMGError):
     """The state directory cannot be used (locked, unwritable, nothing to roll back to)."""
 
 
-def resolve_state_dir(cli: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-                      env: Mapping[str, str] | None = None) -> Path:
+def resolve_state_dir(
+    cli: str | os.PathLike | None = None, config: str | os.PathLike | None = None, env: Mapping[str, str] | None = None
+) -> Path:
     env = os.environ if env is None else env
     if cli:
         return Path(cli).expanduser()
@@ -101,7 +102,9 @@ class Store:
         except ConfigError as exc:
             raise StateError(str(exc)) from None
         if not os.access(self.models, os.W_OK):
-            raise StateError(f"{self.models}: not writable by this user (run as the daemon's user, or give --state-dir)")
+            raise StateError(
+                f"{self.models}: not writable by this user (run as the daemon's user, or give --state-dir)"
+            )
         return self
 
     @contextlib.contextmanager
@@ -126,8 +129,9 @@ class Store:
         write_bytes(path, data, perms=PRIVATE)
         return path, digest
 
-    def save_clip(self, rec: Recording, when: datetime, *, extra: dict | None = None,
-                  suffix: str = "") -> tuple[Path, str]:
+    def save_clip(
+        self, rec: Recording, when: datetime, *, extra: dict | None = None, suffix: str = ""
+    ) -> tuple[Path, str]:
         """Write a recorded clip in the research CSV format, named by its content hash."""
         pending = _unique(self.clips / f"{utc_stamp(when)}_pending{suffix}", ".csv")
         write_recording(pending, rec, extra=extra, perms=PRIVATE)
@@ -152,10 +156,21 @@ class Store:
         os.replace(candidate, versioned)
         old = self.current if self.current.is_file() else Path(base_model)
         previous_id = _model_id_or_none(old)
-        self._apply({"previous": str(old), "previous_id": previous_id, "current": str(versioned),
-                     "current_id": info.model_id,
-                     "history": {"action": "install", "model_id": info.model_id, "file": versioned.name,
-                                 "previous_model_id": previous_id, **note}})
+        self._apply(
+            {
+                "previous": str(old),
+                "previous_id": previous_id,
+                "current": str(versioned),
+                "current_id": info.model_id,
+                "history": {
+                    "action": "install",
+                    "model_id": info.model_id,
+                    "file": versioned.name,
+                    "previous_model_id": previous_id,
+                    **note,
+                },
+            }
+        )
         self.prune()
         return Installed(self.current, versioned, info.model_id, previous_id)
 
@@ -176,8 +191,12 @@ class Store:
     def _recover(self) -> None:
         """Under the lock: finish an install or rollback a killed process left half done, and
         remove the temporary files such a process left."""
-        for leftover in [*self.models.glob(".*.tmp"), *self.models.glob(".candidate-*"), *self.clips.glob(".*.tmp"),
-                         *self.reports.glob(".*.tmp")]:
+        for leftover in [
+            *self.models.glob(".*.tmp"),
+            *self.models.glob(".candidate-*"),
+            *self.clips.glob(".*.tmp"),
+            *self.reports.glob(".*.tmp"),
+        ]:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
         if self.pending.is_file():
@@ -195,16 +214,23 @@ class Store:
             model = OnnxModel(self.previous)
             model.self_test()
         except ModelError as exc:
-            raise StateError(f"cannot roll back: the previous model is unusable ({exc}); current is unchanged") from None
+            raise StateError(
+                f"cannot roll back: the previous model is unusable ({exc}); current is unchanged"
+            ) from None
         replaced_id = _model_id_or_none(self.current)
         # the two files swap: keep the bytes of both beside them while it happens
         keep_new, keep_old = self.models / ".rollback-new.onnx", self.models / ".rollback-old.onnx"
         write_bytes(keep_new, self.previous.read_bytes(), perms=PRIVATE)
         write_bytes(keep_old, (self.current if self.current.is_file() else self.previous).read_bytes(), perms=PRIVATE)
-        self._apply({"previous": str(keep_old), "previous_id": replaced_id, "current": str(keep_new),
-                     "current_id": model.info.model_id,
-                     "history": {"action": "rollback", "model_id": model.info.model_id,
-                                 "previous_model_id": replaced_id}})
+        self._apply(
+            {
+                "previous": str(keep_old),
+                "previous_id": replaced_id,
+                "current": str(keep_new),
+                "current_id": model.info.model_id,
+                "history": {"action": "rollback", "model_id": model.info.model_id, "previous_model_id": replaced_id},
+            }
+        )
         for f in (keep_new, keep_old):
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()
