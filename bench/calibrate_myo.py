@@ -7,7 +7,7 @@ Test0 and Test1 (the armband put on again, later), as the daemon decides. Prints
 table: the clip's cross-validated accuracy (what the gate sees: each cycle decided by a model
 adapted on the others) and accuracy on Test0+Test1, before and after.
 
-    python -m bench.calibrate_myo --model metalearn/default_model/myo_meta.onnx [--clip-s 45] [--json]
+    python -m bench.calibrate_myo --model metaemg/default_model/myo_meta.onnx [--clip-s 45] [--json]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ SUBJECTS = ("Male13", "Male14", "Male15")
 
 
 def run(model: Path, myo_root: Path, clip_s: float) -> dict:
+    from calibration.calibrate import main as calibrate
     from controller.config import PolicyConfig
-    from metalearn.calibrate import main as calibrate
     from metalearn.evaluate_cli import evaluate
     from metalearn.myo import build_recording, find_sessions
     from metalearn.recording import write_recording
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-s", type=float, default=45.0, help="seconds of training0 used as the calibration clip")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from controller.replay import default_myo_root
+    from metalearn.myo import default_myo_root
 
     res = run(args.model, args.myo_root or default_myo_root(), args.clip_s)
     print(f"calibration clip: the first {args.clip_s:g} s of training0; base model {args.model}")

@@ -12,7 +12,7 @@ adaptation on the whole clip (the model installed) and the whole of what ``metae
 adapts (one model per cycle for the cross-validated gate, then the installed one).
 
     python -m bench.calibrate_speed [--repeats 20] [--json]
-    python -m bench.calibrate_speed --model metalearn/default_model/myo_meta.onnx --clip CLIP.csv
+    python -m bench.calibrate_speed --model metaemg/default_model/myo_meta.onnx --clip CLIP.csv
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def time_kinds(repeats: int, threads: int = 1) -> dict:
 
 def time_file(model: Path, clip: Path, repeats: int) -> dict:
     from metaemg.modelfile import read_model_info
-    from metalearn.calibration.adapt import Adapter
-    from metalearn.calibration.clip import prepare_clip
+    from metalearn.adapt import Adapter
+    from metalearn.clip import prepare_clip
     from metalearn.recording import read_recording
 
     info = read_model_info(model)

@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from firmware_protocol.codec import Decoder, decode, encode
 from firmware_protocol.messages import Command, Heartbeat, Intent, Status, StatusFlag
@@ -44,7 +45,7 @@ def run(n: int = 20000) -> dict:
     status = Status(2, int(StatusFlag.SESSION | StatusFlag.MOVING), 250, 0, 123456, 1234, 480, 0, seq=99)
     wire_cmd, wire_status = encode(command), encode(status)
     decoder = Decoder()
-    results = {
+    results: dict[str, Any] = {
         "encode_command": _summary(_sample(lambda: encode(command), n)),
         "encode_status": _summary(_sample(lambda: encode(status), n)),
         "decode_command": _summary(_sample(lambda: decode(wire_cmd), n)),

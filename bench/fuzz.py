@@ -188,7 +188,10 @@ def fuzz_decoder(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
             except Exception as exc:
                 _crash(result, f"seed {seed} input {i} ({data.hex()}) decode", exc)
 
-        _timed(result, hang_s, lambda i=i: f"seed {seed} input {i}", run)
+        def label(i: int = i) -> str:
+            return f"seed {seed} input {i}"
+
+        _timed(result, hang_s, label, run)
         result.typed_errors += decoder.error_count - errors_before
         if i % 64 == 63:
             decoder.feed(b"\x00")  # a delimiter now and then, as line noise would end
@@ -236,7 +239,10 @@ def _fuzz_files(
                 except Exception as exc:
                     _crash(result, f"seed {seed} input {i} ({data[:300].hex()})", exc)
 
-            _timed(result, hang_s, lambda i=i: f"seed {seed} input {i}", run)
+            def label(i: int = i) -> str:
+                return f"seed {seed} input {i}"
+
+            _timed(result, hang_s, label, run)
     result.seconds = time.perf_counter() - t_start
     return result
 
@@ -394,7 +400,9 @@ def fuzz_control(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         endpoint = f"ipc://{tmp}/run/control.sock"
-        model = REPO / "metalearn" / "default_model" / "myo_meta.onnx"
+        from metaemg.modelfile import default_model_path
+
+        model = default_model_path()
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -417,6 +425,7 @@ def fuzz_control(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
             env={**os.environ, "PYTHONPATH": str(REPO)},
             cwd=tmp,
         )
+        assert proc.stderr is not None  # stderr=PIPE
         ctx = zmq.Context()
         sock = None
         try:

@@ -44,9 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+from metaemg.intents import INTENTS
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("input", "signal", "model", "policy", "link")
-INTENTS = ("relax", "open", "close")
 
 
 def helpers():
@@ -175,6 +176,7 @@ def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> li
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     lat: list[float] = []
     try:
         assert proc.stdout.readline().strip() == "ready", "the relay did not start"
@@ -246,7 +248,8 @@ def measure_inference(model_path: Path, n: int = 2000) -> dict:
 def load_data():
     """(emg, labels, rate, source, training recordings or None): Male13/Test0 if the Myo dataset is
     there, else a synthetic recording (then no decision latency)."""
-    from controller.replay import default_myo_root, load_source
+    from metalearn.myo import default_myo_root
+    from rig.replay import load_source
 
     if (default_myo_root() / "EvaluationDataset").is_dir():
         h = helpers()
@@ -355,12 +358,18 @@ def histogram(path: Path, e2e: list[float], floor: list[float]) -> Path | None:
     bins = np.linspace(0, top, 80)
     ax.hist(
         np.clip(floor, 0, top),
-        bins=bins,
+        bins=bins,  # type: ignore[arg-type]  # matplotlib's stubs want a Sequence; it takes any array-like
         alpha=0.6,
         density=True,
         label=f"floor (LSL -> pty), p50 {np.median(floor):.2f} ms",
     )
-    ax.hist(np.clip(e2e, 0, top), bins=bins, alpha=0.6, density=True, label=f"end to end, p50 {np.median(e2e):.2f} ms")
+    ax.hist(
+        np.clip(e2e, 0, top),
+        bins=bins,  # type: ignore[arg-type]  # matplotlib's stubs want a Sequence; it takes any array-like
+        alpha=0.6,
+        density=True,
+        label=f"end to end, p50 {np.median(e2e):.2f} ms",
+    )
     ax.set_xlabel("ms (last sample pushed -> frame read at the pty)")
     ax.set_ylabel("density (floor: every sample; end to end: every window)")
     ax.legend()
@@ -389,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="end with one JSON document")
     args = p.parse_args(argv)
 
-    from controller.config import default_model_path
+    from metaemg.modelfile import default_model_path
 
     emg, labels, rate, source, train = load_data()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:

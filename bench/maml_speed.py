@@ -27,6 +27,7 @@ With --json the last line printed is one JSON document.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -126,6 +127,7 @@ class Research:
                     for xb, yb in support:
                         diffopt.step(F.cross_entropy(fmodel(xb), yb))
                 loss = sum(F.cross_entropy(fmodel(xb), yb) for xb, yb in query)
+                assert isinstance(loss, torch.Tensor)  # the query set is never empty
                 loss.backward()
                 total += loss.item()
         self.opt.step()
@@ -248,7 +250,7 @@ def compare(
     names = ["reference", *ours]
     learners = {n: learner(n, kind, epochs, lr, batch, ours) for n in names}
     initial = {k: v.clone() for k, v in learners["reference"].model.state_dict().items()}  # all start here
-    wall, cpu, first = time_steps({n: (lambda m=m: m.step(batch_tasks)) for n, m in learners.items()}, repeats)
+    wall, cpu, first = time_steps({n: functools.partial(m.step, batch_tasks) for n, m in learners.items()}, repeats)
     compiled = [n for n in ours if ours[n][2]]
     compile_s = {n: first[n] - wall[n] for n in compiled}
     gain = {n: wall["vmap_second_order"] - wall[n] for n in compiled}

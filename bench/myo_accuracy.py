@@ -44,12 +44,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from metaemg.signal import SignalChain, SignalSpec, make_windows
-from metalearn.calibration.metrics import INTENTS, change_delays, delay_summary, steady_windows, summary
+from metalearn.metrics import INTENTS, change_delays, delay_summary, steady_windows, summary
 from metalearn.recording import Recording, read_recording
+
+if TYPE_CHECKING:
+    from metalearn.adapt import Adapter
 
 EVAL_SUBJECTS = ("Male13", "Male14", "Male15")
 BUDGETS = (2.0, 5.0)
@@ -203,19 +207,19 @@ class LdaTD(Method):
 
 
 class Torch(Method):
-    """A metalearn model adapted with :class:`metalearn.calibration.adapt.Adapter`, as calibration does."""
+    """A metalearn model adapted with :class:`metalearn.adapt.Adapter`, as calibration does."""
 
     def __init__(self, name: str, cfg, fit):
         from metalearn.config import TrainConfig
 
         self.name, self.cfg, self.fit = name, TrainConfig.from_dict(cfg), fit
         self.spec = self.cfg.signal_spec(RATE)
-        self.adapter = None
+        self.adapter: Adapter | None = None
 
     def train(self, data, subjects):
         import torch
 
-        from metalearn.calibration.adapt import Adapter
+        from metalearn.adapt import Adapter
         from metalearn.models import build_model
         from metalearn.tasks import TaskRef
         from metalearn.train import load_task_windows
@@ -244,6 +248,7 @@ class Torch(Method):
         self.adapter = Adapter(model.eval(), self.cfg.scale, inner)
 
     def adapt(self, windows, labels, samples):
+        assert self.adapter is not None  # train() comes first
         adapted = self.adapter.adapt(windows, labels, samples)
         return adapted.predict
 
@@ -289,7 +294,9 @@ def shipped_config() -> dict:
     from omegaconf import OmegaConf
 
     path = Path(__file__).resolve().parents[1] / "metalearn" / "conf" / "myo_default.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)["test"]
+    doc = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(doc, dict)  # the file is a mapping
+    return doc["test"]
 
 
 PREVIOUS = {
@@ -320,7 +327,7 @@ def methods(previous: bool) -> list[Method]:
         if k not in ("train_collection_json", "test_collection_json", "data_root")
     }
     cfg = {"train_collection_json": "-", **base}
-    out = [
+    out: list[Method] = [
         Torch("meta-model", cfg, fit_meta),
         Torch("B1", cfg, fit_nothing),
         Torch("B2", cfg, fit_pooled),
@@ -351,10 +358,10 @@ def score(method: Method, case: Case) -> dict:
         daemon.append(decided[keep])
         steady.append(steady_windows(rec.labels, ends, spec.window)[keep])
         changes += [c for c in change_delays(rec.time, rec.labels, ends, decided) if c["t"] >= rec.time[start]]
-    labels, steady = np.concatenate(labels), np.concatenate(steady)
-    out = {
-        "raw": summary(labels, np.concatenate(raw), steady),
-        "daemon": summary(labels, np.concatenate(daemon), steady),
+    all_labels, all_steady = np.concatenate(labels), np.concatenate(steady)
+    out: dict[str, Any] = {
+        "raw": summary(all_labels, np.concatenate(raw), all_steady),
+        "daemon": summary(all_labels, np.concatenate(daemon), all_steady),
         "delay": delay_summary(changes),
     }
     fa_raw, fa_daemon, n = 0, 0, 0
@@ -370,7 +377,7 @@ def score(method: Method, case: Case) -> dict:
 
 def run(data: Path, folds: int, budgets: tuple[float, ...], previous: bool, log=print) -> dict:
     pre = sorted({p.name.split("_")[1] for p in data.glob("myo_*_training0")} - set(EVAL_SUBJECTS))
-    groups = [("sessions", tuple(pre), EVAL_SUBJECTS)]
+    groups: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [("sessions", tuple(pre), EVAL_SUBJECTS)]
     groups += [
         ("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds])) for k in range(folds)
     ]
@@ -478,8 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="last line: one JSON document")
     args = p.parse_args(argv)
     if not (args.data / "other_gestures").is_dir():
-        from controller.replay import default_myo_root
-        from metalearn.myo import import_myoarmband
+        from metalearn.myo import default_myo_root, import_myoarmband
 
         print(f"importing the Myo dataset into {args.data} ...")
         import_myoarmband(default_myo_root(), args.data)

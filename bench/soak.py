@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_recordings(source: str | None) -> tuple[np.ndarray, float, str]:
-    from controller.replay import default_myo_root, load_source
+    from rig.replay import default_myo_root, load_source
 
     if source:
         rec = load_source(source)
@@ -59,8 +60,8 @@ def fds(pid: int) -> int | None:
 
 
 def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0) -> dict:
-    from controller.config import default_model_path
-    from controller.replay import Replay
+    from metaemg.modelfile import default_model_path
+    from rig.replay import Replay
 
     h = helpers()
     emg, rate, label = load_recordings(source)
@@ -105,7 +106,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
                     raise RuntimeError(f"the daemon exited ({daemon.proc.returncode})")
             pushed = replay.pushed - pushed0
             # counted before asking for the status: that control connection is one more fd
-            final = {"rss_kb": rss_kb(pid), "fds": fds(pid), "sim_alive": sim.proc.poll() is None}
+            final: dict[str, Any] = {"rss_kb": rss_kb(pid), "fds": fds(pid), "sim_alive": sim.proc.poll() is None}
             status = daemon.status()
             rc, exit_s = daemon.terminate()
         finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from metaemg.errors import ConfigError
+from metaemg.modelfile import default_model_path
 from metaemg.typedconfig import document, read_yaml
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -27,19 +28,8 @@ DEFAULT_STREAM_NAME = "MyHand-EMG"
 SERVICE_CONFIG = Path("/etc/myhand/controller.yaml")
 SERVICE_RUNTIME_DIR = Path("/run/myhand")
 CONFIG_ENV = "MYHAND_CONFIG"
-DEFAULT_MODEL_NAME = "myo_meta.onnx"
 STALE_MS_RANGE = (20, 250)
 REARM_MS_RANGE = (100, 10000)
-
-
-def default_model_path() -> Path:
-    """The packaged default model, ``metalearn/default_model/myo_meta.onnx``.
-
-    ``metalearn`` itself imports no torch, so the daemon may import it for this path.
-    """
-    import metalearn
-
-    return Path(metalearn.__file__).resolve().parent / "default_model" / DEFAULT_MODEL_NAME
 
 
 def _check(ok: bool, key: str, problem: str, value: object) -> None:

@@ -152,7 +152,7 @@ def request(endpoint: str, req: dict, *, timeout_s: float = 3.0) -> dict:
     ConfigError if its socket lies in a directory other users control)."""
     if not check_socket_dir(endpoint):
         raise ControlError(f"{endpoint}: no control socket (is myhand-controller running?)")
-    context = zmq.Context.instance()
+    context: zmq.Context = zmq.Context.instance()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:

@@ -89,7 +89,7 @@ class Controller:
         self._stale_s = config.policy.stale_ms / 1000
         self._send_every = config.serial.send_every_decision
         self._emg_index = 0
-        self._model_stat = None
+        self._model_stat: tuple[int, int, int] | None = None
         self._model_loaded_wall: float | None = None
         self._last_reload: dict | None = None
         self._reloading = False
@@ -151,6 +151,7 @@ class Controller:
         return self._exit_code
 
     def _start_task(self, coro, name: str) -> None:
+        assert self._loop is not None  # tasks are only started once run() is under way
         task = self._loop.create_task(coro, name=name)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
@@ -176,6 +177,7 @@ class Controller:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.source.stop()
         self._close_sockets()
+        assert self._loop is not None  # _shutdown() is only awaited by run()
         for signum in STOP_SIGNALS:
             self._loop.remove_signal_handler(signum)
         log.info("stopped", exit_code=self._exit_code, counters=dict(self.counters))
@@ -219,6 +221,7 @@ class Controller:
         c["chunks"] += 1
         c["samples"] += len(x)
         pipeline, policy = self.pipeline, self.policy
+        assert pipeline is not None and self.model is not None  # set by run() before the source starts
         if self._last_chunk_at is not None and now - self._last_chunk_at >= self._stale_s:
             pipeline.reset()  # after a gap: no window straddles it
             self._rate_monitor.reset()  # nor a rate measurement
@@ -292,6 +295,7 @@ class Controller:
         t: tuple[int, int, int, int, int, int],
     ) -> None:
         t_recv, t_start, t_signal, t_model, t_policy, t_link = t
+        assert self.monitor is not None and self.model is not None  # set by run() before the source starts
         self.monitor.publish(
             "decision",
             {
@@ -331,6 +335,7 @@ class Controller:
         if offset >= len(x):
             return
         rate = self._stream.rate / dec if self._stream is not None else None
+        assert self.monitor is not None  # set by run() before the source starts
         self.monitor.publish(
             "emg",
             {
@@ -372,6 +377,7 @@ class Controller:
         log_fn = log.warning if tr.state in (DaemonState.FAULT, DaemonState.STALE) else log.info
         log_fn("state", state=tr.state.value, prev=tr.prev.value, reason=tr.reason)
         self.notifier.status(tr.state.value if tr.reason is None else f"{tr.state.value}: {tr.reason}")
+        assert self.monitor is not None  # set by run() before the link and the source exist
         self.monitor.publish(
             "event", {"event": "state", "state": tr.state.value, "prev": tr.prev.value, "reason": tr.reason}
         )
@@ -436,6 +442,8 @@ class Controller:
         if now - t0 >= 0.5:
             self._measured_rate = (samples - n0) / (now - t0) if t0 else None
             self._rate = (now, samples)
+        # all set by run() before the link, the source and the control loop exist
+        assert self.pipeline is not None and self.monitor is not None and self.control is not None
         return {
             "state": self.sm.state.value,
             "reason": self.sm.reason,
@@ -470,9 +478,11 @@ class Controller:
         }
 
     def _publish_status(self, now: float) -> None:
+        assert self.monitor is not None  # set by run() before the link, the source and the control loop
         self.monitor.publish("status", self._status(now), t_mono=now)
 
     def _model_fields(self) -> dict:
+        assert self.model is not None  # loaded by run() first
         info = self.model.info
         return {
             "model_id": info.model_id,
@@ -489,11 +499,14 @@ class Controller:
         """Called by the reader thread before it opens an inlet."""
         if desc.channel_format == "string":
             return f"stream {desc.describe()} carries text, not samples"
-        info = self.model.info  # one attribute read: a swap replaces the whole model
+        model = self.model  # one attribute read: a swap replaces the whole model
+        assert model is not None  # loaded by run() before the source starts
+        info = model.info
         problem = check_stream(info.sample_rate, info.channels, desc.rate, desc.channels)
         return None if problem is None else f"stream {desc.describe()}: {problem} (model {self.model_path})"
 
     def _on_stream_event(self, kind: str, detail: object) -> None:
+        assert self.pipeline is not None and self.monitor is not None  # set by run() before the source starts
         now = time.monotonic()
         if kind != "mismatch" and not self._link_started and not self._stopping:
             self._link_started = True
@@ -551,6 +564,7 @@ class Controller:
             log.warning("model_file_missing", path=str(self.model_path))
             return
         if not self._reloading:
+            assert self._loop is not None  # the control loop runs on it
             task = self._loop.create_task(self.reload(reason="file changed"), name="reload")
             task.add_done_callback(self._task_done)
 
@@ -563,6 +577,7 @@ class Controller:
         target = Path(path).expanduser() if path else self.model_path
         stream = None if self._stream is None else (self._stream.rate, self._stream.channels)
         old = self.model
+        assert old is not None and self.monitor is not None  # set by run() before any control request
         try:
             model = await asyncio.to_thread(load_model, target, stream)
         except MetaEMGError as exc:
@@ -672,6 +687,7 @@ class Controller:
         cue = req.get("cue")
         if not isinstance(cue, dict):
             return {"ok": False, "error": "cue: 'cue' must be a JSON object"}
+        assert self.monitor is not None  # set by run() before the control server
         self.monitor.publish("cue", {"cue": cue, "source": "control"})
         return {"ok": True}
 

@@ -127,7 +127,7 @@ class HostLink:
 
     @property
     def heartbeat_s(self) -> float:
-        period = self.config.heartbeat_ms
+        period: float = self.config.heartbeat_ms
         if self.device is not None and self.device.watchdog_ms:
             period = min(period, self.device.watchdog_ms / 4)
         return period / 1000

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError
+from metaemg.intents import INTENTS
 
 SCHEMA = "metaemg.monitor/1"  # = controller.monitor.SCHEMA (that module needs the daemon's config)
 DEFAULT_ENDPOINT = "ipc://<runtime dir>/monitor.sock"  # as the daemon resolves it (Config.monitor_endpoint)
-CLASSES = ("relax", "open", "close")
+CLASSES = INTENTS
 STALE_S = 2.0  # no message for this long: shown as NO DATA
 
 
@@ -151,7 +152,7 @@ def render(
     bar_w = max(10, width - 22)
     for i, name in enumerate(CLASSES if d is not None else ()):
         p = probs[i] if i < len(probs) and isinstance(probs[i], (int, float)) else None
-        mark = "<" if d.get("label") == name else ""
+        mark = "<" if _get(d, "label") == name else ""
         ptxt = "  ? " if p is None else f"{p:4.2f}"
         lines.append(f"  {name:<6} {ptxt} |{_bar(p, bar_w)}|{mark}")
     inp = _get(st, "input", default={})

@@ -29,9 +29,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from controller.config import PolicyConfig
+from metaemg.intents import CLOSE, INTENTS, OPEN, RELAX
 
-INTENTS = ("relax", "open", "close")
-RELAX, OPEN, CLOSE = 0, 1, 2
 OPPOSITE = {OPEN: CLOSE, CLOSE: OPEN}
 
 # why the output is safe
@@ -175,6 +174,7 @@ class Policy:
             self._counts[votes[0]] -= 1
         votes.append(cls)
         self._counts[cls] += 1
+        assert votes.maxlen is not None  # created with maxlen=config.vote
         need = votes.maxlen // 2 + 1
         for k in (RELAX, OPEN, CLOSE):
             if self._counts[k] >= need:

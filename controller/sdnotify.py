@@ -41,6 +41,7 @@ class Notifier:
         """Send ``KEY=VALUE`` lines (``notify(READY=1, STATUS="running")``); False if not sent."""
         if self._sock is None:
             return False
+        assert self.address is not None  # the socket exists only when there is an address
         text = "\n".join(f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items())
         try:
             self._sock.sendto(text.encode("utf-8"), self.address)

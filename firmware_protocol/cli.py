@@ -113,6 +113,7 @@ def _run_probe(args: argparse.Namespace) -> int:
             f"watchdog {hello.watchdog_ms} ms, max TTL {hello.max_ttl_ms} ms"
         )
         status = wait_for(link, decoder, lambda m: isinstance(m, Status), args.timeout)
+        assert isinstance(status, Status)  # wait_for returns the message that matched
         faults = ",".join(fault_names(status.fault_flags)) or "none"
         print(f"status: {State(status.state).name.lower()}, position {status.position}/1000, faults {faults}")
     return 0

@@ -18,7 +18,7 @@ import enum
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from firmware_protocol.errors import MessageValueError
 
@@ -103,7 +103,7 @@ class StatusFlag(enum.IntFlag):
     MOVING = 0x02  # the actuator is being driven
 
 
-ENUMS: tuple[type[enum.IntEnum], ...] = (
+ENUMS: tuple[type[enum.IntEnum] | type[enum.IntFlag], ...] = (
     Role,
     Intent,
     State,
@@ -151,6 +151,15 @@ class Message:
     DIRECTION: ClassVar[str]  # "both", "to_device", "to_host"
     FIELDS: ClassVar[tuple[tuple[str, str], ...]]
     STRUCT: ClassVar[struct.Struct]
+
+    if TYPE_CHECKING:
+        # Every subclass declares ``seq: int = 0`` as its last field (declared here it would be the
+        # first field of every generated __init__). These stubs tell the type checker what all
+        # messages share: a ``seq`` and a constructor taking the payload fields and ``seq``.
+        def __init__(self, *fields: int, seq: int = 0, **named_fields: int) -> None: ...
+
+        @property
+        def seq(self) -> int: ...
 
     def __post_init__(self) -> None:
         for name, wire in (*self.FIELDS, ("seq", "u16")):
@@ -345,7 +354,9 @@ def schema_text() -> str:
         fields = " ".join(f"{n}:{w}" for n, w in cls.FIELDS)
         lines.append(f"message 0x{code:02x} {cls.NAME} {fields}".rstrip())
     for enum_cls in ENUMS:
-        members = sorted(enum_cls.__members__.items(), key=lambda kv: int(kv[1]))
+        members: list[tuple[str, enum.IntEnum | enum.IntFlag]] = sorted(
+            enum_cls.__members__.items(), key=lambda kv: int(kv[1])
+        )
         lines.append(f"enum {enum_cls.__name__} " + " ".join(f"{n}={int(v)}" for n, v in members))
     return "\n".join(lines) + "\n"
 

@@ -42,15 +42,20 @@ import stat
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from types import FrameType
+from typing import IO, Any
 
 from firmware_protocol.codec import Decoder, encode
 from firmware_protocol.device import Device, DeviceConfig
 from firmware_protocol.errors import FrameError, LinkError, LinkTimeout, ProtocolError
 from firmware_protocol.messages import Ack, FaultCode, Message
 from firmware_protocol.transport import PtyTransport
+
+# What signal.signal() accepts and returns.
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 DIRECTIONS = ("rx", "tx", "both")
 STAT_KEYS = (
@@ -152,7 +157,7 @@ class Simulator:
         self._control: socket.socket | None = None
         self._wake_r = self._wake_w = -1
         self._signals: list[int] = []
-        self._old_handlers: dict[int, object] = {}
+        self._old_handlers: dict[int, _SignalHandler] = {}
         self._stopping = False
         self._delayed: list[tuple[float, int, bytes]] = []
         self._appear_at: float | None = None
@@ -253,6 +258,7 @@ class Simulator:
             link.unlink()
 
     def _on_pty_readable(self) -> None:
+        assert self._pty is not None  # only called by the poll loop for the open pty
         try:
             data = self._pty.read(timeout=0)
         except LinkError as exc:  # pragma: no cover - we hold the slave open
@@ -364,6 +370,7 @@ class Simulator:
         self._poller.register(self._control.fileno(), select.POLLIN)
 
     def _on_control(self) -> None:
+        assert self._control is not None  # only called by the poll loop for the open socket
         while True:
             try:
                 raw = self._control.recv(4096)
@@ -459,7 +466,7 @@ class Simulator:
         return cfg
 
     def _shutdown(self) -> None:
-        stats = dict(self.stats)
+        stats: dict[str, object] = dict(self.stats)
         stats["decode_errors"] = {k: v for k, v in self.decoder.errors.items() if v}
         stats["state"] = self.device.state.name.lower()
         with contextlib.suppress(Exception):
@@ -471,6 +478,7 @@ class Simulator:
             self._remove_link(path)
         if self._control is not None:
             self._control.close()
+            assert self.options.control is not None  # the socket is only opened at that path
             with contextlib.suppress(OSError):
                 self.options.control.unlink()
         if self._wake_w >= 0:
@@ -507,7 +515,8 @@ def _number(value: object, name: str) -> float:
     return float(value)
 
 
-def _fault_code(value: object) -> FaultCode:
+def _fault_code(value: Any) -> FaultCode:
+    # ``value`` is a decoded JSON value; FaultCode() raises ValueError for anything not a code.
     try:
         if isinstance(value, str):
             return FaultCode[value.upper()]

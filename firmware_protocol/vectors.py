@@ -143,7 +143,7 @@ def _device_reaction(msg: Message) -> dict | None:
     replies = device.receive(msg, 0.001)
     acks = [r for r in replies if isinstance(r, Ack)]
     faults = [r for r in replies if isinstance(r, Fault)]
-    reaction = {"state": State(device.state).name.lower()}
+    reaction: dict[str, str | list[str]] = {"state": State(device.state).name.lower()}
     if acks:
         reaction["result"] = Result(acks[0].result).name.lower()
     if isinstance(msg, Hello):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from metaemg.errors import ConfigError, MissingDependencyError, ModelError
+from metaemg.intents import INTENTS
 from metaemg.signal import SignalSpec
 
 FORMAT = "metaemg-model/1"
@@ -40,15 +41,23 @@ LOGITS = "logits"
 PROBABILITIES = "probabilities"
 # The daemon maps output index to hand motion: a model with other classes, or these in another
 # order, must never drive the orthosis.
-CLASS_NAMES = ("relax", "open", "close")
-MODEL_KINDS = ("dnn", "cnn", "tcn", "tf", "feat")  # = metalearn.models.MODEL_KINDS (checked by a test)
+CLASS_NAMES = INTENTS
+MODEL_KINDS = ("dnn", "cnn", "tcn", "tf", "feat")  # the one definition (metalearn.models builds them)
 SCALER_KINDS = ("none", "standard", "minmax")
-INNER_OPTIMIZERS = ("sgd", "adam")  # = metalearn.maml.OPTIMIZERS
+INNER_OPTIMIZERS = ("sgd", "adam")  # the inner loop's optimisers (metalearn.maml)
 INNER_KEYS = {"optimizer", "steps", "lr", "first_order"}  # plus the optional ones below
 INNER_OPTIONAL = {"batch_size", "head", "shrinkage"}
-INNER_HEADS = ("lda",)  # = metalearn.maml.HEADS
+INNER_HEADS = ("lda",)  # closed-form heads fitted before the gradient steps
 RATE_TOLERANCE = 0.05
+DEFAULT_MODEL_NAME = "myo_meta.onnx"
 _MODEL_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+def default_model_path() -> Path:
+    """The packaged default Myo meta-model, ``metaemg/default_model/myo_meta.onnx`` (``make
+    default-model`` rebuilds it): what the daemon runs and ``metaemg-calibrate`` adapts when no
+    model is named."""
+    return Path(__file__).resolve().parent / "default_model" / DEFAULT_MODEL_NAME
 
 
 def _freeze(obj: Any) -> Any:

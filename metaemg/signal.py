@@ -256,7 +256,8 @@ class SignalChain:
     def saturated(self, x: np.ndarray) -> np.ndarray:
         """Per-sample flag: any channel at or beyond ``input_range`` (the armband saturated)."""
         x = np.asarray(x, dtype=np.float64)
-        return ((x <= self._lo) | (x >= self._hi)).any(axis=1)
+        # numpy's stubs type .any(axis=...) as possibly a scalar; on a 2-D array it is a 1-D array
+        return ((x <= self._lo) | (x >= self._hi)).any(axis=1)  # type: ignore[return-value]
 
 
 class Windower:

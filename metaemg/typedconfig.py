@@ -122,7 +122,10 @@ def section(cls: type, data: Any, name: str = "") -> Any:
             listed = f"known in {name}" if name else "known sections" if only_sections else "known"
             raise ConfigError(f"unknown key '{path}' ({listed}: {', '.join(known)})")
         hint = hints[key]
-        values[key] = section(hint, value, path) if dataclasses.is_dataclass(hint) else coerce(hint, value, path)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a hint is a class, never an instance
+            values[key] = section(hint, value, path)
+        else:
+            values[key] = coerce(hint, value, path)
     return cls(**values)
 
 

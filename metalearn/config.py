@@ -11,8 +11,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from metaemg.errors import ConfigError
+from metaemg.modelfile import INNER_OPTIMIZERS as OPTIMIZERS
+from metaemg.modelfile import MODEL_KINDS
 from metaemg.signal import SignalSpec
 from metalearn.tasks import normalise_scaler_kind
+
+COMPILE_BACKENDS = ("aot_eager", "inductor")  # torch.compile backends (test.compile)
 
 PRESETS = {"myo": SignalSpec.myo, "myhand": SignalSpec.myhand}
 
@@ -88,9 +92,6 @@ class TrainConfig:
             raise ConfigError(f"test.seed must be an integer or 'r' (random), got {self.seed!r}")
         if self.device not in (None, "", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"test.device must be empty (auto), cpu or cuda[:N], got {self.device!r}")
-        from metalearn.maml import OPTIMIZERS
-        from metalearn.models import MODEL_KINDS
-
         if str(self.model).lower() not in MODEL_KINDS:
             raise ConfigError(f"test.model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
         object.__setattr__(self, "model", str(self.model).lower())
@@ -103,8 +104,6 @@ class TrainConfig:
         b = self.inner_batch_size
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise ConfigError(f"test.inner_batch_size must be null or an integer >= 1, got {b!r}")
-        from metalearn.maml import COMPILE_BACKENDS
-
         c = self.compile
         if c is True:
             object.__setattr__(self, "compile", COMPILE_BACKENDS[0])
@@ -120,7 +119,7 @@ class TrainConfig:
         self.signal_spec(200.0)  # validate the signal section early
 
     @classmethod
-    def from_dict(cls, section: dict) -> TrainConfig:
+    def from_dict(cls, section: object) -> TrainConfig:
         if not isinstance(section, dict):
             raise ConfigError("the config needs a 'test:' section (the research code's layout)")
         known = {f.name for f in fields(cls)}
@@ -129,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"unknown key(s) test.{', test.'.join(unknown)}")
         if not section.get("train_collection_json"):
             raise ConfigError("test.train_collection_json is required")
+        if "data_root" in section and not section["data_root"]:
+            raise ConfigError("test.data_root must name a directory, got an empty value")
         return cls(**section)
 
     def to_dict(self) -> dict:

@@ -15,7 +15,7 @@ Decisions: by default the most probable intent of each window (the model alone).
 ``policy`` section) replayed over the windows as one good stream; a rejected window votes relax
 and a window without a command (the policy arming at the start) counts as relax.
 
-Reported per recording and over all of them (see :mod:`metalearn.calibration.metrics`):
+Reported per recording and over all of them (see :mod:`metalearn.metrics`):
 accuracy (every window), steady_accuracy (windows whose samples all carry one label),
 wrong_direction, false_activation, recall of each intent, the confusion matrix, and for each label
 change the delay from its first sample to the first window that decides the new intent.
@@ -31,7 +31,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +41,7 @@ from metaemg.cli import entry_point
 from metaemg.errors import DataError
 from metaemg.modelfile import OnnxModel
 from metaemg.signal import SignalChain, make_windows
-from metalearn.calibration.metrics import (
+from metalearn.metrics import (
     INTENTS,
     change_delays,
     delay_summary,
@@ -101,7 +103,7 @@ def evaluate_recording(
 
 
 def evaluate(
-    model_path: str | Path, paths: list[str | Path], *, non_intent: list[str | Path] = (), policy=None
+    model_path: str | Path, paths: Sequence[str | Path], *, non_intent: Sequence[str | Path] = (), policy=None
 ) -> dict:
     """The ``--json`` document for ``model_path`` over the recordings in ``paths`` (and the
     ``non_intent`` ones); ``policy`` a controller ``PolicyConfig`` for the daemon's decisions."""
@@ -125,7 +127,7 @@ def evaluate(
         "non_intent": None,
     }
     if others:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for rec in others:
             ends, decisions = decide_recording(model, rec, policy)
             rows.append(

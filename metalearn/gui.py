@@ -9,6 +9,7 @@ and cannot be approved.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -124,12 +125,14 @@ class Walk:
         if self._recording is None or self._recording[0] != self.ref:
             self._checks.pop(self.ref, None)
             self.check()
+        assert self._recording is not None  # check() has just read the current recording
         return self._recording[1]
 
     def describe(self) -> str:
         c = self.check()
         if not c.valid:
             return f"INVALID (cannot be approved): {c.error}"
+        assert c.split is not None and c.n_samples is not None  # a valid check has both
         rec = self.recording()
         t = rec.time[c.split] - rec.time[0] if rec is not None else float("nan")
         return (
@@ -289,12 +292,16 @@ class App:
             ("next", "Next [n / Right / Space]"),
             ("save", "Save & Exit [s / Ctrl-S]"),
         ):
-            b = tk.Button(bar, text=text, command=lambda a=action: self.do(a), width=24, takefocus=0)
+            b = tk.Button(bar, text=text, command=functools.partial(self.do, action), width=24, takefocus=0)
             b.pack(side="left", padx=4)
             self.buttons[action] = b
         for action, seqs in SHORTCUTS.items():
+
+            def on_key(_e: tk.Event, a: str = action) -> None:
+                self.do(a)
+
             for seq in seqs:
-                self.root.bind_all(seq, lambda _e, a=action: self.do(a))
+                self.root.bind_all(seq, on_key)
         self.root.protocol("WM_DELETE_WINDOW", self.close)
         self.refresh()
         self.root.title(f"metaemg-tasks gui - {walk.root}")  # last: tools find a ready window by its title

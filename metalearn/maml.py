@@ -31,10 +31,12 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 from torch.nn import functional as F
 
 from metaemg.errors import ConfigError, DataError
+from metaemg.modelfile import INNER_HEADS as HEADS
+from metaemg.modelfile import INNER_OPTIMIZERS as OPTIMIZERS
+from metalearn.config import COMPILE_BACKENDS
 
 Params = dict[str, Tensor]
 Task = tuple[Tensor, Tensor, Tensor, Tensor]  # x_support, y_support, x_query, y_query
-OPTIMIZERS = ("sgd", "adam")
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam defaults
 ADAM_EPS = 1e-8
 # torch.compile backends for the batched meta-gradient. "aot_eager" traces the whole meta-gradient
@@ -43,7 +45,6 @@ ADAM_EPS = 1e-8
 # "inductor" also fuses the element-wise Adam arithmetic into generated C++/Triton kernels: several
 # times faster again, but minutes to compile the first time (cached on disk after that) and values
 # that differ from eager's by up to ~1e-4 on the bench's dnn (reordered float arithmetic).
-COMPILE_BACKENDS = ("aot_eager", "inductor")
 
 
 def default_device() -> torch.device:
@@ -223,7 +224,7 @@ def adapt(
     return _adapt(model, params, _to(x, ref), _to(y, ref), inner, functional=False)
 
 
-HEADS = ("lda",)  # closed-form heads a model may fit before the gradient steps (FeatLDA.fit_head)
+# HEADS: closed-form heads a model may fit before the gradient steps (FeatLDA.fit_head)
 
 
 def check_head(head: object, shrinkage: object) -> None:
@@ -248,7 +249,8 @@ def adapt_model(model: nn.Module, x: Tensor, y: Tensor, inner: Mapping[str, Any]
             raise ConfigError(
                 f"inner head 'lda' needs a model with a closed-form head (feat), not {type(model).__name__}"
             )
-        fitted.fit_head(x, y, float(shrinkage))
+        # torch types a module's dynamic attributes as Tensor | Module; hasattr() checked it above
+        fitted.fit_head(x, y, float(shrinkage))  # type: ignore[operator]
     steps = int(inner["steps"])
     if steps:
         params = adapt(

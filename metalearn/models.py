@@ -20,8 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from metaemg.errors import ConfigError, ModelError
-
-MODEL_KINDS = ("dnn", "cnn", "tcn", "tf", "feat")
+from metaemg.modelfile import MODEL_KINDS
 
 # Model-specific hyper-parameters and their defaults; anything else is refused.
 _DEFAULTS: dict[str, dict[str, int]] = {
@@ -235,6 +234,11 @@ class FeatLDA(_WindowClassifier):
       rejects, so an uncalibrated model never moves the hand.
     """
 
+    # buffers, registered in __init__
+    feat_offset: Tensor
+    feat_scale: Tensor
+    whiten: Tensor
+
     def __init__(self, hparams: dict[str, Any]):
         super().__init__(hparams)
         d = feature_count(self.window, self.n_channels)
@@ -310,15 +314,17 @@ class FeatLDA(_WindowClassifier):
     def population_means(self, tasks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
         """(n_classes, features): each intent's mean over ``tasks`` of each task's standardised
         features, the armband as the training subjects wore it (no rotation): what other people's
-        intents look like, for :mod:`metalearn.calibration.plausible`."""
+        intents look like, for :mod:`calibration.plausible`."""
         n_classes = self.head.out_features
-        sums = counts = 0
+        sums: Tensor | int = 0
+        counts: Tensor | int = 0
         for x, y in tasks:
             f = self.features(x).double()
             f = (f - f.mean(dim=0)) / f.std(dim=0, unbiased=False).clamp_min(1e-3)
             onehot = F.one_hot(y.long(), n_classes).double()
             sums = sums + onehot.T @ f
             counts = counts + onehot.sum(dim=0)
+        assert isinstance(sums, Tensor) and isinstance(counts, Tensor)  # tasks is never empty
         return (sums / counts.clamp_min(1)[:, None]).float()
 
 

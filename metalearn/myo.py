@@ -29,6 +29,10 @@ from metaemg.errors import DataError
 from metalearn.recording import Recording, emg_columns, recording_path, write_recording
 from metalearn.tasks import TaskRef, save_collection
 
+# Where the dataset is: $METAEMG_MYO_ROOT, else ../shared/datasets/myoarmband from the working
+# directory (the project root in the README's commands); never found through the source tree.
+MYO_ROOT_ENV = "METAEMG_MYO_ROOT"
+DEFAULT_MYO_ROOT = Path("..", "shared", "datasets", "myoarmband")
 SAMPLE_RATE = 200.0
 N_CHANNELS = 8
 N_CYCLES = 4
@@ -49,6 +53,13 @@ COLLECTIONS = {
     "myo_eval_training0.json": "evaluation subjects, session training0 (calibration)",
     "myo_eval_test.json": "evaluation subjects, sessions Test0 and Test1 (scoring)",
 }
+
+
+def default_myo_root() -> Path:
+    """The Myo dataset's directory: ``$METAEMG_MYO_ROOT``, else ``../shared/datasets/myoarmband``
+    relative to the working directory (absolute, for messages)."""
+    env = os.environ.get(MYO_ROOT_ENV)
+    return Path(env) if env else Path.cwd() / DEFAULT_MYO_ROOT
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import numpy as np
 
 from metaemg.atomic import write_text
 from metaemg.errors import DataError
+from metaemg.intents import INTENTS
 
-INTENTS = ("relax", "open", "close")
 N_CHANNELS = 8
 TIME_COLUMN = "time_elapsed"
 LABEL_COLUMN = "gt"
@@ -171,8 +171,8 @@ def read_recording(path: str | os.PathLike, channels: int = N_CHANNELS, *, label
         raise DataError("gt is NaN or empty", path=path, row=int(np.argmax(~finite)) + 1)
     frac = labels_f != np.round(labels_f)
     if frac.any():
-        row = int(np.argmax(frac))
-        raise DataError(f"label {labels_f[row]:g} is not an integer", path=path, row=row + 1)
+        bad_row = int(np.argmax(frac))
+        raise DataError(f"label {labels_f[bad_row]:g} is not an integer", path=path, row=bad_row + 1)
     return Recording(arr[:, 0], arr[:, 1:-1], labels_f.astype(np.int64), path)
 
 

@@ -16,6 +16,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from metaemg.errors import ConfigError, MetaEMGError
 from metalearn.config import TrainConfig
 from metalearn.recording import INTENTS
 from metalearn.tasks import Scaler, TaskRef, TaskWindows, load_collection, load_task, task_windows
+
+if TYPE_CHECKING:
+    from metaemg.signal import SignalSpec
 
 
 def _resolve(path: str | None, base: Path) -> Path | None:
@@ -34,8 +38,8 @@ def _resolve(path: str | None, base: Path) -> Path | None:
 
 
 def load_task_windows(
-    refs: list[TaskRef], root: Path, cfg: TrainConfig, spec=None
-) -> tuple[list[TaskWindows], object, str]:
+    refs: list[TaskRef], root: Path, cfg: TrainConfig, spec: SignalSpec | None = None
+) -> tuple[list[TaskWindows], SignalSpec, str]:
     """Load and window every task; returns (tasks, signal spec, data hash)."""
     digest = hashlib.sha256()
     tasks, out = [], []
@@ -190,12 +194,15 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     lead = rank == 0
 
     seed = random.randint(0, 10_000) if cfg.seed == "r" else cfg.seed
+    assert isinstance(seed, int)  # TrainConfig accepts only an integer or "r"
+    assert cfg.compile is None or isinstance(cfg.compile, str)  # TrainConfig maps True/False to a backend/None
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
     root = _resolve(cfg.data_root, base_dir)
     train_path = _resolve(cfg.train_collection_json, base_dir)
     test_path = _resolve(cfg.test_collection_json, base_dir)
+    assert root is not None and train_path is not None  # data_root, train_collection_json: non-empty
     refs = load_collection(train_path)
     need = cfg.n_train_tasks + cfg.n_val_tasks
     if len(refs) < need:
@@ -231,7 +238,9 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
     start = 0
     if cfg.resume:
-        ckpt = load_checkpoint(_resolve(cfg.resume, base_dir))
+        resume = _resolve(cfg.resume, base_dir)
+        assert resume is not None  # cfg.resume is not empty
+        ckpt = load_checkpoint(resume)
         model.load_state_dict(ckpt["state_dict"])
         if ckpt.get("outer"):
             outer.load_state_dict(ckpt["outer"])
@@ -272,7 +281,8 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     models_dir, res_dir = run_dir / "models", run_dir / "results"
     writer = _tensorboard(run_dir) if (cfg.tensorboard and lead) else None
     wb = _wandb(cfg, run_dir) if (cfg.wandb and lead) else None
-    history, best = [], (float("inf"), None)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, Path | dict[str, Any] | None] = (float("inf"), None)
     t0 = time.monotonic()
     if cfg.compile and lead and not closed_form:
         print(f"compiling the meta-step with torch.compile ({cfg.compile}): the first meta-epoch takes longer")
@@ -326,7 +336,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     elif isinstance(best[1], dict):
         model.load_state_dict(best[1])
 
-    summary = {
+    summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "seed": seed,
         "meta_epochs": len(epochs) + start * (not closed_form),
@@ -356,7 +366,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
                 device=device,
             )
         models = {"B1": b1, "B2": b2.eval(), "meta-model": model.eval()}
-        kw = {"inner": inner_doc, "rorcr_size": cfg.rorcr_size, "device": device}
+        kw: dict[str, Any] = {"inner": inner_doc, "rorcr_size": cfg.rorcr_size, "device": device}
         logs = compare(models, tests, steps_list=[cfg.inner_steps], **kw)
         conv = compare(models, tests, steps_list=list(cfg.converge_steps), **kw) if cfg.converge_baselines else None
         summary["test_data_hash"] = test_hash
@@ -418,7 +428,9 @@ def run_composed(cfg, run_dir: Path, cwd: Path) -> dict:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        section = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True).get("test")
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        assert isinstance(container, dict)  # a composed Hydra config is a DictConfig
+        section = container.get("test")
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         msg = str(exc).splitlines()[0]

@@ -117,7 +117,7 @@ def run_cli(
         cmd = [str(BIN / tool), *args]
     else:
         module, func = {
-            "metaemg-calibrate": ("metalearn.calibrate", "main"),
+            "metaemg-calibrate": ("calibration.calibrate", "main"),
             "metaemg-eval": ("metalearn.evaluate_cli", "main"),
         }[tool]
         code = f"{python_prelude}\nimport sys\nfrom {module} import {func}\nsys.exit({func}(sys.argv[1:]))"

@@ -1,5 +1,7 @@
 """Shared fixtures. Real data lives outside the repo: ../shared/datasets/myoarmband relative to
-the project root, or METAEMG_MYO_ROOT. Tests that need it fail (never skip) when it is missing."""
+the project root, or METAEMG_MYO_ROOT. Tests that need it fail (never skip) when it is missing.
+The suite exports METAEMG_MYO_ROOT so that every command it starts finds the same dataset,
+whatever its working directory."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def myo_root() -> Path:
     return Path(os.environ.get("METAEMG_MYO_ROOT", REPO.parent / "shared" / "datasets" / "myoarmband"))
+
+
+os.environ["METAEMG_MYO_ROOT"] = str(myo_root())
 
 
 @pytest.fixture

@@ -105,9 +105,9 @@ def train_model(
 def calibrated_model(out: Path, recordings: list) -> Path:
     """The packaged default model calibrated on ``recordings`` as metaemg-calibrate adapts it (its
     closed-form head: milliseconds, where training a network took half a minute), exported to ``out``."""
-    from controller.config import default_model_path
+    from metaemg.modelfile import default_model_path
     from metaemg.signal import SignalChain, make_windows
-    from metalearn.calibration.adapt import Adapter, export_adapted
+    from metalearn.adapt import Adapter, export_adapted
 
     adapter = Adapter.from_file(default_model_path())
     spec = adapter.info.signal

@@ -27,7 +27,7 @@ STOP_HOST_ERROR = StopReason.HOST_ERROR
 def default_model() -> Path:
     """The packaged default model (no torch needed): it rejects most windows, so its commands are
     mostly ``relax``, but a COMMAND goes out for every window (``serial.send_every_decision``)."""
-    from controller.config import default_model_path
+    from metaemg.modelfile import default_model_path
 
     return default_model_path()
 
@@ -47,7 +47,7 @@ class Rig:
         sim_args: tuple[str, ...] = (),
         wait_running: float = 20.0,
     ) -> None:
-        from controller.replay import Replay
+        from rig.replay import Replay
 
         self.tmp = tmp
         self.model = model

@@ -28,9 +28,9 @@ from calibrate_helpers import (
     write_clip,
 )
 
+from calibration.calibrate import EXIT_REFUSED, main
 from metaemg.modelfile import OnnxModel, read_model_info
-from metalearn.calibrate import EXIT_REFUSED, main
-from metalearn.calibration.clip import cycle_starts, prepare_clip
+from metalearn.clip import cycle_starts, prepare_clip
 from metalearn.evaluate_cli import evaluate
 from metalearn.recording import Recording, read_recording, write_recording
 
@@ -132,7 +132,7 @@ def _clip_accuracy(model_path: Path, rec: Recording) -> float:
 
 def _cross_validated_accuracy(base: Path, rec: Recording) -> float:
     """Each cycle of the clip decided by the base model adapted, with --out, on a clip of the other cycle."""
-    from metalearn.calibration.adapt import Adapter
+    from metalearn.adapt import Adapter
 
     clip = prepare_clip(rec, OnnxModel(base).info.signal)
     assert clip.n_cycles == 2
@@ -456,9 +456,9 @@ def test_a_clip_with_open_and_close_swapped_is_refused_by_other_peoples_muscles(
     the installed model opened the hand for close. The packaged model knows what other people's
     intents look like (its population metadata): Male13's swapped clip is refused, the true one
     passes, --force still installs."""
-    from metalearn.calibrate import default_base_model
+    from metaemg.modelfile import default_model_path
 
-    default = default_base_model()
+    default = default_model_path()
     rc, out, _ = calibrate(
         "--from-recording",
         clips["Male13/cal"],

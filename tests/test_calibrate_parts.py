@@ -14,17 +14,17 @@ import pytest
 import zmq
 from calibrate_helpers import FakeDaemon, base_model, myo_recording, wait_until
 
+from calibration import config as configuration
+from calibration.calibrate import end_hold
+from calibration.daemonlink import DaemonLink
+from calibration.gate import GateRules, decide
+from calibration.protocol import CueProtocol, labels_from_cues
+from calibration.store import StateError, Store, resolve_state_dir
 from metaemg.errors import ConfigError, DataError
 from metaemg.modelfile import read_model_info
 from metaemg.signal import SignalSpec
-from metalearn.calibrate import end_hold
-from metalearn.calibration import config as configuration
-from metalearn.calibration.clip import ClipRules, cycle_starts, prepare_clip
-from metalearn.calibration.daemonlink import DaemonLink
-from metalearn.calibration.gate import GateRules, decide
-from metalearn.calibration.metrics import change_delays, confusion, delay_summary, summary
-from metalearn.calibration.protocol import CueProtocol, labels_from_cues
-from metalearn.calibration.store import StateError, Store, resolve_state_dir
+from metalearn.clip import ClipRules, cycle_starts, prepare_clip
+from metalearn.metrics import change_delays, confusion, delay_summary, summary
 from metalearn.recording import Recording
 
 SPEC = SignalSpec.myo()
@@ -244,10 +244,10 @@ def test_an_install_killed_half_way_is_finished_by_the_next_calibration(base, tm
     did nothing) and no history line. The intent is written first; the next lock finishes it."""
     from datetime import UTC, datetime
 
-    import metalearn.calibration.store as store_module
-    from metalearn.calibrate import default_base_model
+    import calibration.store as store_module
+    from metaemg.modelfile import default_model_path
 
-    other = default_base_model()  # a second, different model
+    other = default_model_path()  # a second, different model
     a_id, b_id = read_model_info(base).model_id, read_model_info(other).model_id
     store = Store(tmp_path / "state").ensure()
     when = datetime(2025, 1, 1, tzinfo=UTC)
@@ -358,7 +358,7 @@ def test_reload_request_and_its_outcomes(tmp_path):
 def test_the_control_endpoint_is_found_as_the_daemon_resolves_it(tmp_path, monkeypatch):
     """issue 14: run from a clinician's shell, calibration looked in another runtime directory
     than the daemon's and said "daemon not running (nothing to pause)"."""
-    from metalearn.calibrate import _default_control
+    from calibration.calibrate import _default_control
 
     daemon_cfg = tmp_path / "controller.yaml"
     daemon_cfg.write_text(f"control:\n  runtime_dir: {tmp_path / 'run'}\n")

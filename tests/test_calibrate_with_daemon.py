@@ -22,7 +22,7 @@ def base(myo_src, tmp_path_factory):
 
 
 def test_calibration_is_taken_up_by_the_running_daemon(myo_src, base, tmp_path):
-    from controller.replay import Replay
+    from rig.replay import Replay
 
     state = tmp_path / "state"
     (state / "models").mkdir(parents=True)

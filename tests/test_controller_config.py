@@ -12,8 +12,9 @@ import yaml
 from controller_helpers import BIN, REPO
 
 from controller import config as configuration
-from controller.config import Config, all_keys, default_model_path, from_dict, load
+from controller.config import Config, all_keys, from_dict, load
 from metaemg.errors import ConfigError
+from metaemg.modelfile import default_model_path
 
 SHIPPED = REPO / "configs" / "controller.yaml"
 
@@ -85,7 +86,7 @@ def test_overrides_and_defaults(tmp_path):
     )
     assert cfg.lsl.predicate() == "name='Arm'"
     assert Config().model.resolved_path() == default_model_path()
-    assert default_model_path().parts[-3:] == ("metalearn", "default_model", "myo_meta.onnx")
+    assert default_model_path().parts[-3:] == ("metaemg", "default_model", "myo_meta.onnx")
     with pytest.raises(ConfigError, match=re.escape("monitor.endpoint")):
         Config().with_overrides(monitor="tcp://10.0.0.1:5556")
 
@@ -187,7 +188,7 @@ def test_ctl_without_a_daemon_is_a_one_line_error(tmp_path):
 
 def test_the_daemon_never_imports_torch():
     code = (
-        "import sys, controller.daemon, controller.__main__, controller.replay;"
+        "import sys, controller.daemon, controller.__main__, rig.replay;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'hydra')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from controller_helpers import BIN, male13_model
 
-from controller.config import default_model_path
+from metaemg.modelfile import default_model_path
 
 pytestmark = [pytest.mark.slow]
 

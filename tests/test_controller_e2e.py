@@ -79,7 +79,7 @@ def _stop_after(sim, t: float, reason: StopReason, what: str) -> dict:
 
 @pytest.fixture(scope="module")
 def scenario(myo_src, trained_model, other_models, tmp_path_factory):
-    from controller.replay import Replay
+    from rig.replay import Replay
 
     tmp = tmp_path_factory.mktemp("e2e")
     rec = myo_recording(myo_src, "Male13", "Test0")

@@ -71,7 +71,7 @@ def state_is(daemon: Daemon, state: str):
 
 
 def test_faults_are_states_with_a_safe_reaction(tmp_path, model, recording):
-    from controller.replay import Replay
+    from rig.replay import Replay
 
     notify = Notify(tmp_path / "notify")
     name = unique_name()
@@ -194,7 +194,7 @@ def test_faults_are_states_with_a_safe_reaction(tmp_path, model, recording):
 
 def test_a_model_that_does_not_match_the_stream_is_refused_at_start(tmp_path, model):
     """... before the orthosis port is opened: no HELLO reaches the device (issue 14: it did)."""
-    from controller.replay import Replay
+    from rig.replay import Replay
 
     name = unique_name()
     replay = Replay(np.zeros((400, 8)), None, 100.0, name=name, loop=True).start()

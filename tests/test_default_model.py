@@ -1,18 +1,15 @@
 """The shipped default Myo meta-model: loadable without torch, honest metadata, safe until
 calibrated, and calibrated on one session it works on a later one."""
 
-from pathlib import Path
-
 import numpy as np
 from calibrate_helpers import clean_env, last_json, run_cli
 
-import metalearn
-from metaemg.modelfile import OnnxModel
+from metaemg.modelfile import OnnxModel, default_model_path
 from metaemg.signal import SignalChain, make_windows
 from metalearn.evaluate_cli import evaluate
 from metalearn.recording import read_recording
 
-DEFAULT = Path(metalearn.__file__).parent / "default_model" / "myo_meta.onnx"
+DEFAULT = default_model_path()
 
 
 def test_metadata_describes_a_myo_model_trained_on_pretraining_subjects_only():

@@ -98,7 +98,7 @@ def test_rate_mismatch_missing_model_and_short_recording(base, tests_male14, tmp
 
 # ------------------------------------------------------------------ the metrics a patient feels
 def test_metrics_on_a_constructed_sequence_with_known_answers():
-    from metalearn.calibration.metrics import steady_windows, summary
+    from metalearn.metrics import steady_windows, summary
 
     labels = np.array([0] * 10 + [1] * 10 + [0] * 10 + [2] * 10)
     ends = np.arange(4, 40, 5)  # windows of 5 samples ending at 4, 9, ..., 39

@@ -207,7 +207,7 @@ def other_stream_model(tmp_path_factory) -> bytes:
 
 @case("outlet_dies")
 def _outlet_dies(rig):
-    from controller.replay import Replay
+    from rig.replay import Replay
 
     t_last = rig.replay.pause()
     rig.replay.close()
@@ -248,7 +248,7 @@ def _outlet_silent(rig):
 
 @case("rate_changes", "channels_change")
 def _stream_metadata_changes(rig, name):
-    from controller.replay import Replay
+    from rig.replay import Replay
 
     t_last = rig.replay.pause()
     rig.replay.close()
@@ -273,7 +273,7 @@ def _stream_metadata_changes(rig, name):
 @case("rate_false")
 def _rate_false(rig):
     """issue 14: such a stream used to run and drive the hand (the rate was only shown in the status)."""
-    from controller.replay import Replay
+    from rig.replay import Replay
 
     for delivered in (50.0, 800.0):
         t_last = rig.replay.pause()
@@ -304,7 +304,7 @@ def _rate_false(rig):
 @case("two_armbands")
 def _two_armbands(rig):
     """issue 14: the daemon drove the orthosis from the other armband within a second."""
-    from controller.replay import Replay
+    from rig.replay import Replay
 
     mine = rig.status()["input"]["stream"]["source_id"]
     other = Replay(rig.emg[::-1].copy(), None, rig.rate, name=rig.name, loop=True, source_id="armband-2").start()

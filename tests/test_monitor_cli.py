@@ -238,8 +238,8 @@ def test_against_the_real_daemon(tmp_path):
     returns its status, and the live view shows its state, link and model."""
     from controller_helpers import Daemon, Sim, unique_name
 
-    from controller.config import default_model_path
-    from controller.replay import Replay, load_source
+    from metaemg.modelfile import default_model_path
+    from rig.replay import Replay, load_source
 
     rec = load_source("synth")
     name = unique_name()

@@ -257,6 +257,7 @@ BAD_INPUT = [
     ("+test.bogus=1", "unknown key(s) test.bogus"),
     ("test.time_seq_len=2000", "is a 10 s window"),
     ("test.data_root=/nonexistent", "recording file not found"),
+    ("test.data_root=", "test.data_root must name a directory, got an empty value"),
 ]
 
 

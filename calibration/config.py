@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calibration.daemonlink import DEFAULT_CUE_ENDPOINT
+from calibration.gate import GateRules
+from calibration.protocol import CueProtocol
 from metaemg.errors import ConfigError
 from metaemg.typedconfig import document, read_yaml
-from metalearn.calibration.clip import ClipRules
-from metalearn.calibration.daemonlink import DEFAULT_CUE_ENDPOINT
-from metalearn.calibration.gate import GateRules
-from metalearn.calibration.protocol import CueProtocol
+from metalearn.clip import ClipRules
 
 DEFAULT_STREAM_NAME = "MyHand-EMG"  # = controller.config.DEFAULT_STREAM_NAME
 

@@ -30,13 +30,8 @@ import numpy as np
 from controller.config import DEFAULT_STREAM_NAME
 from metaemg.cli import entry_point
 from metaemg.errors import DataError
-
-INTENTS = ("relax", "open", "close")
-
-
-def default_myo_root() -> Path:
-    env = os.environ.get("METAEMG_MYO_ROOT")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "myoarmband"
+from metaemg.intents import INTENTS
+from metalearn.myo import default_myo_root
 
 
 def load_source(spec: str, myo_root: Path | None = None):

@@ -24,7 +24,7 @@ import numpy as np
 
 from metaemg.errors import MissingDependencyError
 from metaemg.modelfile import ModelInfo
-from metalearn.calibration.clip import ClipWindows
+from metalearn.clip import ClipWindows
 from metalearn.tasks import Scaler
 
 # One CPU thread: the daemon's real-time loop keeps the other cores, and the small matrices of
@@ -110,6 +110,7 @@ def export_adapted(adapted: Adapted, calibration: dict, out: str | Path, verify_
     ``calibration``; verified against torch on ``verify_windows`` (conditioned, unscaled)."""
     from metalearn.export import export_model
 
+    assert adapted.base_info is not None, "export needs the base model file's metadata"
     metadata = adapted.base_info.to_dict()
     metadata["scaler"] = adapted.scaler.to_dict()
     metadata["calibration"] = calibration

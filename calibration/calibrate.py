@@ -32,27 +32,21 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration import config as configuration
+from calibration import plausible
+from calibration.daemonlink import DaemonLink
+from calibration.gate import GateDecision, decide
+from calibration.store import Store, resolve_state_dir
 from metaemg.atomic import PRIVATE
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
-from metaemg.modelfile import OnnxModel
-from metalearn.calibration import config as configuration
-from metalearn.calibration import plausible
-from metalearn.calibration.clip import ClipWindows, prepare_clip
-from metalearn.calibration.daemonlink import DaemonLink
-from metalearn.calibration.gate import GateDecision, decide
-from metalearn.calibration.metrics import change_delays, delay_summary, fmt_recall, steady_windows, summary
-from metalearn.calibration.store import Store, resolve_state_dir
+from metaemg.modelfile import OnnxModel, default_model_path
+from metalearn.clip import ClipWindows, prepare_clip
+from metalearn.metrics import change_delays, delay_summary, fmt_recall, steady_windows, summary
 from metalearn.recording import Recording, read_recording
 
 EXIT_REFUSED = 3
 JSON_KEYS = ("accuracy_before", "accuracy_after", "adapt_seconds", "model")
-DEFAULT_MODEL_NAME = "myo_meta.onnx"
-
-
-def default_base_model() -> Path:
-    """The packaged meta-model, ``metalearn/default_model/myo_meta.onnx``."""
-    return Path(__file__).resolve().parent / "default_model" / DEFAULT_MODEL_NAME
 
 
 def say(text: str = "") -> None:
@@ -99,7 +93,7 @@ def calibrate(
     before = summary(clip.labels, dec_base, steady)
     say(f"base model {base.info.model_id}: held-out accuracy {before['accuracy']:.2f} ({fmt_recall(before['recall'])})")
 
-    from metalearn.calibration.adapt import Adapter, export_adapted
+    from metalearn.adapt import Adapter, export_adapted
 
     adapter = Adapter.from_file(base_model)
     dec_cv = np.empty_like(clip.labels)
@@ -232,7 +226,7 @@ def calibrate(
         "saturated_fraction": clip.saturated_fraction,
         "config": config.to_dict(),
     }
-    from metalearn.calibration.report import write_json
+    from calibration.report import write_json
 
     write_json(Path(result["report"]), report)
     say(f"report: {result['report']}" + (f" and {result['png']}" if result["png"] else ""))
@@ -319,7 +313,7 @@ def _delays(clip: ClipWindows, decisions: np.ndarray) -> dict:
 
 
 def _png(path: Path, clip: ClipWindows, dec_base, dec_cv, before, after, base_id: str, decision: GateDecision):
-    from metalearn.calibration.report import write_png
+    from calibration.report import write_png
 
     title = (
         f"calibration: base {base_id} {before['accuracy']:.2f} -> adapted {after['accuracy']:.2f} "
@@ -443,12 +437,12 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--rollback takes no --out, --force or --base-model")
         return _rollback(store, config, args.json)
     base_model = args.base_model or (
-        Path(config.base_model).expanduser() if config.base_model else default_base_model()
+        Path(config.base_model).expanduser() if config.base_model else default_model_path()
     )
     if not base_model.is_file():
         what = (
             "the packaged default model is not installed"
-            if base_model == default_base_model()
+            if base_model == default_model_path()
             else "base model not found"
         )
         raise ModelError(f"{base_model}: {what}; give the meta-model with --base-model FILE")
@@ -456,7 +450,7 @@ def _run(args: argparse.Namespace) -> int:
     out = None if args.out is None else args.out.absolute()
     if out is not None and out.is_dir():
         raise ConfigError(f"--out {out}: is a directory; give the model file to write")
-    from metalearn.calibration.adapt import require_torch
+    from metalearn.adapt import require_torch
 
     require_torch()  # before the patient spends any time: say what to install
     when = datetime.now(UTC)
@@ -503,6 +497,7 @@ def _run(args: argparse.Namespace) -> int:
                 note = None if hold is None else end_hold(link, hold, installed=bool(result and result["installed"]))
                 if note:
                     print(note, file=sys.stdout if result else sys.stderr, flush=True)
+    assert result is not None  # calibrate() returned, or its error left this function
     if args.json:
         print(json.dumps(result), flush=True)
     return 0 if result["ok"] else EXIT_REFUSED
@@ -550,7 +545,7 @@ def _default_control(config) -> str:
 
 
 def _record_live(config, base_model: Path, store: Store, link: DaemonLink, when: datetime):
-    from metalearn.calibration.live import LiveRecorder
+    from calibration.live import LiveRecorder
 
     spec = OnnxModel(base_model).info.signal
     recorder = LiveRecorder(config.protocol, config.lsl, spec, link)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from metaemg.atomic import PRIVATE, write_bytes, write_text
-from metalearn.calibration.clip import ClipWindows
-from metalearn.calibration.metrics import INTENTS
+from metalearn.clip import ClipWindows
+from metalearn.metrics import INTENTS
 
 COLORS = {0: "#d9d9d9", 1: "#4daf4a", 2: "#e66101"}
 

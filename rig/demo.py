@@ -34,16 +34,11 @@ from pathlib import Path
 
 from metaemg.cli import entry_point
 from metaemg.errors import DataError, MetaEMGError, ModelError
+from metaemg.intents import INTENTS
+from metalearn.myo import default_myo_root
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-INTENTS = ("relax", "open", "close")
 REACTION_S = 0.3  # commands are scored against the label this long before (window + vote delay)
 PRINT_EVERY_S = 0.25
-
-
-def default_myo_root() -> Path:
-    env = os.environ.get("METAEMG_MYO_ROOT")
-    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "datasets" / "myoarmband"
 
 
 class DemoError(MetaEMGError):
@@ -117,7 +112,7 @@ def _model_path(arg: Path | None) -> Path:
         if not arg.is_file():
             raise ModelError(f"{arg}: model file not found")
         return arg
-    from controller.config import default_model_path
+    from metaemg.modelfile import default_model_path
 
     path = default_model_path()
     if not path.is_file():
@@ -185,7 +180,7 @@ def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Pa
         [
             sys.executable,
             "-m",
-            "metalearn.calibrate",
+            "calibration.calibrate",
             "--from-recording",
             str(clip),
             "--base-model",
@@ -243,6 +238,7 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
             work / "sim.out",
             pipe_stdout=True,
         )
+        assert sim.stdout is not None  # pipe_stdout=True
         pty = sim.stdout.readline().strip()
         if not pty:
             raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})")
@@ -250,7 +246,7 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
             [
                 py,
                 "-m",
-                "controller.replay",
+                "rig.replay",
                 source,
                 "--name",
                 name,

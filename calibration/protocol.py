@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from metaemg.errors import ConfigError
+from metaemg.intents import INTENTS
 
-INTENTS = ("relax", "open", "close")
 INSTRUCTIONS = {
     "relax": "let your hand rest",
     "open": "open your hand and hold it open",

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
+from calibration.config import LslSection
+from calibration.daemonlink import DaemonLink
+from calibration.protocol import INSTRUCTIONS, CueProtocol, labels_from_cues
 from metaemg.errors import DataError
 from metaemg.lsl import StreamDesc, describe, quiet_liblsl
 from metaemg.signal import SignalSpec
-from metalearn.calibration.config import LslSection
-from metalearn.calibration.daemonlink import DaemonLink
-from metalearn.calibration.protocol import INSTRUCTIONS, CueProtocol, labels_from_cues
 from metalearn.recording import Recording
 
 POLL_S = 0.02  # longest wait for samples between two checks of the clock (cue display latency)
@@ -47,7 +47,7 @@ class LiveRecorder:
         self.spec = spec
         self.link = link
         self.out = out or sys.stdout
-        self.inlet = None
+        self.inlet: Any = None  # a pylsl.StreamInlet once connected (pylsl is imported lazily)
         self.stream: StreamDesc | None = None
         self._chunks: list[np.ndarray] = []
         self._stamps: list[np.ndarray] = []
@@ -102,6 +102,8 @@ class LiveRecorder:
     def _pump_until(self, deadline: float) -> None:
         """Pull samples until ``deadline`` (local clock); DataError if the armband goes quiet."""
         pylsl = self._lsl
+        stream = self.stream
+        assert stream is not None, "connect() first"
         while True:
             now = self.clock()
             if now >= deadline:
@@ -111,7 +113,7 @@ class LiveRecorder:
                     timeout=min(POLL_S, deadline - now), max_samples=1024, min_samples=1, as_numpy=True
                 )
             except pylsl.util.LostError:
-                raise DataError(f"the armband's stream {self.stream.describe()} was lost {self._when()}") from None
+                raise DataError(f"the armband's stream {stream.describe()} was lost {self._when()}") from None
             now = self.clock()
             if len(stamps):
                 chunk = np.asarray(data, dtype=np.float64).reshape(len(stamps), -1)
@@ -193,6 +195,7 @@ class LiveRecorder:
             self._pump_until(min(drain_until, self.clock() + POLL_S))
         rec = self._clip(t_end)
         if rec is None:
+            assert self.stream is not None  # connected at the start of run()
             raise DataError(f"no EMG samples arrived from {self.stream.describe()} during the protocol")
         return rec
 

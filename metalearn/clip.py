@@ -22,7 +22,7 @@ import numpy as np
 
 from metaemg.errors import ConfigError, DataError
 from metaemg.signal import SignalChain, SignalSpec, make_windows
-from metalearn.calibration.metrics import INTENTS
+from metalearn.metrics import INTENTS
 from metalearn.recording import Recording
 
 RATE_TOLERANCE = 0.05

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-INTENTS = ("relax", "open", "close")
+from metaemg.intents import INTENTS
+
 RELAX, OPEN, CLOSE = range(len(INTENTS))
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metalearn.calibration.metrics import CLOSE, OPEN
+from metalearn.metrics import CLOSE, OPEN
 
 
 @dataclass(frozen=True)
