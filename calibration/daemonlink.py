@@ -63,7 +63,7 @@ class _CueForwarder(threading.Thread):
 
     def __init__(self, context, endpoint: str, timeout_s: float):
         super().__init__(name="cue-forwarder", daemon=True)
-        self._context, self._endpoint, self._timeout_ms = context, endpoint, int(timeout_s * 1000)
+        self._context, self._endpoint, self._timeout_s = context, endpoint, timeout_s
         self.queue: queue.Queue[dict] = queue.Queue(maxsize=64)
         self.halt = threading.Event()
         self.sent = 0
@@ -75,30 +75,23 @@ class _CueForwarder(threading.Thread):
                 self.queue.put_nowait(message)
 
     def run(self) -> None:
-        import zmq
+        from controller.control import ControlClient, ControlError
 
-        sock = self._context.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.connect(self._endpoint)
+        with ControlClient(self._endpoint, timeout_s=self._timeout_s, context=self._context) as client:
             while not self.halt.is_set():
                 try:
                     message = self.queue.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                sock.send(json.dumps({"cmd": "cue", "cue": message}).encode())
-                if not sock.poll(self._timeout_ms):
-                    self.failed = "no answer"
+                try:
+                    answer = client.request({"cmd": "cue", "cue": message})
+                except ControlError as exc:
+                    self.failed = "no answer" if "no answer" in str(exc) else str(exc)
                     return
-                answer = json.loads(sock.recv().decode("utf-8"))
-                if not (isinstance(answer, dict) and answer.get("ok") is True):
-                    self.failed = str(answer.get("error") if isinstance(answer, dict) else answer)
+                if answer.get("ok") is not True:
+                    self.failed = str(answer.get("error"))
                     return
                 self.sent += 1
-        except (zmq.ZMQError, ValueError, UnicodeDecodeError) as exc:
-            self.failed = str(exc)
-        finally:
-            sock.close(linger=0)
 
 
 class DaemonLink:
@@ -262,17 +255,11 @@ class DaemonLink:
         return check_socket_dir(self.control_endpoint)
 
     def _request(self, request: dict) -> dict | None:
-        zmq = self._zmq
-        sock = self._context.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
+        """The daemon's answer, or None when it gives none (not running, busy, a bad answer)."""
+        from controller.control import ControlClient, ControlError
+
         try:
-            sock.connect(self.control_endpoint)
-            sock.send(json.dumps(request).encode())
-            if not sock.poll(int(self.timeout_s * 1000)):
-                return None
-            answer = json.loads(sock.recv().decode("utf-8"))
-        except (zmq.ZMQError, ValueError, UnicodeDecodeError):
+            with ControlClient(self.control_endpoint, timeout_s=self.timeout_s, context=self._context) as client:
+                return client.request(request)
+        except ControlError:
             return None
-        finally:
-            sock.close(linger=0)
-        return answer if isinstance(answer, dict) else None

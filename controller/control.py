@@ -2,11 +2,11 @@
 
 One JSON object per request, ``{"cmd": NAME, ...}``; one JSON object per answer,
 ``{"ok": true|false, ...}`` (``"error"`` says why not). Commands (see docs/controller.md):
-:data:`COMMANDS`. :func:`request` is the client (``myhand-controller ctl``, ``metaemg-calibrate``):
-a REQ socket. The server is a ROUTER socket that handles each request in its own task, so a slow
-one (a reload loading a large model file) never delays ``pause`` or ``stop``. A request is at most
-:data:`MAX_REQUEST` bytes and :data:`MAX_DEPTH` levels of nesting; anything else is answered with
-an error, never a crash.
+:data:`COMMANDS`. :class:`ControlClient` is the one client (``myhand-controller ctl`` through
+:func:`request`, ``metaemg-calibrate``): a REQ socket. The server is a ROUTER socket that handles
+each request in its own task, so a slow one (a reload loading a large model file) never delays
+``pause`` or ``stop``. A request is at most :data:`MAX_REQUEST` bytes and :data:`MAX_DEPTH`
+levels of nesting; anything else is answered with an error, never a crash.
 """
 
 from __future__ import annotations
@@ -147,26 +147,60 @@ def check_socket_dir(endpoint: str) -> bool:
     return path.exists()
 
 
+class ControlClient:
+    """The one client of the control socket: a REQ socket, one JSON object out, one back.
+
+    A REQ socket that got no answer cannot send again, so it is replaced after a timeout or an
+    error. One client per thread (ZeroMQ sockets are not thread-safe); ``context`` defaults to the
+    process's shared one. Raises :class:`ControlError` when there is no answer or a bad one.
+    """
+
+    def __init__(self, endpoint: str, *, timeout_s: float = 3.0, context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._context = context or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+
+    def request(self, req: dict) -> dict:
+        endpoint = self.endpoint
+        if self._sock is None:
+            self._sock = self._context.socket(zmq.REQ)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(endpoint)
+        sock = self._sock
+        try:
+            sock.send(json.dumps(req).encode())
+            if not sock.poll(int(self.timeout_s * 1000)):
+                raise ControlError(f"{endpoint}: no answer within {self.timeout_s:g} s")
+            answer = json.loads(sock.recv().decode("utf-8"))
+        except zmq.ZMQError as exc:
+            self.close()
+            raise ControlError(f"{endpoint}: {exc}") from None
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise ControlError(f"{endpoint}: the answer is not JSON: {exc}") from None
+        except ControlError:
+            self.close()
+            raise
+        if not isinstance(answer, dict):
+            raise ControlError(f"{endpoint}: the answer is not a JSON object")
+        return answer
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def request(endpoint: str, req: dict, *, timeout_s: float = 3.0) -> dict:
     """Send one request to a running daemon and return its answer (ControlError if none,
     ConfigError if its socket lies in a directory other users control)."""
     if not check_socket_dir(endpoint):
         raise ControlError(f"{endpoint}: no control socket (is myhand-controller running?)")
-    context: zmq.Context = zmq.Context.instance()
-    sock = context.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send(json.dumps(req).encode())
-        if not sock.poll(int(timeout_s * 1000)):
-            raise ControlError(f"{endpoint}: no answer within {timeout_s:g} s")
-        answer = json.loads(sock.recv().decode("utf-8"))
-    except zmq.ZMQError as exc:
-        raise ControlError(f"{endpoint}: {exc}") from None
-    except ValueError as exc:
-        raise ControlError(f"{endpoint}: the answer is not JSON: {exc}") from None
-    finally:
-        sock.close(linger=0)
-    if not isinstance(answer, dict):
-        raise ControlError(f"{endpoint}: the answer is not a JSON object")
-    return answer
+    with ControlClient(endpoint, timeout_s=timeout_s) as client:
+        return client.request(req)
