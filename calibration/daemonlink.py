@@ -31,8 +31,7 @@ from dataclasses import dataclass
 
 from metaemg.errors import ConfigError
 
-SCHEMA = "metaemg.monitor/1"
-CUE_TOPIC = "cue"
+CUE_TOPIC = "cue"  # one of controller.monitor.TOPICS, with its SCHEMA
 DEFAULT_CUE_ENDPOINT = "tcp://127.0.0.1:5557"
 BUSY_RETRIES = 3  # the daemon's own file watcher may be reloading the same file already
 
@@ -150,6 +149,8 @@ class DaemonLink:
         """Publish one cue message (at each cue and each countdown second); never blocks."""
         if self._pub is None and not self.forward_cues:
             return
+        from controller.monitor import SCHEMA
+
         message = {
             "schema": SCHEMA,
             "topic": CUE_TOPIC,

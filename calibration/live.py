@@ -26,12 +26,11 @@ from calibration.daemonlink import DaemonLink
 from calibration.protocol import INSTRUCTIONS, CueProtocol, labels_from_cues
 from metaemg.errors import DataError
 from metaemg.lsl import StreamDesc, describe, quiet_liblsl
-from metaemg.signal import SignalSpec
+from metaemg.signal import SignalSpec, rate_matches
 from metalearn.recording import Recording
 
 POLL_S = 0.02  # longest wait for samples between two checks of the clock (cue display latency)
 DRAIN_S = 0.5  # after the last cue: how long to wait for the samples recorded before its end
-RATE_TOLERANCE = 0.05
 
 
 class LiveRecorder:
@@ -80,7 +79,7 @@ class LiveRecorder:
             raise DataError(
                 f"stream {desc.describe()} has {desc.channels} channels; the model expects {self.spec.channels}"
             )
-        if desc.rate > 0 and abs(desc.rate - self.spec.sample_rate) > RATE_TOLERANCE * self.spec.sample_rate:
+        if desc.rate > 0 and not rate_matches(desc.rate, self.spec.sample_rate):
             raise DataError(
                 f"stream {desc.describe()} runs at {desc.rate:g} Hz; the model expects {self.spec.sample_rate:g} Hz"
             )

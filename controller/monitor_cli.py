@@ -17,11 +17,11 @@ import time
 from collections import deque
 from pathlib import Path
 
+from controller.monitor import SCHEMA
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError
 from metaemg.intents import INTENTS
 
-SCHEMA = "metaemg.monitor/1"  # = controller.monitor.SCHEMA (that module needs the daemon's config)
 DEFAULT_ENDPOINT = "ipc://<runtime dir>/monitor.sock"  # as the daemon resolves it (Config.monitor_endpoint)
 CLASSES = INTENTS
 STALE_S = 2.0  # no message for this long: shown as NO DATA

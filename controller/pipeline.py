@@ -19,13 +19,13 @@ import numpy as np
 
 from metaemg.errors import ModelError
 from metaemg.modelfile import OnnxModel
-from metaemg.signal import SignalChain, SignalSpec, Windower
+from metaemg.signal import SignalChain, SignalSpec, Windower, rate_matches
 
 NONFINITE = "nonfinite"
 SATURATED = "saturated"
 RATE = "rate"
 RATE_WINDOW_S = 1.0  # the sample rate is measured over the newest second of samples
-RATE_TOLERANCE = 0.1  # measured against nominal (timestamps jitter; the nominal rule is 5 %)
+MEASURED_RATE_TOLERANCE = 0.1  # measured against nominal (timestamps jitter; the nominal rule is 5 %)
 
 
 class SaturationMonitor:
@@ -65,7 +65,7 @@ class RateMonitor:
     :data:`RATE_WINDOW_S` (not from when they arrive, so a stall of this process does not look
     like a slow stream). :meth:`push` says whether the input is usable: not before a full window
     has been seen ("rate unknown" at first: no command goes out on a stream whose rate was never
-    measured), and not while the rate is more than :data:`RATE_TOLERANCE` off the nominal one (a
+    measured), and not while the rate is more than :data:`MEASURED_RATE_TOLERANCE` off the nominal one (a
     stream that announced 200 Hz and delivered 50 or 800 drove the hand)."""
 
     def __init__(self, nominal: float) -> None:
@@ -100,7 +100,7 @@ class RateMonitor:
             self.rate = None
             return "rate unknown"
         self.rate = (self._count - n0) / (last - t0)
-        if abs(self.rate - self.nominal) > RATE_TOLERANCE * self.nominal:
+        if abs(self.rate - self.nominal) > MEASURED_RATE_TOLERANCE * self.nominal:
             return f"measured {self.rate:.0f} Hz, the stream says {self.nominal:g} Hz"
         return None
 
@@ -150,7 +150,7 @@ def check_stream(info_rate: float, info_channels: int, rate: float, channels: in
     """Why a stream of ``channels`` at ``rate`` Hz does not fit a model, or None."""
     if channels != info_channels:
         return f"the model expects {info_channels} channels, the stream has {channels}"
-    if not abs(rate - info_rate) <= 0.05 * info_rate:
+    if not rate_matches(rate, info_rate):
         return f"the model expects {info_rate:g} Hz, the stream's nominal rate is {rate:g} Hz"
     return None
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from metaemg.errors import ConfigError, MissingDependencyError, ModelError
 from metaemg.intents import INTENTS
-from metaemg.signal import SignalSpec
+from metaemg.signal import RATE_TOLERANCE, SignalSpec, rate_matches
 
 FORMAT = "metaemg-model/1"
 METADATA_KEY = "metaemg"
@@ -48,7 +48,6 @@ INNER_OPTIMIZERS = ("sgd", "adam")  # the inner loop's optimisers (metalearn.mam
 INNER_KEYS = {"optimizer", "steps", "lr", "first_order"}  # plus the optional ones below
 INNER_OPTIONAL = {"batch_size", "head", "shrinkage"}
 INNER_HEADS = ("lda",)  # closed-form heads fitted before the gradient steps
-RATE_TOLERANCE = 0.05
 DEFAULT_MODEL_NAME = "myo_meta.onnx"
 _MODEL_ID = re.compile(r"[0-9a-f]{8,64}")
 
@@ -522,7 +521,7 @@ class OnnxModel:
         info = self.info
         if channels != info.channels:
             raise ModelError(f"{self.path}: model expects {info.channels} channels, the stream has {channels}")
-        if not _is_num(sample_rate) or abs(sample_rate - info.sample_rate) > RATE_TOLERANCE * info.sample_rate:
+        if not _is_num(sample_rate) or not rate_matches(sample_rate, info.sample_rate):
             rate = f"{sample_rate:g}" if isinstance(sample_rate, numbers.Real) else repr(sample_rate)
             raise ModelError(
                 f"{self.path}: model expects {info.sample_rate:g} Hz (within {RATE_TOLERANCE:.0%}), "

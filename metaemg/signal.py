@@ -28,6 +28,8 @@ from scipy import signal as sps
 
 from metaemg.errors import ConfigError
 
+RATE_TOLERANCE = 0.05  # see rate_matches()
+
 _ENVELOPE_ORDER = 2
 
 
@@ -157,12 +159,12 @@ class SignalSpec:
     def notch_active(self) -> bool:
         return self.mains_hz is not None and self.mains_hz < self.sample_rate / 2
 
-    def check_rate(self, sample_rate: float, *, tolerance: float = 0.05, what: str = "input") -> None:
-        """Raise ConfigError if ``sample_rate`` differs from the spec's by more than ``tolerance``."""
-        if abs(sample_rate - self.sample_rate) > tolerance * self.sample_rate:
-            raise ConfigError(
-                f"{what} sample rate {sample_rate:.1f} Hz does not match the signal chain's {self.sample_rate:g} Hz"
-            )
+
+def rate_matches(rate: float, expected: float) -> bool:
+    """The rate rule, the one definition: a recording, clip or stream at ``rate`` Hz fits a signal
+    chain or model made for ``expected`` Hz when they differ by at most :data:`RATE_TOLERANCE`
+    (filters and windows are designed for the expected rate). NaN never matches."""
+    return bool(abs(rate - expected) <= RATE_TOLERANCE * expected)
 
 
 def _num(v: object) -> bool:

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from metaemg.errors import ConfigError, DataError
-from metaemg.signal import SignalChain, SignalSpec, make_windows
+from metaemg.signal import SignalChain, SignalSpec, make_windows, rate_matches
 from metalearn.metrics import INTENTS
 from metalearn.recording import Recording
 
-RATE_TOLERANCE = 0.05
 FLAT_FRACTION = 1e-3  # of the input range: a channel that moves less than this is flat
 
 
@@ -125,7 +124,7 @@ def prepare_clip(rec: Recording, spec: SignalSpec, rules: ClipRules = ClipRules(
     if rec.n_channels != spec.channels:
         raise DataError(f"the clip has {rec.n_channels} EMG channels, the model expects {spec.channels}", path=path)
     rate = rec.sample_rate
-    if abs(rate - spec.sample_rate) > RATE_TOLERANCE * spec.sample_rate:
+    if not rate_matches(rate, spec.sample_rate):
         raise DataError(
             f"the clip's sample rate is {rate:.1f} Hz, the model expects {spec.sample_rate:g} Hz", path=path
         )

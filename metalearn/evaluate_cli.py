@@ -40,7 +40,7 @@ import numpy as np
 from metaemg.cli import entry_point
 from metaemg.errors import DataError
 from metaemg.modelfile import OnnxModel
-from metaemg.signal import SignalChain, make_windows
+from metaemg.signal import SignalChain, make_windows, rate_matches
 from metalearn.metrics import (
     INTENTS,
     change_delays,
@@ -51,8 +51,6 @@ from metalearn.metrics import (
 )
 from metalearn.recording import Recording, read_recording
 
-RATE_TOLERANCE = 0.05
-
 
 def window_probabilities(model: OnnxModel, rec: Recording) -> tuple[np.ndarray, np.ndarray]:
     """``(ends, probabilities)``: each window's last sample and the model's (n, 3) probabilities."""
@@ -61,7 +59,7 @@ def window_probabilities(model: OnnxModel, rec: Recording) -> tuple[np.ndarray, 
     if rec.n_channels != info.channels:
         raise DataError(f"has {rec.n_channels} EMG channels, the model expects {info.channels}", path=where)
     rate = rec.sample_rate
-    if abs(rate - info.sample_rate) > RATE_TOLERANCE * info.sample_rate:
+    if not rate_matches(rate, info.sample_rate):
         raise DataError(f"sample rate {rate:.1f} Hz does not match the model's {info.sample_rate:g} Hz", path=where)
     windows, ends = make_windows(SignalChain(info.signal).process(rec.emg), info.window, info.stride)
     if len(ends) == 0:

@@ -16,7 +16,7 @@ import numpy as np
 
 from metaemg.atomic import write_text
 from metaemg.errors import ConfigError, DataError
-from metaemg.signal import SignalChain, SignalSpec, make_windows
+from metaemg.signal import SignalChain, SignalSpec, make_windows, rate_matches
 from metalearn.recording import Recording, read_recording, recording_path
 
 # relax->open, open->relax, relax->close, close->relax, relax->open
@@ -205,7 +205,7 @@ def task_windows(task: Task, spec: SignalSpec, scale: str | bool | None = "none"
             path=task.recording.path,
         )
     rate = task.recording.sample_rate
-    if abs(rate - spec.sample_rate) > 0.05 * spec.sample_rate:
+    if not rate_matches(rate, spec.sample_rate):
         raise DataError(
             f"sample rate {rate:.1f} Hz does not match the signal chain's {spec.sample_rate:g} Hz",
             path=task.recording.path,
