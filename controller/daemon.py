@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +60,32 @@ def _name(intent: int | None) -> str | None:
 
 
 class Controller:
-    """The daemon. ``await Controller(config).run()`` returns the exit code."""
+    """The daemon. ``await Controller(config).run()`` returns the exit code.
+
+    Its parts can be injected, so that its hot path, reloads and control handling run in a test's
+    own process against the real signal chain, model and codec: ``source`` builds the armband
+    source (``LslSource``'s signature: config, loop, check=, on_data=, on_event=), ``link`` the
+    orthosis link (``Link``'s: serial config, counters, on_change, on_busy), ``clock`` is the
+    monotonic clock of every state decision (seconds).
+    """
 
     def __init__(
-        self, config: Config, *, control_endpoint: str | None = None, notifier: Notifier | None = None
+        self,
+        config: Config,
+        *,
+        control_endpoint: str | None = None,
+        notifier: Notifier | None = None,
+        source: Callable[..., LslSource] = LslSource,
+        link: Callable[..., Link] = Link,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self._make_source, self._make_link, self._clock = source, link, clock
         self.control_endpoint = control_endpoint or config.control.resolved_endpoint()
         self.notifier = notifier or Notifier()
         self.counters: Counter = Counter()
         self.policy = Policy(config.policy)
-        self.sm = StateMachine(time.monotonic())
+        self.sm = StateMachine(self._clock())
         self.model_path = config.model.resolved_path()
         self.model: OnnxModel | None = None
         self.pipeline: Pipeline | None = None
@@ -134,8 +150,8 @@ class Controller:
         loop.set_exception_handler(self._on_loop_exception)
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
-        self.link = Link(cfg.serial, self.counters, self._on_link_change, on_busy=self._on_port_busy)
-        self.source = LslSource(
+        self.link = self._make_link(cfg.serial, self.counters, self._on_link_change, on_busy=self._on_port_busy)
+        self.source = self._make_source(
             cfg.lsl, loop, check=self._check_stream, on_data=self._on_data, on_event=self._on_stream_event
         )
         for coro, name in ((self.control.serve(), "control"), (self._control_loop(), "control_loop")):
@@ -164,12 +180,12 @@ class Controller:
         self._stop_event.set()
 
     async def _shutdown(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self._stopping = True
         self._evaluate(now)  # -> stopping: STOP (host shutdown) goes out now
         self.notifier.stopping()
         deadline = now + STOP_ACK_WAIT_S
-        while self.link.is_open and self.link.proto.outstanding and time.monotonic() < deadline:
+        while self.link.is_open and self.link.proto.outstanding and self._clock() < deadline:
             await asyncio.sleep(0.005)
         self.link.close()
         for task in self._tasks:
@@ -215,8 +231,8 @@ class Controller:
         if chunk is None or self._stopping:
             return
         x, stamps, t_recv = chunk
-        t_start = time.monotonic_ns()
-        now = t_start / 1e9
+        t_start = time.monotonic_ns()  # the stage timings are real elapsed time
+        now = self._clock()
         c = self.counters
         c["chunks"] += 1
         c["samples"] += len(x)
@@ -392,7 +408,7 @@ class Controller:
 
     def _on_link_change(self) -> None:
         if self._loop is not None and not self._stopping:
-            self._evaluate(time.monotonic())
+            self._evaluate(self._clock())
 
     # -- the control loop ----------------------------------------------------------------------------
 
@@ -401,9 +417,9 @@ class Controller:
         status_period = 1 / cfg.monitor.status_hz
         next_status = next_watch = last_watchdog = 0.0
         wd = self.notifier.watchdog_s
-        next_tick = time.monotonic()
+        next_tick = self._clock()
         while True:
-            now = time.monotonic()
+            now = self._clock()
             self.policy.tick(now)
             self.link.tick(now)
             self._evaluate(now)
@@ -434,7 +450,7 @@ class Controller:
             stale_at = self.policy.stale_deadline()
             if stale_at is not None and stale_at < wake:
                 wake = stale_at
-            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+            await asyncio.sleep(max(0.0, wake - self._clock()))
 
     def _status(self, now: float) -> dict:
         samples = self.counters["samples"]
@@ -507,7 +523,7 @@ class Controller:
 
     def _on_stream_event(self, kind: str, detail: object) -> None:
         assert self.pipeline is not None and self.monitor is not None  # set by run() before the source starts
-        now = time.monotonic()
+        now = self._clock()
         if kind != "mismatch" and not self._link_started and not self._stopping:
             self._link_started = True
             self._start_task(self.link.run(), "link")
@@ -635,7 +651,7 @@ class Controller:
         self.counters["control_requests"] += 1
         if cmd != "status":
             log.info("control", cmd=cmd, **{k: v for k, v in req.items() if k in allowed and k != "cue"})
-        return await handler(req, time.monotonic())
+        return await handler(req, self._clock())
 
     def _control_table(self) -> dict:
         """command -> (handler, the fields it takes besides cmd); its keys are control.COMMANDS."""

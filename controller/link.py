@@ -41,8 +41,11 @@ class Link:
         counters: Counter,
         on_change: Callable[[], None],
         on_busy: Callable[[str], None] | None = None,
+        *,
+        opener: Callable[..., Transport] = open_transport,
     ) -> None:
         self.config = config
+        self._open = opener  # (url, baudrate=...) -> Transport; tests give an in-process pair
         self._on_busy = on_busy  # told when another process holds the port before this link ever opened it
         self.url = config.port
         self.counters = counters
@@ -64,7 +67,7 @@ class Link:
         reported = None
         while not self._closing:
             try:
-                transport = await asyncio.to_thread(open_transport, self.url, baudrate=self.config.baudrate)
+                transport = await asyncio.to_thread(self._open, self.url, baudrate=self.config.baudrate)
             except LinkBusy as exc:
                 if self._on_busy is not None and not self.counters["link_opens"]:
                     self._on_busy(str(exc))
