@@ -15,55 +15,48 @@ from typing import Any
 from calibration.daemonlink import DEFAULT_CUE_ENDPOINT
 from calibration.gate import GateRules
 from calibration.protocol import CueProtocol
-from metaemg.errors import ConfigError
-from metaemg.typedconfig import document, read_yaml
+from metaemg.lsl import StreamSelector
+from metaemg.typedconfig import Section, document, is_number, read_yaml, require
 from metalearn.clip import ClipRules
-
-DEFAULT_STREAM_NAME = "MyHand-EMG"  # = controller.config.DEFAULT_STREAM_NAME
 
 
 @dataclass(frozen=True)
-class LslSection:
+class LslSection(StreamSelector):
     """Which armband stream to record (at least one of name, type, source_id)."""
 
-    name: str | None = DEFAULT_STREAM_NAME
-    type: str | None = None
-    source_id: str | None = None
     resolve_timeout_s: float = 5.0
     stall_timeout_s: float = 1.0  # no sample for this long during the protocol stops the calibration
 
-    def __post_init__(self) -> None:
-        if not any((self.name, self.type, self.source_id)):
-            raise ConfigError("lsl: give at least one of name, type, source_id")
-        for key in ("name", "type", "source_id"):
-            value = getattr(self, key)
-            if value is not None and (value == "" or "'" in value or value.strip() != value):
-                raise ConfigError(
-                    f"lsl.{key} must be a non-empty string without quotes or surrounding spaces, got {value!r}"
-                )
-        if not 0 < self.resolve_timeout_s <= 60:
-            raise ConfigError(f"lsl.resolve_timeout_s must be in (0, 60], got {self.resolve_timeout_s!r}")
-        if not 0.1 <= self.stall_timeout_s <= 10:
-            raise ConfigError(f"lsl.stall_timeout_s must be in [0.1, 10], got {self.stall_timeout_s!r}")
-
-    def predicate(self) -> str:
-        return " and ".join(f"{k}='{getattr(self, k)}'" for k in ("name", "type", "source_id") if getattr(self, k))
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(
+            is_number(self.stall_timeout_s) and 0.1 <= self.stall_timeout_s <= 10,
+            f"{key}.stall_timeout_s",
+            "must be in [0.1, 10]",
+            self.stall_timeout_s,
+        )
 
 
 @dataclass(frozen=True)
-class CueSection:
+class CueSection(Section):
+    KEY = "cues"
     endpoint: str | None = DEFAULT_CUE_ENDPOINT  # ZeroMQ PUB for the cues; null: publish none
     via_daemon: bool = True  # also hand each cue to a running daemon for its monitor stream
 
-    def __post_init__(self) -> None:
+    def check(self, key: str) -> None:
         if self.endpoint is not None:
             scheme, sep, rest = self.endpoint.partition("://")
-            if not (sep and scheme in ("tcp", "ipc") and rest):
-                raise ConfigError(f"cues.endpoint must be tcp://HOST:PORT, ipc://PATH or null, got {self.endpoint!r}")
+            require(
+                bool(sep) and scheme in ("tcp", "ipc") and rest != "",
+                f"{key}.endpoint",
+                "must be tcp://HOST:PORT, ipc://PATH or null",
+                self.endpoint,
+            )
 
 
 @dataclass(frozen=True)
-class DaemonSection:
+class DaemonSection(Section):
+    KEY = "daemon"
     control: str | None = None  # the daemon's control endpoint; null: as the daemon resolves it
     config: str | None = None  # the daemon's configuration file; null: $MYHAND_CONFIG or /etc/myhand/controller.yaml
     runtime_dir: str | None = None  # overrides control.runtime_dir of that configuration
@@ -71,15 +64,23 @@ class DaemonSection:
     notify: bool = True  # tell a running daemon to load the new model
     pause_while_recording: bool = True  # pause a running daemon during a live recording, resume after
 
-    def __post_init__(self) -> None:
-        if self.control is not None and not (self.control.startswith("ipc://") and len(self.control) > 6):
-            raise ConfigError(f"daemon.control must be ipc://PATH or null, got {self.control!r}")
-        if not 0.05 <= self.timeout_s <= 10:
-            raise ConfigError(f"daemon.timeout_s must be in [0.05, 10], got {self.timeout_s!r}")
+    def check(self, key: str) -> None:
+        require(
+            self.control is None or (self.control.startswith("ipc://") and len(self.control) > 6),
+            f"{key}.control",
+            "must be ipc://PATH or null",
+            self.control,
+        )
+        require(
+            is_number(self.timeout_s) and 0.05 <= self.timeout_s <= 10,
+            f"{key}.timeout_s",
+            "must be in [0.05, 10]",
+            self.timeout_s,
+        )
 
 
 @dataclass(frozen=True)
-class CalibrationConfig:
+class CalibrationConfig(Section):
     state_dir: str | None = None
     base_model: str | None = None  # null: the packaged default model
     keep_models: int = 10
@@ -91,9 +92,8 @@ class CalibrationConfig:
     cues: CueSection = field(default_factory=CueSection)
     daemon: DaemonSection = field(default_factory=DaemonSection)
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.keep_models <= 1000:
-            raise ConfigError(f"keep_models must be 1..1000, got {self.keep_models!r}")
+    def check(self, key: str) -> None:
+        require(1 <= self.keep_models <= 1000, "keep_models", "must be 1..1000", self.keep_models)
 
     def replace(self, section: str | None = None, **changes: Any) -> CalibrationConfig:
         """A copy with top-level keys or one section's keys changed (validated again)."""

@@ -15,27 +15,22 @@ never overrides the clip checks of :mod:`.clip`: a flat or incomplete clip gives
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from metaemg.errors import ConfigError
+from metaemg.typedconfig import Section, is_number, require
 
 
 @dataclass(frozen=True)
-class GateRules:
+class GateRules(Section):
+    KEY = "gate"
     min_accuracy: float = 0.7
     min_recall: float = 0.5
     swap_margin: float = 0.25
 
-    def __post_init__(self) -> None:
-        for key in ("min_accuracy", "min_recall", "swap_margin"):
-            value = getattr(self, key)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not (math.isfinite(value) and 0 <= value <= 1)
-            ):
-                raise ConfigError(f"gate.{key} must be a fraction in [0, 1], got {value!r}")
+    def check(self, key: str) -> None:
+        for attr in ("min_accuracy", "min_recall", "swap_margin"):
+            value = getattr(self, attr)
+            require(is_number(value) and 0 <= value <= 1, f"{key}.{attr}", "must be a fraction in [0, 1]", value)
 
     def describe(self) -> str:
         return (

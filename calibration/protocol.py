@@ -8,13 +8,12 @@ labelled with the cue that was on screen at ``t - reaction_s``: the patient need
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from metaemg.errors import ConfigError
 from metaemg.intents import INTENTS
+from metaemg.typedconfig import Section, is_number, require
 
 INSTRUCTIONS = {
     "relax": "let your hand rest",
@@ -43,9 +42,10 @@ class Cue:
 
 
 @dataclass(frozen=True)
-class CueProtocol:
-    """Durations in seconds; validated at construction (ConfigError names the key)."""
+class CueProtocol(Section):
+    """Durations in seconds; checked at construction (ConfigError names the key)."""
 
+    KEY = "protocol"
     relax_s: float = 2.0
     open_s: float = 2.0
     close_s: float = 2.0
@@ -53,25 +53,31 @@ class CueProtocol:
     countdown_s: int = 3
     reaction_s: float = 0.3
 
-    def __post_init__(self) -> None:
-        for key in ("relax_s", "open_s", "close_s"):
-            value = getattr(self, key)
-            if not _num(value) or not 0.5 <= value <= 30:
-                raise ConfigError(f"protocol.{key} must be a number of seconds in [0.5, 30], got {value!r}")
-        if not _int(self.cycles) or not 2 <= self.cycles <= 10:
-            raise ConfigError(
-                f"protocol.cycles must be an integer in 2..10 (the gate scores each cycle with a model adapted on "
-                f"the others), "
-                f"got {self.cycles!r}"
+    def check(self, key: str) -> None:
+        for attr in ("relax_s", "open_s", "close_s"):
+            value = getattr(self, attr)
+            require(
+                _num(value) and 0.5 <= value <= 30, f"{key}.{attr}", "must be a number of seconds in [0.5, 30]", value
             )
-        if not _int(self.countdown_s) or not 0 <= self.countdown_s <= 10:
-            raise ConfigError(f"protocol.countdown_s must be an integer in 0..10, got {self.countdown_s!r}")
+        require(
+            _int(self.cycles) and 2 <= self.cycles <= 10,
+            f"{key}.cycles",
+            "must be an integer in 2..10 (the gate scores each cycle with a model adapted on the others)",
+            self.cycles,
+        )
+        require(
+            _int(self.countdown_s) and 0 <= self.countdown_s <= 10,
+            f"{key}.countdown_s",
+            "must be an integer in 0..10",
+            self.countdown_s,
+        )
         shortest = min(self.relax_s, self.open_s, self.close_s)
-        if not _num(self.reaction_s) or not 0 <= self.reaction_s < shortest / 2:
-            raise ConfigError(
-                f"protocol.reaction_s must be >= 0 and under half the shortest cue ({shortest / 2:g} s), "
-                f"got {self.reaction_s!r}"
-            )
+        require(
+            _num(self.reaction_s) and 0 <= self.reaction_s < shortest / 2,
+            f"{key}.reaction_s",
+            f"must be >= 0 and under half the shortest cue ({shortest / 2:g} s)",
+            self.reaction_s,
+        )
 
     def cues(self) -> tuple[Cue, ...]:
         names = [n for _ in range(self.cycles) for n in ("relax", "open", "relax", "close")] + ["relax"]
@@ -106,8 +112,7 @@ def labels_from_cues(t: np.ndarray, cue_times: np.ndarray, cue_labels: np.ndarra
     return np.where(k >= 0, labels[np.clip(k, 0, None)], 0)
 
 
-def _num(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+_num = is_number
 
 
 def _int(v: object) -> bool:

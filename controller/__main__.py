@@ -61,7 +61,7 @@ def load_config(args: argparse.Namespace, *, service_default: bool = False) -> c
     """The configuration: ``--config``, else (``service_default``, for ctl) the service's
     (:func:`controller.config.service_config_path`), else the built-in defaults; then the flags."""
     path = args.config or (configuration.service_config_path() if service_default else None)
-    cfg = configuration.load(path) if path else configuration.Config().validate()
+    cfg = configuration.load(path) if path else configuration.Config()
     cfg = cfg.with_overrides(
         lsl_stream=getattr(args, "lsl_stream", None),
         serial_port=getattr(args, "serial_port", None),
@@ -72,7 +72,7 @@ def load_config(args: argparse.Namespace, *, service_default: bool = False) -> c
     if control is not None:
         import dataclasses
 
-        cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, endpoint=control)).validate()
+        cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, endpoint=control))
     level = getattr(args, "log_level", None)
     if level is not None:
         import dataclasses

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from metaemg.errors import ConfigError
+from metaemg.lsl import StreamSelector
 from metaemg.modelfile import default_model_path
-from metaemg.typedconfig import document, read_yaml
+from metaemg.typedconfig import Section, document, read_yaml, require
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
-DEFAULT_STREAM_NAME = "MyHand-EMG"
 # Where the service's own files are (systemd: ConfigurationDirectory=, RuntimeDirectory=): tools
 # run from a shell find the running daemon through these, as the daemon resolves them itself.
 SERVICE_CONFIG = Path("/etc/myhand/controller.yaml")
@@ -32,61 +31,34 @@ STALE_MS_RANGE = (20, 250)
 REARM_MS_RANGE = (100, 10000)
 
 
-def _check(ok: bool, key: str, problem: str, value: object) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {problem}, got {value!r}")
-
-
 @dataclass(frozen=True)
-class LslConfig:
+class LslConfig(StreamSelector):
     """Which armband stream to read, and how to find it."""
 
-    name: str | None = DEFAULT_STREAM_NAME
-    type: str | None = None
-    source_id: str | None = None
     resolve_timeout_s: float = 2.0
     retry_s: float = 1.0
     max_buffer_s: int = 1
     clock_sync: bool = True
 
-    def validate(self, key: str) -> None:
-        _check(
-            any((self.name, self.type, self.source_id)),
-            key,
-            "give at least one of name, type, source_id",
-            (self.name, self.type, self.source_id),
-        )
-        for attr in ("name", "type", "source_id"):
-            value = getattr(self, attr)
-            _check(
-                value is None or ("'" not in value and value.strip() == value and value != ""),
-                f"{key}.{attr}",
-                "must be a non-empty string without quotes or surrounding spaces",
-                value,
-            )
-        _check(
-            0 < self.resolve_timeout_s <= 60, f"{key}.resolve_timeout_s", "must be in (0, 60]", self.resolve_timeout_s
-        )
-        _check(0 < self.retry_s <= 60, f"{key}.retry_s", "must be in (0, 60]", self.retry_s)
-        _check(1 <= self.max_buffer_s <= 60, f"{key}.max_buffer_s", "must be 1..60", self.max_buffer_s)
-
-    def predicate(self) -> str:
-        """The LSL XPath predicate matching every property given."""
-        parts = [f"{attr}='{getattr(self, attr)}'" for attr in ("name", "type", "source_id") if getattr(self, attr)]
-        return " and ".join(parts)
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(0 < self.retry_s <= 60, f"{key}.retry_s", "must be in (0, 60]", self.retry_s)
+        require(1 <= self.max_buffer_s <= 60, f"{key}.max_buffer_s", "must be 1..60", self.max_buffer_s)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """The ONNX model file (``null``: the packaged default model)."""
+
+    KEY = "model"
 
     path: str | None = None
     watch: bool = True
     watch_interval_s: float = 1.0
 
-    def validate(self, key: str) -> None:
-        _check(self.path is None or self.path != "", f"{key}.path", "must be a file path or null", self.path)
-        _check(
+    def check(self, key: str) -> None:
+        require(self.path is None or self.path != "", f"{key}.path", "must be a file path or null", self.path)
+        require(
             0.1 <= self.watch_interval_s <= 60, f"{key}.watch_interval_s", "must be in [0.1, 60]", self.watch_interval_s
         )
 
@@ -95,8 +67,10 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class SerialConfig:
+class SerialConfig(Section):
     """The orthosis link (docs/firmware_protocol.md, section 8)."""
+
+    KEY = "serial"
 
     port: str = "/dev/myhand"
     baudrate: int = 115200
@@ -111,46 +85,48 @@ class SerialConfig:
     send_every_decision: bool = True
     refresh_ms: int = 100
 
-    def validate(self, key: str) -> None:
+    def check(self, key: str) -> None:
         scheme = self.port.partition("://")[0] if "://" in self.port else None
-        _check(
+        require(
             self.port != "" and scheme in (None, "serial", "pty", "loop"),
             f"{key}.port",
             "must be a device path, serial://PATH, pty:// or loop://",
             self.port,
         )
-        _check(self.baudrate > 0, f"{key}.baudrate", "must be > 0", self.baudrate)
-        _check(1 <= self.ttl_ms <= 1000, f"{key}.ttl_ms", "must be 1..1000 (the device's max TTL)", self.ttl_ms)
-        _check(10 <= self.heartbeat_ms <= 1000, f"{key}.heartbeat_ms", "must be 10..1000", self.heartbeat_ms)
-        _check(5 <= self.ack_timeout_ms <= 1000, f"{key}.ack_timeout_ms", "must be 5..1000", self.ack_timeout_ms)
-        _check(0 <= self.retries <= 10, f"{key}.retries", "must be 0..10", self.retries)
-        _check(
+        require(self.baudrate > 0, f"{key}.baudrate", "must be > 0", self.baudrate)
+        require(1 <= self.ttl_ms <= 1000, f"{key}.ttl_ms", "must be 1..1000 (the device's max TTL)", self.ttl_ms)
+        require(10 <= self.heartbeat_ms <= 1000, f"{key}.heartbeat_ms", "must be 10..1000", self.heartbeat_ms)
+        require(5 <= self.ack_timeout_ms <= 1000, f"{key}.ack_timeout_ms", "must be 5..1000", self.ack_timeout_ms)
+        require(0 <= self.retries <= 10, f"{key}.retries", "must be 0..10", self.retries)
+        require(
             50 <= self.device_timeout_ms <= 10000,
             f"{key}.device_timeout_ms",
             "must be 50..10000",
             self.device_timeout_ms,
         )
-        _check(
+        require(
             100 <= self.handshake_timeout_ms <= 10000,
             f"{key}.handshake_timeout_ms",
             "must be 100..10000",
             self.handshake_timeout_ms,
         )
-        _check(
+        require(
             10 <= self.reconnect_min_ms <= 60000, f"{key}.reconnect_min_ms", "must be 10..60000", self.reconnect_min_ms
         )
-        _check(
+        require(
             self.reconnect_min_ms <= self.reconnect_max_ms <= 60000,
             f"{key}.reconnect_max_ms",
             "must be reconnect_min_ms..60000",
             self.reconnect_max_ms,
         )
-        _check(10 <= self.refresh_ms <= self.ttl_ms / 2, f"{key}.refresh_ms", "must be 10..ttl_ms/2", self.refresh_ms)
+        require(10 <= self.refresh_ms <= self.ttl_ms / 2, f"{key}.refresh_ms", "must be 10..ttl_ms/2", self.refresh_ms)
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(Section):
     """Decision smoothing and the input safety rules (see controller.policy)."""
+
+    KEY = "policy"
 
     threshold: float = 0.5
     vote: int = 3
@@ -160,28 +136,28 @@ class PolicyConfig:
     rearm_ms: float = 300.0
     saturation_fraction: float = 0.2
 
-    def validate(self, key: str) -> None:
-        _check(0 <= self.threshold < 1, f"{key}.threshold", "must be in [0, 1)", self.threshold)
-        _check(1 <= self.vote <= 100, f"{key}.vote", "must be 1..100", self.vote)
+    def check(self, key: str) -> None:
+        require(0 <= self.threshold < 1, f"{key}.threshold", "must be in [0, 1)", self.threshold)
+        require(1 <= self.vote <= 100, f"{key}.vote", "must be 1..100", self.vote)
         for attr in ("min_dwell_ms", "refractory_ms"):
             value = getattr(self, attr)
-            _check(0 <= value <= 10000, f"{key}.{attr}", "must be 0..10000", value)
+            require(0 <= value <= 10000, f"{key}.{attr}", "must be 0..10000", value)
         # safety limits: the hand may go on moving for stale_ms after the armband stops, and
         # re-arming needs a stretch of good input, not a single good chunk
-        _check(
+        require(
             STALE_MS_RANGE[0] <= self.stale_ms <= STALE_MS_RANGE[1],
             f"{key}.stale_ms",
             f"must be {STALE_MS_RANGE[0]}..{STALE_MS_RANGE[1]} (the hand keeps moving this long after the "
             "armband stops)",
             self.stale_ms,
         )
-        _check(
+        require(
             REARM_MS_RANGE[0] <= self.rearm_ms <= REARM_MS_RANGE[1],
             f"{key}.rearm_ms",
             f"must be {REARM_MS_RANGE[0]}..{REARM_MS_RANGE[1]}",
             self.rearm_ms,
         )
-        _check(
+        require(
             0 < self.saturation_fraction <= 1,
             f"{key}.saturation_fraction",
             "must be in (0, 1]",
@@ -190,8 +166,10 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
-class MonitorConfig:
+class MonitorConfig(Section):
     """The ZeroMQ PUB stream of decisions, status, EMG and cues."""
+
+    KEY = "monitor"
 
     endpoint: str | None = None
     allow_remote: bool = False
@@ -199,10 +177,10 @@ class MonitorConfig:
     status_hz: float = 5.0
     hwm: int = 1000
 
-    def validate(self, key: str) -> None:
+    def check(self, key: str) -> None:
         if self.endpoint is not None:  # null: ipc://<runtime dir>/monitor.sock, private to the service's user
             scheme, sep, rest = self.endpoint.partition("://")
-            _check(
+            require(
                 bool(sep) and scheme in ("tcp", "ipc") and rest != "",
                 f"{key}.endpoint",
                 "must be tcp://HOST:PORT or ipc://PATH (or null)",
@@ -210,27 +188,29 @@ class MonitorConfig:
             )
             if scheme == "tcp" and not self.allow_remote:
                 host = rest.rsplit(":", 1)[0]
-                _check(
+                require(
                     host in LOOPBACK_HOSTS,
                     f"{key}.endpoint",
                     "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
                     self.endpoint,
                 )
-        _check(1 <= self.emg_decimation <= 10000, f"{key}.emg_decimation", "must be 1..10000", self.emg_decimation)
-        _check(0.1 <= self.status_hz <= 100, f"{key}.status_hz", "must be 0.1..100", self.status_hz)
-        _check(1 <= self.hwm <= 1_000_000, f"{key}.hwm", "must be 1..1000000", self.hwm)
+        require(1 <= self.emg_decimation <= 10000, f"{key}.emg_decimation", "must be 1..10000", self.emg_decimation)
+        require(0.1 <= self.status_hz <= 100, f"{key}.status_hz", "must be 0.1..100", self.status_hz)
+        require(1 <= self.hwm <= 1_000_000, f"{key}.hwm", "must be 1..1000000", self.hwm)
 
 
 @dataclass(frozen=True)
-class ControlConfig:
+class ControlConfig(Section):
     """The local ZeroMQ REP control socket (mode 0600)."""
+
+    KEY = "control"
 
     endpoint: str | None = None
     runtime_dir: str | None = None
 
-    def validate(self, key: str) -> None:
+    def check(self, key: str) -> None:
         if self.endpoint is not None:
-            _check(
+            require(
                 self.endpoint.startswith("ipc://") and len(self.endpoint) > len("ipc://"),
                 f"{key}.endpoint",
                 "must be ipc://PATH (the control socket is local only) or null",
@@ -262,11 +242,12 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
-class LoggingConfig:
+class LoggingConfig(Section):
+    KEY = "logging"
     level: str = "info"
 
-    def validate(self, key: str) -> None:
-        _check(self.level in LOG_LEVELS, f"{key}.level", f"must be one of {', '.join(LOG_LEVELS)}", self.level)
+    def check(self, key: str) -> None:
+        require(self.level in LOG_LEVELS, f"{key}.level", f"must be one of {', '.join(LOG_LEVELS)}", self.level)
 
 
 @dataclass(frozen=True)
@@ -278,11 +259,6 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-    def validate(self) -> Config:
-        for f in fields(self):
-            getattr(self, f.name).validate(f.name)
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -302,7 +278,7 @@ class Config:
         model: str | None = None,
         monitor: str | None = None,
     ) -> Config:
-        """Apply the command-line overrides, then validate again."""
+        """Apply the command-line overrides (each section checks itself again)."""
         cfg = self
         if lsl_stream is not None:
             cfg = dataclasses.replace(cfg, lsl=dataclasses.replace(cfg.lsl, name=lsl_stream))
@@ -312,7 +288,7 @@ class Config:
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model))
         if monitor is not None:
             cfg = dataclasses.replace(cfg, monitor=dataclasses.replace(cfg.monitor, endpoint=monitor))
-        return cfg.validate()
+        return cfg
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -335,11 +311,7 @@ def _section_type(cls: type, name: str) -> type:
 
 def from_dict(data: Any, where: str = "config") -> Config:
     """Validate a parsed YAML document into a :class:`Config`."""
-    cfg = document(Config, data, where)
-    try:
-        return cfg.validate()
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return document(Config, data, where)
 
 
 def service_config_path(env: typing.Mapping[str, str] | None = None) -> Path | None:

@@ -1,4 +1,5 @@
-"""Lab Streaming Layer pieces shared by the daemon's reader and the calibration recorder: what a
+"""Lab Streaming Layer pieces shared by the daemon's reader and the calibration recorder: which
+stream to take (:class:`StreamSelector`, the ``lsl`` section of both tools' configs), what a
 resolved stream says about itself, and keeping liblsl's INFO lines off stderr. pylsl is passed
 in or imported inside the functions, so importing this module does not load liblsl."""
 
@@ -6,7 +7,44 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from metaemg.typedconfig import Section, is_number, require
+
 WARNINGS, FATAL_ONLY = -1, -3  # liblsl's (loguru's) log levels
+DEFAULT_STREAM_NAME = "MyHand-EMG"
+SELECTORS = ("name", "type", "source_id")
+
+
+@dataclass(frozen=True)
+class StreamSelector(Section):
+    """Which armband stream to take (at least one of name, type, source_id), and how long to look
+    for it. The tools derive their ``lsl`` section from it and add their own keys."""
+
+    KEY = "lsl"
+    name: str | None = DEFAULT_STREAM_NAME
+    type: str | None = None
+    source_id: str | None = None
+    resolve_timeout_s: float = 2.0
+
+    def check(self, key: str) -> None:
+        values = tuple(getattr(self, attr) for attr in SELECTORS)
+        require(any(values), key, "give at least one of name, type, source_id", values)
+        for attr, value in zip(SELECTORS, values, strict=True):
+            require(
+                value is None or ("'" not in value and value.strip() == value and value != ""),
+                f"{key}.{attr}",
+                "must be a non-empty string without quotes or surrounding spaces",
+                value,
+            )
+        require(
+            is_number(self.resolve_timeout_s) and 0 < self.resolve_timeout_s <= 60,
+            f"{key}.resolve_timeout_s",
+            "must be in (0, 60]",
+            self.resolve_timeout_s,
+        )
+
+    def predicate(self) -> str:
+        """The LSL XPath predicate matching every property given."""
+        return " and ".join(f"{attr}='{getattr(self, attr)}'" for attr in SELECTORS if getattr(self, attr))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
-"""Typed configuration from one explicit YAML file: the shared plumbing of the controller's and
-the calibration tool's configs. Sections are frozen dataclasses with simple field types (bool,
-int, float, str, or ``X | None``); every problem is one ConfigError naming the dotted key."""
+"""Typed configuration from one explicit YAML file: the one mechanism of the device side's tools
+(the controller's and the calibration tool's configs). Sections are frozen dataclasses derived
+from :class:`Section`, with simple field types (bool, int, float, str, or ``X | None``) and
+their rules in :meth:`Section.check`, which runs whenever one is built (from a file, by
+``dataclasses.replace`` for a command-line override, or in code). Every problem is one
+ConfigError naming the dotted key: ``KEY: PROBLEM, got VALUE``."""
 
 from __future__ import annotations
 
@@ -12,9 +15,33 @@ import types
 import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from metaemg.errors import ConfigError
+
+
+def require(ok: bool, key: str, problem: str, value: object) -> None:
+    """The rule of every section: ConfigError ``KEY: PROBLEM, got VALUE`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}: {problem}, got {value!r}")
+
+
+class Section:
+    """Base of a configuration section (a frozen dataclass): :meth:`check` states its rules with
+    :func:`require`, under the section's dotted key :attr:`KEY`."""
+
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.check(self.KEY)
+
+    def check(self, key: str) -> None:
+        """Raise ConfigError for a value this section does not accept (``key``: its dotted key)."""
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float, not a bool (YAML's true would otherwise pass as 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

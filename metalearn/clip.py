@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metaemg.errors import ConfigError, DataError
+from metaemg.errors import DataError
 from metaemg.signal import SignalChain, SignalSpec, make_windows, rate_matches
+from metaemg.typedconfig import Section, is_number, require
 from metalearn.metrics import INTENTS
 from metalearn.recording import Recording
 
@@ -29,17 +30,17 @@ FLAT_FRACTION = 1e-3  # of the input range: a channel that moves less than this 
 
 
 @dataclass(frozen=True)
-class ClipRules:
-    """What makes a clip usable (the ``gate`` section of the configuration holds these)."""
+class ClipRules(Section):
+    """What makes a clip usable (the ``clip`` section of the calibration configuration)."""
 
+    KEY = "clip"
     min_intent_s: float = 0.5  # of each intent, in each cycle
     max_saturated: float = 0.2  # fraction of samples at the armband's range limits
 
-    def __post_init__(self) -> None:
-        for key, hi in (("min_intent_s", 30.0), ("max_saturated", 1.0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= hi:
-                raise ConfigError(f"clip.{key} must be a number in [0, {hi:g}], got {value!r}")
+    def check(self, key: str) -> None:
+        for attr, hi in (("min_intent_s", 30.0), ("max_saturated", 1.0)):
+            value = getattr(self, attr)
+            require(is_number(value) and 0 <= value <= hi, f"{key}.{attr}", f"must be a number in [0, {hi:g}]", value)
 
 
 @dataclass(frozen=True, eq=False)

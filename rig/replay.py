@@ -27,10 +27,10 @@ from typing import IO
 
 import numpy as np
 
-from controller.config import DEFAULT_STREAM_NAME
 from metaemg.cli import entry_point
 from metaemg.errors import DataError
 from metaemg.intents import INTENTS
+from metaemg.lsl import DEFAULT_STREAM_NAME
 from metalearn.myo import default_myo_root
 
 

@@ -317,8 +317,8 @@ def test_without_torch_it_says_what_to_install_before_recording(base, clips, tmp
         (["--base-model", "/nonexistent/base.onnx", "--from-recording", "x.csv"], "base model not found"),
         (["--rollback", "--out", "m.onnx"], "--rollback takes no --out"),
         (["--rollback"], "nothing to roll back to"),
-        (["--cycles", "1", "--print-config"], "protocol.cycles must be an integer in 2..10"),
-        (["--min-accuracy", "2", "--print-config"], "gate.min_accuracy must be a fraction"),
+        (["--cycles", "1", "--print-config"], "protocol.cycles: must be an integer in 2..10"),
+        (["--min-accuracy", "2", "--print-config"], "gate.min_accuracy: must be a fraction"),
     ],
 )
 def test_bad_input_is_one_line(args, fragment, tmp_path, capsys):

@@ -61,7 +61,7 @@ def test_labels_follow_the_cues_shifted_by_the_reaction_time():
 @pytest.mark.parametrize(
     "changes, fragment",
     [
-        ({"cycles": 1}, "protocol.cycles must be an integer in 2..10"),
+        ({"cycles": 1}, "protocol.cycles: must be an integer in 2..10"),
         ({"open_s": 0.1}, "protocol.open_s"),
         ({"reaction_s": 2.0}, "protocol.reaction_s"),
         ({"countdown_s": 1.5}, "protocol.countdown_s"),
@@ -190,7 +190,7 @@ def test_config_file_overrides_defaults_and_refuses_unknown_keys(tmp_path):
     for text, fragment in [
         ("protocol:\n  cycle: 4\n", "unknown key 'protocol.cycle'"),
         ("gate:\n  min_accuracy: high\n", "gate.min_accuracy: must be a number, got 'high'"),
-        ("cues:\n  endpoint: udp://x\n", "cues.endpoint must be"),
+        ("cues:\n  endpoint: udp://x\n", "cues.endpoint: must be"),
         ("protocol: [1]\n", "protocol: must be a mapping, got list"),
         ("a: [\n", "not valid YAML"),
     ]:

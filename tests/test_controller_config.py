@@ -194,3 +194,26 @@ def test_the_daemon_never_imports_torch():
     )
     proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_both_device_tools_use_one_config_mechanism():
+    """Every section of the controller's and the calibration tool's configs is a typedconfig
+    Section: checked whenever it is built, a command-line override included, with one message form."""
+    import dataclasses
+
+    from calibration.config import CalibrationConfig
+    from metaemg.lsl import StreamSelector
+    from metaemg.typedconfig import Section
+
+    assert issubclass(CalibrationConfig, Section)  # it has top-level keys of its own (keep_models)
+    for config in (Config(), CalibrationConfig()):
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            assert not dataclasses.is_dataclass(value) or isinstance(value, Section), f.name
+    assert issubclass(type(Config().lsl), StreamSelector) and issubclass(type(CalibrationConfig().lsl), StreamSelector)
+    cfg = Config()
+    with pytest.raises(ConfigError, match=re.escape("logging.level: must be one of")):
+        dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, level="loud"))
+    for config in (cfg, CalibrationConfig()):
+        with pytest.raises(ConfigError, match=re.escape("lsl.name: must be a non-empty string")):
+            dataclasses.replace(config.lsl, name="it's")
