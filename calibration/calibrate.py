@@ -27,8 +27,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,42 +76,19 @@ def calibrate(
     spec = base.info.signal
     clip = prepare_clip(rec, spec, config.clip)
     steady = steady_windows(rec.labels, clip.ends, spec.window)
-    say(f"clip: {clip_path} ({rec.duration:.1f} s, {rec.n_samples} samples at {rec.sample_rate:.0f} Hz)")
-    starts = ", ".join(f"{t:.1f}" for t in clip.cycle_times())
-    say(
-        f"{clip.n_cycles} cycles (from {starts} s): each is scored by a model adapted on the others "
-        f"(cross-validation); the model installed is adapted on all {len(clip.labels)} windows"
-    )
-    activity = clip.activity()
-    if min(activity["open"], activity["close"]) < 1.2:
-        say(
-            f"note: little muscle activity during open/close compared with relax ({activity}); "
-            "the patient may not have followed the cues"
-        )
-    if base.info.calibration is not None:
-        say("note: the base model is itself a calibrated model; calibrating from the meta-model is usual")
+    activity = _describe_clip(rec, clip, clip_path, base)
 
     dec_base = base.predict(clip.windows).argmax(axis=1)
     before = summary(clip.labels, dec_base, steady)
     say(f"base model {base.info.model_id}: held-out accuracy {before['accuracy']:.2f} ({fmt_recall(before['recall'])})")
 
-    from metalearn.adapt import Adapter, export_adapted
+    from metalearn.adapt import Adapter
 
     adapter = Adapter.from_file(base_model)
-    dec_cv = np.empty_like(clip.labels)
-    for _, train, held, samples in clip.folds():
-        fold = adapter.adapt(clip.windows[train], clip.labels[train], clip.conditioned[samples])
-        dec_cv[held] = fold.predict(clip.windows[held]).argmax(axis=1)
+    dec_cv = _cross_validated_decisions(adapter, clip)
     after = summary(clip.labels, dec_cv, steady)
     adapted = adapter.adapt(clip.windows, clip.labels, clip.conditioned)
-    inner = base.info.inner
-    how = (
-        f"closed-form {inner['head']} head, shrinkage {inner.get('shrinkage', 0):g}"
-        + (f", then {inner['optimizer']} x {inner['steps']} at lr {inner['lr']:g}" if inner["steps"] else "")
-        if inner.get("head")
-        else f"{inner['optimizer']}, {inner['steps']} steps, lr {inner['lr']:g}"
-    )
-    say(f"adapted in {adapted.adapt_seconds:.3f} s ({how}, on this PC's CPU)")
+    say(f"adapted in {adapted.adapt_seconds:.3f} s ({_recipe(base.info.inner)}, on this PC's CPU)")
     dec_torch = adapted.predict(clip.windows).argmax(axis=1)
     witnesses = _witnesses(base, adapter, store, clip)
     implausible = plausible.reasons(witnesses, config.gate.swap_margin)
@@ -129,49 +108,9 @@ def calibrate(
         source,
     )
 
-    out_dir = out.parent if out is not None else store.models
-    candidate = out_dir / f".candidate-{os.getpid()}-{clip_digest[:8]}.onnx"
-    model_path = current = installed = None
-    try:
-        export_adapted(adapted, calibration, candidate, clip.windows)
-        new = OnnxModel(candidate)
-        dec_new = new.predict(clip.windows).argmax(axis=1)
-        if not np.array_equal(dec_new, dec_torch):
-            raise ModelError(
-                f"{candidate}: onnxruntime and torch decide differently on "
-                f"{int((dec_new != dec_torch).sum())} window(s) of the clip; nothing installed"
-            )
-        model_id = new.info.model_id
-        say(f"adapted model {model_id}: held-out accuracy {after['accuracy']:.2f} ({fmt_recall(after['recall'])})")
-        say(f"gate: {decision.line()}")
-        if decision.install:
-            if out is not None:
-                os.chmod(candidate, PRIVATE)  # fitted to a patient's clip: patient data
-                os.replace(candidate, out)
-                model_path = out
-                say(f"wrote {out} (not installed: --out)")
-            else:
-                installed = store.install(
-                    candidate,
-                    when,
-                    base_model,
-                    {
-                        "accuracy_before": before["accuracy"],
-                        "accuracy_after": after["accuracy"],
-                        "clip": clip_path.name,
-                        "forced": decision.forced,
-                    },
-                )
-                model_path, current = installed.versioned, installed.current
-                say(
-                    f"installed: {current} ({installed.versioned.name}); the previous model "
-                    f"{installed.previous_model_id} is kept for --rollback"
-                )
-        else:
-            say("nothing installed: the current model stays (use --force to install this one anyway)")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            candidate.unlink()
+    model_id, model_path, current, installed = _export_and_install(
+        adapted, calibration, clip, dec_torch, decision, before, after, store, when, base_model, clip_path, out
+    )
 
     daemon = None
     if installed is not None and link is not None and config.daemon.notify:
@@ -242,6 +181,111 @@ def calibrate(
             "then calibrate again."
         )
     return result
+
+
+def _describe_clip(rec: Recording, clip: ClipWindows, clip_path: Path, base: OnnxModel) -> dict:
+    """Say what the clip is and what may be wrong with it; returns its muscle activity per intent."""
+    say(f"clip: {clip_path} ({rec.duration:.1f} s, {rec.n_samples} samples at {rec.sample_rate:.0f} Hz)")
+    starts = ", ".join(f"{t:.1f}" for t in clip.cycle_times())
+    say(
+        f"{clip.n_cycles} cycles (from {starts} s): each is scored by a model adapted on the others "
+        f"(cross-validation); the model installed is adapted on all {len(clip.labels)} windows"
+    )
+    activity = clip.activity()
+    if min(activity["open"], activity["close"]) < 1.2:
+        say(
+            f"note: little muscle activity during open/close compared with relax ({activity}); "
+            "the patient may not have followed the cues"
+        )
+    if base.info.calibration is not None:
+        say("note: the base model is itself a calibrated model; calibrating from the meta-model is usual")
+    return activity
+
+
+def _cross_validated_decisions(adapter, clip: ClipWindows) -> np.ndarray:
+    """Each cycle's windows decided by the base model adapted on the other cycles (the gate's
+    estimate of how the installed model does on data it has not seen)."""
+    decisions = np.empty_like(clip.labels)
+    for _, train, held, samples in clip.folds():
+        fold = adapter.adapt(clip.windows[train], clip.labels[train], clip.conditioned[samples])
+        decisions[held] = fold.predict(clip.windows[held]).argmax(axis=1)
+    return decisions
+
+
+def _recipe(inner: Mapping[str, Any]) -> str:
+    """The base model's inner loop in words."""
+    if inner.get("head"):
+        recipe = f"closed-form {inner['head']} head, shrinkage {inner.get('shrinkage', 0):g}"
+        if inner["steps"]:
+            recipe += f", then {inner['optimizer']} x {inner['steps']} at lr {inner['lr']:g}"
+        return recipe
+    return f"{inner['optimizer']}, {inner['steps']} steps, lr {inner['lr']:g}"
+
+
+def _export_and_install(
+    adapted,
+    calibration: dict,
+    clip: ClipWindows,
+    dec_torch: np.ndarray,
+    decision: GateDecision,
+    before: dict,
+    after: dict,
+    store: Store,
+    when: datetime,
+    base_model: Path,
+    clip_path: Path,
+    out: Path | None,
+):
+    """Export the adapted model to a candidate file, check that onnxruntime decides the clip as
+    torch did, then install it (or write it to ``out``) if the gate allows; the candidate never
+    outlives this call. Returns (model_id, model_path, current, installed)."""
+    from metalearn.adapt import export_adapted
+
+    out_dir = out.parent if out is not None else store.models
+    candidate = out_dir / f".candidate-{os.getpid()}-{calibration['clip_sha256'][:8]}.onnx"
+    model_path = current = installed = None
+    try:
+        export_adapted(adapted, calibration, candidate, clip.windows)
+        new = OnnxModel(candidate)
+        dec_new = new.predict(clip.windows).argmax(axis=1)
+        if not np.array_equal(dec_new, dec_torch):
+            raise ModelError(
+                f"{candidate}: onnxruntime and torch decide differently on "
+                f"{int((dec_new != dec_torch).sum())} window(s) of the clip; nothing installed"
+            )
+        model_id = new.info.model_id
+        say(f"adapted model {model_id}: held-out accuracy {after['accuracy']:.2f} ({fmt_recall(after['recall'])})")
+        say(f"gate: {decision.line()}")
+        if decision.install:
+            if out is not None:
+                os.chmod(candidate, PRIVATE)  # fitted to a patient's clip: patient data
+                os.replace(candidate, out)
+                model_path = out
+                say(f"wrote {out} (not installed: --out)")
+            else:
+                installed = store.install(
+                    candidate,
+                    when,
+                    base_model,
+                    {
+                        "accuracy_before": before["accuracy"],
+                        "accuracy_after": after["accuracy"],
+                        "clip": clip_path.name,
+                        "forced": decision.forced,
+                    },
+                )
+                model_path, current = installed.versioned, installed.current
+                say(
+                    f"installed: {current} ({installed.versioned.name}); the previous model "
+                    f"{installed.previous_model_id} is kept for --rollback"
+                )
+        else:
+            say("nothing installed: the current model stays (use --force to install this one anyway)")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+
+    return model_id, model_path, current, installed
 
 
 def _witnesses(base: OnnxModel, adapter, store: Store, clip: ClipWindows) -> list:

@@ -21,7 +21,7 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -203,52 +203,13 @@ class ModelInfo:
             raise bad("class_names", f"is {class_names!r}; the orthosis is driven by {list(CLASS_NAMES)} in that order")
 
         inner = get("inner")
-        if not isinstance(inner, dict) or not INNER_KEYS <= set(inner) <= INNER_KEYS | INNER_OPTIONAL:
-            raise bad(
-                "inner",
-                f"must be an object with optimizer, steps, lr, first_order (and optionally "
-                f"{', '.join(sorted(INNER_OPTIONAL))}), got {inner!r}",
-            )
-        if inner["optimizer"] not in INNER_OPTIMIZERS:
-            raise bad("inner", f"optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner['optimizer']!r}")
-        if not _is_int(inner["steps"]) or inner["steps"] < 0:
-            raise bad("inner", f"steps must be an integer >= 0, got {inner['steps']!r}")
-        if not _is_num(inner["lr"]) or inner["lr"] <= 0:
-            raise bad("inner", f"lr must be a finite number > 0, got {inner['lr']!r}")
-        if not isinstance(inner["first_order"], bool):
-            raise bad("inner", f"first_order must be true or false, got {inner['first_order']!r}")
-        batch = inner.get("batch_size")
-        if batch is not None and (not _is_int(batch) or batch < 1):
-            raise bad("inner", f"batch_size must be null or an integer >= 1, got {batch!r}")
-        if inner.get("head") is not None and inner["head"] not in INNER_HEADS:
-            raise bad("inner", f"head must be null or one of {', '.join(INNER_HEADS)}, got {inner['head']!r}")
-        shrinkage = inner.get("shrinkage", 0.0)
-        if not _is_num(shrinkage) or not 0 <= shrinkage <= 1:
-            raise bad("inner", f"shrinkage must be a number in [0, 1], got {shrinkage!r}")
+        _check_inner(inner, bad)
 
         model = get("model")
-        if not isinstance(model, dict) or model.get("kind") not in MODEL_KINDS:
-            raise bad("model", f"must be an object whose kind is one of {', '.join(MODEL_KINDS)}, got {model!r}")
-        for key, value in model.items():
-            if key != "kind" and (not _is_int(value) or value < 1):
-                raise bad("model", f"hyper-parameter {key} must be a positive integer, got {value!r}")
-        for key, expected in (
-            ("n_channels", signal.channels),
-            ("window", signal.window),
-            ("n_classes", len(class_names)),
-        ):
-            if model.get(key) != expected:
-                raise bad("model", f"{key} is {model.get(key)!r}, but the file's stream/classes need {expected}")
+        _check_model(model, bad, signal, len(class_names))
 
         scaler = get("scaler")
-        if not isinstance(scaler, dict) or scaler.get("kind") not in SCALER_KINDS:
-            raise bad("scaler", f"must be an object whose kind is one of {', '.join(SCALER_KINDS)}, got {scaler!r}")
-        for key in ("offset", "scale"):
-            values = scaler.get(key)
-            if not isinstance(values, list) or len(values) != signal.channels or not all(map(_is_num, values)):
-                raise bad("scaler", f"{key} must be {signal.channels} finite numbers, got {values!r}")
-        if any(v == 0 for v in scaler["scale"]):
-            raise bad("scaler", "scale must not contain 0")
+        _check_scaler(scaler, bad, signal.channels)
 
         model_id = get("model_id")
         if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id):
@@ -274,17 +235,7 @@ class ModelInfo:
         if calibration is not None and not isinstance(calibration, dict):
             raise bad("calibration", f"must be an object or null, got {calibration!r}")
         population = data.get("population")
-        if population is not None:
-            means = population.get("means") if isinstance(population, dict) else None
-            if not (
-                isinstance(means, list)
-                and len(means) == len(class_names)
-                and all(isinstance(m, list) and m and len(m) == len(means[0]) and all(map(_is_num, m)) for m in means)
-            ):
-                raise bad("population", f"means must be {len(class_names)} equal lists of numbers, got {means!r:.80}")
-            turn = population.get("max_rotation")
-            if not _is_int(turn) or turn < 0:
-                raise bad("population", f"max_rotation must be an integer >= 0, got {turn!r}")
+        _check_population(population, bad, len(class_names))
 
         return cls(
             path=None if path is None else str(path),
@@ -313,6 +264,79 @@ class ModelInfo:
                 f"{_where(path)}not a MetaEMG model: no '{METADATA_KEY}' metadata (export it with metaemg-export)"
             )
         return cls.from_json(props[METADATA_KEY], path)
+
+
+Bad = Callable[[str, str], ModelError]  # (field, problem) -> the error naming the file and field
+
+
+def _check_inner(inner: Any, bad: Bad) -> None:
+    """The ``inner`` field: how calibration adapts this model."""
+    if not isinstance(inner, dict) or not INNER_KEYS <= set(inner) <= INNER_KEYS | INNER_OPTIONAL:
+        raise bad(
+            "inner",
+            f"must be an object with optimizer, steps, lr, first_order (and optionally "
+            f"{', '.join(sorted(INNER_OPTIONAL))}), got {inner!r}",
+        )
+    if inner["optimizer"] not in INNER_OPTIMIZERS:
+        raise bad("inner", f"optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner['optimizer']!r}")
+    if not _is_int(inner["steps"]) or inner["steps"] < 0:
+        raise bad("inner", f"steps must be an integer >= 0, got {inner['steps']!r}")
+    if not _is_num(inner["lr"]) or inner["lr"] <= 0:
+        raise bad("inner", f"lr must be a finite number > 0, got {inner['lr']!r}")
+    if not isinstance(inner["first_order"], bool):
+        raise bad("inner", f"first_order must be true or false, got {inner['first_order']!r}")
+    batch = inner.get("batch_size")
+    if batch is not None and (not _is_int(batch) or batch < 1):
+        raise bad("inner", f"batch_size must be null or an integer >= 1, got {batch!r}")
+    if inner.get("head") is not None and inner["head"] not in INNER_HEADS:
+        raise bad("inner", f"head must be null or one of {', '.join(INNER_HEADS)}, got {inner['head']!r}")
+    shrinkage = inner.get("shrinkage", 0.0)
+    if not _is_num(shrinkage) or not 0 <= shrinkage <= 1:
+        raise bad("inner", f"shrinkage must be a number in [0, 1], got {shrinkage!r}")
+
+
+def _check_model(model: Any, bad: Bad, signal: SignalSpec, n_classes: int) -> None:
+    """The ``model`` field: its kind and hyper-parameters, consistent with the stream and classes."""
+    if not isinstance(model, dict) or model.get("kind") not in MODEL_KINDS:
+        raise bad("model", f"must be an object whose kind is one of {', '.join(MODEL_KINDS)}, got {model!r}")
+    for key, value in model.items():
+        if key != "kind" and (not _is_int(value) or value < 1):
+            raise bad("model", f"hyper-parameter {key} must be a positive integer, got {value!r}")
+    for key, expected in (
+        ("n_channels", signal.channels),
+        ("window", signal.window),
+        ("n_classes", n_classes),
+    ):
+        if model.get(key) != expected:
+            raise bad("model", f"{key} is {model.get(key)!r}, but the file's stream/classes need {expected}")
+
+
+def _check_scaler(scaler: Any, bad: Bad, channels: int) -> None:
+    """The ``scaler`` field: one finite offset and non-zero scale per channel."""
+    if not isinstance(scaler, dict) or scaler.get("kind") not in SCALER_KINDS:
+        raise bad("scaler", f"must be an object whose kind is one of {', '.join(SCALER_KINDS)}, got {scaler!r}")
+    for key in ("offset", "scale"):
+        values = scaler.get(key)
+        if not isinstance(values, list) or len(values) != channels or not all(map(_is_num, values)):
+            raise bad("scaler", f"{key} must be {channels} finite numbers, got {values!r}")
+    if any(v == 0 for v in scaler["scale"]):
+        raise bad("scaler", "scale must not contain 0")
+
+
+def _check_population(population: Any, bad: Bad, n_classes: int) -> None:
+    """The optional ``population`` field: the training population's class means."""
+    if population is None:
+        return
+    means = population.get("means") if isinstance(population, dict) else None
+    if not (
+        isinstance(means, list)
+        and len(means) == n_classes
+        and all(isinstance(m, list) and m and len(m) == len(means[0]) and all(map(_is_num, m)) for m in means)
+    ):
+        raise bad("population", f"means must be {n_classes} equal lists of numbers, got {means!r:.80}")
+    turn = population.get("max_rotation")
+    if not _is_int(turn) or turn < 0:
+        raise bad("population", f"max_rotation must be an integer >= 0, got {turn!r}")
 
 
 def _where(path: str | os.PathLike | None) -> str:

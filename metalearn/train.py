@@ -171,15 +171,11 @@ def _tensors(task: tuple, device):
     return tuple(to_tensor(a, device, torch.long if k % 2 else torch.float32) for k, a in enumerate(task))
 
 
-def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
+def _device_and_processes(cfg: TrainConfig):
+    """(device, world size, rank): ``test.device`` or the local GPU/CPU; under torchrun, the
+    process group is joined here (gloo on CPU, nccl on CUDA)."""
     import torch
     import torch.distributed as dist
-    from tqdm import tqdm
-
-    from metalearn.checkpoint import load_checkpoint, save_checkpoint, stable_hash
-    from metalearn.evaluate import compare, pretrain_pooled, write_reports
-    from metalearn.maml import InnerLoop, OuterLoop, meta_loss, meta_step, model_params, shard_tasks
-    from metalearn.models import build_model, model_hparams
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -191,14 +187,13 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
         device = torch.device(cfg.device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    lead = rank == 0
+    return device, world, rank
 
-    seed = random.randint(0, 10_000) if cfg.seed == "r" else cfg.seed
-    assert isinstance(seed, int)  # TrainConfig accepts only an integer or "r"
-    assert cfg.compile is None or isinstance(cfg.compile, str)  # TrainConfig maps True/False to a backend/None
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
 
+def _load_tasks(cfg: TrainConfig, base_dir: Path, rng: np.random.Generator):
+    """The training, validation and test tasks as windows: (train, val, tests, spec, data hash,
+    test data hash). Validation tasks are drawn from the training collection with ``rng``, or are
+    the test tasks when ``test.n_val_tasks`` is 0."""
     root = _resolve(cfg.data_root, base_dir)
     train_path = _resolve(cfg.train_collection_json, base_dir)
     test_path = _resolve(cfg.test_collection_json, base_dir)
@@ -218,6 +213,79 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     order = rng.permutation(len(all_tasks))
     val = [all_tasks[i] for i in order[: cfg.n_val_tasks]] or tests
     train_tasks = [all_tasks[i] for i in order[cfg.n_val_tasks :]]
+    return train_tasks, val, tests, spec, data_hash, test_hash
+
+
+def _inner_doc(inner, cfg: TrainConfig, closed_form: bool) -> dict[str, Any]:
+    """The inner loop as model files and checkpoints record it (how calibration adapts)."""
+    doc = {
+        "optimizer": inner.optimizer,
+        "steps": inner.steps,
+        "lr": inner.lr,
+        "first_order": inner.first_order,
+        "batch_size": inner.batch_size,
+    }
+    if closed_form:
+        doc.update(head="lda", shrinkage=float(cfg.lda_shrinkage))
+    return doc
+
+
+def _compare_on_tests(cfg: TrainConfig, hp: dict, model, train_tasks: list, tests: list, inner_doc: dict, device, seed):
+    """B1 (no pre-training), B2 (pooled pre-training on the same tasks) and the meta-model, each
+    adapted on every test task: (logs at test.inner_steps, convergence logs or None)."""
+    import torch
+
+    from metalearn.evaluate import compare, pretrain_pooled
+    from metalearn.models import build_model
+
+    torch.manual_seed(seed)
+    b1 = build_model(cfg.model, **hp).to(device).eval()
+    torch.manual_seed(seed)
+    b2 = build_model(cfg.model, **hp).to(device)
+    if cfg.model == "feat":
+        fit_whitening(b2, train_tasks, rotate=cfg.augment_rotation, device=device, per_task=False)
+    else:
+        b2 = pretrain_pooled(
+            b2,
+            train_tasks,
+            steps=max(1, cfg.meta_steps) * cfg.inner_steps,
+            batch=cfg.batch_size * cfg.n_train_tasks,
+            lr=float(cfg.outer_lr),
+            seed=seed,
+            device=device,
+        )
+    models = {"B1": b1, "B2": b2.eval(), "meta-model": model.eval()}
+    kw: dict[str, Any] = {"inner": inner_doc, "rorcr_size": cfg.rorcr_size, "device": device}
+    logs = compare(models, tests, steps_list=[cfg.inner_steps], **kw)
+    conv = compare(models, tests, steps_list=list(cfg.converge_steps), **kw) if cfg.converge_baselines else None
+    return logs, conv
+
+
+def _write_run_files(run_dir: Path, history: list, resolved: dict, summary: dict) -> None:
+    """The run's JSON records: the loss history, the resolved configuration and the summary."""
+    res_dir = run_dir / "results"
+    write_text(res_dir / "meta_training_log.json", json.dumps(history, indent=1))
+    write_text(run_dir / "resolved_config.json", json.dumps(resolved, indent=2))
+    write_text(res_dir / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+
+
+def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from metalearn.checkpoint import load_checkpoint, save_checkpoint, stable_hash
+    from metalearn.evaluate import write_reports
+    from metalearn.maml import InnerLoop, OuterLoop, meta_loss, meta_step, model_params, shard_tasks
+    from metalearn.models import build_model, model_hparams
+
+    device, world, rank = _device_and_processes(cfg)
+    lead = rank == 0
+    seed = random.randint(0, 10_000) if cfg.seed == "r" else cfg.seed
+    assert isinstance(seed, int)  # TrainConfig accepts only an integer or "r"
+    assert cfg.compile is None or isinstance(cfg.compile, str)  # TrainConfig maps True/False to a backend/None
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    train_tasks, val, tests, spec, data_hash, test_hash = _load_tasks(cfg, base_dir, rng)
 
     inner = InnerLoop(
         steps=cfg.inner_steps,
@@ -252,15 +320,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     )
     verify = unscaled(train_tasks[0].x_query[:32], train_tasks[0].scaler).astype(np.float32)
     config_dict = cfg.to_dict()
-    inner_doc = {
-        "optimizer": inner.optimizer,
-        "steps": inner.steps,
-        "lr": inner.lr,
-        "first_order": inner.first_order,
-        "batch_size": inner.batch_size,
-    }
-    if closed_form:
-        inner_doc.update(head="lda", shrinkage=float(cfg.lda_shrinkage))
+    inner_doc = _inner_doc(inner, cfg, closed_form)
     common = {
         "model": model_hparams(model),
         "signal": spec.to_dict(),
@@ -349,26 +409,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
         "compile": cfg.compile,
     }
     if tests:
-        torch.manual_seed(seed)
-        b1 = build_model(cfg.model, **hp).to(device).eval()
-        torch.manual_seed(seed)
-        b2 = build_model(cfg.model, **hp).to(device)
-        if closed_form:
-            fit_whitening(b2, train_tasks, rotate=cfg.augment_rotation, device=device, per_task=False)
-        else:
-            b2 = pretrain_pooled(
-                b2,
-                train_tasks,
-                steps=max(1, cfg.meta_steps) * cfg.inner_steps,
-                batch=cfg.batch_size * cfg.n_train_tasks,
-                lr=float(cfg.outer_lr),
-                seed=seed,
-                device=device,
-            )
-        models = {"B1": b1, "B2": b2.eval(), "meta-model": model.eval()}
-        kw: dict[str, Any] = {"inner": inner_doc, "rorcr_size": cfg.rorcr_size, "device": device}
-        logs = compare(models, tests, steps_list=[cfg.inner_steps], **kw)
-        conv = compare(models, tests, steps_list=list(cfg.converge_steps), **kw) if cfg.converge_baselines else None
+        logs, conv = _compare_on_tests(cfg, hp, model, train_tasks, tests, inner_doc, device, seed)
         summary["test_data_hash"] = test_hash
         if cfg.save:
             summary.update(write_reports(res_dir, logs, inner_steps=cfg.inner_steps, convergence=conv))
@@ -377,12 +418,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
 
             summary["table"] = {r[0]: r[-1] for r in results_table(logs, cfg.inner_steps)[1]}
     if cfg.save:
-        write_text(res_dir / "meta_training_log.json", json.dumps(history, indent=1))
-        write_text(
-            run_dir / "resolved_config.json",
-            json.dumps({"test": config_dict, "signal_spec": spec.to_dict(), "seed": seed}, indent=2),
-        )
-        write_text(res_dir / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+        _write_run_files(run_dir, history, {"test": config_dict, "signal_spec": spec.to_dict(), "seed": seed}, summary)
     if wb:
         wb.finish()
     return summary
