@@ -45,19 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from metaemg.intents import INTENTS
+from rig.models import myo_recording, train_model
+from rig.processes import Daemon, Sim, Sub, unique_name
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("input", "signal", "model", "policy", "link")
-
-
-def helpers():
-    """tests/controller_helpers.py: the simulator, daemon and monitor wrappers the tests use."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import controller_helpers
-
-    return controller_helpers
 
 
 def stats(values_ms) -> dict:
@@ -165,8 +157,7 @@ def relay(name: str, pty_path: str, mode: str) -> int:
 
 def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> list[float]:
     """Push ``seconds`` of samples; returns push -> pty arrival per write, in ms."""
-    h = helpers()
-    name = h.unique_name(f"bench-floor-{mode}")
+    name = unique_name(f"bench-floor-{mode}")
     master, slave = os.openpty()
     tty.setraw(slave)
     pusher = Pusher(name, emg, None, rate)
@@ -252,9 +243,8 @@ def load_data():
     from rig.replay import load_source
 
     if (default_myo_root() / "EvaluationDataset").is_dir():
-        h = helpers()
         rec = load_source("myo:Male13/Test0")
-        train = [h.myo_recording(default_myo_root(), "Male13", s) for s in ("training0", "Test1")]
+        train = [myo_recording(default_myo_root(), "Male13", s) for s in ("training0", "Test1")]
         return rec.emg, rec.labels, rec.sample_rate, "myo:Male13/Test0", train
     rec = load_source("synth")
     return rec.emg, rec.labels, rec.sample_rate, "synth", None
@@ -263,12 +253,11 @@ def load_data():
 def run_chain(
     work: Path, model: Path, emg: np.ndarray, labels, rate: float, duration: float, daemon_args: tuple[str, ...] = ()
 ) -> dict:
-    h = helpers()
-    sim = h.Sim(work)
-    name = h.unique_name("bench-emg")
+    sim = Sim(work)
+    name = unique_name("bench-emg")
     pusher = Pusher(name, emg, labels, rate).start()
-    daemon = h.Daemon(work, stream=name, port=str(sim.link), model=model, extra=daemon_args)
-    sub = h.Sub(daemon.monitor, topics=("decision", "event"))
+    daemon = Daemon(work, stream=name, port=str(sim.link), model=model, extra=daemon_args)
+    sub = Sub(daemon.monitor, topics=("decision", "event"))
     try:
         running = sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "running", 30, "running")
         t_start = running["t_mono"] + 1.0  # one second of warm-up
@@ -407,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         if model is None and train is not None:
             try:
                 print("training the test model on Male13 training0 + Test1 (torch, ~10 s) ...", flush=True)
-                model = helpers().train_model(work / "male13.onnx", train, steps=300)
+                model = train_model(work / "male13.onnx", train, steps=300)
                 model_note = "small dnn trained on Male13 training0+Test1"
             except ImportError:
                 model = None

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.latency import helpers, rss_kb
+from bench.latency import rss_kb
+from rig.processes import Daemon, Sim, Sub, unique_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,23 +64,22 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
     from metaemg.modelfile import default_model_path
     from rig.replay import Replay
 
-    h = helpers()
     emg, rate, label = load_recordings(source)
     duration = minutes * 60
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         work = Path(tmp)
-        sim = h.Sim(work)
-        name = h.unique_name("soak-emg")
+        sim = Sim(work)
+        name = unique_name("soak-emg")
         replay = Replay(emg, None, rate, name=name, loop=True, speed=speed).start()
-        daemon = h.Daemon(work, stream=name, port=str(sim.link), model=default_model_path())
-        sub = h.Sub(daemon.monitor, topics=("decision", "event"))
+        daemon = Daemon(work, stream=name, port=str(sim.link), model=default_model_path())
+        sub = Sub(daemon.monitor, topics=("decision", "event"))
         pid = daemon.proc.pid
         samples: list[dict] = []
         lat_slices: list[list[float]] = [[] for _ in range(10)]
         no_command = decisions = state_events = 0
         try:
             sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "running", 30, "running")
-            first = daemon.status()["counters"]  # from here on: pushed vs received, windows
+            first = daemon.request(cmd="status")["status"]["counters"]  # from here on: pushed vs received, windows
             pushed0 = replay.pushed
             t0 = time.monotonic()
             warm = t0 + min(10.0, 0.1 * duration)
@@ -107,7 +107,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
             pushed = replay.pushed - pushed0
             # counted before asking for the status: that control connection is one more fd
             final: dict[str, Any] = {"rss_kb": rss_kb(pid), "fds": fds(pid), "sim_alive": sim.proc.poll() is None}
-            status = daemon.status()
+            status = daemon.request(cmd="status")["status"]
             rc, exit_s = daemon.terminate()
         finally:
             sub.close()

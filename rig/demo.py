@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import contextlib
 import json
 import os
 import signal
@@ -36,6 +35,7 @@ from metaemg.cli import entry_point
 from metaemg.errors import DataError, MetaEMGError, ModelError
 from metaemg.intents import INTENTS
 from metalearn.myo import default_myo_root
+from rig.processes import Daemon, JsonLines, Sim, end_process, spawn
 
 REACTION_S = 0.3  # commands are scored against the label this long before (window + vote delay)
 PRINT_EVERY_S = 0.25
@@ -43,29 +43,6 @@ PRINT_EVERY_S = 0.25
 
 class DemoError(MetaEMGError):
     """A demo process did not start or died."""
-
-
-class _Lines:
-    """Incremental reader of a JSON-lines file another process appends to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self._pos, self._partial = path, 0, ""
-
-    def poll(self) -> list[dict]:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                fh.seek(self._pos)
-                data = self._partial + fh.read()
-                self._pos = fh.tell()
-        except FileNotFoundError:
-            return []
-        lines = data.split("\n")
-        self._partial = lines.pop()
-        out = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
 
 
 class Labels:
@@ -83,28 +60,6 @@ class Labels:
     def at(self, t: float) -> str | None:
         i = bisect.bisect_right(self.times, t) - 1
         return self.labels[i] if i >= 0 else None
-
-
-def _spawn(argv: list[str], log: Path, *, pipe_stdout: bool = False) -> subprocess.Popen:
-    """Start a child in a session of its own (Ctrl-C reaches only the demo, which then stops the
-    children in order), its output in ``log``."""
-    with open(log, "w", encoding="utf-8") as fh:
-        return subprocess.Popen(
-            argv, stdout=subprocess.PIPE if pipe_stdout else fh, stderr=fh, text=True, start_new_session=True
-        )
-
-
-def _stop(proc: subprocess.Popen | None, timeout: float = 5.0) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def _model_path(arg: Path | None) -> Path:
@@ -218,8 +173,10 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
     model = _calibrate(args, model, source, myo_root, work)
     py = sys.executable
     name = f"metaemg-demo-{os.getpid()}"
-    link, monitor, control = work / "myhand", f"ipc://{work}/monitor.sock", f"ipc://{work}/control.sock"
-    sim = replay = daemon = None
+    link, control = work / "myhand", f"ipc://{work}/control.sock"
+    sim: Sim | None = None
+    replay: subprocess.Popen | None = None
+    daemon: Daemon | None = None
     stopping = []
     old_int = signal.signal(signal.SIGINT, lambda *_: stopping.append("interrupted"))
     old_term = signal.signal(signal.SIGTERM, lambda *_: stopping.append("terminated"))
@@ -233,16 +190,11 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
             f"model    {model}\nreplay   {source} as LSL stream {name!r}\northosis simulator on {link}\n"
             f"logs     {work}\n"
         )
-        sim = _spawn(
-            [py, "-m", "firmware_protocol.cli", "orthosis", "--link", str(link), "--log", str(work / "sim.jsonl")],
-            work / "sim.out",
-            pipe_stdout=True,
-        )
-        assert sim.stdout is not None  # pipe_stdout=True
-        pty = sim.stdout.readline().strip()
-        if not pty:
-            raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})")
-        replay = _spawn(
+        try:
+            sim = Sim(work, output=work / "sim.out", start_new_session=True)
+        except RuntimeError:
+            raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})") from None
+        replay = spawn(
             [
                 py,
                 "-m",
@@ -257,27 +209,19 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
                 str(work / "replay.jsonl"),
             ],
             work / "replay.out",
+            start_new_session=True,
         )
-        daemon = _spawn(
-            [
-                py,
-                "-m",
-                "controller",
-                "--lsl-stream",
-                name,
-                "--serial-port",
-                str(link),
-                "--model",
-                str(model),
-                "--monitor",
-                monitor,
-                "--control",
-                control,
-            ],
-            work / "controller.log",
+        daemon = Daemon(
+            work,
+            stream=name,
+            port=str(link),
+            model=model,
+            control=control,
+            output=work / "controller.log",
+            start_new_session=True,
         )
-        sub.connect(monitor)
-        labels, replay_log, sim_log = Labels(), _Lines(work / "replay.jsonl"), _Lines(work / "sim.jsonl")
+        sub.connect(daemon.monitor)
+        labels, replay_log = Labels(), JsonLines(work / "replay.jsonl")
         t_start = time.monotonic()
         deadline = None if args.duration is None else t_start + args.duration
         last: dict = {}
@@ -285,7 +229,7 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
         if not args.quiet:
             print(f"{'time':>6}  {'recording':<9} {'decision':<9} {'p':>4}  {'daemon':<18} {'orthosis':<9} position")
         while not stopping and (deadline is None or time.monotonic() < deadline):
-            for proc, what in ((daemon, "myhand-controller"), (replay, "the replay"), (sim, "the simulator")):
+            for proc, what in ((daemon.proc, "myhand-controller"), (replay, "the replay"), (sim.proc, "the simulator")):
                 if proc.poll() is not None:
                     raise DemoError(
                         f"{what} exited with status {proc.returncode} (see the logs in {work}: "
@@ -309,16 +253,18 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
                 _print_line(now - t_start, last, labels)
         t_end = time.monotonic()
     finally:
-        daemon_rc = _stop(daemon)
-        _stop(replay)
-        _stop(sim)
+        daemon_rc = None if daemon is None else daemon.stop()
+        if replay is not None:
+            end_process(replay)
+        if sim is not None:
+            sim.stop()
         sub.close(0)
         ctx.term()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
     for record in replay_log.poll():
         labels.add(record)
-    commands = [r for r in sim_log.poll() if r.get("event") == "command"] if sim is not None else []
+    commands = sim.log.events("command") if sim is not None else []
     commands = [c for c in commands if c["t"] <= t_end]
     _summary(stats, commands, labels, daemon_rc, stopping, t_end - t_start)
     return 0 if daemon_rc == 0 else 1

@@ -14,8 +14,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from controller_helpers import myo_recording, unique_name  # noqa: F401  (re-exported for the tests)
-from polling import wait_until  # noqa: F401  (re-exported for the tests)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]

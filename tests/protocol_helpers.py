@@ -16,10 +16,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from polling import wait_until
-
 from firmware_protocol import Decoder, Message, encode, open_transport
 from firmware_protocol.handshake import check_reply, host_hello
+from rig.processes import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 10.0

@@ -22,9 +22,7 @@ from calibrate_helpers import (
     base_model,
     clean_env,
     last_json,
-    myo_recording,
     run_cli,
-    unique_name,
     write_clip,
 )
 
@@ -33,6 +31,8 @@ from metaemg.modelfile import OnnxModel, read_model_info
 from metalearn.clip import cycle_starts, prepare_clip
 from metalearn.evaluate_cli import evaluate
 from metalearn.recording import Recording, read_recording, write_recording
+from rig.models import myo_recording
+from rig.processes import unique_name
 
 CLIP_S = 32  # the first two cycles of training0 and a little relax
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from calibrate_helpers import FakeDaemon, base_model, myo_recording, wait_until
+from calibrate_helpers import FakeDaemon, base_model
 
 from calibration import config as configuration
 from calibration.calibrate import end_hold
@@ -26,6 +26,8 @@ from metaemg.signal import SignalSpec
 from metalearn.clip import ClipRules, cycle_starts, prepare_clip
 from metalearn.metrics import change_delays, confusion, delay_summary, summary
 from metalearn.recording import Recording
+from rig.models import myo_recording
+from rig.processes import wait_until
 
 SPEC = SignalSpec.myo()
 

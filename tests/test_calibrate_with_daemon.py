@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from calibrate_helpers import base_model, write_clip
-from controller_helpers import Daemon, Sim, myo_recording, unique_name, wait_until
 
 from metaemg.modelfile import read_model_info
+from rig.models import myo_recording
+from rig.processes import Daemon, Sim, unique_name, wait_until
 
 BIN = Path(sys.executable).parent
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from controller_helpers import BIN, REPO
 
 from controller import config as configuration
 from controller.config import Config, all_keys, from_dict, load
 from metaemg.errors import ConfigError
 from metaemg.modelfile import default_model_path
+from rig.processes import BIN
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHIPPED = REPO / "configs" / "controller.yaml"
 

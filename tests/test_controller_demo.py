@@ -6,9 +6,10 @@ import re
 import subprocess
 
 import pytest
-from controller_helpers import BIN, male13_model
 
 from metaemg.modelfile import default_model_path
+from rig.models import male13_model
+from rig.processes import BIN
 
 pytestmark = [pytest.mark.slow]
 

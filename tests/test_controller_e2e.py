@@ -23,18 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from controller_helpers import (
-    Daemon,
-    Sim,
-    Sub,
-    male13_model,
-    myo_recording,
-    train_model,
-    unique_name,
-    wait_until,
-)
 
 from firmware_protocol.messages import StopReason
+from rig.models import male13_model, myo_recording, train_model
+from rig.processes import Daemon, Sim, Sub, unique_name, wait_until
 
 pytestmark = [pytest.mark.slow]
 

@@ -17,7 +17,9 @@ import time
 
 import numpy as np
 import pytest
-from controller_helpers import BIN, Daemon, Sim, Sub, male13_model, myo_recording, unique_name, wait_until
+
+from rig.models import male13_model, myo_recording
+from rig.processes import BIN, Daemon, Sim, Sub, unique_name, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
-from controller_helpers import BIN
 
 from controller.config import MonitorConfig
 from controller.control import ControlError, ControlServer, request
@@ -26,6 +25,7 @@ from controller.states import Conditions, DaemonState, StateMachine, derive
 from firmware_protocol import StopReason
 from metaemg.errors import ConfigError
 from metaemg.signal import SignalSpec, condition, make_windows
+from rig.processes import BIN
 
 # -- sd_notify --------------------------------------------------------------------------------------
 

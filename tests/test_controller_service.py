@@ -11,7 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from controller_helpers import BIN, REPO
+
+from rig.processes import BIN
+
+REPO = Path(__file__).resolve().parents[1]
 
 UNIT = REPO / "systemd" / "myhand-controller.service"
 RULE = REPO / "systemd" / "99-myhand.rules"

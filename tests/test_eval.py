@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from calibrate_helpers import NO_TORCH, base_model, clean_env, last_json, myo_recording, run_cli, write_clip
+from calibrate_helpers import NO_TORCH, base_model, clean_env, last_json, run_cli, write_clip
 
 from metaemg.errors import DataError
 from metaemg.modelfile import OnnxModel
 from metaemg.signal import SignalChain, Windower
 from metalearn.evaluate_cli import decide_recording, evaluate, main
 from metalearn.recording import Recording, read_recording, write_recording
+from rig.models import myo_recording
 
 
 @pytest.fixture(scope="session")

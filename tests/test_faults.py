@@ -24,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from controller_helpers import BIN, Daemon, Sim, Sub, myo_recording, wait_until
-from fault_helpers import STOP_HOST_ERROR, STOP_HOST_SHUTDOWN, STOP_SIGNAL_LOST, Rig, default_model
+
+from firmware_protocol.messages import StopReason
+from metaemg.modelfile import default_model_path as default_model
+from rig.models import myo_recording
+from rig.processes import BIN, Daemon, Rig, Sim, Sub, wait_until
 
 pytestmark = [pytest.mark.faults]
 
@@ -211,7 +214,7 @@ def _outlet_dies(rig):
 
     t_last = rig.replay.pause()
     rig.replay.close()
-    stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
+    stop = rig.wait_stop_after(t_last, 2, StopReason.SIGNAL_LOST)
     within("outlet_dies", stop["t"] - t_last)
     rig.wait_state("waiting_for_stream", 5)
     t_back = time.monotonic()
@@ -232,7 +235,7 @@ def _outlet_dies(rig):
 @case("outlet_silent")
 def _outlet_silent(rig):
     t_last = rig.replay.pause()
-    stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
+    stop = rig.wait_stop_after(t_last, 2, StopReason.SIGNAL_LOST)
     assert stop["t"] - t_last >= 0.1  # stale_ms = 100: not before
     within("outlet_silent", stop["t"] - t_last)
     s = rig.wait_state("stale", 2)
@@ -252,7 +255,7 @@ def _stream_metadata_changes(rig, name):
 
     t_last = rig.replay.pause()
     rig.replay.close()
-    stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
+    stop = rig.wait_stop_after(t_last, 2, StopReason.SIGNAL_LOST)
     within(name, stop["t"] - t_last)
     if name == "rate_changes":
         rig.replay = Replay(rig.emg, None, 100.0, name=rig.name, loop=True).start()
@@ -278,7 +281,7 @@ def _rate_false(rig):
     for delivered in (50.0, 800.0):
         t_last = rig.replay.pause()
         rig.replay.close()
-        stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
+        stop = rig.wait_stop_after(t_last, 2, StopReason.SIGNAL_LOST)
         within("rate_false", stop["t"] - t_last)
         t = time.monotonic()
         rig.replay = Replay(rig.emg, None, delivered, nominal_rate=rig.rate, name=rig.name, loop=True).start()
@@ -317,7 +320,7 @@ def _two_armbands(rig):
         t_last = rig.replay.pause()
         rig.replay.close()
         rig.replay, other = other, None  # the rig closes it from now on
-        stop = rig.wait_stop_after(t_last, 2, STOP_SIGNAL_LOST)
+        stop = rig.wait_stop_after(t_last, 2, StopReason.SIGNAL_LOST)
         within("two_armbands", stop["t"] - t_last)
         s = wait_until(
             lambda: (st := rig.status())["input"]["problem"] and "another armband" in st["input"]["problem"] and st,
@@ -370,7 +373,7 @@ def _bad_samples(rig, name):
         rig.replay.inject("saturate", 40)
     else:
         t = _inject_inf(rig, 5)
-    stop = rig.wait_stop_after(t - 0.05, 2, STOP_SIGNAL_LOST)
+    stop = rig.wait_stop_after(t - 0.05, 2, StopReason.SIGNAL_LOST)
     within(name, max(0.0, stop["t"] - t))
     event = rig.state_event("stale", t - 0.05, 2)
     expected = {"nan": "nonfinite", "inf": "nonfinite", "saturated": "saturated"}[name]
@@ -515,7 +518,7 @@ def _no_ack(rig):
     fault = rig.state_event("fault", t, 3)
     assert "no ACK" in fault["reason"]
     within("no_ack", fault["t_mono"] - t)
-    rig.wait_stop_after(t, 2, STOP_HOST_ERROR)
+    rig.wait_stop_after(t, 2, StopReason.HOST_ERROR)
     t_fault = fault["t_mono"]
     wait_until(lambda: time.monotonic() > t_fault + 0.3, 1, "a stretch in the fault state")
     assert rig.commands(t_fault + 0.05) == []
@@ -676,7 +679,7 @@ def _sigterm(rig, name):
     rc, elapsed = rig.daemon.terminate(signal.SIGHUP if name == "sighup" else signal.SIGTERM)
     assert rc == 0, rig.daemon.stderr
     within(name, elapsed)
-    stop = rig.wait_stop_after(t, 2, STOP_HOST_SHUTDOWN)
+    stop = rig.wait_stop_after(t, 2, StopReason.HOST_SHUTDOWN)
     assert rig.commands(stop["t"]) == [] and rig.device_state() == "safe"
     assert rig.daemon.events("stopped")[0]["exit_code"] == 0
 

@@ -236,9 +236,8 @@ def test_plot_window_updates_and_saves_a_frame(publisher, tmp_path):
 def test_against_the_real_daemon(tmp_path):
     """The real daemon (default model, synthetic replay armband, orthosis simulator): --once --json
     returns its status, and the live view shows its state, link and model."""
-    from controller_helpers import Daemon, Sim, unique_name
-
     from metaemg.modelfile import default_model_path
+    from rig.processes import Daemon, Sim, unique_name
     from rig.replay import Replay, load_source
 
     rec = load_source("synth")
@@ -293,8 +292,7 @@ def test_by_default_the_monitor_is_private_and_every_tool_finds_the_daemon_from_
     metaemg-monitor and metaemg-calibrate resolve the sockets from the daemon's configuration."""
     import stat
 
-    from controller_helpers import BIN, end_process
-    from polling import wait_until
+    from rig.processes import BIN, end_process, wait_until
 
     run = tmp_path / "run"
     cfg = tmp_path / "controller.yaml"
