@@ -29,9 +29,11 @@ def test_demo_replays_a_recording_through_daemon_and_simulator(myo_src, tmp_path
     decisions = int(re.search(r"decisions\s+(\d+)", out).group(1))
     commands = int(re.search(r"commands accepted by the simulator\s+(\d+)", out).group(1))
     agreement = float(re.search(r"agreement with the labels\s+([\d.]+)%", out).group(1))
-    # 20 a second once running: about 110 in 7 s on an idle machine, after the start and 1.3 s of
-    # rate check; a loaded machine (two CPU hogs beside the suite) starts everything later: 54 seen
-    assert decisions >= 40 and commands >= 30
+    # 20 a second once running: about 110 decisions in 7 s on an idle machine, after the start and
+    # 1.3 s of rate check. How many depends on how fast three processes start: beside two CPU hogs
+    # 41 decisions and 27 commands were seen. What must hold anywhere: the chain decides and
+    # commands, and never commands more than it decides.
+    assert decisions >= 20 and 10 <= commands <= decisions
     assert agreement >= 60  # a calibrated model on an unseen session of the same subject
     assert "myhand-controller exit status      0" in out
     assert (tmp_path / "controller.log").read_text().count('"event": "stopped"') == 1
