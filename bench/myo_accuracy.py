@@ -245,6 +245,8 @@ class Torch(Method):
         }
         if self.cfg.model == "feat":
             inner.update(head="lda", shrinkage=float(self.cfg.lda_shrinkage))
+            if self.cfg.lda_reject:
+                inner["reject"] = float(self.cfg.lda_reject)
         self.adapter = Adapter(model.eval(), self.cfg.scale, inner)
 
     def adapt(self, windows, labels, samples):

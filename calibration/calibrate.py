@@ -216,6 +216,8 @@ def _recipe(inner: Mapping[str, Any]) -> str:
     """The base model's inner loop in words."""
     if inner.get("head"):
         recipe = f"closed-form {inner['head']} head, shrinkage {inner.get('shrinkage', 0):g}"
+        if inner.get("reject"):
+            recipe += f", novelty rejection at {inner['reject']:g}x the feature count"
         if inner["steps"]:
             recipe += f", then {inner['optimizer']} x {inner['steps']} at lr {inner['lr']:g}"
         return recipe

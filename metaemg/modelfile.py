@@ -46,7 +46,7 @@ MODEL_KINDS = ("dnn", "cnn", "tcn", "tf", "feat")  # the one definition (metalea
 SCALER_KINDS = ("none", "standard", "minmax")
 INNER_OPTIMIZERS = ("sgd", "adam")  # the inner loop's optimisers (metalearn.maml)
 INNER_KEYS = {"optimizer", "steps", "lr", "first_order"}  # plus the optional ones below
-INNER_OPTIONAL = {"batch_size", "head", "shrinkage"}
+INNER_OPTIONAL = {"batch_size", "head", "shrinkage", "reject"}
 INNER_HEADS = ("lda",)  # closed-form heads fitted before the gradient steps
 DEFAULT_MODEL_NAME = "myo_meta.onnx"
 _MODEL_ID = re.compile(r"[0-9a-f]{8,64}")
@@ -293,6 +293,9 @@ def _check_inner(inner: Any, bad: Bad) -> None:
     shrinkage = inner.get("shrinkage", 0.0)
     if not _is_num(shrinkage) or not 0 <= shrinkage <= 1:
         raise bad("inner", f"shrinkage must be a number in [0, 1], got {shrinkage!r}")
+    reject = inner.get("reject", 0.0)
+    if not _is_num(reject) or reject < 0:
+        raise bad("inner", f"reject must be a number >= 0 (0: off), got {reject!r}")
 
 
 def _check_model(model: Any, bad: Bad, signal: SignalSpec, n_classes: int) -> None:

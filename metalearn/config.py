@@ -60,6 +60,7 @@ class TrainConfig:
     inner_batch_size: int | None = None
     compile: bool | str | None = False
     lda_shrinkage: float = 0.3
+    lda_reject: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))
@@ -114,6 +115,9 @@ class TrainConfig:
         v = self.lda_shrinkage
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise ConfigError(f"test.lda_shrinkage must be a number in [0, 1], got {v!r}")
+        v = self.lda_reject
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v == 0 or 1 <= v <= 100):
+            raise ConfigError(f"test.lda_reject must be 0 (off) or a number in [1, 100], got {v!r}")
         if not isinstance(self.model_hparams, dict):
             raise ConfigError("test.model_hparams must be a mapping")
         self.signal_spec(200.0)  # validate the signal section early

@@ -120,7 +120,7 @@ def _metadata_from_checkpoint(ckpt: dict, where: Path) -> dict[str, Any]:
         "inner": {
             **{k: inner[k] for k in ("optimizer", "steps", "lr", "first_order")},
             "batch_size": inner.get("batch_size"),
-            **{k: inner[k] for k in ("head", "shrinkage") if inner.get(k) is not None},
+            **{k: inner[k] for k in ("head", "shrinkage", "reject") if inner.get(k) is not None},
         },
         "scaler": {
             "kind": scaler["kind"],
@@ -402,8 +402,12 @@ def load_torch_from_onnx(path: str | os.PathLike):
     except ConfigError as exc:
         raise ModelError(f"{path}: model metadata does not build a model: {exc}") from None
     state, missing = {}, []
+    optional = getattr(model, "OPTIONAL_BUFFERS", ())
     for name, ref in model.state_dict().items():
         value = weights.get(name)
+        if value is None and name in optional:  # a file from before that buffer: its default
+            state[name] = ref
+            continue
         if value is None or value.shape != tuple(ref.shape):
             missing.append(name)
             continue

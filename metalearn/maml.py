@@ -250,7 +250,7 @@ def adapt_model(model: nn.Module, x: Tensor, y: Tensor, inner: Mapping[str, Any]
                 f"inner head 'lda' needs a model with a closed-form head (feat), not {type(model).__name__}"
             )
         # torch types a module's dynamic attributes as Tensor | Module; hasattr() checked it above
-        fitted.fit_head(x, y, float(shrinkage))  # type: ignore[operator]
+        fitted.fit_head(x, y, float(shrinkage), float(inner.get("reject", 0.0)))  # type: ignore[operator]
     steps = int(inner["steps"])
     if steps:
         params = adapt(

@@ -212,6 +212,11 @@ def feature_count(window: int, n_channels: int) -> int:
     return len(FEAT_KINDS) * len(FEAT_SCALES) * n_channels
 
 
+# a rejected window's open and close logits against relax's 0: probabilities (1, 1e-13, 1e-13),
+# and a bounded loss (about 30 per rejected window) where training scores adaptation
+REJECT_LOGIT = -30.0
+
+
 class FeatLDA(_WindowClassifier):
     """Log-amplitude features, standardised, whitened, and a linear head fitted in closed form.
 
@@ -231,13 +236,24 @@ class FeatLDA(_WindowClassifier):
     - ``head`` (parameters): a linear layer, set by :meth:`fit_head` to the shrinkage LDA of the
       clip's whitened features (class means, pooled covariance); optional gradient steps of the
       inner loop may follow. Zero until fitted: equal probabilities, which the daemon's threshold
-      rejects, so an uncalibrated model never moves the hand.
+      rejects, so an uncalibrated model never moves the hand;
+    - ``class_means``, ``precision``, ``reject_distance`` (buffers, set by :meth:`fit_head`): the
+      novelty rejection. A window whose best intent is open or close, but whose squared
+      Mahalanobis distance from that intent's mean in the clip exceeds ``reject_distance``, is
+      decided relax (probabilities 1, 0, 0): a movement unlike anything the patient did for
+      open or close during calibration (a wrist movement) does not move the hand. 0: off.
     """
+
+    # absent from model files written before the novelty rejection: left at their "off" defaults
+    OPTIONAL_BUFFERS = ("class_means", "precision", "reject_distance")
 
     # buffers, registered in __init__
     feat_offset: Tensor
     feat_scale: Tensor
     whiten: Tensor
+    class_means: Tensor
+    precision: Tensor
+    reject_distance: Tensor
 
     def __init__(self, hparams: dict[str, Any]):
         super().__init__(hparams)
@@ -245,6 +261,9 @@ class FeatLDA(_WindowClassifier):
         self.register_buffer("feat_offset", torch.zeros(d))
         self.register_buffer("feat_scale", torch.ones(d))
         self.register_buffer("whiten", torch.eye(d))
+        self.register_buffer("class_means", torch.zeros(hparams["n_classes"], d))
+        self.register_buffer("precision", torch.zeros(d, d))
+        self.register_buffer("reject_distance", torch.zeros(()))
         self.head = nn.Linear(d, hparams["n_classes"])
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -265,18 +284,34 @@ class FeatLDA(_WindowClassifier):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        return self.head(self.embed(x))
+        z = self.embed(x)
+        logits = self.head(z)
+        # novelty rejection (see the class doc): the best intent's distance from its clip mean
+        best = logits.argmax(dim=1)
+        resid = z - self.class_means[best]
+        distance = ((resid @ self.precision) * resid).sum(dim=1)
+        far = (best != 0) & (distance > self.reject_distance) & (self.reject_distance > 0)
+        zero = torch.zeros_like(logits[:, :1])
+        relax = torch.cat([zero, (zero + REJECT_LOGIT).expand(-1, logits.shape[1] - 1)], dim=1)
+        return torch.where(far[:, None], relax, logits)
 
     @torch.no_grad()
-    def fit_head(self, x: Tensor, y: Tensor, shrinkage: float) -> None:
-        """Fit the standardisation and the head to labelled windows (in place)."""
+    def fit_head(self, x: Tensor, y: Tensor, shrinkage: float, reject: float = 0.0) -> None:
+        """Fit the standardisation and the head to labelled windows (in place); ``reject`` (> 0)
+        turns on the novelty rejection at ``reject`` times the feature count (the mean squared
+        distance of a window from its own intent's mean is about the feature count)."""
         n_classes = self.head.out_features
         f = self.features(x)
         self.feat_offset.copy_(f.mean(dim=0))
         self.feat_scale.copy_(f.std(dim=0, unbiased=False).clamp_min(1e-3))
-        weight, bias = lda(self.embed(x), y, n_classes, shrinkage)
+        z = self.embed(x)
+        weight, bias = lda(z, y, n_classes, shrinkage)
         self.head.weight.copy_(weight)
         self.head.bias.copy_(bias)
+        means, cov = class_statistics(z, y, n_classes, shrinkage)
+        self.class_means.copy_(means)
+        self.precision.copy_(torch.linalg.inv(cov))
+        self.reject_distance.fill_(float(reject) * z.shape[1])
 
     @torch.no_grad()
     def fit_whitening(
@@ -328,10 +363,9 @@ class FeatLDA(_WindowClassifier):
         return (sums / counts.clamp_min(1)[:, None]).float()
 
 
-def lda(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor, Tensor]:
-    """Shrinkage linear discriminant analysis with equal priors: ``(weight (classes, d), bias)``
-    of the linear discriminant functions. The pooled within-class covariance is shrunk toward
-    ``shrinkage * mean variance * I``. A class without windows gets a bias of -1e4 (never chosen)."""
+def class_statistics(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor, Tensor]:
+    """``(class means (classes, d), pooled within-class covariance (d, d))``, the covariance shrunk
+    toward ``shrinkage * mean variance * I``."""
     onehot = F.one_hot(y.long(), n_classes).to(z.dtype)
     counts = onehot.sum(dim=0)
     means = (onehot.T @ z) / counts.clamp_min(1)[:, None]
@@ -339,6 +373,15 @@ def lda(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor,
     d = z.shape[1]
     cov = resid.T @ resid / max(1, len(z) - n_classes)
     cov = (1 - shrinkage) * cov + shrinkage * torch.eye(d, dtype=z.dtype) * torch.trace(cov) / d
+    return means, cov
+
+
+def lda(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor, Tensor]:
+    """Shrinkage linear discriminant analysis with equal priors: ``(weight (classes, d), bias)``
+    of the linear discriminant functions (:func:`class_statistics`). A class without windows gets
+    a bias of -1e4 (never chosen)."""
+    counts = F.one_hot(y.long(), n_classes).sum(dim=0)
+    means, cov = class_statistics(z, y, n_classes, shrinkage)
     weight = torch.linalg.solve(cov, means.T).T
     bias = -0.5 * (means * weight).sum(dim=1)
     return weight, torch.where(counts > 0, bias, torch.full_like(bias, -1e4))

@@ -227,6 +227,8 @@ def _inner_doc(inner, cfg: TrainConfig, closed_form: bool) -> dict[str, Any]:
     }
     if closed_form:
         doc.update(head="lda", shrinkage=float(cfg.lda_shrinkage))
+        if cfg.lda_reject:
+            doc["reject"] = float(cfg.lda_reject)
     return doc
 
 

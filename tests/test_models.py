@@ -65,7 +65,8 @@ def test_init_is_deterministic_from_seed(kind: str) -> None:
 def test_no_buffers_batchnorm_or_dropout(kind: str) -> None:
     """Buffers only where fitted statistics live (feat), never running statistics."""
     model = tiny(kind)
-    expected = ["feat_offset", "feat_scale", "whiten"] if kind == "feat" else []
+    expected = ["feat_offset", "feat_scale", "whiten", "class_means", "precision", "reject_distance"]
+    expected = expected if kind == "feat" else []
     assert [name for name, _ in model.named_buffers()] == expected
     banned = (nn.modules.batchnorm._BatchNorm, nn.Dropout)
     assert not any(isinstance(m, banned) for m in model.modules())
@@ -292,3 +293,55 @@ def test_adapt_model_fits_the_head_then_steps_and_leaves_the_model_alone() -> No
         adapt_model(tiny("dnn"), torch.randn(6, WINDOW, CHANNELS), torch.arange(3).repeat(2), inner)
     with pytest.raises(ConfigError, match="inner head must be null or one of lda"):
         adapt_model(model, x, y, {**inner, "head": "svm"})
+
+
+def _clip(rng: np.random.Generator, n: int, gains: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` windows of each intent: noise with that intent's gain per channel."""
+    x = np.concatenate([rng.standard_normal((n, WINDOW, CHANNELS)) * g for g in gains])
+    y = np.repeat(np.arange(len(gains)), n)
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
+
+
+def test_feat_decides_relax_for_a_movement_unlike_the_clips_open_and_close():
+    """The novelty rejection: a window whose best intent is open, but which lies far from every
+    open window of the clip (another muscle pattern: a wrist movement), is decided relax; the
+    clip's own intents are not, and with ``reject`` 0 nothing is rejected."""
+    rng = np.random.default_rng(0)
+    relax, opening, closing = np.full(CHANNELS, 0.2), np.full(CHANNELS, 0.2), np.full(CHANNELS, 0.2)
+    opening[:3], closing[4:7] = 3.0, 3.0
+    x, y = _clip(rng, 200, [relax, opening, closing])
+    wrist = opening.copy()
+    wrist[3] = 40.0  # open's muscles and, far stronger, one that open never used
+    novel, _ = _clip(rng, 50, [wrist])
+    fresh, fresh_y = _clip(rng, 50, [relax, opening, closing])
+    decided = {}
+    for reject in (0.0, 3.0):
+        model = tiny("feat").eval()
+        model.fit_head(x, y, shrinkage=0.3, reject=reject)
+        assert float(model.reject_distance) == reject * model.whiten.shape[0]
+        with torch.no_grad():
+            decided[reject] = (torch.softmax(model(novel), -1), model(fresh).argmax(1))
+    probs_off, fresh_off = decided[0.0]
+    probs_on, fresh_on = decided[3.0]
+    assert (probs_off.argmax(1) == 1).float().mean() > 0.9  # without it: open
+    assert (probs_on.argmax(1) == 0).all() and torch.allclose(probs_on[:, 0], torch.ones(50))
+    assert torch.equal(fresh_on, fresh_off) and (fresh_on == fresh_y).float().mean() > 0.95
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
+def test_feat_novelty_rejection_runs_the_same_in_onnxruntime():
+    rng = np.random.default_rng(1)
+    gains = [np.full(CHANNELS, 0.2), np.r_[np.full(3, 3.0), np.full(5, 0.2)], np.r_[np.full(5, 0.2), np.full(3, 3.0)]]
+    x, y = _clip(rng, 100, gains)
+    model = tiny("feat").eval()
+    model.fit_head(x, y, shrinkage=0.3, reject=3.0)
+    session = ort.InferenceSession(export_onnx(model), providers=["CPUExecutionProvider"])
+    probe = torch.from_numpy(
+        (rng.standard_normal((64, WINDOW, CHANNELS)) * rng.uniform(0.1, 20, CHANNELS)).astype(np.float32)
+    )
+    got = session.run(None, {"emg": probe.numpy()})[0]
+    with torch.no_grad():
+        want = model(probe).numpy()
+    assert np.array_equal(got.argmax(1), want.argmax(1)) and np.abs(got - want).max() <= 1e-3
+    assert (want[:, 1:] == -30.0).all(axis=1).any()  # some probes were rejected
