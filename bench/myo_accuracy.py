@@ -236,6 +236,10 @@ class Torch(Method):
             **self.cfg.model_hparams,
         )
         self.fit(model, tasks, self.cfg)
+        if self.cfg.non_intent and self.fit is not fit_nothing:  # a population prior: not for B1
+            from metalearn.train import fit_non_intent
+
+            fit_non_intent(model, tasks, data, self.spec, self.cfg.non_intent_log_prior)
         inner = {
             "optimizer": self.cfg.inner_optimizer,
             "steps": self.cfg.inner_steps,

@@ -61,6 +61,8 @@ class TrainConfig:
     compile: bool | str | None = False
     lda_shrinkage: float = 0.3
     lda_reject: float = 0.0
+    non_intent: bool = False
+    non_intent_log_prior: float = -18.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))
@@ -118,6 +120,13 @@ class TrainConfig:
         v = self.lda_reject
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v == 0 or 1 <= v <= 100):
             raise ConfigError(f"test.lda_reject must be 0 (off) or a number in [1, 100], got {v!r}")
+        if not isinstance(self.non_intent, bool):
+            raise ConfigError(f"test.non_intent must be true or false, got {self.non_intent!r}")
+        v = self.non_intent_log_prior
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v < 0:
+            raise ConfigError(f"test.non_intent_log_prior must be a number in [-100, 0), got {v!r}")
+        if self.non_intent and self.model != "feat":
+            raise ConfigError(f"test.non_intent needs test.model=feat (a closed-form head), got {self.model!r}")
         if not isinstance(self.model_hparams, dict):
             raise ConfigError("test.model_hparams must be a mapping")
         self.signal_spec(200.0)  # validate the signal section early

@@ -241,11 +241,17 @@ class FeatLDA(_WindowClassifier):
       novelty rejection. A window whose best intent is open or close, but whose squared
       Mahalanobis distance from that intent's mean in the clip exceeds ``reject_distance``, is
       decided relax (probabilities 1, 0, 0): a movement unlike anything the patient did for
-      open or close during calibration (a wrist movement) does not move the hand. 0: off.
+      open or close during calibration (a wrist movement) does not move the hand. 0: off;
+    - ``other_means``, ``other_log_prior`` (buffers, set in training by :meth:`fit_non_intent`):
+      other people's movements that are not intents (the Myo's four wrist gestures), as class
+      means in the same standardised, whitened space. At calibration they join the LDA as extra
+      classes with the clip's covariance and a prior of ``exp(other_log_prior)``; a window they
+      win is decided relax. 0: off.
     """
 
     # absent from model files written before the novelty rejection: left at their "off" defaults
-    OPTIONAL_BUFFERS = ("class_means", "precision", "reject_distance")
+    OPTIONAL_BUFFERS = ("class_means", "precision", "reject_distance", "other_means", "other_log_prior")
+    N_OTHER = 4  # non-intent classes (the Myo's wrist flexion, extension, radial and ulnar deviation)
 
     # buffers, registered in __init__
     feat_offset: Tensor
@@ -254,6 +260,8 @@ class FeatLDA(_WindowClassifier):
     class_means: Tensor
     precision: Tensor
     reject_distance: Tensor
+    other_means: Tensor
+    other_log_prior: Tensor
 
     def __init__(self, hparams: dict[str, Any]):
         super().__init__(hparams)
@@ -264,6 +272,8 @@ class FeatLDA(_WindowClassifier):
         self.register_buffer("class_means", torch.zeros(hparams["n_classes"], d))
         self.register_buffer("precision", torch.zeros(d, d))
         self.register_buffer("reject_distance", torch.zeros(()))
+        self.register_buffer("other_means", torch.zeros(self.N_OTHER, d))
+        self.register_buffer("other_log_prior", torch.zeros(()))
         self.head = nn.Linear(d, hparams["n_classes"])
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -291,6 +301,13 @@ class FeatLDA(_WindowClassifier):
         resid = z - self.class_means[best]
         distance = ((resid @ self.precision) * resid).sum(dim=1)
         far = (best != 0) & (distance > self.reject_distance) & (self.reject_distance > 0)
+        # other people's non-intent movements as extra LDA classes (same covariance as the head)
+        weight = self.other_means @ self.precision
+        other = z @ weight.T - 0.5 * (weight * self.other_means).sum(dim=1) + self.other_log_prior
+        lda_logits = z @ (self.class_means @ self.precision).T
+        lda_logits = lda_logits - 0.5 * ((self.class_means @ self.precision) * self.class_means).sum(dim=1)
+        taken = (other.max(dim=1).values > lda_logits.max(dim=1).values) & (self.other_log_prior < 0)
+        far = far | (taken & (best != 0))
         zero = torch.zeros_like(logits[:, :1])
         relax = torch.cat([zero, (zero + REJECT_LOGIT).expand(-1, logits.shape[1] - 1)], dim=1)
         return torch.where(far[:, None], relax, logits)
@@ -344,6 +361,27 @@ class FeatLDA(_WindowClassifier):
                 count += len(f)
         evals, evecs = torch.linalg.eigh(cov / count)
         self.whiten.copy_(((evecs / torch.sqrt(evals.clamp_min(0) + 1e-3)) @ evecs.T).float())
+
+    @torch.no_grad()
+    def fit_non_intent(self, tasks: Iterable[tuple[Tensor, Tensor, Tensor]], log_prior: float) -> None:
+        """``other_means``: each non-intent movement's mean over ``tasks``, each ``(intent windows,
+        other windows, their codes 1..N_OTHER)`` of one training subject, standardised with that
+        subject's intent windows (as :meth:`fit_head` standardises a wearer) and whitened."""
+        sums = torch.zeros_like(self.other_means, dtype=torch.float64)
+        counts = torch.zeros(self.N_OTHER, dtype=torch.float64)
+        for intents, others, codes in tasks:
+            f = self.features(intents)
+            offset, scale = f.mean(dim=0), f.std(dim=0, unbiased=False).clamp_min(1e-3)
+            z = ((self.features(others) - offset) / scale) @ self.whiten.T
+            for k in range(self.N_OTHER):
+                mine = z[codes == k + 1]
+                if len(mine):
+                    sums[k] += mine.mean(dim=0).double()
+                    counts[k] += 1
+        if (counts == 0).any():
+            raise ValueError(f"non-intent movements without windows: codes {(counts == 0).nonzero().flatten() + 1}")
+        self.other_means.copy_((sums / counts[:, None]).float())
+        self.other_log_prior.fill_(float(log_prior))
 
     @torch.no_grad()
     def population_means(self, tasks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:

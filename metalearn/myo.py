@@ -123,6 +123,18 @@ def build_recording(sess: SourceSession) -> Recording:
     return Recording(np.arange(len(emg)) / SAMPLE_RATE, emg, labels)
 
 
+def read_other_gestures(path: str | os.PathLike) -> tuple[Recording, np.ndarray]:
+    """An ``other_gestures/<session>.csv`` file: the recording (unlabelled) and each sample's
+    gesture code (1..4, :data:`GESTURES`)."""
+    from metalearn.recording import read_recording
+
+    rec = read_recording(path, labelled=False)
+    with open(path, encoding="utf-8") as fh:
+        column = next(csv.reader(fh)).index("gesture")
+    codes = np.loadtxt(path, delimiter=",", skiprows=1, usecols=column, dtype=np.int64)
+    return rec, np.atleast_1d(codes)
+
+
 def write_other_gestures(sess: SourceSession, out: Path) -> Path:
     blocks = [(_gesture(sess, c, g), g) for c in range(N_CYCLES) for g in OTHER]
     emg = np.concatenate([b for b, _ in blocks])

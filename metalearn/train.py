@@ -132,6 +132,28 @@ def fit_whitening(model, tasks: list[TaskWindows], *, rotate: bool, device=None,
     )
 
 
+def fit_non_intent(model, tasks: list[TaskWindows], root: Path, spec, log_prior: float, device=None) -> int:
+    """Fit a feat model's non-intent classes on the training tasks' other movements
+    (``ROOT/other_gestures/<session>.csv``, written by ``metaemg-import``); returns how many tasks
+    had them (ConfigError when none did)."""
+    from metaemg.signal import SignalChain, make_windows
+    from metalearn.myo import read_other_gestures
+
+    parts = []
+    for t in tasks:
+        path = Path(root) / "other_gestures" / f"{t.ref.session}.csv"
+        if not path.is_file():
+            continue
+        rec, codes = read_other_gestures(path)
+        windows, ends = make_windows(SignalChain(spec).process(rec.emg), spec.window, spec.stride)
+        intents = np.concatenate([t.x_support, t.x_query])
+        parts.append((_tensor(intents, device), _tensor(windows, device), _tensor(codes[ends], device, long=True)))
+    if not parts:
+        raise ConfigError(f"test.non_intent: no training task has other movements in {Path(root) / 'other_gestures'}")
+    model.fit_non_intent(parts, log_prior)
+    return len(parts)
+
+
 POPULATION_MAX_ROTATION = 1  # electrodes of turn from how the training subjects wore the armband
 
 
@@ -359,6 +381,12 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
         if closed_form:
             fit_whitening(model, train_tasks, rotate=cfg.augment_rotation, device=device)
             common["population"] = population(model, train_tasks, device=device)
+            if cfg.non_intent:
+                root = _resolve(cfg.data_root, base_dir)
+                assert root is not None  # checked by _load_tasks
+                n = fit_non_intent(model, train_tasks, root, spec, cfg.non_intent_log_prior, device)
+                if lead:
+                    print(f"non-intent movements of {n} training tasks: decided relax at calibration")
             train_loss = closed_form_loss(model, train_tasks, inner_doc, cfg.rorcr_size, device)
             val_loss = closed_form_loss(model, val, inner_doc, cfg.rorcr_size, device)
         else:

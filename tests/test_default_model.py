@@ -48,9 +48,10 @@ def test_calibrated_on_training0_it_works_on_test0_and_rejects_some_wrist_moveme
     """metaemg-calibrate on Male13's training0 (the hardest of the three evaluation subjects),
     scored by metaemg-eval on Test0 (a later donning) and on the four other gestures of Test0,
     as the daemon decides. Measured when the model was built: accuracy 0.951, steady 0.973,
-    onset delay median 110 ms; the other gestures still open or close the hand in 54 % of their
-    windows (58 % without the novelty rejection; 36 % over the three subjects' Test0 and Test1:
-    README, "The default model": the rejection target is not met)."""
+    onset delay median 110 ms, all as before the two rejections; the other gestures still open or
+    close the hand in 30 % of their windows (58 % with neither the novelty rejection nor the
+    non-intent classes, 54 % with the first alone; README, "The default model": the target, 5 %,
+    is not met)."""
     out = tmp_path / "male13.onnx"
     proc = run_cli(
         "metaemg-calibrate",
@@ -80,4 +81,4 @@ def test_calibrated_on_training0_it_works_on_test0_and_rejects_some_wrist_moveme
     assert doc["accuracy"] > 0.93 and doc["steady_accuracy"] > 0.96
     assert doc["wrong_direction"] < 0.005 and min(doc["recall"].values()) > 0.9
     assert doc["delay"]["missed"] == 0 and doc["delay"]["median_ms"] <= 120
-    assert doc["non_intent"]["false_activation"] < 0.6
+    assert doc["non_intent"]["false_activation"] < 0.35

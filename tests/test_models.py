@@ -66,6 +66,7 @@ def test_no_buffers_batchnorm_or_dropout(kind: str) -> None:
     """Buffers only where fitted statistics live (feat), never running statistics."""
     model = tiny(kind)
     expected = ["feat_offset", "feat_scale", "whiten", "class_means", "precision", "reject_distance"]
+    expected += ["other_means", "other_log_prior"]
     expected = expected if kind == "feat" else []
     assert [name for name, _ in model.named_buffers()] == expected
     banned = (nn.modules.batchnorm._BatchNorm, nn.Dropout)
@@ -345,3 +346,31 @@ def test_feat_novelty_rejection_runs_the_same_in_onnxruntime():
         want = model(probe).numpy()
     assert np.array_equal(got.argmax(1), want.argmax(1)) and np.abs(got - want).max() <= 1e-3
     assert (want[:, 1:] == -30.0).all(axis=1).any()  # some probes were rejected
+
+
+def test_feat_decides_relax_for_a_movement_like_other_peoples_non_intent_movements():
+    """The non-intent classes: a window nearer (in the LDA's terms, with the prior) to other
+    people's wrist movements than to the clip's intents is decided relax, even where the novelty
+    rejection would let it through; with their prior off nothing changes."""
+    rng = np.random.default_rng(2)
+    relax, opening, closing = np.full(CHANNELS, 0.2), np.full(CHANNELS, 0.2), np.full(CHANNELS, 0.2)
+    opening[:3], closing[4:7] = 3.0, 3.0
+    wrist = opening.copy()
+    wrist[3] = 6.0  # like open, plus a muscle open does not use
+    x, y = _clip(rng, 200, [relax, opening, closing])
+    model = tiny("feat").eval()
+    # "other people": the same muscles; their wrist movement as all four non-intent movements
+    others, _ = _clip(rng, 100, [wrist])
+    codes = torch.from_numpy(np.repeat(np.arange(1, 5), 25))
+    model.fit_non_intent([(x, others, codes)], log_prior=-18.0)
+    probe, _ = _clip(rng, 50, [wrist])
+    fresh, fresh_y = _clip(rng, 50, [relax, opening, closing])
+    decided = {}
+    for prior in (-18.0, 0.0):
+        model.other_log_prior.fill_(prior)
+        model.fit_head(x, y, shrinkage=0.3, reject=100.0)  # the novelty rejection all but off
+        with torch.no_grad():
+            decided[prior] = (model(probe).argmax(1), model(fresh).argmax(1))
+    assert (decided[0.0][0] == 1).float().mean() > 0.9  # prior off: open
+    assert (decided[-18.0][0] == 0).float().mean() > 0.9  # on: relax
+    assert (decided[-18.0][1] == fresh_y).float().mean() > 0.95

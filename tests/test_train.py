@@ -205,8 +205,9 @@ def test_sweep_runs_each_model(colls, tmp_path):
 
 
 def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, tmp_path):
-    """test.model=feat: one closed-form "meta-epoch" (the whitening), its inner settings carry the
-    LDA head into the checkpoint and the model file, and B1/B2/meta-model are adapted that way."""
+    """test.model=feat: one closed-form "meta-epoch" (the whitening, and the training subjects'
+    other movements as non-intent classes), its inner settings carry the LDA head and the novelty
+    rejection into the checkpoint and the model file, and B1/B2/meta-model are adapted that way."""
     from metalearn.export import export_onnx
 
     run = tmp_path / "run"
@@ -216,12 +217,15 @@ def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, 
         "test.model=feat",
         "test.inner_steps=0",
         "test.lda_shrinkage=0.4",
+        "test.lda_reject=3",
+        "test.non_intent=true",
         "test.scale=none",
         "test.augment_rotation=true",
         "test.signal={preset: myo, rectify: false, envelope_hz: null}",
     ).stdout
     assert "model feat: the whitening is fitted in closed form over the 3 training tasks" in out
     assert "meta-training: 1 meta-epochs" in out
+    assert "non-intent movements of 3 training tasks: decided relax at calibration" in out
     assert [p.name[:10] for p in (run / "models").glob("epoch_*.pt")] == ["epoch_0000"]
     best = load_checkpoint(run / "models" / "best.pt")
     assert best["inner"] == {
@@ -232,11 +236,14 @@ def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, 
         "batch_size": None,
         "head": "lda",
         "shrinkage": 0.4,
+        "reject": 3.0,
     }
     assert best["signal"]["rectify"] is False and best["signal"]["envelope_hz"] is None
     whiten = best["state_dict"]["whiten"]
     assert not torch.allclose(whiten, torch.eye(len(whiten)))  # learned, not the identity
     assert not best["state_dict"]["head.weight"].any()  # no head until a wearer's clip fits one
+    assert best["state_dict"]["other_means"].abs().sum(dim=1).min() > 0  # four wrist movements
+    assert float(best["state_dict"]["other_log_prior"]) == -18.0
     rows = {
         r.split(",")[0]: [float(v) for v in r.split(",")[1:]]
         for r in (run / "results" / "results_table.csv").read_text().splitlines()[1:]
@@ -246,6 +253,7 @@ def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, 
 
     info = read_model_info(export_onnx(run, tmp_path / "feat.onnx"))
     assert info.kind == "feat" and info.inner["head"] == "lda" and info.inner["shrinkage"] == 0.4
+    assert info.inner["reject"] == 3.0
 
 
 BAD_INPUT = [
@@ -258,6 +266,9 @@ BAD_INPUT = [
     ("test.time_seq_len=2000", "is a 10 s window"),
     ("test.data_root=/nonexistent", "recording file not found"),
     ("test.data_root=", "test.data_root must name a directory, got an empty value"),
+    ("test.non_intent=true", "test.non_intent needs test.model=feat (a closed-form head), got 'dnn'"),
+    ("test.non_intent_log_prior=0", "test.non_intent_log_prior must be a number in [-100, 0), got 0"),
+    ("test.lda_reject=0.5", "test.lda_reject must be 0 (off) or a number in [1, 100], got 0.5"),
 ]
 
 
