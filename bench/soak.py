@@ -70,7 +70,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
         work = Path(tmp)
         sim = Sim(work)
         name = unique_name("soak-emg")
-        replay = Replay(emg, None, rate, name=name, loop=True, speed=speed).start()
+        replay = Replay(emg, None, rate, name=name, loop=True, speed=speed, data_time=speed != 1).start()
         daemon = Daemon(work, stream=name, port=str(sim.link), model=default_model_path())
         sub = Sub(daemon.monitor, topics=("decision", "event"))
         pid = daemon.proc.pid

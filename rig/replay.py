@@ -4,7 +4,8 @@ Sources: a research-format CSV recording (``path.csv``), a session of the Myo ar
 (``myo:SUBJECT/SESSION``, e.g. ``myo:Male13/Test0``, read straight from the dataset), or a
 synthetic Myo-style patient (``synth`` or ``synth:SEED``).
 
-Sample ``i`` is pushed at ``t0 + i / (rate * speed)`` with that time as its LSL timestamp
+Sample ``i`` is pushed at ``t0 + i / (rate * speed)`` with that time as its LSL timestamp (with
+``data_time``, a soak's option, ``t0 + i / rate``: the recording's own time)
 (``pylsl.local_clock()``, the same clock as ``time.monotonic()`` on Linux), one sample per push,
 as an armband driver does. ``--log FILE.jsonl`` records when playback started and every label
 change with the LSL time of its first sample, so decisions can be scored against the labels.
@@ -71,6 +72,7 @@ class Replay:
         source_id: str | None = None,
         nominal_rate: float | None = None,
         speed: float = 1.0,
+        data_time: bool = False,
         loop: bool = False,
         log: IO[str] | None = None,
     ) -> None:
@@ -84,6 +86,7 @@ class Replay:
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.rate = float(rate)
         self.speed = float(speed)
+        self.data_time = data_time  # LSL timestamps in the recording's time (a soak faster than real time)
         self.loop = loop
         self.name = name
         channels = self.emg.shape[1]
@@ -189,7 +192,9 @@ class Replay:
             with self._lock:
                 if self._pause.is_set() or self._stop.is_set():
                     continue
-                self.outlet.push_sample(row, due)
+                # faster than real time, the samples' own timestamps keep the recording's rate
+                # (the daemon measures the rate from them and refuses a stream that is off)
+                self.outlet.push_sample(row, t0 + i / self.rate if self.data_time else due)
                 self.last_push = due
             self.pushed += 1
             if self.labels is not None:
