@@ -502,23 +502,13 @@ def _run(args: argparse.Namespace) -> int:
     when = datetime.now(UTC)
     store.ensure()
     with store.lock(), _link(config, live=args.from_recording is None) as link:
+        same = {"base_model": base_model, "config": config, "store": store, "when": when, "out": out}
+        same.update(force=args.force, link=link)
         if args.from_recording is not None:
             base_info = OnnxModel(base_model).info
             rec = read_recording(args.from_recording, channels=base_info.channels)
             clip_path, digest = store.save_clip_bytes(args.from_recording.read_bytes(), when)
-            result = calibrate(
-                rec,
-                clip_path,
-                digest,
-                base_model=base_model,
-                config=config,
-                store=store,
-                when=when,
-                out=out,
-                force=args.force,
-                link=link,
-                source="recording",
-            )
+            result = calibrate(rec, clip_path, digest, source="recording", **same)
         else:
             hold = link.hold() if config.daemon.pause_while_recording else None
             if hold is not None:
@@ -526,19 +516,7 @@ def _run(args: argparse.Namespace) -> int:
             result = None
             try:
                 rec, clip_path, digest = _record_live(config, base_model, store, link, when)
-                result = calibrate(
-                    rec,
-                    clip_path,
-                    digest,
-                    base_model=base_model,
-                    config=config,
-                    store=store,
-                    when=when,
-                    out=out,
-                    force=args.force,
-                    link=link,
-                    source="live",
-                )
+                result = calibrate(rec, clip_path, digest, source="live", **same)
             finally:
                 note = None if hold is None else end_hold(link, hold, installed=bool(result and result["installed"]))
                 if note:
