@@ -280,13 +280,7 @@ def fit_maml(model, tasks, cfg) -> None:
     from metalearn.maml import InnerLoop, OuterLoop, meta_step
     from metalearn.train import Sampler, _tensors
 
-    inner = InnerLoop(
-        steps=cfg.inner_steps,
-        lr=float(cfg.inner_lr),
-        optimizer=cfg.inner_optimizer,
-        first_order=cfg.first_order,
-        batch_size=cfg.inner_batch_size,
-    )
+    inner = InnerLoop.from_config(cfg)
     outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
     sampler = Sampler(
         tasks, cfg.batch_size, cfg.rorcr_size, np.random.default_rng(cfg.seed), rotate=cfg.augment_rotation

@@ -86,6 +86,17 @@ class InnerLoop:
     first_order: bool = False
     batch_size: int | None = None
 
+    @classmethod
+    def from_config(cls, cfg) -> InnerLoop:
+        """The inner loop of a :class:`metalearn.config.TrainConfig` (``test.inner_*``)."""
+        return cls(
+            steps=cfg.inner_steps,
+            lr=float(cfg.inner_lr),
+            optimizer=cfg.inner_optimizer,
+            first_order=cfg.first_order,
+            batch_size=cfg.inner_batch_size,
+        )
+
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ConfigError(f"inner steps must be an integer >= 0, got {self.steps!r}")

@@ -311,13 +311,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     torch.manual_seed(seed)
     train_tasks, val, tests, spec, data_hash, test_hash = _load_tasks(cfg, base_dir, rng)
 
-    inner = InnerLoop(
-        steps=cfg.inner_steps,
-        lr=float(cfg.inner_lr),
-        optimizer=cfg.inner_optimizer,
-        first_order=cfg.first_order,
-        batch_size=cfg.inner_batch_size,
-    )
+    inner = InnerLoop.from_config(cfg)
     hp = {
         "n_channels": spec.channels,
         "window": spec.window,
