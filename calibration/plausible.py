@@ -58,8 +58,11 @@ def population(base, population: dict, windows: np.ndarray, labels: np.ndarray) 
     import torch
 
     with torch.no_grad():
+        from metalearn.models import standardisation
+
         f = base.features(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))).double()
-        z = (f - f.mean(dim=0)) / f.std(dim=0, unbiased=False).clamp_min(1e-3)
+        offset, scale = standardisation(f)
+        z = (f - offset) / scale
         whiten = base.whiten.double()
         means = torch.tensor(np.asarray(population["means"], dtype=np.float64)) @ whiten.T
         channels = base.n_channels

@@ -212,6 +212,12 @@ def feature_count(window: int, n_channels: int) -> int:
     return len(FEAT_KINDS) * len(FEAT_SCALES) * n_channels
 
 
+def standardisation(f: Tensor) -> tuple[Tensor, Tensor]:
+    """``(offset, scale)`` of a wearer's features ``f`` (windows, features): how a clip, a training
+    subject or a calibration witness standardises them (a flat feature keeps a scale of 1e-3)."""
+    return f.mean(dim=0), f.std(dim=0, unbiased=False).clamp_min(1e-3)
+
+
 # a rejected window's open and close logits against relax's 0: probabilities (1, 1e-13, 1e-13),
 # and a bounded loss (about 30 per rejected window) where training scores adaptation
 REJECT_LOGIT = -30.0
@@ -301,12 +307,14 @@ class FeatLDA(_WindowClassifier):
         resid = z - self.class_means[best]
         distance = ((resid @ self.precision) * resid).sum(dim=1)
         far = (best != 0) & (distance > self.reject_distance) & (self.reject_distance > 0)
-        # other people's non-intent movements as extra LDA classes (same covariance as the head)
-        weight = self.other_means @ self.precision
-        other = z @ weight.T - 0.5 * (weight * self.other_means).sum(dim=1) + self.other_log_prior
-        lda_logits = z @ (self.class_means @ self.precision).T
-        lda_logits = lda_logits - 0.5 * ((self.class_means @ self.precision) * self.class_means).sum(dim=1)
-        taken = (other.max(dim=1).values > lda_logits.max(dim=1).values) & (self.other_log_prior < 0)
+        # other people's non-intent movements as extra LDA classes, scored with the intents'
+        # (the clip's covariance; the head may have taken gradient steps since it was fitted)
+        means = torch.cat([self.class_means, self.other_means])
+        weight = means @ self.precision
+        scores = z @ weight.T - 0.5 * (weight * means).sum(dim=1)
+        n = self.class_means.shape[0]
+        other = scores[:, n:] + self.other_log_prior
+        taken = (other.max(dim=1).values > scores[:, :n].max(dim=1).values) & (self.other_log_prior < 0)
         far = far | (taken & (best != 0))
         zero = torch.zeros_like(logits[:, :1])
         relax = torch.cat([zero, (zero + REJECT_LOGIT).expand(-1, logits.shape[1] - 1)], dim=1)
@@ -318,14 +326,14 @@ class FeatLDA(_WindowClassifier):
         turns on the novelty rejection at ``reject`` times the feature count (the mean squared
         distance of a window from its own intent's mean is about the feature count)."""
         n_classes = self.head.out_features
-        f = self.features(x)
-        self.feat_offset.copy_(f.mean(dim=0))
-        self.feat_scale.copy_(f.std(dim=0, unbiased=False).clamp_min(1e-3))
+        offset, scale = standardisation(self.features(x))
+        self.feat_offset.copy_(offset)
+        self.feat_scale.copy_(scale)
         z = self.embed(x)
-        weight, bias = lda(z, y, n_classes, shrinkage)
+        means, cov, counts = class_statistics(z, y, n_classes, shrinkage)
+        weight, bias = discriminants(means, cov, counts)
         self.head.weight.copy_(weight)
         self.head.bias.copy_(bias)
-        means, cov = class_statistics(z, y, n_classes, shrinkage)
         self.class_means.copy_(means)
         self.precision.copy_(torch.linalg.inv(cov))
         self.reject_distance.fill_(float(reject) * z.shape[1])
@@ -344,7 +352,8 @@ class FeatLDA(_WindowClassifier):
         for x, y in tasks:
             f = self.features(x).double()
             if per_task:
-                f = (f - f.mean(dim=0)) / f.std(dim=0, unbiased=False).clamp_min(1e-3)
+                offset, scale = standardisation(f)
+                f = (f - offset) / scale
             feats.append(f)
             labels.append(y.long())
         groups = feats if per_task else [torch.cat(feats)]
@@ -370,8 +379,7 @@ class FeatLDA(_WindowClassifier):
         sums = torch.zeros_like(self.other_means, dtype=torch.float64)
         counts = torch.zeros(self.N_OTHER, dtype=torch.float64)
         for intents, others, codes in tasks:
-            f = self.features(intents)
-            offset, scale = f.mean(dim=0), f.std(dim=0, unbiased=False).clamp_min(1e-3)
+            offset, scale = standardisation(self.features(intents))
             z = ((self.features(others) - offset) / scale) @ self.whiten.T
             for k in range(self.N_OTHER):
                 mine = z[codes == k + 1]
@@ -393,7 +401,8 @@ class FeatLDA(_WindowClassifier):
         counts: Tensor | int = 0
         for x, y in tasks:
             f = self.features(x).double()
-            f = (f - f.mean(dim=0)) / f.std(dim=0, unbiased=False).clamp_min(1e-3)
+            offset, scale = standardisation(f)
+            f = (f - offset) / scale
             onehot = F.one_hot(y.long(), n_classes).double()
             sums = sums + onehot.T @ f
             counts = counts + onehot.sum(dim=0)
@@ -401,9 +410,9 @@ class FeatLDA(_WindowClassifier):
         return (sums / counts.clamp_min(1)[:, None]).float()
 
 
-def class_statistics(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor, Tensor]:
-    """``(class means (classes, d), pooled within-class covariance (d, d))``, the covariance shrunk
-    toward ``shrinkage * mean variance * I``."""
+def class_statistics(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(class means (classes, d), pooled within-class covariance (d, d), windows per class)``,
+    the covariance shrunk toward ``shrinkage * mean variance * I``."""
     onehot = F.one_hot(y.long(), n_classes).to(z.dtype)
     counts = onehot.sum(dim=0)
     means = (onehot.T @ z) / counts.clamp_min(1)[:, None]
@@ -411,15 +420,18 @@ def class_statistics(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> 
     d = z.shape[1]
     cov = resid.T @ resid / max(1, len(z) - n_classes)
     cov = (1 - shrinkage) * cov + shrinkage * torch.eye(d, dtype=z.dtype) * torch.trace(cov) / d
-    return means, cov
+    return means, cov, counts
 
 
 def lda(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> tuple[Tensor, Tensor]:
     """Shrinkage linear discriminant analysis with equal priors: ``(weight (classes, d), bias)``
-    of the linear discriminant functions (:func:`class_statistics`). A class without windows gets
-    a bias of -1e4 (never chosen)."""
-    counts = F.one_hot(y.long(), n_classes).sum(dim=0)
-    means, cov = class_statistics(z, y, n_classes, shrinkage)
+    of the linear discriminant functions (:func:`class_statistics`, :func:`discriminants`)."""
+    return discriminants(*class_statistics(z, y, n_classes, shrinkage))
+
+
+def discriminants(means: Tensor, cov: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """The linear discriminant functions of class ``means`` with a shared ``cov`` and equal
+    priors; a class without windows (``counts`` 0) gets a bias of -1e4 (never chosen)."""
     weight = torch.linalg.solve(cov, means.T).T
     bias = -0.5 * (means * weight).sum(dim=1)
     return weight, torch.where(counts > 0, bias, torch.full_like(bias, -1e4))
