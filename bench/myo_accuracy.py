@@ -39,7 +39,6 @@ Methods (same clip, same windows):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from dataclasses import dataclass
@@ -70,13 +69,12 @@ def recording(data: Path, subject: str, session: str) -> Recording:
 
 def other_gestures(data: Path, subject: str, session: str, cycles: range | None = None) -> Recording:
     """The four other gestures of a session (every window should decide relax); ``cycles``: only those."""
+    from metalearn.myo import read_other_gestures
+
     path = data / "other_gestures" / f"myo_{subject}_{session}.csv"
-    rec = read_recording(path, labelled=False)
+    rec, codes = read_other_gestures(path)
     if cycles is None:
         return rec
-    with path.open(encoding="utf-8") as fh:
-        column = next(csv.reader(fh)).index("gesture")
-    codes = np.loadtxt(path, delimiter=",", skiprows=1, usecols=column, dtype=np.int64)
     starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
     if len(starts) - 1 != OTHER_BLOCKS:
         raise ValueError(f"{path}: {len(starts) - 1} gesture blocks, expected {OTHER_BLOCKS}")
