@@ -1,0 +1,107 @@
+"""The daemon's state in plain words, for a person: one definition for every viewer.
+
+``metaemg-monitor`` (terminal and plot) and ``metaemg-console`` (browser) show the same words and
+follow the same rule: the decision and the class probabilities mean something only while the
+daemon is ``running`` and its status is fresh; otherwise they are shown greyed (or not at all),
+never as if the hand followed them.
+
+:func:`explain` turns the last ``status`` message of the monitor stream (docs/controller.md) and
+its age into an :class:`Explanation`: a headline ("FAULT: device fault: overcurrent"), what it
+means, what to do next, and the control that does it (``action``: a button in the console, a
+``myhand-controller ctl`` command in a terminal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+STALE_AFTER_S = 2.0  # no status message for this long: the daemon is not heard (it publishes at 10 Hz)
+
+# state -> (headline, what it means, what to do next, the control that does it or None, severity)
+_WORDS: dict[str, tuple[str, str, str, str | None, str]] = {
+    "running": (
+        "RUNNING",
+        "the hand follows the decisions",
+        "pause before adjusting the armband or the hand",
+        "pause",
+        "ok",
+    ),
+    "paused": (
+        "PAUSED",
+        "the hand is held; decisions are not sent",
+        "resume when the patient is ready",
+        "resume",
+        "warn",
+    ),
+    "stale": (
+        "NO USABLE SIGNAL",
+        "the hand is held until the armband's signal is good again",
+        "check that the armband sits firmly and its electrodes touch the skin",
+        None,
+        "warn",
+    ),
+    "waiting_for_stream": (
+        "WAITING FOR THE ARMBAND",
+        "the hand is held; no armband stream that fits the model",
+        "switch the armband on, or check that it is the one the model is for",
+        None,
+        "warn",
+    ),
+    "waiting_for_link": (
+        "WAITING FOR THE ORTHOSIS",
+        "no connection to the hand orthosis",
+        "check the orthosis's cable and power",
+        None,
+        "warn",
+    ),
+    "fault": (
+        "FAULT",
+        "the hand is stopped",
+        "check the hand, then clear the fault",
+        "clear",
+        "fault",
+    ),
+    "starting": ("STARTING", "the controller is starting", "wait a few seconds", None, "warn"),
+    "stopping": ("STOPPING", "the controller is shutting down", "start the service again to go on", None, "warn"),
+}
+NOT_HEARD = (
+    "NO CONTROLLER",
+    "nothing heard from the controller",
+    "check that the myhand-controller service runs (systemctl status myhand-controller)",
+)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    state: str  # the daemon's state, or "unknown" when not heard
+    headline: str  # "FAULT: device fault: overcurrent"
+    meaning: str
+    next_step: str
+    action: str | None  # the control that does the next step: "pause", "resume", "clear" or None
+    severity: str  # "ok", "warn" or "fault"
+    live: bool  # the decision and probabilities mean something now
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"{self.headline}. {self.meaning[0].upper()}{self.meaning[1:]}; {self.next_step}."
+
+
+def explain(status: dict | None, age_s: float | None) -> Explanation:
+    """``status``: the last status message (None: none yet); ``age_s``: seconds since it arrived."""
+    if status is None or age_s is None or age_s > STALE_AFTER_S:
+        headline, meaning, step = NOT_HEARD
+        if status is not None and age_s is not None:
+            meaning = f"nothing heard from the controller for {age_s:.0f} s"
+        return Explanation("unknown", headline, meaning, step, None, "fault", False)
+    state = str(status.get("state") or "unknown")
+    reason = status.get("reason")
+    headline, meaning, step, action, severity = _WORDS.get(
+        state, (state.upper(), "unknown state", "see the controller's log", None, "warn")
+    )
+    if state == "fault" and isinstance(reason, str) and reason.startswith("protocol mismatch"):
+        step, action = "update the controller or the orthosis firmware so that their versions match", None
+    if reason and state not in ("running", "paused"):
+        headline = f"{headline}: {reason}"
+    return Explanation(state, headline, meaning, step, action, severity, state == "running")
