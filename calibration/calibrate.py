@@ -38,7 +38,7 @@ from calibration import config as configuration
 from calibration import plausible
 from calibration.daemonlink import DaemonLink
 from calibration.gate import GateDecision, decide
-from calibration.store import Store, resolve_state_dir
+from calibration.store import Store, check_patient, resolve_state_dir
 from metaemg.atomic import PRIVATE
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
@@ -69,6 +69,7 @@ def calibrate(
     force: bool = False,
     link: DaemonLink | None = None,
     source: str = "recording",
+    patient: str | None = None,
 ) -> dict:
     """Steps 2-5 of the module docstring for a clip already stored; returns the result document."""
     t_total = time.perf_counter()
@@ -106,6 +107,7 @@ def calibrate(
         config,
         when,
         source,
+        patient,
     )
 
     model_id, model_path, current, installed = _export_and_install(
@@ -122,6 +124,8 @@ def calibrate(
     result = {
         "ok": decision.install,
         "installed": installed is not None,
+        "patient": patient,
+        "session": when.isoformat(timespec="seconds"),
         "model": None if model_path is None else str(model_path),
         "model_id": model_id if decision.install else None,
         "current": None if current is None else str(current),
@@ -130,6 +134,8 @@ def calibrate(
         "adapt_seconds": round(adapted.adapt_seconds, 6),
         "recall_before": before["recall"],
         "recall_after": after["recall"],
+        "confusion_before": before["confusion"],
+        "confusion_after": after["confusion"],
         "gate": {
             **decision.to_dict(),
             "line": decision.line(),
@@ -144,7 +150,7 @@ def calibrate(
         "clip_sha256": clip_digest,
         "daemon": None if daemon is None else daemon.to_dict(),
     }
-    stem = store.report_stem(when, clip_digest)
+    stem = store.report_stem(when, clip_digest, patient)
     result["report"] = str(stem.with_suffix(".json"))
     result["png"] = None
     if config.png:
@@ -275,6 +281,7 @@ def _export_and_install(
                         "clip": clip_path.name,
                         "forced": decision.forced,
                     },
+                    patient=calibration["patient"],
                 )
                 model_path, current = installed.versioned, installed.current
                 say(
@@ -325,12 +332,14 @@ def _provenance(
     config,
     when: datetime,
     source: str,
+    patient: str | None,
 ) -> dict:
     """The ``calibration`` metadata of the adapted model."""
     rec = clip.recording
     return {
         "format": "metaemg-calibration/1",
         "time": when.isoformat(timespec="seconds"),
+        "patient": patient,
         "source": source,
         "base_model_id": base.info.model_id,
         "base_model_file": base_model.name,
@@ -410,7 +419,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, metavar="FILE", help="write the adapted model to this file instead of installing it"
     )
-    p.add_argument("--force", action="store_true", help="install the adapted model even if the gate refuses it")
+    p.add_argument(
+        "--patient",
+        metavar="ID",
+        help="the patient's id (a pseudonym such as P012): names the clip, model and report files",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="install the adapted model even if the gate refuses it; with --rollback, roll back even to the "
+        "uncalibrated base model",
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON document on the last line")
     live = p.add_argument_group("live recording")
     live.add_argument("--lsl-stream", metavar="NAME", help="LSL stream name of the armband (lsl.name)")
@@ -479,9 +498,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     store = Store(resolve_state_dir(args.state_dir, config.state_dir).absolute(), keep=config.keep_models)
     if args.rollback:
-        if args.out or args.force or args.base_model:
-            raise ConfigError("--rollback takes no --out, --force or --base-model")
-        return _rollback(store, config, args.json)
+        if args.out or args.base_model or args.patient:
+            raise ConfigError("--rollback takes no --out, --base-model or --patient")
+        return _rollback(store, config, args.json, force=args.force)
+    patient = check_patient(args.patient)
     base_model = args.base_model or (
         Path(config.base_model).expanduser() if config.base_model else default_model_path()
     )
@@ -503,19 +523,23 @@ def _run(args: argparse.Namespace) -> int:
     store.ensure()
     with store.lock(), _link(config, live=args.from_recording is None) as link:
         same = {"base_model": base_model, "config": config, "store": store, "when": when, "out": out}
-        same.update(force=args.force, link=link)
+        same.update(force=args.force, link=link, patient=patient)
         if args.from_recording is not None:
             base_info = OnnxModel(base_model).info
             rec = read_recording(args.from_recording, channels=base_info.channels)
-            clip_path, digest = store.save_clip_bytes(args.from_recording.read_bytes(), when)
+            clip_path, digest = store.save_clip_bytes(args.from_recording.read_bytes(), when, patient=patient)
             result = calibrate(rec, clip_path, digest, source="recording", **same)
+            if result["installed"] and config.daemon.notify and link.paused():
+                say(
+                    f"note: the controller is paused, so the new model does not move the hand yet; run: {link.resume_command()}"
+                )
         else:
             hold = link.hold() if config.daemon.pause_while_recording else None
             if hold is not None:
                 say(hold.note)
             result = None
             try:
-                rec, clip_path, digest = _record_live(config, base_model, store, link, when)
+                rec, clip_path, digest = _record_live(config, base_model, store, link, when, patient)
                 result = calibrate(rec, clip_path, digest, source="live", **same)
             finally:
                 note = None if hold is None else end_hold(link, hold, installed=bool(result and result["installed"]))
@@ -536,7 +560,7 @@ def end_hold(link: DaemonLink, hold, *, installed: bool) -> str | None:
         return link.release(hold)
     return (
         "the controller stays paused: no new model was installed. To go on with the model it had, "
-        "run: myhand-controller ctl resume"
+        f"run: {link.resume_command()}"
     )
 
 
@@ -568,7 +592,7 @@ def _default_control(config) -> str:
     return cfg.control.resolved_endpoint()
 
 
-def _record_live(config, base_model: Path, store: Store, link: DaemonLink, when: datetime):
+def _record_live(config, base_model: Path, store: Store, link: DaemonLink, when: datetime, patient: str | None):
     from calibration.live import LiveRecorder
 
     spec = OnnxModel(base_model).info.signal
@@ -585,21 +609,27 @@ def _record_live(config, base_model: Path, store: Store, link: DaemonLink, when:
         recorder.abort()
         partial = recorder.partial()
         if partial is not None:
-            path, _ = store.save_clip(partial, when, suffix="_incomplete")
+            path, _ = store.save_clip(partial, when, suffix="_incomplete", patient=patient)
             print(f"the incomplete clip is saved as {path}", file=sys.stderr, flush=True)
         raise
     finally:
         recorder.close()
-    clip_path, digest = store.save_clip(rec, when)
+    clip_path, digest = store.save_clip(rec, when, patient=patient)
     say(f"clip saved: {clip_path}")
     return read_recording(clip_path, channels=spec.channels), clip_path, digest
 
 
-def _rollback(store: Store, config, as_json: bool) -> int:
+def _rollback(store: Store, config, as_json: bool, *, force: bool = False) -> int:
     store.ensure()
     with store.lock():
-        now_id, was_id = store.rollback()
+        now_id, was_id = store.rollback(to_uncalibrated=force)
     say(f"rolled back: {store.current} is now model {now_id} (it was {was_id}); run --rollback again to undo")
+    calibrated = bool((store.describe(store.current) or {}).get("calibrated"))
+    if not calibrated:
+        say(
+            "WARNING: the current model is now the uncalibrated base model, which decides nothing: "
+            "the hand does not move until the next calibration"
+        )
     daemon = None
     if config.daemon.notify:
         with _link(config, live=False) as link:
@@ -614,6 +644,7 @@ def _rollback(store: Store, config, as_json: bool) -> int:
                     "model": str(store.current),
                     "model_id": now_id,
                     "replaced_model_id": was_id,
+                    "calibrated": calibrated,
                     "daemon": None if daemon is None else daemon.to_dict(),
                 }
             ),

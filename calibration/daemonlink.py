@@ -248,7 +248,21 @@ class DaemonLink:
         if answer is not None and answer.get("ok") is True:
             return "daemon resumed"
         why = "no answer" if answer is None else answer.get("error")
-        return f"WARNING: the daemon could not be resumed ({why}): resume it with: myhand-controller ctl resume"
+        return f"WARNING: the daemon could not be resumed ({why}): resume it with: {self.resume_command()}"
+
+    def resume_command(self) -> str:
+        """The shell command that resumes this daemon, from any working directory and user
+        environment (the control endpoint given outright)."""
+        return f"myhand-controller ctl --control {self.control_endpoint} resume"
+
+    def paused(self) -> bool | None:
+        """Whether the running daemon is paused (None: not running or no answer)."""
+        if not self._socket_exists():
+            return None
+        status = self._request({"cmd": "status"})
+        if status is None:
+            return None
+        return bool((status.get("status") or {}).get("paused"))
 
     def _socket_exists(self) -> bool:
         from controller.control import check_socket_dir

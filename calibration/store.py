@@ -2,13 +2,18 @@
 
 Layout (every file is written atomically: temporary file, fsync, rename)::
 
-    <state>/clips/<UTC time>_<sha8>.csv            every calibration clip, never deleted
-    <state>/models/adapted_<UTC time>_<id>.onnx    every installed adapted model (the newest
+    <state>/clips/<UTC time>_<patient>_<sha8>.csv  every calibration clip, never deleted
+    <state>/models/adapted_<UTC time>_<patient>_<id>.onnx
+                                                   every installed adapted model (the newest
                                                    ``keep`` are kept)
     <state>/models/current.onnx                    what the daemon loads (a regular file)
     <state>/models/previous.onnx                   what was current before the last change
     <state>/models/history.jsonl                   one line per install or rollback
-    <state>/reports/<UTC time>_<sha8>.json/.png    one report per calibration
+    <state>/reports/<UTC time>_<patient>_<sha8>.json/.png    one report per calibration
+
+``<patient>`` is the patient's id (``metaemg-calibrate --patient``; a pseudonym, never a name:
+:data:`PATIENT_ID`), left out when none is given; the UTC time is the session's start. Hashes stay
+in the files' metadata and in ``history.jsonl``.
 
 ``current.onnx`` changes by one ``os.replace`` of a complete, verified file, so the daemon's file
 watcher sees exactly one change. Installing copies the old current to ``previous.onnx`` first
@@ -32,6 +37,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +48,23 @@ from metaemg.errors import ConfigError, MetaEMGError, ModelError
 from metaemg.modelfile import OnnxModel, read_model_info
 from metaemg.trust import private_dir
 from metalearn.recording import Recording, write_recording
+
+
+PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")  # a pseudonymous id, safe in a file name
+
+
+def check_patient(patient: str | None) -> str | None:
+    """``patient`` if it is a valid id (or None); ConfigError naming the rule otherwise."""
+    if patient is not None and not PATIENT_ID.fullmatch(patient):
+        raise ConfigError(
+            f"--patient {patient!r}: a patient id is 1-32 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit (a pseudonym such as P012, never a name)"
+        )
+    return patient
+
+
+def _stem(when: datetime, patient: str | None, tail: str) -> str:
+    return "_".join(p for p in (utc_stamp(when), patient, tail) if p)
 
 
 class StateError(MetaEMGError):
@@ -123,35 +146,39 @@ class Store:
             os.close(fd)
 
     # -- clips -----------------------------------------------------------------------------------
-    def save_clip_bytes(self, data: bytes, when: datetime, suffix: str = "") -> tuple[Path, str]:
+    def save_clip_bytes(
+        self, data: bytes, when: datetime, suffix: str = "", patient: str | None = None
+    ) -> tuple[Path, str]:
         digest = sha256_bytes(data)
-        path = _unique(self.clips / f"{utc_stamp(when)}_{digest[:8]}{suffix}", ".csv")
+        path = _unique(self.clips / (_stem(when, patient, digest[:8]) + suffix), ".csv")
         write_bytes(path, data, perms=PRIVATE)
         return path, digest
 
     def save_clip(
-        self, rec: Recording, when: datetime, *, extra: dict | None = None, suffix: str = ""
+        self, rec: Recording, when: datetime, *, extra: dict | None = None, suffix: str = "", patient: str | None = None
     ) -> tuple[Path, str]:
-        """Write a recorded clip in the research CSV format, named by its content hash."""
-        pending = _unique(self.clips / f"{utc_stamp(when)}_pending{suffix}", ".csv")
+        """Write a recorded clip in the research CSV format, named by patient, time and content hash."""
+        pending = _unique(self.clips / (_stem(when, patient, "pending") + suffix), ".csv")
         write_recording(pending, rec, extra=extra, perms=PRIVATE)
         digest = sha256_bytes(pending.read_bytes())
-        path = _unique(self.clips / f"{utc_stamp(when)}_{digest[:8]}{suffix}", ".csv")
+        path = _unique(self.clips / (_stem(when, patient, digest[:8]) + suffix), ".csv")
         os.replace(pending, path)
         return path, digest
 
-    def report_stem(self, when: datetime, digest: str) -> Path:
-        return _unique(self.reports / f"{utc_stamp(when)}_{digest[:8]}", ".json").with_suffix("")
+    def report_stem(self, when: datetime, digest: str, patient: str | None = None) -> Path:
+        return _unique(self.reports / _stem(when, patient, digest[:8]), ".json").with_suffix("")
 
     # -- models ----------------------------------------------------------------------------------
     def candidate_path(self) -> Path:
         return self.models / f".candidate-{os.getpid()}.onnx"
 
-    def install(self, candidate: Path, when: datetime, base_model: Path, note: dict) -> Installed:
+    def install(
+        self, candidate: Path, when: datetime, base_model: Path, note: dict, patient: str | None = None
+    ) -> Installed:
         """Keep ``candidate`` as a versioned file and make it current; the old current (or, on
         the first install, ``base_model``) becomes previous."""
         info = read_model_info(candidate)
-        versioned = _unique(self.models / f"adapted_{utc_stamp(when)}_{info.model_id}", ".onnx")
+        versioned = _unique(self.models / ("adapted_" + _stem(when, patient, info.model_id)), ".onnx")
         os.chmod(candidate, PRIVATE)
         os.replace(candidate, versioned)
         old = self.current if self.current.is_file() else Path(base_model)
@@ -167,6 +194,7 @@ class Store:
                     "model_id": info.model_id,
                     "file": versioned.name,
                     "previous_model_id": previous_id,
+                    "patient": patient,
                     **note,
                 },
             }
@@ -206,8 +234,39 @@ class Store:
         for leftover in self.models.glob(".rollback-*.onnx"):
             leftover.unlink()
 
-    def rollback(self) -> tuple[str, str | None]:
-        """Swap current and previous; returns ``(model id now current, model id it replaced)``."""
+    def describe(self, path: Path) -> dict | None:
+        """What a model file of this directory is, for a person: ``model_id``, ``calibrated`` (False:
+        an uncalibrated base model, which decides nothing), ``patient``, ``time`` (the calibration's
+        session), ``accuracy_after``; None when there is no readable file."""
+        try:
+            info = read_model_info(path)
+        except (ModelError, ConfigError):
+            return None
+        cal = info.calibration or {}
+        return {
+            "model_id": info.model_id,
+            "calibrated": info.calibration is not None,
+            "patient": cal.get("patient"),
+            "time": cal.get("time"),
+            "accuracy_after": cal.get("accuracy_after"),
+        }
+
+    def history_entries(self) -> list[dict]:
+        """``history.jsonl``, oldest first (lines that are not JSON objects are left out)."""
+        if not self.history.is_file():
+            return []
+        out = []
+        for line in self.history.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    out.append(entry)
+        return out
+
+    def rollback(self, *, to_uncalibrated: bool = False) -> tuple[str, str | None]:
+        """Swap current and previous; returns ``(model id now current, model id it replaced)``.
+        Going back to an uncalibrated base model (it decides nothing: the hand would not move until
+        the next calibration) is refused unless ``to_uncalibrated``."""
         if not self.previous.is_file():
             raise StateError(f"nothing to roll back to: {self.previous} does not exist (no calibration installed yet)")
         try:
@@ -217,6 +276,12 @@ class Store:
             raise StateError(
                 f"cannot roll back: the previous model is unusable ({exc}); current is unchanged"
             ) from None
+        if model.info.calibration is None and not to_uncalibrated:
+            raise StateError(
+                f"rolling back would return to the uncalibrated base model {model.info.model_id}, which decides "
+                "nothing (the hand would not move until the next calibration); current is unchanged. "
+                "Add --force to roll back to it anyway"
+            )
         replaced_id = _model_id_or_none(self.current)
         # the two files swap: keep the bytes of both beside them while it happens
         keep_new, keep_old = self.models / ".rollback-new.onnx", self.models / ".rollback-old.onnx"

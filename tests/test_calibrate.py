@@ -65,11 +65,24 @@ def test_offline_calibration_installs_the_adapted_model_with_provenance(base, cl
     state = tmp_path / "state"
     proc = run_cli(
         "metaemg-calibrate",
-        ["--from-recording", str(clips["Male13/cal"]), "--base-model", str(base), "--state-dir", str(state), "--json"],
+        [
+            "--from-recording",
+            str(clips["Male13/cal"]),
+            "--base-model",
+            str(base),
+            "--state-dir",
+            str(state),
+            "--patient",
+            "P012",
+            "--json",
+        ],
         clean_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     res = last_json(proc.stdout)
+    assert res["patient"] == "P012" and res["session"].endswith("+00:00")
+    assert read_model_info(res["model"]).calibration["patient"] == "P012"
+    assert len(res["confusion_after"]) == 3 and sum(map(sum, res["confusion_after"])) > 0
     assert {"accuracy_before", "accuracy_after", "adapt_seconds", "model"} <= set(res)
     assert res["installed"] and res["gate"]["passed"] and res["accuracy_after"] > res["accuracy_before"] + 0.3
     assert 0 < res["adapt_seconds"] < 5
@@ -82,7 +95,9 @@ def test_offline_calibration_installs_the_adapted_model_with_provenance(base, cl
     models = state / "models"
     model = Path(res["model"])
     assert (
-        model.parent == models and model.name.startswith("adapted_") and model.name.endswith(f"_{res['model_id']}.onnx")
+        model.parent == models
+        and model.name.startswith("adapted_")
+        and model.name.endswith(f"_P012_{res['model_id']}.onnx")
     )
     assert (models / "current.onnx").read_bytes() == model.read_bytes()
     assert (models / "previous.onnx").read_bytes() == base.read_bytes()  # first install: rollback -> base
@@ -91,7 +106,8 @@ def test_offline_calibration_installs_the_adapted_model_with_provenance(base, cl
     clip = Path(res["clip"])
     assert clip.parent == state / "clips" and clip.read_bytes() == clips["Male13/cal"].read_bytes()
     digest = hashlib.sha256(clip.read_bytes()).hexdigest()
-    assert res["clip_sha256"] == digest and clip.name.endswith(f"_{digest[:8]}.csv")
+    assert res["clip_sha256"] == digest and clip.name.endswith(f"_P012_{digest[:8]}.csv")
+    assert Path(res["report"]).name.endswith(f"_P012_{digest[:8]}.json")
 
     info, base_info = read_model_info(model), read_model_info(base)
     cal = info.calibration
@@ -115,11 +131,20 @@ def test_offline_calibration_installs_the_adapted_model_with_provenance(base, cl
     assert Path(res["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = [json.loads(line) for line in (models / "history.jsonl").read_text().splitlines()]
     assert history[-1]["action"] == "install" and history[-1]["model_id"] == res["model_id"]
+    assert history[-1]["patient"] == "P012"
     # patient data is private to the service's user (issue 14: these were 0644)
     for d in ("clips", "models", "reports"):
         assert stat.S_IMODE(os.stat(state / d).st_mode) == 0o700
     files = [p for d in ("clips", "models", "reports") for p in (state / d).iterdir()]
     assert len(files) >= 7 and {oct(stat.S_IMODE(os.stat(p).st_mode)) for p in files} == {oct(0o600)}
+    # rolling back would return to the base model, which decides nothing: refused without --force
+    back = run_cli("metaemg-calibrate", ["--rollback", "--state-dir", str(state), "--no-reload"], clean_env(tmp_path))
+    assert back.returncode != 0 and "would return to the uncalibrated base model" in back.stderr
+    assert (models / "current.onnx").read_bytes() == model.read_bytes()
+    args = ["--rollback", "--force", "--state-dir", str(state), "--no-reload", "--json"]
+    back = run_cli("metaemg-calibrate", args, clean_env(tmp_path))
+    assert back.returncode == 0 and last_json(back.stdout)["calibrated"] is False
+    assert "WARNING: the current model is now the uncalibrated base model" in back.stdout
 
 
 def _clip_accuracy(model_path: Path, rec: Recording) -> float:
@@ -274,7 +299,9 @@ def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, 
 
 def test_an_installed_model_is_hot_swapped_by_a_running_daemon(base, clips, tmp_path, capsys):
     endpoint = f"ipc://{tmp_path / 'control.sock'}"
-    daemon = FakeDaemon(endpoint, [{"ok": True, "model_id": "new", "previous_model_id": "old"}])
+    # the daemon was left paused (e.g. by a refused live calibration): the install says so
+    answers = [{"ok": True, "model_id": "new", "previous_model_id": "old"}, {"ok": True, "status": {"paused": True}}]
+    daemon = FakeDaemon(endpoint, answers)
     try:
         rc = main(
             [
@@ -292,9 +319,14 @@ def test_an_installed_model_is_hot_swapped_by_a_running_daemon(base, clips, tmp_
         )
     finally:
         daemon.close()
-    res = last_json(capsys.readouterr().out)
-    assert rc == 0 and daemon.requests == [{"cmd": "reload", "path": res["current"]}]
+    out = capsys.readouterr().out
+    res = last_json(out)
+    assert rc == 0 and daemon.requests == [{"cmd": "reload", "path": res["current"]}, {"cmd": "status"}]
     assert res["daemon"]["status"] == "reloaded"
+    assert (
+        f"the controller is paused, so the new model does not move the hand yet; run: myhand-controller ctl --control {endpoint} resume"
+        in out
+    )
 
 
 def test_without_torch_it_says_what_to_install_before_recording(base, clips, tmp_path):
@@ -317,6 +349,7 @@ def test_without_torch_it_says_what_to_install_before_recording(base, clips, tmp
         (["--base-model", "/nonexistent/base.onnx", "--from-recording", "x.csv"], "base model not found"),
         (["--rollback", "--out", "m.onnx"], "--rollback takes no --out"),
         (["--rollback"], "nothing to roll back to"),
+        (["--patient", "Jane Doe", "--from-recording", "x.csv"], "--patient 'Jane Doe': a patient id is 1-32 letters"),
         (["--cycles", "1", "--print-config"], "protocol.cycles: must be an integer in 2..10"),
         (["--min-accuracy", "2", "--print-config"], "gate.min_accuracy: must be a fraction"),
     ],

@@ -228,7 +228,9 @@ def test_install_keeps_previous_and_rollback_swaps_them(base, tmp_path):
     assert store.current.read_bytes() == store.previous.read_bytes() == base.read_bytes()
     with store.lock(), pytest.raises(StateError, match="another metaemg-calibrate is running"), store.lock():
         pass
-    assert store.rollback() == (base_id, base_id)
+    with pytest.raises(StateError, match="would return to the uncalibrated base model .* Add --force"):
+        store.rollback()  # the base model decides nothing
+    assert store.rollback(to_uncalibrated=True) == (base_id, base_id)
     store.previous.write_bytes(b"not a model")
     with pytest.raises(StateError, match="the previous model is unusable"):
         store.rollback()
@@ -281,7 +283,7 @@ def test_an_install_killed_half_way_is_finished_by_the_next_calibration(base, tm
     assert not store.pending.exists() and not list(store.models.glob(".*"))
     log = [json.loads(line) for line in store.history.read_text().splitlines()]
     assert log[-1]["action"] == "install" and log[-1]["model_id"] == a_id and log[-1]["recovered"] is True
-    assert store.rollback() == (b_id, a_id)  # and rollback works again
+    assert store.rollback(to_uncalibrated=True) == (b_id, a_id)  # and rollback works again (to a base model)
 
 
 # ------------------------------------------------------------------------------------ daemon link
