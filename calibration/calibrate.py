@@ -37,7 +37,7 @@ import numpy as np
 from calibration import config as configuration
 from calibration import plausible
 from calibration.daemonlink import DaemonLink
-from calibration.gate import GateDecision, decide
+from calibration.gate import EXIT_REFUSED, GateDecision, decide
 from calibration.store import Store, check_patient, resolve_state_dir
 from metaemg.atomic import PRIVATE
 from metaemg.cli import entry_point
@@ -47,7 +47,6 @@ from metalearn.clip import ClipWindows, prepare_clip
 from metalearn.metrics import change_delays, delay_summary, fmt_recall, steady_windows, summary
 from metalearn.recording import Recording, read_recording
 
-EXIT_REFUSED = 3
 JSON_KEYS = ("accuracy_before", "accuracy_after", "adapt_seconds", "model")
 
 
@@ -531,7 +530,8 @@ def _run(args: argparse.Namespace) -> int:
             result = calibrate(rec, clip_path, digest, source="recording", **same)
             if result["installed"] and config.daemon.notify and link.paused():
                 say(
-                    f"note: the controller is paused, so the new model does not move the hand yet; run: {link.resume_command()}"
+                    "note: the controller is paused, so the new model does not move the hand yet; "
+                    f"run: {link.resume_command()}"
                 )
         else:
             hold = link.hold() if config.daemon.pause_while_recording else None

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from metaemg.typedconfig import Section, is_number, require
 
+EXIT_REFUSED = 3  # metaemg-calibrate's exit status when the gate refuses the adapted model
+
 
 @dataclass(frozen=True)
 class GateRules(Section):

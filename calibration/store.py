@@ -49,7 +49,6 @@ from metaemg.modelfile import OnnxModel, read_model_info
 from metaemg.trust import private_dir
 from metalearn.recording import Recording, write_recording
 
-
 PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")  # a pseudonymous id, safe in a file name
 
 

@@ -486,7 +486,12 @@ class Controller:
                 "last_reload": self._last_reload,
                 "last_error": self._last_model_error,
             },
-            "policy": {"armed": self.policy.armed, "intent": _name(self.policy.intent), "reason": self.policy.reason},
+            "policy": {
+                "armed": self.policy.armed,
+                "intent": _name(self.policy.intent),
+                "reason": self.policy.reason,
+                "threshold": self.policy.config.threshold,
+            },
             "monitor": {"endpoint": self.monitor.endpoint, "sent": self.monitor.sent, "dropped": self.monitor.dropped},
             "control": {"endpoint": self.control.endpoint},
             "pid": os.getpid(),
@@ -507,6 +512,7 @@ class Controller:
             "channels": info.channels,
             "window": info.window,
             "stride": info.stride,
+            "input_range": None if info.signal.input_range is None else list(info.signal.input_range),
         }
 
     # -- the stream ----------------------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""What the console knows from the daemon's monitor stream, and the view the page draws.
+
+:class:`Hub` is pure: fed with ``feed(topic, message, now)`` (``now``: the console's monotonic
+clock when the message arrived), it answers :meth:`Hub.view` for a page at time ``now``. The rules
+for what a decision means are :mod:`controller.explain`'s, the same as ``metaemg-monitor``'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+
+from controller.explain import explain
+from controller.monitor import SCHEMA
+from metaemg.intents import INTENTS
+
+DECISION_FRESH_S = 1.0  # a decision older than this is shown as stale, whatever the state
+CUE_SHOWN_S = 3.0  # a cue is shown this long after its last message (the calibration sends one a second)
+LATENCIES = 400  # decisions kept for the latency percentiles
+
+
+class Hub:
+    def __init__(self, emg_keep: int = 4000, started_wall: float | None = None) -> None:
+        self.status: dict | None = None
+        self.status_at: float | None = None
+        self.decision: dict | None = None
+        self.decision_at: float | None = None
+        self.latencies: deque[float] = deque(maxlen=LATENCIES)
+        self.emg: deque[list] = deque(maxlen=emg_keep)
+        self.emg_next = 0  # index of the next EMG sample to arrive (the page asks for those after its own)
+        self.emg_rate: float | None = None
+        self.cue: dict | None = None
+        self.cue_at: float | None = None
+        self.events: deque[dict] = deque(maxlen=12)
+        self.timeline: list[dict] = []  # every state change seen: {"t_wall", "state", "reason"}
+        self.commands: Counter = Counter()  # commands sent to the orthosis, by intent
+        self.started_wall = time.time() if started_wall is None else started_wall
+        self.received = 0
+
+    def feed(self, topic: str, msg: dict, now: float) -> None:
+        if not isinstance(msg, dict) or msg.get("schema") != SCHEMA:
+            return
+        self.received += 1
+        if topic == "status":
+            state = msg.get("state")
+            if self.status is None or self.status.get("state") != state:
+                self._state_seen(msg.get("t_wall"), state, msg.get("reason"))
+            self.status, self.status_at = msg, now
+        elif topic == "decision":
+            self.decision, self.decision_at = msg, now
+            if isinstance(msg.get("latency_ms"), int | float):
+                self.latencies.append(float(msg["latency_ms"]))
+            if msg.get("command_seq") is not None and msg.get("intent") in INTENTS:
+                self.commands[msg["intent"]] += 1
+        elif topic == "emg":
+            samples = msg.get("samples") or []
+            self.emg.extend(samples)
+            self.emg_next += len(samples)
+            self.emg_rate = msg.get("rate") or self.emg_rate
+        elif topic == "cue":
+            cue = msg.get("cue")
+            if isinstance(cue, dict):
+                self.cue, self.cue_at = cue, now
+        elif topic == "event":
+            self.events.append({"t_wall": msg.get("t_wall"), "text": event_text(msg)})
+            if msg.get("event") == "state":
+                self._state_seen(msg.get("t_wall"), msg.get("state"), msg.get("reason"))
+
+    def _state_seen(self, t_wall, state, reason) -> None:
+        if self.timeline and self.timeline[-1]["state"] == state:
+            return
+        self.timeline.append({"t_wall": t_wall, "state": state, "reason": reason})
+
+    def emg_since(self, index: int) -> tuple[int, list]:
+        """``(first index, samples)`` of the EMG after ``index`` that is still kept."""
+        first = max(index, self.emg_next - len(self.emg))
+        n = self.emg_next - first
+        return first, list(self.emg)[len(self.emg) - n :] if n > 0 else []
+
+    def latency(self) -> dict | None:
+        if not self.latencies:
+            return None
+        xs = sorted(self.latencies)
+        return {
+            "p50_ms": xs[len(xs) // 2],
+            "p99_ms": xs[min(len(xs) - 1, int(0.99 * (len(xs) - 1) + 0.5))],
+            "windows": len(xs),
+        }
+
+    def view(self, now: float) -> dict:
+        """Everything the page draws but the EMG (see :meth:`emg_since`)."""
+        age = None if self.status_at is None else now - self.status_at
+        why = explain(self.status, age)
+        s = self.status or {}
+        link, inp, model = s.get("link") or {}, s.get("input") or {}, s.get("model") or {}
+        decision = None
+        if self.decision is not None and self.decision_at is not None:
+            d_age = now - self.decision_at
+            decision = {
+                "intent": self.decision.get("intent"),
+                "label": self.decision.get("label"),
+                "probabilities": self.decision.get("probabilities"),
+                "rejected": self.decision.get("rejected"),
+                "age_s": round(d_age, 2),
+                "live": why.live and d_age <= DECISION_FRESH_S,
+            }
+        cue = None
+        if self.cue is not None and self.cue_at is not None and now - self.cue_at <= CUE_SHOWN_S:
+            cue = {**self.cue, "age_s": round(now - self.cue_at, 2)}
+        return {
+            "explain": why.to_dict(),
+            "state": why.state,
+            "status_age_s": None if age is None else round(age, 2),
+            "paused": s.get("paused"),
+            "orthosis": {
+                "connected": bool(link.get("ready")),
+                "device_state": link.get("device_state"),
+                "position": link.get("position"),  # permille of travel: 0 open .. 1000 closed
+                "fault": link.get("fault"),
+                "port": link.get("url"),
+            },
+            "stream": {
+                "connected": inp.get("connected"),
+                "name": (inp.get("stream") or {}).get("name"),
+                "measured_rate": inp.get("measured_rate"),
+                "saturated_fraction": inp.get("saturated_fraction"),
+                "problem": inp.get("problem"),
+            },
+            "model": {
+                "model_id": model.get("model_id"),
+                "path": model.get("path"),
+                "kind": model.get("kind"),
+                "input_range": model.get("input_range"),
+            },
+            "decision": decision,
+            "threshold": (s.get("policy") or {}).get("threshold"),
+            "latency": self.latency(),
+            "emg_rate": self.emg_rate,
+            "cue": cue,
+            "commands": dict(self.commands),
+            "events": list(self.events)[-6:],
+        }
+
+
+def event_text(msg: dict) -> str:
+    kind = msg.get("event")
+    if kind == "state":
+        return f"state {msg.get('prev')} -> {msg.get('state')} ({msg.get('reason') or 'no reason given'})"
+    if kind == "reload":
+        return f"model reload {'ok' if msg.get('ok') else 'FAILED'}: {msg.get('model_id') or msg.get('error')}"
+    return f"{kind}: {msg.get('detail', '')}".strip()

@@ -1,0 +1,313 @@
+// The clinician's console page: draws the view the console pushes over the WebSocket ten times a
+// second (console/hub.py), and sends the clinician's requests (console/server.py). No build step.
+"use strict";
+
+const TOKEN = document.querySelector('meta[name="console-token"]').content;
+const INTENTS = ["relax", "open", "close"];
+const INSTRUCTIONS = JSON.parse(document.getElementById("instructions").textContent);
+const EMG_SECONDS = 10;
+const $ = (id) => document.getElementById(id);
+
+let view = null;
+let emg = [];            // [index, sample[]] of the last EMG_SECONDS
+let socketOpen = false;
+
+// ---------------------------------------------------------------------------------------- requests
+async function post(path, body) {
+  const r = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Console-Token": TOKEN },
+    body: JSON.stringify(body || {}),
+    credentials: "same-origin",
+  });
+  let answer = {};
+  try { answer = await r.json(); } catch (e) { answer = { ok: false, error: `HTTP ${r.status}` }; }
+  return answer;
+}
+
+function confirmThen(text, action) {
+  const d = $("confirm");
+  $("confirm-text").textContent = text;
+  $("confirm-yes").onclick = () => { d.close(); action(); };
+  $("confirm-no").onclick = () => d.close();
+  d.showModal();
+}
+
+async function control(cmd) {
+  const a = await post("/api/control", { cmd });
+  $("control-answer").textContent = a.ok ? `${cmd}: done` : `${cmd}: ${a.error}`;
+}
+
+const MOVES = "The hand may move as soon as you confirm.";
+const ACTIONS = {
+  pause: () => control("pause"),
+  resume: () => confirmThen(`Resume: the controller drives the hand again. ${MOVES}`, () => control("resume")),
+  clear: () => confirmThen(`Clear the fault: check the hand first. ${MOVES}`, () => control("clear")),
+  stop: () => confirmThen("Stop the controller service? The hand holds still; the service must be started again to go on.", () => control("stop")),
+};
+$("btn-pause").onclick = ACTIONS.pause;
+$("btn-resume").onclick = ACTIONS.resume;
+$("btn-clear").onclick = ACTIONS.clear;
+$("btn-stop").onclick = ACTIONS.stop;
+
+$("btn-calibrate").onclick = async () => {
+  const patient = $("patient").value.trim();
+  const a = await post("/api/calibrate", patient ? { patient } : {});
+  $("cal-status").textContent = a.ok ? "starting the calibration ..." : a.error;
+};
+$("btn-cancel-cal").onclick = () => post("/api/calibrate/cancel");
+$("btn-install-anyway").onclick = () => confirmThen(
+  "The gate refused this model. Install it anyway? It will drive the hand.",
+  async () => { const a = await post("/api/install", { confirm: true }); if (!a.ok) $("cal-status").textContent = a.error; });
+$("btn-rollback").onclick = async () => {
+  const models = await (await fetch("/api/models", { credentials: "same-origin" })).json();
+  const warning = models.rollback_warning;
+  const prev = models.previous;
+  if (!prev) { $("cal-status").textContent = "Nothing to roll back to: no calibration installed yet."; return; }
+  const text = warning ? `WARNING: ${warning} Roll back anyway?`
+    : `Roll back to model ${prev.model_id} (patient ${prev.patient || "-"}, ${prev.time || "?"})? ${MOVES}`;
+  confirmThen(text, async () => {
+    const a = await post("/api/rollback", { confirm: true, to_uncalibrated: Boolean(warning) });
+    if (!a.ok) $("cal-status").textContent = a.error;
+  });
+};
+
+// ---------------------------------------------------------------------------------------- drawing
+function fmt(x, digits = 2) { return (typeof x === "number") ? x.toFixed(digits) : "-"; }
+
+function drawBanner(v) {
+  const e = v.explain;
+  $("banner").className = `sev-${e.severity}`;
+  $("state-headline").textContent = e.headline;
+  $("state-meaning").textContent = e.meaning[0].toUpperCase() + e.meaning.slice(1) + ".";
+  $("state-next").textContent = "Next: " + e.next_step + ".";
+  const b = $("state-action");
+  const labels = { pause: "Pause", resume: "Resume", clear: "Clear" };
+  b.hidden = !e.action || !socketOpen;
+  if (e.action) { b.textContent = labels[e.action]; b.onclick = ACTIONS[e.action]; }
+  $("btn-pause").disabled = e.state !== "running";
+  $("btn-resume").disabled = e.state !== "paused";
+  $("btn-clear").disabled = e.state !== "fault";
+  $("btn-stop").disabled = e.state === "unknown" || e.state === "stopping";
+}
+
+function drawHand(v) {
+  // position: permille of travel, 0 fully open (extended) .. 1000 fully closed
+  const pos = v.orthosis.position;
+  const c = (typeof pos === "number") ? Math.max(0, Math.min(1, pos / 1000)) : 0;
+  const g = $("fingers");
+  g.innerHTML = "";
+  const xs = [62, 90, 118, 146];
+  const lengths = [70, 82, 78, 62];
+  xs.forEach((x, i) => {
+    const L = lengths[i];
+    // an open finger points up; a closed one curls down over the palm
+    const a1 = -Math.PI / 2 + c * 1.6, a2 = a1 + c * 1.6;
+    const x1 = x + Math.cos(a1) * L * 0.55, y1 = 125 + Math.sin(a1) * L * 0.55;
+    const x2 = x1 + Math.cos(a2) * L * 0.45, y2 = y1 + Math.sin(a2) * L * 0.45;
+    const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    p.setAttribute("d", `M${x},125 L${x1.toFixed(1)},${y1.toFixed(1)} L${x2.toFixed(1)},${y2.toFixed(1)}`);
+    p.setAttribute("class", "finger");
+    g.appendChild(p);
+  });
+  const ta = -Math.PI * 0.85 + c * 1.2;
+  $("thumb").setAttribute("d", `M50,170 L${(50 + Math.cos(ta) * 45).toFixed(1)},${(170 + Math.sin(ta) * 45).toFixed(1)}`);
+  $("hand").dataset.closed = c.toFixed(3);
+  const o = v.orthosis;
+  $("orthosis-state").textContent = o.connected ? `orthosis: ${o.device_state || "?"}` : "orthosis: not connected";
+  $("position-text").textContent = (typeof pos === "number")
+    ? `${Math.round(100 - c * 100)} % open` : "position unknown";
+}
+
+function drawDecision(v) {
+  const d = v.decision;
+  const box = $("decision");
+  const live = Boolean(d && d.live);
+  box.className = live ? "live" : "stale";
+  if (!d) {
+    $("decision-intent").textContent = "-";
+    $("decision-note").textContent = "no decision yet";
+  } else {
+    $("decision-intent").textContent = d.intent || (d.rejected ? "unsure" : "-");
+    $("decision-note").textContent = live ? (d.rejected ? "below the threshold: holds relax" : "sent to the hand")
+      : `not sent: ${v.explain.headline} (last decision ${fmt(d.age_s, 1)} s ago)`;
+  }
+  const thr = v.threshold;
+  INTENTS.forEach((n, i) => {
+    const p = d && d.probabilities ? d.probabilities[i] : null;
+    $(`prob-${n}`).style.width = (typeof p === "number") ? `${(p * 100).toFixed(1)}%` : "0";
+    $(`p-${n}`).textContent = (typeof p === "number") ? p.toFixed(2) : "-";
+  });
+  document.querySelectorAll(".bar .thr").forEach((el) => {
+    el.hidden = typeof thr !== "number";
+    if (typeof thr === "number") el.style.left = `${thr * 100}%`;
+  });
+}
+
+function setupStrips() {
+  const box = $("emg");
+  for (let ch = 0; ch < 8; ch++) {
+    const c = document.createElement("canvas");
+    c.id = `emg-${ch}`;
+    c.width = 600; c.height = 46;
+    box.appendChild(c);
+  }
+}
+
+function drawEmg(v) {
+  const rate = v.emg_rate || 20;
+  const keep = Math.round(rate * EMG_SECONDS);
+  if (emg.length > keep) emg = emg.slice(emg.length - keep);
+  const range = v.model.input_range;
+  const lim = range ? Math.max(Math.abs(range[0]), Math.abs(range[1])) : null;
+  for (let ch = 0; ch < 8; ch++) {
+    const c = $(`emg-${ch}`);
+    if (!c) continue;
+    const ctx = c.getContext("2d");
+    ctx.clearRect(0, 0, c.width, c.height);
+    // each strip scaled to its own amplitude (at least 5 % of the armband's range), so quiet channels show
+    let scale = lim ? 0.05 * lim : 1e-9;
+    for (const [, s] of emg) scale = Math.max(scale, Math.abs(s[ch] || 0));
+    ctx.strokeStyle = "#3466c2";
+    ctx.beginPath();
+    emg.forEach(([, s], i) => {
+      const x = c.width * (i + keep - emg.length) / keep;
+      const y = c.height / 2 - (s[ch] || 0) / scale * (c.height / 2 - 2);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+    if (lim) {
+      ctx.fillStyle = "#d02020";
+      emg.forEach(([, s], i) => {
+        if (range && (s[ch] <= range[0] || s[ch] >= range[1])) {
+          ctx.fillRect(c.width * (i + keep - emg.length) / keep - 1, 0, 3, c.height);
+        }
+      });
+    }
+    ctx.fillStyle = "#555";
+    ctx.fillText(`ch ${ch + 1}`, 4, 12);
+  }
+  const s = v.stream;
+  $("rate").textContent = s.connected
+    ? `${s.name || "armband"}: ${fmt(s.measured_rate, 1)} samples/s, saturated ${fmt(100 * (s.saturated_fraction || 0), 0)} %`
+    : (s.problem || "no armband stream");
+}
+
+function drawFooter(v) {
+  const l = v.latency;
+  $("latency").textContent = l ? `latency p50 ${fmt(l.p50_ms)} ms, p99 ${fmt(l.p99_ms)} ms` : "latency -";
+  $("model").textContent = `model ${v.model.model_id || "-"}`;
+  const ul = $("events");
+  ul.innerHTML = "";
+  for (const e of v.events.slice().reverse()) {
+    const li = document.createElement("li");
+    li.textContent = `${new Date(e.t_wall * 1000).toLocaleTimeString()} ${e.text}`;
+    ul.appendChild(li);
+  }
+}
+
+function drawCue(v) {
+  const cue = v.cue;
+  const running = v.job && v.job.kind === "calibrate" && v.job.state === "running";
+  const overlay = $("cue-overlay");
+  const show = Boolean(running && cue && cue.cue !== "done");
+  overlay.hidden = !show;
+  if (!show) return;
+  const name = cue.cue;
+  overlay.className = `cue-${name}`;
+  const left = Math.max(0, (cue.remaining_s || 0) - (cue.age_s || 0));
+  $("cue-word").textContent = name === "countdown" ? "GET READY" : name.toUpperCase();
+  $("cue-instruction").textContent = name === "countdown" ? "the calibration starts in" : (INSTRUCTIONS[name] || "");
+  $("cue-count").textContent = Math.ceil(left).toString();
+  const n = cue.n_cues || 1;
+  const done = name === "countdown" ? 0 : Math.min(1, (cue.index + 1) / n);
+  $("cue-progress-bar").style.width = `${(done * 100).toFixed(0)}%`;
+}
+
+function pct(x) { return (typeof x === "number") ? `${Math.round(100 * x)} %` : "-"; }
+
+function drawJob(v) {
+  const j = v.job;
+  $("btn-calibrate").disabled = Boolean(v.job_running) || !socketOpen;
+  $("btn-install-anyway").hidden = !(j && j.kind === "calibrate" && j.state === "refused");
+  if (!j) return;
+  const r = j.result || {};
+  const what = { calibrate: "Calibration", install: "Install", rollback: "Rollback" }[j.kind];
+  const states = {
+    running: j.kind === "calibrate" ? "recording and adapting ..." : "running ...",
+    done: j.kind === "rollback" ? "done" : "passed the gate and installed",
+    refused: "refused by the gate: nothing installed",
+    failed: `failed: ${j.error}`,
+    cancelled: "cancelled (the partial clip is kept)",
+  };
+  $("cal-status").textContent = `${what}${j.patient ? " for " + j.patient : ""}: ${states[j.state] || j.state}`;
+  const out = $("cal-result");
+  if (j.kind === "rollback" && r.model_id) {
+    out.innerHTML = "";
+    const p = document.createElement("p");
+    p.textContent = `Now model ${r.model_id} (it was ${r.replaced_model_id}).` +
+      (r.calibrated === false ? " WARNING: the uncalibrated base model: the hand will not move." : "");
+    out.appendChild(p);
+    return;
+  }
+  if (!("accuracy_after" in r)) { out.textContent = j.state === "running" ? "" : (j.lines || []).slice(-3).join("\n"); return; }
+  const rows = INTENTS.map((n) => `<tr><th>${n}</th><td>${pct((r.recall_before || {})[n])}</td><td>${pct((r.recall_after || {})[n])}</td></tr>`).join("");
+  const cm = r.confusion_after || [];
+  const cmRows = cm.map((row, i) => `<tr><th>${INTENTS[i]}</th>${row.map((x) => `<td>${x}</td>`).join("")}</tr>`).join("");
+  const gate = r.gate || {};
+  out.innerHTML = `
+    <table id="cal-table"><tr><th></th><th>before</th><th>after</th></tr>
+      <tr><th>accuracy</th><td id="acc-before">${pct(r.accuracy_before)}</td><td id="acc-after">${pct(r.accuracy_after)}</td></tr>
+      ${rows}</table>
+    <table id="cal-confusion"><tr><th>cued \\ decided</th>${INTENTS.map((n) => `<th>${n}</th>`).join("")}</tr>${cmRows}</table>
+    <p id="gate-line" class="${gate.passed ? "gate-pass" : "gate-refuse"}"></p>
+    <p id="install-line"></p>`;
+  $("gate-line").textContent = `Gate: ${gate.line || "-"}`;
+  $("install-line").textContent = r.installed ? `Installed: model ${r.model_id}.` : "Nothing installed: the current model stays.";
+}
+
+async function refreshModels() {
+  try {
+    const m = await (await fetch("/api/models", { credentials: "same-origin" })).json();
+    const d = (x) => x ? `${x.model_id}${x.calibrated ? "" : " (uncalibrated base model)"}${x.patient ? ", patient " + x.patient : ""}${x.time ? ", " + x.time : ""}` : "none";
+    $("models").textContent = `Current: ${d(m.current)}. Previous: ${d(m.previous)}.`;
+  } catch (e) { /* the next refresh tries again */ }
+}
+
+function draw(v) {
+  view = v;
+  drawBanner(v);
+  drawHand(v);
+  drawDecision(v);
+  drawEmg(v);
+  drawFooter(v);
+  drawJob(v);
+  drawCue(v);
+}
+
+// ---------------------------------------------------------------------------------------- the socket
+let lastJobState = null;
+function connect() {
+  const ws = new WebSocket(`ws://${location.host}/ws`);
+  ws.onopen = () => { socketOpen = true; };
+  ws.onmessage = (ev) => {
+    const v = JSON.parse(ev.data);
+    const e = v.emg;
+    e.samples.forEach((s, i) => emg.push([e.first + i, s]));
+    const jobState = v.job ? `${v.job.kind}:${v.job.state}:${v.job.started_wall}` : null;
+    if (jobState !== lastJobState) { lastJobState = jobState; refreshModels(); }
+    draw(v);
+  };
+  ws.onclose = () => {
+    socketOpen = false;
+    const lost = { state: "unknown", headline: "CONSOLE DISCONNECTED", meaning: "the page lost its connection to metaemg-console",
+      next_step: "check that metaemg-console runs, then reload this page", action: null, severity: "fault", live: false };
+    if (view) draw({ ...view, explain: lost, decision: view.decision && { ...view.decision, live: false }, cue: null, job: view.job && { ...view.job, state: view.job.state === "running" ? "failed" : view.job.state } });
+    else drawBanner({ explain: lost });
+    setTimeout(connect, 1000);
+  };
+}
+
+setupStrips();
+refreshModels();
+connect();

@@ -1,0 +1,223 @@
+"""metaemg-console: what the page shows (the hub's rules), who may use it (token, Origin, Host),
+and the page itself in a real headless Chromium against the real daemon and simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+
+import pytest
+
+from console.hub import CUE_SHOWN_S, Hub
+from controller.monitor import SCHEMA
+from firmware_protocol import StopReason
+from rig.processes import Rig, command
+from tests.console_helpers import ConsoleProcess, browser, wait_text
+
+
+# ------------------------------------------------------------------------------------ the hub
+def _msg(topic: str, **fields) -> dict:
+    return {"schema": SCHEMA, "topic": topic, "t_mono": 0.0, "t_wall": 1000.0, **fields}
+
+
+def _status(state: str, reason=None, **extra) -> dict:
+    return _msg(
+        "status",
+        state=state,
+        reason=reason,
+        paused=state == "paused",
+        link={"ready": True, "device_state": "open", "position": 250, "fault": None},
+        input={"connected": True, "measured_rate": 200.0},
+        model={"model_id": "abc", "input_range": [-128, 127]},
+        policy={"threshold": 0.5},
+        **extra,
+    )
+
+
+def _decision(intent="open", seq=7) -> dict:
+    return _msg("decision", intent=intent, label=intent, probabilities=[0.1, 0.8, 0.1], command_seq=seq, latency_ms=0.9)
+
+
+def test_a_decision_is_live_only_while_running_and_fresh():
+    hub = Hub()
+    hub.feed("status", _status("running"), now=10.0)
+    hub.feed("decision", _decision(), now=10.0)
+    v = hub.view(10.5)
+    assert v["explain"]["headline"] == "RUNNING" and v["decision"]["live"] is True and v["threshold"] == 0.5
+    assert v["orthosis"]["position"] == 250 and v["model"]["input_range"] == [-128, 127]
+    assert hub.view(11.2)["decision"]["live"] is False  # no decision for more than a second
+
+    hub.feed("status", _status("paused"), now=12.0)
+    hub.feed("decision", _decision(seq=None), now=12.0)
+    v = hub.view(12.1)
+    assert v["explain"]["headline"] == "PAUSED" and v["explain"]["action"] == "resume"
+    assert v["decision"]["live"] is False and v["decision"]["intent"] == "open"  # shown, greyed
+
+    hub.feed("status", _status("fault", "device fault: overcurrent"), now=13.0)
+    v = hub.view(13.0)
+    assert v["explain"]["headline"] == "FAULT: device fault: overcurrent" and v["explain"]["action"] == "clear"
+    assert v["explain"]["next_step"] == "check the hand, then clear the fault" and not v["decision"]["live"]
+
+    v = hub.view(13.0 + 2.5)  # the daemon fell silent
+    assert v["state"] == "unknown" and v["explain"]["headline"] == "NO CONTROLLER" and not v["decision"]["live"]
+    assert v["explain"]["meaning"] == "nothing heard from the controller for 2 s"
+
+
+def test_commands_timeline_cue_and_emg():
+    hub = Hub(emg_keep=5)
+    hub.feed("status", _status("running"), now=1.0)
+    for seq in (1, None, 2):
+        hub.feed("decision", _decision("close", seq), now=1.0)
+    hub.feed("status", _status("running"), now=1.1)  # no change: no new timeline row
+    hub.feed("event", _msg("event", event="state", prev="running", state="paused", reason="operator"), now=1.2)
+    hub.feed("status", _status("paused"), now=1.3)
+    hub.feed("status", _msg("status", state="running"), now=1.4)
+    assert hub.commands == {"close": 2}
+    assert [(s["state"], s["reason"]) for s in hub.timeline] == [
+        ("running", None),
+        ("paused", "operator"),
+        ("running", None),
+    ]
+    assert hub.view(1.4)["events"][-1]["text"] == "state running -> paused (operator)"
+
+    hub.feed("emg", _msg("emg", samples=[[1.0] * 8, [2.0] * 8], rate=20.0), now=2.0)
+    hub.feed("emg", _msg("emg", samples=[[float(k)] * 8 for k in range(3, 8)], rate=20.0), now=2.0)
+    first, samples = hub.emg_since(0)  # 7 arrived, 5 kept
+    assert first == 2 and [s[0] for s in samples] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert hub.emg_since(6) == (6, [[7.0] * 8]) and hub.emg_since(7) == (7, [])
+
+    hub.feed("cue", _msg("cue", cue={"cue": "open", "index": 1, "remaining_s": 2.0}, source="control"), now=3.0)
+    assert hub.view(3.5)["cue"]["cue"] == "open" and hub.view(3.0 + CUE_SHOWN_S + 0.1)["cue"] is None
+    hub.feed("status", {"schema": "other/1", "state": "fault"}, now=4.0)  # another stream's message
+    assert hub.status["state"] == "running"
+
+
+# ------------------------------------------------------------------------------------ security
+@pytest.fixture
+def console(tmp_path):
+    # no daemon: the console serves and refuses without one
+    c = ConsoleProcess(tmp_path, f"ipc://{tmp_path}/run/control.sock", f"ipc://{tmp_path}/monitor.sock")
+    yield c
+    c.close()
+
+
+def test_every_request_needs_the_token(console):
+    assert console.url.startswith("http://127.0.0.1:") and len(console.token) >= 32
+    assert console.token_file.read_text().strip() == console.token
+    assert stat.S_IMODE(os.stat(console.token_file).st_mode) == 0o600
+    for path in ("/", "/static/console.js", "/api/view", "/api/models", "/report", "/ws"):
+        status, _, body = console.get(path, token=False)
+        assert status == 401 and b"open the URL metaemg-console printed" in body, path
+        status, _, _ = console.get(path + "?token=" + "x" * len(console.token), token=False)
+        assert status == 401, path
+
+    status, headers, _ = console.get("/")  # the token once: a cookie, and the URL without it
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert (
+        cookie.startswith(f"metaemg_console={console.token};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    )
+    status, headers, body = console.get("/", token=False, headers={"Cookie": f"metaemg_console={console.token}"})
+    assert status == 200 and f'content="{console.token}"'.encode() in body and headers["X-Frame-Options"] == "DENY"
+
+
+def test_changes_only_from_the_consoles_own_page(console):
+    cookie = {"Cookie": f"metaemg_console={console.token}"}
+    own = {**cookie, "Origin": console.base, "X-Console-Token": console.token}
+    cases = [
+        ({**cookie, "X-Console-Token": console.token}, "Origin"),  # no Origin
+        ({**own, "Origin": "http://evil.example"}, "Origin"),  # another site's page
+        ({**own, "Origin": "null"}, "Origin"),
+        ({**cookie, "Origin": console.base}, "X-Console-Token"),  # a form cannot set the header
+        ({**own, "X-Console-Token": "wrong"}, "X-Console-Token"),
+        ({**own, "Host": "rebound.example:8765"}, "Host"),  # DNS rebinding
+    ]
+    for headers, what in cases:
+        status, _, body = console.post("/api/control", {"cmd": "pause"}, headers)
+        assert status == 403 and what.encode() in body, (headers, body)
+    status, _, body = console.post("/api/control", {"cmd": "reload"}, own)
+    assert status == 400 and b"cmd must be one of pause, resume, clear, stop" in body
+    status, _, body = console.post("/api/control", {"cmd": "pause"}, own)  # through the guard; no daemon
+    assert status == 502 and json.loads(body)["ok"] is False
+    status, _, body = console.post("/api/calibrate", {"patient": "Jane Doe"}, own)
+    assert status == 400 and b"a patient id is 1-32 letters" in body
+    status, _, body = console.post("/api/rollback", {}, own)
+    assert status == 400 and b"confirm" in body
+
+
+def test_serving_beyond_loopback_needs_an_explicit_flag(tmp_path):
+    proc = subprocess.run(
+        [*command("metaemg-console", "console.server"), "--host", "0.0.0.0", "--token-file", str(tmp_path / "t")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "needs --allow-remote" in proc.stderr
+    assert not (tmp_path / "t").exists()
+
+
+# ------------------------------------------------------------------------------------ the page
+@pytest.fixture(scope="module")
+def model(myo_src, tmp_path_factory):
+    from rig.models import male13_model
+
+    return male13_model(tmp_path_factory.mktemp("console_models"), myo_src)
+
+
+@pytest.fixture
+def rig(tmp_path, model, myo_src):
+    from rig.models import myo_recording
+
+    r = Rig(tmp_path, model, myo_recording(myo_src, "Male13", "Test0").emg)
+    yield r
+    r.close()
+
+
+def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor)
+    driver = browser(tmp_path)
+    try:
+        driver.get(console.url)
+        assert driver.current_url == console.base + "/"  # the token left the address bar
+        wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "the running state")
+        wait_text(
+            driver,
+            "decision-note",
+            lambda t: t in ("sent to the hand", "below the threshold: holds relax"),
+            5,
+            "a live decision",
+        )
+        assert driver.find_element(By.ID, "decision").get_attribute("class") == "live"
+
+        t = time.monotonic()
+        driver.find_element(By.ID, "btn-pause").click()  # no confirmation: pausing never moves the hand
+        rig.wait_stop_after(t, 3, StopReason.OPERATOR)
+        wait_text(driver, "state-headline", lambda s: s == "PAUSED", 3, "the paused state")
+        wait_text(driver, "decision-note", lambda s: s.startswith("not sent: PAUSED"), 3, "a greyed decision")
+        assert driver.find_element(By.ID, "decision").get_attribute("class") == "stale"
+        assert driver.find_element(By.ID, "state-next").text == "Next: resume when the patient is ready."
+
+        driver.find_element(By.ID, "btn-resume").click()  # moves the hand: asks first
+        assert "The hand may move" in driver.find_element(By.ID, "confirm-text").text
+        driver.find_element(By.ID, "confirm-no").click()
+        assert rig.status()["state"] == "paused"
+        driver.find_element(By.ID, "btn-resume").click()
+        driver.find_element(By.ID, "confirm-yes").click()
+        wait_text(driver, "state-headline", lambda s: s == "RUNNING", 3, "running again")
+
+        t = time.monotonic()
+        rig.sim.send(cmd="fault", code="overcurrent")
+        rig.state_event("fault", t, 3)
+        wait_text(driver, "state-headline", lambda s: s == "FAULT: device fault: overcurrent", 2, "the fault")
+        assert driver.find_element(By.ID, "state-next").text == "Next: check the hand, then clear the fault."
+        assert driver.find_element(By.ID, "state-action").text == "Clear"
+        wait_text(driver, "decision-note", lambda s: s.startswith("not sent: FAULT"), 2, "a greyed decision")
+    finally:
+        driver.quit()
+        console.close()
