@@ -5,13 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION="${METAEMG_TORCH_VERSION:-2.13.0}"
 PY="${PYTHON:-python3}"
-# System tools for the GUI tests (a virtual X server, input driver, screenshots).
-if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null || ! command -v import >/dev/null; then
+# System tools for the GUI tests (a virtual X server, input driver, screenshots) and the console's
+# browser tests (Debian's Chromium and its ChromeDriver, driven headless by Selenium).
+if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null || ! command -v import >/dev/null \
+    || ! [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
     if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
-        echo "installing xvfb, xdotool and imagemagick for the GUI tests ..." >&2
-        apt-get update -qq >/dev/null && apt-get install -y -qq xvfb xdotool imagemagick >/dev/null
+        echo "installing xvfb, xdotool, imagemagick, chromium and chromium-driver for the GUI and browser tests ..." >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool imagemagick chromium chromium-driver >/dev/null
     else
-        echo "note: install xvfb, xdotool and imagemagick to run the GUI tests" >&2
+        echo "note: install xvfb, xdotool, imagemagick, chromium and chromium-driver to run the GUI and browser tests" >&2
     fi
 fi
 stamp=.venv/.metaemg-setup
