@@ -8,11 +8,12 @@ never as if the hand followed them.
 :func:`explain` turns the last ``status`` message of the monitor stream (docs/controller.md) and
 its age into an :class:`Explanation`: a headline ("FAULT: device fault: overcurrent"), what it
 means, what to do next, and the control that does it (``action``: a button in the console, a
-``myhand-controller ctl`` command in a terminal).
+``myhand-controller ctl`` command in a terminal, written by :func:`ctl_command`).
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 
 STALE_AFTER_S = 2.0  # no status message for this long: the daemon is not heard (it publishes at 10 Hz)
@@ -86,6 +87,28 @@ class Explanation:
 
     def line(self) -> str:
         return f"{self.headline}. {self.meaning[0].upper()}{self.meaning[1:]}; {self.next_step}."
+
+
+def state_headline(state: str) -> str:
+    """The headline of daemon state ``state`` without its reason: "PAUSED", "NO USABLE SIGNAL"."""
+    return _WORDS[state][0] if state in _WORDS else str(state).upper()
+
+
+def ctl_command(action: str, *, config: str | None = None, control: str | None = None) -> str:
+    """``action`` ("pause", "resume", "clear") as the command a person types in a terminal.
+
+    ``ctl`` finds the daemon from a configuration file: ``config`` (the file the daemon was
+    started with) makes it ``myhand-controller ctl --config FILE ACTION``; without it, ``control``
+    (the daemon's control endpoint, as its status reports it) gives ``--control ENDPOINT``;
+    without either, ``ctl`` looks where every tool does ($MYHAND_CONFIG, else
+    /etc/myhand/controller.yaml).
+    """
+    words = ["myhand-controller", "ctl"]
+    if config:
+        words += ["--config", config]
+    elif control:
+        words += ["--control", control]
+    return shlex.join([*words, action])
 
 
 def explain(status: dict | None, age_s: float | None) -> Explanation:

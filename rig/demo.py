@@ -12,9 +12,11 @@ It starts three processes, as a clinic runs them but with stand-ins for the hard
    start of a session, and replays another session (Test0), which the model has never seen;
 
 then shows the recording's label, the daemon's decision and the orthosis state a few times per
-second until Ctrl-C (or ``--duration``), stops everything cleanly (the daemon first: it sends STOP)
-and prints a summary: decisions, their agreement with the recording's labels, the commands the
-simulator accepted.
+second (a legend first; the daemon's state in words, :func:`controller.explain.explain`, whenever
+it changes) until Ctrl-C (or ``--duration``), stops everything cleanly (the daemon first: it sends
+STOP) and prints a summary: decisions, their agreement with the recording's labels, the commands
+the simulator accepted. The logs stay in ``--workdir DIR``; without it they are in a temporary
+directory, removed at the end (kept, and said so, when the demo fails).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import bisect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +34,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from controller.explain import Explanation, ctl_command, explain
+from controller.monitor_cli import position_bar
 from metaemg.cli import entry_point
 from metaemg.errors import DataError, MetaEMGError, ModelError
 from metaemg.intents import INTENTS
@@ -39,6 +44,15 @@ from rig.processes import Daemon, JsonLines, Sim, end_process, spawn
 
 REACTION_S = 0.3  # commands are scored against the label this long before (window + vote delay)
 PRINT_EVERY_S = 0.25
+HEADER_EVERY = 20  # rows: the header again, so that the columns stay named on screen
+LOG_FILES = "controller.log, replay.jsonl, sim.jsonl"
+LEGEND = f"""\
+  decision  the daemon's intent after its policy (SAFE: none); in brackets, (open): decided but not
+            sent, the daemon is not running (its state is explained in the -- lines)
+  p         the model's probability of the decided class (-: SAFE)
+  *         the decision differs from the recording's label at that moment; the hand follows about
+            {REACTION_S:g} s later, so a * right after the label changes is expected
+  position  the orthosis: 0 fully open .. 1000 fully closed; X marks it, open at the left"""
 
 
 class DemoError(MetaEMGError):
@@ -107,9 +121,26 @@ def main(argv: list[str] | None = None) -> int:
     source = args.source or ("myo:Male13/Test0" if (myo_root / "EvaluationDataset").is_dir() else "synth")
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        return _run(args, model, source, myo_root, args.workdir)
-    with tempfile.TemporaryDirectory(prefix="metaemg-demo-") as tmp:
-        return _run(args, model, source, myo_root, Path(tmp))
+        rc = _run(args, model, source, myo_root, args.workdir)
+        print(f"logs     kept in {args.workdir}")
+        return rc
+    work = Path(tempfile.mkdtemp(prefix="metaemg-demo-"))
+    rc = 1
+    try:
+        rc = _run(args, model, source, myo_root, work)
+    finally:
+        if rc == 0:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"logs     {work} removed (--workdir DIR keeps them)")
+        else:
+            print(f"logs     kept in {work}, the demo did not end cleanly (remove it when done)", flush=True)
+    return rc
+
+
+def _logs_line(work: Path, kept: bool) -> str:
+    if kept:
+        return f"logs     {work} ({LOG_FILES}; kept)"
+    return f"logs     {work} (temporary: removed at the end unless the demo fails; --workdir DIR keeps them)"
 
 
 def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Path:
@@ -188,7 +219,7 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
     try:
         print(
             f"model    {model}\nreplay   {source} as LSL stream {name!r}\northosis simulator on {link}\n"
-            f"logs     {work}\n"
+            f"{_logs_line(work, args.workdir is not None)}\n"
         )
         try:
             sim = Sim(work, output=work / "sim.out", start_new_session=True)
@@ -225,9 +256,12 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
         t_start = time.monotonic()
         deadline = None if args.duration is None else t_start + args.duration
         last: dict = {}
+        status_at: float | None = None
+        shown: Explanation | None = None
+        rows = 0
         next_print = t_start
         if not args.quiet:
-            print(f"{'time':>6}  {'recording':<9} {'decision':<9} {'p':>4}  {'daemon':<18} {'orthosis':<9} position")
+            print(LEGEND + "\n")
         while not stopping and (deadline is None or time.monotonic() < deadline):
             for proc, what in ((daemon.proc, "myhand-controller"), (replay, "the replay"), (sim.proc, "the simulator")):
                 if proc.poll() is not None:
@@ -247,10 +281,23 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
                     last[topic.decode()] = msg
                     if topic == b"decision":
                         _score(stats, msg, labels)
+                    elif topic == b"status":
+                        status_at = time.monotonic()
             now = time.monotonic()
-            if not args.quiet and now >= next_print and "decision" in last:
+            expl = None if status_at is None else explain(last.get("status"), now - status_at)
+            if args.quiet:
+                continue
+            if expl is not None and (shown is None or expl.state != shown.state):
+                shown = expl
+                print(_state_lines(expl, control), flush=True)
+            if now >= next_print and "decision" in last:
                 next_print = now + PRINT_EVERY_S
-                _print_line(now - t_start, last, labels)
+                if rows % HEADER_EVERY == 0:
+                    print(HEADER)
+                rows += 1
+                d = last["decision"]
+                label = labels.at(d["lsl_ts"]) if d.get("lsl_ts") is not None else None
+                print(_row(now - t_start, d, last.get("status", {}), expl, label), flush=True)
         t_end = time.monotonic()
     finally:
         daemon_rc = None if daemon is None else daemon.stop()
@@ -289,21 +336,40 @@ def _score(stats: dict, msg: dict, labels: Labels) -> None:
             stats["agree"] += label == msg["intent"]
 
 
-def _print_line(t: float, last: dict, labels: Labels) -> None:
-    d = last["decision"]
-    status = last.get("status", {})
-    link = status.get("link", {})
-    label = labels.at(d["lsl_ts"]) if d.get("lsl_ts") is not None else None
-    intent = d["intent"] or "SAFE"
-    state = d["state"] if d["state"] == "running" else f"{d['state']} ({status.get('reason') or ''})"[:18]
+HEADER = (
+    f"{'time':>6}  {'recording':<9} {'decision':<9} {'p':>4}  {'daemon':<18} {'orthosis':<8} {'pos':>4} open  closed"
+)
+
+
+def _state_lines(expl: Explanation, control: str) -> str:
+    """The daemon's state in words (controller.explain), and the command that does the next step."""
+    text = f"-- {expl.headline} - {expl.meaning}\n   next: {expl.next_step}"
+    if expl.action is not None:
+        text += f": {ctl_command(expl.action, control=control)}"
+    return text
+
+
+def _row(t: float, d: dict, status: dict, expl: Explanation | None, label: str | None) -> str:
+    """One live line: the recording's label, the decision (in brackets when it was not sent: not
+    ``running``, or the daemon's state not live), p of the decided class, the daemon state, the
+    orthosis's state and position between open (left) and closed (right)."""
+    link = status.get("link") or {}
+    live = expl is not None and expl.live and d.get("state") == "running"
+    intent = d.get("intent")
+    shown = intent or "SAFE"
+    shown = shown if live else f"({shown})"
+    probs = d.get("probabilities") or []
+    k = INTENTS.index(intent) if intent in INTENTS else None
+    p = probs[k] if k is not None and k < len(probs) and isinstance(probs[k], (int, float)) else None
+    state = str(d.get("state"))
+    state = state if state == "running" else f"{state} ({status.get('reason') or ''})"[:18]
     position = link.get("position")
-    bar = "" if position is None else "[" + "#" * round(position / 100) + "." * (10 - round(position / 100)) + "]"
-    mark = "" if label is None or d["intent"] is None else ("  " if label == d["intent"] else " *")
-    print(
-        f"{t:6.1f}  {label or '-':<9} {intent:<9} {d['confidence'] or 0:4.2f}  {state:<18} "
-        f"{link.get('device_state') or '-':<9} {'' if position is None else position:>4} {bar}{mark}",
-        flush=True,
-    )
+    mark = "" if label is None or intent is None else ("" if label == intent else " *")
+    return (
+        f"{t:6.1f}  {label or '-':<9} {shown:<9} {'   -' if p is None else f'{p:4.2f}'}  {state:<18} "
+        f"{link.get('device_state') or '-':<8} {'' if position is None else position:>4} "
+        f"{position_bar(position)}{mark}"
+    ).rstrip()
 
 
 def _summary(stats: dict, commands: list[dict], labels: Labels, daemon_rc, stopping, seconds: float) -> None:

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from controller import monitor as daemon_monitor
-from controller.monitor_cli import SCHEMA, MonitorView, render
+from controller.monitor_cli import SCHEMA, CtlHint, MonitorView, position_bar, render
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = str(REPO / ".venv" / "bin" / "metaemg-monitor")
@@ -50,6 +50,7 @@ def status_payload(state: str = "running") -> dict:
         },
         "model": {"path": "m.onnx", "model_id": "myo-meta-3f2a", "kind": "meta", "last_error": None},
         "policy": {"armed": True, "intent": "open", "reason": None},
+        "control": {"endpoint": "ipc:///run/myhand/control.sock"},
         "counters": {"samples": 4000, "decisions": 380, "rejected": 12, "commands_sent": 380, "acks_ok": 379},
     }
 
@@ -137,12 +138,15 @@ def test_render_shows_intent_bars_state_counters_latency():
         now=10.0,
     )
     text = render(view, "tcp://x:1", now=10.5)
+    assert "state   RUNNING\n        the hand follows the decisions\n" in text
+    assert "next    pause before adjusting the armband or the hand\n        myhand-controller ctl pause\n" in text
     assert "intent  OPEN" in text
     bars = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
     assert bars["open"].count("#") > 3 * bars["relax"].count("#") and bars["open"].endswith("<")
     assert "0.80" in bars["open"]
     assert "input   connected  MyHand-EMG 8 ch @ 200.0 Hz" in text
-    assert "link    ready" in text and "device open" in text
+    assert "link    ready  pty:///dev/pts/7  fw 1.2.0" in text
+    assert "hand    device open  position 120  open [-X--------] closed" in text
     assert "model   myo-meta-3f2a" in text
     assert "p50 4.2 ms" in text or "p50 4.5 ms" in text  # 2.0 + 0.5*k for k in 0..9, twice
     assert "decisions 380" in text and "commands_sent 380" in text
@@ -160,13 +164,184 @@ def test_render_waiting_stale_safe_and_foreign():
     d.update(intent=None, rejected=True, safe_reason="stale", probabilities=[0.4, None, 0.3])
     view.update("decision", {"schema": SCHEMA, **d}, now=1.0)
     view.update("status", {"schema": "other/9"}, now=1.0)
-    text = render(view, now=5.0)
-    assert "NO DATA: nothing received for 4.0 s" in text
-    assert "SAFE (no command)" in text and "rejected" in text and "safe: stale" in text
+    text = render(view, now=1.5)  # a decision but no status: the controller is not heard, nothing is live
+    assert "state   NO CONTROLLER\n        nothing heard from the controller\n" in text
+    assert (
+        "intent  last decision 0.5 s ago, sent then; now NO CONTROLLER  (policy: safe)"
+        "  rejected (below threshold)  safe: stale" in text
+    )
+    assert "SAFE (no command)" not in text
     assert "input   (no status yet)" in text
     assert "ignored 1 message(s)" in text
     assert re.search(r"^  open +\? +\|\?+\|", text, re.M)
     assert "not ready" not in text
+    text = render(view, now=5.0)  # the decision too old to show its probabilities
+    assert "intent  last decision 4.0 s ago, sent then; now NO CONTROLLER" in text
+    assert "\n  open " not in text and "|" not in text
+
+
+def test_waiting_at_start_then_not_heard():
+    view = MonitorView(started_at=100.0)
+    assert (
+        render(view, "tcp://x:1", now=101.0) == "metaemg-monitor  tcp://x:1\nwaiting for the daemon (no message yet)\n"
+    )
+    text = render(view, "tcp://x:1", now=103.0)
+    assert text.splitlines()[1:] == [
+        "state   NO CONTROLLER",
+        "        nothing heard from the controller",
+        "next    check that the myhand-controller service runs (systemctl status myhand-controller)",
+        "waiting for the daemon (no message yet)",
+    ]
+
+
+def fed(state: str, reason: str | None, decided_in: str, **status_fields) -> MonitorView:
+    """A view fed at local time 10.0 with ten decisions taken in ``decided_in`` and one status."""
+    view = MonitorView()
+    for i in range(10):
+        d = {**decision_payload(i), "state": decided_in}
+        view.update("decision", {"schema": SCHEMA, "t_mono": 100 + i * 0.05, **d}, now=10.0)
+    st = status_payload(state)
+    st.update(reason=reason, **status_fields)
+    st["policy"]["threshold"] = 0.6
+    st["control"] = {"endpoint": "ipc:///run/myhand/control.sock"}
+    view.update("status", {"schema": SCHEMA, **st}, now=10.0)
+    return view
+
+
+def test_render_running_is_live():
+    text = render(fed("running", None, "running"), now=10.2)
+    lines = text.splitlines()
+    assert lines[1:6] == [
+        "state   RUNNING",
+        "        the hand follows the decisions",
+        "next    pause before adjusting the armband or the hand",
+        "        myhand-controller ctl pause",
+        "intent  OPEN",
+    ]
+    bars = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    assert bars["open"].count("#") == 45 and bars["open"].endswith("|<")
+    # the threshold (0.6 from the status) marks the bars it is above: cell 34 of 56
+    assert bars["relax"].index(":") - bars["relax"].index("|") == 34 and ":" not in bars["open"]
+    colored = render(fed("running", None, "running"), now=10.2, color=True)
+    assert "\x1b[1;32mRUNNING\x1b[0m" in colored and "\x1b[1;32mOPEN\x1b[0m" in colored
+
+
+def test_render_paused_greys_the_decision_and_says_how_to_resume():
+    view = fed("paused", "operator", "paused", paused=True)
+    text = render(view, "ipc:///run/myhand/monitor.sock", now=10.1, ctl=CtlHint(config="/etc/myhand/c.yaml"))
+    lines = text.splitlines()
+    assert lines[1:9] == [
+        "state   PAUSED",
+        "        the hand is held; decisions are not sent",
+        "next    resume when the patient is ready",
+        "        myhand-controller ctl --config /etc/myhand/c.yaml resume",
+        "intent  last decision 0.1 s ago, not sent: PAUSED  (policy: open)",
+        "  relax  0.10 |------...........................:......................|",
+        "  open   0.80 |---------------------------------------------...........|<",
+        "  close  0.10 |------...........................:......................|",
+    ]
+    assert "intent  OPEN" not in text and "#" not in text
+    colored = render(view, now=10.1, color=True)
+    assert "\x1b[1;33mPAUSED\x1b[0m" in colored
+    assert "\x1b[90mintent  last decision 0.1 s ago, not sent: PAUSED  (policy: open)\x1b[0m" in colored
+    assert "1;32" not in colored.split("intent")[1].split("input")[0]  # never bold green
+    # four seconds later nothing more was heard: the controller, not the pause, is the news
+    text = render(view, now=14.2)
+    assert "state   NO CONTROLLER\n        nothing heard from the controller for 4 s\n" in text
+    assert "intent  last decision 4.2 s ago, not sent: PAUSED  (policy: open)" in text
+    assert "\n  open " not in text  # too old for bars
+    assert "the lines below are from the last status, 4.2 s old\ninput   connected" in text
+    colored = render(view, now=14.2, color=True)
+    assert "\x1b[90mhand    device open  position 120  open [-X--------] closed\x1b[0m" in colored
+
+
+def test_render_fault_says_how_to_leave_it():
+    view = fed("fault", "device fault: overcurrent", "fault", paused=True)
+    text = render(view, "tcp://127.0.0.1:5556", now=10.3, ctl=CtlHint(by_endpoint=True))
+    assert text.splitlines()[1:6] == [
+        "state   FAULT: device fault: overcurrent  (also paused by the operator)",
+        "        the hand is stopped",
+        "next    check the hand, then clear the fault",
+        "        myhand-controller ctl --control ipc:///run/myhand/control.sock clear",
+        "intent  last decision 0.3 s ago, not sent: FAULT  (policy: open)",
+    ]
+    assert "\x1b[1;31mFAULT: device fault: overcurrent\x1b[0m" in render(view, now=10.3, color=True)
+    mismatch = fed("fault", "protocol mismatch: version 2", "fault")
+    text = render(mismatch, now=10.3)
+    assert "next    update the controller or the orthosis firmware so that their versions match\nintent" in text
+    assert "ctl" not in text
+
+
+def test_render_running_status_with_a_decision_of_another_state():
+    # the status says running, the last decision was taken while re-arming: not sent
+    text = render(fed("running", None, "stale"), now=10.1)
+    assert "intent  last decision 0.1 s ago, not sent: NO USABLE SIGNAL  (policy: open)" in text
+    # a decision taken running, then the daemon went on running but decided nothing for 3 s
+    view = fed("running", None, "running")
+    view.update("status", {"schema": SCHEMA, **status_payload()}, now=13.0)
+    assert "intent  last decision 3.0 s ago, none since  (policy: open)" in render(view, now=13.0)
+
+
+def test_rejected_names_the_threshold():
+    view = MonitorView(threshold=0.55)
+    d = {**decision_payload(), "rejected": True, "intent": "relax"}
+    view.update("decision", {"schema": SCHEMA, **d}, now=1.0)
+    st = status_payload()
+    del st["policy"]
+    view.update("status", {"schema": SCHEMA, **st}, now=1.0)
+    assert view.threshold == 0.55  # the configuration's, the status does not say
+    assert "intent  RELAX  rejected (below threshold 0.55)" in render(view, now=1.1)
+    st["policy"] = {"threshold": 0.7}
+    view.update("status", {"schema": SCHEMA, **st}, now=1.2)
+    assert view.threshold == 0.7  # the daemon's own
+
+
+def test_position_bar_open_at_the_left():
+    assert position_bar(0) == "[X---------]"  # firmware: 0 fully open
+    assert position_bar(1000) == "[---------X]"  # 1000 fully closed
+    assert position_bar(500) == "[----X-----]"
+    assert position_bar(-5) == "[X---------]" and position_bar(None) == "[??????????]"
+
+
+def test_plot_shows_state_threshold_and_position(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from controller.monitor_cli import LivePlot
+
+    plot = LivePlot()
+    try:
+        view = fed("paused", "operator", "paused", paused=True)
+        view.status["link"]["position"] = 800
+        plot.update(view, now=10.1, ctl=CtlHint(config="/c.yaml"))
+        assert plot.title.get_text() == "PAUSED" and plot.title.get_color() == "tab:orange"
+        assert plot.subtitle.get_text() == (
+            "the hand is held; decisions are not sent; next: resume when the patient is ready "
+            "(myhand-controller ctl --config /c.yaml resume)"
+        )
+        assert plot.dec_title.get_text() == "no intent sent  (policy: open)"
+        assert plot.dec_note.get_text() == "last decision 0.1 s ago, not sent: PAUSED"
+        assert all(line.get_alpha() == 0.25 for line in plot.prob_lines)
+        assert plot.threshold_line.get_visible() and list(plot.threshold_line.get_ydata()) == [0.6, 0.6]
+        assert plot.threshold_line.get_label() == "threshold 0.60"
+        assert plot.position_line.get_visible() and list(plot.position_line.get_xdata()) == [800, 800]
+        assert [t.get_text() for t in plot.ax_pos.get_xticklabels()] == ["open (0)", "", "closed (1000)"]
+        assert plot.pos_title.get_text() == "orthosis: device open, position 800"
+        running = fed("running", None, "running")
+        plot.update(running, now=10.1)
+        assert plot.title.get_text() == "RUNNING" and plot.title.get_color() == "tab:green"
+        assert plot.dec_title.get_text() == "intent OPEN  model myo-meta-3f2a" and plot.dec_note.get_text() == ""
+        assert all(line.get_alpha() == 1.0 for line in plot.prob_lines)
+        fault = fed("fault", "device fault: overcurrent", "fault")
+        plot.update(fault, now=10.1)
+        assert plot.title.get_text() == "FAULT: device fault: overcurrent" and plot.title.get_color() == "tab:red"
+        assert "clear the fault (myhand-controller ctl clear)" in plot.subtitle.get_text()
+        plot.update(fault, now=20.0)
+        assert plot.title.get_text() == "NO CONTROLLER"
+        assert plot.dec_title.get_text() == "no intent sent  (policy: open)"
+        assert plot.dec_note.get_text() == "last decision 10.0 s ago, not sent: FAULT"
+    finally:
+        plot.close()
 
 
 def test_once_json_prints_one_status_and_exits(publisher):
@@ -216,6 +391,8 @@ def test_live_loop_redraws_until_duration(publisher):
     last = frames[-1]
     assert "intent  OPEN" in last and "model   myo-meta-3f2a" in last and "latency p50" in last
     assert "link    ready" in last and "\x1b[" not in proc.stdout
+    # pointed at an endpoint without a configuration: the ctl command names the daemon's control socket
+    assert "state   RUNNING" in last and "myhand-controller ctl --control ipc:///run/myhand/control.sock pause" in last
 
 
 def test_plot_window_updates_and_saves_a_frame(publisher, tmp_path):
@@ -255,6 +432,7 @@ def test_against_the_real_daemon(tmp_path):
         assert proc.returncode == 0, proc.stderr + daemon.stderr
         status = json.loads(proc.stdout)
         assert status["schema"] == SCHEMA and status["pid"] == daemon.proc.pid
+        assert status["policy"]["threshold"] == 0.5  # the plot's threshold line, from the daemon itself
         deadline = time.monotonic() + 20
         while True:  # until the daemon decides (stream and link up)
             proc = subprocess.run(
@@ -270,6 +448,7 @@ def test_against_the_real_daemon(tmp_path):
         assert "latency p50" in last, last
         assert "input   connected" in last and "link    ready" in last
         assert f"model   {status['model']['model_id']}" in last
+        assert re.search(r"^hand    device \w+  position \d+  open \[-*X-*\] closed$", last, re.M)
         assert re.search(r"^  close +\d\.\d\d \|", last, re.M)
     finally:
         daemon.stop()
