@@ -47,13 +47,20 @@ def session_report(hub: Hub, jobs: Jobs, models: dict) -> str:
         f"<p>Patient: <b>{e(', '.join(patients) or 'not given')}</b> · session from {_t(hub.started_wall)} to "
         f"{_t(time.time())} · state directory {e(str(models.get('state_dir')))}</p>",
     ]
-    current = models.get("current") or {}
-    parts.append(
-        f"<p>Model now: <b>{e(str(current.get('model_id')))}</b> "
-        f"({'calibrated' if current.get('calibrated') else 'uncalibrated base model'}"
-        f"{', patient ' + e(str(current.get('patient'))) if current.get('patient') else ''}"
-        f"{', session ' + e(str(current.get('time'))) if current.get('time') else ''})</p>"
-    )
+    current = models.get("current")
+    running = ((hub.status or {}).get("model") or {}).get("model_id")
+    if current is None:
+        parts.append(
+            f"<p>No calibration installed in this state directory; the controller runs model {e(str(running))}.</p>"
+        )
+    else:
+        parts.append(
+            f"<p>Installed model: <b>{e(str(current.get('model_id')))}</b> "
+            f"({'calibrated' if current.get('calibrated') else 'the uncalibrated base model'}"
+            f"{', patient ' + e(str(current.get('patient'))) if current.get('patient') else ''}"
+            f"{', session ' + e(str(current.get('time'))) if current.get('time') else ''}); "
+            f"the controller runs model {e(str(running))}.</p>"
+        )
     parts.append("<h2>Calibrations, installs and rollbacks</h2>")
     if not jobs.history:
         parts.append("<p>None in this session.</p>")
