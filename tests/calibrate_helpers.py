@@ -1,5 +1,6 @@
 """Helpers for the calibration and eval tests: a real meta-trained base model, real Myo clips,
-a simulated patient on a real LSL outlet who follows the cues of a real ZeroMQ PUB socket.
+the CLI as a subprocess, a fake daemon's control socket. The simulated patient who follows the
+cues is the rig's (:class:`rig.patient.Patient`, ``metaemg-patient``).
 
 Polls with deadlines, never sleeps as synchronisation.
 """
@@ -125,85 +126,6 @@ def run_cli(
 
 def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
-
-
-class SimulatedPatient:
-    """An armband (LSL outlet, 200 Hz, 8 channels, float32) worn by a patient who follows the cues.
-
-    The patient listens to the cue PUB socket and, ``reaction_s`` after each cue, plays EMG of
-    that intent from a real Myo recording (the recording's segments of each intent in turn),
-    in real time, one chunk of samples every 10 ms with their LSL times.
-    """
-
-    def __init__(self, rec, name: str, cue_endpoint: str, *, reaction_s: float = 0.15, rate: float = 200.0):
-        import pylsl
-        import zmq
-
-        self._pylsl = pylsl
-        self.rate = rate
-        self.reaction_s = reaction_s
-        self.pools = [rec.emg[rec.labels == k].astype(np.float32) for k in range(3)]
-        self.pos = [0, 0, 0]
-        info = pylsl.StreamInfo(name, "EMG", 8, rate, pylsl.cf_float32, f"{name}-src")
-        self.outlet = pylsl.StreamOutlet(info, chunk_size=2, max_buffered=10)
-        self._ctx = zmq.Context()
-        self._sub = self._ctx.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"cue")
-        self._sub.connect(cue_endpoint)
-        self.cues: list[dict] = []
-        self.intent = 0
-        self._pending: list[tuple[float, int]] = []  # (when, intent)
-        self._last_index: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="patient", daemon=True)
-
-    def start(self) -> SimulatedPatient:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sub.close(0)
-        self._ctx.term()
-        del self.outlet
-
-    def _listen(self, now: float) -> None:
-        import zmq
-
-        while True:
-            try:
-                _, raw = self._sub.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            cue = json.loads(raw)
-            self.cues.append(cue)
-            if cue["cue"] in ("relax", "open", "close") and cue["index"] != self._last_index:
-                self._last_index = cue["index"]
-                self._pending.append((now + self.reaction_s, ("relax", "open", "close").index(cue["cue"])))
-        while self._pending and self._pending[0][0] <= now:
-            self.intent = self._pending.pop(0)[1]
-
-    def _samples(self, n: int) -> np.ndarray:
-        pool, k = self.pools[self.intent], self.intent
-        idx = (self.pos[k] + np.arange(n)) % len(pool)
-        self.pos[k] = int(idx[-1]) + 1
-        return pool[idx]
-
-    def _run(self) -> None:
-        clock = self._pylsl.local_clock
-        t0 = clock()
-        sent = 0
-        while not self._stop.is_set():
-            now = clock()
-            self._listen(now)
-            due = int((now - t0) * self.rate) + 1 - sent
-            if due > 0:
-                stamps = t0 + (sent + np.arange(due)) / self.rate
-                self.outlet.push_chunk(self._samples(due), stamps.tolist())
-                sent += due
-            self._stop.wait(0.01)
 
 
 class FakeDaemon:

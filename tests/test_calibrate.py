@@ -18,7 +18,6 @@ from calibrate_helpers import (
     NO_TORCH,
     SUBJECTS,
     FakeDaemon,
-    SimulatedPatient,
     base_model,
     clean_env,
     last_json,
@@ -32,6 +31,7 @@ from metalearn.clip import cycle_starts, prepare_clip
 from metalearn.evaluate_cli import evaluate
 from metalearn.recording import Recording, read_recording, write_recording
 from rig.models import myo_recording
+from rig.patient import Patient
 from rig.processes import unique_name
 
 CLIP_S = 32  # the first two cycles of training0 and a little relax
@@ -392,7 +392,10 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
             {"ok": True, "state": "running"},
         ],
     )
-    patient = SimulatedPatient(myo_recording(myo_src, "Male13", "training0"), name, cues).start()
+    # a quick reaction (1 s cues): the clip is about the tool, not the patient's timing (tests/test_patient.py)
+    patient = Patient(
+        myo_recording(myo_src, "Male13", "training0"), name=name, endpoints=[cues], reaction_s=0.15, jitter_s=0.0
+    ).start()
     state = tmp_path / "state"
     try:
         proc = run_cli(
@@ -567,8 +570,10 @@ def test_nan_from_the_armband_stops_a_live_calibration_at_once_and_keeps_the_cli
     and when, and the clip up to it is saved as ..._incomplete.csv."""
     name = unique_name()
     cues = f"ipc://{tmp_path / 'cues.sock'}"
-    patient = SimulatedPatient(myo_recording(myo_src, "Male13", "training0"), name, cues)
-    patient.pools[1][40:60, 3] = np.nan  # in the first open, about 0.2 s in
+    # idle, the patient relaxes (the recording in order would reach the NaN before the first cue)
+    patient = Patient(myo_recording(myo_src, "Male13", "training0"), name=name, endpoints=[cues], idle="relax")
+    first_open = patient.runs[1][0][0]  # the first open cue plays the first open run, from its onset
+    patient.emg[first_open + 40 : first_open + 60, 3] = np.nan  # about 0.2 s in
     patient.start()
     state = tmp_path / "state"
     t = time.monotonic()
