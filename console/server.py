@@ -305,6 +305,9 @@ class Console:
         except ConfigError as exc:
             return _error(str(exc), 400)
         args = [] if patient is None else ["--patient", patient]
+        stream = (((self.hub.status or {}).get("input") or {}).get("stream") or {}).get("name")
+        if stream:  # the armband the controller listens to, whatever the calibration's lsl.name says
+            args += ["--lsl-stream", stream]
         cycles = body.get("cycles")
         if cycles is not None:
             if not isinstance(cycles, int) or isinstance(cycles, bool) or not 2 <= cycles <= 10:

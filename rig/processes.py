@@ -151,6 +151,11 @@ class Sim:
         return end_process(self.proc)
 
 
+def monitor_endpoint(tmp: Path) -> str:
+    """The monitor stream of a rig's daemon in ``tmp`` (:class:`Daemon`)."""
+    return f"ipc://{tmp}/monitor.sock"
+
+
 class Daemon:
     """``myhand-controller`` with the four flags, a private control socket (``control``, default
     ``ipc://TMP/run/control.sock``) and a private monitor (``ipc://TMP/monitor.sock``). Its JSON log
@@ -169,7 +174,7 @@ class Daemon:
         output: Path | None = None,
         **popen,
     ) -> None:
-        self.monitor = f"ipc://{tmp}/monitor.sock"
+        self.monitor = monitor_endpoint(tmp)
         self.control = control or f"ipc://{tmp}/run/control.sock"
         self.output = output
         self.argv = [
@@ -321,7 +326,12 @@ class Rig:
         daemon_args: tuple[str, ...] = (),
         sim_args: tuple[str, ...] = (),
         wait_running: float = 20.0,
+        patient=None,
     ) -> None:
+        """``patient``: a labelled recording; the armband is then a simulated patient
+        (:class:`rig.patient.Patient`, :attr:`patient`) who follows the calibration's cues on the
+        daemon's monitor stream and otherwise plays that recording, instead of a replay of ``emg``
+        (:attr:`replay` is then None)."""
         from rig.replay import Replay
 
         self.tmp = tmp
@@ -331,7 +341,14 @@ class Rig:
         self.name = unique_name("fault-emg")
         try:  # each part is closed by close() once it exists
             self.sim = Sim(tmp, *sim_args)
-            self.replay = Replay(self.emg, None, rate, name=self.name, loop=True).start()
+            self.replay: Replay | None = None
+            self.patient = None
+            if patient is None:
+                self.replay = Replay(self.emg, None, rate, name=self.name, loop=True).start()
+            else:
+                from rig.patient import Patient
+
+                self.patient = Patient(patient, name=self.name, endpoints=[monitor_endpoint(tmp)]).start()
             self.port = str(self.sim.link)
             if udev is not None:  # a symlink of our own, moved by the test as udev would
                 os.symlink(self.sim.pty, udev)
@@ -401,12 +418,16 @@ class Rig:
 
     def close(self) -> None:
         """Stop whatever was started, the subscriber and the daemon first."""
-        sub, daemon, replay, sim = (getattr(self, name, None) for name in ("sub", "daemon", "replay", "sim"))
+        sub, daemon, replay, patient, sim = (
+            getattr(self, name, None) for name in ("sub", "daemon", "replay", "patient", "sim")
+        )
         if sub is not None:
             sub.close()
         if daemon is not None:
             daemon.stop()
         if replay is not None:
             replay.close()
+        if patient is not None:
+            patient.stop()
         if sim is not None:
             sim.stop()

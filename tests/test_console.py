@@ -14,7 +14,7 @@ import pytest
 from console.hub import CUE_SHOWN_S, Hub
 from controller.monitor import SCHEMA
 from firmware_protocol import StopReason
-from rig.processes import Rig, command
+from rig.processes import Rig, command, wait_until
 from tests.console_helpers import ConsoleProcess, browser, wait_text
 
 
@@ -221,3 +221,82 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
     finally:
         driver.quit()
         console.close()
+
+
+def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
+    """No armband, no orthosis: the simulated patient follows the page's calibration cues, the
+    model is installed and drives the simulated hand, then a rollback is warned and confirmed."""
+    import shutil
+
+    from selenium.webdriver.common.by import By
+
+    from metaemg.modelfile import default_model_path, read_model_info
+    from rig.models import myo_recording
+
+    base = tmp_path / "base.onnx"
+    shutil.copy(default_model_path(), base)
+    base_id = read_model_info(base).model_id
+    rec = myo_recording(myo_src, "Male13", "training0")
+    cfg = tmp_path / "calibration.yaml"
+    cfg.write_text(f"base_model: {base}\npng: false\nprotocol:\n  countdown_s: 1\ncues:\n  endpoint: null\n")
+    rig = Rig(tmp_path, base, rec.emg, patient=rec)
+    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor, "--calibration-config", str(cfg))
+    driver = browser(tmp_path)
+    try:
+        driver.get(console.url)
+        wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "the running state")
+        driver.find_element(By.ID, "patient").send_keys("P007")
+        driver.find_element(By.ID, "btn-calibrate").click()
+        words = set()
+
+        def cue_shown():
+            overlay = driver.find_element(By.ID, "cue-overlay")
+            if overlay.is_displayed():
+                words.add(driver.find_element(By.ID, "cue-word").text)
+            return "OPEN" in words
+
+        try:
+            wait_until(cue_shown, 15, "the OPEN cue on the page")
+        except AssertionError:
+            raise AssertionError(
+                f"cues seen {words}; {driver.find_element(By.ID, 'cal-status').text}; {console.view()['job']}"
+            ) from None
+        assert rig.status()["state"] == "paused"  # the hand holds still while the patient follows the cues
+        assert driver.find_element(By.ID, "cue-instruction").text == "open your hand and hold it open"
+        status = wait_text(
+            driver, "cal-status", lambda t: "installed" in t or "refused" in t or "failed" in t, 60, "the result"
+        )
+        assert status == "Calibration for P007: passed the gate and installed", status
+        assert not driver.find_element(By.ID, "cue-overlay").is_displayed()
+        assert driver.find_element(By.ID, "gate-line").text.startswith("Gate: passed")
+        after = float(driver.find_element(By.ID, "acc-after").text.rstrip(" %"))
+        assert after >= 80 and len(driver.find_elements(By.CSS_SELECTOR, "#cal-confusion tr")) == 4
+        installed = driver.find_element(By.ID, "install-line").text.split("model ")[1].rstrip(".")
+        model_file = next((tmp_path / "state" / "models").glob("adapted_*_P007_*.onnx"))
+        assert read_model_info(model_file).model_id == installed
+
+        # use: the daemon runs the new model and the patient's movements drive the hand
+        wait_until(lambda: rig.status()["model"]["model_id"] == installed, 5, "the hot swap")
+        rig.wait_state("running", 5)
+        t = time.monotonic()
+        wait_until(
+            lambda: {c.get("intent") for c in rig.commands(t)} & {"open", "close"}, 20, "an open or close command"
+        )
+        wait_text(driver, "state-headline", lambda s: s == "RUNNING", 3, "running on the new model")
+
+        # rollback: the previous model is the uncalibrated base model; the page says so first
+        driver.find_element(By.ID, "btn-rollback").click()
+        warning = wait_text(driver, "confirm-text", lambda s: s.startswith("WARNING"), 5, "the rollback warning")
+        assert f"uncalibrated base model {base_id}" in warning and "the hand will not move" in warning
+        driver.find_element(By.ID, "confirm-yes").click()
+        wait_text(driver, "cal-status", lambda s: s == "Rollback: done", 30, "the rollback")
+        wait_until(lambda: rig.status()["model"]["model_id"] == base_id, 5, "the base model running again")
+
+        status, _, body = console.get("/report")
+        report = body.decode()
+        assert status == 200 and "Patient: <b>P007</b>" in report and f"Installed: model {installed}" in report
+        assert "<td>paused</td><td>operator</td>" in report and "uncalibrated base model" in report
+    finally:
+        driver.quit()
+        console.close()
+        rig.close()
