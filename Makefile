@@ -5,7 +5,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/metaemg-demo
+	.venv/bin/metaemg-demo --console
 
 test: setup
 	.venv/bin/python -m pytest

@@ -11,7 +11,12 @@ It starts three processes, as a clinic runs them but with stand-ins for the hard
    it (``metaemg-calibrate``) on the same subject's ``training0`` session, as a clinic does at the
    start of a session, and replays another session (Test0), which the model has never seen;
 
-then shows the recording's label, the daemon's decision and the orthosis state a few times per
+With ``--console`` (what ``make demo`` runs) the armband is a simulated patient
+(``metaemg-patient``) who plays the same recording but follows a calibration's cues, and the
+clinician's console (``metaemg-console``) serves the session in a browser: its URL is printed,
+and a whole session (calibrate, install, use, roll back) can be rehearsed from the page.
+
+It then shows the recording's label, the daemon's decision and the orthosis state a few times per
 second (a legend first; the daemon's state in words, :func:`controller.explain.explain`, whenever
 it changes) until Ctrl-C (or ``--duration``), stops everything cleanly (the daemon first: it sends
 STOP) and prints a summary: decisions, their agreement with the recording's labels, the commands
@@ -40,7 +45,7 @@ from metaemg.cli import entry_point
 from metaemg.errors import DataError, MetaEMGError, ModelError
 from metaemg.intents import INTENTS
 from metalearn.myo import default_myo_root
-from rig.processes import Daemon, JsonLines, Sim, end_process, spawn
+from rig.processes import Daemon, JsonLines, Sim, end_process, monitor_endpoint, spawn
 
 REACTION_S = 0.3  # commands are scored against the label this long before (window + vote delay)
 PRINT_EVERY_S = 0.25
@@ -76,6 +81,32 @@ class Labels:
         return self.labels[i] if i >= 0 else None
 
 
+class PatientLabels(Labels):
+    """What the simulated patient plays over time, from its log: a cued intent, or the
+    recording's label at the row it has reached (the patient's samples are stamped ``at + k /
+    rate`` from each change on)."""
+
+    def __init__(self, labels, rate: float) -> None:
+        super().__init__()
+        self.recording = [INTENTS[int(k)] for k in labels]
+        self.rate = rate
+        self.changes: list[tuple[str, int]] = []  # (what is played, from which row)
+
+    def add(self, record: dict) -> None:
+        if record.get("event") == "intent":
+            self.times.append(record["at"])
+            self.changes.append((record["intent"], int(record["row"])))
+
+    def at(self, t: float) -> str | None:
+        i = bisect.bisect_right(self.times, t) - 1
+        if i < 0:
+            return None
+        playing, row = self.changes[i]
+        if playing in INTENTS:
+            return playing
+        return self.recording[(row + int(round((t - self.times[i]) * self.rate))) % len(self.recording)]
+
+
 def _model_path(arg: Path | None) -> Path:
     if arg is not None:
         if not arg.is_file():
@@ -107,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, help="stop after this many seconds and print the summary")
     p.add_argument("--workdir", type=Path, help="keep logs and sockets here (default: a temporary directory)")
     p.add_argument("--quiet", action="store_true", help="no live lines, only the summary")
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="the armband is a simulated patient who follows calibration cues, and the clinician's console "
+        "serves the session in a browser (its URL is printed)",
+    )
+    p.add_argument("--console-port", type=int, default=8765, help="the console's port (default 8765; 0: any free one)")
     p.add_argument(
         "--no-calibrate",
         action="store_true",
@@ -208,6 +246,7 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
     sim: Sim | None = None
     replay: subprocess.Popen | None = None
     daemon: Daemon | None = None
+    console: subprocess.Popen | None = None
     stopping = []
     old_int = signal.signal(signal.SIGINT, lambda *_: stopping.append("interrupted"))
     old_term = signal.signal(signal.SIGTERM, lambda *_: stopping.append("terminated"))
@@ -217,28 +256,21 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
     sub.setsockopt_string(zmq.SUBSCRIBE, "")
     stats: dict = {"decisions": 0, "agree": 0, "scored": 0, "latency": [], "states": Counter()}
     try:
+        armband = "patient  (follows calibration cues)" if args.console else "replay  "
         print(
-            f"model    {model}\nreplay   {source} as LSL stream {name!r}\northosis simulator on {link}\n"
+            f"model    {model}\n{armband} {source} as LSL stream {name!r}\northosis simulator on {link}\n"
             f"{_logs_line(work, args.workdir is not None)}\n"
         )
         try:
             sim = Sim(work, output=work / "sim.out", start_new_session=True)
         except RuntimeError:
             raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})") from None
+        if args.console:  # the daemon's monitor (a Daemon's): where the patient hears the cues
+            armband_argv = ["rig.patient", source, "--monitor", monitor_endpoint(work), "--name", name]
+        else:
+            armband_argv = ["rig.replay", source, "--name", name, "--loop"]
         replay = spawn(
-            [
-                py,
-                "-m",
-                "rig.replay",
-                source,
-                "--name",
-                name,
-                "--loop",
-                "--myo-root",
-                str(myo_root),
-                "--log",
-                str(work / "replay.jsonl"),
-            ],
+            [py, "-m", *armband_argv, "--myo-root", str(myo_root), "--log", str(work / "replay.jsonl")],
             work / "replay.out",
             start_new_session=True,
         )
@@ -252,7 +284,15 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
             start_new_session=True,
         )
         sub.connect(daemon.monitor)
-        labels, replay_log = Labels(), JsonLines(work / "replay.jsonl")
+        if args.console:
+            from rig.replay import load_source
+
+            rec = load_source(source, myo_root)
+            labels: Labels = PatientLabels(rec.labels, rec.sample_rate)
+            console = _start_console(args.console_port, daemon, control, model, work)
+        else:
+            labels = Labels()
+        replay_log = JsonLines(work / "replay.jsonl")
         t_start = time.monotonic()
         deadline = None if args.duration is None else t_start + args.duration
         last: dict = {}
@@ -263,7 +303,14 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
         if not args.quiet:
             print(LEGEND + "\n")
         while not stopping and (deadline is None or time.monotonic() < deadline):
-            for proc, what in ((daemon.proc, "myhand-controller"), (replay, "the replay"), (sim.proc, "the simulator")):
+            for proc, what in (
+                (daemon.proc, "myhand-controller"),
+                (replay, "the armband"),
+                (sim.proc, "the simulator"),
+                (console, "metaemg-console"),
+            ):
+                if proc is None:
+                    continue
                 if proc.poll() is not None:
                     raise DemoError(
                         f"{what} exited with status {proc.returncode} (see the logs in {work}: "
@@ -300,6 +347,8 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
                 print(_row(now - t_start, d, last.get("status", {}), expl, label), flush=True)
         t_end = time.monotonic()
     finally:
+        if console is not None:
+            end_process(console)
         daemon_rc = None if daemon is None else daemon.stop()
         if replay is not None:
             end_process(replay)
@@ -315,6 +364,30 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
     commands = [c for c in commands if c["t"] <= t_end]
     _summary(stats, commands, labels, daemon_rc, stopping, t_end - t_start)
     return 0 if daemon_rc == 0 else 1
+
+
+def _start_console(port: int, daemon: Daemon, control: str, model: Path, work: Path) -> subprocess.Popen:
+    """``metaemg-console`` for the demo's daemon; prints its URL. Its calibrations adapt the packaged
+    default model (or ``model`` when it is not a calibrated one) into ``work/calibration``."""
+    from metaemg.modelfile import default_model_path, read_model_info
+
+    base = model if read_model_info(model).calibration is None else default_model_path()
+    cfg = work / "console_calibration.yaml"
+    cfg.write_text(f"base_model: {json.dumps(str(base))}\ncues:\n  endpoint: null\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "console.server", "--control", control, "--monitor", daemon.monitor]
+    argv += ["--port", str(port), "--state-dir", str(work / "calibration"), "--calibration-config", str(cfg)]
+    argv += ["--token-file", str(work / "console.token")]
+    proc = spawn(argv, work / "console.out", pipe_stdout=True, start_new_session=True)
+    assert proc.stdout is not None  # pipe_stdout
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        end_process(proc)
+        raise DemoError(f"metaemg-console did not start: {_tail(work / 'console.out')}")
+    print(
+        f"console  {url}\n"
+        "         open it in a browser on this machine: live state, controls, a rehearsal calibration\n"
+    )
+    return proc
 
 
 def _tail(path: Path, n: int = 1) -> str:

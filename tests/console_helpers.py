@@ -1,47 +1,24 @@
-"""Helpers for the console tests: the real ``metaemg-console`` process and a real headless Chromium
-(Debian's ``chromium`` and ``chromium-driver``, driven by Selenium; ``scripts/setup.sh`` installs
-them). Polls with deadlines, never sleeps as synchronisation."""
+"""Helpers for the console tests: the real ``metaemg-console`` process over HTTP, and a real headless
+Chromium (:mod:`rig.browser`). Polls with deadlines, never sleeps as synchronisation."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rig.processes import command, end_process, spawn, wait_until
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+from rig.browser import chromium, console
+from rig.processes import end_process, wait_until
 
 
 class ConsoleProcess:
-    """``metaemg-console --port 0`` for a daemon's sockets; ``url`` is its first stdout line."""
+    """``metaemg-console --port 0`` for a daemon's sockets (:func:`rig.browser.console`); ``url``
+    is its first stdout line."""
 
     def __init__(self, tmp: Path, control: str, monitor: str, *extra: str) -> None:
         self.token_file = tmp / "console.token"
-        self.argv = [
-            *command("metaemg-console", "console.server"),
-            "--control",
-            control,
-            "--monitor",
-            monitor,
-            "--port",
-            "0",
-            "--state-dir",
-            str(tmp / "state"),
-            "--token-file",
-            str(self.token_file),
-            *extra,
-        ]
-        self.log = tmp / "console.log"
-        self.proc = spawn(self.argv, self.log, pipe_stdout=True)
-        assert self.proc.stdout is not None  # pipe_stdout
-        self.url = self.proc.stdout.readline().strip()
-        if not self.url.startswith("http://"):
-            end_process(self.proc)
-            raise RuntimeError(f"metaemg-console printed {self.url!r} first; its log: {self.log.read_text()}")
+        self.proc, self.url = console(tmp, control, monitor, *extra)
         self.base = self.url.split("/?")[0]
         self.token = self.url.split("token=", 1)[1]
 
@@ -82,30 +59,8 @@ def _call(req: urllib.request.Request) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
-def browser(tmp: Path, width: int = 1400, height: int = 900):
-    """A real headless Chromium (Selenium's Chrome driver on Debian's chromedriver)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for exe in (CHROMIUM, CHROMEDRIVER):
-        if not Path(exe).exists() and not shutil.which(Path(exe).name):
-            raise RuntimeError(f"{exe} is missing: run scripts/setup.sh (it installs chromium and chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp / 'chromium'}",
-        f"--window-size={width},{height}",
-    ):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=subprocess.DEVNULL), options=opts)
+def browser(tmp: Path):
+    return chromium(tmp / "chromium")
 
 
 def wait_text(driver, element_id: str, predicate, timeout: float, what: str) -> str:

@@ -228,7 +228,7 @@ def test_install_keeps_previous_and_rollback_swaps_them(base, tmp_path):
     assert store.current.read_bytes() == store.previous.read_bytes() == base.read_bytes()
     with store.lock(), pytest.raises(StateError, match="another metaemg-calibrate is running"), store.lock():
         pass
-    with pytest.raises(StateError, match="would return to the uncalibrated base model .* Add --force"):
+    with pytest.raises(StateError, match=r"would return to the uncalibrated base model .* Add --force"):
         store.rollback()  # the base model decides nothing
     assert store.rollback(to_uncalibrated=True) == (base_id, base_id)
     store.previous.write_bytes(b"not a model")

@@ -153,3 +153,27 @@ def test_the_temporary_logs_directory_is_removed_only_after_a_clean_run(outcome,
     monkeypatch.setattr(demo, "_run", lambda *a: 0)
     assert demo.main(["--model", str(model), "--source", "synth", "--workdir", str(kept)]) == 0
     assert capsys.readouterr().out == f"logs     kept in {kept}\n" and kept.is_dir()
+
+
+def test_patient_labels_follow_the_cues_and_the_recording():
+    """--console: the label of what the simulated patient plays, from its log (rig.patient)."""
+    labels = demo.PatientLabels([0, 0, 1, 1, 2, 2], rate=10.0)
+    for record in (
+        {"event": "start", "t0": 100.0},
+        {"event": "intent", "intent": "recording", "at": 100.0, "row": 0},
+        {"event": "intent", "intent": "close", "at": 101.0, "row": 4},
+        {"event": "intent", "intent": "recording", "at": 102.0, "row": 3},
+    ):
+        labels.add(record)
+    assert labels.at(99.9) is None
+    assert [labels.at(100.0 + k / 10) for k in range(7)] == [
+        "relax",
+        "relax",
+        "open",
+        "open",
+        "close",
+        "close",
+        "relax",
+    ]
+    assert labels.at(101.5) == "close"  # cued
+    assert labels.at(102.0) == "open" and labels.at(102.1) == "close"  # the recording again, from row 3
