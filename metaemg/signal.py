@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import signal as sps
 
 from metaemg.errors import ConfigError
 
@@ -171,8 +170,18 @@ def _num(v: object) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+def _scipy_signal():
+    """``scipy.signal``, imported when a filter is first designed: it takes about half a second
+    and most of a tool's start-up (the control CLI, the monitor and every reader of model files
+    import this module, and design no filter)."""
+    from scipy import signal
+
+    return signal
+
+
 def design(spec: SignalSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Second-order sections before rectification (high-pass, notch) and after (envelope)."""
+    sps = _scipy_signal()
     fs = spec.sample_rate
     pre = []
     if spec.highpass_hz is not None:
@@ -186,10 +195,15 @@ def design(spec: SignalSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
     return (np.vstack(pre) if pre else None), post
 
 
-try:  # scipy's own compiled SOS kernel, without sosfilt's per-call checks (~25 us per call)
-    from scipy.signal._sosfilt import _sosfilt as _sos_kernel
-except ImportError:  # pragma: no cover - another scipy layout: the public function, slower
-    _sos_kernel = None
+def _kernel():
+    """scipy's own compiled SOS kernel, without sosfilt's per-call checks (~25 us per call), or None
+    under another scipy layout (then the public function, slower)."""
+    try:
+        from scipy.signal._sosfilt import _sosfilt
+
+        return _sosfilt
+    except ImportError:  # pragma: no cover - another scipy layout
+        return None
 
 
 class _SosStage:
@@ -201,18 +215,20 @@ class _SosStage:
 
     def __init__(self, sos: np.ndarray, channels: int):
         self.sos = np.ascontiguousarray(sos, dtype=np.float64)
-        self._zi_unit = sps.sosfilt_zi(self.sos)  # (sections, 2)
+        self._sps = _scipy_signal()
+        self._kernel = _kernel()
+        self._zi_unit = self._sps.sosfilt_zi(self.sos)  # (sections, 2)
         self.zi: np.ndarray | None = None
         self.channels = channels
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.zi is None:
             self.zi = np.ascontiguousarray(self._zi_unit[None, :, :] * x[0][:, None, None])
-        if _sos_kernel is not None:
+        if self._kernel is not None:
             y = np.array(x.T, dtype=np.float64, order="C")  # a copy: the kernel works in place
-            _sos_kernel(self.sos, y, self.zi)
+            self._kernel(self.sos, y, self.zi)
             return y.T
-        y, zi = sps.sosfilt(self.sos, x, axis=0, zi=self.zi.transpose(1, 2, 0))
+        y, zi = self._sps.sosfilt(self.sos, x, axis=0, zi=self.zi.transpose(1, 2, 0))
         self.zi = np.ascontiguousarray(zi.transpose(2, 0, 1))
         return y
 
