@@ -3,10 +3,13 @@ and the page itself in a real headless Chromium against the real daemon and simu
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -161,6 +164,39 @@ def test_serving_beyond_loopback_needs_an_explicit_flag(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the page
+_ATTACK = """<!doctype html><title>loading</title><script>
+fetch("CONSOLE/api/control", {method: "POST", mode: "no-cors", credentials: "include",
+  headers: {"Content-Type": "text/plain"}, body: '{"cmd": "pause"}'})
+  .then(() => { document.title = "sent"; }, () => { document.title = "blocked"; });
+</script>"""
+
+
+@contextlib.contextmanager
+def _page_elsewhere(html: str):
+    """Serve ``html`` from another origin (a port of its own); yields its URL."""
+    body = html.encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def model(myo_src, tmp_path_factory):
     from rig.models import male13_model
@@ -183,6 +219,8 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
     console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor)
     driver = browser(tmp_path)
     try:
+        driver.get(console.base + "/")  # without the token
+        assert "unauthorised" in driver.find_element(By.TAG_NAME, "body").text
         driver.get(console.url)
         assert driver.current_url == console.base + "/"  # the token left the address bar
         wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "the running state")
@@ -194,6 +232,18 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
             "a live decision",
         )
         assert driver.find_element(By.ID, "decision").get_attribute("class") == "live"
+
+        # another page in the same browser (same site: another port of 127.0.0.1, so the cookie
+        # goes along) posts to the console: refused, the hand keeps going
+        t = time.monotonic()
+        with _page_elsewhere(_ATTACK.replace("CONSOLE", console.base)) as elsewhere:
+            driver.get(elsewhere)
+            wait_until(lambda: driver.title in ("sent", "blocked"), 10, "the other page's request")
+        driver.get(console.base + "/")
+        wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "still running")
+        assert rig.status()["state"] == "running" and not [
+            e for e in rig.sim.log.events("stop") if e["t"] > t and e["reason"] == StopReason.OPERATOR
+        ]
 
         t = time.monotonic()
         driver.find_element(By.ID, "btn-pause").click()  # no confirmation: pausing never moves the hand
