@@ -37,7 +37,7 @@ import numpy as np
 from calibration import config as configuration
 from calibration import plausible
 from calibration.daemonlink import DaemonLink
-from calibration.gate import EXIT_REFUSED, GateDecision, decide
+from calibration.gate import EXIT_REFUSED, GateDecision, accuracy_interval, decide
 from calibration.store import Store, check_patient, resolve_state_dir
 from metaemg.atomic import PRIVATE
 from metaemg.cli import entry_point
@@ -78,15 +78,22 @@ def calibrate(
     steady = steady_windows(rec.labels, clip.ends, spec.window)
     activity = _describe_clip(rec, clip, clip_path, base)
 
+    scored = clip.scored  # every window, but for one cycle those spanning both halves of a run
     dec_base = base.predict(clip.windows).argmax(axis=1)
-    before = summary(clip.labels, dec_base, steady)
+    before = summary(clip.labels[scored], dec_base[scored], steady[scored])
     say(f"base model {base.info.model_id}: held-out accuracy {before['accuracy']:.2f} ({fmt_recall(before['recall'])})")
 
     from metalearn.adapt import Adapter
 
     adapter = Adapter.from_file(base_model)
     dec_cv = _cross_validated_decisions(adapter, clip)
-    after = summary(clip.labels, dec_cv, steady)
+    after = summary(clip.labels[scored], dec_cv[scored], steady[scored])
+    interval = accuracy_interval(after["accuracy"], int(scored.sum()), spec.window, spec.stride)
+    say(
+        f"held-out estimate ({clip.holdout()}): accuracy {after['accuracy']:.2f}, 95 % interval "
+        f"{interval[0]:.2f}-{interval[1]:.2f} from {int(scored.sum()) * spec.stride / spec.sample_rate:.1f} s "
+        "of held-out windows"
+    )
     adapted = adapter.adapt(clip.windows, clip.labels, clip.conditioned)
     say(f"adapted in {adapted.adapt_seconds:.3f} s ({_recipe(base.info.inner)}, on this PC's CPU)")
     dec_torch = adapted.predict(clip.windows).argmax(axis=1)
@@ -130,6 +137,8 @@ def calibrate(
         "current": None if current is None else str(current),
         "accuracy_before": before["accuracy"],
         "accuracy_after": after["accuracy"],
+        "accuracy_after_interval": [round(v, 4) for v in interval],
+        "holdout": clip.holdout(),
         "adapt_seconds": round(adapted.adapt_seconds, 6),
         "recall_before": before["recall"],
         "recall_after": after["recall"],
@@ -165,7 +174,9 @@ def calibrate(
         "time": when.isoformat(timespec="seconds"),
         "calibration": calibration,
         "held_out": {"before": before, "after": after},
-        "delays": {"before": _delays(clip, dec_base), "after": _delays(clip, dec_cv)},
+        "delays": {"before": _delays(clip, dec_base), "after": _delays(clip, dec_cv)}
+        if clip.n_cycles >= 2
+        else {"note": "not estimated from one cycle: the windows just after each label change span two halves"},
         "activity": activity,
         "saturated_fraction": clip.saturated_fraction,
         "config": config.to_dict(),
@@ -192,10 +203,17 @@ def _describe_clip(rec: Recording, clip: ClipWindows, clip_path: Path, base: Onn
     """Say what the clip is and what may be wrong with it; returns its muscle activity per intent."""
     say(f"clip: {clip_path} ({rec.duration:.1f} s, {rec.n_samples} samples at {rec.sample_rate:.0f} Hz)")
     starts = ", ".join(f"{t:.1f}" for t in clip.cycle_times())
-    say(
-        f"{clip.n_cycles} cycles (from {starts} s): each is scored by a model adapted on the others "
-        f"(cross-validation); the model installed is adapted on all {len(clip.labels)} windows"
-    )
+    if clip.n_cycles >= 2:
+        say(
+            f"{clip.n_cycles} cycles (from {starts} s): each is scored by a model adapted on the others "
+            f"(cross-validation); the model installed is adapted on all {len(clip.labels)} windows"
+        )
+    else:
+        say(
+            "1 cycle: the first half of each of its runs is scored by a model adapted on the second halves, "
+            f"and the other way round (cross-validation); the model installed is adapted on all "
+            f"{len(clip.labels)} windows"
+        )
     activity = clip.activity()
     if min(activity["open"], activity["close"]) < 1.2:
         say(
@@ -208,9 +226,10 @@ def _describe_clip(rec: Recording, clip: ClipWindows, clip_path: Path, base: Onn
 
 
 def _cross_validated_decisions(adapter, clip: ClipWindows) -> np.ndarray:
-    """Each cycle's windows decided by the base model adapted on the other cycles (the gate's
-    estimate of how the installed model does on data it has not seen)."""
-    decisions = np.empty_like(clip.labels)
+    """Each fold's windows decided by the base model adapted on the other folds (the gate's
+    estimate of how the installed model does on data it has not seen); -1 for a window no fold
+    scores (:attr:`ClipWindows.scored`)."""
+    decisions = np.full_like(clip.labels, -1)
     for _, train, held, samples in clip.folds():
         fold = adapter.adapt(clip.windows[train], clip.labels[train], clip.conditioned[samples])
         decisions[held] = fold.predict(clip.windows[held]).argmax(axis=1)
@@ -345,10 +364,10 @@ def _provenance(
         "clip_sha256": digest,
         "clip_file": clip_path.name,
         "clip_seconds": round(rec.duration, 3),
-        "holdout": f"cross-validation over {clip.n_cycles} cycles",
+        "holdout": clip.holdout(),
         "cycle_starts_s": [round(t, 3) for t in clip.cycle_times()],
         "windows_adapt": len(clip.labels),
-        "windows_holdout": len(clip.labels),
+        "windows_holdout": int(clip.scored.sum()),
         "inner": dict(base.info.inner),
         "adapt_seconds": round(adapt_seconds, 6),
         "accuracy_before": before["accuracy"],
@@ -387,7 +406,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="metaemg-calibrate",
         description="Calibrate the intent model at the start of a session: record a short cue-guided clip "
-        "(or read one), adapt the base meta-model, check it on the clip's last cycle, install it "
+        "(or read one), adapt the base meta-model, check it on held-out parts of the clip, install it "
         "and tell the running daemon.",
     )
     what = p.add_mutually_exclusive_group()
@@ -443,7 +462,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gate = p.add_argument_group("gate and daemon")
     gate.add_argument(
-        "--min-accuracy", type=float, metavar="X", help="accuracy floor on the held-out cycle (gate.min_accuracy)"
+        "--min-accuracy", type=float, metavar="X", help="accuracy floor on the held-out windows (gate.min_accuracy)"
     )
     gate.add_argument("--min-recall", type=float, metavar="X", help="recall floor for every intent (gate.min_recall)")
     gate.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket, ipc://PATH (daemon.control)")

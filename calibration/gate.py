@@ -1,6 +1,8 @@
 """The safety gate: may the adapted model drive the patient's hand?
 
-Both models are scored on the held-out last cycle of the clip, which the adaptation never saw.
+Both models are scored on held-out windows of the clip, which the adaptation that decided them
+never saw (:meth:`metalearn.clip.ClipWindows.folds`: each cycle, or the halves of one cycle's
+runs); :func:`accuracy_interval` says how sure that estimate is.
 The adapted model is refused when any rule fails:
 
 1. its accuracy is below ``min_accuracy``;
@@ -15,6 +17,7 @@ never overrides the clip checks of :mod:`.clip`: a flat or incomplete clip gives
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from metaemg.typedconfig import Section, is_number, require
@@ -73,10 +76,21 @@ def decide(
     reasons = list(implausible)
     acc_b, acc_a = before["accuracy"], after["accuracy"]
     if acc_a < rules.min_accuracy:
-        reasons.append(f"accuracy {acc_a:.2f} on the held-out cycle is below the floor {rules.min_accuracy:.2f}")
+        reasons.append(f"accuracy {acc_a:.2f} on the held-out windows is below the floor {rules.min_accuracy:.2f}")
     if acc_a < acc_b:
         reasons.append(f"the adapted model ({acc_a:.2f}) is worse than the base model ({acc_b:.2f})")
     for name, recall in after["recall"].items():
         if recall is not None and recall < rules.min_recall:
             reasons.append(f"'{name}' recognised in only {recall:.0%} of its windows (floor {rules.min_recall:.0%})")
     return GateDecision(passed=not reasons, forced=bool(force) and bool(reasons), reasons=tuple(reasons))
+
+
+def accuracy_interval(accuracy: float, windows: int, window: int, stride: int, z: float = 1.96) -> tuple[float, float]:
+    """An approximate 95 % (Wilson) interval for an accuracy measured on ``windows`` held-out
+    windows of ``window`` samples every ``stride``: overlapping windows are not independent, so
+    they count as ``windows * stride / window`` independent trials (at least 1)."""
+    n = max(1.0, windows * min(1.0, stride / window))
+    p = min(1.0, max(0.0, accuracy))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -60,9 +60,9 @@ class CueProtocol(Section):
                 _num(value) and 0.5 <= value <= 30, f"{key}.{attr}", "must be a number of seconds in [0.5, 30]", value
             )
         require(
-            _int(self.cycles) and 2 <= self.cycles <= 10,
+            _int(self.cycles) and 1 <= self.cycles <= 10,
             f"{key}.cycles",
-            "must be an integer in 2..10 (the gate scores each cycle with a model adapted on the others)",
+            "must be an integer in 1..10 (2 or more: the gate scores each cycle with a model adapted on the others)",
             self.cycles,
         )
         require(

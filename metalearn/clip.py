@@ -6,16 +6,21 @@ window is labelled by its last sample and belongs to the cycle its last sample l
 starts at the relax before its open or close (whichever comes first); the first cycle starts at
 the clip's first sample and the last one runs to its end, so each holds all three intents.
 
-The gate cross-validates over the cycles (each cycle scored by a model adapted on the others,
-:func:`folds`); the model that is installed is adapted on every cycle.
+The gate cross-validates (:meth:`ClipWindows.folds`): over the cycles when there are two or more
+(each cycle scored by a model adapted on the others), and, for a clip of one cycle (the research
+protocol's support: relax, open, relax, close, relax), over the halves of its runs (the first half
+of every run scored by a model adapted on the second halves, and the other way round; a window
+that spans both halves is neither adapted on nor scored). The model that is installed is adapted
+on every window.
 
 Refused with a one-line :class:`~metaemg.errors.DataError` (no model is made): a wrong channel
 count or sample rate, a flat channel (no contact, armband off), a saturated clip, an intent
-that is missing, fewer than two cycles, or too little of an intent in a cycle.
+that is missing, no cycle of open and close, or too little of an intent in a cycle.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,12 +74,44 @@ class ClipWindows:
         return slice(self.cycle_starts[k], stop)
 
     def folds(self):
-        """For each cycle ``k``: ``(k, train windows mask, held-out windows mask, train samples mask)``."""
-        cycles = self.cycles
-        for k in range(self.n_cycles):
-            samples = np.ones(len(self.conditioned), dtype=bool)
-            samples[self.cycle_samples(k)] = False
-            yield k, cycles != k, cycles == k, samples
+        """For each fold ``k``: ``(k, train windows mask, held-out windows mask, train samples mask)``:
+        one fold per cycle, or, for one cycle, the two halves of its runs (module docstring)."""
+        if self.n_cycles >= 2:
+            cycles = self.cycles
+            for k in range(self.n_cycles):
+                samples = np.ones(len(self.conditioned), dtype=bool)
+                samples[self.cycle_samples(k)] = False
+                yield k, cycles != k, cycles == k, samples
+            return
+        half = self.run_halves()
+        ones = np.concatenate([[0], np.cumsum(half)])  # samples of the second halves before each index
+        count = ones[self.ends + 1] - ones[self.ends + 1 - self.spec.window]
+        pure = {0: count == 0, 1: count == self.spec.window}  # windows inside one half
+        for k in (0, 1):
+            yield k, pure[1 - k], pure[k], half == 1 - k
+
+    @property
+    def scored(self) -> np.ndarray:
+        """(k,) the windows the cross-validation scores (each in exactly one held-out fold)."""
+        mask = np.zeros(len(self.ends), dtype=bool)
+        for _, _, held, _ in self.folds():
+            mask |= held
+        return mask
+
+    def run_halves(self) -> np.ndarray:
+        """(n,) 0 for the samples in the first half of their run of equal labels, 1 in the second."""
+        labels = self.recording.labels
+        edges = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1, [len(labels)]])
+        half = np.zeros(len(labels), dtype=np.int64)
+        for a, b in itertools.pairwise(edges):
+            half[(a + b) // 2 : b] = 1
+        return half
+
+    def holdout(self) -> str:
+        """How the gate's estimate is made, in words."""
+        if self.n_cycles >= 2:
+            return f"cross-validation over {self.n_cycles} cycles"
+        return "cross-validation over the halves of the clip's one cycle"
 
     def cycle_times(self) -> list[float]:
         """Start of each cycle, seconds from the clip's start."""
@@ -104,12 +141,8 @@ def cycle_starts(labels: np.ndarray, path: object | None = None) -> tuple[int, .
             )
     opens, closes = np.flatnonzero(run_labels == 1), np.flatnonzero(run_labels == 2)
     cycles = min(len(opens), len(closes))
-    if cycles < 2:
-        raise DataError(
-            f"the clip has {cycles} cycle(s) of open and close; calibration needs at least 2 "
-            "(it adapts on all but one and checks the result on the one left out, for each cycle)",
-            path=path,
-        )
+    if cycles < 1:
+        raise DataError("the clip has no cycle of open and close; calibration needs at least 1", path=path)
     out = [0]
     for c in range(1, cycles):
         first = int(min(opens[c], closes[c]))

@@ -262,6 +262,24 @@ def test_the_gate_refuses_a_worse_model_and_force_installs_it(base, clips, tmp_p
     assert read_model_info(state / "models" / "current.onnx").calibration["gate"]["forced"] is True
 
 
+def test_one_cycle_calibrates_with_a_cross_validated_estimate_and_its_interval(base, myo_src, tmp_path, capsys):
+    """The research protocol's support: one relax-open-relax-close-relax cycle (16 s of training0)."""
+    clip = write_clip(myo_recording(myo_src, "Male15", "training0"), tmp_path / "one.csv", 16)
+    rc, out, err = calibrate(
+        "--from-recording", clip, "--base-model", base, "--json", "--no-png", state=tmp_path / "s", capsys=capsys
+    )
+    assert rc == 0, err
+    res = last_json(out)
+    assert res["holdout"] == "cross-validation over the halves of the clip's one cycle" and res["installed"]
+    lo, hi = res["accuracy_after_interval"]
+    assert lo < res["accuracy_after"] <= hi and res["accuracy_after"] > res["accuracy_before"] + 0.3
+    assert "1 cycle: the first half of each of its runs is scored by a model adapted on the second halves" in out
+    assert f"95 % interval {lo:.2f}-{hi:.2f}" in out
+    report = json.loads(Path(res["report"]).read_text())
+    assert report["delays"]["note"].startswith("not estimated from one cycle")
+    assert read_model_info(res["model"]).calibration["holdout"] == res["holdout"]
+
+
 def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, tmp_path, capsys):
     state = tmp_path / "state"
     ids = []
@@ -348,7 +366,7 @@ def test_without_torch_it_says_what_to_install_before_recording(base, clips, tmp
         (["--rollback", "--out", "m.onnx"], "--rollback takes no --out"),
         (["--rollback"], "nothing to roll back to"),
         (["--patient", "Jane Doe", "--from-recording", "x.csv"], "--patient 'Jane Doe': a patient id is 1-32 letters"),
-        (["--cycles", "1", "--print-config"], "protocol.cycles: must be an integer in 2..10"),
+        (["--cycles", "0", "--print-config"], "protocol.cycles: must be an integer in 1..10"),
         (["--min-accuracy", "2", "--print-config"], "gate.min_accuracy: must be a fraction"),
     ],
 )

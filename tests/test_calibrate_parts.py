@@ -63,7 +63,7 @@ def test_labels_follow_the_cues_shifted_by_the_reaction_time():
 @pytest.mark.parametrize(
     "changes, fragment",
     [
-        ({"cycles": 1}, "protocol.cycles: must be an integer in 2..10"),
+        ({"cycles": 0}, "protocol.cycles: must be an integer in 1..10"),
         ({"open_s": 0.1}, "protocol.open_s"),
         ({"reaction_s": 2.0}, "protocol.reaction_s"),
         ({"countdown_s": 1.5}, "protocol.countdown_s"),
@@ -117,17 +117,47 @@ def test_flat_or_absent_emg_is_refused_with_a_clear_message(male13):
         prepare_clip(_with(male13, emg=np.zeros_like(male13.emg)), SPEC)
 
 
-def test_a_missing_intent_one_cycle_or_too_short_a_part_is_refused(male13):
+def test_a_missing_intent_or_too_short_a_part_is_refused(male13):
     no_close = np.where(male13.labels == 2, 0, male13.labels)
     with pytest.raises(DataError, match="the clip has no 'close'"):
         prepare_clip(_with(male13, labels=no_close), SPEC)
-    with pytest.raises(DataError, match=r"1 cycle\(s\) of open and close; calibration needs at least 2"):
-        prepare_clip(male13.slice(0, 16 * 200), SPEC)
     short_open = male13.labels.copy()
     opens = np.flatnonzero(short_open == 1)
     short_open[opens[opens >= 3000][40:]] = 0  # the second cycle's open lasts 0.2 s
     with pytest.raises(DataError, match=re.escape("its cycle 2 of 2 has only open 0.2")):
         prepare_clip(_with(male13, labels=short_open), SPEC)
+
+
+def test_one_cycle_is_cross_validated_over_the_halves_of_its_runs(male13):
+    """The research protocol's support (relax, open, relax, close, relax) is a valid clip."""
+    clip = prepare_clip(male13.slice(0, 16 * 200), SPEC)
+    assert clip.n_cycles == 1 and clip.holdout() == "cross-validation over the halves of the clip's one cycle"
+    half = clip.run_halves()
+    edges = np.concatenate([[0], np.flatnonzero(np.diff(clip.recording.labels)) + 1, [len(half)]])
+    for a, b in itertools.pairwise(edges):  # each run: first half 0, second half 1
+        assert (half[a : (a + b) // 2] == 0).all() and (half[(a + b) // 2 : b] == 1).all()
+    folds = list(clip.folds())
+    assert [k for k, *_ in folds] == [0, 1]
+    start = clip.ends - SPEC.window + 1
+    for k, train, held, samples in folds:
+        assert not (train & held).any() and (samples == (half == 1 - k)).all()
+        assert (half[clip.ends[held]] == k).all() and (half[start[held]] == k).all()  # inside one half
+        assert (half[clip.ends[train]] == 1 - k).all() and (half[start[train]] == 1 - k).all()
+        assert set(clip.labels[held]) == {0, 1, 2}  # every intent is scored in each fold
+    scored = clip.scored
+    assert scored.sum() == sum(held.sum() for _, _, held, _ in folds)  # each scored window once
+    straddle = half[start] != half[clip.ends]
+    assert not scored[straddle].any() and 0.6 < scored.mean() < 0.95
+
+
+def test_the_accuracy_interval_counts_overlapping_windows_once():
+    from calibration.gate import accuracy_interval
+
+    lo, hi = accuracy_interval(0.9, 100, 50, 10)  # 100 windows overlapping 5-fold: 20 trials
+    assert lo < 0.9 < hi and round(lo, 3) == 0.699 and round(hi, 3) == 0.972
+    lo2, hi2 = accuracy_interval(0.9, 1000, 50, 10)  # ten times the data: narrower
+    assert lo < lo2 < 0.9 < hi2 < hi
+    assert accuracy_interval(1.0, 0, 50, 10)[1] == 1.0  # no held-out window: at least one trial
 
 
 def test_wrong_rate_and_saturation_are_refused(male13):
