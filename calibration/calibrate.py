@@ -42,7 +42,7 @@ from calibration.store import Store, check_patient, resolve_state_dir
 from metaemg.atomic import PRIVATE
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
-from metaemg.modelfile import OnnxModel, default_model_path
+from metaemg.modelfile import OnnxModel, default_model_path, read_model_info
 from metalearn.clip import ClipWindows, prepare_clip
 from metalearn.metrics import change_delays, delay_summary, fmt_recall, steady_windows, summary
 from metalearn.recording import Recording, read_recording
@@ -520,9 +520,9 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--rollback takes no --out, --base-model or --patient")
         return _rollback(store, config, args.json, force=args.force)
     patient = check_patient(args.patient)
-    base_model = args.base_model or (
-        Path(config.base_model).expanduser() if config.base_model else default_model_path()
-    )
+    base_model = args.base_model or (Path(config.base_model).expanduser() if config.base_model else None)
+    if base_model is None:
+        base_model = _packaged_base(args, config)
     if not base_model.is_file():
         what = (
             "the packaged default model is not installed"
@@ -568,6 +568,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result), flush=True)
     return 0 if result["ok"] else EXIT_REFUSED
+
+
+def _packaged_base(args: argparse.Namespace, config) -> Path:
+    """No base model named: the packaged model that fits the clip, or the armband's stream when
+    recording live (its rate and channels); says which."""
+    from metaemg.modelfile import describe_shipped, shipped_model_for
+
+    if args.from_recording is not None:
+        rec = read_recording(args.from_recording)
+        rate, channels, what = rec.sample_rate, rec.n_channels, "the clip"
+    else:
+        from calibration.live import find_stream
+
+        _, desc = find_stream(config.lsl)
+        rate, channels, what = desc.rate, desc.channels, f"the stream {desc.describe()}"
+    path = shipped_model_for(rate, channels)
+    say(f"base model: {describe_shipped(path, read_model_info(path))}, which fits {what}")
+    return path
 
 
 def end_hold(link: DaemonLink, hold, *, installed: bool) -> str | None:

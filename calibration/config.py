@@ -82,7 +82,7 @@ class DaemonSection(Section):
 @dataclass(frozen=True)
 class CalibrationConfig(Section):
     state_dir: str | None = None
-    base_model: str | None = None  # null: the packaged default model
+    base_model: str | None = None  # null: the packaged model that fits the clip or the stream
     keep_models: int = 10
     png: bool = True
     lsl: LslSection = field(default_factory=LslSection)

@@ -33,6 +33,21 @@ POLL_S = 0.02  # longest wait for samples between two checks of the clock (cue d
 DRAIN_S = 0.5  # after the last cue: how long to wait for the samples recorded before its end
 
 
+def find_stream(lsl: LslSection):
+    """``(pylsl StreamInfo, StreamDesc)`` of the armband's stream; one-line DataError if none."""
+    import pylsl
+
+    quiet_liblsl(pylsl)
+    predicate = lsl.predicate()
+    found = pylsl.resolve_bypred(predicate, 1, lsl.resolve_timeout_s)
+    if not found:
+        raise DataError(
+            f"no LSL stream matching {predicate} within {lsl.resolve_timeout_s:g} s: is the "
+            "armband on, paired and streaming?"
+        )
+    return found[0], describe(found[0])
+
+
 class LiveRecorder:
     def __init__(
         self, protocol: CueProtocol, lsl: LslSection, spec: SignalSpec, link: DaemonLink, out: IO[str] | None = None
@@ -65,16 +80,7 @@ class LiveRecorder:
     def connect(self) -> StreamDesc:
         """Find the armband's stream, check it against the model, open it."""
         pylsl = self._lsl
-        quiet_liblsl(pylsl)
-        predicate = self.lsl.predicate()
-        found = pylsl.resolve_bypred(predicate, 1, self.lsl.resolve_timeout_s)
-        if not found:
-            raise DataError(
-                f"no LSL stream matching {predicate} within {self.lsl.resolve_timeout_s:g} s: is the "
-                "armband on, paired and streaming?"
-            )
-        info = found[0]
-        desc = describe(info)
+        info, desc = find_stream(self.lsl)
         if desc.channels != self.spec.channels:
             raise DataError(
                 f"stream {desc.describe()} has {desc.channels} channels; the model expects {self.spec.channels}"

@@ -48,7 +48,8 @@ class LslConfig(StreamSelector):
 
 @dataclass(frozen=True)
 class ModelConfig(Section):
-    """The ONNX model file (``null``: the packaged default model)."""
+    """The ONNX model file (``null``: the packaged model that fits the first stream, see
+    :func:`metaemg.modelfile.shipped_model_for`; the default Myo model until one connects)."""
 
     KEY = "model"
 

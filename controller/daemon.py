@@ -36,7 +36,7 @@ from controller.source import LslSource
 from controller.states import STOP_REASONS, Conditions, DaemonState, StateMachine, Transition
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
 from metaemg.lsl import StreamDesc
-from metaemg.modelfile import OnnxModel
+from metaemg.modelfile import OnnxModel, shipped_model_for
 
 log = structlog.get_logger("controller")
 
@@ -87,6 +87,9 @@ class Controller:
         self.policy = Policy(config.policy)
         self.sm = StateMachine(self._clock())
         self.model_path = config.model.resolved_path()
+        # model.path null: the packaged model that fits the first stream (the default one until then)
+        self._auto_model = config.model.path is None
+        self._chosen: tuple[Path, OnnxModel] | None = None  # picked by the reader thread, swapped in on connect
         self.model: OnnxModel | None = None
         self.pipeline: Pipeline | None = None
         self.paused = False
@@ -525,7 +528,17 @@ class Controller:
         assert model is not None  # loaded by run() before the source starts
         info = model.info
         problem = check_stream(info.sample_rate, info.channels, desc.rate, desc.channels)
-        return None if problem is None else f"stream {desc.describe()}: {problem} (model {self.model_path})"
+        if problem is None:
+            self._chosen = None
+            return None
+        if self._auto_model and not self._ever_connected:  # never switches once a stream was used
+            try:
+                path = shipped_model_for(desc.rate, desc.channels)
+                self._chosen = (path, load_model(path, (desc.rate, desc.channels)))
+                return None
+            except ModelError as exc:
+                return f"stream {desc.describe()}: {exc}"
+        return f"stream {desc.describe()}: {problem} (model {self.model_path})"
 
     def _on_stream_event(self, kind: str, detail: object) -> None:
         assert self.pipeline is not None and self.monitor is not None  # set by run() before the source starts
@@ -535,6 +548,15 @@ class Controller:
             self._start_task(self.link.run(), "link")
         if kind == "connected":
             assert isinstance(detail, StreamDesc)
+            if self._chosen is not None:  # model.path null: the packaged model that fits this stream
+                path, model = self._chosen
+                self._chosen = None
+                self.model, self.model_path = model, path
+                self.pipeline = Pipeline(model.info.signal, self.config.policy.saturation_fraction)
+                self._model_stat = _stat(path)
+                self._model_loaded_wall = time.time()
+                log.info("model_chosen", path=str(path), stream=detail.describe(), **self._model_fields())
+                self.monitor.publish("event", {"event": "model_chosen", "path": str(path), **self._model_fields()})
             self._stream, self._stream_connected, self._stream_problem = detail, True, None
             self._ever_connected = True
             self.counters["stream_connects"] += 1

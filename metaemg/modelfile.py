@@ -55,8 +55,34 @@ _MODEL_ID = re.compile(r"[0-9a-f]{8,64}")
 def default_model_path() -> Path:
     """The packaged default Myo meta-model, ``metaemg/default_model/myo_meta.onnx`` (``make
     default-model`` rebuilds it): what the daemon runs and ``metaemg-calibrate`` adapts when no
-    model is named."""
+    model is named and nothing says which armband is worn."""
     return Path(__file__).resolve().parent / "default_model" / DEFAULT_MODEL_NAME
+
+
+def shipped_models(directory: Path | None = None) -> list[tuple[Path, ModelInfo]]:
+    """Every packaged model (``metaemg/default_model/*.onnx``) and its metadata, the default first."""
+    directory = directory or default_model_path().parent
+    paths = sorted(directory.glob("*.onnx"), key=lambda p: (p.name != DEFAULT_MODEL_NAME, p.name))
+    return [(p, read_model_info(p)) for p in paths]
+
+
+def shipped_model_for(sample_rate: float, channels: int, directory: Path | None = None) -> Path:
+    """The packaged model for an armband stream of ``channels`` at ``sample_rate`` Hz (the rate
+    rule of :func:`metaemg.signal.rate_matches`); ModelError naming what is shipped when none fits."""
+    shipped = shipped_models(directory)
+    for path, info in shipped:
+        if info.channels == channels and rate_matches(sample_rate, info.sample_rate):
+            return path
+    have = "; ".join(f"{p.name}: {i.sample_rate:g} Hz, {i.channels} channels" for p, i in shipped) or "none"
+    raise ModelError(
+        f"no packaged model fits a stream of {channels} channels at {sample_rate:g} Hz (packaged: {have}); "
+        "give the model file"
+    )
+
+
+def describe_shipped(path: Path, info: ModelInfo) -> str:
+    """How a tool says which packaged model it chose."""
+    return f"the packaged model {path.name} ({info.sample_rate:g} Hz, {info.channels} channels, {info.kind})"
 
 
 def _freeze(obj: Any) -> Any:

@@ -280,6 +280,25 @@ def test_one_cycle_calibrates_with_a_cross_validated_estimate_and_its_interval(b
     assert read_model_info(res["model"]).calibration["holdout"] == res["holdout"]
 
 
+def test_without_a_base_model_the_packaged_one_that_fits_the_clip_is_chosen(clips, tmp_path, capsys):
+    from conftest import myhand_like_csv
+
+    from metaemg.modelfile import default_model_path
+
+    rc, out, err = calibrate(
+        "--from-recording", clips["Male13/cal"], "--json", "--no-png", state=tmp_path / "s", capsys=capsys
+    )
+    assert rc == 0, err
+    assert "base model: the packaged model myo_meta.onnx (200 Hz, 8 channels, feat), which fits the clip" in out
+    assert last_json(out)["base_model"] == str(default_model_path())
+    myhand = myhand_like_csv(tmp_path / "myhand.csv")  # about 100 Hz: no packaged model fits (yet)
+    rc, out, err = calibrate("--from-recording", myhand, "--no-png", state=tmp_path / "s", capsys=capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert (
+        "no packaged model fits a stream of 8 channels at 100.33 Hz (packaged: myo_meta.onnx: 200 Hz, 8 channels" in err
+    )
+
+
 def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, tmp_path, capsys):
     state = tmp_path / "state"
     ids = []

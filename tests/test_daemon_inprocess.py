@@ -112,14 +112,17 @@ async def wait_for(predicate, timeout: float, what: str, poll: float = 0.01):
 class Harness:
     """One in-process daemon on the default model, its device, and an armband fed from ``emg``."""
 
-    def __init__(self, tmp: Path, emg: np.ndarray) -> None:
+    def __init__(self, tmp: Path, emg: np.ndarray, *, rate: float = RATE, auto_model: bool = False) -> None:
+        """``auto_model``: no model named (``model.path`` null): the packaged one that fits the stream."""
         self.tmp = tmp
         self.model = tmp / "model.onnx"
         shutil.copy(default_model_path(), self.model)
         url = f"loop://orthosis-{uuid.uuid4().hex[:8]}"
         self.device = DeviceThread(url)
-        cfg = Config().with_overrides(serial_port=url, model=str(self.model), monitor=f"ipc://{tmp}/run/monitor.sock")
-        desc = StreamDesc("EMG", "EMG", "armband-1", "localhost", "uid-1", emg.shape[1], RATE, "float32")
+        model = None if auto_model else str(self.model)
+        cfg = Config().with_overrides(serial_port=url, model=model, monitor=f"ipc://{tmp}/run/monitor.sock")
+        desc = StreamDesc("EMG", "EMG", "armband-1", "localhost", "uid-1", emg.shape[1], rate, "float32")
+        self.rate = rate
         self.source: FeedSource | None = None
 
         def make_source(*args, **kwargs) -> FeedSource:
@@ -135,10 +138,10 @@ class Harness:
     def push(self, seconds: float) -> None:
         """``seconds`` of EMG at once, stamped as if they had arrived at 200 Hz."""
         assert self.source is not None
-        n = int(seconds * RATE)
+        n = int(seconds * self.rate)
         for start in range(self.sent, self.sent + n, CHUNK):
-            idx = np.arange(start, start + CHUNK)
-            self.source.push(self.emg[idx % len(self.emg)], self.t0 + idx / RATE)
+            idx = np.arange(start, min(start + CHUNK, self.sent + n))
+            self.source.push(self.emg[idx % len(self.emg)], self.t0 + idx / self.rate)
         self.sent += n
 
     async def feed_until(self, predicate, timeout: float, what: str):
@@ -169,9 +172,9 @@ def emg() -> np.ndarray:
     return (rng.standard_normal((4000, 8)) * 20).astype(np.float32)
 
 
-def run(tmp_path: Path, emg: np.ndarray, scenario) -> dict:
+def run(tmp_path: Path, emg: np.ndarray, scenario, **harness) -> dict:
     """Run the daemon and ``scenario(harness)`` in one event loop; stop the daemon after it."""
-    h = Harness(tmp_path, emg)
+    h = Harness(tmp_path, emg, **harness)
 
     async def main() -> dict:
         task = asyncio.create_task(h.ctrl.run())
@@ -270,3 +273,39 @@ def test_a_stream_that_does_not_fit_the_model_is_refused_before_the_port_opens(t
     h_emg = np.zeros((400, 4), dtype=np.float32)  # 4 channels: the model expects 8
     with pytest.raises(Exception, match="the model expects 8 channels, the stream has 4"):
         run(tmp_path, h_emg, scenario)
+
+
+@pytest.fixture(scope="module")
+def packaged(myo_src, tmp_path_factory) -> Path:
+    """A directory of packaged models: the default Myo one and one for a 100 Hz armband."""
+    from rig.models import myo_recording, train_model
+
+    d = tmp_path_factory.mktemp("packaged")
+    shutil.copy(default_model_path(), d / default_model_path().name)
+    train_model(d / "myhand_meta.onnx", [myo_recording(myo_src, "Male13", "training0")], steps=1, rate=100.0)
+    return d
+
+
+def test_without_a_model_the_packaged_one_that_fits_the_stream_is_chosen(tmp_path, emg, packaged, monkeypatch):
+    import functools
+
+    import controller.daemon
+    from metaemg.modelfile import shipped_model_for
+
+    monkeypatch.setattr(
+        controller.daemon, "shipped_model_for", functools.partial(shipped_model_for, directory=packaged)
+    )
+
+    async def scenario(h: Harness) -> dict:
+        await h.feed_until(lambda: h.state() == "running", 10, "running on the 100 Hz model")
+        return {"path": h.ctrl.model_path, "status": (await h.ctl(cmd="status"))["status"]}
+
+    async def nothing(h: Harness) -> dict:
+        return {}
+
+    r = run(tmp_path, emg, scenario, rate=100.0, auto_model=True)
+    assert r["path"] == packaged / "myhand_meta.onnx" and r["status"]["model"]["sample_rate"] == 100.0
+    assert r["exit_code"] == 0
+    with pytest.raises(Exception, match=r"no packaged model fits a stream of 8 channels at 50 Hz \(packaged: myo_meta"):
+        (tmp_path / "b").mkdir()
+        run(tmp_path / "b", emg, nothing, rate=50.0, auto_model=True)
