@@ -16,6 +16,10 @@ A checkpoint is a ``torch.save`` dict (written atomically) with:
   check onnxruntime against torch
 - ``outer``: optional outer-optimiser state for resuming
 - ``package_version``
+
+A run directory's ``models/`` holds ``best.pt`` (the lowest validation loss: what export takes)
+and the last ``test.keep_checkpoints`` meta-epochs' ``epoch_NNNN_loss_L.pt`` (the newest: where a
+resume continues); older ones are deleted as new ones are written (:func:`prune_checkpoints`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from metaemg.errors import ModelError
 
 FORMAT = "metaemg-checkpoint/1"
 REQUIRED = ("format", "model", "state_dict", "signal", "scaler", "inner", "class_names")
+BEST = "best.pt"
+EPOCH_GLOB = "epoch_*_loss_*.pt"
 
 
 def stable_hash(obj: Any) -> str:
@@ -51,6 +57,46 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     torch.save(ckpt, buf)
     write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def epoch_checkpoint_name(meta_epoch: int, val_loss: float) -> str:
+    """``epoch_NNNN_loss_L.pt``: a meta-epoch's checkpoint, named with its validation loss."""
+    return f"epoch_{meta_epoch:04d}_loss_{val_loss:.4f}.pt"
+
+
+def _epoch_of(path: Path) -> int:
+    try:
+        return int(path.name.split("_")[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def prune_checkpoints(written: list[Path], keep: int | None) -> list[Path]:
+    """Delete all but the last ``keep`` of ``written`` (a run's meta-epoch checkpoints, oldest
+    first; ``None`` keeps them all); returns those kept. Only files this run wrote are touched
+    (never ``best.pt``), each deleted after its successor was written in full (atomically)."""
+    if keep is None or len(written) <= keep:
+        return list(written)
+    kept = written[-keep:]
+    for old in written[:-keep]:
+        if old not in kept:
+            old.unlink(missing_ok=True)
+    return kept
+
+
+def latest_checkpoint(source: str | os.PathLike) -> Path:
+    """A checkpoint file as given, or for a run directory (or its ``models/``) the newest
+    meta-epoch's ``epoch_NNNN_loss_L.pt``: where a resume continues."""
+    source = Path(source)
+    if not source.is_dir():
+        if not source.is_file():
+            raise ModelError(f"{source}: no such checkpoint file or run directory")
+        return source
+    models = source / "models" if (source / "models").is_dir() else source
+    found = [p for p in models.glob(EPOCH_GLOB) if _epoch_of(p) >= 0]
+    if not found:
+        raise ModelError(f"{source}: no meta-epoch checkpoint (epoch_NNNN_loss_L.pt) in {models}")
+    return max(found, key=_epoch_of)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -19,6 +19,14 @@ from metalearn.tasks import normalise_scaler_kind
 COMPILE_BACKENDS = ("aot_eager", "inductor")  # torch.compile backends (test.compile)
 
 PRESETS = {"myo": SignalSpec.myo, "myhand": SignalSpec.myhand}
+AUTO_MYO_ABOVE_HZ = 150.0  # signal: auto picks myo for data faster than this, else myhand
+
+# keys whose null means something (what it means, for the error message)
+NULLABLE = {
+    "time_seq_len": "the signal preset's window",
+    "stride": "the signal preset's stride",
+    "keep_checkpoints": "keep every meta-epoch's",
+}
 
 
 @dataclass(frozen=True)
@@ -36,8 +44,8 @@ class TrainConfig:
     save: bool = True
     fc_units: int = 64
     batch_size: int = 32
-    time_seq_len: int = 50
-    stride: int = 10
+    time_seq_len: int | None = None  # None: the signal preset's window
+    stride: int | None = None  # None: the signal preset's stride
     scale: str = "standard"
     model: str = "dnn"
     seed: int | str = 0
@@ -63,6 +71,9 @@ class TrainConfig:
     lda_reject: float = 0.0
     non_intent: bool = False
     non_intent_log_prior: float = -18.0
+    train_data_root: str | None = None  # None: data_root
+    test_data_root: str | None = None  # None: data_root
+    keep_checkpoints: int | None = 3  # the last N meta-epochs' checkpoints (and best.pt); None: all
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", normalise_scaler_kind(self.scale))
@@ -77,12 +88,16 @@ class TrainConfig:
             "time_seq_len",
             "stride",
             "lr_cycle",
+            "keep_checkpoints",
         )
         for key in ints:
             v = getattr(self, key)
+            if v is None and key in NULLABLE:
+                continue
             low = 0 if key in ("n_val_tasks", "meta_steps", "inner_steps") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"test.{key} must be an integer >= {low}, got {v!r}")
+                null = f" or null ({NULLABLE[key]})" if key in NULLABLE else ""
+                raise ConfigError(f"test.{key} must be an integer >= {low}{null}, got {v!r}")
         for key in ("inner_lr", "outer_lr", "lr_factor"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
@@ -143,6 +158,9 @@ class TrainConfig:
             raise ConfigError("test.train_collection_json is required")
         if "data_root" in section and not section["data_root"]:
             raise ConfigError("test.data_root must name a directory, got an empty value")
+        for key in ("train_data_root", "test_data_root"):
+            if section.get(key) == "":
+                raise ConfigError(f"test.{key} must name a directory or be null (test.data_root), got an empty value")
         return cls(**section)
 
     def to_dict(self) -> dict:
@@ -150,25 +168,56 @@ class TrainConfig:
         d["converge_steps"] = list(self.converge_steps)
         return d
 
-    def signal_spec(self, data_rate: float) -> SignalSpec:
-        """The signal-chain spec: a preset name, ``auto`` (by the data's sample rate), or a mapping
-        with an optional ``preset`` plus keys of :class:`SignalSpec`. Window and stride always come
-        from ``time_seq_len`` and ``stride``."""
+    def data_roots(self) -> tuple[str, str]:
+        """(training, test) data roots as given: ``train_data_root`` / ``test_data_root``, each
+        ``data_root`` when null."""
+        return self.train_data_root or self.data_root, self.test_data_root or self.data_root
+
+    def preset(self, data_rate: float) -> tuple[str, str]:
+        """(preset name, how it was chosen): ``test.signal``'s preset, or for ``auto`` the one for
+        the data's sample rate."""
         sig = self.signal
-        overrides: dict = {}
-        if isinstance(sig, dict):
-            overrides = {k: v for k, v in sig.items() if k != "preset"}
-            preset = sig.get("preset", "auto")
-        else:
-            preset = sig
+        preset = sig.get("preset", "auto") if isinstance(sig, dict) else sig
         if preset == "auto":
-            preset = "myo" if data_rate > 150 else "myhand"
+            name = "myo" if data_rate > AUTO_MYO_ABOVE_HZ else "myhand"
+            return name, f"test.signal auto: the data's {data_rate:.4g} Hz"
         if preset not in PRESETS:
             raise ConfigError(f"test.signal preset must be auto, myo or myhand, got {preset!r}")
+        return preset, "test.signal"
+
+    def signal_spec(self, data_rate: float) -> SignalSpec:
+        """The signal-chain spec: a preset name, ``auto`` (by the data's sample rate), or a mapping
+        with an optional ``preset`` plus keys of :class:`SignalSpec`. Window and stride are
+        ``time_seq_len`` and ``stride`` where given, else the preset's."""
+        sig = self.signal
+        overrides = {k: v for k, v in sig.items() if k != "preset"} if isinstance(sig, dict) else {}
+        preset, _ = self.preset(data_rate)
         for key in ("window", "stride"):
             if key in overrides:
                 raise ConfigError(f"test.signal.{key}: set test.time_seq_len / test.stride instead")
+        given = {k: v for k, v in (("window", self.time_seq_len), ("stride", self.stride)) if v is not None}
         try:
-            return PRESETS[preset](**{**overrides, "window": self.time_seq_len, "stride": self.stride})
+            return PRESETS[preset](**{**overrides, **given})
         except TypeError as exc:
             raise ConfigError(f"test.signal: {exc}") from None
+
+    def window_origin(self, data_rate: float) -> dict[str, str]:
+        """Where the window and stride come from, ``{"window": ..., "stride": ...}``: ``"set by
+        test.time_seq_len"`` / ``"set by test.stride"`` when given (the config file or an
+        override), else ``"the <preset> preset's"``."""
+        preset, _ = self.preset(data_rate)
+        return {
+            "window": "set by test.time_seq_len" if self.time_seq_len is not None else f"the {preset} preset's",
+            "stride": "set by test.stride" if self.stride is not None else f"the {preset} preset's",
+        }
+
+    def describe_signal(self, spec: SignalSpec, data_rate: float) -> str:
+        """The line a run prints: the preset, how it was chosen, and the window and stride with
+        where each came from."""
+        preset, how = self.preset(data_rate)
+        origin = self.window_origin(data_rate)
+        return (
+            f"signal: preset {preset} ({how}); window {spec.window} samples "
+            f"({1000 * spec.window_seconds:.0f} ms, {origin['window']}), stride {spec.stride} samples "
+            f"({1000 * spec.stride_seconds:.0f} ms, {origin['stride']})"
+        )

@@ -41,15 +41,24 @@ def load_task_windows(
     refs: list[TaskRef], root: Path, cfg: TrainConfig, spec: SignalSpec | None = None
 ) -> tuple[list[TaskWindows], SignalSpec, str]:
     """Load and window every task; returns (tasks, signal spec, data hash)."""
+    out, spec, digest, _ = _task_windows(refs, root, cfg, spec)
+    return out, spec, digest
+
+
+def _task_windows(
+    refs: list[TaskRef], root: Path, cfg: TrainConfig, spec: SignalSpec | None = None
+) -> tuple[list[TaskWindows], SignalSpec, str, float]:
+    """:func:`load_task_windows`, and the first task's sample rate (what ``signal: auto`` went by)."""
     digest = hashlib.sha256()
     tasks, out = [], []
     for ref in refs:
         task = load_task(root, ref)
         digest.update(ref.path(root).read_bytes())
         tasks.append(task)
+    rate = float(tasks[0].recording.sample_rate)
     if spec is None:
-        spec = cfg.signal_spec(tasks[0].recording.sample_rate)
-    _check_window(cfg, spec)
+        spec = cfg.signal_spec(rate)
+    _check_window(cfg, spec, rate)
     for task in tasks:
         tw = task_windows(task, spec, cfg.scale)
         out.append(
@@ -62,19 +71,21 @@ def load_task_windows(
                 tw.scaler,
             )
         )
-    return out, spec, digest.hexdigest()
+    return out, spec, digest.hexdigest(), rate
 
 
-def _check_window(cfg: TrainConfig, spec) -> None:
+def _check_window(cfg: TrainConfig, spec, data_rate: float) -> None:
+    origin = cfg.window_origin(data_rate)
     secs = spec.window_seconds
     if not 0.02 <= secs <= 5.0:
         raise ConfigError(
-            f"test.time_seq_len {cfg.time_seq_len} at {spec.sample_rate:g} Hz is a {secs:.3g} s window; "
-            "use 20 ms .. 5 s"
+            f"test.time_seq_len {spec.window} ({origin['window']}) at {spec.sample_rate:g} Hz is a {secs:.3g} s "
+            "window; use 20 ms .. 5 s"
         )
     if spec.stride > spec.window:
         raise ConfigError(
-            f"test.stride {spec.stride} is longer than the window ({spec.window}): samples would be skipped"
+            f"test.stride {spec.stride} ({origin['stride']}) is longer than the window ({spec.window}, "
+            f"{origin['window']}): samples would be skipped"
         )
 
 
@@ -212,14 +223,21 @@ def _device_and_processes(cfg: TrainConfig):
     return device, world, rank
 
 
-def _load_tasks(cfg: TrainConfig, base_dir: Path, rng: np.random.Generator):
+def data_roots(cfg: TrainConfig, base_dir: Path) -> tuple[Path, Path]:
+    """The training and test collections' data roots (``test.train_data_root`` /
+    ``test.test_data_root``, each ``test.data_root`` when null), relative ones from ``base_dir``."""
+    roots = tuple(_resolve(r, base_dir) for r in cfg.data_roots())
+    assert roots[0] is not None and roots[1] is not None  # TrainConfig refuses empty roots
+    return roots[0], roots[1]
+
+
+def _load_tasks(cfg: TrainConfig, base_dir: Path, roots: tuple[Path, Path], rng: np.random.Generator):
     """The training, validation and test tasks as windows: (train, val, tests, spec, data hash,
-    test data hash). Validation tasks are drawn from the training collection with ``rng``, or are
-    the test tasks when ``test.n_val_tasks`` is 0."""
-    root = _resolve(cfg.data_root, base_dir)
+    test data hash, the training data's sample rate). Validation tasks are drawn from the training
+    collection with ``rng``, or are the test tasks when ``test.n_val_tasks`` is 0."""
     train_path = _resolve(cfg.train_collection_json, base_dir)
     test_path = _resolve(cfg.test_collection_json, base_dir)
-    assert root is not None and train_path is not None  # data_root, train_collection_json: non-empty
+    assert train_path is not None  # train_collection_json: non-empty
     refs = load_collection(train_path)
     need = cfg.n_train_tasks + cfg.n_val_tasks
     if len(refs) < need:
@@ -230,12 +248,12 @@ def _load_tasks(cfg: TrainConfig, base_dir: Path, rng: np.random.Generator):
             "test.n_val_tasks is 0, which validates on the test collection, but test_collection_json is empty"
         )
 
-    all_tasks, spec, data_hash = load_task_windows(refs, root, cfg)
-    tests, _, test_hash = load_task_windows(test_refs, root, cfg, spec) if test_refs else ([], spec, "")
+    all_tasks, spec, data_hash, rate = _task_windows(refs, roots[0], cfg)
+    tests, _, test_hash = load_task_windows(test_refs, roots[1], cfg, spec) if test_refs else ([], spec, "")
     order = rng.permutation(len(all_tasks))
     val = [all_tasks[i] for i in order[: cfg.n_val_tasks]] or tests
     train_tasks = [all_tasks[i] for i in order[cfg.n_val_tasks :]]
-    return train_tasks, val, tests, spec, data_hash, test_hash
+    return train_tasks, val, tests, spec, data_hash, test_hash, rate
 
 
 def _inner_doc(inner, cfg: TrainConfig, closed_form: bool) -> dict[str, Any]:
@@ -297,7 +315,15 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     import torch
     from tqdm import tqdm
 
-    from metalearn.checkpoint import load_checkpoint, save_checkpoint, stable_hash
+    from metalearn.checkpoint import (
+        BEST,
+        epoch_checkpoint_name,
+        latest_checkpoint,
+        load_checkpoint,
+        prune_checkpoints,
+        save_checkpoint,
+        stable_hash,
+    )
     from metalearn.evaluate import write_reports
     from metalearn.maml import InnerLoop, OuterLoop, meta_loss, meta_step, model_params, shard_tasks
     from metalearn.models import build_model, model_hparams
@@ -309,7 +335,11 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     assert cfg.compile is None or isinstance(cfg.compile, str)  # TrainConfig maps True/False to a backend/None
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    train_tasks, val, tests, spec, data_hash, test_hash = _load_tasks(cfg, base_dir, rng)
+    roots = data_roots(cfg, base_dir)  # resolved once: tasks, and a feat model's other movements
+    train_tasks, val, tests, spec, data_hash, test_hash, rate = _load_tasks(cfg, base_dir, roots, rng)
+    if lead:
+        print(cfg.describe_signal(spec, rate))
+        print(_describe_data(cfg, roots, len(train_tasks), len(val), len(tests)))
 
     inner = InnerLoop.from_config(cfg)
     hp = {
@@ -324,20 +354,30 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
     start = 0
     if cfg.resume:
-        resume = _resolve(cfg.resume, base_dir)
-        assert resume is not None  # cfg.resume is not empty
+        given = _resolve(cfg.resume, base_dir)
+        assert given is not None  # cfg.resume is not empty
+        resume = latest_checkpoint(given)  # a run directory: its newest meta-epoch's checkpoint
         ckpt = load_checkpoint(resume)
         model.load_state_dict(ckpt["state_dict"])
         if ckpt.get("outer"):
             outer.load_state_dict(ckpt["outer"])
         start = int(ckpt.get("meta_epoch", -1)) + 1
         rng = np.random.default_rng([seed, start])
+        if lead:
+            print(f"resuming from {resume}: meta-epoch {start} onwards")
 
     pooled = Scaler.fit(
         cfg.scale, np.concatenate([unscaled(t.x_support, t.scaler).reshape(-1, spec.channels) for t in train_tasks])
     )
     verify = unscaled(train_tasks[0].x_query[:32], train_tasks[0].scaler).astype(np.float32)
-    config_dict = cfg.to_dict()
+    # as resolved: the window and stride used, the data roots taken (null keys: the preset's, data_root)
+    config_dict = {
+        **cfg.to_dict(),
+        "time_seq_len": spec.window,
+        "stride": spec.stride,
+        "train_data_root": cfg.data_roots()[0],
+        "test_data_root": cfg.data_roots()[1],
+    }
     inner_doc = _inner_doc(inner, cfg, closed_form)
     common = {
         "model": model_hparams(model),
@@ -361,6 +401,8 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     wb = _wandb(cfg, run_dir) if (cfg.wandb and lead) else None
     history: list[dict[str, Any]] = []
     best: tuple[float, Path | dict[str, Any] | None] = (float("inf"), None)
+    best_epoch: int | None = None
+    kept: list[Path] = []  # this run's meta-epoch checkpoints on disk, oldest first
     t0 = time.monotonic()
     if cfg.compile and lead and not closed_form:
         print(f"compiling the meta-step with torch.compile ({cfg.compile}): the first meta-epoch takes longer")
@@ -376,9 +418,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
             fit_whitening(model, train_tasks, rotate=cfg.augment_rotation, device=device)
             common["population"] = population(model, train_tasks, device=device)
             if cfg.non_intent:
-                root = _resolve(cfg.data_root, base_dir)
-                assert root is not None  # checked by _load_tasks
-                n = fit_non_intent(model, train_tasks, root, spec, cfg.non_intent_log_prior, device)
+                n = fit_non_intent(model, train_tasks, roots[0], spec, cfg.non_intent_log_prior, device)
                 if lead:
                     print(f"non-intent movements of {n} training tasks: decided relax at calibration")
             train_loss = closed_form_loss(model, train_tasks, inner_doc, cfg.rorcr_size, device)
@@ -404,19 +444,19 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
                 "val_loss": val_loss,
                 "outer": outer.state_dict(),
             }
-            path = save_checkpoint(models_dir / f"epoch_{epoch:04d}_loss_{val_loss:.4f}.pt", ckpt)
+            path = save_checkpoint(models_dir / epoch_checkpoint_name(epoch, val_loss), ckpt)
             if val_loss < best[0]:
-                best = (val_loss, path)
-                save_checkpoint(models_dir / "best.pt", ckpt)
+                best, best_epoch = (val_loss, save_checkpoint(models_dir / BEST, ckpt)), epoch
+            kept = prune_checkpoints([*kept, path], cfg.keep_checkpoints)
         elif val_loss < best[0]:
-            best = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            best, best_epoch = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}), epoch
     train_seconds = time.monotonic() - t0
     if writer:
         writer.close()
     if not lead:
         return {}
     if cfg.save and best[1] is not None:
-        model.load_state_dict(load_checkpoint(models_dir / "best.pt")["state_dict"])
+        model.load_state_dict(load_checkpoint(models_dir / BEST)["state_dict"])
     elif isinstance(best[1], dict):
         model.load_state_dict(best[1])
 
@@ -427,6 +467,9 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
         "train_seconds": train_seconds,
         "best_val_loss": best[0],
         "best_checkpoint": str(best[1]) if isinstance(best[1], Path) else None,
+        "best_meta_epoch": best_epoch,
+        "kept_checkpoints": [str(p) for p in kept],
+        "keep_checkpoints": cfg.keep_checkpoints,
         "history": history,
         "device": str(device),
         "world_size": world,
@@ -446,6 +489,15 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     if wb:
         wb.finish()
     return summary
+
+
+def _describe_data(cfg: TrainConfig, roots: tuple[Path, Path], n_train: int, n_val: int, n_test: int) -> str:
+    """The line a run prints: which tasks come from which data root."""
+    val = f"{n_val} validation" if cfg.n_val_tasks else "validation on the test tasks"
+    line = f"data: {n_train} training tasks, {val}, from {cfg.train_collection_json} in {roots[0]}"
+    if n_test:
+        line += f"; {n_test} test tasks from {cfg.test_collection_json} in {roots[1]}"
+    return line
 
 
 def _tensorboard(run_dir: Path):
@@ -474,6 +526,14 @@ def _print_summary(summary: dict) -> None:
         f"meta-training: {summary['meta_epochs']} meta-epochs in {summary['train_seconds']:.1f} s on "
         f"{summary['device']} ({how}), best validation loss {summary['best_val_loss']:.4f}"
     )
+    if summary.get("best_checkpoint"):
+        keep = summary["keep_checkpoints"]
+        last = "every meta-epoch's" if keep is None else f"the last {keep} meta-epochs'"
+        newest = f", newest {Path(summary['kept_checkpoints'][-1]).name}" if summary["kept_checkpoints"] else ""
+        print(
+            f"checkpoints: best.pt = meta-epoch {summary['best_meta_epoch']} (what metaemg-export RUN_DIR takes); "
+            f"{last} (test.keep_checkpoints){newest} (test.resume=RUN_DIR continues from it)"
+        )
     if "table" in summary:
         print("mean query accuracy after adaptation: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["table"].items()))
     if "convergence" in summary:

@@ -2,15 +2,18 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import myhand_like_csv
 
-from metalearn.checkpoint import load_checkpoint
-from metalearn.tasks import load_collection, save_collection
+from metalearn.checkpoint import latest_checkpoint, load_checkpoint
+from metalearn.export import resolve_checkpoint
+from metalearn.tasks import TaskRef, load_collection, save_collection
 
 BIN = Path(sys.executable).parent
 TINY = [
@@ -55,16 +58,38 @@ def train(colls, run_dir, *extra, check_rc=0, cwd=None):
     return proc
 
 
+def _val_losses(run: Path) -> list[float]:
+    return [e["val_loss"] for e in json.loads((run / "results" / "meta_training_log.json").read_text())]
+
+
 def test_a_run_writes_checkpoints_reports_and_resumes(colls, tmp_path):
+    """Checkpoints: best.pt and the last test.keep_checkpoints meta-epochs' (2 here, then the
+    default 3); export takes best.pt, a resume from the run directory its newest checkpoint."""
     run = tmp_path / "run"
-    out = train(colls, run).stdout
+    out = train(colls, run, "test.keep_checkpoints=2").stdout
     assert "mean query accuracy after adaptation: B1" in out
+    assert (
+        "signal: preset myo (test.signal auto: the data's 200 Hz); window 20 samples (100 ms, set by "
+        "test.time_seq_len), stride 10 samples (50 ms, set by test.stride)"
+    ) in out
+    assert f"data: 3 training tasks, 1 validation, from {colls['train']} in {colls['root']}; " in out
+    assert f"2 test tasks from {colls['test']} in {colls['root']}" in out
     ckpts = sorted((run / "models").glob("epoch_*_loss_*.pt"))
-    assert [p.name[:10] for p in ckpts] == ["epoch_0000", "epoch_0001", "epoch_0002"]
-    losses = [float(p.stem.split("_loss_")[1]) for p in ckpts]
+    assert [p.name[:10] for p in ckpts] == ["epoch_0001", "epoch_0002"]  # epoch_0000 deleted
+    assert sorted(p.name for p in (run / "models").iterdir()) == ["best.pt", *(p.name for p in ckpts)]
+    losses = _val_losses(run)
+    assert len(losses) == 3
+    assert [float(p.stem.split("_loss_")[1]) for p in ckpts] == pytest.approx(losses[1:], abs=1e-4)
+    assert resolve_checkpoint(run) == run / "models" / "best.pt"  # what metaemg-export RUN_DIR exports
     best = load_checkpoint(run / "models" / "best.pt")
-    assert best["val_loss"] == pytest.approx(min(losses), abs=1e-4)
+    assert best["val_loss"] == pytest.approx(min(losses), abs=1e-6)
+    assert best["meta_epoch"] == losses.index(min(losses))
+    assert f"checkpoints: best.pt = meta-epoch {best['meta_epoch']} (what metaemg-export RUN_DIR takes)" in out
+    assert "the last 2 meta-epochs' (test.keep_checkpoints), newest epoch_0002_loss_" in out
+    summary = json.loads((run / "results" / "summary.json").read_text())
+    assert summary["best_meta_epoch"] == best["meta_epoch"] and summary["kept_checkpoints"] == [str(p) for p in ckpts]
     assert best["model"]["kind"] == "dnn" and best["signal"]["window"] == 20
+    assert best["config"]["time_seq_len"] == 20 and best["config"]["keep_checkpoints"] == 2
     assert best["inner"] == {"optimizer": "adam", "steps": 2, "lr": 0.01, "first_order": False, "batch_size": None}
     table = (run / "results" / "results_table.csv").read_text().splitlines()
     assert table[0].startswith("method,myo_") and table[0].endswith(",mean")
@@ -78,10 +103,18 @@ def test_a_run_writes_checkpoints_reports_and_resumes(colls, tmp_path):
         assert (run / "results" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = (run / ".hydra" / "config.yaml").read_text()
     assert "time_seq_len: 20" in saved
-    # resume from the last checkpoint: continues at meta-epoch 3
+    # resume from the run directory: its newest checkpoint, so meta-epoch 3 onwards; 4 written, 3 kept
+    assert latest_checkpoint(run) == ckpts[-1]
     run2 = tmp_path / "run2"
-    train(colls, run2, f"test.resume={ckpts[-1]}", "test.meta_steps=5", "test.converge_baselines=false")
-    assert sorted(p.name[:10] for p in (run2 / "models").glob("epoch_*")) == ["epoch_0003", "epoch_0004"]
+    out = train(colls, run2, f"test.resume={run}", "test.meta_steps=7", "test.converge_baselines=false").stdout
+    assert f"resuming from {ckpts[-1]}: meta-epoch 3 onwards" in out
+    kept = sorted(p.name[:10] for p in (run2 / "models").glob("epoch_*"))
+    assert kept == ["epoch_0004", "epoch_0005", "epoch_0006"]
+    history = json.loads((run2 / "results" / "meta_training_log.json").read_text())
+    assert [e["meta_epoch"] for e in history] == [3, 4, 5, 6]
+    losses = [e["val_loss"] for e in history]
+    best = load_checkpoint(resolve_checkpoint(run2))
+    assert best["meta_epoch"] == 3 + losses.index(min(losses)) and best["val_loss"] == pytest.approx(min(losses))
 
 
 def test_research_config_file_runs_unchanged(colls, tmp_path):
@@ -256,6 +289,174 @@ def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, 
     assert info.inner["reject"] == 3.0
 
 
+def _compose(overrides: list[str], name: str = "config"):
+    """The command's Hydra composition, in this process."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(version_base="1.3", config_module="metalearn.conf"):
+        return compose(name, overrides=overrides)
+
+
+def _train_config(overrides: list[str], name: str = "config"):
+    from omegaconf import OmegaConf
+
+    from metalearn.config import TrainConfig
+
+    container = OmegaConf.to_container(_compose(overrides, name), resolve=True)
+    assert isinstance(container, dict)
+    return TrainConfig.from_dict(container["test"])
+
+
+@pytest.mark.parametrize(
+    "overrides, name, rate, expected",
+    [
+        # the trap: the config file's defaults are not "given", so the preset's 250 ms / 50 ms hold
+        (["test.signal=myhand"], "config", 100.0, (25, 5, "the myhand preset's", "the myhand preset's")),
+        ([], "config", 100.0, (25, 5, "the myhand preset's", "the myhand preset's")),  # auto: 100 Hz data
+        ([], "config", 200.0, (50, 10, "the myo preset's", "the myo preset's")),  # auto: 200 Hz data
+        (
+            ["test.signal={preset: myhand, input_range: [0, 500]}"],
+            "config",
+            100.0,
+            (25, 5, "the myhand preset's", "the myhand preset's"),
+        ),
+        (
+            ["test.signal=myhand", "test.time_seq_len=40"],
+            "config",
+            100.0,
+            (40, 5, "set by test.time_seq_len", "the myhand preset's"),
+        ),
+        (
+            ["test.signal=myhand", "test.stride=2"],
+            "config",
+            100.0,
+            (25, 2, "the myhand preset's", "set by test.stride"),
+        ),
+        (
+            ["test.signal=myo", "test.time_seq_len=20"],
+            "config",
+            200.0,
+            (20, 10, "set by test.time_seq_len", "the myo preset's"),
+        ),
+        # a config file that sets them keeps them (the shipped recipe: 50 / 10 at 200 Hz)
+        (
+            [],
+            "myo_default",
+            200.0,
+            (50, 10, "set by test.time_seq_len", "set by test.stride"),
+        ),
+        (
+            ["test.signal.preset=myhand", "test.time_seq_len=null"],
+            "myo_default",
+            100.0,
+            (25, 10, "the myhand preset's", "set by test.stride"),
+        ),
+    ],
+)
+def test_a_signal_preset_sets_its_window_and_stride_unless_given(overrides, name, rate, expected):
+    cfg = _train_config(["test.train_collection_json=x", *overrides], name)
+    spec = cfg.signal_spec(rate)
+    origin = cfg.window_origin(rate)
+    assert (spec.window, spec.stride, origin["window"], origin["stride"]) == expected
+
+
+def test_a_research_config_without_window_keys_gets_the_presets():
+    from metalearn.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"train_collection_json": "x", "signal": "myhand"})
+    assert (cfg.time_seq_len, cfg.stride) == (None, None)
+    assert (cfg.signal_spec(100.0).window, cfg.signal_spec(100.0).stride) == (25, 5)
+    cfg = TrainConfig.from_dict({"train_collection_json": "x", "time_seq_len": 50, "stride": 10})  # as before
+    assert (cfg.signal_spec(200.0).window, cfg.signal_spec(200.0).stride) == (50, 10)
+
+
+def test_a_myhand_run_uses_the_presets_window_and_says_so(tmp_path, capsys):
+    """MyHand-like data at 100 Hz, nothing set: the run windows at the myhand preset's 25 / 5
+    samples (250 / 50 ms), prints that and where it came from, and records it."""
+    from metalearn.train import run_composed
+
+    root = tmp_path / "myhand"
+    refs = [TaskRef(f"2023_03_14_p{i}", "rorcr") for i in range(1, 4)]
+    for i, ref in enumerate(refs):
+        myhand_like_csv(ref.path(root), seconds=20, seed=i)
+    coll = save_collection(tmp_path / "myhand.json", refs)
+    overrides = [
+        f"test.train_collection_json={coll}",
+        f"test.data_root={root}",
+        *(o for o in TINY if not o.startswith(("test.time_seq_len", "test.stride"))),
+        "test.meta_steps=1",
+        "test.tensorboard=false",
+    ]
+    run = tmp_path / "run"
+    run_composed(_compose(overrides), run, tmp_path)
+    out = capsys.readouterr().out
+    assert "window 25 samples (250 ms, the myhand preset's), stride 5 samples (50 ms, the myhand preset's)" in out, out
+    rate = re.search(r"signal: preset myhand \(test.signal auto: the data's ([\d.]+) Hz\)", out)
+    assert rate and float(rate.group(1)) == pytest.approx(100, rel=0.05)  # the armband's ~100 Hz, jittered
+    best = load_checkpoint(run / "models" / "best.pt")
+    assert (best["signal"]["window"], best["signal"]["stride"], best["signal"]["sample_rate"]) == (25, 5, 100.0)
+    assert (best["config"]["time_seq_len"], best["config"]["stride"]) == (25, 5)  # the checkpoint's: as resolved
+    resolved = json.loads((run / "resolved_config.json").read_text())
+    assert (resolved["test"]["time_seq_len"], resolved["test"]["stride"]) == (25, 5)
+    assert best["verify_windows"].shape[1:] == (25, 8)
+
+
+def test_train_and_test_collections_have_their_own_data_roots(colls, tmp_path, capsys):
+    """test.train_data_root / test.test_data_root, each test.data_root when null (here a directory
+    that does not exist, so only the two roots can serve)."""
+    from metaemg.errors import MetaEMGError
+    from metalearn.train import run_composed
+
+    test_root = tmp_path / "test_root"
+    test_refs = load_collection(colls["test"])
+    for ref in test_refs:
+        (test_root / ref.session).mkdir(parents=True)
+        ref.path(test_root).symlink_to(ref.path(colls["root"]))
+    base = [
+        f"test.train_collection_json={colls['train']}",
+        f"test.test_collection_json={colls['test']}",
+        "test.data_root=/nonexistent",
+        *TINY,
+        "test.meta_steps=1",
+        "test.save=false",
+        "test.tensorboard=false",
+        "test.converge_baselines=false",
+    ]
+    summary = run_composed(
+        _compose([*base, f"test.train_data_root={colls['root']}", f"test.test_data_root={test_root}"]),
+        tmp_path / "run",
+        tmp_path,
+    )
+    out = capsys.readouterr().out
+    assert f"from {colls['train']} in {colls['root']}; 2 test tasks from {colls['test']} in {test_root}" in out
+    assert set(summary["table"]) == {"B1", "B2", "meta-model"}
+    assert all(0 <= acc <= 1 for acc in summary["table"].values())
+    # each collection is read from its own root: the other one does not have its sessions
+    train_ref = load_collection(colls["train"])[0]
+    for roots, missing in [
+        ([f"test.train_data_root={colls['root']}"], test_refs[0].path("/nonexistent")),
+        ([f"test.test_data_root={test_root}"], train_ref.path("/nonexistent")),
+        ([f"test.train_data_root={test_root}", f"test.test_data_root={colls['root']}"], train_ref.path(test_root)),
+    ]:
+        with pytest.raises(MetaEMGError) as err:
+            run_composed(_compose([*base, *roots]), tmp_path / "bad", tmp_path)
+        assert str(err.value) == f"{missing}: recording file not found"
+
+
+def test_latest_checkpoint_is_the_newest_meta_epoch(tmp_path):
+    from metaemg.errors import ModelError
+
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    with pytest.raises(ModelError, match="no meta-epoch checkpoint"):
+        latest_checkpoint(tmp_path / "run")
+    for name in ("best.pt", "epoch_0009_loss_0.5000.pt", "epoch_0010_loss_0.9000.pt", "epoch_0002_loss_0.1000.pt"):
+        (models / name).write_bytes(b"")
+    assert latest_checkpoint(tmp_path / "run") == models / "epoch_0010_loss_0.9000.pt"
+    assert latest_checkpoint(models) == models / "epoch_0010_loss_0.9000.pt"
+    assert latest_checkpoint(models / "best.pt") == models / "best.pt"  # a file: as given
+
+
 BAD_INPUT = [
     ("test.n_train_tasks=4", "has 4 tasks; test.n_train_tasks + test.n_val_tasks = 5"),
     ("test.model=lstm", "test.model must be one of dnn, cnn, tcn, tf, feat"),
@@ -266,6 +467,12 @@ BAD_INPUT = [
     ("test.time_seq_len=2000", "is a 10 s window"),
     ("test.data_root=/nonexistent", "recording file not found"),
     ("test.data_root=", "test.data_root must name a directory, got an empty value"),
+    ("test.test_data_root=", "test.test_data_root must name a directory or be null (test.data_root), got an empty"),
+    ("test.keep_checkpoints=0", "test.keep_checkpoints must be an integer >= 1 or null (keep every meta-epoch's)"),
+    (
+        "test.time_seq_len=4",
+        "test.stride 10 (set by test.stride) is longer than the window (4, set by test.time_seq_len)",
+    ),
     ("test.non_intent=true", "test.non_intent needs test.model=feat (a closed-form head), got 'dnn'"),
     ("test.non_intent_log_prior=0", "test.non_intent_log_prior must be a number in [-100, 0), got 0"),
     ("test.lda_reject=0.5", "test.lda_reject must be 0 (off) or a number in [1, 100], got 0.5"),
@@ -276,8 +483,6 @@ BAD_INPUT = [
 def test_bad_input_fails_before_training(colls, tmp_path, override, fragment):
     """The same Hydra composition and checks as the command, in this process (a subprocess per
     case cost 2.5 s of imports; the command's exit status and one-line message are the next test)."""
-    from hydra import compose, initialize_config_module
-
     from metaemg.errors import MetaEMGError
     from metalearn.train import run_composed
 
@@ -288,10 +493,8 @@ def test_bad_input_fails_before_training(colls, tmp_path, override, fragment):
         *TINY,
         override,
     ]
-    with initialize_config_module(version_base="1.3", config_module="metalearn.conf"):
-        cfg = compose("config", overrides=overrides)
     with pytest.raises(MetaEMGError) as err:
-        run_composed(cfg, tmp_path / "run", tmp_path)
+        run_composed(_compose(overrides), tmp_path / "run", tmp_path)
     assert fragment in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run" / "models").exists()
 
