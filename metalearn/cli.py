@@ -27,15 +27,34 @@ def import_main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not export the four non-intent gestures to OUT/other_gestures/",
     )
+    myo.add_argument(
+        "--as",
+        dest="fmt",
+        choices=("myo", "myhand"),
+        default="myo",
+        help="myo: the raw 200 Hz EMG as recorded (default); myhand: rendered as the MyHand armband reports it "
+        "(~100 Hz envelopes 0..1000, repeated rows; recordings <xx>_myhand_rorcr.csv, collections myhand_*.json), "
+        "into its own OUT",
+    )
+    myo.add_argument("--seed", type=int, default=0, help="seed of the MyHand rendering's timing (--as myhand)")
     myo.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    from metalearn.myo import COLLECTIONS, import_myoarmband
+    from metalearn.myo import collection_names, import_myoarmband
 
-    colls = import_myoarmband(args.src, args.out, other_gestures=not args.no_other_gestures, progress=not args.quiet)
+    colls = import_myoarmband(
+        args.src,
+        args.out,
+        other_gestures=not args.no_other_gestures,
+        progress=not args.quiet,
+        fmt=args.fmt,
+        seed=args.seed,
+    )
     total = sum(len(c) for c in colls.values())
-    print(f"imported {total} recordings into {args.out}")
+    what = "" if args.fmt == "myo" else f" as the MyHand armband reports them (seed {args.seed})"
+    print(f"imported {total} recordings{what} into {args.out}")
+    descriptions = collection_names(args.fmt)
     for name, refs in colls.items():
-        print(f"  {args.out / 'task_collections' / name}: {len(refs)} tasks, {COLLECTIONS[name]}")
+        print(f"  {args.out / 'task_collections' / name}: {len(refs)} tasks, {descriptions[name]}")
     return 0
 
 
@@ -55,6 +74,13 @@ def synth_main(argv: list[str] | None = None) -> int:
         default="myo",
         help="myo: 200 Hz raw -128..127; myhand: ~100 Hz envelopes 0..1000 with repeated rows",
     )
+    p.add_argument(
+        "--profile",
+        choices=("typical", "stroke"),
+        default="typical",
+        help="typical (default); stroke: weak, uneven contractions near the rest level, co-contraction, "
+        "spasticity, tremor, fatigue drift, low signal to noise (the same forearms)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     from metalearn.synth import generate_dataset
@@ -66,6 +92,7 @@ def synth_main(argv: list[str] | None = None) -> int:
         conditions=args.conditions,
         seed=args.seed,
         style=args.style,
+        profile=args.profile,
         progress=not args.quiet,
     )
     path = save_collection(
@@ -73,7 +100,7 @@ def synth_main(argv: list[str] | None = None) -> int:
     )
     print(
         f"wrote {len(coll)} recordings ({args.patients} patients x {args.conditions} conditions, "
-        f"style {args.style}) into {args.out}; collection {path}"
+        f"style {args.style}, profile {args.profile}) into {args.out}; collection {path}"
     )
     return 0
 

@@ -11,6 +11,12 @@ recording therefore has a valid relax-open-relax-close-relax split: support is t
 query the three others. The four other gestures (radial/ulnar deviation, wrist flexion and
 extension) are real contractions that are none of the three intents; they are exported beside
 as ``other_gestures/<session>.csv`` with a ``gesture`` column (the Myo code 1..4).
+
+``fmt="myhand"`` writes every recording as the MyHand armband reports it instead
+(:func:`metalearn.myhand.render_myhand`: ~100 Hz envelopes 0..1000 with repeated rows and the
+columns ``current_time``, ``current_task``), deterministic from ``seed`` and the session's name;
+its recordings are ``<xx>_myhand_rorcr.csv``, its collections ``myhand_*.json``, its other
+gestures rendered the same way at the same paths, so it needs its own output directory.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from metaemg.atomic import write_text
-from metaemg.errors import DataError
+from metaemg.errors import ConfigError, DataError
 from metalearn.recording import Recording, emg_columns, recording_path, write_recording
 from metalearn.tasks import TaskRef, save_collection
 
@@ -48,11 +55,29 @@ GESTURES = (
 NEUTRAL, CLOSE, OPEN = 0, 5, 6
 OTHER = (1, 2, 3, 4)
 CONDITION = "myo_rorcr"
-COLLECTIONS = {
-    "myo_pretrain.json": "the 22 pre-training subjects (training)",
-    "myo_eval_training0.json": "evaluation subjects, session training0 (calibration)",
-    "myo_eval_test.json": "evaluation subjects, sessions Test0 and Test1 (scoring)",
+FORMATS = ("myo", "myhand")
+COLLECTION_KINDS = {
+    "pretrain": "the 22 pre-training subjects (training)",
+    "eval_training0": "evaluation subjects, session training0 (calibration)",
+    "eval_test": "evaluation subjects, sessions Test0 and Test1 (scoring)",
 }
+COLLECTIONS = {f"myo_{kind}.json": text for kind, text in COLLECTION_KINDS.items()}
+
+
+def condition_of(fmt: str) -> str:
+    """The condition (file name part) of the import's recordings: ``myo_rorcr``, ``myhand_rorcr``."""
+    return f"{_check_format(fmt)}_rorcr"
+
+
+def collection_names(fmt: str) -> dict[str, str]:
+    """The collections an import writes, by file name, with what each holds."""
+    return {f"{_check_format(fmt)}_{kind}.json": text for kind, text in COLLECTION_KINDS.items()}
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return fmt
 
 
 def default_myo_root() -> Path:
@@ -135,26 +160,62 @@ def read_other_gestures(path: str | os.PathLike) -> tuple[Recording, np.ndarray]
     return rec, np.atleast_1d(codes)
 
 
-def write_other_gestures(sess: SourceSession, out: Path) -> Path:
+def session_seed(seed: int, session: str, part: int = 0) -> list[int]:
+    """The seed of one session's MyHand rendering (``part`` 1: its other gestures): the same
+    whatever other sessions are imported."""
+    return [seed, zlib.crc32(session.encode()), part]
+
+
+def _render(rec: Recording, seed: list[int]) -> tuple[Recording, np.ndarray]:
+    from metalearn.myhand import render_myhand, source_index
+
+    out = render_myhand(rec, seed=seed)
+    return out, source_index(rec.time - rec.time[0], out.time)
+
+
+def write_other_gestures(sess: SourceSession, out: Path, *, fmt: str = "myo", seed: int = 0) -> Path:
     blocks = [(_gesture(sess, c, g), g) for c in range(N_CYCLES) for g in OTHER]
     emg = np.concatenate([b for b, _ in blocks])
     codes = np.concatenate([np.full(len(b), g) for b, g in blocks])
+    times = np.arange(len(emg)) / SAMPLE_RATE
+    if _check_format(fmt) == "myhand":
+        rec, rows = _render(Recording(times, emg, np.zeros(len(emg))), session_seed(seed, sess.session, 1))
+        times, emg, codes = rec.time, rec.emg, codes[rows]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["time_elapsed", *emg_columns(), "gesture", "gesture_name"])
-    for i, (row, g) in enumerate(zip(emg.astype(int), codes, strict=True)):
-        w.writerow([repr(i / SAMPLE_RATE), *row.tolist(), int(g), GESTURES[g]])
+    for t, row, g in zip(times.tolist(), emg.astype(int), codes, strict=True):
+        w.writerow([repr(t), *row.tolist(), int(g), GESTURES[g]])
     path = out / "other_gestures" / f"{sess.session}.csv"
     write_text(path, buf.getvalue())
     return path
 
 
 def import_myoarmband(
-    src: str | os.PathLike, out: str | os.PathLike, *, other_gestures: bool = True, progress: bool = False
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    other_gestures: bool = True,
+    progress: bool = False,
+    fmt: str = "myo",
+    seed: int = 0,
 ) -> dict[str, list[TaskRef]]:
     """Convert the dataset at ``src`` into recordings under ``out`` and write the task
-    collections into ``out/task_collections/``. Returns the collections by file name."""
+    collections into ``out/task_collections/``. Returns the collections by file name.
+    ``fmt="myhand"``: the recordings as the MyHand armband reports them (rendering seeded by
+    ``seed``); ``out`` must not hold the other format's import."""
+    from metalearn.myhand import myhand_columns
+
     out = Path(out)
+    condition = condition_of(fmt)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0 (got {seed!r})")
+    other = "myhand" if fmt == "myo" else "myo"
+    mixed = sorted(out.glob(f"*/??_{condition_of(other)}.csv")) if out.is_dir() else []
+    if mixed:
+        # the other gestures share their paths: the two formats cannot live in one data root
+        where = mixed[0].relative_to(out)
+        raise DataError(f"holds the {other} import ({where}); import as {fmt} into another directory", path=out)
     sessions = find_sessions(src)
     # Read and check every source file before writing anything: a bad file stops the import
     # with nothing written. Each file written is atomic.
@@ -165,18 +226,19 @@ def import_myoarmband(
                 for g in OTHER:
                     _gesture(sess, c, g)
     for sess, rec in _progress(list(zip(sessions, recordings, strict=True)), progress, "writing"):
-        write_recording(recording_path(out, sess.session, CONDITION), rec)
+        extra = None
+        if fmt == "myhand":
+            rec, _ = _render(rec, session_seed(seed, sess.session))
+            extra = myhand_columns(rec.time, rec.labels)
+        write_recording(recording_path(out, sess.session, condition), rec, extra=extra)
         if other_gestures:
-            write_other_gestures(sess, out)
-    refs = {s: TaskRef(s.session, CONDITION) for s in sessions}
+            write_other_gestures(sess, out, fmt=fmt, seed=seed)
+    refs = {s: TaskRef(s.session, condition) for s in sessions}
+    pretrain, training0, test = collection_names(fmt)
     collections = {
-        "myo_pretrain.json": [r for s, r in refs.items() if s.group == "PreTrainingDataset"],
-        "myo_eval_training0.json": [
-            r for s, r in refs.items() if s.group == "EvaluationDataset" and s.name == "training0"
-        ],
-        "myo_eval_test.json": [
-            r for s, r in refs.items() if s.group == "EvaluationDataset" and s.name.startswith("Test")
-        ],
+        pretrain: [r for s, r in refs.items() if s.group == "PreTrainingDataset"],
+        training0: [r for s, r in refs.items() if s.group == "EvaluationDataset" and s.name == "training0"],
+        test: [r for s, r in refs.items() if s.group == "EvaluationDataset" and s.name.startswith("Test")],
     }
     for name, coll in collections.items():
         if coll:

@@ -20,12 +20,51 @@ Model (one patient = one forearm, one armband):
   the armband at 35-55 Hz with jitter and logged at ~100 Hz with sample-and-hold, so many
   consecutive rows repeat; extra columns ``current_time`` and ``current_task``.
 
-Everything is deterministic: patient ``k`` depends only on ``(seed, k)``, a recording only on
-the patient, the condition name and the recording seed.
+Profiles. ``typical`` (the default) is the model above. ``stroke`` keeps each patient's forearm
+(armband rotation, electrode gains, muscle positions: the same draws as the typical patient
+``k``) and replaces how the muscles are driven, so that the MyHand envelopes look like a stroke
+patient's: a real patient's extensor channel read relax 62 and open 114 (0..1000), where typical
+synthetic patients read relax ~100 and active 300-700. Each trait is drawn uniformly per patient
+from its range (``STROKE_*`` below), from a stream of its own (typical patients are unchanged):
+
+==========================  ============  ==========  ================================================
+trait                       typical       stroke      why
+==========================  ============  ==========  ================================================
+strength                    1             0.15-0.3    paresis: weak contractions near the rest level;
+                                                      on the ``myhand`` style relax reads 49-107
+                                                      (median 71) and open on its best channel 1.1-2.2
+                                                      times relax (median 1.5: the patient's 114/62
+                                                      is 1.8), close 1.2-2.4 times (patients 0-11)
+extensors when opening      0.7-1.0       0.4-0.7     extensors are the most affected (flexor synergy)
+flexors when opening        0.1-0.4       0.3-0.7     co-contraction (of the close pattern)
+extensors when closing      0.05-0.2      0.2-0.5     co-contraction (of the open pattern)
+flexor tone at rest         0-0.04        0.05-0.15   spastic tone (of the close pattern)
+flexor burst at open        none          1.0-2.5,    spasticity: a velocity-dependent stretch reflex
+                                          tau 0.4-1 s of the flexors as the extensors pull (of the
+                                                      close pattern, times that attempt's effort)
+tremor                      none          3-6 Hz,     extensors against flexors, on the activation
+                                          depth
+                                          0.1-0.35
+drive lost by the end       none          20-45 %     fatigue drift: the drive fades with the effort
+                                                      spent (on top of a condition's fatigue)
+cue-to-cue spread (log sd)  0.1-0.25      0.35-0.55   uneven contractions
+failed attempts             none          10-25 %     of open/close cues get 10-40 % of the effort
+onset delay, ramp           0.1-0.3,      0.2-0.7,    slow recruitment
+                            0.1-0.5 s     0.3-1.0 s
+slow fluctuation            8 %           15 %
+electrode noise             1.5-3.5       x 1.0-1.4   low signal to noise (mostly from the weak drive)
+==========================  ============  ==========  ================================================
+
+A nearest-centroid classifier trained on the first cycle separates the intents of typical
+``myhand`` patients at ~0.9 (balanced accuracy), of stroke patients at ~0.55 (chance 0.33).
+
+Everything is deterministic: patient ``k`` depends only on ``(seed, k)`` (and the profile), a
+recording only on the patient, the condition name and the recording seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +73,11 @@ import numpy as np
 from scipy import signal
 
 from metaemg.errors import ConfigError
+from metalearn.myhand import LATENCY_S, armband_updates, held_update, logger_times, myhand_columns
 from metalearn.recording import INTENTS, N_CHANNELS, Recording, recording_path, write_recording
 
 STYLES = ("myo", "myhand")
+PROFILES = ("typical", "stroke")
 RAW_RATE_HZ = 200.0
 LOGGER_RATE_HZ = 100.0
 SEGMENT_S = (3.0, 6.0)
@@ -125,6 +166,53 @@ def _parse_condition(condition: str) -> _Condition:
     return _KINDS[kind]
 
 
+# The stroke profile (see the module docstring's table): ranges drawn uniformly per patient.
+STROKE_STRENGTH = (0.15, 0.3)  # of a typical patient's strength
+STROKE_EXTENSORS = (0.4, 0.7)  # extensor drive when opening
+STROKE_OPEN_FLEXORS = (0.3, 0.7)  # flexor co-contraction when opening, of the close pattern
+STROKE_CLOSE_EXTENSORS = (0.2, 0.5)  # extensor co-contraction when closing, of the open pattern
+STROKE_TONE = (0.05, 0.15)  # spastic flexor tone at rest, of the close pattern
+STROKE_SPASM = (1.0, 2.5)  # flexor stretch-reflex burst at an open onset, of the close pattern
+STROKE_SPASM_TAU_S = (0.4, 1.0)  # its decay time constant
+STROKE_TREMOR_HZ = (3.0, 6.0)
+STROKE_TREMOR_DEPTH = (0.1, 0.35)  # modulation of the activation, extensors against flexors
+STROKE_FATIGUE_LOSS = (0.2, 0.45)  # fraction of the drive lost by the end of a recording
+STROKE_TRIAL_SD = (0.35, 0.55)  # log-normal cue-to-cue spread of a contraction's strength
+STROKE_FAILED = (0.1, 0.25)  # fraction of open/close cues where the attempt barely comes
+STROKE_FAILED_EFFORT = (0.1, 0.4)  # ... and how much of the effort it gets
+STROKE_NOISE = (1.0, 1.4)  # electrode noise, of a typical patient's
+STROKE_DELAY_S = (0.2, 0.7)  # cue -> onset
+STROKE_RAMP_S = (0.3, 1.0)  # onset ramp
+STROKE_WOBBLE = 0.15  # slow fluctuation of the activation (typical: 0.08)
+_STROKE_KEY = 0x57_0E  # separates the stroke draws from the typical ones
+_TREMOR_SIGN = np.array([1.0, 1.0, 0.0, -1.0, -1.0, -1.0, 1.0])  # extensors +, flexors -
+
+
+@dataclass(frozen=True)
+class Stroke:
+    """The per-patient traits of the stroke profile (on top of the pattern, trial spread and
+    noise, which the profile sets in :class:`Patient`)."""
+
+    spasm: float  # flexor burst at an open onset, of the close pattern (times the cue's effort)
+    spasm_tau_s: float
+    tremor_hz: float
+    tremor_depth: float
+    fatigue_loss: float
+    failed_cues: float
+
+    def __post_init__(self) -> None:
+        ok = (
+            self.spasm >= 0
+            and self.spasm_tau_s > 0
+            and 0 < self.tremor_hz < RAW_RATE_HZ / 2
+            and 0 <= self.tremor_depth < 1
+            and 0 <= self.fatigue_loss < 1
+            and 0 <= self.failed_cues <= 1
+        )
+        if not ok or not np.all(np.isfinite(dataclasses.astuple(self))):
+            raise ConfigError(f"stroke traits out of range: {self}")
+
+
 @dataclass(frozen=True)
 class Patient:
     """Per-patient parameters (plain tuples, so patients compare and hash by value)."""
@@ -141,10 +229,12 @@ class Patient:
     noise_rms: float  # electrode noise, raw counts
     armband_rate_hz: float  # MyHand armband update rate
     mains_hz: float  # local mains frequency, used by the "mains" condition
+    stroke: Stroke | None = None  # the stroke profile's traits; None: typical
 
     def __post_init__(self) -> None:
         m = len(MUSCLES)
         checks = [
+            (self.stroke is None or isinstance(self.stroke, Stroke), "stroke must be a Stroke or None"),
             (len(self.gains) == N_CHANNELS, f"gains must have {N_CHANNELS} values"),
             (len(self.muscle_positions) == m and len(self.muscle_widths) == m, f"muscles must have {m} values"),
             (len(self.pattern) == len(INTENTS) and all(len(r) == m for r in self.pattern), "pattern must be 3 x 7"),
@@ -163,6 +253,10 @@ class Patient:
             raise ConfigError(f"patient {self.index}: parameters must be finite")
 
     @property
+    def profile(self) -> str:
+        return "typical" if self.stroke is None else "stroke"
+
+    @property
     def pattern_array(self) -> np.ndarray:
         return np.array(self.pattern, dtype=np.float64)
 
@@ -173,9 +267,13 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def make_patient(seed: int, index: int, *, difficulty: float | None = None) -> Patient:
+def make_patient(seed: int, index: int, *, difficulty: float | None = None, profile: str = "typical") -> Patient:
     """Patient ``index`` of the population drawn with ``seed``; ``difficulty`` (0..1) overrides
-    the drawn one (Beta(2, 2))."""
+    the drawn one (Beta(2, 2)). ``profile="stroke"``: the same forearm (armband, electrodes,
+    muscles) with the stroke profile's activation (module docstring); its own draws come from a
+    separate stream, so the typical patients do not change."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
     seed = _check_int("seed", seed, 0)
     index = _check_int("patient index", index, 0)
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
@@ -202,6 +300,10 @@ def make_patient(seed: int, index: int, *, difficulty: float | None = None) -> P
     close_mix = close + (0.05 + 0.15 * d) * open_
     relax_mix = relax + 0.04 * d * close
     pattern = strength * np.stack([relax_mix, open_mix, close_mix])
+    trial_sd = 0.1 + 0.15 * d
+    stroke = None
+    if profile == "stroke":
+        pattern, trial_sd, noise_rms, stroke = _stroke_traits(seed, index, strength, base, noise_rms)
     return Patient(
         seed=seed,
         index=index,
@@ -211,11 +313,38 @@ def make_patient(seed: int, index: int, *, difficulty: float | None = None) -> P
         muscle_positions=tuple(float(p) for p in positions),
         muscle_widths=tuple(float(w) for w in widths),
         pattern=tuple(tuple(float(v) for v in row) for row in pattern),
-        trial_sd=0.1 + 0.15 * d,
+        trial_sd=trial_sd,
         noise_rms=float(noise_rms),
         armband_rate_hz=float(armband_rate),
         mains_hz=mains,
+        stroke=stroke,
     )
+
+
+def _stroke_traits(
+    seed: int, index: int, strength: float, base: np.ndarray, noise_rms: float
+) -> tuple[np.ndarray, float, float, Stroke]:
+    """The stroke profile's pattern, trial spread, noise and traits for a patient whose typical
+    draws gave ``strength``, ``base`` (intent x muscle, before mixing) and ``noise_rms``."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, _STROKE_KEY]))
+    u = lambda bounds: float(rng.uniform(*bounds))  # noqa: E731
+    relax, open_, close = base
+    weak = strength * u(STROKE_STRENGTH)
+    open_mix = u(STROKE_EXTENSORS) * open_ + u(STROKE_OPEN_FLEXORS) * close
+    close_mix = close + u(STROKE_CLOSE_EXTENSORS) * open_
+    relax_mix = relax + u(STROKE_TONE) * close
+    pattern = weak * np.stack([relax_mix, open_mix, close_mix])
+    trial_sd = u(STROKE_TRIAL_SD)
+    noise = noise_rms * u(STROKE_NOISE)
+    traits = Stroke(
+        spasm=u(STROKE_SPASM),
+        spasm_tau_s=u(STROKE_SPASM_TAU_S),
+        tremor_hz=u(STROKE_TREMOR_HZ),
+        tremor_depth=u(STROKE_TREMOR_DEPTH),
+        fatigue_loss=u(STROKE_FATIGUE_LOSS),
+        failed_cues=u(STROKE_FAILED),
+    )
+    return pattern, trial_sd, noise, traits
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -249,6 +378,8 @@ def _protocol(rng: np.random.Generator, n_cycles: int) -> tuple[np.ndarray, np.n
 def _activation(rng, patient, cond, intents, bounds, t) -> np.ndarray:
     """Muscle activation (n, muscles) in raw counts: per-cue strength, delayed ramps, slow
     fluctuation."""
+    if patient.stroke is not None:
+        return _stroke_activation(rng, patient, cond, intents, bounds, t)
     pattern = patient.pattern_array * np.asarray(cond.muscle_gain)
     k = len(intents)
     levels = pattern[intents] * np.exp(
@@ -260,6 +391,34 @@ def _activation(rng, patient, cond, intents, bounds, t) -> np.ndarray:
     act = levels[0] + np.einsum("tk,km->tm", steps, np.diff(levels, axis=0))
     wobble = signal.sosfilt(_SLOW_SOS, rng.standard_normal((len(t), len(MUSCLES))), axis=0)
     return np.maximum(act * (1.0 + 0.08 * wobble), 0.0)
+
+
+def _stroke_activation(rng, patient, cond, intents, bounds, t) -> np.ndarray:
+    """The stroke profile's activation (n, muscles): uneven cues and failed attempts, slow
+    onsets, a flexor stretch-reflex burst at each open onset, tremor with extensors against
+    flexors, the drive fading with effort (fatigue)."""
+    s = patient.stroke
+    pattern = patient.pattern_array * np.asarray(cond.muscle_gain)
+    k = len(intents)
+    effort = np.exp(rng.normal(0.0, patient.trial_sd, (k, 1)) + rng.normal(0.0, 0.1, (k, len(MUSCLES))))
+    failed = (rng.random(k) < s.failed_cues) & (intents > 0)
+    effort[failed] *= rng.uniform(*STROKE_FAILED_EFFORT, (int(failed.sum()), 1))
+    levels = pattern[intents] * effort
+    onset = bounds[1:-1] + rng.uniform(*STROKE_DELAY_S, k - 1)
+    ramp = rng.uniform(*STROKE_RAMP_S, k - 1)
+    steps = _smoothstep((t[:, None] - onset) / ramp)  # (n, k-1)
+    act = levels[0] + np.einsum("tk,km->tm", steps, np.diff(levels, axis=0))
+    opens = np.flatnonzero(intents[1:] == 1)  # onsets that start an open segment
+    since = t[:, None] - onset[opens]
+    decay = np.where(since > 0, np.exp(-np.maximum(since, 0.0) / s.spasm_tau_s), 0.0)
+    burst = decay * effort[opens + 1].mean(axis=1)  # a stronger attempt stretches harder
+    act += s.spasm * np.einsum("tk,m->tm", burst, pattern[2])
+    phase = 2 * np.pi * s.tremor_hz * t + rng.uniform(0.0, 2 * np.pi)
+    act *= 1.0 + s.tremor_depth * np.sin(phase)[:, None] * _TREMOR_SIGN
+    progress = np.cumsum(act.sum(axis=1))
+    act *= (1.0 - s.fatigue_loss * progress / progress[-1])[:, None]
+    wobble = signal.sosfilt(_SLOW_SOS, rng.standard_normal((len(t), len(MUSCLES))), axis=0)
+    return np.maximum(act * (1.0 + STROKE_WOBBLE * wobble), 0.0)
 
 
 def _mixing(rng, patient, cond) -> np.ndarray:
@@ -331,26 +490,15 @@ def _myhand(rng, patient, raw, t, intents, bounds, condition) -> tuple[Recording
     env = rng.uniform(5.0, 40.0, N_CHANNELS) + _MYHAND_SCALE * env
     end = bounds[-1]
     # Logger rows at ~100 Hz with jitter; armband updates at 35-55 Hz with jitter and latency.
-    n_log = int(end * LOGGER_RATE_HZ * 1.2) + 10
-    dt = np.clip(rng.normal(1.0, 0.08, n_log), 0.6, 1.4) / LOGGER_RATE_HZ
-    times = rng.uniform(0.0, 0.01) + np.cumsum(dt)
-    times = times[times < end]
-    rate = patient.armband_rate_hz
-    n_upd = int(end * rate * 1.5) + 10
-    upd = rng.uniform(0.0, 1.0 / rate) + np.cumsum(np.clip(rng.normal(1.0, 0.15, n_upd), 0.5, 1.5) / rate)
-    upd = upd[upd < end]
+    times = logger_times(rng, end)
+    upd = armband_updates(rng, end, patient.armband_rate_hz)
     values = np.stack([np.interp(upd, t, env[:, c]) for c in range(N_CHANNELS)], axis=1)
-    latency = rng.uniform(0.01, 0.03)
-    idx = np.clip(np.searchsorted(upd, times - latency, side="right") - 1, 0, len(upd) - 1)
-    emg = np.clip(np.round(values[idx]), *_MYHAND_LIMITS)
+    latency = rng.uniform(*LATENCY_S)
+    emg = np.clip(np.round(values[held_update(times, upd, latency)]), *_MYHAND_LIMITS)
     labels = _labels_at(times, intents, bounds)
     start = np.datetime64("2024-03-04T09:00:00", "us") + np.timedelta64(patient.index, "D")
     start += np.timedelta64(int(zlib.crc32(condition.encode()) % 28800), "s")
-    stamps = start + np.round(times * 1e6).astype("timedelta64[us]")
-    extra = {
-        "current_time": np.char.replace(np.datetime_as_string(stamps, unit="us"), "T", " "),
-        "current_task": np.asarray(INTENTS)[labels],
-    }
+    extra = myhand_columns(times, labels, start)
     return Recording(times, emg, labels), extra
 
 
@@ -407,15 +555,19 @@ def generate_dataset(
     conditions: int,
     seed: int,
     style: str = "myo",
+    profile: str = "typical",
     progress: bool = False,
 ) -> list[dict]:
     """Write ``patients`` x ``conditions`` recordings under ``out`` (sessions ``synth_p00``,
-    ...) and return the task collection ``[{"session": ..., "condition": ...}, ...]``."""
+    ...) and return the task collection ``[{"session": ..., "condition": ...}, ...]``.
+    ``profile``: ``typical`` or ``stroke`` (see :func:`make_patient`)."""
     patients = _check_int("patients", patients, 1)
     names = condition_names(conditions)
     seed = _check_int("seed", seed, 0)
     if style not in STYLES:
         raise ConfigError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory")
@@ -428,7 +580,7 @@ def generate_dataset(
     patient = None
     for p, condition in jobs:
         if patient is None or patient.index != p:
-            patient = make_patient(seed, p)
+            patient = make_patient(seed, p, profile=profile)
         rec, extra = synth_recording(patient, condition, style=style, seed=seed)
         session = session_name(p)
         write_recording(recording_path(out, session, condition), rec, extra=extra)

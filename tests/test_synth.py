@@ -400,3 +400,170 @@ def test_every_condition_generates_valid_recordings():
             assert all(len(col) == rec.n_samples for col in extra.values())
             active = np.abs(rec.emg[rec.labels > 0]).mean()
             assert active > 1.5 * np.abs(rec.emg[rec.labels == 0]).mean()
+
+
+# --- the stroke profile ------------------------------------------------------------------------
+
+
+@cache
+def stroke_of(index: int, style: str = "myhand", condition: str = "111_baseline"):
+    return synth_recording(make_patient(0, index, profile="stroke"), condition, style=style, seed=0)[0]
+
+
+def _best_channel(rec, intent: int) -> tuple[float, float]:
+    """Relax and ``intent`` levels on the channel ``intent`` raises most."""
+    rest = rec.emg[rec.labels == 0].mean(axis=0)
+    level = rec.emg[rec.labels == intent].mean(axis=0)
+    c = int(np.argmax(level - rest))
+    return float(rest[c]), float(level[c])
+
+
+def test_stroke_patients_keep_the_forearm_and_are_deterministic():
+    for k in range(3):
+        typical, stroke = make_patient(0, k), make_patient(0, k, profile="stroke")
+        assert (
+            typical.profile == "typical" and typical.stroke is None and make_patient(0, k, profile="typical") == typical
+        )
+        assert stroke.profile == "stroke" and stroke == make_patient(0, k, profile="stroke")
+        same = ("rotation", "gains", "muscle_positions", "muscle_widths", "armband_rate_hz", "mains_hz")
+        assert all(getattr(stroke, f) == getattr(typical, f) for f in same)
+        assert stroke.pattern != typical.pattern and 0.35 <= stroke.trial_sd <= 0.55
+        assert 3.0 <= stroke.stroke.tremor_hz <= 6.0 and 0.2 <= stroke.stroke.fatigue_loss <= 0.45
+    a, b = stroke_of(1), synth_recording(make_patient(0, 1, profile="stroke"), "111_baseline", style="myhand")[0]
+    np.testing.assert_array_equal(a.emg, b.emg)
+    assert make_patient(0, 0, profile="stroke") != make_patient(1, 0, profile="stroke")
+
+
+def test_stroke_dataset_from_the_command_line(tmp_path, capsys):
+    from metalearn.cli import synth_main
+
+    argv = ["--patients", "1", "--conditions", "1", "--style", "myhand", "--quiet"]
+    assert synth_main([str(tmp_path / "stroke"), *argv, "--profile", "stroke"]) == 0
+    assert "style myhand, profile stroke" in capsys.readouterr().out
+    assert synth_main([str(tmp_path / "typical"), *argv]) == 0
+    generate_dataset(tmp_path / "explicit", patients=1, conditions=1, seed=0, style="myhand", profile="typical")
+    name = "synth_p00/00_111_baseline.csv"
+    stroke, typical = _tree(tmp_path / "stroke"), _tree(tmp_path / "typical")
+    assert typical[name] == _tree(tmp_path / "explicit")[name]  # the default profile is the typical one
+    assert sorted(stroke) == sorted(typical) and stroke[name] != typical[name]
+    back = read_recording(tmp_path / "stroke" / name)
+    np.testing.assert_array_equal(back.emg, stroke_of(0).emg)
+
+
+def test_stroke_contractions_are_weak_and_near_the_rest_level():
+    """A real stroke patient's channel read relax 62, open 114; typical synthetic patients read
+    relax ~100, active 300-700."""
+    stroke = [_best_channel(stroke_of(k), 1) for k in range(8)]
+    typical = [_best_channel(rec_of(0, k, "111_baseline", "myhand")[0], 1) for k in range(8)]
+    relax, opened = np.array(stroke).T
+    assert 40 <= np.median(relax) <= 90 and relax.max() < 130
+    ratio = opened / relax
+    assert 1.3 <= np.median(ratio) <= 2.0 and ratio.min() > 1.0 and ratio.max() < 2.6 and opened.max() < 300
+    assert min(o / r for r, o in typical) > 2.5 and np.median([o for _, o in typical]) > 300
+    closed = np.array([_best_channel(stroke_of(k), 2) for k in range(8)])
+    assert 1.3 <= np.median(closed[:, 1] / closed[:, 0]) <= 2.2
+
+
+def test_stroke_cocontraction_and_spasticity():
+    for k in range(6):
+        typical_pattern, stroke_pattern = (
+            make_patient(0, k).pattern_array,
+            make_patient(0, k, profile="stroke").pattern_array,
+        )
+        cosine = [p[1] @ p[2] / np.linalg.norm(p[1]) / np.linalg.norm(p[2]) for p in (typical_pattern, stroke_pattern)]
+        assert cosine[1] > cosine[0] and cosine[1] > 0.8  # open and close drive the same muscles
+        rest_tone = [p[0] @ p[2] / (p[2] @ p[2]) for p in (typical_pattern, stroke_pattern)]
+        assert rest_tone[1] > rest_tone[0]  # spastic flexor tone at rest
+
+    def flexor_and_open(rec):
+        """Close's channel, and the open excess over relax on it relative to open's own channel."""
+        rest = rec.emg[rec.labels == 0].mean(axis=0)
+        opened = rec.emg[rec.labels == 1].mean(axis=0) - rest
+        flexor = int(np.argmax(rec.emg[rec.labels == 2].mean(axis=0) - rest))
+        return flexor, opened[flexor] / opened.max()
+
+    stroke = [flexor_and_open(stroke_of(k)) for k in range(8)]
+    typical = [flexor_and_open(rec_of(0, k, "111_baseline", "myhand")[0])[1] for k in range(8)]
+    assert min(r for _, r in stroke) > 0.35  # close activity during open
+    assert np.mean([r for _, r in stroke]) > np.mean(typical) + 0.15
+    early_late = []
+    for k, (flexor, _) in enumerate(stroke):
+        rec = stroke_of(k)
+        opens = [(a, b) for lab, a, b in label_runs(rec.labels) if lab == 1]
+        early = np.mean([rec.emg[a + 30 : a + 130, flexor].mean() for a, _ in opens])  # 0.3-1.3 s
+        late = np.mean([rec.emg[b - 150 : b, flexor].mean() for _, b in opens])
+        early_late.append(early / late)
+    assert np.mean(early_late) > 1.2  # the stretch reflex burst as the extensors start to pull
+    typical_early_late = []
+    for k in range(8):
+        rec = rec_of(0, k, "111_baseline", "myhand")[0]
+        flexor = flexor_and_open(rec)[0]
+        opens = [(a, b) for lab, a, b in label_runs(rec.labels) if lab == 1]
+        early = np.mean([rec.emg[a + 30 : a + 130, flexor].mean() for a, _ in opens])
+        typical_early_late.append(early / np.mean([rec.emg[b - 150 : b, flexor].mean() for _, b in opens]))
+    assert np.mean(typical_early_late) < 1.05
+
+
+def test_stroke_tremor_shows_in_the_active_envelope():
+    def spectrum(rec):
+        x = np.abs(rec.emg[rec.labels > 0])
+        f, p = welch(x - x.mean(axis=0), fs=200.0, axis=0, nperseg=400)
+        band = (f > 1.5) & (f < 12)
+        return f[band], p.sum(axis=1)[band]
+
+    for k in range(3):
+        tremor_hz = make_patient(0, k, profile="stroke").stroke.tremor_hz
+        f, p = spectrum(stroke_of(k, "myo"))
+        at = np.argmin(np.abs(f - tremor_hz))
+        assert abs(f[np.argmax(p)] - tremor_hz) <= 0.5 and p[at] / np.median(p) > 2.5
+        f, p = spectrum(rec_of(0, k)[0])  # the typical patient: no peak there
+        assert p[at] / np.median(p) < 2.0
+
+
+def test_stroke_drive_fades_over_the_recording():
+    def last_over_first(rec):
+        runs = [r for r in label_runs(rec.labels) if r[0] > 0]
+        rest = rec.emg[rec.labels == 0][:200].mean(axis=0)
+        level = lambda a, b: (rec.emg[a + 100 : b] - rest).mean()  # noqa: E731
+        return np.mean([level(a, b) for _, a, b in runs[-2:]]) / np.mean([level(a, b) for _, a, b in runs[:2]])
+
+    stroke = [last_over_first(stroke_of(k)) for k in range(8)]
+    typical = [last_over_first(rec_of(0, k, "111_baseline", "myhand")[0]) for k in range(8)]
+    geo = lambda r: float(np.exp(np.mean(np.log(np.clip(r, 0.05, None)))))  # noqa: E731
+    assert geo(stroke) < 0.8 and geo(stroke) < geo(typical) - 0.25
+
+
+def test_stroke_patients_are_harder_but_not_hopeless():
+    stroke = [nearest_centroid_accuracy(*first_cycle_split(stroke_of(k), 20)) for k in range(6)]
+    typical = [
+        nearest_centroid_accuracy(*first_cycle_split(rec_of(0, k, "111_baseline", "myhand")[0], 20)) for k in range(6)
+    ]
+    assert np.mean(stroke) < np.mean(typical) - 0.2
+    assert np.mean(stroke) > 0.45  # chance is 1/3
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_stroke_recordings_keep_the_protocol_and_the_format(style):
+    p = make_patient(2, 3, profile="stroke")
+    lo, hi = (-128, 127) if style == "myo" else (0, 1000)
+    for condition in CONDITIONS:
+        rec, extra = synth_recording(p, condition, style=style, n_cycles=2)
+        assert [r[0] for r in label_runs(rec.labels)] == [0, 1, 0, 2, 0, 1, 0, 2, 0]
+        assert rec.emg.min() >= lo and rec.emg.max() <= hi and np.array_equal(rec.emg, np.round(rec.emg))
+        assert all(len(col) == rec.n_samples for col in extra.values())
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda tmp: make_patient(0, 0, profile="Stroke"),
+        lambda tmp: generate_dataset(tmp / "out", patients=1, conditions=1, seed=0, profile="mild"),
+        lambda tmp: dataclasses.replace(make_patient(0, 0), stroke="yes"),
+        lambda tmp: dataclasses.replace(make_patient(0, 0, profile="stroke").stroke, tremor_depth=1.5),
+    ],
+)
+def test_bad_profiles_raise_config_error(tmp_path, call):
+    with pytest.raises(ConfigError) as info:
+        call(tmp_path)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
