@@ -291,12 +291,15 @@ def test_without_a_base_model_the_packaged_one_that_fits_the_clip_is_chosen(clip
     assert rc == 0, err
     assert "base model: the packaged model myo_meta.onnx (200 Hz, 8 channels, feat), which fits the clip" in out
     assert last_json(out)["base_model"] == str(default_model_path())
-    myhand = myhand_like_csv(tmp_path / "myhand.csv")  # about 100 Hz: no packaged model fits (yet)
-    rc, out, err = calibrate("--from-recording", myhand, "--no-png", state=tmp_path / "s", capsys=capsys)
+    myhand = myhand_like_csv(tmp_path / "myhand.csv")  # the MyHand armband's format, about 100 Hz
+    rc, out, err = calibrate("--from-recording", myhand, "--json", "--no-png", state=tmp_path / "s2", capsys=capsys)
+    assert "base model: the packaged model myhand_meta.onnx (100 Hz, 8 channels, feat), which fits the clip" in out
+    assert last_json(out)["base_model"] == str(default_model_path().parent / "myhand_meta.onnx"), err
+    slow = myhand_like_csv(tmp_path / "slow.csv", rate=50.0)
+    rc, out, err = calibrate("--from-recording", slow, "--no-png", state=tmp_path / "s3", capsys=capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
-    assert (
-        "no packaged model fits a stream of 8 channels at 100.33 Hz (packaged: myo_meta.onnx: 200 Hz, 8 channels" in err
-    )
+    assert "no packaged model fits a stream of 8 channels at 50" in err
+    assert "(packaged: myo_meta.onnx: 200 Hz, 8 channels; myhand_meta.onnx: 100 Hz, 8 channels)" in err
 
 
 def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, tmp_path, capsys):
