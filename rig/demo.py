@@ -107,12 +107,14 @@ class PatientLabels(Labels):
         return self.recording[(row + int(round((t - self.times[i]) * self.rate))) % len(self.recording)]
 
 
-def _model_path(arg: Path | None) -> Path:
+def _model_path(arg: Path | None, source: str, myo_root: Path) -> Path:
+    """``--model``, else the packaged model that fits the source (its rate and channels)."""
     if arg is not None:
         if not arg.is_file():
             raise ModelError(f"{arg}: model file not found")
         return arg
-    from metaemg.modelfile import default_model_path
+    from metaemg.modelfile import default_model_path, shipped_model_for
+    from rig.replay import load_source
 
     path = default_model_path()
     if not path.is_file():
@@ -120,7 +122,8 @@ def _model_path(arg: Path | None) -> Path:
             f"{path}: the default model is not there; give --model FILE "
             "(train one with metaemg-train, then metaemg-export RUN --out FILE)"
         )
-    return path
+    rec = load_source(source, myo_root)
+    return shipped_model_for(rec.sample_rate, rec.n_channels)
 
 
 @entry_point
@@ -152,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    model = _model_path(args.model)
     myo_root = args.myo_root or default_myo_root()
     if args.myo_root is not None and not (myo_root / "EvaluationDataset").is_dir():
         raise DataError("Myo armband dataset not found (no EvaluationDataset/ there)", path=myo_root)
     source = args.source or ("myo:Male13/Test0" if (myo_root / "EvaluationDataset").is_dir() else "synth")
+    model = _model_path(args.model, source, myo_root)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         rc = _run(args, model, source, myo_root, args.workdir)
@@ -182,24 +185,37 @@ def _logs_line(work: Path, kept: bool) -> str:
 
 
 def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Path:
-    """The default model calibrated on the replayed subject's training0 session, or ``model``
+    """The packaged model calibrated as a clinic does: for a session of the Myo dataset (raw, or
+    rendered as the MyHand armband reports it), on the same subject's ``training0`` session; for
+    any other recording, on its own first cycle (the research protocol's support). ``model``
     unchanged (with the reason printed) when that is not possible."""
     if args.model is not None or args.no_calibrate:
         return model
-    if not source.startswith("myo:") or source.endswith("/training0"):
-        print("calibration: skipped (only for Myo sessions other than training0); the model runs as shipped")
-        return model
-    from metalearn.myo import build_recording, find_sessions
     from metalearn.recording import write_recording
+    from rig.replay import load_source
 
-    subject = source[len("myo:") :].split("/")[0]
-    found = [s for s in find_sessions(myo_root) if s.subject == subject and s.name == "training0"]
-    if not found:
-        print(f"calibration: skipped ({subject} has no training0 session)")
-        return model
-    clip = write_recording(work / f"{subject}_training0.csv", build_recording(found[0]))
+    kind, _, rest = source.partition(":")
+    if kind in ("myo", "myhand") and not source.endswith("/training0"):
+        subject = rest.split("/")[0]
+        try:
+            rec = load_source(f"{kind}:{subject}/training0", myo_root)
+        except DataError:
+            print(f"calibration: skipped ({subject} has no training0 session)")
+            return model
+        what = f"{subject}/training0"
+    else:
+        from metalearn.tasks import find_split
+
+        full = load_source(source, myo_root)
+        try:
+            rec = full.slice(0, find_split(full.labels))
+        except DataError as exc:
+            print(f"calibration: skipped (the recording has no relax-open-relax-close cycle to calibrate on: {exc})")
+            return model
+        what = "the recording's first cycle"
+    clip = write_recording(work / "calibration_clip.csv", rec)
     out = work / "calibrated.onnx"
-    print(f"calibration: adapting the default model on {subject}/training0 (metaemg-calibrate) ...", flush=True)
+    print(f"calibration: adapting {model.name} on {what} (metaemg-calibrate) ...", flush=True)
     proc = subprocess.run(
         [
             sys.executable,

@@ -376,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
         "source",
         nargs="?",
         default="myo:Male13/Test0",
-        help="recording.csv | myo:SUBJECT/SESSION | synth[:SEED] (default myo:Male13/Test0)",
+        help="recording.csv | myo:SUBJECT/SESSION | myhand:SUBJECT/SESSION | synth[:SEED] (default myo:Male13/Test0)",
     )
     p.add_argument(
         "--myo-root",

@@ -1,8 +1,10 @@
 """A replay armband: an LSL outlet playing a labelled recording in real time (``metaemg-replay``).
 
 Sources: a research-format CSV recording (``path.csv``), a session of the Myo armband dataset
-(``myo:SUBJECT/SESSION``, e.g. ``myo:Male13/Test0``, read straight from the dataset), or a
-synthetic Myo-style patient (``synth`` or ``synth:SEED``).
+(``myo:SUBJECT/SESSION``, e.g. ``myo:Male13/Test0``, read straight from the dataset), the same
+session rendered as the MyHand armband reports it (``myhand:SUBJECT/SESSION``: ~100 Hz envelopes
+0..1000, :func:`metalearn.myhand.render_myhand`, seed 0), or a synthetic Myo-style patient
+(``synth`` or ``synth:SEED``).
 
 Sample ``i`` is pushed at ``t0 + i / (rate * speed)`` with that time as its LSL timestamp (with
 ``data_time``, a soak's option, ``t0 + i / rate``: the recording's own time)
@@ -37,6 +39,10 @@ from metalearn.myo import default_myo_root
 
 def load_source(spec: str, myo_root: Path | None = None):
     """A :class:`metalearn.recording.Recording` from ``spec`` (see the module docstring)."""
+    if spec.startswith("myhand:"):
+        from metalearn.myhand import render_myhand
+
+        return render_myhand(load_source("myo:" + spec[len("myhand:") :], myo_root), seed=0)
     if spec.startswith("myo:"):
         from metalearn.myo import build_recording, find_sessions
 
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "source",
         nargs="?",
         default="myo:Male13/Test0",
-        help="recording.csv | myo:SUBJECT/SESSION | synth[:SEED] (default myo:Male13/Test0)",
+        help="recording.csv | myo:SUBJECT/SESSION | myhand:SUBJECT/SESSION | synth[:SEED] (default myo:Male13/Test0)",
     )
     p.add_argument(
         "--myo-root", type=Path, help="Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)"

@@ -32,7 +32,7 @@ def test_demo_as_make_demo_runs_it(tmp_path):
     proc = run_demo("--console", "--console-port", "0", "--duration", "7", "--workdir", str(tmp_path))
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    assert "calibration: adapting the default model on Male13/training0" in out
+    assert "calibration: adapting myo_meta.onnx on Male13/training0 (metaemg-calibrate)" in out
     assert re.search(r"calibration: held-out accuracy \d+% -> \d+%", out), out
     assert f"model    {tmp_path / 'calibrated.onnx'}" in out
     assert "patient  (follows calibration cues) myo:Male13/Test0" in out
@@ -170,3 +170,14 @@ def test_patient_labels_follow_the_cues_and_the_recording():
     ]
     assert labels.at(101.5) == "close"  # cued
     assert labels.at(102.0) == "open" and labels.at(102.1) == "close"  # the recording again, from row 3
+
+
+def test_a_myhand_source_runs_the_myhand_model(myo_src):
+    """--source myhand:SUBJECT/SESSION: the Myo session rendered as the MyHand armband reports it,
+    and the packaged model that fits it (calibrated on the subject's rendered training0)."""
+    from rig.replay import load_source
+
+    rec = load_source("myhand:Male13/Test0", myo_src)
+    assert abs(rec.sample_rate - 100) < 1 and rec.emg.min() >= 0 and rec.emg.max() <= 1000
+    assert demo._model_path(None, "myhand:Male13/Test0", myo_src).name == "myhand_meta.onnx"
+    assert demo._model_path(None, "myo:Male13/Test0", myo_src).name == "myo_meta.onnx"
