@@ -33,6 +33,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ class Feat:
         self.name, self.fit, self.train_on, self.exclude = name, fit, train, set(exclude)
         self.cfg = TrainConfig.from_dict(cfg or recipe())
         self.spec: SignalSpec = self.cfg.signal_spec(100.0)
-        self.adapter = None
+        self.adapter: Any = None
 
     def train(self, data: dict) -> None:
         import torch
@@ -198,7 +199,7 @@ def score(method, rec: Recording) -> dict:
 
 
 # the variants the recipe was chosen from, on training data only (--validate)
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "novelty rejection 3, non-intent classes": {"lda_reject": 3},
     "novelty rejection 5, non-intent classes": {"lda_reject": 5},
     "novelty rejection 8, non-intent classes": {"lda_reject": 8},
