@@ -288,7 +288,7 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
     base_id = read_model_info(base).model_id
     rec = myo_recording(myo_src, "Male13", "training0")
     cfg = tmp_path / "calibration.yaml"
-    protocol = "protocol: {countdown_s: 1, relax_s: 1.2, open_s: 1.2, close_s: 1.2}"  # a short rehearsal
+    protocol = "protocol: {countdown_s: 1, cycles: 1, relax_s: 1.5, open_s: 1.5, close_s: 1.5}"  # a short rehearsal
     cfg.write_text(f"base_model: {base}\npng: false\n{protocol}\ncues:\n  endpoint: null\n")
     rig = Rig(tmp_path, base, rec.emg, patient=rec)
     console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor, "--calibration-config", str(cfg))
