@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 
-from controller.explain import explain
+from controller.explain import event_text, explain
 from controller.monitor import SCHEMA
 from metaemg.intents import INTENTS
 
@@ -140,12 +140,3 @@ class Hub:
             "commands": dict(self.commands),
             "events": list(self.events)[-6:],
         }
-
-
-def event_text(msg: dict) -> str:
-    kind = msg.get("event")
-    if kind == "state":
-        return f"state {msg.get('prev')} -> {msg.get('state')} ({msg.get('reason') or 'no reason given'})"
-    if kind == "reload":
-        return f"model reload {'ok' if msg.get('ok') else 'FAILED'}: {msg.get('model_id') or msg.get('error')}"
-    return f"{kind}: {msg.get('detail', '')}".strip()

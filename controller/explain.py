@@ -128,3 +128,15 @@ def explain(status: dict | None, age_s: float | None) -> Explanation:
     if reason and state not in ("running", "paused"):
         headline = f"{headline}: {reason}"
     return Explanation(state, headline, meaning, step, action, severity, state == "running")
+
+
+def event_text(msg: dict) -> str:
+    """One ``event`` message of the monitor stream in words (the monitor's and the console's lists)."""
+    kind = msg.get("event")
+    if kind == "state":
+        return f"state {msg.get('prev')} -> {msg.get('state')} ({msg.get('reason') or 'no reason given'})"
+    if kind == "reload":
+        return f"model reload {'ok' if msg.get('ok') else 'FAILED'}: {msg.get('model_id') or msg.get('error')}"
+    if kind == "model_chosen":
+        return f"model chosen for the stream: {msg.get('model_id')} ({msg.get('path')})"
+    return f"{kind}: {msg.get('detail') or ''}".strip()

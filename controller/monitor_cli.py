@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.explain import STALE_AFTER_S, Explanation, ctl_command, explain, state_headline
+from controller.explain import STALE_AFTER_S, Explanation, ctl_command, event_text, explain, state_headline
 from controller.monitor import SCHEMA
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError
@@ -88,7 +88,7 @@ class MonitorView:
             self.emg.extend(msg.get("samples") or [])
             self.emg_rate = msg.get("rate") or self.emg_rate
         elif topic == "event":
-            self.events.append(_event_text(msg))
+            self.events.append(event_text(msg))
 
     def explanation(self, now: float) -> Explanation:
         """The daemon's state in words, from the last status and its age (controller.explain)."""
@@ -115,15 +115,6 @@ class MonitorView:
             return None
         span = self.decisions[-1][0] - self.decisions[0][0]
         return (len(self.decisions) - 1) / span if span > 0 else None
-
-
-def _event_text(msg: dict) -> str:
-    kind = msg.get("event")
-    if kind == "state":
-        return f"state {msg.get('prev')} -> {msg.get('state')} ({msg.get('reason')})"
-    if kind == "reload":
-        return f"reload {'ok' if msg.get('ok') else 'FAILED'}: {msg.get('model_id') or msg.get('error')}"
-    return f"{kind}: {msg.get('detail', '')}"
 
 
 def _c(text: str, code: str, color: bool) -> str:
