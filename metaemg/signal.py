@@ -170,70 +170,140 @@ def _num(v: object) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def _scipy_signal():
-    """``scipy.signal``, imported when a filter is first designed: it takes about half a second
-    and most of a tool's start-up (the control CLI, the monitor and every reader of model files
-    import this module, and design no filter)."""
-    from scipy import signal
+def butter_sos(order: int, cutoff: float, fs: float, btype: str) -> np.ndarray:
+    """A digital Butterworth low- or high-pass as second-order sections ``(sections, 6)``: the
+    analog prototype's poles, moved to ``cutoff`` (pre-warped), through the bilinear transform;
+    conjugate pole pairs in sections ordered by their distance from the unit circle (the nearest
+    last), a real pole (odd orders) in a first-order section, the gain in the first section. The
+    same filter as ``scipy.signal.butter(..., output="sos")`` (tested), without importing scipy
+    (half a second at every start of the daemon)."""
+    if btype not in ("lowpass", "highpass"):
+        raise ValueError(f"btype must be lowpass or highpass, got {btype!r}")
+    fs2 = 2.0 * fs
+    warped = fs2 * np.tan(np.pi * cutoff / fs)
+    proto = -np.exp(1j * np.pi * np.arange(-order + 1, order, 2) / (2 * order))  # analog, cutoff 1 rad/s
+    if btype == "lowpass":
+        analog, gain, zero = warped * proto, warped**order, -1.0
+    else:
+        analog, gain, zero = warped / proto, float(np.real(1.0 / np.prod(-proto))), 1.0
+    poles = (fs2 + analog) / (fs2 - analog)
+    gain = gain * float(np.real((fs2 ** order if btype == "highpass" else 1.0) / np.prod(fs2 - analog)))
+    pairs = sorted((p for p in poles if p.imag > 1e-12), key=lambda p: -(1 - abs(p)))
+    real = [float(p.real) for p in poles if abs(p.imag) <= 1e-12]
+    sections = [[1.0, -zero, 0.0, 1.0, -r, 0.0] for r in real]
+    sections += [[1.0, -2 * zero, 1.0, 1.0, -2 * p.real, abs(p) ** 2] for p in pairs]
+    sos = np.array(sections, dtype=np.float64)
+    sos[0, :3] *= gain
+    return sos
 
-    return signal
+
+def notch_sos(f0: float, q: float, fs: float) -> np.ndarray:
+    """A second-order IIR notch at ``f0`` with quality ``q`` as one section (the filter of
+    ``scipy.signal.iirnotch``: -3 dB bandwidth ``f0 / q``)."""
+    w0 = 2 * np.pi * f0 / fs
+    beta = np.tan(w0 / q / 2)  # the -3 dB gain 1/sqrt(2): sqrt(1 - g^2) / g = 1
+    g = 1.0 / (1.0 + beta)
+    return np.array([[g, -2 * g * np.cos(w0), g, 1.0, -2 * g * np.cos(w0), 2 * g - 1]], dtype=np.float64)
+
+
+def sos_zi(sos: np.ndarray) -> np.ndarray:
+    """``(sections, 2)``: each section's state for a unit step in steady state (transposed direct
+    form II, the layout of ``scipy.signal.sosfilt_zi``), each scaled by the DC gain before it."""
+    zi = np.empty((len(sos), 2))
+    scale = 1.0
+    for k, (b0, b1, b2, _, a1, a2) in enumerate(sos):
+        zi[k] = scale * np.linalg.solve([[1 + a1, -1.0], [a2, 1.0]], [b1 - a1 * b0, b2 - a2 * b0])
+        scale *= (b0 + b1 + b2) / (1 + a1 + a2)
+    return zi
 
 
 def design(spec: SignalSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Second-order sections before rectification (high-pass, notch) and after (envelope)."""
-    sps = _scipy_signal()
     fs = spec.sample_rate
     pre = []
     if spec.highpass_hz is not None:
-        pre.append(sps.butter(spec.filter_order, spec.highpass_hz, btype="highpass", fs=fs, output="sos"))
+        pre.append(butter_sos(spec.filter_order, spec.highpass_hz, fs, "highpass"))
     if spec.notch_active:
-        b, a = sps.iirnotch(spec.mains_hz, spec.notch_q, fs=fs)
-        pre.append(sps.tf2sos(b, a))
+        assert spec.mains_hz is not None  # notch_active says so
+        pre.append(notch_sos(spec.mains_hz, spec.notch_q, fs))
     post = None
     if spec.envelope_hz is not None:
-        post = sps.butter(_ENVELOPE_ORDER, spec.envelope_hz, btype="lowpass", fs=fs, output="sos")
+        post = butter_sos(_ENVELOPE_ORDER, spec.envelope_hz, fs, "lowpass")
     return (np.vstack(pre) if pre else None), post
 
 
-def _kernel():
-    """scipy's own compiled SOS kernel, without sosfilt's per-call checks (~25 us per call), or None
-    under another scipy layout (then the public function, slower)."""
-    try:
-        from scipy.signal._sosfilt import _sosfilt
-
-        return _sosfilt
-    except ImportError:  # pragma: no cover - another scipy layout
-        return None
+BLOCK = 64  # samples filtered by one set of precomputed matrices; a longer chunk is cut into blocks
 
 
 class _SosStage:
-    """A causal SOS cascade over all channels with state carried across calls.
+    """A causal SOS cascade over all channels with its state carried across calls.
 
-    The state is kept as (channels, sections, 2), the layout of scipy's compiled kernel, which
-    filters in place; the public ``scipy.signal.sosfilt`` computes the same numbers (tested).
+    The state is every section's transposed-direct-form-II state (``scipy.signal.sosfilt``'s, as
+    :attr:`zi`). A chunk of ``m`` samples is filtered with the cascade's state-space matrices for
+    ``m`` samples, made once: ``y = O x + T u``, ``x' = A^m x + R u``, four small matrix products
+    (a chunk longer than :data:`BLOCK`, a recording, block by block). The same numbers as
+    ``scipy.signal.sosfilt`` to rounding (tested), without importing scipy, and chunking does not
+    change the result.
     """
 
     def __init__(self, sos: np.ndarray, channels: int):
         self.sos = np.ascontiguousarray(sos, dtype=np.float64)
-        self._sps = _scipy_signal()
-        self._kernel = _kernel()
-        self._zi_unit = self._sps.sosfilt_zi(self.sos)  # (sections, 2)
-        self.zi: np.ndarray | None = None
         self.channels = channels
+        self._zi_unit = sos_zi(self.sos)  # (sections, 2)
+        self._x: np.ndarray | None = None  # the state, (2 x sections, channels)
+        self._a, self._b, self._c, self._d = self._state_space()
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _step(self, x: np.ndarray, u: float) -> tuple[np.ndarray, float]:
+        x = x.copy()
+        for k, (b0, b1, b2, _, a1, a2) in enumerate(self.sos):
+            y = b0 * u + x[2 * k]
+            x[2 * k] = b1 * u - a1 * y + x[2 * k + 1]
+            x[2 * k + 1] = b2 * u - a2 * y
+            u = y
+        return x, u
+
+    def _state_space(self):
+        n = 2 * len(self.sos)
+        eye = np.eye(n)
+        steps = [self._step(eye[i], 0.0) for i in range(n)]
+        a = np.array([x for x, _ in steps]).T
+        c = np.array([y for _, y in steps])
+        b, d = self._step(np.zeros(n), 1.0)
+        return a, b, c, d
+
+    def _block(self, m: int):
+        if m not in self._blocks:
+            a, b, c, d = self._a, self._b, self._c, self._d
+            powers = [np.eye(len(a))]
+            for _ in range(m):
+                powers.append(a @ powers[-1])
+            obs = np.array([c @ powers[k] for k in range(m)])  # (m, n)
+            h = np.array([d] + [c @ powers[k] @ b for k in range(m - 1)])  # impulse response
+            toeplitz = np.zeros((m, m))
+            for k in range(m):
+                toeplitz[k, : k + 1] = h[k::-1]
+            ctrl = np.array([powers[m - 1 - j] @ b for j in range(m)]).T  # (n, m)
+            self._blocks[m] = (obs, toeplitz, powers[m], ctrl)
+        return self._blocks[m]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.zi is None:
-            self.zi = np.ascontiguousarray(self._zi_unit[None, :, :] * x[0][:, None, None])
-        if self._kernel is not None:
-            y = np.array(x.T, dtype=np.float64, order="C")  # a copy: the kernel works in place
-            self._kernel(self.sos, y, self.zi)
-            return y.T
-        y, zi = self._sps.sosfilt(self.sos, x, axis=0, zi=self.zi.transpose(1, 2, 0))
-        self.zi = np.ascontiguousarray(zi.transpose(2, 0, 1))
+        if self._x is None:  # the steady state of the first sample: no start-up transient
+            self._x = self._zi_unit.reshape(-1, 1) * x[0][None, :]
+        if len(x) > BLOCK:  # a recording, or a backlog after a stall: block by block
+            return np.vstack([self(x[i : i + BLOCK]) for i in range(0, len(x), BLOCK)])
+        obs, toeplitz, power, ctrl = self._blocks.get(len(x)) or self._block(len(x))
+        y = obs @ self._x + toeplitz @ x
+        self._x = power @ self._x + ctrl @ x
         return y
 
+    @property
+    def zi(self) -> np.ndarray | None:
+        """The state as ``(channels, sections, 2)`` (scipy's layout), None before the first sample."""
+        return None if self._x is None else self._x.T.reshape(self.channels, -1, 2)
+
     def reset(self) -> None:
-        self.zi = None
+        self._x = None
 
 
 class SignalChain:

@@ -172,3 +172,48 @@ def test_chain_does_not_modify_its_input():
     before = x.copy()
     SignalChain(SignalSpec.myo(input_range=None)).process(x)
     np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("order", range(1, 9))
+@pytest.mark.parametrize("btype, cutoff", [("highpass", 20.0), ("lowpass", 5.0)])
+def test_filters_are_designed_as_scipy_designs_them(order, btype, cutoff):
+    """The daemon designs its filters without importing scipy (half a second at every start):
+    the same frequency response as scipy.signal.butter / iirnotch, and the same start-up state."""
+    from scipy import signal as sps
+
+    from metaemg.signal import butter_sos, notch_sos, sos_zi
+
+    mine = butter_sos(order, cutoff, 200.0, btype)
+    ref = sps.butter(order, cutoff, btype=btype, fs=200.0, output="sos")
+    _, h_mine = sps.sosfreqz(mine, worN=256, fs=200.0)
+    _, h_ref = sps.sosfreqz(ref, worN=256, fs=200.0)
+    np.testing.assert_allclose(h_mine, h_ref, rtol=0, atol=1e-11)
+    # the start-up state: a constant input stays constant through the cascade from the first sample
+    y, _ = sps.sosfilt(mine, np.full(50, 3.0), zi=3.0 * sos_zi(mine))
+    np.testing.assert_allclose(y, 3.0 * np.prod(mine[:, :3].sum(axis=1) / mine[:, 3:].sum(axis=1)), atol=1e-9)
+    b, a = sps.iirnotch(60.0, 30.0, fs=200.0)
+    np.testing.assert_allclose(notch_sos(60.0, 30.0, 200.0)[0], np.r_[b, a], rtol=0, atol=1e-12)
+
+
+def test_a_short_chunk_and_a_long_one_filter_the_same_and_the_daemon_imports_no_scipy():
+    """Short chunks (the daemon's) and long ones (recordings, cut into blocks) give the same
+    numbers, and filtering imports no scipy (the daemon starts half a second sooner)."""
+    import subprocess
+    import sys
+
+    spec = SignalSpec.myo()
+    x = np.random.default_rng(5).normal(0, 40, (3000, 8))
+    whole = SignalChain(spec).process(x)  # one long call: block by block
+    chain = SignalChain(spec)
+    parts, i = [], 0
+    for n in np.random.default_rng(6).integers(1, 2 * 64, 60):  # short and long chunks mixed
+        parts.append(chain.process(x[i : i + n]))
+        i += n
+    np.testing.assert_allclose(np.vstack(parts), whole[:i], rtol=0, atol=1e-9)
+    code = (
+        "import sys, numpy as np; from metaemg.signal import SignalChain, SignalSpec; "
+        "c = SignalChain(SignalSpec.myo()); [c.process(np.ones((5, 8))) for _ in range(3)]; "
+        "print('scipy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
