@@ -252,6 +252,24 @@ class LoggingConfig(Section):
 
 
 @dataclass(frozen=True)
+class RealtimeConfig(Section):
+    """How the daemon protects its hot path from the rest of the device PC (controller/realtime.py)."""
+
+    KEY = "realtime"
+    priority: int = 20  # SCHED_FIFO priority asked for at start (1..99; 0: do not ask)
+    freeze_gc: bool = True  # after start-up, freeze the heap and collect garbage off the hot path
+
+    def check(self, key: str) -> None:
+        require(
+            isinstance(self.priority, int) and 0 <= self.priority <= 99,
+            f"{key}.priority",
+            "must be 0..99",
+            self.priority,
+        )
+        require(isinstance(self.freeze_gc, bool), f"{key}.freeze_gc", "must be true or false", self.freeze_gc)
+
+
+@dataclass(frozen=True)
 class Config:
     lsl: LslConfig = field(default_factory=LslConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -260,6 +278,7 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,6 +31,8 @@ from controller.link import Link
 from controller.monitor import Monitor
 from controller.pipeline import NONFINITE, RATE, Pipeline, RateMonitor, check_stream, load_model
 from controller.policy import INTENTS, Decision, Policy
+from controller.realtime import GcGuard, Scheduling
+from controller.realtime import request as request_scheduling
 from controller.sdnotify import Notifier
 from controller.source import LslSource
 from controller.states import STOP_REASONS, Conditions, DaemonState, StateMachine, Transition
@@ -92,6 +94,8 @@ class Controller:
         self._chosen: tuple[Path, OnnxModel] | None = None  # picked by the reader thread, swapped in on connect
         self.model: OnnxModel | None = None
         self.pipeline: Pipeline | None = None
+        self.scheduling: Scheduling | None = None
+        self.gc_guard = GcGuard(config.realtime.freeze_gc)
         self.paused = False
         self._stopping = False
         self._exit_code = 0
@@ -135,6 +139,11 @@ class Controller:
             monitor=cfg.monitor_endpoint(),
             control=self.control_endpoint,
         )
+        self.scheduling = request_scheduling(cfg.realtime)  # before any thread: they inherit it
+        if self.scheduling.realtime:
+            log.info("scheduling", **self.scheduling.to_dict())
+        else:
+            log.warning("scheduling", **self.scheduling.to_dict())
         # Everything that can be refused is checked before the port is opened.
         self.model = await asyncio.to_thread(load_model, self.model_path)
         self._model_loaded_wall = time.time()
@@ -162,7 +171,8 @@ class Controller:
         # The orthosis port opens only once the first stream found fits the model (or none is
         # there): a stream that is refused at start never gets a HELLO sent to the device.
         self.source.start()
-        log.info("started", monitor=self.monitor.endpoint, control=self.control.endpoint)
+        self.gc_guard.after_startup()
+        log.info("started", monitor=self.monitor.endpoint, control=self.control.endpoint, gc=self.gc_guard.status())
         await self._stop_event.wait()
         await self._shutdown()
         if self._fatal is not None:
@@ -199,7 +209,8 @@ class Controller:
         assert self._loop is not None  # _shutdown() is only awaited by run()
         for signum in STOP_SIGNALS:
             self._loop.remove_signal_handler(signum)
-        log.info("stopped", exit_code=self._exit_code, counters=dict(self.counters))
+        self.gc_guard.close()
+        log.info("stopped", exit_code=self._exit_code, counters=dict(self.counters), gc=self.gc_guard.status())
         self.notifier.close()
 
     def _close_sockets(self) -> None:
@@ -435,6 +446,7 @@ class Controller:
                 self.counters["refreshes"] += 1
             if now >= next_status:
                 next_status = now + status_period
+                self.gc_guard.tick()  # between windows, not when an allocation happens to trip it
                 self._publish_status(now)
             if wd is not None and now - last_watchdog >= wd / 2:
                 last_watchdog = now
@@ -498,6 +510,10 @@ class Controller:
             "monitor": {"endpoint": self.monitor.endpoint, "sent": self.monitor.sent, "dropped": self.monitor.dropped},
             "control": {"endpoint": self.control.endpoint},
             "pid": os.getpid(),
+            "realtime": {
+                **(self.scheduling.to_dict() if self.scheduling is not None else {}),
+                "gc": self.gc_guard.status(),
+            },
             "counters": dict(self.counters),
         }
 

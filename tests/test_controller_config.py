@@ -41,7 +41,10 @@ def test_docs_mention_every_key():
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"polcy": {}}, "unknown key 'polcy' (known sections: lsl, model, serial, policy, monitor, control, logging)"),
+        (
+            {"polcy": {}},
+            "unknown key 'polcy' (known sections: lsl, model, serial, policy, monitor, control, logging, realtime)",
+        ),
         ({"policy": {"votes": 3}}, "unknown key 'policy.votes'"),
         ({"policy": {"vote": 0}}, "policy.vote: must be 1..100, got 0"),
         ({"policy": {"vote": 2.5}}, "policy.vote: must be an integer, got 2.5"),

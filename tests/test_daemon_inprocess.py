@@ -11,6 +11,7 @@ and test_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.config import Config
+from controller.config import Config, RealtimeConfig
 from controller.control import ControlClient
 from controller.daemon import Controller
 from controller.source import LslSource, identity
@@ -121,6 +122,8 @@ class Harness:
         self.device = DeviceThread(url)
         model = None if auto_model else str(self.model)
         cfg = Config().with_overrides(serial_port=url, model=model, monitor=f"ipc://{tmp}/run/monitor.sock")
+        # in this test's process: neither real-time scheduling nor a frozen heap for the test runner
+        cfg = dataclasses.replace(cfg, realtime=RealtimeConfig(priority=0, freeze_gc=False))
         desc = StreamDesc("EMG", "EMG", "armband-1", "localhost", "uid-1", emg.shape[1], rate, "float32")
         self.rate = rate
         self.source: FeedSource | None = None
