@@ -3,6 +3,7 @@ simulator on a pseudo-terminal.
 
     python -m bench.latency                    # 20 s run, human tables, PNG histogram
     python -m bench.latency --duration 60 --json --out latency.png
+    python -m bench.latency --load 2 --while-calibrating --no-compare --json   # under load
 
 What it measures, all on ``time.monotonic()`` (= LSL ``local_clock()`` on Linux):
 
@@ -22,8 +23,32 @@ What it measures, all on ``time.monotonic()`` (= LSL ``local_clock()`` on Linux)
 4. **Inference**: onnxruntime (the daemon's choice) against torch for the same architecture, one
    window per call, one thread.
 
-Targets (benchmark goals, not assertions): end-to-end p50 <= 0.5 ms, p99 <= 2 ms on 2 cores,
-<= 3x the floor; label change -> command median <= 150 ms with a 250 ms window.
+**Load** (issue 18), applied from just before the daemon starts until the floor (and, without
+``--no-compare``, the naive floor and the inference comparison) is measured, then stopped:
+``--load N`` runs N CPU-bound processes (``python -c "while True: pass"``); ``--while-calibrating``
+runs ``metaemg-calibrate --from-recording CLIP --base-model M --out TMP --no-reload --no-png
+--state-dir TMPDIR`` back to back (CLIP: Myo Male13/training0 written as a CSV, synthetic EMG
+without the dataset; M: the packaged default model). Both may be combined.
+
+Per run, over the measured interval (``--duration`` s after one second of warm-up):
+
+- **skipped**: windows the daemon dropped because a chunk completed more than one (the sum of the
+  ``skipped`` field of its ``decision`` messages; ``skipped_windows_total`` is its status counter,
+  start-up included);
+- **late**: windows whose COMMAND reached the simulator more than one decision period after the
+  window's last sample was pushed, i.e. end-to-end latency > stride / rate (50 ms for a 10-sample
+  stride at 200 Hz: the next window is complete by then), plus windows whose COMMAND was written
+  but never read by the simulator; the floor's ``floor_late`` applies the same bound to its
+  samples;
+- **watchdog trips**: the simulator's ``state`` events to SAFE with reason ``ttl`` (no COMMAND
+  within its TTL) or ``watchdog`` (no valid host frame within ``watchdog_ms``);
+- **daemon CPU**: utime + stime of the daemon's process (``/proc/PID/stat``, all threads) over
+  the measured interval, in percent of one core; **RSS**: ``VmRSS`` at the end of the run.
+
+Targets (issue 18; benchmark goals, not assertions): idle, end-to-end p50 <= 0.5 ms and <= 2x the
+floor's p50; under ``--load 2`` or ``--while-calibrating``, p99 <= 2 ms, max <= 10 ms, no window
+skipped, none late, no watchdog trip; daemon CPU <= 3 % of one core, RSS <= 100 MB. Label change
+-> command median <= 150 ms with a 250 ms window.
 """
 
 from __future__ import annotations
@@ -33,6 +58,7 @@ import json
 import os
 import platform
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -46,7 +72,7 @@ import numpy as np
 
 from metaemg.intents import INTENTS
 from rig.models import myo_recording, train_model
-from rig.processes import Daemon, Sim, Sub, unique_name
+from rig.processes import Daemon, Sim, Sub, command, unique_name
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("input", "signal", "model", "policy", "link")
@@ -55,14 +81,52 @@ STAGES = ("input", "signal", "model", "policy", "link")
 def stats(values_ms) -> dict:
     v = np.asarray(values_ms, dtype=float)
     if v.size == 0:
-        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "p999": None, "max": None}
     return {
         "n": int(v.size),
         "p50": float(np.percentile(v, 50)),
         "p95": float(np.percentile(v, 95)),
         "p99": float(np.percentile(v, 99)),
+        "p999": float(np.percentile(v, 99.9)),
         "max": float(v.max()),
     }
+
+
+def late_count(latencies_ms, period_ms: float) -> int:
+    """How many latencies exceed one decision period (``period_ms`` = stride / rate): strictly
+    greater, so a command exactly one period after its window is still on time."""
+    return int(np.count_nonzero(np.asarray(latencies_ms, dtype=float) > period_ms))
+
+
+def watchdog_trips(records: list[dict], t0: float, t1: float) -> dict[str, int]:
+    """The simulator's expiries in [t0, t1]: its ``state`` events to SAFE with reason ``ttl`` or
+    ``watchdog`` (:meth:`firmware_protocol.device.Device.tick`), by reason."""
+    out = {"ttl": 0, "watchdog": 0}
+    for r in records:
+        if r.get("event") == "state" and r.get("state") == "safe" and r.get("reason") in out and t0 <= r["t"] <= t1:
+            out[r["reason"]] += 1
+    return out
+
+
+def cpu_ticks(stat: str) -> int:
+    """utime + stime (clock ticks, all threads) from the text of ``/proc/PID/stat``. The command
+    name (field 2, in parentheses) may hold spaces and parentheses: fields are counted after the
+    last ``)``, where field 3 (state) comes first, so utime (14) and stime (15) are the 12th and 13th."""
+    rest = stat.rpartition(")")[2].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def cpu_percent(ticks0: int, ticks1: int, seconds: float, clk_tck: int) -> float:
+    """CPU used between two :func:`cpu_ticks` readings ``seconds`` apart, in percent of one core."""
+    return 100.0 * (ticks1 - ticks0) / clk_tck / seconds
+
+
+def read_cpu(pid: int) -> tuple[float, int] | None:
+    """(monotonic time, :func:`cpu_ticks`) of process ``pid`` now, or None if it is gone."""
+    try:
+        return time.monotonic(), cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # -- the armband -------------------------------------------------------------------------------------
@@ -195,6 +259,126 @@ def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> li
     return lat[int(rate * 0.5) :]  # skip the first half second (connection set-up)
 
 
+# -- load: busy processes and calibrations on the same machine -----------------------------------------
+
+
+def calibration_clip(path: Path) -> tuple[Path, str]:
+    """A real calibration clip written to ``path``: Myo Male13/training0 if the dataset is there,
+    else a synthetic recording. Returns (path, what it is)."""
+    from metalearn.myo import default_myo_root
+    from metalearn.recording import write_recording
+    from rig.replay import load_source
+
+    root = default_myo_root()
+    if (root / "EvaluationDataset").is_dir():
+        rec, what = myo_recording(root, "Male13", "training0"), "myo:Male13/training0"
+    else:
+        rec, what = load_source("synth"), "synth"
+    return write_recording(path, rec), what
+
+
+class Load:
+    """CPU load for the measured run: ``busy`` processes spinning ``while True: pass``, and with
+    ``calibrating`` a thread that runs ``metaemg-calibrate`` on a real clip back to back (a fresh
+    state directory each time, the adapted model written to a file, the daemon not told)."""
+
+    def __init__(self, work: Path, busy: int = 0, calibrating: bool = False) -> None:
+        self.work = work
+        self.busy = busy
+        self.calibrating = calibrating
+        self.clip: str | None = None
+        self._procs: list[subprocess.Popen] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._current: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+        self.calibrations = 0  # finished with status 0
+        self.failed = 0
+        self.durations: list[float] = []
+        self._argv: list[str] = []
+
+    def describe(self) -> str:
+        parts = []
+        if self.busy:
+            parts.append(f"{self.busy} busy-loop process{'es' if self.busy > 1 else ''} (python -c 'while True: pass')")
+        if self.calibrating:
+            parts.append(f"metaemg-calibrate back to back on {self.clip or 'a real clip'}")
+        return " + ".join(parts) if parts else "none"
+
+    def start(self) -> Load:
+        if self.calibrating:
+            from metaemg.modelfile import default_model_path
+
+            clip, self.clip = calibration_clip(self.work / "load-clip.csv")
+            self._argv = [
+                *command("metaemg-calibrate", "calibration.calibrate"),
+                "--from-recording",
+                str(clip),
+                "--base-model",
+                str(default_model_path()),
+                "--out",
+                str(self.work / "load-adapted.onnx"),
+                "--no-reload",
+                "--no-png",
+                "--state-dir",
+                str(self.work / "load-state"),
+            ]
+        for _ in range(self.busy):
+            self._procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        if self.calibrating:
+            self._thread = threading.Thread(target=self._calibrate, name="calibrating", daemon=True)
+            self._thread.start()
+        return self
+
+    def _calibrate(self) -> None:
+        log = self.work / "load-calibrate.log"
+        while not self._stop.is_set():
+            shutil.rmtree(self.work / "load-state", ignore_errors=True)
+            t0 = time.monotonic()
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                with open(log, "w", encoding="utf-8") as fh:
+                    self._current = subprocess.Popen(self._argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+            rc = self._current.wait()
+            if self._stop.is_set():
+                return  # stopped by stop(): neither a success nor a failure
+            if rc == 0:
+                self.calibrations += 1
+                self.durations.append(time.monotonic() - t0)
+            else:
+                self.failed += 1
+                time.sleep(0.5)  # a calibration that fails at once would otherwise spin
+
+    def stop(self) -> dict:
+        self._stop.set()
+        with self._lock:
+            current = self._current
+        if current is not None and current.poll() is None:
+            current.terminate()
+        if self._thread is not None:
+            self._thread.join(10)
+        for proc in self._procs:
+            proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return self.summary()
+
+    def summary(self) -> dict:
+        return {
+            "busy_processes": self.busy,
+            "calibrating": self.calibrating,
+            "calibration_clip": self.clip,
+            "calibrations": self.calibrations if self.calibrating else None,
+            "calibrations_failed": self.failed if self.calibrating else None,
+            "calibration_median_s": float(np.median(self.durations)) if self.durations else None,
+        }
+
+
 # -- inference: onnxruntime vs torch -------------------------------------------------------------------
 
 
@@ -258,12 +442,20 @@ def run_chain(
     pusher = Pusher(name, emg, labels, rate).start()
     daemon = Daemon(work, stream=name, port=str(sim.link), model=model, extra=daemon_args)
     sub = Sub(daemon.monitor, topics=("decision", "event"))
+    cpu0 = cpu1 = None
     try:
         running = sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "running", 30, "running")
         t_start = running["t_mono"] + 1.0  # one second of warm-up
         t_end = t_start + duration
-        while time.monotonic() < t_end + 0.3:
-            sub.drain(100)
+        while (now := time.monotonic()) < t_end + 0.3:
+            if cpu0 is None and now >= t_start:
+                cpu0 = read_cpu(daemon.proc.pid)
+            if cpu1 is None and now >= t_end:
+                cpu1 = read_cpu(daemon.proc.pid)
+            until = t_start if cpu0 is None else t_end if cpu1 is None else t_end + 0.3
+            sub.drain(min(100, max(1, int((until - now) * 1000))))  # the CPU readings on time
+        if cpu1 is None:
+            cpu1 = read_cpu(daemon.proc.pid)
         rss = rss_kb(daemon.proc.pid)
         status = daemon.status()
     finally:
@@ -273,18 +465,32 @@ def run_chain(
         sim.stop()
     decisions = [m for topic, m in sub.messages if topic == "decision" and t_start <= m["t_mono"] <= t_end]
     by_seq = {c["seq"]: c for c in sim.log.events("command")}
-    e2e, matched = [], []
+    e2e, matched, lost = [], [], 0
     for d in decisions:
         c = by_seq.get(d["command_seq"])
         if c is not None and d["lsl_ts"] is not None:
             e2e.append((c["rx_t"] - d["lsl_ts"]) * 1000)
             matched.append(d)
+        elif c is None and d["command_seq"] is not None:
+            lost += 1  # written by the daemon, never read by the simulator
     commands = [{**c, "t": c["rx_t"]} for c in sim.log.events("command") if t_start <= c["rx_t"] <= t_end]
+    cpu_pct = None
+    if cpu0 is not None and cpu1 is not None and cpu1[0] > cpu0[0]:
+        cpu_pct = cpu_percent(cpu0[1], cpu1[1], cpu1[0] - cpu0[0], os.sysconf("SC_CLK_TCK"))
+    safe_reasons: dict[str, int] = {}
+    for r in sim.log.events("state"):
+        if r.get("state") == "safe" and t_start <= r["t"] <= t_end:
+            safe_reasons[str(r.get("reason"))] = safe_reasons.get(str(r.get("reason")), 0) + 1
     return {
         "decisions": len(decisions),
         "with_command": sum(d["command_seq"] is not None for d in decisions),
         "matched": len(e2e),
+        "lost": lost,
         "e2e_ms": e2e,
+        "trips": watchdog_trips(sim.log.records, t_start, t_end),
+        "safe_reasons": safe_reasons,
+        "daemon_cpu_pct": cpu_pct,
+        "cpu_interval_s": None if cpu0 is None or cpu1 is None else cpu1[0] - cpu0[0],
         "daemon_ms": [d["latency_ms"] for d in decisions],
         "stages_us": {s: [d["stages_us"][s] for d in decisions] for s in STAGES},
         "skipped": sum(d["skipped"] for d in decisions),
@@ -334,7 +540,43 @@ def _row(name: str, s: dict, unit: str = "ms") -> str:
     return f"  {name:<34} {s['p50']:>9.3f} {s['p95']:>9.3f} {s['p99']:>9.3f} {s['max']:>9.3f}  {unit}  (n={s['n']})"
 
 
-def histogram(path: Path, e2e: list[float], floor: list[float]) -> Path | None:
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f} ms"
+
+
+def issue18_targets(
+    loaded: bool,
+    e2e: dict,
+    floor: dict,
+    ratio: float | None,
+    skipped: int,
+    late: int,
+    trips: int,
+    cpu_pct: float | None,
+    rss_mb: float | None,
+) -> list[tuple[str, str, bool]]:
+    """Issue 18's targets that apply to this run: (target, measured, met). Idle: p50 and its
+    ratio to the floor; under load: p99, max, skipped, late, watchdog trips; always CPU and RSS."""
+
+    def le(v: float | None, bound: float) -> bool:
+        return v is not None and v <= bound
+
+    out: list[tuple[str, str, bool]] = []
+    if not loaded:
+        out.append(("e2e p50 <= 0.5 ms", _ms(e2e["p50"]), le(e2e["p50"], 0.5)))
+        out.append(("e2e p50 <= 2x floor p50", "-" if ratio is None else f"{ratio:.2f}x", le(ratio, 2.0)))
+    else:
+        out.append(("e2e p99 <= 2 ms", _ms(e2e["p99"]), le(e2e["p99"], 2.0)))
+        out.append(("e2e max <= 10 ms", _ms(e2e["max"]), le(e2e["max"], 10.0)))
+        out.append(("0 skipped", str(skipped), skipped == 0))
+        out.append(("0 late", str(late), late == 0))
+        out.append(("0 watchdog trips", str(trips), trips == 0))
+    out.append(("daemon CPU <= 3 % of one core", "-" if cpu_pct is None else f"{cpu_pct:.2f} %", le(cpu_pct, 3.0)))
+    out.append(("daemon RSS <= 100 MB", "-" if rss_mb is None else f"{rss_mb:.1f} MB", le(rss_mb, 100.0)))
+    return out
+
+
+def histogram(path: Path, e2e: list[float], floor: list[float], note: str = "") -> Path | None:
     try:
         import matplotlib
 
@@ -362,7 +604,7 @@ def histogram(path: Path, e2e: list[float], floor: list[float]) -> Path | None:
     ax.set_xlabel("ms (last sample pushed -> frame read at the pty)")
     ax.set_ylabel("density (floor: every sample; end to end: every window)")
     ax.legend()
-    ax.set_title(f"MetaEMG latency on {platform.node()} ({os.cpu_count()} CPUs)")
+    ax.set_title(f"MetaEMG latency on {platform.node()} ({os.cpu_count()} CPUs)" + (f"\n{note}" if note else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -385,9 +627,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compare", action="store_true", help="skip the naive-loop floor and the torch comparison")
     p.add_argument("--config", type=Path, help="a myhand-controller config file for the daemon (default: its defaults)")
     p.add_argument("--json", action="store_true", help="end with one JSON document")
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N CPU-bound processes (busy loops) during the measured run, chain and floor (default 0)",
+    )
+    p.add_argument(
+        "--while-calibrating",
+        action="store_true",
+        help="run metaemg-calibrate on a real clip back to back during the measured run",
+    )
     args = p.parse_args(argv)
+    if args.load < 0:
+        p.error("--load must be >= 0")
 
-    from metaemg.modelfile import default_model_path
+    from metaemg.modelfile import OnnxModel, default_model_path
 
     emg, labels, rate, source, train = load_data()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
@@ -402,26 +658,51 @@ def main(argv: list[str] | None = None) -> int:
                 model = None
         if model is None:
             model, model_note = default_model_path(), "packaged default model (decision latency not meaningful)"
-        print(
-            f"chain: {source} at {rate:g} Hz -> myhand-controller ({model_note}) -> metaemg-sim on a pty, "
-            f"{args.duration:g} s ...",
-            flush=True,
-        )
-        chain = run_chain(
-            work, model, emg, labels, rate, args.duration, () if args.config is None else ("--config", str(args.config))
-        )
-        print("floor: LSL push -> pull (daemon strategy) -> pty write -> read ...", flush=True)
-        floor = measure_floor("daemon", args.floor_s, emg, rate)
-        naive = [] if args.no_compare else measure_floor("naive", args.floor_s, emg, rate)
-        inference = {} if args.no_compare else measure_inference(model)
+        spec = OnnxModel(model).info.signal
+        period_ms = 1000.0 * spec.stride / spec.sample_rate  # one decision period
+        load = Load(work, args.load, args.while_calibrating)
+        try:
+            load.start()  # from before the daemon starts until the last measurement
+            print(f"load: {load.describe()}", flush=True)
+            print(
+                f"chain: {source} at {rate:g} Hz -> myhand-controller ({model_note}) -> metaemg-sim on a pty, "
+                f"{args.duration:g} s ...",
+                flush=True,
+            )
+            chain = run_chain(
+                work,
+                model,
+                emg,
+                labels,
+                rate,
+                args.duration,
+                () if args.config is None else ("--config", str(args.config)),
+            )
+            print("floor: LSL push -> pull (daemon strategy) -> pty write -> read ...", flush=True)
+            floor = measure_floor("daemon", args.floor_s, emg, rate)
+            naive = [] if args.no_compare else measure_floor("naive", args.floor_s, emg, rate)
+            inference = {} if args.no_compare else measure_inference(model)
+        finally:
+            applied = load.stop()
     decision = decision_latency(chain["label_changes"], chain["commands"]) if train is not None else None
 
     e2e, fl = stats(chain["e2e_ms"]), stats(floor)
+    late = late_count(chain["e2e_ms"], period_ms) + chain["lost"]
+    floor_late = late_count(floor, period_ms)
+    trips = sum(chain["trips"].values())
     print(
         f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"{chain['decisions']} windows, {chain['matched']} matched to a command at the simulator, "
         f"{chain['skipped']} skipped"
     )
+    calibrated = ""
+    if args.while_calibrating:
+        med = applied["calibration_median_s"]
+        calibrated = (
+            f" ({applied['calibrations']} calibrations finished, {applied['calibrations_failed']} failed"
+            f"{'' if med is None else f', {med:.1f} s each'})"
+        )
+    print(f"  load: {load.describe()}{calibrated}")
     print(f"  {'':<34} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
     print(_row("end to end (push -> device)", e2e))
     print(_row("daemon (chunk received -> written)", stats(chain["daemon_ms"])))
@@ -438,6 +719,26 @@ def main(argv: list[str] | None = None) -> int:
     ratio = e2e["p50"] / fl["p50"] if e2e["n"] and fl["n"] else None
     if ratio is not None:
         print(f"  ratio end-to-end p50 / floor p50: {ratio:.2f}")
+    print(f"  p99.9: end to end {_ms(e2e['p999'])}, floor {_ms(fl['p999'])}")
+    lost_note = f" ({chain['lost']} never read by the simulator)" if chain["lost"] else ""
+    print(
+        f"  skipped {chain['skipped']} (status counter, start-up included: "
+        f"{chain['counters'].get('skipped_windows', '-')}); late (> {period_ms:g} ms, one decision period) "
+        f"{late}{lost_note}"
+        f"; floor late {floor_late} of {fl['n']}"
+    )
+    print(
+        f"  watchdog trips at the simulator: {trips} (ttl {chain['trips']['ttl']}, watchdog "
+        f"{chain['trips']['watchdog']}); device to SAFE: {chain['safe_reasons'] or 'never'}"
+    )
+    cpu, rss = chain["daemon_cpu_pct"], chain["daemon_rss_mb"]
+    print(
+        f"  daemon: CPU {'-' if cpu is None else f'{cpu:.2f} %'} of one core over "
+        f"{chain['cpu_interval_s'] or 0:.1f} s, RSS {'-' if rss is None else f'{rss:.1f} MB'}"
+    )
+    loaded = bool(args.load or args.while_calibrating)
+    for what, value, ok in issue18_targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss):
+        print(f"  target {what}: {value} -> {'met' if ok else 'NOT met'}")
     if decision is not None:
         med = decision["median_ms"]
         print(
@@ -445,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'-' if med is None else f'{med:.0f} ms'} over {decision['changes'] - decision['missed']} of "
             f"{decision['changes']} changes ({decision['missed']} without a correct command before the next change)"
         )
-    png = histogram(args.out, chain["e2e_ms"], floor)
+    png = histogram(args.out, chain["e2e_ms"], floor, "" if not loaded else f"load: {load.describe()}")
     print(f"  histogram: {png}" if png else "  histogram: skipped (matplotlib not installed)")
     if args.json:
         doc = {
@@ -473,6 +774,27 @@ def main(argv: list[str] | None = None) -> int:
             "decision_missed": None if decision is None else decision["missed"],
             "daemon_rss_mb": chain["daemon_rss_mb"],
             "histogram": None if png is None else str(png),
+            "e2e_p999_ms": e2e["p999"],
+            "floor_p999_ms": fl["p999"],
+            "period_ms": period_ms,
+            "late": late,
+            "lost": chain["lost"],
+            "floor_late": floor_late,
+            "floor_n": fl["n"],
+            "skipped_windows_total": chain["counters"].get("skipped_windows"),
+            "watchdog_trips": trips,
+            "ttl_expiries": chain["trips"]["ttl"],
+            "watchdog_expiries": chain["trips"]["watchdog"],
+            "device_safe": chain["safe_reasons"],
+            "daemon_cpu_pct": chain["daemon_cpu_pct"],
+            "cpu_interval_s": chain["cpu_interval_s"],
+            "load": args.load,
+            "while_calibrating": args.while_calibrating,
+            "load_applied": applied,
+            "targets": {
+                what: ok
+                for what, _, ok in issue18_targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss)
+            },
         }
         print(json.dumps(doc))
     return 0
