@@ -16,7 +16,7 @@ collector (the ``realtime`` section of the configuration; README, "Real time").
   freezes what is alive (``gc.freeze``: never scanned again), raises the threshold of the young
   generation so that a collection is rare, and collects the young generation itself in the
   control loop, between windows (:meth:`GcGuard.tick`). Every collection is timed
-  (``gc.callbacks``): the status reports their count and the longest.
+  (``gc.callbacks``): the status reports their count and the longest since start-up.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class GcGuard:
         gc.freeze()
         self.frozen = gc.get_freeze_count()
         gc.set_threshold(GEN0_THRESHOLD, *gc.get_threshold()[1:])
+        self.collections, self.max_pause_ms = 0, 0.0  # from here on: what the running daemon sees
 
     def tick(self) -> None:
         """Between windows (the control loop): collect the young generation, which is short."""
