@@ -187,7 +187,7 @@ def butter_sos(order: int, cutoff: float, fs: float, btype: str) -> np.ndarray:
     else:
         analog, gain, zero = warped / proto, float(np.real(1.0 / np.prod(-proto))), 1.0
     poles = (fs2 + analog) / (fs2 - analog)
-    gain = gain * float(np.real((fs2 ** order if btype == "highpass" else 1.0) / np.prod(fs2 - analog)))
+    gain = gain * float(np.real((fs2**order if btype == "highpass" else 1.0) / np.prod(fs2 - analog)))
     pairs = sorted((p for p in poles if p.imag > 1e-12), key=lambda p: -(1 - abs(p)))
     real = [float(p.real) for p in poles if abs(p.imag) <= 1e-12]
     sections = [[1.0, -zero, 0.0, 1.0, -r, 0.0] for r in real]
