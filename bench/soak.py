@@ -4,6 +4,7 @@ long run, recordings replayed faster than real time.
     python -m bench.soak                         # 1 minute at 10x (10 minutes of data)
     python -m bench.soak --minutes 6 --speed 10  # an hour of data: the documented target run
     python -m bench.soak --minutes 2 --json
+    python -m bench.soak --minutes 6 --speed 10 --load 2   # beside two CPU-bound processes
 
 Recordings: every session of the Myo dataset's subject Male13 (or ``--source``), concatenated and
 looped; synthetic EMG without the dataset. The outlet announces the recording's own rate (the
@@ -60,7 +61,8 @@ def fds(pid: int) -> int | None:
         return None
 
 
-def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0) -> dict:
+def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0, load: int = 0) -> dict:
+    from bench.latency import Load
     from metaemg.modelfile import default_model_path
     from rig.replay import Replay
 
@@ -68,6 +70,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
     duration = minutes * 60
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         work = Path(tmp)
+        busy = Load(work, busy=load).start()  # for the whole soak, from before the daemon starts
         sim = Sim(work)
         name = unique_name("soak-emg")
         replay = Replay(emg, None, rate, name=name, loop=True, speed=speed, data_time=speed != 1).start()
@@ -114,6 +117,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
             daemon.stop()
             replay.close()
             sim.stop()
+            busy.stop()
         commands = len(sim.log.events("command"))
     counters = status["counters"]
     warm_samples = [s for s in samples if s["warm"]] or samples
@@ -128,6 +132,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0)
     return {
         "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "source": label,
+        "load": load,
         "rate": rate,
         "speed": speed,
         "wall_minutes": minutes,
@@ -163,12 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=1.0, help="wall-clock minutes (default 1)")
     p.add_argument("--speed", type=float, default=10.0, help="replay speed factor (default 10)")
     p.add_argument("--source", help="a recording (csv, myo:SUBJECT/SESSION, synth) instead of Male13's sessions")
+    p.add_argument("--load", type=int, default=0, metavar="N", help="N CPU-bound processes for the whole soak")
     p.add_argument("--json", action="store_true", help="end with one JSON document")
     args = p.parse_args(argv)
+    load = f", beside {args.load} busy-loop processes" if args.load else ""
     print(
-        f"soak: {args.minutes:g} min at {args.speed:g}x ({args.minutes * args.speed:g} minutes of data) ...", flush=True
+        f"soak: {args.minutes:g} min at {args.speed:g}x ({args.minutes * args.speed:g} minutes of data){load} ...",
+        flush=True,
     )
-    r = run(args.minutes, args.speed, args.source)
+    r = run(args.minutes, args.speed, args.source, load=args.load)
     fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
     print(
         f"\n{r['machine']['node']}, {r['machine']['cpus']} CPUs; {r['source']} at {r['rate']:g} Hz x {r['speed']:g}: "
