@@ -27,6 +27,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,14 @@ def fds(pid: int) -> int | None:
         return None
 
 
+def _realtime(pid: int, priority: int = 10) -> bool:
+    try:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0, load: int = 0) -> dict:
     from bench.latency import Load
     from metaemg.modelfile import default_model_path
@@ -72,6 +81,10 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
         work = Path(tmp)
         busy = Load(work, busy=load).start()  # for the whole soak, from before the daemon starts
         sim = Sim(work)
+        # the simulator stands for the orthosis's own microcontroller, which a busy PC cannot
+        # starve: under load it runs real-time when this process may grant it (the armband's
+        # stream, a PC process, keeps the normal policy)
+        sim_rt = _realtime(sim.proc.pid) if load else False
         name = unique_name("soak-emg")
         replay = Replay(emg, None, rate, name=name, loop=True, speed=speed, data_time=speed != 1).start()
         daemon = Daemon(work, stream=name, port=str(sim.link), model=default_model_path())
@@ -80,6 +93,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
         samples: list[dict] = []
         lat_slices: list[list[float]] = [[] for _ in range(10)]
         no_command = decisions = state_events = 0
+        reasons: Counter = Counter()  # state changes after start-up, by state and reason
         try:
             sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "running", 30, "running")
             first = daemon.request(cmd="status")["status"]["counters"]  # from here on: pushed vs received, windows
@@ -100,6 +114,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
                             lat_slices[k].append(m["latency_ms"])
                     elif m.get("event") == "state":
                         state_events += 1
+                        reasons[f"{m.get('state')} ({m.get('reason')})"] += 1
                     if time.monotonic() >= next_sample:
                         break
                 if now >= next_sample:
@@ -133,6 +148,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
         "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "source": label,
         "load": load,
+        "simulator_realtime": sim_rt,
         "rate": rate,
         "speed": speed,
         "wall_minutes": minutes,
@@ -153,6 +169,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
         "decisions_without_command": no_command,
         "commands_at_sim": commands,
         "state_events_after_start": state_events,
+        "state_changes_by_reason": dict(reasons.most_common()),
         "stale_events": counters.get("stale_events", 0),
         "latency_p50_ms_by_tenth": lat,
         "latency_p99_ms_by_tenth": p99,
@@ -181,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{r['machine']['node']}, {r['machine']['cpus']} CPUs; {r['source']} at {r['rate']:g} Hz x {r['speed']:g}: "
         f"{r['data_hours'] * 60:.1f} minutes of data in {r['wall_minutes']:g} min"
+        + (f"; beside {r['load']} busy loops (simulator real-time: {r['simulator_realtime']})" if r["load"] else "")
     )
     print(
         f"  daemon memory (RSS)     {r['rss_start_mb']:.1f} MB after warm-up -> {r['rss_end_mb']:.1f} MB "
@@ -200,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  state changes           {r['state_events_after_start']} after running "
         f"(stale events, start-up included: {r['stale_events']})"
+        + "".join(f"\n                          {n} x {why}" for why, n in r["state_changes_by_reason"].items())
     )
     print("  latency p50 by tenth    " + " ".join(fmt(v, "{:.2f}") for v in r["latency_p50_ms_by_tenth"]) + " ms")
     print("  latency p99 by tenth    " + " ".join(fmt(v, "{:.2f}") for v in r["latency_p99_ms_by_tenth"]) + " ms")
