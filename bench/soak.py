@@ -170,6 +170,10 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
         "commands_at_sim": commands,
         "state_events_after_start": state_events,
         "state_changes_by_reason": dict(reasons.most_common()),
+        "link_counters": {
+            k: counters.get(k, 0) - first.get(k, 0)
+            for k in ("commands_sent", "acks_ok", "acks_unmatched", "ack_retries", "write_overflows", "device_silent")
+        },
         "stale_events": counters.get("stale_events", 0),
         "latency_p50_ms_by_tenth": lat,
         "latency_p99_ms_by_tenth": p99,
@@ -220,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(stale events, start-up included: {r['stale_events']})"
         + "".join(f"\n                          {n} x {why}" for why, n in r["state_changes_by_reason"].items())
     )
+    print("  link                    " + ", ".join(f"{k} {v}" for k, v in r["link_counters"].items()))
     print("  latency p50 by tenth    " + " ".join(fmt(v, "{:.2f}") for v in r["latency_p50_ms_by_tenth"]) + " ms")
     print("  latency p99 by tenth    " + " ".join(fmt(v, "{:.2f}") for v in r["latency_p99_ms_by_tenth"]) + " ms")
     print(
