@@ -231,12 +231,32 @@ def data_roots(cfg: TrainConfig, base_dir: Path) -> tuple[Path, Path]:
     return roots[0], roots[1]
 
 
-def _load_tasks(cfg: TrainConfig, base_dir: Path, roots: tuple[Path, Path], rng: np.random.Generator):
+def collection_path(path: str | None, root: Path, base_dir: Path, config_dir: Path | None = None) -> Path | None:
+    """A task collection's path: an absolute one as given; a relative one from the first of the
+    config file's directory (when a config file was given), ``base_dir`` (where the command runs)
+    and the collection's data root ``root`` that holds it, else from ``base_dir`` (its error
+    then names that path)."""
+    if path in (None, ""):
+        return None
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_absolute():
+        return p
+    bases = [b for b in (config_dir, base_dir, root) if b is not None]
+    return next((b / p for b in bases if (b / p).is_file()), base_dir / p)
+
+
+def _load_tasks(
+    cfg: TrainConfig,
+    base_dir: Path,
+    roots: tuple[Path, Path],
+    rng: np.random.Generator,
+    config_dir: Path | None = None,
+):
     """The training, validation and test tasks as windows: (train, val, tests, spec, data hash,
-    test data hash, the training data's sample rate). Validation tasks are drawn from the training
-    collection with ``rng``, or are the test tasks when ``test.n_val_tasks`` is 0."""
-    train_path = _resolve(cfg.train_collection_json, base_dir)
-    test_path = _resolve(cfg.test_collection_json, base_dir)
+    test data hash, the training data's sample rate, the collections' paths). Validation tasks are
+    drawn from the training collection with ``rng``, or are the test tasks when ``test.n_val_tasks`` is 0."""
+    train_path = collection_path(cfg.train_collection_json, roots[0], base_dir, config_dir)
+    test_path = collection_path(cfg.test_collection_json, roots[1], base_dir, config_dir)
     assert train_path is not None  # train_collection_json: non-empty
     refs = load_collection(train_path)
     need = cfg.n_train_tasks + cfg.n_val_tasks
@@ -253,7 +273,7 @@ def _load_tasks(cfg: TrainConfig, base_dir: Path, roots: tuple[Path, Path], rng:
     order = rng.permutation(len(all_tasks))
     val = [all_tasks[i] for i in order[: cfg.n_val_tasks]] or tests
     train_tasks = [all_tasks[i] for i in order[cfg.n_val_tasks :]]
-    return train_tasks, val, tests, spec, data_hash, test_hash, rate
+    return train_tasks, val, tests, spec, data_hash, test_hash, rate, (train_path, test_path)
 
 
 def _inner_doc(inner, cfg: TrainConfig, closed_form: bool) -> dict[str, Any]:
@@ -311,7 +331,9 @@ def _write_run_files(run_dir: Path, history: list, resolved: dict, summary: dict
     write_text(res_dir / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
 
 
-def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
+def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | None = None) -> dict:
+    """Meta-train into ``run_dir``; relative paths from ``base_dir``, a relative collection first
+    from ``config_dir`` (the config file's directory) then its data root (see :func:`collection_path`)."""
     import torch
     from tqdm import tqdm
 
@@ -336,10 +358,11 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     roots = data_roots(cfg, base_dir)  # resolved once: tasks, and a feat model's other movements
-    train_tasks, val, tests, spec, data_hash, test_hash, rate = _load_tasks(cfg, base_dir, roots, rng)
+    loaded = _load_tasks(cfg, base_dir, roots, rng, config_dir)
+    train_tasks, val, tests, spec, data_hash, test_hash, rate, paths = loaded
     if lead:
         print(cfg.describe_signal(spec, rate))
-        print(_describe_data(cfg, roots, len(train_tasks), len(val), len(tests)))
+        print(_describe_data(cfg, roots, paths, len(train_tasks), len(val), len(tests)))
 
     inner = InnerLoop.from_config(cfg)
     hp = {
@@ -491,12 +514,14 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path) -> dict:
     return summary
 
 
-def _describe_data(cfg: TrainConfig, roots: tuple[Path, Path], n_train: int, n_val: int, n_test: int) -> str:
-    """The line a run prints: which tasks come from which data root."""
+def _describe_data(
+    cfg: TrainConfig, roots: tuple[Path, Path], paths: tuple, n_train: int, n_val: int, n_test: int
+) -> str:
+    """The line a run prints: which tasks come from which collection file and data root."""
     val = f"{n_val} validation" if cfg.n_val_tasks else "validation on the test tasks"
-    line = f"data: {n_train} training tasks, {val}, from {cfg.train_collection_json} in {roots[0]}"
+    line = f"data: {n_train} training tasks, {val}, from {paths[0]} in {roots[0]}"
     if n_test:
-        line += f"; {n_test} test tasks from {cfg.test_collection_json} in {roots[1]}"
+        line += f"; {n_test} test tasks from {paths[1]} in {roots[1]}"
     return line
 
 
@@ -541,13 +566,44 @@ def _print_summary(summary: dict) -> None:
             print(f"  {method:<11} " + "  ".join(f"{s} steps {a:.3f}" for s, a in accs.items()))
 
 
-def run_composed(cfg, run_dir: Path, cwd: Path) -> dict:
+TASK_COLLECTION_KEY = "task_collection_json"  # the research README's one collection key
+SPLIT_KEYS = ("train_collection_json", "test_collection_json")
+
+
+def _task_collection(test) -> str | None:
+    """The research README's ``test.task_collection_json``: the training and the test collection
+    where ``train_collection_json`` / ``test_collection_json`` are absent (missing or null); the
+    key is then dropped. Returns the one-line note to print, None without the key."""
+    from omegaconf import OmegaConf, open_dict
+
+    if TASK_COLLECTION_KEY not in test:
+        return None
+    value = test[TASK_COLLECTION_KEY]
+    with open_dict(test):
+        absent = [k for k in SPLIT_KEYS if OmegaConf.is_missing(test, k) or test.get(k) in (None, "")]
+        for key in absent:
+            test[key] = value
+        del test[TASK_COLLECTION_KEY]
+    if not absent:
+        return f"note: test.{TASK_COLLECTION_KEY} ignored: test.{SPLIT_KEYS[0]} and test.{SPLIT_KEYS[1]} are set"
+    return (
+        f"note: test.{TASK_COLLECTION_KEY} ({value}) is the "
+        + " and the ".join({"train_collection_json": "training"}.get(k, "test") for k in absent)
+        + f" collection (no test.{' / test.'.join(absent)})"
+    )
+
+
+def run_composed(cfg, run_dir: Path, cwd: Path, config_dir: Path | None = None) -> dict:
     """What ``metaemg-train`` does with a composed Hydra config: check its ``test`` section (a
-    :class:`ConfigError` naming the key), then :func:`train` into ``run_dir``."""
-    from omegaconf import OmegaConf
+    :class:`ConfigError` naming the key), then :func:`train` into ``run_dir``. ``config_dir``: the
+    directory of the config file given with ``--config-path`` (relative collections are looked
+    for there first)."""
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        test = cfg.get("test")
+        note = _task_collection(test) if isinstance(test, DictConfig) else None
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         assert isinstance(container, dict)  # a composed Hydra config is a DictConfig
         section = container.get("test")
@@ -555,7 +611,78 @@ def run_composed(cfg, run_dir: Path, cwd: Path) -> dict:
         key = getattr(exc, "full_key", None)
         msg = str(exc).splitlines()[0]
         raise ConfigError(f"{key}: {msg}" if key else msg) from None
-    return train(TrainConfig.from_dict(section), run_dir, cwd)
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        print(note)
+    return train(TrainConfig.from_dict(section), run_dir, cwd, config_dir)
+
+
+CONFIG_PATH_FLAGS = ("--config-path", "-cp")
+CONFIG_NAME_FLAGS = ("--config-name", "-cn")
+DEFAULTS_NAME = "_metaemg_defaults"  # the package's config.yaml, under a given config file
+GIVEN_NAME = "_given_config"
+
+
+def _flag_values(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(``{"path": ..., "name": ...}`` of ``--config-path`` / ``--config-name`` (or ``-cp`` /
+    ``-cn``, ``--flag=value`` too), the other arguments)."""
+    found: dict[str, str] = {}
+    rest: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        flag, eq, value = arg.partition("=")
+        kind = "path" if flag in CONFIG_PATH_FLAGS else "name" if flag in CONFIG_NAME_FLAGS else None
+        if kind is None or (eq and not flag.startswith("-")):
+            rest.append(arg)
+            continue
+        found[kind] = value if eq else next(it, "")
+    return found, rest
+
+
+def config_file(directory: Path, name: str) -> Path:
+    """``NAME.yaml`` or ``NAME.yml`` in ``directory`` (or NAME itself when it ends so)."""
+    names = [name] if name.endswith((".yaml", ".yml")) else [f"{name}.yaml", f"{name}.yml"]
+    for n in names:
+        if (directory / n).is_file():
+            return directory / n
+    raise ConfigError(f"no config file {' or '.join(names)} in {directory}")
+
+
+def layered_argv(argv: list[str], tmp: Path, cwd: Path) -> tuple[list[str], Path | None]:
+    """Hydra's arguments for a config file given with ``--config-path DIR [--config-name NAME]``
+    (NAME.yaml or NAME.yml): the file is composed over the package's defaults (so every key, e.g.
+    ``test.data_root``, is overridable without ``+``), via a primary config written to ``tmp``.
+    Returns (arguments, the file); without ``--config-path`` the arguments as given and None."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    found, rest = _flag_values(argv)
+    if "path" not in found:
+        return argv, None
+    directory = (cwd / os.path.expanduser(found["path"])).resolve()
+    given = config_file(directory, found.get("name") or "config")
+    text = given.read_text()
+    try:
+        doc = OmegaConf.load(given)
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise ConfigError(f"{given}: not a config file ({str(exc).splitlines()[0]})") from None
+    if isinstance(doc, DictConfig) and "defaults" in doc:  # its own defaults list: Hydra's primary, as it is
+        write_text(tmp / "config.yaml", text)
+        return [
+            *rest,
+            "--config-path",
+            str(tmp),
+            "--config-name",
+            "config",
+            f"hydra.searchpath=[file://{directory}]",
+        ], given
+    write_text(tmp / f"{DEFAULTS_NAME}.yaml", (Path(__file__).parent / "conf" / "config.yaml").read_text())
+    write_text(tmp / f"{GIVEN_NAME}.yaml", text)
+    write_text(tmp / "config.yaml", f"defaults:\n  - {DEFAULTS_NAME}\n  - {GIVEN_NAME}\n  - _self_\n")
+    return [*rest, "--config-path", str(tmp), "--config-name", "config"], given
+
+
+_CONFIG_FILE: list[Path] = []  # the config file given, for the Hydra task function
 
 
 def _hydra_entry():
@@ -566,7 +693,8 @@ def _hydra_entry():
     def _main(cfg) -> None:
         try:
             run_dir = Path(HydraConfig.get().runtime.output_dir)
-            _print_summary(run_composed(cfg, run_dir, Path(hydra.utils.get_original_cwd())))
+            config_dir = _CONFIG_FILE[0].parent if _CONFIG_FILE else None
+            _print_summary(run_composed(cfg, run_dir, Path(hydra.utils.get_original_cwd()), config_dir))
         except MetaEMGError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -575,7 +703,18 @@ def _hydra_entry():
 
 
 def main() -> None:
-    _hydra_entry()()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="metaemg-train-") as tmp:
+        try:
+            argv, given = layered_argv(sys.argv[1:], Path(tmp), Path.cwd())
+        except MetaEMGError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        if given is not None:
+            _CONFIG_FILE[:] = [given]
+        sys.argv[1:] = argv
+        _hydra_entry()()
 
 
 if __name__ == "__main__":
