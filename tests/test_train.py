@@ -164,6 +164,71 @@ hydra:
     assert (runs[0] / "results" / "results_table.csv").is_file()
 
 
+# The research README's experiment config (its keys and layout; the one collection key
+# task_collection_json, a relative path), saved as config.yml as the README does.
+RESEARCH_README_CONFIG = """test:
+    task_collection_json: 'tasks.json'
+    inner_lr: 1e-2
+    outer_lr: 1e-3
+    meta_steps: 50
+    inner_steps: 5
+    n_val_tasks: 2
+    n_train_tasks: 4
+    save: True
+    wandb: False
+    fc_units: 64
+    batch_size: 32
+    time_seq_len: 50
+    stride: 10
+    run_name: ''
+    scale: 1
+    model: 'dnn'
+    seed: 0
+    device:
+    rorcr_size: 1
+    lr_cycle: 15
+    lr_factor: 0.9
+    converge_baselines: True
+"""
+
+
+def test_the_research_readme_config_runs_unchanged(colls, tmp_path, capsys):
+    """config.yml (not .yaml) found, composed over the defaults so test.data_root=... needs no +,
+    task_collection_json taken as both collections (a note says so), and its relative path found
+    next to the config file, not in the directory the command runs in. In this process (the
+    command's own path is test_research_config_file_runs_unchanged)."""
+    from hydra import compose, initialize_config_dir
+
+    from metaemg.errors import ConfigError
+    from metalearn.train import config_file, layered_argv, run_composed
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "config.yml").write_text(RESEARCH_README_CONFIG)
+    save_collection(conf / "tasks.json", load_collection(colls["train"])[:3])
+    tiny = [*TINY, "test.converge_baselines=false", "test.tensorboard=false"]
+    given = ["--config-path", "conf", "--config-name", "config", f"test.data_root={colls['root']}", *tiny]
+    argv, path = layered_argv(given, tmp_path / "primary", tmp_path)
+    assert path == conf / "config.yml"
+    assert argv[-4:] == ["--config-path", str(tmp_path / "primary"), "--config-name", "config"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(tmp_path / "primary")):
+        cfg = compose("config", overrides=argv[:-4])
+    summary = run_composed(cfg, tmp_path / "run", tmp_path / "elsewhere", conf)
+    out = capsys.readouterr().out
+    assert (
+        "note: test.task_collection_json (tasks.json) is the training and the test collection "
+        "(no test.train_collection_json / test.test_collection_json)\n"
+    ) in out
+    assert f"from {conf / 'tasks.json'} in {colls['root']}; 3 test tasks from {conf / 'tasks.json'}" in out
+    assert summary["meta_epochs"] == 3
+    # the name as given, .yaml before .yml; none: one line naming both
+    (conf / "config.yaml").write_text("test: {}")
+    assert config_file(conf, "config") == conf / "config.yaml"
+    assert config_file(conf, "config.yml") == conf / "config.yml"
+    with pytest.raises(ConfigError, match=r"^no config file other.yaml or other.yml in /"):
+        config_file(conf, "other")
+
+
 def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
     """The real launcher: two gloo ranks share each meta-batch, rank 0 writes the outputs, and the
     weights after a meta-step equal those of one process to 1e-6. (Over more steps float32
