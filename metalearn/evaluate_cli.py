@@ -1,7 +1,7 @@
 """``metaemg-eval``: run a model file offline over labelled recordings, exactly as the daemon would.
 
     metaemg-eval --model MODEL.onnx REC.csv [REC.csv ...] [--non-intent OTHER.csv ...]
-                 [--as-daemon [--config FILE]] [--json]
+                 [--adapt CLIP.csv] [--as-daemon [--config FILE]] [--json]
 
 Each recording (research CSV format: time_elapsed, emg0..7, gt) is one stream through a fresh
 :class:`~metaemg.signal.SignalChain` of the model's signal spec, windowed with the model's window
@@ -22,7 +22,10 @@ change the delay from its first sample to the first window that decides the new 
 ``--non-intent`` recordings hold movements that are none of the intents (the Myo import's
 ``other_gestures/*.csv``; no ``gt`` column needed): every window should decide relax, and their
 ``false_activation`` (share deciding open or close) is reported apart. ``--json``: the last line
-is one JSON document. torch-free.
+is one JSON document. torch-free, but for ``--adapt CLIP.csv``: the model (a meta-model) is first
+calibrated in memory on the clip as ``metaemg-calibrate`` adapts the model it installs (every
+window of the clip; the gate is not applied), then scored. A model that is not calibrated (no
+``calibration`` in its metadata) gets a note: a meta-model as shipped decides nothing useful.
 """
 
 from __future__ import annotations
@@ -221,6 +224,20 @@ def print_table(doc: dict) -> None:
         )
 
 
+def adapt_in_memory(base: Path, clip_path: Path, out: Path) -> Path:
+    """``base`` adapted on the labelled clip at ``clip_path`` (checked and windowed as
+    metaemg-calibrate does), exported to ``out`` (verified against torch)."""
+    from metalearn.adapt import Adapter, export_adapted, require_torch
+    from metalearn.clip import prepare_clip
+
+    require_torch()
+    model = OnnxModel(base)
+    clip = prepare_clip(read_recording(clip_path, channels=model.info.channels), model.info.signal)
+    adapted = Adapter.from_file(base).adapt(clip.windows, clip.labels, clip.conditioned)
+    provenance = {"format": "metaemg-calibration/1", "source": "metaemg-eval --adapt", "clip_file": str(clip_path)}
+    return export_adapted(adapted, provenance, out, clip.windows[:32])
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
@@ -259,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --as-daemon: the controller configuration whose policy section to use "
         "(default: the policy defaults)",
     )
+    p.add_argument(
+        "--adapt",
+        type=Path,
+        metavar="CLIP.csv",
+        help="first calibrate the model in memory on this labelled clip, as metaemg-calibrate adapts the "
+        "model it installs (needs torch)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document on the last line")
     args = p.parse_args(argv)
     policy = None
@@ -268,7 +292,22 @@ def main(argv: list[str] | None = None) -> int:
         from controller.config import PolicyConfig, load
 
         policy = load(args.config).policy if args.config is not None else PolicyConfig()
-    doc = evaluate(args.model, args.recordings, non_intent=args.non_intent, policy=policy)
+    if args.adapt is None:
+        doc = evaluate(args.model, args.recordings, non_intent=args.non_intent, policy=policy)
+        if doc["calibration"] is None:
+            print(
+                f"note: {args.model} is not calibrated (a meta-model as shipped: its head is fitted to nobody, "
+                "so it decides near chance or rejects); calibrate it first: --adapt CLIP.csv here, or "
+                "metaemg-calibrate --out FILE"
+            )
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="metaemg-eval-") as tmp:
+            adapted = adapt_in_memory(args.model, args.adapt, Path(tmp) / "adapted.onnx")
+            doc = evaluate(adapted, args.recordings, non_intent=args.non_intent, policy=policy)
+        doc["model"] = f"{args.model} adapted on {args.adapt}"
+        print(f"adapted {args.model} on {args.adapt} in memory (every window of the clip; the gate is not applied)")
     print_table(doc)
     if args.json:
         print(json.dumps(doc), flush=True)

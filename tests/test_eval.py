@@ -174,3 +174,20 @@ def test_as_daemon_non_intent_and_recordings_named_by_path(base, tests_male14, m
         "metaemg-eval", ["--model", str(base), str(sub[0]), "--config", str(tmp_path / "c.yaml")], clean_env(tmp_path)
     )
     assert bad.returncode == 2 and "--config applies to --as-daemon" in bad.stderr
+
+
+def test_adapt_calibrates_in_memory_then_scores_and_an_uncalibrated_model_gets_a_note(myo_src, tmp_path, capsys):
+    """--adapt CLIP.csv: the packaged meta-model calibrated on Male15's training0 in memory, scored
+    on Test0; without it, the meta-model as shipped is scored with a note that it is not calibrated."""
+    from metaemg.modelfile import default_model_path
+
+    clip = write_clip(myo_recording(myo_src, "Male15", "training0"), tmp_path / "clip.csv", 32)
+    test0 = write_clip(myo_recording(myo_src, "Male15", "Test0"), tmp_path / "test0.csv")
+    assert main(["--model", str(default_model_path()), str(test0), "--adapt", str(clip), "--json"]) == 0
+    out = capsys.readouterr().out
+    doc = last_json(out)
+    assert f"adapted {default_model_path()} on {clip} in memory (every window of the clip" in out
+    assert doc["accuracy"] > 0.9 and doc["calibration"] is not None and doc["model"].endswith(f"adapted on {clip}")
+    assert main(["--model", str(default_model_path()), str(test0), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {default_model_path()} is not calibrated" in out and last_json(out)["accuracy"] < 0.5
