@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from metaemg.cli import entry_point
-from metaemg.errors import DataError
+from metaemg.errors import DataError, MetaEMGError
 from metaemg.modelfile import OnnxModel
 from metaemg.signal import SignalChain, make_windows, rate_matches
 from metalearn.metrics import (
@@ -104,15 +104,26 @@ def evaluate_recording(
 
 
 def evaluate(
-    model_path: str | Path, paths: Sequence[str | Path], *, non_intent: Sequence[str | Path] = (), policy=None
+    model_path: str | Path,
+    paths: Sequence[str | Path],
+    *,
+    non_intent: Sequence[str | Path] = (),
+    policy=None,
+    traces: list | None = None,
 ) -> dict:
     """The ``--json`` document for ``model_path`` over the recordings in ``paths`` (and the
-    ``non_intent`` ones); ``policy`` a controller ``PolicyConfig`` for the daemon's decisions."""
+    ``non_intent`` ones); ``policy`` a controller ``PolicyConfig`` for the daemon's decisions.
+    ``traces``: a list that gets, per recording, ``(time of each window's end, labels,
+    decisions)`` (for ``--plot``)."""
     model = OnnxModel(model_path)
     channels = model.info.channels
     recordings = [read_recording(p, channels=channels) for p in paths]  # all checked before any work
     others = [read_recording(p, channels=channels, labelled=False) for p in non_intent]
     scored = [evaluate_recording(model, rec, policy) for rec in recordings]
+    if traces is not None:
+        for rec, (_, labels, decisions, _) in zip(recordings, scored, strict=True):
+            ends = decide_recording(model, rec, policy)[0]
+            traces.append((rec.time[ends] - rec.time[0], labels, decisions))
     results = [s[0] for s in scored]
     overall = summary(*(np.concatenate([s[k] for s in scored]) for k in (1, 2, 3)))
     all_changes = [c for r in results for c in r["changes"]]
@@ -224,6 +235,51 @@ def print_table(doc: dict) -> None:
         )
 
 
+def plot(doc: dict, traces: list, path: Path) -> Path:
+    """Each recording's decisions over its labels (one row each, time in seconds), and the
+    confusion matrix over all of them, in one PNG (written atomically)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MetaEMGError("--plot needs matplotlib: pip install matplotlib") from None
+    from metaemg.atomic import write_bytes
+
+    n = len(traces)
+    fig, axes = plt.subplots(n + 1, 1, figsize=(11, 1.6 * n + 3.2), gridspec_kw={"height_ratios": [1] * n + [2.2]})
+    names = display_names([r["path"] for r in doc["recordings"]])
+    for ax, (t, labels, decisions), name, r in zip(axes[:n], traces, names, doc["recordings"], strict=True):
+        ax.step(t, labels, where="post", color="0.3", lw=1.5, label="label")
+        ax.plot(t, decisions, ".", ms=2.5, color="tab:blue", label="decision")
+        ax.set_yticks(range(len(INTENTS)), INTENTS, fontsize=8)
+        ax.set_title(f"{name}: accuracy {r['accuracy']:.3f}", fontsize=9, loc="left")
+        ax.set_xlim(t[0], t[-1])
+    axes[0].legend(loc="upper right", fontsize=8, ncol=2, bbox_to_anchor=(1.0, 1.45))
+    axes[n - 1].set_xlabel("time (s)")
+    ax = axes[n]
+    cm = np.asarray(doc["confusion"], dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    for i in range(len(INTENTS)):
+        for j in range(len(INTENTS)):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(INTENTS)), INTENTS)
+    ax.set_yticks(range(len(INTENTS)), INTENTS)
+    ax.set_xlabel("decided")
+    ax.set_ylabel("labelled")
+    ax.set_title(f"all recordings: accuracy {doc['accuracy']:.3f} ({doc['decisions']})", fontsize=9)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+    return path
+
+
 def adapt_in_memory(base: Path, clip_path: Path, out: Path) -> Path:
     """``base`` adapted on the labelled clip at ``clip_path`` (checked and windowed as
     metaemg-calibrate does), exported to ``out`` (verified against torch)."""
@@ -283,8 +339,15 @@ def main(argv: list[str] | None = None) -> int:
         help="first calibrate the model in memory on this labelled clip, as metaemg-calibrate adapts the "
         "model it installs (needs torch)",
     )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="draw each recording's decisions over its labels, and the confusion matrix (needs matplotlib)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document on the last line")
     args = p.parse_args(argv)
+    traces: list | None = [] if args.plot is not None else None
     policy = None
     if args.config is not None and not args.as_daemon:
         p.error("--config applies to --as-daemon")
@@ -293,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
         policy = load(args.config).policy if args.config is not None else PolicyConfig()
     if args.adapt is None:
-        doc = evaluate(args.model, args.recordings, non_intent=args.non_intent, policy=policy)
+        doc = evaluate(args.model, args.recordings, non_intent=args.non_intent, policy=policy, traces=traces)
         if doc["calibration"] is None:
             print(
                 f"note: {args.model} is not calibrated (a meta-model as shipped: its head is fitted to nobody, "
@@ -305,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="metaemg-eval-") as tmp:
             adapted = adapt_in_memory(args.model, args.adapt, Path(tmp) / "adapted.onnx")
-            doc = evaluate(adapted, args.recordings, non_intent=args.non_intent, policy=policy)
+            doc = evaluate(adapted, args.recordings, non_intent=args.non_intent, policy=policy, traces=traces)
         doc["model"] = f"{args.model} adapted on {args.adapt}"
         print(f"adapted {args.model} on {args.adapt} in memory (every window of the clip; the gate is not applied)")
     print_table(doc)
+    if args.plot is not None:
+        assert traces is not None  # made with --plot
+        print(f"plot: {plot(doc, traces, args.plot)}")
     if args.json:
         print(json.dumps(doc), flush=True)
     return 0

@@ -183,8 +183,11 @@ def test_adapt_calibrates_in_memory_then_scores_and_an_uncalibrated_model_gets_a
 
     clip = write_clip(myo_recording(myo_src, "Male15", "training0"), tmp_path / "clip.csv", 32)
     test0 = write_clip(myo_recording(myo_src, "Male15", "Test0"), tmp_path / "test0.csv")
-    assert main(["--model", str(default_model_path()), str(test0), "--adapt", str(clip), "--json"]) == 0
+    png = tmp_path / "eval.png"
+    args = ["--model", str(default_model_path()), str(test0), "--adapt", str(clip), "--plot", str(png), "--json"]
+    assert main(args) == 0
     out = capsys.readouterr().out
+    assert f"plot: {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = last_json(out)
     assert f"adapted {default_model_path()} on {clip} in memory (every window of the clip" in out
     assert doc["accuracy"] > 0.9 and doc["calibration"] is not None and doc["model"].endswith(f"adapted on {clip}")
