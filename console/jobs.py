@@ -120,10 +120,6 @@ class Jobs:
         self._task = asyncio.get_running_loop().create_task(job.run(), name=f"calibrate-{kind}")
         return job
 
-    async def wait(self) -> None:
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
     async def close(self) -> None:
         job = self.current
         if job is not None and self.running():

@@ -238,17 +238,16 @@ BLOCK = 64  # samples filtered by one set of precomputed matrices; a longer chun
 class _SosStage:
     """A causal SOS cascade over all channels with its state carried across calls.
 
-    The state is every section's transposed-direct-form-II state (``scipy.signal.sosfilt``'s, as
-    :attr:`zi`). A chunk of ``m`` samples is filtered with the cascade's state-space matrices for
-    ``m`` samples, made once: ``y = O x + T u``, ``x' = A^m x + R u``, four small matrix products
-    (a chunk longer than :data:`BLOCK`, a recording, block by block). The same numbers as
-    ``scipy.signal.sosfilt`` to rounding (tested), without importing scipy, and chunking does not
-    change the result.
+    The state is every section's transposed-direct-form-II state (``scipy.signal.sosfilt``'s,
+    ``(2 x sections, channels)``). A chunk of ``m`` samples is filtered with the cascade's
+    state-space matrices for ``m`` samples, made once: ``y = O x + T u``, ``x' = A^m x + R u``,
+    four small matrix products (a chunk longer than :data:`BLOCK`, a recording, block by block).
+    The same numbers as ``scipy.signal.sosfilt`` to rounding (tested), without importing scipy,
+    and chunking does not change the result.
     """
 
-    def __init__(self, sos: np.ndarray, channels: int):
+    def __init__(self, sos: np.ndarray):
         self.sos = np.ascontiguousarray(sos, dtype=np.float64)
-        self.channels = channels
         self._zi_unit = sos_zi(self.sos)  # (sections, 2)
         self._x: np.ndarray | None = None  # the state, (2 x sections, channels)
         self._a, self._b, self._c, self._d = self._state_space()
@@ -297,11 +296,6 @@ class _SosStage:
         self._x = power @ self._x + ctrl @ x
         return y
 
-    @property
-    def zi(self) -> np.ndarray | None:
-        """The state as ``(channels, sections, 2)`` (scipy's layout), None before the first sample."""
-        return None if self._x is None else self._x.T.reshape(self.channels, -1, 2)
-
     def reset(self) -> None:
         self._x = None
 
@@ -313,8 +307,8 @@ class SignalChain:
     def __init__(self, spec: SignalSpec):
         self.spec = spec
         pre, post = design(spec)
-        self._pre = _SosStage(pre, spec.channels) if pre is not None else None
-        self._post = _SosStage(post, spec.channels) if post is not None else None
+        self._pre = _SosStage(pre) if pre is not None else None
+        self._post = _SosStage(post) if post is not None else None
         self._lo, self._hi = spec.input_range if spec.input_range is not None else (-np.inf, np.inf)
 
     def reset(self) -> None:

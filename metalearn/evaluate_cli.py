@@ -88,8 +88,8 @@ def decide_recording(model: OnnxModel, rec: Recording, policy=None) -> tuple[np.
 
 def evaluate_recording(
     model: OnnxModel, rec: Recording, policy=None
-) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """``(figures, window labels, decisions, steady mask)`` for one recording."""
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(figures, window labels, decisions, steady mask, window ends)`` for one recording."""
     ends, decisions = decide_recording(model, rec, policy)
     labels = rec.labels[ends]
     steady = steady_windows(rec.labels, ends, model.info.window)
@@ -100,7 +100,7 @@ def evaluate_recording(
         "delay": delay_summary(delays),
         "changes": delays,
     }
-    return figures, labels, decisions, steady
+    return figures, labels, decisions, steady, ends
 
 
 def evaluate(
@@ -121,8 +121,7 @@ def evaluate(
     others = [read_recording(p, channels=channels, labelled=False) for p in non_intent]
     scored = [evaluate_recording(model, rec, policy) for rec in recordings]
     if traces is not None:
-        for rec, (_, labels, decisions, _) in zip(recordings, scored, strict=True):
-            ends = decide_recording(model, rec, policy)[0]
+        for rec, (_, labels, decisions, _, ends) in zip(recordings, scored, strict=True):
             traces.append((rec.time[ends] - rec.time[0], labels, decisions))
     results = [s[0] for s in scored]
     overall = summary(*(np.concatenate([s[k] for s in scored]) for k in (1, 2, 3)))

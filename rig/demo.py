@@ -107,14 +107,14 @@ class PatientLabels(Labels):
         return self.recording[(row + int(round((t - self.times[i]) * self.rate))) % len(self.recording)]
 
 
-def _model_path(arg: Path | None, source: str, myo_root: Path) -> Path:
-    """``--model``, else the packaged model that fits the source (its rate and channels)."""
+def _model_path(arg: Path | None, rec) -> Path:
+    """``--model``, else the packaged model that fits the source recording ``rec`` (its rate and
+    channels)."""
     if arg is not None:
         if not arg.is_file():
             raise ModelError(f"{arg}: model file not found")
         return arg
     from metaemg.modelfile import default_model_path, shipped_model_for
-    from rig.replay import load_source
 
     path = default_model_path()
     if not path.is_file():
@@ -122,7 +122,6 @@ def _model_path(arg: Path | None, source: str, myo_root: Path) -> Path:
             f"{path}: the default model is not there; give --model FILE "
             "(train one with metaemg-train, then metaemg-export RUN --out FILE)"
         )
-    rec = load_source(source, myo_root)
     return shipped_model_for(rec.sample_rate, rec.n_channels)
 
 
@@ -159,16 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.myo_root is not None and not (myo_root / "EvaluationDataset").is_dir():
         raise DataError("Myo armband dataset not found (no EvaluationDataset/ there)", path=myo_root)
     source = args.source or ("myo:Male13/Test0" if (myo_root / "EvaluationDataset").is_dir() else "synth")
-    model = _model_path(args.model, source, myo_root)
+    from rig.replay import load_source
+
+    rec = load_source(source, myo_root)  # once: its rate picks the model, and it is what the armband plays
+    model = _model_path(args.model, rec)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        rc = _run(args, model, source, myo_root, args.workdir)
+        rc = _run(args, model, source, rec, myo_root, args.workdir)
         print(f"logs     kept in {args.workdir}")
         return rc
     work = Path(tempfile.mkdtemp(prefix="metaemg-demo-"))
     rc = 1
     try:
-        rc = _run(args, model, source, myo_root, work)
+        rc = _run(args, model, source, rec, myo_root, work)
     finally:
         if rc == 0:
             shutil.rmtree(work, ignore_errors=True)
@@ -184,11 +186,11 @@ def _logs_line(work: Path, kept: bool) -> str:
     return f"logs     {work} (temporary: removed at the end unless the demo fails; --workdir DIR keeps them)"
 
 
-def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Path:
+def _calibrate(args, model: Path, source: str, full, myo_root: Path, work: Path) -> Path:
     """The packaged model calibrated as a clinic does: for a session of the Myo dataset (raw, or
     rendered as the MyHand armband reports it), on the same subject's ``training0`` session; for
-    any other recording, on its own first cycle (the research protocol's support). ``model``
-    unchanged (with the reason printed) when that is not possible."""
+    any other recording (``full``, the source's), on its own first cycle (the research protocol's
+    support). ``model`` unchanged (with the reason printed) when that is not possible."""
     if args.model is not None or args.no_calibrate:
         return model
     from metalearn.recording import write_recording
@@ -206,7 +208,6 @@ def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Pa
     else:
         from metalearn.tasks import find_split
 
-        full = load_source(source, myo_root)
         try:
             rec = full.slice(0, find_split(full.labels))
         except DataError as exc:
@@ -252,10 +253,10 @@ def _calibrate(args, model: Path, source: str, myo_root: Path, work: Path) -> Pa
     return out
 
 
-def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
+def _run(args, model: Path, source: str, rec, myo_root: Path, work: Path) -> int:
     import zmq
 
-    model = _calibrate(args, model, source, myo_root, work)
+    model = _calibrate(args, model, source, rec, myo_root, work)
     py = sys.executable
     name = f"metaemg-demo-{os.getpid()}"
     link, control = work / "myhand", f"ipc://{work}/control.sock"
@@ -301,9 +302,6 @@ def _run(args, model: Path, source: str, myo_root: Path, work: Path) -> int:
         )
         sub.connect(daemon.monitor)
         if args.console:
-            from rig.replay import load_source
-
-            rec = load_source(source, myo_root)
             labels: Labels = PatientLabels(rec.labels, rec.sample_rate)
             console = _start_console(args.console_port, daemon, control, model, work)
         else:

@@ -123,7 +123,7 @@ def test_the_temporary_logs_directory_is_removed_only_after_a_clean_run(outcome,
     model.write_bytes(b"")
     seen: list[Path] = []
 
-    def run(args, model, source, myo_root, work):
+    def run(args, model, source, rec, myo_root, work):
         seen.append(work)
         (work / "controller.log").write_text("{}\n")
         if outcome == "error":
@@ -179,5 +179,5 @@ def test_a_myhand_source_runs_the_myhand_model(myo_src):
 
     rec = load_source("myhand:Male13/Test0", myo_src)
     assert abs(rec.sample_rate - 100) < 1 and rec.emg.min() >= 0 and rec.emg.max() <= 1000
-    assert demo._model_path(None, "myhand:Male13/Test0", myo_src).name == "myhand_meta.onnx"
-    assert demo._model_path(None, "myo:Male13/Test0", myo_src).name == "myo_meta.onnx"
+    assert demo._model_path(None, rec).name == "myhand_meta.onnx"
+    assert demo._model_path(None, load_source("myo:Male13/Test0", myo_src)).name == "myo_meta.onnx"
