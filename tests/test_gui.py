@@ -21,7 +21,7 @@ import pytest
 from conftest import myhand_like_csv
 
 from metaemg.errors import DataError
-from metalearn.gui import Walk, plot_recording
+from metalearn.gui import Walk, display_points, plot_recording
 from metalearn.tasks import TaskRef, load_collection, save_collection
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,24 +117,105 @@ def test_default_save_path(tmp_path):
     assert w.default_save_path(cwd) == tmp_path / "mine.json"  # then the file it was saved to
 
 
-def test_plot_valid_invalid_unreadable(tmp_path):
+def test_approve_all_valid_then_undo_in_one_step(tmp_path):
+    w = Walk(make_root(tmp_path))
+    seen = []
+    bulk = w.approve_all_valid(progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(i, 5) for i in range(5)]
+    assert w.approved == [TaskRef("s1_p1", "a"), TaskRef("s1_p1", "b"), TaskRef("s2_p2", "a")]  # walk order
+    assert bulk.invalid == (TaskRef("s1_p1", "c_bad"), TaskRef("s2_p2", "z_broken")) and w.pos == 0
+    assert bulk.message() == (
+        "approved 3 valid recordings (Undo reverts them in one step); "
+        "2 invalid recordings left undecided (first: s1_p1/c_bad)"
+    )
+    again = w.approve_all_valid()  # nothing new: no undo step of its own
+    assert again.message() == (
+        "no valid recording left to approve; 3 already approved; "
+        "2 invalid recordings left undecided (first: s1_p1/c_bad)"
+    )
+    a = w.undo()
+    assert str(a) == "approve all valid (3 recordings)" and w.approved == [] and w.undo() is None
+
+
+def test_approve_all_valid_keeps_decisions_made_by_hand(tmp_path):
+    root = make_root(tmp_path)
+    coll = save_collection(tmp_path / "c.json", [TaskRef("s1_p1", "b")])
+    w = Walk.open(root, coll)
+    w.pos = 1
+    assert w.remove() and w.removed == {TaskRef("s1_p1", "b")}  # b taken out by hand
+    w.pos = 3
+    w.approve()  # s2_p2/a by hand
+    w.pos = 2
+    bulk = w.approve_all_valid()
+    assert bulk.approved == (TaskRef("s1_p1", "a"),) and bulk.removed == (TaskRef("s1_p1", "b"),)
+    assert bulk.message() == (
+        "approved 1 valid recording (Undo reverts them in one step); 1 already approved; "
+        "2 invalid recordings left undecided (first: s1_p1/c_bad); 1 you removed left out"
+    )
+    assert w.approved == [TaskRef("s2_p2", "a"), TaskRef("s1_p1", "a")] and w.pos == 2
+    assert w.undo().kind == "approve all valid" and w.approved == [TaskRef("s2_p2", "a")] and w.pos == 2
+    assert str(w.undo()) == "approve s2_p2/a" and w.approved == [] and w.pos == 3
+    assert w.undo().kind == "remove" and w.approved == [TaskRef("s1_p1", "b")] and w.removed == set()
+    w.pos = 1
+    w.remove()
+    w.approve()  # approved again by hand: no longer a removal to respect
+    assert w.removed == set() and w.approve_all_valid().approved == (TaskRef("s1_p1", "a"), TaskRef("s2_p2", "a"))
+
+
+def test_display_points_keep_every_sample_or_the_min_max_envelope():
+    t = np.arange(100) / 100
+    y = np.arange(200.0).reshape(100, 2)
+    tt, yy = display_points(t, y, max_points=100)
+    assert tt is t and yy is y
+    rng = np.random.default_rng(0)
+    n = 100_003
+    t = np.arange(n) / 200.0
+    y = rng.normal(size=(n, 8))
+    y[54_321, 3] = 50.0  # one spike: a stride would drop it
+    tt, yy = display_points(t, y, max_points=2000)
+    assert len(tt) == len(yy) <= 2000 + 100 and yy.shape[1] == 8
+    assert np.all(np.diff(tt) >= 0) and tt[0] == 0 and tt[-1] == t[-1]
+    assert yy[:, 3].max() == 50.0 and np.allclose(yy.min(axis=0), y.min(axis=0))
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_plot_one_axis_per_channel_shared_time_legend_clear(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     w = Walk(make_root(tmp_path))
-    fig = Figure()
+    fig = Figure(figsize=(11, 5.6), dpi=100)
     FigureCanvasAgg(fig)
-    for pos in (0, 2, 4):
-        w.pos = pos
-        plot_recording(fig, w.recording(), w.check(), str(w.ref))
-        fig.canvas.draw()
-    ax = fig.axes[0]
-    assert "cannot read" in ax.texts[0].get_text()
-    w.pos = 0
-    plot_recording(fig, w.recording(), w.check(), "x")
-    labels = fig.axes[0].get_legend_handles_labels()[1]
-    assert labels[:8] == [f"emg{i}" for i in range(8)] and "intent open" in labels and "intent close" in labels
-    assert "split (support | query)" in labels
+    rec = w.recording()
+    channel_axes = plot_recording(fig, rec, w.check(), str(w.ref))
+    fig.canvas.draw()
+    strip = fig.axes[-1]
+    assert len(channel_axes) == 8 and fig.axes == [*channel_axes, strip]
+    assert [ax.get_ylabel() for ax in channel_axes] == [f"emg{i}" for i in range(8)]
+    for ch, ax in enumerate(channel_axes):  # each channel alone on its axis, every sample drawn
+        (line,) = ax.get_lines()[:1]
+        assert np.array_equal(line.get_ydata(), rec.emg[:, ch])
+        assert np.array_equal(ax.get_lines()[1].get_xdata(), [rec.time[w.check().split] - rec.time[0]] * 2)
+    assert [t.get_text() for t in strip.get_yticklabels()] == ["relax", "open", "close"]
+    assert strip.get_xlim() == (0.0, rec.time[-1] - rec.time[0])
+    channel_axes[3].set_xlim(1.0, 2.0)  # a zoom on one channel (the toolbar does the same)
+    assert {ax.get_xlim() for ax in fig.axes} == {(1.0, 2.0)}  # moves every channel and the strip
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["intent open", "intent close", "split (support | query)"]
+    box = legend.get_window_extent()
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)  # on the figure
+    assert not any(_boxes_overlap(box, ax.get_window_extent()) for ax in fig.axes)  # clear of the data
+    assert not _boxes_overlap(box, channel_axes[0].title.get_window_extent())
+
+    w.pos = 2  # readable, no complete cycle: drawn the same, without a split
+    assert len(plot_recording(fig, w.recording(), w.check(), str(w.ref))) == 8
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["intent open", "intent close"]
+    w.pos = 4  # unreadable: one axis with the error
+    assert plot_recording(fig, w.recording(), w.check(), str(w.ref)) == []
+    assert len(fig.axes) == 1 and "cannot read" in fig.axes[0].texts[0].get_text()
 
 
 # -- the window under Xvfb ---------------------------------------------------------------------
@@ -249,6 +330,82 @@ def test_window_keys_and_buttons_in_process(xvfb, tmp_path):
         {"session": "s1_p1", "condition": "a"},
         {"session": "s2_p2", "condition": "a"},
     ]
+
+
+@pytest.mark.gui
+def test_window_toolbar_zoom_and_approve_all(xvfb, tmp_path):
+    from matplotlib.backends.backend_tkagg import NavigationToolbar2Tk
+
+    from metalearn.gui import App
+
+    app = App(Walk(make_root(tmp_path)), out=tmp_path / "saved.json", screen=xvfb)
+    try:
+        tk = app.root
+        tk.update()
+        assert isinstance(app.toolbar, NavigationToolbar2Tk) and app.toolbar.winfo_ismapped()
+        assert app.toolbar.canvas is app.canvas
+
+        def key(seq: str, widget=None) -> None:
+            (widget or tk).event_generate(seq)
+            tk.update()
+
+        # zoom: o, then drag a rectangle over emg0 with the mouse; every channel follows in time
+        app.canvas.draw()
+        full = app.fig.axes[0].get_xlim()
+        key("<Key-o>")
+        assert app.toolbar.mode == "zoom rect"
+        box = app.fig.axes[0].get_window_extent()
+        widget, height = app.canvas.get_tk_widget(), app.fig.bbox.height
+        x0, x1 = box.x0 + 0.25 * box.width, box.x0 + 0.5 * box.width
+        y0, y1 = height - (box.y0 + 0.2 * box.height), height - (box.y0 + 0.8 * box.height)  # Tk: y down
+        widget.event_generate("<Motion>", x=int(x0), y=int(y0))
+        widget.event_generate("<ButtonPress-1>", x=int(x0), y=int(y0))
+        widget.event_generate("<Motion>", x=int(x1), y=int(y1), state=256)  # dragging: button 1 held
+        widget.event_generate("<ButtonRelease-1>", x=int(x1), y=int(y1))
+        tk.update()
+        zoomed = app.fig.axes[0].get_xlim()
+        span = full[1] - full[0]
+        assert zoomed[0] == pytest.approx(full[0] + 0.25 * span, abs=0.02 * span)
+        assert zoomed[1] == pytest.approx(full[0] + 0.5 * span, abs=0.02 * span)
+        assert {ax.get_xlim() for ax in app.fig.axes} == {zoomed}
+        key("<Key-h>")  # home
+        assert app.fig.axes[0].get_xlim() == full
+        key("<Key-o>")  # zoom off again
+        assert app.toolbar.mode == ""
+        key("<Key-p>")
+        assert app.toolbar.mode == "pan/zoom"
+        key("<Key-p>")
+
+        key("<Key-a>")  # approve a by hand -> b
+        key("<Key-A>")  # approve all valid: b and s2_p2/a
+        assert app.walk.approved == [TaskRef("s1_p1", "a"), TaskRef("s1_p1", "b"), TaskRef("s2_p2", "a")]
+        assert app.message.cget("text") == (
+            "approved 2 valid recordings (Undo reverts them in one step); 1 already approved; "
+            "2 invalid recordings left undecided (first: s1_p1/c_bad)"
+        )
+        assert app.where.cget("text").endswith("(2 of 5 overall, 3 approved)")
+        assert app.buttons["approve_all"].cget("text") == "Approve all valid [A]"
+        key("<Control-z>")  # one step
+        assert app.walk.approved == [TaskRef("s1_p1", "a")]
+        assert app.message.cget("text") == "undid approve all valid (2 recordings)"
+        app.buttons["approve_all"].invoke()
+        assert len(app.walk.approved) == 3
+
+        # a second window (the save dialog's kind): typing there triggers none of the shortcuts
+        top = app.tk.Toplevel(tk)
+        entry = app.tk.Entry(top)
+        entry.pack()
+        entry.focus_force()  # generated keys go to the focus, as typed ones do
+        tk.update()
+        assert tk.focus_get() is entry
+        before = (app.walk.pos, list(app.walk.approved))
+        for seq in ("<Key-a>", "<Key-u>", "<Key-n>", "<Key-s>", "<Key-A>"):
+            key(seq, entry)
+        assert (app.walk.pos, app.walk.approved) == before and app.saved_to is None
+        top.destroy()
+        screenshot(xvfb, tmp_path / "gui_toolbar.png")
+    finally:
+        tk.destroy()
 
 
 @pytest.mark.gui
