@@ -54,6 +54,7 @@ skipped, none late, no watchdog trip; daemon CPU <= 3 % of one core, RSS <= 100 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -70,11 +71,15 @@ from pathlib import Path
 
 import numpy as np
 
+from controller.config import RealtimeConfig
 from metaemg.intents import INTENTS
 from rig.models import myo_recording, train_model
-from rig.processes import Daemon, Sim, Sub, command, unique_name
+from rig.processes import Daemon, Sim, Sub, command, realtime, unique_name
 
 REPO = Path(__file__).resolve().parents[1]
+# --peers-rt: the armband's and the orthosis's stand-ins under SCHED_FIFO at this priority, below
+# the daemon's (controller.config.RealtimeConfig: 20)
+PEER_PRIORITY = 10
 STAGES = ("input", "signal", "model", "policy", "link")
 
 
@@ -121,66 +126,102 @@ def cpu_percent(ticks0: int, ticks1: int, seconds: float, clk_tck: int) -> float
     return 100.0 * (ticks1 - ticks0) / clk_tck / seconds
 
 
-def read_cpu(pid: int) -> tuple[float, int] | None:
-    """(monotonic time, :func:`cpu_ticks`) of process ``pid`` now, or None if it is gone."""
+def read_cpu(pid: int) -> tuple[float, int, dict[int, int]] | None:
+    """(monotonic time, :func:`cpu_ticks` of process ``pid``, those of each of its threads by
+    thread id) now, or None if it is gone."""
     try:
-        return time.monotonic(), cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
+        t, total = time.monotonic(), cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
+        threads = {}
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread that just ended
+                threads[int(tid)] = cpu_ticks(Path(f"/proc/{pid}/task/{tid}/stat").read_text())
+        return t, total, threads
     except (OSError, ValueError, IndexError):
         return None
+
+
+def cpu_by_thread(cpu0, cpu1, named: dict[str, int | None]) -> dict[str, float]:
+    """CPU between two :func:`read_cpu` readings, in percent of one core, for the threads ``named``
+    (name -> thread id) and ``other`` for the rest."""
+    seconds, tck = cpu1[0] - cpu0[0], os.sysconf("SC_CLK_TCK")
+    used = {tid: ticks - cpu0[2].get(tid, 0) for tid, ticks in cpu1[2].items()}
+    out = {name: cpu_percent(0, used.pop(tid, 0), seconds, tck) for name, tid in named.items() if tid is not None}
+    out["other"] = cpu_percent(0, sum(used.values()), seconds, tck)
+    return out
 
 
 # -- the armband -------------------------------------------------------------------------------------
 
 
 class Pusher:
-    """An LSL outlet in a thread: one sample per push at ``rate`` Hz, each stamped with the clock
-    read just before its push (so the stamp is the push time, not the schedule)."""
+    """The armband's stand-in, in its own process (``python -m bench.latency --push``), as the
+    armband's bridge is on a device PC: an LSL outlet, one sample per push at ``rate`` Hz, each
+    stamped with the clock read just before its push (so the stamp is the push time, not the
+    schedule). ``priority`` > 0: it runs under SCHED_FIFO at that priority where this machine
+    grants it (:attr:`realtime` says whether it did). :attr:`label_changes` (push time, label) is
+    read when it closes."""
 
-    def __init__(self, name: str, emg: np.ndarray, labels: np.ndarray | None, rate: float) -> None:
-        import pylsl
-
-        from metaemg.lsl import quiet_liblsl
-
-        quiet_liblsl(pylsl)
-        self.emg = np.ascontiguousarray(emg, dtype=np.float32)
-        self.labels = labels
-        self.rate = rate
-        info = pylsl.StreamInfo(name, "EMG", self.emg.shape[1], rate, pylsl.cf_float32, f"bench-{name}")
-        self.outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=2)
-        self._clock = pylsl.local_clock
-        self._stop = threading.Event()
+    def __init__(self, name: str, emg: np.ndarray, labels: np.ndarray | None, rate: float, priority: int = 0) -> None:
+        self.name, self.rate, self.priority = name, rate, priority
+        fd, self._data = tempfile.mkstemp(prefix="bench-push-", suffix=".npz")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(
+                fh, emg=np.ascontiguousarray(emg, dtype=np.float32), labels=np.asarray([] if labels is None else labels)
+            )
         self.label_changes: list[tuple[float, int]] = []  # (push time, label)
-        self.pushed = 0
-        self._thread = threading.Thread(target=self._run, name="pusher", daemon=True)
+        self.realtime = False
+        self.proc: subprocess.Popen | None = None
 
     def start(self) -> Pusher:
-        self._thread.start()
+        argv = [sys.executable, "-m", "bench.latency", "--push", self.name, repr(self.rate), self._data]
+        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None  # stdout=PIPE
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the LSL pusher did not start")
+        if self.priority > 0:
+            self.realtime = realtime(self.proc.pid, self.priority)
         return self
 
-    def _run(self) -> None:
-        period = 1.0 / self.rate
-        n = len(self.emg)
-        t0 = self._clock()
-        i = 0
-        last = None
-        while not self._stop.is_set():
-            wait = t0 + i * period - self._clock()
-            if wait > 0:
-                time.sleep(wait)
-            stamp = self._clock()
-            self.outlet.push_sample(self.emg[i % n], stamp)
-            if self.labels is not None:
-                label = int(self.labels[i % n])
-                if label != last:
-                    last = label
-                    self.label_changes.append((stamp, label))
-            i += 1
-            self.pushed = i
-
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        del self.outlet
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=5)
+            for line in out.splitlines():
+                t, label = line.split()
+                self.label_changes.append((float(t), int(label)))
+        os.unlink(self._data)
+
+
+def push(name: str, rate: str, data: str) -> int:
+    """The pusher's process (:class:`Pusher`): pushes until SIGTERM, printing each label change."""
+    import signal
+
+    import pylsl
+
+    from metaemg.lsl import quiet_liblsl
+
+    quiet_liblsl(pylsl)
+    with np.load(data) as d:
+        emg, labels = d["emg"], (d["labels"] if d["labels"].size else None)
+    period, n = 1.0 / float(rate), len(emg)
+    info = pylsl.StreamInfo(name, "EMG", emg.shape[1], float(rate), pylsl.cf_float32, f"bench-{name}")
+    outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=2)
+    clock = pylsl.local_clock
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("ready", flush=True)
+    t0, i, last = clock(), 0, None
+    while not stop.is_set():
+        wait = t0 + i * period - clock()
+        if wait > 0:
+            time.sleep(wait)
+        stamp = clock()
+        outlet.push_sample(emg[i % n], stamp)
+        if labels is not None and (label := int(labels[i % n])) != last:
+            last = label
+            print(f"{stamp!r} {label}", flush=True)
+        i += 1
+    return 0
 
 
 # -- the floor: push -> pull -> pty write -> read ----------------------------------------------------
@@ -219,12 +260,15 @@ def relay(name: str, pty_path: str, mode: str) -> int:
         return 0
 
 
-def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> list[float]:
-    """Push ``seconds`` of samples; returns push -> pty arrival per write, in ms."""
+def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float, peers_rt: bool = False) -> list[float]:
+    """Push ``seconds`` of samples; returns push -> pty arrival per write, in ms. The relay runs
+    under the daemon's real-time priority where granted (the daemon asks for it by default);
+    ``peers_rt``: the pusher and this reading thread under :data:`PEER_PRIORITY`, as the
+    simulator in the chain."""
     name = unique_name(f"bench-floor-{mode}")
     master, slave = os.openpty()
     tty.setraw(slave)
-    pusher = Pusher(name, emg, None, rate)
+    pusher = Pusher(name, emg, None, rate, PEER_PRIORITY if peers_rt else 0).start()  # the relay resolves it
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.latency", "--relay", name, os.ttyname(slave), mode],
         cwd=REPO,
@@ -233,9 +277,13 @@ def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> li
     )
     assert proc.stdout is not None  # stdout=PIPE
     lat: list[float] = []
+    policy = os.sched_getscheduler(0), os.sched_getparam(0)
     try:
         assert proc.stdout.readline().strip() == "ready", "the relay did not start"
-        pusher.start()
+        realtime(proc.pid, RealtimeConfig().priority)
+        if peers_rt:  # this thread only (it reads the pty): a thread id is what Linux schedules
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PEER_PRIORITY))
         buf = b""
         t_end = time.monotonic() + seconds
         os.set_blocking(master, False)
@@ -251,6 +299,7 @@ def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float) -> li
                 buf = buf[8:]
                 lat.append((now - stamp) * 1000)
     finally:
+        os.sched_setscheduler(0, *policy)
         proc.terminate()  # the relay first: an inlet whose outlet vanishes logs an error
         proc.wait(5)
         pusher.close()
@@ -435,11 +484,19 @@ def load_data():
 
 
 def run_chain(
-    work: Path, model: Path, emg: np.ndarray, labels, rate: float, duration: float, daemon_args: tuple[str, ...] = ()
+    work: Path,
+    model: Path,
+    emg: np.ndarray,
+    labels,
+    rate: float,
+    duration: float,
+    daemon_args: tuple[str, ...] = (),
+    peers_rt: bool = False,
 ) -> dict:
     sim = Sim(work)
+    sim_rt = realtime(sim.proc.pid, PEER_PRIORITY) if peers_rt else False
     name = unique_name("bench-emg")
-    pusher = Pusher(name, emg, labels, rate).start()
+    pusher = Pusher(name, emg, labels, rate, PEER_PRIORITY if peers_rt else 0).start()
     daemon = Daemon(work, stream=name, port=str(sim.link), model=model, extra=daemon_args)
     sub = Sub(daemon.monitor, topics=("decision", "event"))
     cpu0 = cpu1 = None
@@ -474,9 +531,11 @@ def run_chain(
         elif c is None and d["command_seq"] is not None:
             lost += 1  # written by the daemon, never read by the simulator
     commands = [{**c, "t": c["rx_t"]} for c in sim.log.events("command") if t_start <= c["rx_t"] <= t_end]
-    cpu_pct = None
+    cpu_pct, threads = None, None
     if cpu0 is not None and cpu1 is not None and cpu1[0] > cpu0[0]:
         cpu_pct = cpu_percent(cpu0[1], cpu1[1], cpu1[0] - cpu0[0], os.sysconf("SC_CLK_TCK"))
+        tids = ((status or {}).get("realtime") or {}).get("threads") or {}
+        threads = cpu_by_thread(cpu0, cpu1, {"hot path": tids.get("hot_path"), "loop": tids.get("loop")})
     safe_reasons: dict[str, int] = {}
     for r in sim.log.events("state"):
         if r.get("state") == "safe" and t_start <= r["t"] <= t_end:
@@ -490,6 +549,7 @@ def run_chain(
         "trips": watchdog_trips(sim.log.records, t_start, t_end),
         "safe_reasons": safe_reasons,
         "daemon_cpu_pct": cpu_pct,
+        "daemon_cpu_threads": threads,
         "cpu_interval_s": None if cpu0 is None or cpu1 is None else cpu1[0] - cpu0[0],
         "daemon_ms": [d["latency_ms"] for d in decisions],
         "stages_us": {s: [d["stages_us"][s] for d in decisions] for s in STAGES},
@@ -498,6 +558,8 @@ def run_chain(
         "label_changes": [c for c in pusher.label_changes if t_start <= c[0] <= t_end],
         "daemon_rss_mb": None if rss is None else rss / 1024,
         "counters": status["counters"] if status else {},
+        "scheduling": status.get("realtime") if status else None,
+        "peers_realtime": {"pusher": pusher.realtime, "simulator": sim_rt},
     }
 
 
@@ -614,6 +676,8 @@ def histogram(path: Path, e2e: list[float], floor: list[float], note: str = "") 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--relay":
         return relay(*sys.argv[2:5])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--push":
+        return push(*sys.argv[2:5])
     p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured in the chain run (default 20)")
     p.add_argument("--floor-s", type=float, default=8.0, help="seconds per floor measurement (default 8)")
@@ -638,6 +702,12 @@ def main(argv: list[str] | None = None) -> int:
         "--while-calibrating",
         action="store_true",
         help="run metaemg-calibrate on a real clip back to back during the measured run",
+    )
+    p.add_argument(
+        "--peers-rt",
+        action="store_true",
+        help=f"run the armband's and the orthosis's stand-ins (pusher, simulator) under SCHED_FIFO "
+        f"{PEER_PRIORITY}, below the daemon, where this machine grants it",
     )
     args = p.parse_args(argv)
     if args.load < 0:
@@ -677,10 +747,11 @@ def main(argv: list[str] | None = None) -> int:
                 rate,
                 args.duration,
                 () if args.config is None else ("--config", str(args.config)),
+                args.peers_rt,
             )
             print("floor: LSL push -> pull (daemon strategy) -> pty write -> read ...", flush=True)
-            floor = measure_floor("daemon", args.floor_s, emg, rate)
-            naive = [] if args.no_compare else measure_floor("naive", args.floor_s, emg, rate)
+            floor = measure_floor("daemon", args.floor_s, emg, rate, args.peers_rt)
+            naive = [] if args.no_compare else measure_floor("naive", args.floor_s, emg, rate, args.peers_rt)
             inference = {} if args.no_compare else measure_inference(model)
         finally:
             applied = load.stop()
@@ -703,6 +774,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{'' if med is None else f', {med:.1f} s each'})"
         )
     print(f"  load: {load.describe()}{calibrated}")
+    sched = chain["scheduling"] or {}
+    peers = chain["peers_realtime"]
+    print(
+        f"  daemon scheduling: {sched.get('policy', '-')} {sched.get('priority', '')}"
+        + ("" if sched.get("realtime") else f" ({sched.get('note')})")
+        + (
+            f"; stand-ins real-time (--peers-rt): pusher {'yes' if peers['pusher'] else 'no'}, "
+            f"simulator {'yes' if peers['simulator'] else 'no'}"
+            if args.peers_rt
+            else "; stand-ins (pusher, simulator) at normal priority"
+        )
+    )
     print(f"  {'':<34} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
     print(_row("end to end (push -> device)", e2e))
     print(_row("daemon (chunk received -> written)", stats(chain["daemon_ms"])))
@@ -735,6 +818,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  daemon: CPU {'-' if cpu is None else f'{cpu:.2f} %'} of one core over "
         f"{chain['cpu_interval_s'] or 0:.1f} s, RSS {'-' if rss is None else f'{rss:.1f} MB'}"
+        + (
+            ""
+            if not chain["daemon_cpu_threads"]
+            else "; by thread: " + ", ".join(f"{k} {v:.2f} %" for k, v in chain["daemon_cpu_threads"].items())
+        )
     )
     loaded = bool(args.load or args.while_calibrating)
     for what, value, ok in issue18_targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss):
@@ -787,9 +875,13 @@ def main(argv: list[str] | None = None) -> int:
             "watchdog_expiries": chain["trips"]["watchdog"],
             "device_safe": chain["safe_reasons"],
             "daemon_cpu_pct": chain["daemon_cpu_pct"],
+            "daemon_cpu_threads": chain["daemon_cpu_threads"],
             "cpu_interval_s": chain["cpu_interval_s"],
             "load": args.load,
             "while_calibrating": args.while_calibrating,
+            "peers_rt": args.peers_rt,
+            "peers_realtime": chain["peers_realtime"],
+            "daemon_scheduling": chain["scheduling"],
             "load_applied": applied,
             "targets": {
                 what: ok

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from bench.latency import rss_kb
-from rig.processes import Daemon, Sim, Sub, unique_name
+from rig.processes import Daemon, Sim, Sub, realtime, unique_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,14 +62,6 @@ def fds(pid: int) -> int | None:
         return None
 
 
-def _realtime(pid: int, priority: int = 10) -> bool:
-    try:
-        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(priority))
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
 def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0, load: int = 0) -> dict:
     from bench.latency import Load
     from metaemg.modelfile import default_model_path
@@ -84,7 +76,7 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
         # the simulator stands for the orthosis's own microcontroller, which a busy PC cannot
         # starve: under load it runs real-time when this process may grant it (the armband's
         # stream, a PC process, keeps the normal policy)
-        sim_rt = _realtime(sim.proc.pid) if load else False
+        sim_rt = realtime(sim.proc.pid, 10) if load else False
         name = unique_name("soak-emg")
         replay = Replay(emg, None, rate, name=name, loop=True, speed=speed, data_time=speed != 1).start()
         daemon = Daemon(work, stream=name, port=str(sim.link), model=default_model_path())

@@ -1,13 +1,22 @@
-"""The myhand-controller daemon: one asyncio loop wiring the stages together.
+"""The myhand-controller daemon: an asyncio loop for everything but the hot path, which runs in
+the armband's reader thread.
 
-    LslSource (thread) -> Pipeline (checks, filters, windows) -> OnnxModel -> Policy -> Link
-                 \\-> Monitor (ZeroMQ PUB)     ControlServer (ZeroMQ ROUTER) -/  StateMachine
+    LslSource (reader thread: the hot path) -> Pipeline (checks, filters, windows) -> OnnxModel
+        -> Policy -> Link (COMMAND written from that thread)
+    asyncio loop: ControlServer (ZeroMQ ROUTER), the control loop's timers, the orthosis port's
+        reads, stream events, model swaps; Monitor (ZeroMQ PUB) from both
 
-Hot path (:meth:`Controller._on_data`, once per chunk): input checks, signal chain, the newest
-window only, one inference, the policy, the COMMAND write, and only then the monitor messages;
-nothing is logged there. The control loop (:meth:`Controller._control_loop`, every 10 ms and at
-the stale deadline) runs the timers: stale input, link retries and heartbeats, state, command
-refresh, status messages, the systemd watchdog and the model file watch.
+Hot path (:meth:`Controller._on_data`, in the reader thread, once per chunk): input checks,
+signal chain, the newest window only, one inference, the policy, the COMMAND write, and only then
+the monitor messages; nothing is logged there. No hop to the loop between a sample and its
+command. The control loop (:meth:`Controller._control_loop`, every :func:`tick_s` and at the stale
+deadline) runs the timers: stale input, link retries and heartbeats, state, command refresh,
+status messages, the systemd watchdog and the model file watch.
+
+One lock (:attr:`Controller._lock`, reentrant) keeps the two threads from interleaving: the hot
+path holds it for a chunk; on the loop, every entry that reads or changes the controller's state
+(a control-loop tick, a byte from the orthosis, a stream event, a control request, a model swap)
+holds it for its synchronous part, never across an ``await``.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +52,16 @@ from metaemg.modelfile import OnnxModel, shipped_model_for
 
 log = structlog.get_logger("controller")
 
-TICK_S = 0.01
+TICK_MIN_S, TICK_MAX_S = 0.005, 0.025
+
+
+def tick_s(serial) -> float:
+    """The control loop's period: half the link's shortest timer (its ACK timeout, its heartbeat
+    period), within 5..25 ms: no timer fires more than half its own length late. 25 ms by
+    default (50 ms timers); the stale-input deadline is timed exactly besides."""
+    return min(TICK_MAX_S, max(TICK_MIN_S, min(serial.ack_timeout_ms, serial.heartbeat_ms) / 2000))
+
+
 # each stops the daemon the safe way (STOP to the orthosis, then exit 0); SIGHUP (a closed
 # terminal) used to kill it without STOP
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -67,7 +86,7 @@ class Controller:
     Its parts can be injected, so that its hot path, reloads and control handling run in a test's
     own process against the real signal chain, model and codec: ``source`` builds the armband
     source (``LslSource``'s signature: config, loop, check=, on_data=, on_event=), ``link`` the
-    orthosis link (``Link``'s: serial config, counters, on_change, on_busy), ``clock`` is the
+    orthosis link (``Link``'s: serial config, counters, on_change, on_busy, lock), ``clock`` is the
     monotonic clock of every state decision (seconds).
     """
 
@@ -86,6 +105,8 @@ class Controller:
         self.control_endpoint = control_endpoint or config.control.resolved_endpoint()
         self.notifier = notifier or Notifier()
         self.counters: Counter = Counter()
+        self._lock = threading.RLock()  # the hot path (reader thread) against the loop (module docstring)
+        self._hot_failed = False
         self.policy = Policy(config.policy)
         self.sm = StateMachine(self._clock())
         self.model_path = config.model.resolved_path()
@@ -123,11 +144,13 @@ class Controller:
         self._tasks: list[asyncio.Task] = []
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_native_id()
         self._stop_event = asyncio.Event()
         cfg = self.config
         log.info(
@@ -162,7 +185,9 @@ class Controller:
         loop.set_exception_handler(self._on_loop_exception)
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
-        self.link = self._make_link(cfg.serial, self.counters, self._on_link_change, on_busy=self._on_port_busy)
+        self.link = self._make_link(
+            cfg.serial, self.counters, self._on_link_change, on_busy=self._on_port_busy, lock=self._lock
+        )
         self.source = self._make_source(
             cfg.lsl, loop, check=self._check_stream, on_data=self._on_data, on_event=self._on_stream_event
         )
@@ -193,14 +218,16 @@ class Controller:
         self._stop_event.set()
 
     async def _shutdown(self) -> None:
-        now = self._clock()
-        self._stopping = True
-        self._evaluate(now)  # -> stopping: STOP (host shutdown) goes out now
+        with self._lock:
+            now = self._clock()
+            self._stopping = True  # the hot path takes no further chunk
+            self._evaluate(now)  # -> stopping: STOP (host shutdown) goes out now
         self.notifier.stopping()
         deadline = now + STOP_ACK_WAIT_S
         while self.link.is_open and self.link.proto.outstanding and self._clock() < deadline:
             await asyncio.sleep(0.005)
-        self.link.close()
+        with self._lock:
+            self.link.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -240,11 +267,26 @@ class Controller:
 
     # -- the hot path --------------------------------------------------------------------------------
 
-    def _on_data(self) -> None:
-        chunk = self.source.take()
-        if chunk is None or self._stopping:
-            return
-        x, stamps, t_recv = chunk
+    def _on_data(self, x: np.ndarray, stamps: np.ndarray, t_recv: int) -> int | None:
+        """One chunk from the armband, in the reader thread (or wherever the source delivers it):
+        the hot path, under the controller's lock. Returns the samples needed before the next
+        window (the reader sleeps until nearly then). An exception stops the daemon (exit 1) as
+        an internal error, as one on the loop does."""
+        with self._lock:
+            if self._stopping or self._hot_failed:
+                return None
+            try:
+                self._decide(x, stamps, t_recv)
+            except Exception as exc:
+                self._hot_failed = True
+                log.error("internal_error", task="hot path", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                assert self._loop is not None  # the source is started by run()
+                self._loop.call_soon_threadsafe(self.request_stop, "internal error in the hot path", 1)
+                return None
+            assert self.pipeline is not None  # set by run() before the source starts
+            return self.pipeline.windower.samples_needed
+
+    def _decide(self, x: np.ndarray, stamps: np.ndarray, t_recv: int) -> None:
         t_start = time.monotonic_ns()  # the stage timings are real elapsed time
         now = self._clock()
         c = self.counters
@@ -431,40 +473,42 @@ class Controller:
         status_period = 1 / cfg.monitor.status_hz
         next_status = next_watch = last_watchdog = 0.0
         wd = self.notifier.watchdog_s
+        period = tick_s(cfg.serial)
         next_tick = self._clock()
         while True:
-            now = self._clock()
-            self.policy.tick(now)
-            self.link.tick(now)
-            self._evaluate(now)
-            if (
-                self.sm.state is DaemonState.RUNNING
-                and self.policy.intent is not None
-                and now - self._last_command_at >= self._refresh_s
-            ) and self.link.send_command(self.policy.intent, now) is not None:
-                self._last_command_at = now
-                self.counters["refreshes"] += 1
-            if now >= next_status:
-                next_status = now + status_period
-                self.gc_guard.tick()  # between windows, not when an allocation happens to trip it
-                self._publish_status(now)
-            if wd is not None and now - last_watchdog >= wd / 2:
-                last_watchdog = now
-                self.notifier.watchdog()
-            if not self._ready_sent and self.link.proto.phase == "ready" and self._stream_connected:
-                self._ready_sent = True
-                self.notifier.ready(self.sm.state.value)
-                log.info("ready", state=self.sm.state.value)
-            if cfg.model.watch and now >= next_watch:
-                next_watch = now + cfg.model.watch_interval_s
-                self._watch_model()
-            next_tick += TICK_S
-            if next_tick < now:
-                next_tick = now + TICK_S
-            wake = next_tick
-            stale_at = self.policy.stale_deadline()
-            if stale_at is not None and stale_at < wake:
-                wake = stale_at
+            with self._lock:
+                now = self._clock()
+                self.policy.tick(now)
+                self.link.tick(now)
+                self._evaluate(now)
+                if (
+                    self.sm.state is DaemonState.RUNNING
+                    and self.policy.intent is not None
+                    and now - self._last_command_at >= self._refresh_s
+                ) and self.link.send_command(self.policy.intent, now) is not None:
+                    self._last_command_at = now
+                    self.counters["refreshes"] += 1
+                if now >= next_status:
+                    next_status = now + status_period
+                    self.gc_guard.tick()  # between windows, not when an allocation happens to trip it
+                    self._publish_status(now)
+                if wd is not None and now - last_watchdog >= wd / 2:
+                    last_watchdog = now
+                    self.notifier.watchdog()
+                if not self._ready_sent and self.link.proto.phase == "ready" and self._stream_connected:
+                    self._ready_sent = True
+                    self.notifier.ready(self.sm.state.value)
+                    log.info("ready", state=self.sm.state.value)
+                if cfg.model.watch and now >= next_watch:
+                    next_watch = now + cfg.model.watch_interval_s
+                    self._watch_model()
+                next_tick += period
+                if next_tick < now:
+                    next_tick = now + period
+                wake = next_tick
+                stale_at = self.policy.stale_deadline()
+                if stale_at is not None and stale_at < wake:
+                    wake = stale_at
             await asyncio.sleep(max(0.0, wake - self._clock()))
 
     def _status(self, now: float) -> dict:
@@ -513,6 +557,7 @@ class Controller:
             "realtime": {
                 **(self.scheduling.to_dict() if self.scheduling is not None else {}),
                 "gc": self.gc_guard.status(),
+                "threads": {"loop": self._loop_thread, "hot_path": self.source.thread_id},
             },
             "counters": dict(self.counters),
         }
@@ -557,6 +602,10 @@ class Controller:
         return f"stream {desc.describe()}: {problem} (model {self.model_path})"
 
     def _on_stream_event(self, kind: str, detail: object) -> None:
+        with self._lock:
+            self._stream_event(kind, detail)
+
+    def _stream_event(self, kind: str, detail: object) -> None:
         assert self.pipeline is not None and self.monitor is not None  # set by run() before the source starts
         now = self._clock()
         if kind != "mismatch" and not self._link_started and not self._stopping:
@@ -641,40 +690,49 @@ class Controller:
         try:
             model = await asyncio.to_thread(load_model, target, stream)
         except MetaEMGError as exc:
-            self.counters["reloads_failed"] += 1
-            self._last_reload = {
-                "ok": False,
-                "path": str(target),
-                "error": str(exc),
-                "t_wall": time.time(),
-                "reason": reason,
-            }
             log.error("reload_failed", path=str(target), error=str(exc), reason=reason, kept=old.info.model_id)
-            self.monitor.publish("event", {"event": "reload", **self._last_reload, "model_id": old.info.model_id})
+            with self._lock:
+                self.counters["reloads_failed"] += 1
+                self._last_reload = {
+                    "ok": False,
+                    "path": str(target),
+                    "error": str(exc),
+                    "t_wall": time.time(),
+                    "reason": reason,
+                }
+                self.monitor.publish("event", {"event": "reload", **self._last_reload, "model_id": old.info.model_id})
             return {"ok": False, "error": str(exc), "model_id": old.info.model_id}
         finally:
             self._reloading = False
-        # We are on the loop thread, between two windows: the swap is atomic for the hot path.
-        if model.info.signal != old.info.signal:
-            self.pipeline = Pipeline(model.info.signal, self.config.policy.saturation_fraction)
-        self.model = model
-        if path:
-            self.model_path = target
-        self._model_stat = _stat(self.model_path)
-        self._model_loaded_wall = time.time()
-        self._last_model_error = None
-        self.counters["reloads_ok"] += 1
-        self._last_reload = {"ok": True, "path": str(target), "error": None, "t_wall": time.time(), "reason": reason}
-        log.info("model_swapped", path=str(target), previous=old.info.model_id, reason=reason, **self._model_fields())
-        self.monitor.publish(
-            "event",
-            {
-                "event": "reload",
-                **self._last_reload,
-                "model_id": model.info.model_id,
-                "previous_model_id": old.info.model_id,
-            },
-        )
+        with self._lock:  # between two chunks of the hot path: the swap is atomic for it
+            if model.info.signal != old.info.signal:
+                self.pipeline = Pipeline(model.info.signal, self.config.policy.saturation_fraction)
+            self.model = model
+            if path:
+                self.model_path = target
+            self._model_stat = _stat(self.model_path)
+            self._model_loaded_wall = time.time()
+            self._last_model_error = None
+            self.counters["reloads_ok"] += 1
+            self._last_reload = {
+                "ok": True,
+                "path": str(target),
+                "error": None,
+                "t_wall": time.time(),
+                "reason": reason,
+            }
+            log.info(
+                "model_swapped", path=str(target), previous=old.info.model_id, reason=reason, **self._model_fields()
+            )
+            self.monitor.publish(
+                "event",
+                {
+                    "event": "reload",
+                    **self._last_reload,
+                    "model_id": model.info.model_id,
+                    "previous_model_id": old.info.model_id,
+                },
+            )
         return {
             "ok": True,
             "model_id": model.info.model_id,
@@ -695,10 +753,14 @@ class Controller:
         self.counters["control_requests"] += 1
         if cmd != "status":
             log.info("control", cmd=cmd, **{k: v for k, v in req.items() if k in allowed and k != "cue"})
-        return await handler(req, self._clock())
+        if cmd == "reload":  # awaits the load in a worker thread; takes the lock for the swap only
+            return await self._ctl_reload(req)
+        with self._lock:
+            return handler(req, self._clock())
 
     def _control_table(self) -> dict:
-        """command -> (handler, the fields it takes besides cmd); its keys are control.COMMANDS."""
+        """command -> (handler, the fields it takes besides cmd); its keys are control.COMMANDS.
+        Each handler but reload's runs under the lock, with the time of the request."""
         return {
             "status": (self._ctl_status, ()),
             "pause": (self._ctl_pause, ()),
@@ -710,22 +772,22 @@ class Controller:
             "stop": (self._ctl_stop, ()),
         }
 
-    async def _ctl_status(self, req: dict, now: float) -> dict:
+    def _ctl_status(self, req: dict, now: float) -> dict:
         return {"ok": True, "status": self._status(now)}
 
-    async def _ctl_pause(self, req: dict, now: float) -> dict:
+    def _ctl_pause(self, req: dict, now: float) -> dict:
         self.paused = True
         self._evaluate(now)
         return {"ok": True, "state": self.sm.state.value}
 
-    async def _ctl_resume(self, req: dict, now: float) -> dict:
+    def _ctl_resume(self, req: dict, now: float) -> dict:
         if self.paused:
             self.paused = False
             self.policy.restart(now)
             self._evaluate(now)
         return {"ok": True, "state": self.sm.state.value}
 
-    async def _ctl_reload(self, req: dict, now: float) -> dict:
+    async def _ctl_reload(self, req: dict) -> dict:
         path = req.get("path")
         if path is not None and (not isinstance(path, str) or not path):
             return {"ok": False, "error": "reload: path must be a non-empty string"}
@@ -737,13 +799,13 @@ class Controller:
             }
         return await self.reload(path, reason="control")
 
-    async def _ctl_clear(self, req: dict, now: float) -> dict:
+    def _ctl_clear(self, req: dict, now: float) -> dict:
         seq = self.link.send_clear(now)
         if seq is None:
             return {"ok": False, "error": f"the link is not ready ({self.link.proto.phase.value})"}
         return {"ok": True, "seq": seq}
 
-    async def _ctl_cue(self, req: dict, now: float) -> dict:
+    def _ctl_cue(self, req: dict, now: float) -> dict:
         cue = req.get("cue")
         if not isinstance(cue, dict):
             return {"ok": False, "error": "cue: 'cue' must be a JSON object"}
@@ -751,12 +813,12 @@ class Controller:
         self.monitor.publish("cue", {"cue": cue, "source": "control"})
         return {"ok": True}
 
-    async def _ctl_rebind(self, req: dict, now: float) -> dict:
+    def _ctl_rebind(self, req: dict, now: float) -> dict:
         """The operator accepts another armband: forget the one this daemon follows."""
         was = self.source.rebind()
         log.warning("stream_rebind", was=None if was is None else list(was))
         return {"ok": True, "was": None if was is None else {"source_id": was[0], "host": was[1]}}
 
-    async def _ctl_stop(self, req: dict, now: float) -> dict:
+    def _ctl_stop(self, req: dict, now: float) -> dict:
         self.request_stop("control")
         return {"ok": True, "state": "stopping"}

@@ -1,6 +1,10 @@
 """The orthosis link on the asyncio loop: opens the port by URL, reads with ``add_reader``, writes
 without blocking, and reopens the same URL with backoff when the device goes away.
 
+Commands are written from the daemon's hot-path thread, everything else from the loop: every
+entry from the loop (a byte from the device, the port opening) holds the daemon's ``lock``, as the
+hot path does; a write that fails in the hot-path thread leaves closing the port to the loop.
+
 The protocol decisions are made by the pure :class:`~controller.hostlink.HostLink`; this module
 only moves bytes. A write never blocks the loop: a full output buffer drops the rest of the frame
 (counted as ``write_overflows``; the next frame's leading delimiter resynchronises the device).
@@ -9,6 +13,7 @@ only moves bytes. A write never blocks the loop: a full output buffer drops the 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,6 +47,7 @@ class Link:
         on_change: Callable[[], None],
         on_busy: Callable[[str], None] | None = None,
         *,
+        lock: threading.RLock | None = None,
         opener: Callable[..., Transport] = open_transport,
     ) -> None:
         self.config = config
@@ -53,7 +59,9 @@ class Link:
         self.decoder = Decoder()
         self._on_change = on_change
         self._transport: Transport | None = None
+        self._lock = lock if lock is not None else threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._lost: asyncio.Event | None = None
         self._closing = False
         self._phase = self.proto.phase
@@ -63,6 +71,7 @@ class Link:
     async def run(self) -> None:
         """Open, serve and reopen the port until :meth:`close` (never raises for link trouble)."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         backoff = self.config.reconnect_min_ms / 1000
         reported = None
         while not self._closing:
@@ -72,17 +81,19 @@ class Link:
                 if self._on_busy is not None and not self.counters["link_opens"]:
                     self._on_busy(str(exc))
                     return
-                self.proto.closed(str(exc))
-                self._notify()
+                with self._lock:
+                    self.proto.closed(str(exc))
+                    self._notify()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.reconnect_max_ms / 1000)
                 continue
             except ProtocolError as exc:
-                self.proto.closed(str(exc))
                 if reported != str(exc):
                     reported = str(exc)
                     log.warning("link_unavailable", url=self.url, error=str(exc), retry_s=backoff)
-                self._notify()
+                with self._lock:
+                    self.proto.closed(str(exc))
+                    self._notify()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.reconnect_max_ms / 1000)
                 continue
@@ -91,14 +102,15 @@ class Link:
                 break
             reported = None
             backoff = self.config.reconnect_min_ms / 1000
-            self._transport = transport
             self._lost = asyncio.Event()
-            self.decoder.reset()
-            self.counters["link_opens"] += 1
-            log.info("link_open", url=self.url)
-            self._loop.add_reader(transport.fileno(), self._on_readable)
-            self._write(self.proto.opened(time.monotonic()))
-            self._notify()
+            with self._lock:
+                self._transport = transport
+                self.decoder.reset()
+                self.counters["link_opens"] += 1
+                log.info("link_open", url=self.url)
+                self._loop.add_reader(transport.fileno(), self._on_readable)
+                self._write(self.proto.opened(time.monotonic()))
+                self._notify()
             await self._lost.wait()
             if not self._closing:
                 await asyncio.sleep(backoff)
@@ -115,6 +127,10 @@ class Link:
         return self._transport is not None
 
     def _on_readable(self) -> None:
+        with self._lock:
+            self._read()
+
+    def _read(self) -> None:
         transport = self._transport
         if transport is None:
             return
@@ -149,6 +165,12 @@ class Link:
         return True
 
     def _drop(self, problem: str, *, lost: bool = True) -> None:
+        loop = self._loop
+        if loop is not None and self._loop_thread != threading.get_ident():
+            # a write failed in the hot-path thread: the loop closes the port (its reader and
+            # its event are the loop's); commands written meanwhile fail the same way
+            loop.call_soon_threadsafe(self._locked_drop, problem, self._transport)
+            return
         transport, self._transport = self._transport, None
         if transport is not None:
             if self._loop is not None:
@@ -161,6 +183,11 @@ class Link:
         if self._lost is not None:
             self._lost.set()
         self._notify()
+
+    def _locked_drop(self, problem: str, transport: Transport | None) -> None:
+        with self._lock:
+            if transport is not None and self._transport is transport:
+                self._drop(problem)
 
     def _notify(self) -> None:
         phase = self.proto.phase

@@ -1,12 +1,21 @@
-"""The armband input: an LSL stream read by one thread that hands chunks to the asyncio loop.
+"""The armband input: an LSL stream read by one thread, which is also the daemon's hot path.
 
 The reader thread resolves the stream (by name, type and/or source id), checks it (the daemon's
 ``check`` callback compares channel count and nominal rate with the model), opens an inlet with a
 small buffer and then waits for the *first* sample with ``pull_sample(timeout)`` and drains
-whatever else is already there with ``pull_chunk(timeout=0.0)``: a chunk reaches the loop as soon
-as one sample is there (``pull_chunk`` with a timeout would wait for a full buffer). Chunks are
-queued and the loop is woken once with ``call_soon_threadsafe``; :meth:`LslSource.take` gives the
-loop everything queued since, so a loop that fell behind sees one larger chunk, not a backlog.
+whatever else is already there with ``pull_chunk(timeout=0.0)``: a chunk is handed on as soon as
+one sample is there (``pull_chunk`` with a timeout would wait for a full buffer). The thread calls
+``on_data(samples, stamps, t_recv)`` itself: input -> decision -> frame runs here, with no hop to
+the asyncio loop (which had cost a wake-up of the loop per chunk). A thread that fell behind
+drains the backlog as one larger chunk. Events (connected, lost, ...) go to the loop; the thread
+reads no sample of a stream before the loop has handled its "connected".
+
+``on_data`` returns how many samples the consumer needs before its next window. While that is
+more than :data:`BATCH_MARGIN`, the thread sleeps until all but that many should have arrived
+(at most :data:`BATCH_MAX_S`) and then takes what came as one chunk: about 4 wake-ups per
+200 Hz window of 10 samples instead of 10. The sample that completes a window is still waited
+for in ``pull_sample``, so a decision is not later for it; a sample between two windows is
+checked up to :data:`BATCH_MAX_S` later, and always before the window it belongs to is decided.
 
 When the outlet disappears the inlet raises ``LostError`` (``recover=False``): the thread reports
 it and resolves again. liblsl is imported only here, in the thread.
@@ -23,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -35,6 +43,8 @@ MAX_CHUNK = 512  # samples drained per pull (more waits for the next pull)
 PULL_WAIT_S = 0.1  # how long the thread blocks for a first sample (bounds its stop latency)
 RESOLVE_SLICE_S = 0.25  # resolve in slices so that stop() is quick
 GATHER_S = 0.2  # once one stream is found, how long to look for a second one with the same name
+BATCH_MARGIN = 2  # samples before a window that are waited for one by one (a late sender's jitter)
+BATCH_MAX_S = 0.025  # the longest sleep between two takes: a quarter of the default policy.stale_ms
 
 
 # event kinds sent to the loop: ("missing", text), ("mismatch", text), ("ambiguous", text),
@@ -46,6 +56,14 @@ def identity(desc: StreamDesc) -> tuple[str, str]:
     """Which armband a stream is: its source id and host (its uid when it has no source id, which
     then changes when the sender restarts)."""
     return (desc.source_id or f"uid {desc.uid}", desc.hostname)
+
+
+def batch_wait(needed: int | None, rate: float) -> float:
+    """How long the reader sleeps after a chunk when the consumer needs ``needed`` more samples
+    before its next window (module docstring): 0 for the last :data:`BATCH_MARGIN` of them."""
+    if needed is None or needed <= BATCH_MARGIN or rate <= 0:
+        return 0.0
+    return min((needed - BATCH_MARGIN) / rate, BATCH_MAX_S)
 
 
 def _who(desc: StreamDesc) -> str:
@@ -62,7 +80,7 @@ class LslSource:
         loop: asyncio.AbstractEventLoop,
         *,
         check: Callable[[StreamDesc], str | None],
-        on_data: Callable[[], None],
+        on_data: Callable[[np.ndarray, np.ndarray, int], int | None],
         on_event: Callable[[str, object], None],
     ) -> None:
         self.config = config
@@ -70,14 +88,13 @@ class LslSource:
         self._check = check
         self._on_data = on_data
         self._on_event = on_event
-        self._pending: deque[tuple[np.ndarray, np.ndarray, int]] = deque()
-        self._wake_scheduled = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lsl-reader", daemon=True)
         self.stream: StreamDesc | None = None  # set while an inlet is open
         self.connected = False
         self.problem: str | None = "resolving"
         self.bound: tuple[str, str] | None = None  # identity() of the armband this source follows
+        self.thread_id: int | None = None  # the reader's (the hot path's) native thread id, once it runs
 
     def rebind(self) -> tuple[str, str] | None:
         """Forget the armband this source is bound to (the operator's decision): the next stream
@@ -94,36 +111,34 @@ class LslSource:
         self._stop.set()
         self._thread.join(timeout)
 
-    def take(self) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """Everything queued since the last call, as one chunk: ``(samples (n, C) float64,
-        timestamps (n,), receive time of the first part in time.monotonic_ns())``."""
-        self._wake_scheduled = False  # before draining: a chunk added now schedules a new wake
-        pending = self._pending
-        if not pending:
-            return None
-        first = pending.popleft()
-        if not pending:
-            return first
-        parts = [first]
-        while pending:
-            parts.append(pending.popleft())
-        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), first[2])
+    def _deliver(self, samples: np.ndarray, stamps: np.ndarray, t_recv: int) -> int | None:
+        """One chunk to the consumer, in the calling thread: ``samples`` (n, C) float64,
+        ``stamps`` (n,), ``t_recv`` the receive time of its first sample (time.monotonic_ns()).
+        Returns the samples the consumer needs before its next window (None: no hint)."""
+        return self._on_data(samples, stamps, t_recv)
 
-    def _deliver(self, samples: np.ndarray, stamps: np.ndarray, t_recv: int) -> None:
-        self._pending.append((samples, stamps, t_recv))
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            self._loop.call_soon_threadsafe(self._on_data)
+    def _event(self, kind: str, detail: object, *, wait: bool = False) -> None:
+        """Hand an event to the loop; ``wait``: return only once the loop has handled it (or the
+        source is stopping)."""
+        handled = threading.Event()
 
-    def _event(self, kind: str, detail: object) -> None:
+        def handle() -> None:
+            try:
+                self._on_event(kind, detail)
+            finally:
+                handled.set()
+
         try:
-            self._loop.call_soon_threadsafe(self._on_event, kind, detail)
+            self._loop.call_soon_threadsafe(handle)
         except RuntimeError:  # the loop is closed: we are shutting down
+            return
+        while wait and not handled.wait(PULL_WAIT_S) and not self._stop.is_set():
             pass
 
     # -- thread side -----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self.thread_id = threading.get_native_id()
         try:
             import pylsl
 
@@ -211,7 +226,7 @@ class LslSource:
                 return
             self.stream, self.connected, self.problem = desc, True, None
             self.bound = identity(desc)
-            self._event("connected", desc)
+            self._event("connected", desc, wait=True)  # the daemon sets up for this stream first
             buf = np.empty((MAX_CHUNK, desc.channels), dtype=inlet.np_dtype)
             rest = buf[1:]
             while not self._stop.is_set():
@@ -225,7 +240,9 @@ class LslSource:
                 stamps = np.empty(n)
                 stamps[0] = stamp
                 stamps[1:] = more
-                self._deliver(buf[:n].astype(np.float64), stamps, t_recv)
+                wait = batch_wait(self._deliver(buf[:n].astype(np.float64), stamps, t_recv), desc.rate)
+                if wait:
+                    self._stop.wait(wait)
         except pylsl.util.LostError:
             self.problem = f"stream {desc.describe()} lost"
             self._event("lost", self.problem)

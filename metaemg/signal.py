@@ -367,6 +367,11 @@ class Windower:
     def samples_seen(self) -> int:
         return self._n
 
+    @property
+    def samples_needed(self) -> int:
+        """Samples still to come before the next window is complete (at least 1)."""
+        return self._next_end + 1 - self._n
+
     def push(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Add samples; return ``(windows, ends)``: the windows completed by this chunk, shape
         (k, window, channels), and the stream index of each window's last sample."""

@@ -151,6 +151,18 @@ class Sim:
         return end_process(self.proc)
 
 
+def realtime(pid: int, priority: int) -> bool:
+    """Put process ``pid`` (all its threads) under SCHED_FIFO at ``priority``; whether this
+    machine granted it. For the stand-ins of what is not on the device PC's scheduler in a real
+    setting (the orthosis's MCU) or is given real time there too (the armband's bridge)."""
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def monitor_endpoint(tmp: Path) -> str:
     """The monitor stream of a rig's daemon in ``tmp`` (:class:`Daemon`)."""
     return f"ipc://{tmp}/monitor.sock"

@@ -129,6 +129,7 @@ def scenario(myo_src, trained_model, other_models, tmp_path_factory):
             "a decision of the new model",
         )
         r["status_after_swap"] = daemon.status()
+        r["pid"] = daemon.proc.pid
 
         # 4. NaN samples
         wait_until(lambda: daemon.status()["state"] == "running", 5, "running before the NaN")
@@ -208,6 +209,14 @@ def test_decision_messages_carry_timing_for_every_command(scenario):
     assert len(e2e) >= 0.9 * len(decisions)
     assert (e2e > 0).all()
     assert np.median(e2e) < 0.02 and np.median(inside) < 5
+
+
+def test_the_hot_path_runs_in_its_own_thread_under_the_requested_scheduling(scenario):
+    rt = scenario["status_after_swap"]["realtime"]
+    # the loop is the process's main thread; input -> decision -> frame runs in the reader's
+    assert rt["threads"]["loop"] == scenario["pid"]
+    assert isinstance(rt["threads"]["hot_path"], int) and rt["threads"]["hot_path"] != scenario["pid"]
+    assert rt["policy"] in ("fifo", "other") and rt["realtime"] == (rt["policy"] == "fifo")
 
 
 def test_pause_sends_stop_and_resume_commands_again(scenario):

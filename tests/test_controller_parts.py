@@ -21,10 +21,11 @@ from controller.control import ControlError, ControlServer, request
 from controller.monitor import SCHEMA, Monitor
 from controller.pipeline import NONFINITE, SATURATED, Pipeline, SaturationMonitor, check_stream
 from controller.sdnotify import Notifier
+from controller.source import BATCH_MARGIN, BATCH_MAX_S, batch_wait
 from controller.states import Conditions, DaemonState, StateMachine, derive
 from firmware_protocol import StopReason
 from metaemg.errors import ConfigError
-from metaemg.signal import SignalSpec, condition, make_windows
+from metaemg.signal import SignalSpec, Windower, condition, make_windows
 from rig.processes import BIN
 
 # -- sd_notify --------------------------------------------------------------------------------------
@@ -451,3 +452,68 @@ def test_the_rate_monitor_measures_from_timestamps_and_waits_for_a_full_second()
     # a late chunk (this process stalled) changes nothing: the timestamps are the sender's
     late = RateMonitor(200.0)
     assert late.push(np.arange(0, 1.5, 1 / 200)) is None
+
+
+def test_the_reader_sleeps_until_the_last_samples_before_a_window():
+    # 200 Hz, 10 samples to go: sleep for 8 of them, capped at BATCH_MAX_S; the last 2 one by one
+    assert BATCH_MARGIN == 2 and BATCH_MAX_S == 0.025
+    assert batch_wait(10, 200.0) == 0.025 and batch_wait(6, 200.0) == 0.02 and batch_wait(3, 200.0) == 0.005
+    assert batch_wait(2, 200.0) == batch_wait(1, 200.0) == batch_wait(None, 200.0) == batch_wait(10, 0.0) == 0.0
+    w = Windower(50, 10, 8)
+    needed = [w.samples_needed]
+    for n in (49, 1, 4, 5, 23):
+        w.push(np.zeros((n, 8)))
+        needed.append(w.samples_needed)
+    assert needed == [50, 1, 10, 6, 1, 8]
+
+
+def test_the_reader_thread_hands_every_sample_on_in_order_in_its_own_thread():
+    """Real LSL on loopback: the hot path is the reader thread; it reads nothing before the loop
+    has handled "connected"; its sleeps between windows lose and reorder nothing."""
+    import threading
+
+    import pylsl
+
+    from controller.config import LslConfig
+    from controller.source import LslSource
+
+    name = f"test-reader-{os.getpid()}-{time.monotonic_ns()}"
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EMG", 8, 200.0, pylsl.cf_float32, f"sid-{name}"))
+    n = 120
+    chunks: list[tuple[int, np.ndarray, np.ndarray, bool]] = []
+    windower = Windower(50, 10, 8)
+    events: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got_all = asyncio.Event()
+
+        def on_data(x, stamps, t_recv):
+            chunks.append((threading.get_native_id(), x, stamps, events == ["connected"]))
+            windower.push(x)
+            if sum(len(c[1]) for c in chunks) >= n:
+                loop.call_soon_threadsafe(got_all.set)
+            return windower.samples_needed
+
+        source = LslSource(
+            LslConfig(name=name), loop, check=lambda desc: None, on_data=on_data, on_event=lambda k, d: events.append(k)
+        )
+        source.start()
+        try:
+            while events != ["connected"]:
+                await asyncio.sleep(0.01)
+            for i in range(n):  # 200 Hz, as an armband
+                outlet.push_sample(np.full(8, i, dtype=np.float32), 1000.0 + i / 200)
+                await asyncio.sleep(0.005)
+            await asyncio.wait_for(got_all.wait(), 10)
+        finally:
+            source.stop()
+        assert {c[0] for c in chunks} == {source.thread_id} and source.thread_id != threading.get_native_id()
+
+    asyncio.run(main())
+    assert all(c[3] for c in chunks)  # each after "connected" was handled, never before
+    values = np.concatenate([c[1][:, 0] for c in chunks])
+    stamps = np.concatenate([c[2] for c in chunks])
+    np.testing.assert_array_equal(values, np.arange(n))
+    # clock sync (lsl.clock_sync) shifts every stamp by the same offset
+    np.testing.assert_allclose(stamps - stamps[0], np.arange(n) / 200, rtol=0, atol=1e-9)

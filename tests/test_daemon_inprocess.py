@@ -138,12 +138,13 @@ class Harness:
         self.sent = 0  # samples pushed so far
         self.t0 = time.monotonic()
 
-    def push(self, seconds: float) -> None:
-        """``seconds`` of EMG at once, stamped as if they had arrived at 200 Hz."""
+    def push(self, seconds: float, chunk: int = CHUNK) -> None:
+        """``seconds`` of EMG at once, stamped as if they had arrived at 200 Hz, ``chunk`` samples
+        per delivery."""
         assert self.source is not None
         n = int(seconds * self.rate)
-        for start in range(self.sent, self.sent + n, CHUNK):
-            idx = np.arange(start, min(start + CHUNK, self.sent + n))
+        for start in range(self.sent, self.sent + n, chunk):
+            idx = np.arange(start, min(start + chunk, self.sent + n))
             self.source.push(self.emg[idx % len(self.emg)], self.t0 + idx / self.rate)
         self.sent += n
 
@@ -205,9 +206,9 @@ def test_hot_path_decides_every_window_and_commands_the_device(tmp_path, emg):
         await h.feed_until(lambda: c["decisions"] >= decided + 40, 5, "40 more decisions")
         out = {"decisions": c["decisions"] - decided, "commands": len(h.device.of_type(Command)) - commands}
         out["windows_accounted"] = c["windows"] == c["decisions"] + c["skipped_windows"]
-        h.push(2.0)  # 2 s at once: the loop decides the newest window and counts the 39 it skipped
-        skipped = c["skipped_windows"]
-        await h.feed_until(lambda: c["skipped_windows"] >= skipped + 39, 5, "the skipped windows counted")
+        skipped, decisions = c["skipped_windows"], c["decisions"]
+        h.push(2.0, chunk=400)  # a 2-s backlog drained as one chunk: the newest window decided, 39 skipped
+        out["backlog"] = (c["skipped_windows"] - skipped, c["decisions"] - decisions)
         out["status"] = (await h.ctl(cmd="status"))["status"]
         out["device_commands"] = sum(e == "command" for e, _ in h.device.events)
         return out
@@ -215,6 +216,7 @@ def test_hot_path_decides_every_window_and_commands_the_device(tmp_path, emg):
     r = run(tmp_path, emg, scenario)
     assert r["decisions"] >= 40 and r["commands"] >= 40  # serial.send_every_decision: a COMMAND per window
     assert r["windows_accounted"] and r["device_commands"] >= r["commands"]  # the device acted on each
+    assert r["backlog"] == (39, 1)
     assert r["status"]["state"] == "running" and r["status"]["input"]["stream"]["source_id"] == "armband-1"
     assert r["exit_code"] == 0
 
