@@ -286,8 +286,14 @@ def adapt_model(model: nn.Module, x: Tensor, y: Tensor, inner: Mapping[str, Any]
 
 def _task_loss(
     model: nn.Module, inner: InnerLoop, params: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor
-) -> Tensor:
-    return _loss(model, _adapt(model, params, xs, ys, inner), xq, yq)
+) -> tuple[Tensor, Tensor]:
+    """A task's query loss after adaptation, and its query accuracy (no gradient) from the same logits."""
+    logits = functional_call(model, _adapt(model, params, xs, ys, inner), (xq,))
+    return F.cross_entropy(logits, yq), _accuracy(logits, yq)
+
+
+def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    return (logits.detach().argmax(-1) == y).float().mean()
 
 
 def _check_tasks(model: nn.Module, tasks: Sequence[Task], ref: Tensor) -> list[Task]:
@@ -311,13 +317,15 @@ def same_shapes(tasks: Sequence[Task]) -> bool:
 
 
 def _batched_meta_gradient(model: nn.Module, inner: InnerLoop):
-    """``f(params, xs, ys, xq, yq) -> (gradients, mean query loss)`` over tasks stacked on dim 0."""
+    """``f(params, xs, ys, xq, yq) -> (gradients, (mean query loss, mean query accuracy))`` over
+    tasks stacked on dim 0."""
     task_loss = partial(_task_loss, model, inner)
 
-    def mean_loss(params: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
-        return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(params, xs, ys, xq, yq).mean()
+    def mean_loss(params: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
+        losses, accs = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(params, xs, ys, xq, yq)
+        return losses.mean(), accs.mean()
 
-    return grad_and_value(mean_loss)
+    return grad_and_value(mean_loss, has_aux=True)
 
 
 @lru_cache(maxsize=4)  # one compiled function per (model, inner loop, backend): compiling costs seconds to minutes
@@ -348,6 +356,20 @@ def meta_gradient(
     ``compile`` (a :data:`COMPILE_BACKENDS` name) runs the batched path through ``torch.compile``;
     the first call with a model, inner loop and task shapes compiles, later calls replay.
     """
+    grads, loss, _ = _meta_gradient(model, params, tasks, inner, batched=batched, compile=compile)
+    return grads, loss
+
+
+def _meta_gradient(
+    model: nn.Module,
+    params: Params,
+    tasks: Sequence[Task],
+    inner: InnerLoop,
+    *,
+    batched: bool | None = None,
+    compile: str | None = None,
+) -> tuple[Params, Tensor, Tensor]:
+    """:func:`meta_gradient`, and the mean query accuracy after adaptation (from the same pass)."""
     if not isinstance(inner, InnerLoop):
         raise ConfigError(f"inner must be an InnerLoop, got {type(inner).__name__}")
     check_compile(compile)
@@ -361,18 +383,21 @@ def meta_gradient(
     if uniform if batched is None else batched:
         stacked = [torch.stack(parts) for parts in zip(*checked, strict=True)]
         f = _compiled_meta_gradient(model, inner, compile) if compile else _batched_meta_gradient(model, inner)
-        grads, loss = f(params, *stacked)
-        return grads, loss.detach()
+        grads, (loss, acc) = f(params, *stacked)
+        return grads, loss.detach(), acc.detach()
     leaves = {k: p.requires_grad_() for k, p in params.items()}
     total: Params = {k: torch.zeros_like(p) for k, p in params.items()}
     loss_sum = next(iter(params.values())).new_zeros(())
+    acc_sum = loss_sum.clone()
     for xs, ys, xq, yq in checked:  # eager autograd: faster than torch.func without vmap
-        loss = _loss(model, _adapt(model, leaves, xs, ys, inner, functional=False), xq, yq)
+        logits = functional_call(model, _adapt(model, leaves, xs, ys, inner, functional=False), (xq,))
+        loss = F.cross_entropy(logits, yq)
         for k, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True), strict=True):
             if g is not None:
                 total[k] += g
         loss_sum += loss.detach()
-    return {k: t / len(checked) for k, t in total.items()}, loss_sum / len(checked)
+        acc_sum += _accuracy(logits, yq)
+    return {k: t / len(checked) for k, t in total.items()}, loss_sum / len(checked), acc_sum / len(checked)
 
 
 def meta_loss(model: nn.Module, params: Params, tasks: Sequence[Task], inner: InnerLoop) -> Tensor:
@@ -380,6 +405,11 @@ def meta_loss(model: nn.Module, params: Params, tasks: Sequence[Task], inner: In
 
     The value equals the loss :func:`meta_gradient` returns; no graph is kept.
     """
+    return meta_eval(model, params, tasks, inner)[0]
+
+
+def meta_eval(model: nn.Module, params: Params, tasks: Sequence[Task], inner: InnerLoop) -> tuple[Tensor, Tensor]:
+    """(:func:`meta_loss`, the mean query accuracy after adaptation), from one pass."""
     if not isinstance(inner, InnerLoop):
         raise ConfigError(f"inner must be an InnerLoop, got {type(inner).__name__}")
     params = {k: p.detach() for k, p in params.items()}
@@ -387,9 +417,13 @@ def meta_loss(model: nn.Module, params: Params, tasks: Sequence[Task], inner: In
     fast = replace(inner, first_order=True)  # same values, no second-order graph
     if same_shapes(checked):
         stacked = [torch.stack(parts) for parts in zip(*checked, strict=True)]
-        return vmap(partial(_task_loss, model, fast), in_dims=(None, 0, 0, 0, 0))(params, *stacked).mean().detach()
-    losses = [_loss(model, _adapt(model, params, xs, ys, fast, functional=False), xq, yq) for xs, ys, xq, yq in checked]
-    return torch.stack(losses).mean().detach()
+        losses, accs = vmap(partial(_task_loss, model, fast), in_dims=(None, 0, 0, 0, 0))(params, *stacked)
+        return losses.mean().detach(), accs.mean()
+    each: list[Tensor] = []  # loss, accuracy, loss, ...
+    for xs, ys, xq, yq in checked:
+        logits = functional_call(model, _adapt(model, params, xs, ys, fast, functional=False), (xq,))
+        each += [F.cross_entropy(logits, yq).detach(), _accuracy(logits, yq)]
+    return torch.stack(each[0::2]).mean(), torch.stack(each[1::2]).mean()
 
 
 # ---------------------------------------------------------------- outer loop
@@ -493,8 +527,23 @@ def meta_step(
     shard and the gradients are averaged over all ranks' tasks before the update. ``batched``
     and ``compile`` as for :func:`meta_gradient`.
     """
-    grads, loss = meta_gradient(model, model_params(model), tasks, inner, batched=batched, compile=compile)
+    return meta_step_stats(model, outer, tasks, inner, batched=batched, compile=compile)[0]
+
+
+def meta_step_stats(
+    model: nn.Module,
+    outer: OuterLoop,
+    tasks: Sequence[Task],
+    inner: InnerLoop,
+    *,
+    batched: bool | None = None,
+    compile: str | None = None,
+) -> tuple[float, float]:
+    """:func:`meta_step`, returning (mean query loss, mean query accuracy) of the meta-batch
+    after adaptation, before the update (the accuracy from the loss's own logits)."""
+    grads, loss, acc = _meta_gradient(model, model_params(model), tasks, inner, batched=batched, compile=compile)
     if _distributed():
         grads, loss = allreduce_meta_gradients(grads, len(tasks), loss)
+        acc = allreduce_meta_gradients({"accuracy": acc.reshape(1)}, len(tasks))[0]["accuracy"]
     outer.step(grads)
-    return float(loss)
+    return float(loss), float(acc)

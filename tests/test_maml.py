@@ -24,9 +24,11 @@ from metalearn.maml import (
     adapt,
     allreduce_meta_gradients,
     default_device,
+    meta_eval,
     meta_gradient,
     meta_loss,
     meta_step,
+    meta_step_stats,
     model_params,
     same_shapes,
     shard_tasks,
@@ -298,6 +300,27 @@ def test_meta_loss_equals_the_meta_gradient_loss() -> None:
         got = meta_loss(model, model_params(model), tasks, inner)
         assert got.grad_fn is None
         torch.testing.assert_close(got, expected)
+
+
+def test_the_meta_step_and_validation_report_the_query_accuracy_after_adaptation() -> None:
+    """meta_eval's and meta_step_stats' accuracy (what metaemg-train's curves show) is the query
+    accuracy of each task's adapted weights, averaged over tasks: vmapped and looped, before the update."""
+    model, inner = tiny("dnn"), InnerLoop(steps=2, lr=0.5, optimizer="sgd")
+    for tasks in (make_tasks(3), make_tasks(3, n_support=[8, 9, 10])):
+        expected = []
+        for xs, ys, xq, yq in tasks:
+            fitted = adapt(model, model_params(model), xs, ys, steps=2, lr=0.5, optimizer="sgd")
+            logits = torch.func.functional_call(model, fitted, (xq,))
+            expected.append(float((logits.argmax(1) == yq).double().mean()))
+        loss, acc = meta_eval(model, model_params(model), tasks, inner)
+        assert float(acc) == pytest.approx(sum(expected) / 3, abs=1e-6)  # counted in float32
+        assert 0 < float(acc) < 1  # neither trivially 0 nor 1 on these tasks
+        torch.testing.assert_close(loss, meta_loss(model, model_params(model), tasks, inner))
+        before = copy.deepcopy(model)
+        step_loss, step_acc = meta_step_stats(model, OuterLoop(model, lr=0.1, lr_cycle=10, lr_factor=1.0), tasks, inner)
+        assert (step_loss, step_acc) == pytest.approx((float(loss), float(acc)), abs=1e-6)
+        assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters(), strict=True))
+        model = before
 
 
 # ---------------------------------------------------------------- outer loop
