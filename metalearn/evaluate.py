@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metaemg.atomic import write_bytes, write_text
+from metaemg.atomic import write_text
 from metalearn.maml import adapt_model, model_params
 from metalearn.tasks import TaskWindows
 
@@ -57,9 +58,18 @@ def adapt_and_score(model: nn.Module, tw: TaskWindows, *, inner: dict, rorcr_siz
 
 
 def pretrain_pooled(
-    model: nn.Module, tasks: list[TaskWindows], *, steps: int, batch: int, lr: float, seed: int, device: torch.device
+    model: nn.Module,
+    tasks: list[TaskWindows],
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    on_step: Callable[[], None] | None = None,
 ) -> nn.Module:
-    """B2's pre-training: plain supervised training on all training tasks' windows pooled."""
+    """B2's pre-training: plain supervised training on all training tasks' windows pooled
+    (``on_step`` called after each update)."""
     x = np.concatenate([np.concatenate([t.x_support, t.x_query]) for t in tasks])
     y = np.concatenate([np.concatenate([t.y_support, t.y_query]) for t in tasks])
     rng = np.random.default_rng(seed)
@@ -71,6 +81,8 @@ def pretrain_pooled(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step:
+            on_step()
     return model.eval()
 
 
@@ -82,19 +94,22 @@ def compare(
     inner: dict,
     rorcr_size: float,
     device: torch.device,
+    on_task: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Per method, per inner-step count, per task: accuracy and loss after adaptation (``inner``
-    with its ``steps`` replaced by each count)."""
+    with its ``steps`` replaced by each count). ``on_task(method, steps, task index)`` is called
+    after each adaptation."""
     logs: dict = {}
     for name, model in models.items():
         logs[name] = {}
         for steps in steps_list:
-            logs[name][str(steps)] = {
-                str(tw.ref): adapt_and_score(
+            done = logs[name][str(steps)] = {}
+            for i, tw in enumerate(tests):
+                done[str(tw.ref)] = adapt_and_score(
                     model, tw, inner={**inner, "steps": steps}, rorcr_size=rorcr_size, device=device
                 )
-                for tw in tests
-            }
+                if on_task:
+                    on_task(name, steps, i)
     return logs
 
 
@@ -118,66 +133,20 @@ def _csv(header: list, rows: list[list]) -> str:
 
 def write_reports(res_dir: Path, logs: dict, *, inner_steps: int, convergence: dict | None) -> dict:
     """results_table.csv, per_task_logs.json, res_barplot.png, and the convergence CSV + PNG."""
+    from metalearn.runplots import barplot_figure, convergence_figure, save_png
+
     header, rows = results_table(logs, inner_steps)
     write_text(res_dir / "results_table.csv", _csv(header, rows))
     write_text(res_dir / "per_task_logs.json", json.dumps({"inner_steps": inner_steps, "logs": logs}, indent=1))
-    _barplot(res_dir / "res_barplot.png", header[1:-1], rows, inner_steps)
+    per_task = {m: [v["accuracy"] for v in logs[m][str(inner_steps)].values()] for m in logs}
+    save_png(barplot_figure(header[1:-1], per_task, inner_steps), res_dir / "res_barplot.png")
     out = {"table": {r[0]: r[-1] for r in rows}}
     if convergence:
         steps = sorted(int(s) for s in next(iter(convergence.values())))
-        conv_rows = [
-            [m, *[round(float(np.mean([v["accuracy"] for v in convergence[m][str(s)].values()])), 4) for s in steps]]
-            for m in convergence
-        ]
+        accs = {m: [[v["accuracy"] for v in convergence[m][str(s)].values()] for s in steps] for m in convergence}
+        conv_rows = [[m, *[round(float(np.mean(a)), 4) for a in accs[m]]] for m in convergence]
         write_text(res_dir / "convergence.csv", _csv(["method", *[f"{s}_steps" for s in steps]], conv_rows))
         write_text(res_dir / "convergence_logs.json", json.dumps(convergence, indent=1))
-        _convplot(res_dir / "convergence.png", steps, conv_rows)
+        save_png(convergence_figure(steps, accs), res_dir / "convergence.png")
         out["convergence"] = {r[0]: dict(zip(steps, r[1:], strict=True)) for r in conv_rows}
     return out
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    write_bytes(path, buf.getvalue())
-
-
-def _barplot(path: Path, tasks: list[str], rows: list[list], steps: int) -> None:
-    plt = _figure()
-    labels = [*tasks, "mean"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
-    width = 0.8 / len(rows)
-    xs = np.arange(len(labels))
-    for i, row in enumerate(rows):
-        ax.bar(xs + (i - (len(rows) - 1) / 2) * width, row[1:], width, label=row[0])
-    ax.set_xticks(xs, [lab.split("/")[0] for lab in labels], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("query accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"accuracy after {steps} inner steps on each test task's support")
-    ax.legend()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def _convplot(path: Path, steps: list[int], rows: list[list]) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
-        ax.plot(steps, row[1:], marker="o", label=row[0])
-    ax.set_xscale("log")
-    ax.set_xlabel("inner steps")
-    ax.set_ylabel("mean query accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title("convergence over inner steps")
-    ax.legend()
-    _save(fig, path)
-    plt.close(fig)

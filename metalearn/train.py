@@ -2,7 +2,9 @@
 
 A Hydra app: the config is the research code's ``test:`` section (see ``metalearn/conf/config.yaml``);
 command-line overrides (``test.meta_steps=5``) and sweeps (``-m test.model=dnn,cnn``) work, and the
-run directory (``hydra.run.dir``) receives the resolved config, checkpoints and results.
+run directory (``hydra.run.dir``) receives the resolved config, checkpoints, results and plots
+(:mod:`metalearn.runplots`), and ``train.log``: every line the run prints, each phase's progress
+with an ETA among them (:mod:`metalearn.runlog`). A sweep's jobs keep its summary table current.
 Under ``torchrun --nproc_per_node=N`` the meta-batch is sharded across processes and the
 meta-gradients are all-reduced (gloo on CPU, nccl on GPU); rank 0 writes the outputs.
 """
@@ -24,6 +26,7 @@ from metaemg.atomic import write_text
 from metaemg.errors import ConfigError, MetaEMGError
 from metalearn.config import TrainConfig
 from metalearn.recording import INTENTS
+from metalearn.runlog import LOG, Progress, run_log
 from metalearn.tasks import Scaler, TaskRef, TaskWindows, load_collection, load_task, task_windows
 
 if TYPE_CHECKING:
@@ -38,28 +41,32 @@ def _resolve(path: str | None, base: Path) -> Path | None:
 
 
 def load_task_windows(
-    refs: list[TaskRef], root: Path, cfg: TrainConfig, spec: SignalSpec | None = None
+    refs: list[TaskRef], root: Path, cfg: TrainConfig, spec: SignalSpec | None = None, what: str | None = None
 ) -> tuple[list[TaskWindows], SignalSpec, str]:
-    """Load and window every task; returns (tasks, signal spec, data hash)."""
-    out, spec, digest, _ = _task_windows(refs, root, cfg, spec)
+    """Load and window every task; returns (tasks, signal spec, data hash). ``what`` (e.g. "the
+    test collection"): progress lines ``loading WHAT: i/n tasks ...`` on the run log."""
+    out, spec, digest, _ = _task_windows(refs, root, cfg, spec, what)
     return out, spec, digest
 
 
 def _task_windows(
-    refs: list[TaskRef], root: Path, cfg: TrainConfig, spec: SignalSpec | None = None
+    refs: list[TaskRef], root: Path, cfg: TrainConfig, spec: SignalSpec | None = None, what: str | None = None
 ) -> tuple[list[TaskWindows], SignalSpec, str, float]:
-    """:func:`load_task_windows`, and the first task's sample rate (what ``signal: auto`` went by)."""
+    """:func:`load_task_windows`, and the first task's sample rate (what ``signal: auto`` went by):
+    the window is checked against it before any other task is read."""
     digest = hashlib.sha256()
-    tasks, out = [], []
-    for ref in refs:
+    out = []
+    rate = 0.0
+    progress = Progress(f"loading {what}", len(refs), "tasks") if what else None
+    for i, ref in enumerate(refs):
         task = load_task(root, ref)
         digest.update(ref.path(root).read_bytes())
-        tasks.append(task)
-    rate = float(tasks[0].recording.sample_rate)
-    if spec is None:
-        spec = cfg.signal_spec(rate)
-    _check_window(cfg, spec, rate)
-    for task in tasks:
+        if i == 0:
+            rate = float(task.recording.sample_rate)
+            if spec is None:
+                spec = cfg.signal_spec(rate)
+            _check_window(cfg, spec, rate)
+        assert spec is not None  # set at the first task
         tw = task_windows(task, spec, cfg.scale)
         out.append(
             TaskWindows(
@@ -71,6 +78,9 @@ def _task_windows(
                 tw.scaler,
             )
         )
+        if progress:
+            progress.advance(str(ref))
+    assert spec is not None  # a collection has at least one task (load_collection)
     return out, spec, digest.hexdigest(), rate
 
 
@@ -186,13 +196,12 @@ def population(model, tasks: list[TaskWindows], device=None) -> dict:
     }
 
 
-def closed_form_loss(model, tasks: list[TaskWindows], inner: dict, rorcr_size: float, device) -> float:
-    """Mean query loss over ``tasks`` after adapting a copy of ``model`` to each task's support."""
+def closed_form_scores(model, tasks: list[TaskWindows], inner: dict, rorcr_size: float, device) -> tuple[float, float]:
+    """Mean query (loss, accuracy) over ``tasks`` after adapting a copy of ``model`` to each task's support."""
     from metalearn.evaluate import adapt_and_score
 
-    return float(
-        np.mean([adapt_and_score(model, t, inner=inner, rorcr_size=rorcr_size, device=device)["loss"] for t in tasks])
-    )
+    scores = [adapt_and_score(model, t, inner=inner, rorcr_size=rorcr_size, device=device) for t in tasks]
+    return float(np.mean([s["loss"] for s in scores])), float(np.mean([s["accuracy"] for s in scores]))
 
 
 def _tensors(task: tuple, device):
@@ -268,8 +277,10 @@ def _load_tasks(
             "test.n_val_tasks is 0, which validates on the test collection, but test_collection_json is empty"
         )
 
-    all_tasks, spec, data_hash, rate = _task_windows(refs, roots[0], cfg)
-    tests, _, test_hash = load_task_windows(test_refs, roots[1], cfg, spec) if test_refs else ([], spec, "")
+    all_tasks, spec, data_hash, rate = _task_windows(refs, roots[0], cfg, what="the training collection")
+    tests, _, test_hash = (
+        load_task_windows(test_refs, roots[1], cfg, spec, "the test collection") if test_refs else ([], spec, "")
+    )
     order = rng.permutation(len(all_tasks))
     val = [all_tasks[i] for i in order[: cfg.n_val_tasks]] or tests
     train_tasks = [all_tasks[i] for i in order[cfg.n_val_tasks :]]
@@ -305,22 +316,50 @@ def _compare_on_tests(cfg: TrainConfig, hp: dict, model, train_tasks: list, test
     torch.manual_seed(seed)
     b2 = build_model(cfg.model, **hp).to(device)
     if cfg.model == "feat":
+        LOG.info(f"baselines: B2's whitening fitted on the {len(train_tasks)} training tasks pooled")
         fit_whitening(b2, train_tasks, rotate=cfg.augment_rotation, device=device, per_task=False)
     else:
+        steps = max(1, cfg.meta_steps) * cfg.inner_steps
+        pre = Progress("baselines: B2 pre-training on the training tasks pooled", steps, "updates")
         b2 = pretrain_pooled(
             b2,
             train_tasks,
-            steps=max(1, cfg.meta_steps) * cfg.inner_steps,
+            steps=steps,
             batch=cfg.batch_size * cfg.n_train_tasks,
             lr=float(cfg.outer_lr),
             seed=seed,
             device=device,
+            on_step=pre.advance,
         )
     models = {"B1": b1, "B2": b2.eval(), "meta-model": model.eval()}
     kw: dict[str, Any] = {"inner": inner_doc, "rorcr_size": cfg.rorcr_size, "device": device}
-    logs = compare(models, tests, steps_list=[cfg.inner_steps], **kw)
-    conv = compare(models, tests, steps_list=list(cfg.converge_steps), **kw) if cfg.converge_baselines else None
+    logs = compare(models, tests, steps_list=[cfg.inner_steps], on_task=_compare_progress("baselines", tests), **kw)
+    conv = None
+    if cfg.converge_baselines:
+        steps_list = list(cfg.converge_steps)
+        on_task = _compare_progress("convergence baselines", tests, steps_list)
+        conv = compare(models, tests, steps_list=steps_list, on_task=on_task, **kw)
     return logs, conv
+
+
+def _compare_progress(phase: str, tests: list, steps_list: list[int] | None = None):
+    """``compare``'s ``on_task``: a progress line per adaptation of B1, B2 and the meta-model,
+    the ETA weighted by each adaptation's inner steps (plus one for its scoring)."""
+    counts = steps_list or []
+    n = len(tests) * 3 * max(len(counts), 1)
+    what = f"{len(tests)} test tasks" + (f" at {', '.join(map(str, counts))} inner steps" if counts else "")
+    progress = Progress(
+        f"{phase}: B1, B2 and the meta-model adapted to {what}",
+        n,
+        "adaptations",
+        total_weight=len(tests) * 3 * sum(s + 1 for s in counts) if counts else None,
+    )
+
+    def on_task(method: str, steps: int, i: int) -> None:
+        where = f" at {steps} inner step{'' if steps == 1 else 's'}" if counts else ""
+        progress.advance(f"{method}{where}, task {i + 1}/{len(tests)}", weight=steps + 1 if counts else 1)
+
+    return on_task
 
 
 def _write_run_files(run_dir: Path, history: list, resolved: dict, summary: dict) -> None:
@@ -335,7 +374,6 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | No
     """Meta-train into ``run_dir``; relative paths from ``base_dir``, a relative collection first
     from ``config_dir`` (the config file's directory) then its data root (see :func:`collection_path`)."""
     import torch
-    from tqdm import tqdm
 
     from metalearn.checkpoint import (
         BEST,
@@ -347,7 +385,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | No
         stable_hash,
     )
     from metalearn.evaluate import write_reports
-    from metalearn.maml import InnerLoop, OuterLoop, meta_loss, meta_step, model_params, shard_tasks
+    from metalearn.maml import InnerLoop, OuterLoop, meta_eval, meta_step_stats, model_params, shard_tasks
     from metalearn.models import build_model, model_hparams
 
     device, world, rank = _device_and_processes(cfg)
@@ -360,9 +398,8 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | No
     roots = data_roots(cfg, base_dir)  # resolved once: tasks, and a feat model's other movements
     loaded = _load_tasks(cfg, base_dir, roots, rng, config_dir)
     train_tasks, val, tests, spec, data_hash, test_hash, rate, paths = loaded
-    if lead:
-        print(cfg.describe_signal(spec, rate))
-        print(_describe_data(cfg, roots, paths, len(train_tasks), len(val), len(tests)))
+    LOG.info(cfg.describe_signal(spec, rate))
+    LOG.info(_describe_data(cfg, roots, paths, len(train_tasks), len(val), len(tests)))
 
     inner = InnerLoop.from_config(cfg)
     hp = {
@@ -386,8 +423,7 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | No
             outer.load_state_dict(ckpt["outer"])
         start = int(ckpt.get("meta_epoch", -1)) + 1
         rng = np.random.default_rng([seed, start])
-        if lead:
-            print(f"resuming from {resume}: meta-epoch {start} onwards")
+        LOG.info(f"resuming from {resume}: meta-epoch {start} onwards")
 
     pooled = Scaler.fit(
         cfg.scale, np.concatenate([unscaled(t.x_support, t.scaler).reshape(-1, spec.channels) for t in train_tasks])
@@ -427,37 +463,43 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | No
     best_epoch: int | None = None
     kept: list[Path] = []  # this run's meta-epoch checkpoints on disk, oldest first
     t0 = time.monotonic()
-    if cfg.compile and lead and not closed_form:
-        print(f"compiling the meta-step with torch.compile ({cfg.compile}): the first meta-epoch takes longer")
-    if closed_form and lead:
-        print(
+    if cfg.compile and not closed_form:
+        LOG.info(f"compiling the meta-step with torch.compile ({cfg.compile}): the first meta-epoch takes longer")
+    if closed_form:
+        LOG.info(
             f"model feat: the whitening is fitted in closed form over the {len(train_tasks)} training tasks "
             "(one meta-epoch; test.meta_steps does not apply)"
         )
     epochs = range(1) if closed_form else range(start, cfg.meta_steps)
-    bar = tqdm(epochs, desc="meta-epochs", unit="epoch", disable=not lead or None)
-    for epoch in bar:
+    progress = Progress("meta-training", len(epochs), "meta-epochs")
+    for epoch in epochs:
         if closed_form:
             fit_whitening(model, train_tasks, rotate=cfg.augment_rotation, device=device)
             common["population"] = population(model, train_tasks, device=device)
             if cfg.non_intent:
                 n = fit_non_intent(model, train_tasks, roots[0], spec, cfg.non_intent_log_prior, device)
-                if lead:
-                    print(f"non-intent movements of {n} training tasks: decided relax at calibration")
-            train_loss = closed_form_loss(model, train_tasks, inner_doc, cfg.rorcr_size, device)
-            val_loss = closed_form_loss(model, val, inner_doc, cfg.rorcr_size, device)
+                LOG.info(f"non-intent movements of {n} training tasks: decided relax at calibration")
+            train_loss, train_acc = closed_form_scores(model, train_tasks, inner_doc, cfg.rorcr_size, device)
+            val_loss, val_acc = closed_form_scores(model, val, inner_doc, cfg.rorcr_size, device)
         else:
             batch = [_tensors(t, device) for t in sampler.meta_batch(cfg.n_train_tasks)]
-            train_loss = meta_step(model, outer, shard_tasks(batch) if world > 1 else batch, inner, compile=cfg.compile)
-            val_loss = float(meta_loss(model, model_params(model), val_batch, inner))
-        history.append({"meta_epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "outer_lr": outer.lr})
-        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+            train_loss, train_acc = meta_step_stats(
+                model, outer, shard_tasks(batch) if world > 1 else batch, inner, compile=cfg.compile
+            )
+            val_loss, val_acc = (float(v) for v in meta_eval(model, model_params(model), val_batch, inner))
+        scores = {"train_loss": train_loss, "val_loss": val_loss, "train_accuracy": train_acc, "val_accuracy": val_acc}
+        history.append({"meta_epoch": epoch, **scores, "outer_lr": outer.lr})
+        progress.advance(
+            f"meta-epoch {epoch}: train loss {train_loss:.3f} accuracy {train_acc:.3f}, "
+            f"validation loss {val_loss:.3f} accuracy {val_acc:.3f}"
+        )
         if writer:
-            writer.add_scalar("loss/train", train_loss, epoch)
-            writer.add_scalar("loss/val", val_loss, epoch)
+            for key, value in scores.items():
+                part, what = key.split("_")
+                writer.add_scalar(f"{what}/{part}", value, epoch)
             writer.add_scalar("lr/outer", outer.lr, epoch)
         if wb:
-            wb.log({"train_loss": train_loss, "val_loss": val_loss, "meta_epoch": epoch})
+            wb.log({**scores, "meta_epoch": epoch})
         if lead and cfg.save:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             ckpt = {
@@ -474,8 +516,6 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | No
         elif val_loss < best[0]:
             best, best_epoch = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}), epoch
     train_seconds = time.monotonic() - t0
-    if writer:
-        writer.close()
     if not lead:
         return {}
     if cfg.save and best[1] is not None:
@@ -498,20 +538,43 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | No
         "world_size": world,
         "compile": cfg.compile,
     }
+    logs = conv = None
     if tests:
         logs, conv = _compare_on_tests(cfg, hp, model, train_tasks, tests, inner_doc, device, seed)
         summary["test_data_hash"] = test_hash
-        if cfg.save:
-            summary.update(write_reports(res_dir, logs, inner_steps=cfg.inner_steps, convergence=conv))
-        else:
-            from metalearn.evaluate import results_table
-
-            summary["table"] = {r[0]: r[-1] for r in results_table(logs, cfg.inner_steps)[1]}
     if cfg.save:
+        saving = Progress("saving the run", 3 if tests else 2, "steps")
+        if logs is not None:
+            summary.update(write_reports(res_dir, logs, inner_steps=cfg.inner_steps, convergence=conv))
+            saving.advance("results/: results_table.csv, per_task_logs.json, res_barplot.png, convergence.*")
         _write_run_files(run_dir, history, {"test": config_dict, "signal_spec": spec.to_dict(), "seed": seed}, summary)
-    if wb:
-        wb.finish()
+        saving.advance("results/meta_training_log.json, resolved_config.json, results/summary.json")
+        from metalearn.runplots import write_curves
+
+        write_curves(res_dir / "curves.png", history, best_epoch)
+        saving.advance("results/curves.png")
+    elif logs is not None:
+        from metalearn.evaluate import results_table
+
+        summary["table"] = {r[0]: r[-1] for r in results_table(logs, cfg.inner_steps)[1]}
+    _track_results(writer, wb, summary, cfg.inner_steps)
     return summary
+
+
+def _track_results(writer, wb, summary: dict, inner_steps: int) -> None:
+    """The comparison's mean accuracies to TensorBoard (``test_accuracy/METHOD`` at
+    ``inner_steps``, ``convergence/METHOD`` at each step count) and wandb; then both closed."""
+    table, conv = summary.get("table", {}), summary.get("convergence", {})
+    if writer:
+        for method, acc in table.items():
+            writer.add_scalar(f"test_accuracy/{method}", acc, inner_steps)
+        for method, accs in conv.items():
+            for steps, acc in accs.items():
+                writer.add_scalar(f"convergence/{method}", acc, int(steps))
+        writer.close()
+    if wb:
+        wb.log({f"test_accuracy/{m}": a for m, a in table.items()})
+        wb.finish()
 
 
 def _describe_data(
@@ -526,9 +589,15 @@ def _describe_data(
 
 
 def _tensorboard(run_dir: Path):
+    """A SummaryWriter on ``RUN_DIR/tensorboard``; without the tensorboard package, None and a
+    one-line note (stderr and the run log)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
+        LOG.warning(
+            "note: test.tensorboard is true but tensorboard is not installed (pip install 'metaemg[tensorboard]'); "
+            "no TensorBoard logs, the curves are in results/curves.png"
+        )
         return None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
@@ -537,7 +606,7 @@ def _wandb(cfg: TrainConfig, run_dir: Path):
     try:
         import wandb
     except ImportError:
-        print("note: test.wandb is true but wandb is not installed; logging locally only", file=sys.stderr)
+        LOG.warning("note: test.wandb is true but wandb is not installed; logging locally only")
         return None
     return wandb.init(name=cfg.run_name or None, dir=str(run_dir), config=cfg.to_dict())
 
@@ -545,9 +614,9 @@ def _wandb(cfg: TrainConfig, run_dir: Path):
 def _print_summary(summary: dict) -> None:
     if not summary:
         return
-    print(f"run directory: {summary['run_dir']}")
+    LOG.info(f"run directory: {summary['run_dir']}")
     how = f"x{summary['world_size']}" + (f", compiled: {summary['compile']}" if summary["compile"] else "")
-    print(
+    LOG.info(
         f"meta-training: {summary['meta_epochs']} meta-epochs in {summary['train_seconds']:.1f} s on "
         f"{summary['device']} ({how}), best validation loss {summary['best_val_loss']:.4f}"
     )
@@ -555,15 +624,17 @@ def _print_summary(summary: dict) -> None:
         keep = summary["keep_checkpoints"]
         last = "every meta-epoch's" if keep is None else f"the last {keep} meta-epochs'"
         newest = f", newest {Path(summary['kept_checkpoints'][-1]).name}" if summary["kept_checkpoints"] else ""
-        print(
+        LOG.info(
             f"checkpoints: best.pt = meta-epoch {summary['best_meta_epoch']} (what metaemg-export RUN_DIR takes); "
             f"{last} (test.keep_checkpoints){newest} (test.resume=RUN_DIR continues from it)"
         )
     if "table" in summary:
-        print("mean query accuracy after adaptation: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["table"].items()))
+        LOG.info(
+            "mean query accuracy after adaptation: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["table"].items())
+        )
     if "convergence" in summary:
         for method, accs in summary["convergence"].items():
-            print(f"  {method:<11} " + "  ".join(f"{s} steps {a:.3f}" for s, a in accs.items()))
+            LOG.info(f"  {method:<11} " + "  ".join(f"{s} steps {a:.3f}" for s, a in accs.items()))
 
 
 TASK_COLLECTION_KEY = "task_collection_json"  # the research README's one collection key
@@ -593,11 +664,34 @@ def _task_collection(test) -> str | None:
     )
 
 
-def run_composed(cfg, run_dir: Path, cwd: Path, config_dir: Path | None = None) -> dict:
+def run_composed(cfg, run_dir: Path, cwd: Path, config_dir: Path | None = None, sweep_dir: Path | None = None) -> dict:
     """What ``metaemg-train`` does with a composed Hydra config: check its ``test`` section (a
-    :class:`ConfigError` naming the key), then :func:`train` into ``run_dir``. ``config_dir``: the
-    directory of the config file given with ``--config-path`` (relative collections are looked
-    for there first)."""
+    :class:`ConfigError` naming the key), then :func:`train` into ``run_dir`` and say how it went.
+    Everything said goes to the terminal and ``run_dir/train.log`` (:mod:`metalearn.runlog`), an
+    error too. ``config_dir``: the directory of the config file given with ``--config-path``
+    (relative collections are looked for there first); ``sweep_dir``: the sweep this run is a job
+    of, whose summary is then rewritten (:func:`metalearn.runplots.summarize_sweep`)."""
+    lead = int(os.environ.get("RANK", "0")) == 0
+    with run_log(run_dir, lead=lead) as log_path:
+        LOG.info(f"run directory: {run_dir} (this log: {log_path})")
+        try:
+            summary = _run_composed(cfg, run_dir, cwd, config_dir)
+            _print_summary(summary)
+            if sweep_dir is not None and lead:
+                from metalearn.runplots import summarize_sweep
+
+                paths = summarize_sweep(sweep_dir)
+                LOG.info(f"sweep summary, the jobs so far: {', '.join(str(p) for p in paths)}")
+        except MetaEMGError as exc:
+            LOG.error(f"error: {exc}")
+            raise
+        except BaseException as exc:  # the file keeps the traceback; the terminal gets Python's own
+            LOG.error(f"stopped: {type(exc).__name__}: {exc}", exc_info=not isinstance(exc, KeyboardInterrupt))
+            raise
+    return summary
+
+
+def _run_composed(cfg, run_dir: Path, cwd: Path, config_dir: Path | None) -> dict:
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -611,8 +705,8 @@ def run_composed(cfg, run_dir: Path, cwd: Path, config_dir: Path | None = None) 
         key = getattr(exc, "full_key", None)
         msg = str(exc).splitlines()[0]
         raise ConfigError(f"{key}: {msg}" if key else msg) from None
-    if note and int(os.environ.get("RANK", "0")) == 0:
-        print(note)
+    if note:
+        LOG.info(note)
     return train(TrainConfig.from_dict(section), run_dir, cwd, config_dir)
 
 
@@ -688,23 +782,49 @@ _CONFIG_FILE: list[Path] = []  # the config file given, for the Hydra task funct
 def _hydra_entry():
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     @hydra.main(version_base="1.3", config_path="conf", config_name="config")
     def _main(cfg) -> None:
+        hc = HydraConfig.get()
+        cwd = Path(hydra.utils.get_original_cwd())
+        sweep_dir = cwd / hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
         try:
-            run_dir = Path(HydraConfig.get().runtime.output_dir)
             config_dir = _CONFIG_FILE[0].parent if _CONFIG_FILE else None
-            _print_summary(run_composed(cfg, run_dir, Path(hydra.utils.get_original_cwd()), config_dir))
-        except MetaEMGError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            run_composed(cfg, Path(hc.runtime.output_dir), cwd, config_dir, sweep_dir)
+        except MetaEMGError:  # said (one line, on stderr and in the run's log)
             sys.exit(2)
 
     return _main
 
 
+SUMMARIZE_FLAG = "--summarize"
+
+
+def summarize_main(args: list[str]) -> int:
+    """``metaemg-train --summarize SWEEP_DIR``: (re)write a sweep's summary from its job directories."""
+    from metalearn.runplots import summarize_sweep
+
+    if len(args) != 1:
+        print(
+            f"error: {SUMMARIZE_FLAG} takes one sweep directory (hydra.sweep.dir), got {len(args)} arguments",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        paths = summarize_sweep(Path(args[0]))
+    except MetaEMGError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
 def main() -> None:
     import tempfile
 
+    if sys.argv[1:2] == [SUMMARIZE_FLAG]:
+        sys.exit(summarize_main(sys.argv[2:]))
     with tempfile.TemporaryDirectory(prefix="metaemg-train-") as tmp:
         try:
             argv, given = layered_argv(sys.argv[1:], Path(tmp), Path.cwd())

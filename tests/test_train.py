@@ -1,5 +1,6 @@
 """metaemg-train as a user runs it: a real Hydra app in a subprocess, tiny configs, real data."""
 
+import csv
 import json
 import os
 import re
@@ -62,12 +63,77 @@ def _val_losses(run: Path) -> list[float]:
     return [e["val_loss"] for e in json.loads((run / "results" / "meta_training_log.json").read_text())]
 
 
+# (phase, steps, unit) of a TINY run with a test collection: each says its first step with an
+# ETA and its last with its time, in this order
+PHASES = [
+    ("loading the training collection", 4, "tasks"),
+    ("loading the test collection", 2, "tasks"),
+    ("meta-training", 3, "meta-epochs"),
+    ("baselines: B2 pre-training on the training tasks pooled", 6, "updates"),
+    ("baselines: B1, B2 and the meta-model adapted to 2 test tasks", 6, "adaptations"),
+    ("convergence baselines: B1, B2 and the meta-model adapted to 2 test tasks at 1, 3 inner steps", 12, "adaptations"),
+    ("saving the run", 3, "steps"),
+]
+LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO   |WARNING|ERROR  ) ")  # levelname padded to 7
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _assert_the_run_explained_itself(run: Path, out: str) -> None:
+    """Progress of every phase on stdout, the same lines in train.log, the accuracies recorded,
+    the curves drawn, and the TensorBoard scalars written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lines = out.splitlines()
+    assert lines[0] == f"run directory: {run} (this log: {run / 'train.log'})"
+    order = []
+    for phase, n, unit in PHASES:
+        first = [i for i, line in enumerate(lines) if line.startswith(f"{phase}: 1/{n} {unit} (")]
+        last = [i for i, line in enumerate(lines) if line.startswith(f"{phase}: {n}/{n} {unit} (100%), done in ")]
+        assert len(first) == 1 and len(last) == 1, (phase, out)
+        assert re.search(r"\), \d+\.\d s elapsed, ETA \d+\.\d s", lines[first[0]]), lines[first[0]]
+        order += [first[0], last[0]]
+    assert order == sorted(order)
+    log = (run / "train.log").read_text().splitlines()
+    assert all(LOG_STAMP.match(line) for line in log), log
+    assert [LOG_STAMP.sub("", line) for line in log] == lines  # the same lines, stamped
+    history = json.loads((run / "results" / "meta_training_log.json").read_text())
+    first_epoch = next(line for line in lines if line.startswith("meta-training: 1/3"))
+    numbers = re.search(
+        r"train loss ([\d.]+) accuracy ([\d.]+), validation loss ([\d.]+) accuracy ([\d.]+)$", first_epoch
+    )
+    assert numbers, first_epoch
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    assert [float(v) for v in numbers.groups()] == pytest.approx([history[0][k] for k in keys], abs=5e-4)
+    assert all(0 < e["train_accuracy"] <= 1 and 0 < e["val_accuracy"] <= 1 for e in history)
+    width, height = _png_size(run / "results" / "curves.png")  # two panels side by side
+    assert width > 2 * height > 600
+    tb = EventAccumulator(str(run / "tensorboard"))
+    tb.Reload()
+    methods = ["B1", "B2", "meta-model"]
+    per_epoch = ["loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr/outer"]
+    results = [f"{kind}/{m}" for kind in ("test_accuracy", "convergence") for m in methods]
+    assert sorted(tb.Tags()["scalars"]) == sorted(per_epoch + results)
+    for tag in per_epoch:
+        assert [e.step for e in tb.Scalars(tag)] == [0, 1, 2], tag
+    assert [e.value for e in tb.Scalars("accuracy/val")] == pytest.approx([e["val_accuracy"] for e in history])
+    table = json.loads((run / "results" / "summary.json").read_text())["table"]
+    for m in methods:
+        assert [(e.step, e.value) for e in tb.Scalars(f"test_accuracy/{m}")] == [(2, pytest.approx(table[m]))]
+        assert [e.step for e in tb.Scalars(f"convergence/{m}")] == [1, 3]
+
+
 def test_a_run_writes_checkpoints_reports_and_resumes(colls, tmp_path):
     """Checkpoints: best.pt and the last test.keep_checkpoints meta-epochs' (2 here, then the
     default 3); export takes best.pt, a resume from the run directory its newest checkpoint."""
     run = tmp_path / "run"
     out = train(colls, run, "test.keep_checkpoints=2").stdout
     assert "mean query accuracy after adaptation: B1" in out
+    _assert_the_run_explained_itself(run, out)
     assert (
         "signal: preset myo (test.signal auto: the data's 200 Hz); window 20 samples (100 ms, set by "
         "test.time_seq_len), stride 10 samples (50 ms, set by test.stride)"
@@ -100,7 +166,7 @@ def test_a_run_writes_checkpoints_reports_and_resumes(colls, tmp_path):
     logs = json.loads((run / "results" / "per_task_logs.json").read_text())
     assert set(logs["logs"]) == {"B1", "B2", "meta-model"}
     for png in ("res_barplot.png", "convergence.png"):
-        assert (run / "results" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert min(_png_size(run / "results" / png)) > 300
     saved = (run / ".hydra" / "config.yaml").read_text()
     assert "time_seq_len: 20" in saved
     # resume from the run directory: its newest checkpoint, so meta-epoch 3 onwards; 4 written, 3 kept
@@ -160,6 +226,8 @@ hydra:
     assert proc.returncode == 0, proc.stderr
     runs = list((tmp_path / "data" / "expt_outputs").glob("*/*"))
     assert len(runs) == 1
+    note = "note: test.wandb is true but wandb is not installed; logging locally only"
+    assert proc.stderr.count(note) == 1 and (runs[0] / "train.log").read_text().count(f"WARNING {note}\n") == 1
     assert json.loads((runs[0] / "resolved_config.json").read_text())["test"]["scale"] == "minmax"
     assert (runs[0] / "results" / "results_table.csv").is_file()
 
@@ -270,25 +338,72 @@ def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
         torch.testing.assert_close(weights[2][k], w, atol=1e-6, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
-def test_sweep_runs_each_model(colls, tmp_path):
+def test_sweep_runs_each_model_and_writes_a_summary(colls, tmp_path, capsys, monkeypatch):
+    """Each job rewrites the sweep's summary (CSV, Markdown, PNG: every job's overrides and
+    results); metaemg-train --summarize DIR rebuilds it."""
+    from metalearn.train import main
+
+    sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [
             str(BIN / "metaemg-train"),
             "-m",
             f"test.train_collection_json={colls['train']}",
+            f"test.test_collection_json={colls['test']}",
             f"test.data_root={colls['root']}",
             *TINY,
             "test.meta_steps=1",
+            "test.converge_baselines=false",
             "test.model=dnn,cnn",
             "test.inner_batch_size=4",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"hydra.sweep.dir={sweep}",
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    ckpts = [load_checkpoint(tmp_path / "sweep" / str(i) / "models" / "best.pt") for i in (0, 1)]
+    assert proc.stdout.count("sweep summary, the jobs so far: ") == 2
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
+    assert [(r["job"], r["test.model"], r["test.inner_batch_size"], r["status"]) for r in rows] == [
+        ("0", "dnn", "4", "done"),
+        ("1", "cnn", "4", "done"),
+    ]
+    for r in rows:
+        summary = json.loads((sweep / r["job"] / "results" / "summary.json").read_text())
+        assert float(r["best_val_loss"]) == pytest.approx(summary["best_val_loss"], abs=1e-6)
+        for m in ("B1", "B2", "meta-model"):
+            assert float(r[m]) == pytest.approx(summary["table"][m], abs=1e-4)
+            assert 0 <= float(r[f"{m}_std"]) < 0.5
+    md = (sweep / "sweep_summary.md").read_text().splitlines()
+    table = [line for line in md if line.startswith("| ")]
+    assert table[0] == "| job | test.model | meta-epochs | best val loss | train s | B1 | B2 | meta-model | status |"
+    assert [row.split(" | ")[:2] for row in table[1:]] == [["| 0", "`dnn`"], ["| 1", "`cnn`"]]
+    assert "`test.inner_batch_size=4`" in next(line for line in md if line.startswith("The same in every job: "))
+    width, height = _png_size(sweep / "sweep_summary.png")
+    assert width > 2 * height > 500  # accuracy and validation-loss panels
+    # rebuilt from the job directories by the command
+    expected = (sweep / "sweep_summary.csv").read_text()
+    for name in ("sweep_summary.csv", "sweep_summary.md", "sweep_summary.png"):
+        (sweep / name).unlink()
+    monkeypatch.setattr(sys, "argv", ["metaemg-train", "--summarize", str(sweep)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0 and (sweep / "sweep_summary.csv").read_text() == expected
+    assert capsys.readouterr().out.splitlines() == [
+        str(sweep / "sweep_summary.csv"),
+        str(sweep / "sweep_summary.md"),
+        str(sweep / "sweep_summary.png"),
+    ]
+    monkeypatch.setattr(sys, "argv", ["metaemg-train", "--summarize", str(tmp_path)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path}: no sweep jobs in it (subdirectories with .hydra/overrides.yaml)\n"
+    )
+    ckpts = [load_checkpoint(sweep / str(i) / "models" / "best.pt") for i in (0, 1)]
     assert sorted(c["model"]["kind"] for c in ckpts) == ["cnn", "dnn"]
     assert [c["inner"]["batch_size"] for c in ckpts] == [4, 4]  # the research code's mini-batch inner loop
     for ckpt in ckpts:
@@ -460,9 +575,10 @@ def test_a_myhand_run_uses_the_presets_window_and_says_so(tmp_path, capsys):
     assert best["verify_windows"].shape[1:] == (25, 8)
 
 
-def test_train_and_test_collections_have_their_own_data_roots(colls, tmp_path, capsys):
+def test_train_and_test_collections_have_their_own_data_roots(colls, tmp_path, capsys, monkeypatch):
     """test.train_data_root / test.test_data_root, each test.data_root when null (here a directory
-    that does not exist, so only the two roots can serve)."""
+    that does not exist, so only the two roots can serve). Without the tensorboard package
+    (hidden here) test.tensorboard says so once, on stderr and in the run's log."""
     from metaemg.errors import MetaEMGError
     from metalearn.train import run_composed
 
@@ -478,16 +594,20 @@ def test_train_and_test_collections_have_their_own_data_roots(colls, tmp_path, c
         *TINY,
         "test.meta_steps=1",
         "test.save=false",
-        "test.tensorboard=false",
+        "test.tensorboard=true",
         "test.converge_baselines=false",
     ]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     summary = run_composed(
         _compose([*base, f"test.train_data_root={colls['root']}", f"test.test_data_root={test_root}"]),
         tmp_path / "run",
         tmp_path,
     )
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert f"from {colls['train']} in {colls['root']}; 2 test tasks from {colls['test']} in {test_root}" in out
+    note = "note: test.tensorboard is true but tensorboard is not installed (pip install 'metaemg[tensorboard]')"
+    assert err.count(note) == 1 and err.count("\n") == 1, err
+    assert (tmp_path / "run" / "train.log").read_text().count(f"WARNING {note}") == 1
     assert set(summary["table"]) == {"B1", "B2", "meta-model"}
     assert all(0 <= acc <= 1 for acc in summary["table"].values())
     # each collection is read from its own root: the other one does not have its sessions
@@ -564,3 +684,45 @@ def test_the_command_says_bad_input_in_one_line_and_exits_2(colls, tmp_path, ove
     assert proc.stderr.startswith("error: ") and fragment in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "run" / "models").exists()
+    assert (tmp_path / "run" / "train.log").read_text().splitlines()[-1].endswith(f" ERROR   {proc.stderr.strip()}")
+
+
+def test_the_bar_plot_is_scaled_to_the_data_with_error_bars_and_its_legend_outside():
+    """0.89 and 0.97 look different (the axis starts near the data and says so), the mean bars
+    carry +-1 std across tasks, and the legend sits right of the axes, clear of every bar."""
+    import numpy as np
+    from matplotlib.container import ErrorbarContainer
+
+    from metalearn.runplots import barplot_figure, curves_figure, pyplot
+
+    per_task = {"B1": [0.88, 0.90], "B2": [0.95, 0.97], "meta-model": [0.96, 0.99]}
+    fig = barplot_figure(["Male13_Test0/myo_rorcr", "Male13_Test1/myo_rorcr"], per_task, 5)
+    ax = fig.axes[0]
+    bottom, top = ax.get_ylim()
+    assert 0.8 < bottom < 0.87 and 0.99 < top <= 1.05
+    assert (0.97 - 0.89) / (top - bottom) > 0.3  # a third of the axis apart
+    assert ax.get_ylabel() == f"query accuracy (axis from {bottom:.2f}, not 0)"
+    assert ax.get_xlabel() == "test task; mean: error bar ±1 std across the 2 tasks"
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 3
+    for c, accs in zip(bars, per_task.values(), strict=True):
+        (segment,) = c.lines[2][0].get_segments()
+        mean, std = np.mean(accs), np.std(accs, ddof=1)
+        assert segment[:, 1] == pytest.approx([mean - std, mean + std])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == list(per_task)
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    pyplot().close(fig)
+    history = [
+        {"meta_epoch": e, "train_loss": 1 - e / 10, "val_loss": 1.1 - e / 20, "train_accuracy": 0.5 + e / 20}
+        for e in range(4)
+    ]
+    history[-1]["val_accuracy"] = 0.7  # an older log without accuracies in every entry: that curve left out
+    fig = curves_figure(history, best_epoch=3)
+    loss, acc = fig.axes
+    assert [line.get_label() for line in loss.lines] == ["meta-train", "validation", "best.pt (meta-epoch 3)"]
+    assert [line.get_label() for line in acc.lines] == ["meta-train", "best.pt (meta-epoch 3)"]
+    assert list(loss.lines[1].get_ydata()) == pytest.approx([1.1, 1.05, 1.0, 0.95])
+    pyplot().close(fig)
