@@ -726,3 +726,45 @@ def test_the_bar_plot_is_scaled_to_the_data_with_error_bars_and_its_legend_outsi
     assert [line.get_label() for line in acc.lines] == ["meta-train", "best.pt (meta-epoch 3)"]
     assert list(loss.lines[1].get_ydata()) == pytest.approx([1.1, 1.05, 1.0, 0.95])
     pyplot().close(fig)
+
+
+def test_progress_says_the_first_and_last_step_and_one_line_every_two_seconds_between(monkeypatch, capsys, tmp_path):
+    """On a clock (no sleeping): lines at the first step, whenever 2 s have passed since the last
+    line, and at the last; the ETA from the work done (weights), on stdout and in the log."""
+    from metalearn import runlog
+
+    now = [100.0]
+    monkeypatch.setattr(runlog.time, "monotonic", lambda: now[0])
+    with runlog.run_log(tmp_path) as path:
+        progress = runlog.Progress("phase", 5, "items", total_weight=10)
+        for dt, weight in [(1.0, 1), (0.5, 1), (0.6, 1), (1.0, 3), (3.0, 4)]:
+            now[0] += dt
+            progress.advance(f"weight {weight}", weight=weight)
+    assert capsys.readouterr().out.splitlines() == [
+        "phase: 1/5 items (20%), 1.0 s elapsed, ETA 9.0 s | weight 1",  # 9 units left at 1 s each
+        "phase: 4/5 items (80%), 3.1 s elapsed, ETA 2.1 s | weight 3",  # 2.1 s after the first; 4 of 10 left
+        "phase: 5/5 items (100%), done in 6.1 s | weight 4",
+    ]
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_a_sweep_summary_lists_unfinished_jobs_and_names_a_bad_file(tmp_path):
+    from metaemg.errors import DataError
+    from metalearn.runplots import sweep_rows
+
+    for job, model in (("0", "dnn"), ("1", "cnn"), ("10", "tcn")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- test.model={model}\n- +test.seed=3\n")
+    (tmp_path / "not_a_job").mkdir()
+    keys, methods, rows = sweep_rows(tmp_path)
+    assert keys == ["test.model", "test.seed"] and methods == []
+    assert [(r["job"], r["test.model"], r["status"]) for r in rows] == [
+        (job, model, "no results (running, failed, or test.save false)")
+        for job, model in (("0", "dnn"), ("1", "cnn"), ("10", "tcn"))  # in job order, not by name
+    ]
+    (tmp_path / "1" / "results").mkdir()
+    (tmp_path / "1" / "results" / "summary.json").write_text('{"meta_epochs": 3,')
+    with pytest.raises(DataError) as err:
+        sweep_rows(tmp_path)
+    bad = tmp_path / "1" / "results" / "summary.json"
+    assert str(err.value) == f"{bad}: not JSON (Expecting property name enclosed in double quotes, line 1)"
