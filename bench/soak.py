@@ -5,6 +5,7 @@ long run, recordings replayed faster than real time.
     python -m bench.soak --minutes 6 --speed 10  # an hour of data: the documented target run
     python -m bench.soak --minutes 2 --json
     python -m bench.soak --minutes 6 --speed 10 --load 2   # beside two CPU-bound processes
+    python -m bench.soak --minutes 6 --speed 10 --load 2 --peers-rt   # the stand-ins real-time
 
 Recordings: every session of the Myo dataset's subject Male13 (or ``--source``), concatenated and
 looped; synthetic EMG without the dataset. The outlet announces the recording's own rate (the
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.latency import rss_kb
+from bench.latency import PEER_PRIORITY, rss_kb
 from rig.processes import Daemon, Sim, Sub, realtime, unique_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,9 @@ def fds(pid: int) -> int | None:
         return None
 
 
-def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0, load: int = 0) -> dict:
+def run(
+    minutes: float, speed: float, source: str | None, sample_s: float = 2.0, load: int = 0, peers_rt: bool = False
+) -> dict:
     from bench.latency import Load
     from metaemg.modelfile import default_model_path
     from rig.replay import Replay
@@ -72,11 +75,13 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         work = Path(tmp)
         busy = Load(work, busy=load).start()  # for the whole soak, from before the daemon starts
+        # peers_rt: the stand-ins of the hardware run real-time where this machine grants it: this
+        # process (the armband's replay, in a thread started below, and the monitor's subscriber)
+        # and the simulator (the orthosis's microcontroller), at FIFO 10, below the daemon's 20
+        # (as bench.latency --peers-rt)
+        replay_rt = realtime(os.getpid(), PEER_PRIORITY) if peers_rt else False
         sim = Sim(work)
-        # the simulator stands for the orthosis's own microcontroller, which a busy PC cannot
-        # starve: under load it runs real-time when this process may grant it (the armband's
-        # stream, a PC process, keeps the normal policy)
-        sim_rt = realtime(sim.proc.pid, 10) if load else False
+        sim_rt = realtime(sim.proc.pid, PEER_PRIORITY) if peers_rt else False
         name = unique_name("soak-emg")
         replay = Replay(emg, None, rate, name=name, loop=True, speed=speed, data_time=speed != 1).start()
         daemon = Daemon(work, stream=name, port=str(sim.link), model=default_model_path())
@@ -141,6 +146,8 @@ def run(minutes: float, speed: float, source: str | None, sample_s: float = 2.0,
         "source": label,
         "load": load,
         "simulator_realtime": sim_rt,
+        "peers_rt": peers_rt,
+        "replay_realtime": replay_rt,
         "rate": rate,
         "speed": speed,
         "wall_minutes": minutes,
@@ -182,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=10.0, help="replay speed factor (default 10)")
     p.add_argument("--source", help="a recording (csv, myo:SUBJECT/SESSION, synth) instead of Male13's sessions")
     p.add_argument("--load", type=int, default=0, metavar="N", help="N CPU-bound processes for the whole soak")
+    p.add_argument(
+        "--peers-rt",
+        action="store_true",
+        help="run the armband's replay and the orthosis simulator under SCHED_FIFO 10 (below the daemon) where granted",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON document")
     args = p.parse_args(argv)
     load = f", beside {args.load} busy-loop processes" if args.load else ""
@@ -189,12 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         f"soak: {args.minutes:g} min at {args.speed:g}x ({args.minutes * args.speed:g} minutes of data){load} ...",
         flush=True,
     )
-    r = run(args.minutes, args.speed, args.source, load=args.load)
+    r = run(args.minutes, args.speed, args.source, load=args.load, peers_rt=args.peers_rt)
     fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
     print(
         f"\n{r['machine']['node']}, {r['machine']['cpus']} CPUs; {r['source']} at {r['rate']:g} Hz x {r['speed']:g}: "
         f"{r['data_hours'] * 60:.1f} minutes of data in {r['wall_minutes']:g} min"
-        + (f"; beside {r['load']} busy loops (simulator real-time: {r['simulator_realtime']})" if r["load"] else "")
+        + (
+            (f"; beside {r['load']} busy loops" if r["load"] else "")
+            + (
+                f"; real-time stand-ins: replay {r['replay_realtime']}, simulator {r['simulator_realtime']}"
+                if r["peers_rt"]
+                else "; stand-ins (replay, simulator) at normal priority"
+            )
+        )
     )
     print(
         f"  daemon memory (RSS)     {r['rss_start_mb']:.1f} MB after warm-up -> {r['rss_end_mb']:.1f} MB "

@@ -12,7 +12,8 @@ reads no sample of a stream before the loop has handled its "connected".
 
 ``on_data`` returns how many samples the consumer needs before its next window. While that is
 more than :data:`BATCH_MARGIN`, the thread sleeps until all but that many should have arrived
-(at most :data:`BATCH_MAX_S`) and then takes what came as one chunk: about 4 wake-ups per
+(at most :data:`BATCH_MAX_S`; at the nominal rate, or at the pace the samples that came during
+the last sleep show, if faster: a replay at 10x) and then takes what came as one chunk: about 4 wake-ups per
 200 Hz window of 10 samples instead of 10. The sample that completes a window is still waited
 for in ``pull_sample``, so a decision is not later for it; a sample between two windows is
 checked up to :data:`BATCH_MAX_S` later, and always before the window it belongs to is decided.
@@ -228,6 +229,7 @@ class LslSource:
             self.bound = identity(desc)
             self._event("connected", desc, wait=True)  # the daemon sets up for this stream first
             buf = np.empty((MAX_CHUNK, desc.channels), dtype=inlet.np_dtype)
+            pace, slept = desc.rate, 0.0  # samples per second the sleeps are sized for; the last sleep
             rest = buf[1:]
             while not self._stop.is_set():
                 sample, stamp = inlet.pull_sample(timeout=PULL_WAIT_S)
@@ -240,9 +242,11 @@ class LslSource:
                 stamps = np.empty(n)
                 stamps[0] = stamp
                 stamps[1:] = more
-                wait = batch_wait(self._deliver(buf[:n].astype(np.float64), stamps, t_recv), desc.rate)
-                if wait:
-                    self._stop.wait(wait)
+                if slept:  # the samples that came during the last sleep: the stream's real pace
+                    pace = max(desc.rate, n / slept)
+                slept = batch_wait(self._deliver(buf[:n].astype(np.float64), stamps, t_recv), pace)
+                if slept:
+                    self._stop.wait(slept)
         except pylsl.util.LostError:
             self.problem = f"stream {desc.describe()} lost"
             self._event("lost", self.problem)
