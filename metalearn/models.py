@@ -359,7 +359,7 @@ class FeatLDA(_WindowClassifier):
         groups = feats if per_task else [torch.cat(feats)]
         group_labels = labels if per_task else [torch.cat(labels)]
         d = feats[0].shape[1]
-        cov, count = torch.zeros(d, d, dtype=torch.float64), 0
+        cov, count = torch.zeros(d, d, dtype=torch.float64, device=feats[0].device), 0
         shifts = range(self.n_channels) if rotate else (0,)
         for f, y in zip(groups, group_labels, strict=True):
             onehot = F.one_hot(y, n_classes).to(f.dtype)
@@ -377,7 +377,7 @@ class FeatLDA(_WindowClassifier):
         other windows, their codes 1..N_OTHER)`` of one training subject, standardised with that
         subject's intent windows (as :meth:`fit_head` standardises a wearer) and whitened."""
         sums = torch.zeros_like(self.other_means, dtype=torch.float64)
-        counts = torch.zeros(self.N_OTHER, dtype=torch.float64)
+        counts = torch.zeros(self.N_OTHER, dtype=torch.float64, device=self.other_means.device)
         for intents, others, codes in tasks:
             offset, scale = standardisation(self.features(intents))
             z = ((self.features(others) - offset) / scale) @ self.whiten.T
@@ -419,7 +419,7 @@ def class_statistics(z: Tensor, y: Tensor, n_classes: int, shrinkage: float) -> 
     resid = z - onehot @ means
     d = z.shape[1]
     cov = resid.T @ resid / max(1, len(z) - n_classes)
-    cov = (1 - shrinkage) * cov + shrinkage * torch.eye(d, dtype=z.dtype) * torch.trace(cov) / d
+    cov = (1 - shrinkage) * cov + shrinkage * torch.eye(d, dtype=z.dtype, device=z.device) * torch.trace(cov) / d
     return means, cov, counts
 
 

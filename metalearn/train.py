@@ -213,20 +213,43 @@ def _tensors(task: tuple, device):
     return tuple(to_tensor(a, device, torch.long if k % 2 else torch.float32) for k, a in enumerate(task))
 
 
+def pick_device(wanted: str | None, gpus: int, world: int, local_rank: int, local_world: int) -> tuple[str, str | None]:
+    """(torch device, a note or None) for ``test.device`` = ``wanted`` on a machine with ``gpus``
+    GPUs, in a run of ``world`` processes of which ``local_world`` on this machine (torchrun's
+    WORLD_SIZE, LOCAL_WORLD_SIZE; this one is ``local_rank``). Each local process takes the GPU of
+    its local rank; with fewer GPUs than local processes an empty ``test.device`` runs every
+    process on the CPU, and ``cuda`` is refused (ConfigError, one line)."""
+    if wanted in (None, ""):
+        if gpus and local_world > gpus:
+            return "cpu", f"note: {local_world} processes on this machine but {gpus} GPU(s): every process on the CPU"
+        return (f"cuda:{local_rank}" if gpus else "cpu"), None
+    if str(wanted).startswith("cuda") and not gpus:
+        raise ConfigError(f"test.device is {wanted} but CUDA is not available; use cpu or leave it empty")
+    if wanted == "cuda" and world > 1:
+        if local_world > gpus:
+            raise ConfigError(
+                f"test.device is cuda but torchrun started {local_world} processes on this machine, which has "
+                f"{gpus} GPU(s): one process per GPU (--nproc_per_node={gpus}), or test.device=cpu"
+            )
+        return f"cuda:{local_rank}", None
+    return str(wanted), None
+
+
 def _device_and_processes(cfg: TrainConfig):
-    """(device, world size, rank): ``test.device`` or the local GPU/CPU; under torchrun, the
+    """(device, world size, rank): :func:`pick_device` for this machine; under torchrun, the
     process group is joined here (gloo on CPU, nccl on CUDA)."""
     import torch
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if cfg.device in (None, ""):
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    else:
-        if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"test.device is {cfg.device} but CUDA is not available; use cpu or leave it empty")
-        device = torch.device(cfg.device)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    name, note = pick_device(
+        cfg.device, gpus, world, int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    )
+    if note is not None and rank == 0:
+        LOG.warning(note)
+    device = torch.device(name)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, world, rank

@@ -295,13 +295,15 @@ def test_torchrun_two_processes_share_the_meta_batch(colls, tmp_path):
     """The real launcher: two gloo ranks share each meta-batch, rank 0 writes the outputs, and the
     weights after a meta-step equal those of one process to 1e-6. (Over more steps float32
     rounding, amplified by AdamW on near-zero gradients, lets them drift apart slowly.) The two
-    ranks also compile their meta-step (``test.compile=aot_eager``), which changes no value."""
+    ranks also compile their meta-step (``test.compile=aot_eager``), which changes no value. On the
+    CPU also where there is a GPU: two processes would need two."""
     overrides = [
         f"test.train_collection_json={colls['train']}",
         f"test.data_root={colls['root']}",
         *TINY,
         "test.meta_steps=1",
         "test.converge_baselines=false",
+        "test.device=cpu",
     ]
     # the one-process reference runs in this process (the same composition as the command)
     from hydra import compose, initialize_config_module
@@ -768,3 +770,24 @@ def test_a_sweep_summary_lists_unfinished_jobs_and_names_a_bad_file(tmp_path):
         sweep_rows(tmp_path)
     bad = tmp_path / "1" / "results" / "summary.json"
     assert str(err.value) == f"{bad}: not JSON (Expecting property name enclosed in double quotes, line 1)"
+
+
+def test_each_process_takes_its_gpu_and_too_few_gpus_fall_back_or_are_refused():
+    """test.device on machines this one is not (the GPU counts are given; the CUDA run itself is
+    in the README, "Training on a GPU")."""
+    from metaemg.errors import ConfigError
+    from metalearn.train import pick_device
+
+    assert pick_device(None, 0, 1, 0, 1) == ("cpu", None)
+    assert pick_device(None, 1, 1, 0, 1) == ("cuda:0", None)
+    assert pick_device("", 2, 2, 1, 2) == ("cuda:1", None)  # torchrun, one process per GPU
+    device, note = pick_device(None, 1, 2, 1, 2)  # two processes, one GPU
+    assert device == "cpu" and note == "note: 2 processes on this machine but 1 GPU(s): every process on the CPU"
+    assert pick_device("cuda", 2, 2, 1, 2) == ("cuda:1", None)
+    assert pick_device("cuda", 1, 1, 0, 1) == ("cuda", None)
+    assert pick_device("cuda:1", 2, 1, 0, 1) == ("cuda:1", None)
+    assert pick_device("cpu", 4, 2, 1, 2) == ("cpu", None)
+    with pytest.raises(ConfigError, match=r"^test.device is cuda but torchrun started 2 processes on this machine, "):
+        pick_device("cuda", 1, 2, 0, 2)
+    with pytest.raises(ConfigError, match=r"^test.device is cuda:0 but CUDA is not available; use cpu"):
+        pick_device("cuda:0", 0, 1, 0, 1)
