@@ -63,14 +63,23 @@ def browser(tmp: Path):
     return chromium(tmp / "chromium")
 
 
+def text(driver, element_id: str) -> str:
+    """The rendered text of element ``element_id``, read in one step in the page: the console
+    re-renders parts of the page on every update, so an element found first and read after may
+    already be replaced (StaleElementReferenceException)."""
+    value = driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e === null ? null : e.innerText;", element_id
+    )
+    assert value is not None, f"no element #{element_id} on the page"
+    return value.strip()
+
+
 def wait_text(driver, element_id: str, predicate, timeout: float, what: str) -> str:
     """Poll an element's text until ``predicate(text)``; its last text in the error."""
-    from selenium.webdriver.common.by import By
-
     seen = [""]
 
     def shown():
-        seen[0] = driver.find_element(By.ID, element_id).text
+        seen[0] = text(driver, element_id)
         return predicate(seen[0])
 
     try:

@@ -18,7 +18,7 @@ from console.hub import CUE_SHOWN_S, Hub
 from controller.monitor import SCHEMA
 from firmware_protocol import StopReason
 from rig.processes import Rig, command, wait_until
-from tests.console_helpers import ConsoleProcess, browser, wait_text
+from tests.console_helpers import ConsoleProcess, browser, text, wait_text
 
 
 # ------------------------------------------------------------------------------------ the hub
@@ -251,10 +251,10 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
         wait_text(driver, "state-headline", lambda s: s == "PAUSED", 3, "the paused state")
         wait_text(driver, "decision-note", lambda s: s.startswith("not sent: PAUSED"), 3, "a greyed decision")
         assert driver.find_element(By.ID, "decision").get_attribute("class") == "stale"
-        assert driver.find_element(By.ID, "state-next").text == "Next: resume when the patient is ready."
+        assert text(driver, "state-next") == "Next: resume when the patient is ready."
 
         driver.find_element(By.ID, "btn-resume").click()  # moves the hand: asks first
-        assert "The hand may move" in driver.find_element(By.ID, "confirm-text").text
+        assert "The hand may move" in text(driver, "confirm-text")
         driver.find_element(By.ID, "confirm-no").click()
         assert rig.status()["state"] == "paused"
         driver.find_element(By.ID, "btn-resume").click()
@@ -265,8 +265,8 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
         rig.sim.send(cmd="fault", code="overcurrent")
         rig.state_event("fault", t, 3)
         wait_text(driver, "state-headline", lambda s: s == "FAULT: device fault: overcurrent", 2, "the fault")
-        assert driver.find_element(By.ID, "state-next").text == "Next: check the hand, then clear the fault."
-        assert driver.find_element(By.ID, "state-action").text == "Clear"
+        assert text(driver, "state-next") == "Next: check the hand, then clear the fault."
+        assert text(driver, "state-action") == "Clear"
         wait_text(driver, "decision-note", lambda s: s.startswith("not sent: FAULT"), 2, "a greyed decision")
     finally:
         driver.quit()
@@ -303,27 +303,25 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
         def cue_shown():
             overlay = driver.find_element(By.ID, "cue-overlay")
             if overlay.is_displayed():
-                words.add(driver.find_element(By.ID, "cue-word").text)
+                words.add(text(driver, "cue-word"))
             return "OPEN" in words
 
         try:
             wait_until(cue_shown, 15, "the OPEN cue on the page")
         except AssertionError:
-            raise AssertionError(
-                f"cues seen {words}; {driver.find_element(By.ID, 'cal-status').text}; {console.view()['job']}"
-            ) from None
+            raise AssertionError(f"cues seen {words}; {text(driver, 'cal-status')}; {console.view()['job']}") from None
         assert rig.status()["state"] == "paused"  # the hand holds still while the patient follows the cues
-        assert driver.find_element(By.ID, "cue-instruction").text == "open your hand and hold it open"
+        assert text(driver, "cue-instruction") == "open your hand and hold it open"
         status = wait_text(
             driver, "cal-status", lambda t: "installed" in t or "refused" in t or "failed" in t, 60, "the result"
         )
         assert status == "Calibration for P007: passed the gate and installed", status
         assert not driver.find_element(By.ID, "cue-overlay").is_displayed()
-        assert driver.find_element(By.ID, "gate-line").text.startswith("Gate: passed")
-        after = float(driver.find_element(By.ID, "acc-after").text.rstrip(" %"))
+        assert text(driver, "gate-line").startswith("Gate: passed")
+        after = float(text(driver, "acc-after").rstrip(" %"))
         print(f"rehearsal calibration: accuracy after {after} %")
         assert after >= 80 and len(driver.find_elements(By.CSS_SELECTOR, "#cal-confusion tr")) == 4
-        installed = driver.find_element(By.ID, "install-line").text.split("model ")[1].rstrip(".")
+        installed = text(driver, "install-line").split("model ")[1].rstrip(".")
         model_file = next((tmp_path / "state" / "models").glob("adapted_*_P007_*.onnx"))
         assert read_model_info(model_file).model_id == installed
 
