@@ -44,7 +44,7 @@ from controller.policy import INTENTS, Decision, Policy
 from controller.realtime import GcGuard, Scheduling
 from controller.realtime import request as request_scheduling
 from controller.sdnotify import Notifier
-from controller.source import LslSource
+from controller.source import BATCH_MAX_S, LslSource
 from controller.states import STOP_REASONS, Conditions, DaemonState, StateMachine, Transition
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
 from metaemg.lsl import StreamDesc
@@ -85,7 +85,7 @@ class Controller:
 
     Its parts can be injected, so that its hot path, reloads and control handling run in a test's
     own process against the real signal chain, model and codec: ``source`` builds the armband
-    source (``LslSource``'s signature: config, loop, check=, on_data=, on_event=), ``link`` the
+    source (``LslSource``'s signature: config, loop, check=, on_data=, on_event=, batch_max_s=), ``link`` the
     orthosis link (``Link``'s: serial config, counters, on_change, on_busy, lock), ``clock`` is the
     monotonic clock of every state decision (seconds).
     """
@@ -189,7 +189,12 @@ class Controller:
             cfg.serial, self.counters, self._on_link_change, on_busy=self._on_port_busy, lock=self._lock
         )
         self.source = self._make_source(
-            cfg.lsl, loop, check=self._check_stream, on_data=self._on_data, on_event=self._on_stream_event
+            cfg.lsl,
+            loop,
+            check=self._check_stream,
+            on_data=self._on_data,
+            on_event=self._on_stream_event,
+            batch_max_s=min(BATCH_MAX_S, self._stale_s / 4),  # a sleep of the reader never looks stale
         )
         for coro, name in ((self.control.serve(), "control"), (self._control_loop(), "control_loop")):
             self._start_task(coro, name)

@@ -11,12 +11,14 @@ drains the backlog as one larger chunk. Events (connected, lost, ...) go to the 
 reads no sample of a stream before the loop has handled its "connected".
 
 ``on_data`` returns how many samples the consumer needs before its next window. While that is
-more than :data:`BATCH_MARGIN`, the thread sleeps until all but that many should have arrived
-(at most :data:`BATCH_MAX_S`; at the nominal rate, or at the pace the samples that came during
-the last sleep show, if faster: a replay at 10x) and then takes what came as one chunk: about 4 wake-ups per
-200 Hz window of 10 samples instead of 10. The sample that completes a window is still waited
-for in ``pull_sample``, so a decision is not later for it; a sample between two windows is
-checked up to :data:`BATCH_MAX_S` later, and always before the window it belongs to is decided.
+more than :data:`BATCH_MARGIN`, the thread sleeps until all but that many should have arrived and
+then takes what came as one chunk: about 4 wake-ups per 200 Hz window of 10 samples instead of
+10. A sleep is sized at the nominal rate, or at the pace the samples of the last sleep showed if
+that is faster (a replay at 10x), and lasts at most ``batch_max_s`` (:data:`BATCH_MAX_S`; the
+daemon gives a quarter of its ``policy.stale_ms``, so that a sleep never looks like a silent
+armband). The sample that completes a window is still waited for in ``pull_sample``, so a
+decision is not later for it; a sample between two windows is checked up to ``batch_max_s``
+later, and always before the window it belongs to is decided.
 
 When the outlet disappears the inlet raises ``LostError`` (``recover=False``): the thread reports
 it and resolves again. liblsl is imported only here, in the thread.
@@ -59,12 +61,13 @@ def identity(desc: StreamDesc) -> tuple[str, str]:
     return (desc.source_id or f"uid {desc.uid}", desc.hostname)
 
 
-def batch_wait(needed: int | None, rate: float) -> float:
+def batch_wait(needed: int | None, rate: float, max_s: float = BATCH_MAX_S) -> float:
     """How long the reader sleeps after a chunk when the consumer needs ``needed`` more samples
-    before its next window (module docstring): 0 for the last :data:`BATCH_MARGIN` of them."""
+    before its next window (module docstring): 0 for the last :data:`BATCH_MARGIN` of them, at
+    most ``max_s``."""
     if needed is None or needed <= BATCH_MARGIN or rate <= 0:
         return 0.0
-    return min((needed - BATCH_MARGIN) / rate, BATCH_MAX_S)
+    return min((needed - BATCH_MARGIN) / rate, max_s)
 
 
 def _who(desc: StreamDesc) -> str:
@@ -83,8 +86,12 @@ class LslSource:
         check: Callable[[StreamDesc], str | None],
         on_data: Callable[[np.ndarray, np.ndarray, int], int | None],
         on_event: Callable[[str, object], None],
+        batch_max_s: float = BATCH_MAX_S,
     ) -> None:
+        """``batch_max_s``: the longest sleep between two takes (the daemon gives a quarter of its
+        ``policy.stale_ms``, so that a sleep never looks like a silent armband)."""
         self.config = config
+        self.batch_max_s = batch_max_s
         self._loop = loop
         self._check = check
         self._on_data = on_data
@@ -244,7 +251,7 @@ class LslSource:
                 stamps[1:] = more
                 if slept:  # the samples that came during the last sleep: the stream's real pace
                     pace = max(desc.rate, n / slept)
-                slept = batch_wait(self._deliver(buf[:n].astype(np.float64), stamps, t_recv), pace)
+                slept = batch_wait(self._deliver(buf[:n].astype(np.float64), stamps, t_recv), pace, self.batch_max_s)
                 if slept:
                     self._stop.wait(slept)
         except pylsl.util.LostError:

@@ -459,6 +459,7 @@ def test_the_reader_sleeps_until_the_last_samples_before_a_window():
     assert BATCH_MARGIN == 2 and BATCH_MAX_S == 0.025
     assert batch_wait(10, 200.0) == 0.025 and batch_wait(6, 200.0) == 0.02 and batch_wait(3, 200.0) == 0.005
     assert batch_wait(2, 200.0) == batch_wait(1, 200.0) == batch_wait(None, 200.0) == batch_wait(10, 0.0) == 0.0
+    assert batch_wait(10, 200.0, 0.005) == 0.005  # the daemon's cap: a quarter of policy.stale_ms (20 ms)
     w = Windower(50, 10, 8)
     needed = [w.samples_needed]
     for n in (49, 1, 4, 5, 23):

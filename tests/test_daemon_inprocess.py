@@ -113,7 +113,9 @@ async def wait_for(predicate, timeout: float, what: str, poll: float = 0.01):
 class Harness:
     """One in-process daemon on the default model, its device, and an armband fed from ``emg``."""
 
-    def __init__(self, tmp: Path, emg: np.ndarray, *, rate: float = RATE, auto_model: bool = False) -> None:
+    def __init__(
+        self, tmp: Path, emg: np.ndarray, *, rate: float = RATE, auto_model: bool = False, stale_ms: float = 100.0
+    ) -> None:
         """``auto_model``: no model named (``model.path`` null): the packaged one that fits the stream."""
         self.tmp = tmp
         self.model = tmp / "model.onnx"
@@ -123,7 +125,11 @@ class Harness:
         model = None if auto_model else str(self.model)
         cfg = Config().with_overrides(serial_port=url, model=model, monitor=f"ipc://{tmp}/run/monitor.sock")
         # in this test's process: neither real-time scheduling nor a frozen heap for the test runner
-        cfg = dataclasses.replace(cfg, realtime=RealtimeConfig(priority=0, freeze_gc=False))
+        cfg = dataclasses.replace(
+            cfg,
+            realtime=RealtimeConfig(priority=0, freeze_gc=False),
+            policy=dataclasses.replace(cfg.policy, stale_ms=stale_ms),
+        )
         desc = StreamDesc("EMG", "EMG", "armband-1", "localhost", "uid-1", emg.shape[1], rate, "float32")
         self.rate = rate
         self.source: FeedSource | None = None
@@ -219,6 +225,18 @@ def test_hot_path_decides_every_window_and_commands_the_device(tmp_path, emg):
     assert r["backlog"] == (39, 1)
     assert r["status"]["state"] == "running" and r["status"]["input"]["stream"]["source_id"] == "armband-1"
     assert r["exit_code"] == 0
+
+
+def test_the_reader_never_sleeps_longer_than_a_quarter_of_the_stale_time(tmp_path, emg):
+    """Between windows the reader sleeps (controller/source.py); a sleep longer than
+    policy.stale_ms would look like an armband gone silent."""
+
+    async def scenario(h: Harness) -> dict:
+        return {"batch_max_s": h.source.batch_max_s}
+
+    (tmp_path / "default").mkdir()
+    assert run(tmp_path, emg, scenario, stale_ms=20)["batch_max_s"] == 0.005
+    assert run(tmp_path / "default", emg, scenario)["batch_max_s"] == 0.025
 
 
 def test_control_pause_resume_and_an_unknown_command(tmp_path, emg):
