@@ -492,6 +492,7 @@ def run_chain(
     duration: float,
     daemon_args: tuple[str, ...] = (),
     peers_rt: bool = False,
+    paused_s: float = 0.0,
 ) -> dict:
     sim = Sim(work)
     sim_rt = realtime(sim.proc.pid, PEER_PRIORITY) if peers_rt else False
@@ -515,6 +516,15 @@ def run_chain(
             cpu1 = read_cpu(daemon.proc.pid)
         rss = rss_kb(daemon.proc.pid)
         status = daemon.status()
+        paused = None
+        if paused_s > 0:  # the same stream with the hand held: every window decided, no COMMAND sent
+            daemon.request(cmd="pause")
+            time.sleep(1.0)  # not synchronisation: the STOP and its ACK out of the interval measured
+            p0 = read_cpu(daemon.proc.pid)
+            time.sleep(paused_s)
+            p1 = read_cpu(daemon.proc.pid)
+            if p0 is not None and p1 is not None and p1[0] > p0[0]:
+                paused = cpu_percent(p0[1], p1[1], p1[0] - p0[0], os.sysconf("SC_CLK_TCK"))
     finally:
         sub.close()
         daemon.stop()
@@ -550,6 +560,7 @@ def run_chain(
         "safe_reasons": safe_reasons,
         "daemon_cpu_pct": cpu_pct,
         "daemon_cpu_threads": threads,
+        "daemon_cpu_paused_pct": paused,
         "cpu_interval_s": None if cpu0 is None or cpu1 is None else cpu1[0] - cpu0[0],
         "daemon_ms": [d["latency_ms"] for d in decisions],
         "stages_us": {s: [d["stages_us"][s] for d in decisions] for s in STAGES},
@@ -704,6 +715,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run metaemg-calibrate on a real clip back to back during the measured run",
     )
     p.add_argument(
+        "--paused-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after the run, pause the daemon and measure its CPU for S seconds (the stream decided, no COMMAND sent)",
+    )
+    p.add_argument(
         "--peers-rt",
         action="store_true",
         help=f"run the armband's and the orthosis's stand-ins (pusher, simulator) under SCHED_FIFO "
@@ -748,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.duration,
                 () if args.config is None else ("--config", str(args.config)),
                 args.peers_rt,
+                args.paused_s,
             )
             print("floor: LSL push -> pull (daemon strategy) -> pty write -> read ...", flush=True)
             floor = measure_floor("daemon", args.floor_s, emg, rate, args.peers_rt)
@@ -823,6 +842,11 @@ def main(argv: list[str] | None = None) -> int:
             if not chain["daemon_cpu_threads"]
             else "; by thread: " + ", ".join(f"{k} {v:.2f} %" for k, v in chain["daemon_cpu_threads"].items())
         )
+        + (
+            ""
+            if chain["daemon_cpu_paused_pct"] is None
+            else f"; paused (every window decided, no COMMAND) {chain['daemon_cpu_paused_pct']:.2f} %"
+        )
     )
     loaded = bool(args.load or args.while_calibrating)
     for what, value, ok in issue18_targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss):
@@ -876,6 +900,7 @@ def main(argv: list[str] | None = None) -> int:
             "device_safe": chain["safe_reasons"],
             "daemon_cpu_pct": chain["daemon_cpu_pct"],
             "daemon_cpu_threads": chain["daemon_cpu_threads"],
+            "daemon_cpu_paused_pct": chain["daemon_cpu_paused_pct"],
             "cpu_interval_s": chain["cpu_interval_s"],
             "load": args.load,
             "while_calibrating": args.while_calibrating,
