@@ -13,6 +13,7 @@ only moves bytes. A write never blocks the loop: a full output buffer drops the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import Counter
@@ -35,6 +36,11 @@ from firmware_protocol import (
 from firmware_protocol.transport import Transport
 
 log = structlog.get_logger("controller.link")
+
+
+def _close_opened(opening: asyncio.Future) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 class Link:
@@ -76,7 +82,7 @@ class Link:
         reported = None
         while not self._closing:
             try:
-                transport = await asyncio.to_thread(self._open, self.url, baudrate=self.config.baudrate)
+                transport = await self._open_in_thread()
             except LinkBusy as exc:
                 if self._on_busy is not None and not self.counters["link_opens"]:
                     self._on_busy(str(exc))
@@ -114,6 +120,19 @@ class Link:
             await self._lost.wait()
             if not self._closing:
                 await asyncio.sleep(backoff)
+
+    async def _open_in_thread(self) -> Transport:
+        """Open the port in a worker thread. Cancelled while it opens (the daemon stopping), the
+        port it still opens is closed when it is open, not left to the garbage collector."""
+        assert self._loop is not None  # set by run()
+        opening = self._loop.run_in_executor(
+            None, functools.partial(self._open, self.url, baudrate=self.config.baudrate)
+        )
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
 
     def close(self) -> None:
         """Close the port now (after the daemon sent its STOP)."""

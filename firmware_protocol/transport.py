@@ -238,6 +238,7 @@ class LoopTransport(Transport):
         sock.setblocking(False)
         self._sock = sock
         self.peer: LoopTransport | None = None
+        self.handed_out = True  # False: a named pair's second end, until a second opener takes it
 
     @classmethod
     def pair(cls, url: str = "loop://") -> tuple[LoopTransport, LoopTransport]:
@@ -270,6 +271,14 @@ class LoopTransport(Transport):
 
     def _close(self) -> None:
         self._sock.close()
+        if self.peer is not None and not self.peer.handed_out:
+            # a named pair's end nobody opened: nobody will now; closed here, not left (a cycle with
+            # this end) to the garbage collector, which would warn about it in some later test
+            self.peer.close()
+        with _named_lock:
+            for name, end in list(_named_loops.items()):
+                if end is self:
+                    del _named_loops[name]
 
 
 _named_loops: dict[str, LoopTransport] = {}
@@ -283,8 +292,10 @@ def _open_loop(url: str) -> LoopTransport:
     with _named_lock:
         waiting = _named_loops.pop(name, None)
         if waiting is not None and waiting.peer is not None:
+            waiting.peer.handed_out = True
             return waiting.peer
-        end_a, _ = LoopTransport.pair(url)
+        end_a, end_b = LoopTransport.pair(url)
+        end_b.handed_out = False
         _named_loops[name] = end_a
         return end_a
 

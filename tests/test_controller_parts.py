@@ -518,3 +518,39 @@ def test_the_reader_thread_hands_every_sample_on_in_order_in_its_own_thread():
     np.testing.assert_array_equal(values, np.arange(n))
     # clock sync (lsl.clock_sync) shifts every stamp by the same offset
     np.testing.assert_allclose(stamps - stamps[0], np.arange(n) / 200, rtol=0, atol=1e-9)
+
+
+def test_a_port_that_opens_after_the_daemon_stopped_waiting_is_closed():
+    """The daemon stops while its link is still opening the port (in a worker thread): the port
+    is closed once it is open, not left open (nor to the garbage collector)."""
+    import threading
+    from collections import Counter
+
+    from controller.config import SerialConfig
+    from controller.link import Link
+    from firmware_protocol.transport import LoopTransport
+
+    entered, release, opened = threading.Event(), threading.Event(), []
+
+    def opener(url, baudrate):
+        entered.set()
+        release.wait(5)
+        a, b = LoopTransport.pair()
+        opened.append((a, b))
+        return a
+
+    async def main() -> bool:
+        link = Link(SerialConfig(port="loop://never"), Counter(), lambda: None, opener=opener)
+        task = asyncio.create_task(link.run())
+        assert await asyncio.to_thread(entered.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        deadline = time.monotonic() + 5
+        while not (opened and opened[0][0].closed) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return bool(opened) and opened[0][0].closed and not link.is_open
+
+    assert asyncio.run(main())
+    opened[0][1].close()

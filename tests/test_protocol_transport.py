@@ -86,6 +86,20 @@ def test_named_loop_urls_pair_up():
         t.close()
 
 
+def test_a_named_loop_opened_once_closes_both_ends():
+    """The other end of a named pair nobody opened (a daemon stopped before its link opened) is
+    closed with the first, not left to the garbage collector (a ResourceWarning in a later test)."""
+    a = open_transport("loop://lonely")
+    b = a.peer
+    assert isinstance(b, LoopTransport) and not b.closed
+    a.close()
+    assert b.closed
+    c = open_transport("loop://lonely")  # a new pair, not the closed ends
+    assert c is not a and c is not b and not c.closed
+    c.close()
+    assert c.peer is not None and c.peer.closed
+
+
 def test_pty_is_raw_binary_clean_and_does_not_echo(pty_pair):
     device, host = pty_pair
     data = bytes(range(256)) * 4  # includes ^C, ^D, ^S, CR, LF, DEL
