@@ -78,17 +78,17 @@ class DeviceThread:
             self.transport.write(encode(msg))
 
     def _run(self) -> None:
-        self._send(self.device.boot(time.monotonic()))
-        while not self._halt.is_set():
-            try:
+        try:
+            self._send(self.device.boot(time.monotonic()))
+            while not self._halt.is_set():
                 data = self.transport.read(timeout=0.005)
-            except LinkError:  # the daemon closed its end: unplugged
-                return
-            now = time.monotonic()
-            for msg in self.decoder.feed(data) if data else ():
-                self.received.append(msg)
-                self._send(self.device.receive(msg, now))
-            self._send(self.device.tick(now))
+                now = time.monotonic()
+                for msg in self.decoder.feed(data) if data else ():
+                    self.received.append(msg)
+                    self._send(self.device.receive(msg, now))
+                self._send(self.device.tick(now))
+        except LinkError:  # the daemon closed its end (it stopped): unplugged, read or write alike
+            return
 
     def of_type(self, kind: type) -> list:
         return [m for m in list(self.received) if isinstance(m, kind)]
