@@ -227,6 +227,51 @@ def test_hot_path_decides_every_window_and_commands_the_device(tmp_path, emg):
     assert r["exit_code"] == 0
 
 
+def test_the_hot_path_in_its_own_thread_beside_control_requests_and_model_swaps(tmp_path, emg):
+    """As in the daemon: the chunks come from another thread (the reader's), while the loop
+    answers control requests, swaps models and runs its timers; the lock keeps them apart: every
+    request answered, every window accounted for, no internal error, commands again at the end."""
+
+    async def scenario(h: Harness) -> dict:
+        await h.feed_until(lambda: h.state() == "running", 10, "running")
+        stop, errors = threading.Event(), []
+
+        def feed() -> None:  # 50 ms of EMG every 10 ms (5x real time), from this thread
+            try:
+                while not stop.is_set():
+                    h.push(0.05)
+                    stop.wait(0.01)
+            except Exception as exc:  # reported below: a test thread must not die silently
+                errors.append(exc)
+
+        feeder = threading.Thread(target=feed, name="feeder")
+        feeder.start()
+        try:
+            other = h.tmp / "other.onnx"
+            shutil.copy(default_model_path(), other)
+            answers = []
+            for i in range(8):
+                for req in ({"cmd": "status"}, {"cmd": "pause"}, {"cmd": "resume"}):
+                    answers.append(await h.ctl(**req))
+                answers.append(await h.ctl(cmd="reload", path=str(other if i % 2 else h.model)))
+            await wait_for(lambda: h.state() == "running", 5, "running after the last resume")
+            n = len(h.device.of_type(Command))
+            await wait_for(lambda: len(h.device.of_type(Command)) > n + 5, 5, "commands after the requests")
+        finally:
+            stop.set()
+            feeder.join(5)
+        with h.ctrl._lock:  # a consistent snapshot: the feeder's last chunk is complete
+            c = dict(h.ctrl.counters)
+        return {"answers": answers, "errors": errors, "counters": c}
+
+    r = run(tmp_path, emg, scenario)
+    assert r["errors"] == [] and r["exit_code"] == 0
+    assert len(r["answers"]) == 32 and all(a["ok"] for a in r["answers"]), [a for a in r["answers"] if not a["ok"]]
+    c = r["counters"]
+    assert c["reloads_ok"] == 8 and "reloads_failed" not in c and "model_errors" not in c
+    assert c["windows"] == c["decisions"] + c.get("skipped_windows", 0) and c["decisions"] > 5
+
+
 def test_the_reader_never_sleeps_longer_than_a_quarter_of_the_stale_time(tmp_path, emg):
     """Between windows the reader sleeps (controller/source.py); a sleep longer than
     policy.stale_ms would look like an armband gone silent."""
