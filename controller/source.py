@@ -250,7 +250,7 @@ class LslSource:
                 stamps[0] = stamp
                 stamps[1:] = more
                 if slept:  # the samples that came during the last sleep: the stream's real pace
-                    pace = max(desc.rate, n / slept)
+                    pace = max(desc.rate, n / slept, 0.9 * pace)  # a stall of the sender lowers it slowly
                 slept = batch_wait(self._deliver(buf[:n].astype(np.float64), stamps, t_recv), pace, self.batch_max_s)
                 if slept:
                     self._stop.wait(slept)
