@@ -237,14 +237,12 @@ def print_table(doc: dict) -> None:
 def plot(doc: dict, traces: list, path: Path) -> Path:
     """Each recording's decisions over its labels (one row each, time in seconds), and the
     confusion matrix over all of them, in one PNG (written atomically)."""
-    try:
-        import matplotlib
+    from metalearn.runplots import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        plt = pyplot()
     except ImportError:
         raise MetaEMGError("--plot needs matplotlib: pip install matplotlib") from None
-    from metaemg.atomic import write_bytes
 
     n = len(traces)
     fig, axes = plt.subplots(n + 1, 1, figsize=(11, 1.6 * n + 3.2), gridspec_kw={"height_ratios": [1] * n + [2.2]})
@@ -270,13 +268,7 @@ def plot(doc: dict, traces: list, path: Path) -> Path:
     ax.set_ylabel("labelled")
     ax.set_title(f"all recordings: accuracy {doc['accuracy']:.3f} ({doc['decisions']})", fontsize=9)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def adapt_in_memory(base: Path, clip_path: Path, out: Path) -> Path:
