@@ -759,13 +759,14 @@ class Controller:
         if cmd != "status":
             log.info("control", cmd=cmd, **{k: v for k, v in req.items() if k in allowed and k != "cue"})
         if cmd == "reload":  # awaits the load in a worker thread; takes the lock for the swap only
-            return await self._ctl_reload(req)
+            return await handler(req)
         with self._lock:
             return handler(req, self._clock())
 
     def _control_table(self) -> dict:
         """command -> (handler, the fields it takes besides cmd); its keys are control.COMMANDS.
-        Each handler but reload's runs under the lock, with the time of the request."""
+        Each handler but reload's runs under the lock, with the time of the request; reload's is
+        a coroutine of the request alone."""
         return {
             "status": (self._ctl_status, ()),
             "pause": (self._ctl_pause, ()),
