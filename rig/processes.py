@@ -226,17 +226,6 @@ class Daemon:
     def events(self, name: str) -> list[dict]:
         return [r for r in list(self.lines) if r.get("event") == name]
 
-    def wait_log(self, predicate: Callable[[dict], bool], timeout: float, what: str) -> dict:
-        def find():
-            if self.proc.poll() is not None and not any(predicate(r) for r in list(self.lines)):
-                self._reader.join(1)
-                raise AssertionError(
-                    f"daemon exited ({self.proc.returncode}) before {what}: {self._stderr()}\n{''.join(self.raw[-20:])}"
-                )
-            return next((r for r in list(self.lines) if predicate(r)), None)
-
-        return wait_until(find, timeout, what)
-
     def _stderr(self) -> str:
         return self.proc.stderr.read() if self.proc.stderr is not None else f"(see {self.output})"
 
