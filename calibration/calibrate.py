@@ -421,6 +421,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make the previous model current again (run it twice to undo) and tell the daemon",
     )
+    p.add_argument(
+        "--rollback-to",
+        metavar="MODEL_ID",
+        help="with --rollback: only if the previous model is MODEL_ID (what the person confirming saw)",
+    )
+    p.add_argument(
+        "--across-patients",
+        metavar="NOW,BACK",
+        help="with --rollback: the patient ids of the current and the previous model ('-' for none), "
+        "to confirm a rollback to another patient's model",
+    )
     what.add_argument("--print-config", action="store_true", help="print the effective configuration (YAML) and exit")
     p.add_argument(
         "--config", type=Path, metavar="FILE", help="YAML configuration file (docs/calibration.md lists every key)"
@@ -449,8 +460,18 @@ def _parser() -> argparse.ArgumentParser:
         "uncalibrated base model",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON document on the last line")
+    p.add_argument(
+        "--result-file",
+        type=Path,
+        metavar="FILE",
+        help="also write the result document to FILE (atomically, mode 0600): a channel nothing else writes, "
+        "for a program that runs this tool (metaemg-console)",
+    )
     live = p.add_argument_group("live recording")
     live.add_argument("--lsl-stream", metavar="NAME", help="LSL stream name of the armband (lsl.name)")
+    live.add_argument(
+        "--lsl-source-id", metavar="ID", help="LSL source id of the armband, when several match (lsl.source_id)"
+    )
     live.add_argument("--cycles", type=int, metavar="N", help="relax-open-relax-close cycles (protocol.cycles)")
     live.add_argument("--cue-s", type=float, metavar="S", help="seconds of each cue (protocol.relax_s/open_s/close_s)")
     live.add_argument(
@@ -487,6 +508,8 @@ def load_config(args: argparse.Namespace):
         cfg = cfg.replace("gate", **gate)
     if args.lsl_stream is not None:
         cfg = cfg.replace("lsl", name=args.lsl_stream)
+    if args.lsl_source_id is not None:
+        cfg = cfg.replace("lsl", source_id=args.lsl_source_id)
     if args.cue_endpoint is not None:
         cfg = cfg.replace("cues", endpoint=None if args.cue_endpoint.lower() == "none" else args.cue_endpoint)
     if args.control is not None:
@@ -502,27 +525,44 @@ def load_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        code, result = _run(args)
     except MetaEMGError as exc:
-        if args.json:
-            print(json.dumps({"ok": False, "error": str(exc), **dict.fromkeys(JSON_KEYS)}), flush=True)
+        _emit(args, {"ok": False, "error": str(exc), **dict.fromkeys(JSON_KEYS)})
         raise
+    if result is not None:
+        _emit(args, result)
+    return code
 
 
-def _run(args: argparse.Namespace) -> int:
+def _emit(args: argparse.Namespace, result: dict) -> None:
+    """The result document: the last stdout line with ``--json``, the file of ``--result-file``."""
+    if args.json:
+        print(json.dumps(result), flush=True)
+    if args.result_file is not None:
+        from metaemg.atomic import PRIVATE, write_text
+
+        write_text(args.result_file, json.dumps(result), perms=PRIVATE)
+
+
+def _run(args: argparse.Namespace) -> tuple[int, dict | None]:
     config = load_config(args)
     if args.print_config:
         print(config.to_yaml(), end="")
-        return 0
+        return 0, None
     store = Store(resolve_state_dir(args.state_dir, config.state_dir).absolute(), keep=config.keep_models)
     if args.rollback:
         if args.out or args.base_model or args.patient:
             raise ConfigError("--rollback takes no --out, --base-model or --patient")
-        return _rollback(store, config, args.json, force=args.force)
+        return _rollback(store, config, force=args.force, expect=args.rollback_to, across=args.across_patients)
+    if args.rollback_to or args.across_patients:
+        raise ConfigError("--rollback-to and --across-patients go with --rollback")
     patient = check_patient(args.patient)
+    bound = None
+    if args.from_recording is None:
+        config, bound = _the_controllers_armband(config)
     base_model = args.base_model or (Path(config.base_model).expanduser() if config.base_model else None)
     if base_model is None:
-        base_model = _packaged_base(args, config)
+        base_model = _packaged_base(args, config, bound)
     if not base_model.is_file():
         what = (
             "the packaged default model is not installed"
@@ -558,19 +598,33 @@ def _run(args: argparse.Namespace) -> int:
                 say(hold.note)
             result = None
             try:
-                rec, clip_path, digest = _record_live(config, base_model, store, link, when, patient)
+                rec, clip_path, digest = _record_live(config, base_model, store, link, when, patient, bound)
                 result = calibrate(rec, clip_path, digest, source="live", **same)
             finally:
                 note = None if hold is None else end_hold(link, hold, installed=bool(result and result["installed"]))
                 if note:
                     print(note, file=sys.stdout if result else sys.stderr, flush=True)
     assert result is not None  # calibrate() returned, or its error left this function
-    if args.json:
-        print(json.dumps(result), flush=True)
-    return 0 if result["ok"] else EXIT_REFUSED
+    return (0 if result["ok"] else EXIT_REFUSED), result
 
 
-def _packaged_base(args: argparse.Namespace, config) -> Path:
+def _the_controllers_armband(config) -> tuple[Any, tuple[str, str] | None]:
+    """A live calibration records the armband the controller listens to: when a daemon answers and
+    is bound to an armband, its stream name and identity (the configuration's ``lsl.name`` gives
+    way to it); otherwise ``lsl`` as configured, and an ambiguous match is refused."""
+    with _link(config, live=False) as link:
+        armband = link.armband()
+    if armband is None:
+        return config, None
+    name, bound = armband
+    if name and name != config.lsl.name:
+        config = config.replace("lsl", name=name)
+    if bound is not None:
+        say(f"armband: the one the controller listens to (source id {bound[0]!r} on {bound[1]!r})")
+    return config, bound
+
+
+def _packaged_base(args: argparse.Namespace, config, bound: tuple[str, str] | None) -> Path:
     """No base model named: the packaged model that fits the clip, or the armband's stream when
     recording live (its rate and channels); says which."""
     from metaemg.modelfile import describe_shipped, shipped_model_for
@@ -581,7 +635,7 @@ def _packaged_base(args: argparse.Namespace, config) -> Path:
     else:
         from calibration.live import find_stream
 
-        _, desc = find_stream(config.lsl)
+        _, desc = find_stream(config.lsl, bound)
         rate, channels, what = desc.rate, desc.channels, f"the stream {desc.describe()}"
     path = shipped_model_for(rate, channels)
     say(f"base model: {describe_shipped(path, read_model_info(path))}, which fits {what}")
@@ -629,11 +683,19 @@ def _default_control(config) -> str:
     return cfg.control.resolved_endpoint()
 
 
-def _record_live(config, base_model: Path, store: Store, link: DaemonLink, when: datetime, patient: str | None):
+def _record_live(
+    config,
+    base_model: Path,
+    store: Store,
+    link: DaemonLink,
+    when: datetime,
+    patient: str | None,
+    bound: tuple[str, str] | None,
+):
     from calibration.live import LiveRecorder
 
     spec = OnnxModel(base_model).info.signal
-    recorder = LiveRecorder(config.protocol, config.lsl, spec, link)
+    recorder = LiveRecorder(config.protocol, config.lsl, spec, link, bound=bound)
     try:
         desc = recorder.connect()
         say(f"armband: {desc.describe()}")
@@ -656,10 +718,18 @@ def _record_live(config, base_model: Path, store: Store, link: DaemonLink, when:
     return read_recording(clip_path, channels=spec.channels), clip_path, digest
 
 
-def _rollback(store: Store, config, as_json: bool, *, force: bool = False) -> int:
+def _rollback(
+    store: Store, config, *, force: bool = False, expect: str | None = None, across: str | None = None
+) -> tuple[int, dict]:
+    pair = None
+    if across is not None:
+        now, sep, back = across.partition(",")
+        if not sep:
+            raise ConfigError(f"--across-patients {across!r}: give NOW,BACK (the two patient ids, '-' for none)")
+        pair = (None if now == "-" else now, None if back == "-" else back)
     store.ensure()
     with store.lock():
-        now_id, was_id = store.rollback(to_uncalibrated=force)
+        now_id, was_id = store.rollback(to_uncalibrated=force, expect=expect, across_patients=pair)
     say(f"rolled back: {store.current} is now model {now_id} (it was {was_id}); run --rollback again to undo")
     calibrated = bool((store.describe(store.current) or {}).get("calibrated"))
     if not calibrated:
@@ -672,22 +742,15 @@ def _rollback(store: Store, config, as_json: bool, *, force: bool = False) -> in
         with _link(config, live=False) as link:
             daemon = link.request_reload(store.current)
         say(daemon.note)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "ok": True,
-                    "action": "rollback",
-                    "model": str(store.current),
-                    "model_id": now_id,
-                    "replaced_model_id": was_id,
-                    "calibrated": calibrated,
-                    "daemon": None if daemon is None else daemon.to_dict(),
-                }
-            ),
-            flush=True,
-        )
-    return 0
+    return 0, {
+        "ok": True,
+        "action": "rollback",
+        "model": str(store.current),
+        "model_id": now_id,
+        "replaced_model_id": was_id,
+        "calibrated": calibrated,
+        "daemon": None if daemon is None else daemon.to_dict(),
+    }
 
 
 if __name__ == "__main__":

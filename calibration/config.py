@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calibration.daemonlink import DEFAULT_CUE_ENDPOINT
 from calibration.gate import GateRules
 from calibration.protocol import CueProtocol
 from metaemg.lsl import StreamSelector
@@ -40,7 +39,7 @@ class LslSection(StreamSelector):
 @dataclass(frozen=True)
 class CueSection(Section):
     KEY = "cues"
-    endpoint: str | None = DEFAULT_CUE_ENDPOINT  # ZeroMQ PUB for the cues; null: publish none
+    endpoint: str | None = None  # a ZeroMQ PUB of its own for the cues (opt-in); null: through the daemon only
     via_daemon: bool = True  # also hand each cue to a running daemon for its monitor stream
 
     def check(self, key: str) -> None:

@@ -2,8 +2,11 @@
 
 :class:`DaemonLink` is the one place that knows the wire formats, so they can change in one place:
 
-- ``publish_cue``: a ZeroMQ PUB socket bound by this process (default ``tcp://127.0.0.1:5557``),
-  two frames per message as on the daemon's monitor stream: the topic ``cue`` and a JSON object
+- ``publish_cue``: with ``via_daemon`` (the default), each cue goes to the running daemon, which
+  republishes it on its own monitor stream (private to its user: a GUI, the console and the
+  simulated patient follow it there). A PUB socket of this process's own is opt-in
+  (``cues.endpoint``: ``ipc://PATH`` in a private directory, or ``tcp://``, which any local user
+  may read or take first), two frames per message as on the daemon's monitor stream: the topic ``cue`` and a JSON object
   ``{"schema": "metaemg.monitor/1", "topic": "cue", "t_mono", "t_wall", "source":
   "metaemg-calibrate", "cue", "index", "n_cues", "cycle", "cycles", "remaining_s",
   "total_remaining_s"}``. ``cue`` is ``countdown``, ``relax``, ``open``, ``close``, ``done`` or
@@ -32,7 +35,6 @@ from dataclasses import dataclass
 from metaemg.errors import ConfigError
 
 CUE_TOPIC = "cue"  # one of controller.monitor.TOPICS, with its SCHEMA
-DEFAULT_CUE_ENDPOINT = "tcp://127.0.0.1:5557"
 BUSY_RETRIES = 3  # the daemon's own file watcher may be reloading the same file already
 
 
@@ -98,7 +100,7 @@ class DaemonLink:
         self,
         *,
         control_endpoint: str,
-        cue_endpoint: str | None = DEFAULT_CUE_ENDPOINT,
+        cue_endpoint: str | None = None,
         timeout_s: float = 1.0,
         forward_cues: bool = False,
     ):
@@ -264,8 +266,22 @@ class DaemonLink:
             return None
         return bool((status.get("status") or {}).get("paused"))
 
+    def armband(self) -> tuple[str | None, tuple[str, str] | None] | None:
+        """The armband the running daemon reads: ``(stream name, (source id, host))`` from its
+        status (either None when it has not read one yet); None when no daemon answers."""
+        if not self._socket_exists():
+            return None
+        status = self._request({"cmd": "status"})
+        if status is None:
+            return None
+        inp = (status.get("status") or {}).get("input") or {}
+        stream, bound = inp.get("stream") or {}, inp.get("bound_to") or {}
+        ident = (bound.get("source_id"), bound.get("host"))
+        ok = all(isinstance(v, str) for v in ident)
+        return (stream.get("name") if isinstance(stream.get("name"), str) else None), (ident if ok else None)  # type: ignore[return-value]
+
     def _socket_exists(self) -> bool:
-        from controller.control import check_socket_dir
+        from metaemg.trust import check_socket_dir
 
         return check_socket_dir(self.control_endpoint)
 

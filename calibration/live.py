@@ -25,7 +25,7 @@ from calibration.config import LslSection
 from calibration.daemonlink import DaemonLink
 from calibration.protocol import INSTRUCTIONS, CueProtocol, labels_from_cues
 from metaemg.errors import DataError
-from metaemg.lsl import StreamDesc, describe, quiet_liblsl
+from metaemg.lsl import StreamDesc, choose, describe, gather, quiet_liblsl
 from metaemg.signal import SignalSpec, rate_matches
 from metalearn.recording import Recording
 
@@ -33,8 +33,10 @@ POLL_S = 0.02  # longest wait for samples between two checks of the clock (cue d
 DRAIN_S = 0.5  # after the last cue: how long to wait for the samples recorded before its end
 
 
-def find_stream(lsl: LslSection):
-    """``(pylsl StreamInfo, StreamDesc)`` of the armband's stream; one-line DataError if none."""
+def find_stream(lsl: LslSection, bound: tuple[str, str] | None = None):
+    """``(pylsl StreamInfo, StreamDesc)`` of the armband's stream: the one armband matching ``lsl``,
+    or, with ``bound`` (the :func:`~metaemg.lsl.identity` of the armband a running daemon reads),
+    exactly that one. One-line DataError naming every candidate otherwise."""
     import pylsl
 
     quiet_liblsl(pylsl)
@@ -45,12 +47,33 @@ def find_stream(lsl: LslSection):
             f"no LSL stream matching {predicate} within {lsl.resolve_timeout_s:g} s: is the "
             "armband on, paired and streaming?"
         )
-    return found[0], describe(found[0])
+    infos = gather(pylsl, predicate, found)
+    descs = [describe(info) for info in infos]
+    index, kind, candidates = choose(descs, bound)
+    if index is not None:
+        return infos[index], descs[index]
+    if kind == "foreign":
+        assert bound is not None  # choose() says foreign only when bound
+        raise DataError(
+            f"the controller reads the armband with source id {bound[0]!r} on {bound[1]!r}, which does not "
+            f"stream now (found: {'; '.join(candidates)}): nothing is recorded; check that armband, or if it was "
+            "replaced run: myhand-controller ctl rebind"
+        )
+    raise DataError(
+        f"{len(candidates)} armbands match {predicate} ({'; '.join(candidates)}): none is recorded; switch one "
+        "off, or choose one with lsl.source_id (--lsl-source-id ID)"
+    )
 
 
 class LiveRecorder:
     def __init__(
-        self, protocol: CueProtocol, lsl: LslSection, spec: SignalSpec, link: DaemonLink, out: IO[str] | None = None
+        self,
+        protocol: CueProtocol,
+        lsl: LslSection,
+        spec: SignalSpec,
+        link: DaemonLink,
+        out: IO[str] | None = None,
+        bound: tuple[str, str] | None = None,
     ):
         import pylsl
 
@@ -60,6 +83,7 @@ class LiveRecorder:
         self.lsl = lsl
         self.spec = spec
         self.link = link
+        self.bound = bound  # the identity of the armband the controller reads: only that one is recorded
         self.out = out or sys.stdout
         self.inlet: Any = None  # a pylsl.StreamInlet once connected (pylsl is imported lazily)
         self.stream: StreamDesc | None = None
@@ -80,7 +104,7 @@ class LiveRecorder:
     def connect(self) -> StreamDesc:
         """Find the armband's stream, check it against the model, open it."""
         pylsl = self._lsl
-        info, desc = find_stream(self.lsl)
+        info, desc = find_stream(self.lsl, self.bound)
         if desc.channels != self.spec.channels:
             raise DataError(
                 f"stream {desc.describe()} has {desc.channels} channels; the model expects {self.spec.channels}"

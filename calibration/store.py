@@ -262,10 +262,18 @@ class Store:
                     out.append(entry)
         return out
 
-    def rollback(self, *, to_uncalibrated: bool = False) -> tuple[str, str | None]:
+    def rollback(
+        self,
+        *,
+        to_uncalibrated: bool = False,
+        expect: str | None = None,
+        across_patients: tuple[str | None, str | None] | None = None,
+    ) -> tuple[str, str | None]:
         """Swap current and previous; returns ``(model id now current, model id it replaced)``.
         Going back to an uncalibrated base model (it decides nothing: the hand would not move until
-        the next calibration) is refused unless ``to_uncalibrated``."""
+        the next calibration) is refused unless ``to_uncalibrated``; to a model of another patient
+        (or one without a patient id) unless ``across_patients`` names both, ``(current's,
+        previous's)``; and to any model but ``expect``, when given (what the person confirming saw)."""
         if not self.previous.is_file():
             raise StateError(f"nothing to roll back to: {self.previous} does not exist (no calibration installed yet)")
         try:
@@ -275,6 +283,20 @@ class Store:
             raise StateError(
                 f"cannot roll back: the previous model is unusable ({exc}); current is unchanged"
             ) from None
+        if expect is not None and model.info.model_id != expect:
+            raise StateError(
+                f"the previous model is now {model.info.model_id}, not {expect} as confirmed (the models changed "
+                "since): nothing rolled back; look again and confirm what you see"
+            )
+        now_patient = (self.describe(self.current) or {}).get("patient")
+        back_patient = (model.info.calibration or {}).get("patient")
+        crossing = model.info.calibration is not None and now_patient != back_patient
+        if crossing and across_patients != (now_patient, back_patient):
+            raise StateError(
+                f"rolling back would give patient {now_patient or '(none given)'} the model calibrated for patient "
+                f"{back_patient or '(none given)'} ({model.info.model_id}); current is unchanged. To do it anyway, "
+                f"name both: --across-patients {now_patient or '-'},{back_patient or '-'}"
+            )
         if model.info.calibration is None and not to_uncalibrated:
             raise StateError(
                 f"rolling back would return to the uncalibrated base model {model.info.model_id}, which decides "

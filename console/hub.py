@@ -36,6 +36,7 @@ class Hub:
         self.commands: Counter = Counter()  # commands sent to the orthosis, by intent
         self.started_wall = time.time() if started_wall is None else started_wall
         self.received = 0
+        self.problem: str | None = None  # why the console does not listen to the monitor stream (yet)
 
     def feed(self, topic: str, msg: dict, now: float) -> None:
         if not isinstance(msg, dict) or msg.get("schema") != SCHEMA:
@@ -139,4 +140,5 @@ class Hub:
             "cue": cue,
             "commands": dict(self.commands),
             "events": list(self.events)[-6:],
+            "monitor_problem": self.problem,
         }

@@ -1,9 +1,11 @@
 """Calibration from the page: ``metaemg-calibrate`` as a child process, one at a time.
 
 The console never adapts a model itself: it runs the same command a clinician would type (so the
-gate, the store, the hot swap and their messages are the tool's own), with ``--json``, and keeps
-its output lines and its result document (the last stdout line). A live calibration's cues reach
-the page through the daemon's monitor stream (``cues.via_daemon``), like the patient's armband.
+gate, the store, the hot swap and their messages are the tool's own) and keeps its output lines
+(shown as text, never parsed). The result document comes through a channel nothing else writes:
+``--result-file`` in a directory private to the console (0700), read once the child has exited;
+a line of output that looks like JSON is only a line. A live calibration's cues reach the page
+through the daemon's monitor stream (``cues.via_daemon``), like the patient's armband.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
+from pathlib import Path
 
 from calibration.gate import EXIT_REFUSED
 
@@ -28,8 +33,9 @@ class Busy(Exception):
 class Job:
     """One ``metaemg-calibrate`` run: ``kind`` (calibrate, install, rollback), its lines and result."""
 
-    def __init__(self, kind: str, argv: list[str], patient: str | None) -> None:
-        self.kind, self.argv, self.patient = kind, argv, patient
+    def __init__(self, kind: str, argv: list[str], patient: str | None, result_file: Path) -> None:
+        self.kind, self.argv, self.patient = kind, [*argv, "--result-file", str(result_file)], patient
+        self.result_file = result_file
         self.state = "running"  # running, done (exit 0), refused (exit 3: the gate said no), failed, cancelled
         self.lines: deque[str] = deque(maxlen=200)
         self.result: dict | None = None
@@ -47,16 +53,10 @@ class Job:
         )
         assert self._proc.stdout is not None  # PIPE
         async for raw in self._proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    doc = json.loads(line)
-                    if isinstance(doc, dict):
-                        self.result = doc
-                        continue
-            self.lines.append(line)
+            self.lines.append(raw.decode("utf-8", "replace").rstrip())
         self.returncode = await self._proc.wait()
         self.ended_wall = time.time()
+        self.result = _read_result(self.result_file)
         if self.state == "cancelled":
             return
         if self.returncode == 0:
@@ -92,6 +92,18 @@ class Job:
         }
 
 
+def _read_result(path: Path) -> dict | None:
+    """The child's result document (None when it wrote none: it died, or was interrupted early)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return doc if isinstance(doc, dict) else None
+
+
 class Jobs:
     """The console's calibration jobs: at most one runs; every one is kept for the session report.
     ``common``: the arguments every run gets (control endpoint, state directory, configuration)."""
@@ -101,6 +113,7 @@ class Jobs:
         self.python = python or sys.executable
         self.history: list[Job] = []
         self._task: asyncio.Task | None = None
+        self._results = Path(tempfile.mkdtemp(prefix="metaemg-console-"))  # 0700: only this user writes there
 
     @property
     def current(self) -> Job | None:
@@ -114,8 +127,8 @@ class Jobs:
             raise ValueError(f"unknown job {kind!r}")
         if self.running():
             raise Busy("a calibration is running; wait for it or cancel it")
-        argv = [self.python, "-m", "calibration.calibrate", "--json", *self.common, *args]
-        job = Job(kind, argv, patient)
+        argv = [self.python, "-m", "calibration.calibrate", *self.common, *args]
+        job = Job(kind, argv, patient, self._results / f"result-{len(self.history)}.json")
         self.history.append(job)
         self._task = asyncio.get_running_loop().create_task(job.run(), name=f"calibrate-{kind}")
         return job
@@ -126,3 +139,4 @@ class Jobs:
             job.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._task), 10)  # type: ignore[arg-type]
+        shutil.rmtree(self._results, ignore_errors=True)

@@ -39,10 +39,8 @@ def session_report(hub: Hub, jobs: Jobs, models: dict) -> str:
     e = html.escape
     patients = sorted({j.patient for j in jobs.history if j.patient})
     parts = [
-        "<!doctype html><html><head><meta charset=utf-8><title>MyHand session report</title><style>",
-        "body{font:14px system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse;margin:.5em 0}"
-        "td,th{border:1px solid #bbb;padding:.2em .6em;text-align:left}h2{margin-top:1.5em}.cm td{text-align:right}",
-        "</style></head><body>",
+        "<!doctype html><html><head><meta charset=utf-8><title>MyHand session report</title>",
+        '<link rel="stylesheet" href="/static/report.css"></head><body>',
         "<h1>MyHand session report</h1>",
         f"<p>Patient: <b>{e(', '.join(patients) or 'not given')}</b> · session from {_t(hub.started_wall)} to "
         f"{_t(time.time())} · state directory {e(str(models.get('state_dir')))}</p>",

@@ -1,8 +1,8 @@
 """``metaemg-console``: the clinician's console, a local web app (aiohttp, one page, a WebSocket).
 
     metaemg-console [--config FILE] [--control ENDPOINT] [--monitor ENDPOINT] [--port 8765]
-                    [--host 127.0.0.1 [--allow-remote]] [--state-dir DIR]
-                    [--calibration-config FILE] [--token-file FILE]
+                    [--host 127.0.0.1] [--allow-remote --tls-cert FILE --tls-key FILE [--public-name NAME]]
+                    [--state-dir DIR] [--calibration-config FILE] [--token-file FILE]
 
 Prints, as its first line on stdout, the URL to open (with the token). It talks to the daemon only
 through the monitor stream (SUB) and the control socket (REQ, :mod:`controller.control`), and runs
@@ -10,14 +10,23 @@ through the monitor stream (SUB) and the control socket (REQ, :mod:`controller.c
 
 Security (README, "The clinician's console"):
 
-- bound to loopback unless ``--host`` names another address *and* ``--allow-remote`` is given;
-- every request, the page included, carries the token generated for this run (``?token=`` once:
-  the answer sets an HttpOnly, SameSite=Strict cookie and sends the browser to the URL without
-  it), or is refused with 401; the token is also in a 0600 file (``--token-file``);
-- requests that change something (POST) and the WebSocket must come from the console's own page:
-  their ``Origin`` must be the console's own, and a POST must also carry the token in the
-  ``X-Console-Token`` header (which another site's page cannot read), else 403;
-- the ``Host`` header must name the address the console serves on (no DNS rebinding), else 403.
+- bound to loopback unless ``--allow-remote`` is given, which needs TLS (``--tls-cert`` and
+  ``--tls-key``: ``https`` and ``wss`` only) and the name the browser will use (``--public-name``;
+  a wildcard address without one is refused);
+- no ambient credential: the printed URL carries the token in its fragment (``#token=``, never
+  sent to a server); the page keeps it in ``sessionStorage`` and sends it in the
+  ``X-Console-Token`` header of every API request and in the WebSocket's first message (a socket
+  that has not sent it within :data:`WS_AUTH_S` is closed). No cookie: a page on another port of
+  the same host has nothing to send along. The page and its static files carry no secret and are
+  served to anyone who names the right Host; everything else answers 401 without the token. The
+  session report opens with a one-time ticket the page asks for (:data:`TICKET_S`);
+- requests that change something (POST) and the WebSocket must come from the console's own page
+  (its ``Origin``), else 403; the ``Host`` header must name the address the console serves on
+  (no DNS rebinding), else 403;
+- every answer carries a Content-Security-Policy (:data:`CSP`): no inline script, nothing from
+  another origin, no framing;
+- installs and rollbacks name what the page showed (the clip's digest; the model ids and, across
+  patients, both patients) and are refused (409) when it is no longer what would happen.
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import json
 import secrets
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -42,8 +53,14 @@ from metaemg.cli import entry_point
 from metaemg.errors import ConfigError
 
 STATIC = Path(__file__).with_name("static")
-COOKIE = "metaemg_console"
 DEFAULT_PORT = 8765
+WS_AUTH_S = 1.0  # a WebSocket that has not sent the token within this is closed
+TICKET_S = 30.0  # how long a session report's one-time ticket is valid
+WS_UNAUTHORISED = 4401  # the WebSocket's close code without the token
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+)
 PUSH_S = 0.1  # the page is redrawn from a view pushed ten times a second
 CONTROLS = ("pause", "resume", "clear", "stop")  # what the page's buttons may ask the daemon
 
@@ -57,7 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket (default: from the config)")
     p.add_argument("--monitor", metavar="ENDPOINT", help="the daemon's monitor stream (default: from the config)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, loopback only)")
-    p.add_argument("--allow-remote", action="store_true", help="allow --host to be an address other than loopback")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow --host to be an address other than loopback (needs --tls-cert and --tls-key)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM): serve https and wss")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    p.add_argument(
+        "--public-name",
+        metavar="NAME",
+        help="the host name browsers use to reach the console (its certificate's name); needed with a wildcard "
+        "--host such as 0.0.0.0",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
     p.add_argument("--state-dir", metavar="DIR", help="the calibration's state directory (as metaemg-calibrate)")
     p.add_argument(
@@ -98,6 +127,7 @@ class Console:
         self.jobs = Jobs(calibrate_args)
         self.origins: set[str] = set()
         self.hosts: set[str] = set()
+        self._tickets: dict[str, float] = {}  # one-time session-report tickets: ticket -> expiry (monotonic)
         self._ctx = zmq.asyncio.Context()
         self._tasks: list[asyncio.Task] = []
 
@@ -113,6 +143,8 @@ class Console:
                 web.get("/report", self.report),
                 web.get("/api/view", self.api_view),
                 web.get("/api/models", self.api_models),
+                web.get("/api/instructions", self.api_instructions),
+                web.post("/api/report", self.api_report_ticket),
                 web.post("/api/control", self.api_control),
                 web.post("/api/calibrate", self.api_calibrate),
                 web.post("/api/calibrate/cancel", self.api_cancel),
@@ -125,16 +157,30 @@ class Console:
         app.on_cleanup.append(self._stop)
         return app
 
-    def serving_on(self, host: str, port: int) -> None:
-        """The address the page is served on: the only Host and Origin accepted."""
-        names = {host, "127.0.0.1", "localhost"} if _is_loopback(host) else {host}
-        names |= {f"[{n}]" for n in names if ":" in n}
+    def serving_on(self, host: str, port: int, *, public_name: str | None = None, tls: bool = False) -> str:
+        """The address the page is served on: the only Host and Origin accepted. Returns the base URL."""
+        if public_name is not None:
+            names = {public_name}
+        elif _is_loopback(host):
+            names = {host, "127.0.0.1", "localhost"}
+        else:
+            names = {host}
+        names = {f"[{n}]" if ":" in n else n for n in names}
+        scheme = "https" if tls else "http"
         self.hosts = {f"{n}:{port}" for n in names}
-        self.origins = {f"http://{h}" for h in self.hosts}
+        self.origins = {f"{scheme}://{h}" for h in self.hosts}
+        shown = public_name or host
+        return f"{scheme}://{f'[{shown}]' if ':' in shown else shown}:{port}"
 
     # -- security ----------------------------------------------------------------------------------
     def _token_ok(self, supplied: str | None) -> bool:
         return supplied is not None and hmac.compare_digest(supplied.encode(), self.token.encode())
+
+    def _ticket_ok(self, ticket: str | None) -> bool:
+        """A session report's one-time ticket: valid once, within :data:`TICKET_S`."""
+        now = time.monotonic()
+        self._tickets = {t: until for t, until in self._tickets.items() if until > now}
+        return ticket is not None and self._tickets.pop(ticket, None) is not None
 
     @property
     def _guard(self):
@@ -142,30 +188,42 @@ class Console:
 
         @web.middleware
         async def guard(request, handler):
-            if self.hosts and request.headers.get("Host") not in self.hosts:
-                return web.Response(status=403, text="forbidden: unexpected Host header\n")
-            from_query = request.query.get("token")
-            if not (self._token_ok(from_query) or self._token_ok(request.cookies.get(COOKIE))):
-                return web.Response(
-                    status=401, text="unauthorised: open the URL metaemg-console printed (it carries the token)\n"
-                )
-            changes = request.method not in ("GET", "HEAD")
-            if (changes or request.path == "/ws") and request.headers.get("Origin") not in self.origins:
-                return web.Response(status=403, text="forbidden: a request from another page (Origin)\n")
-            if changes and not self._token_ok(request.headers.get("X-Console-Token")):
-                return web.Response(status=403, text="forbidden: the X-Console-Token header is missing or wrong\n")
-            if from_query is not None and request.method == "GET" and request.path == "/":
-                response = web.HTTPSeeOther("/")  # the token leaves the address bar and the history
-            else:
+            response = await self._check(request)
+            if response is None:
                 response = await handler(request)
-            if from_query is not None:
-                response.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/")
-            response.headers["Cache-Control"] = "no-store"
-            response.headers["X-Frame-Options"] = "DENY"
-            response.headers["Referrer-Policy"] = "no-referrer"
+            if not response.prepared:  # a WebSocket's handshake has gone out already
+                response.headers["Content-Security-Policy"] = CSP
+                response.headers["Cache-Control"] = "no-store"
+                response.headers["X-Frame-Options"] = "DENY"
+                response.headers["X-Content-Type-Options"] = "nosniff"
+                response.headers["Referrer-Policy"] = "no-referrer"
             return response
 
         return guard
+
+    async def _check(self, request):
+        """None when ``request`` may go on, else the refusal (see the module docstring)."""
+        from aiohttp import web
+
+        if self.hosts and request.headers.get("Host") not in self.hosts:
+            return web.Response(status=403, text="forbidden: unexpected Host header\n")
+        path = request.path
+        origin = request.headers.get("Origin")
+        if request.method not in ("GET", "HEAD") or path == "/ws":
+            if origin not in self.origins:
+                return web.Response(status=403, text="forbidden: a request from another page (Origin)\n")
+        elif origin is not None and origin not in self.origins:
+            return web.Response(status=403, text="forbidden: a request from another page (Origin)\n")
+        if path in ("/", "/ws") or path.startswith("/static/"):
+            return None  # no secret there; the WebSocket authenticates in its first message
+        if path == "/report" and self._ticket_ok(request.query.get("ticket")):
+            return None
+        if not self._token_ok(request.headers.get("X-Console-Token")):
+            return web.Response(
+                status=401,
+                text="unauthorised: open the URL metaemg-console printed (it carries the token), then use the page\n",
+            )
+        return None
 
     # -- the monitor stream ------------------------------------------------------------------------
     async def _start(self, app) -> None:
@@ -181,13 +239,22 @@ class Console:
         self._ctx.term()
 
     async def _subscribe(self) -> None:
-        sock = self._ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(self.monitor)
+        """Feed the hub from the monitor stream (:func:`controller.monitor.subscribe`: an ``ipc://``
+        socket only once it is there, in a trusted directory)."""
+        from controller.monitor import subscribe
+
+        while True:
+            try:
+                sock = subscribe(self._ctx, self.monitor)
+            except ConfigError as exc:
+                self.hub.problem, sock = str(exc), None
+            if sock is not None:
+                break
+            await asyncio.sleep(0.5)
+        self.hub.problem = None
         try:
             while True:
-                frames = await sock.recv_multipart()
+                frames = await sock.recv_multipart()  # type: ignore[misc]  # an asyncio context's socket
                 if len(frames) != 2:
                     continue
                 try:
@@ -202,11 +269,7 @@ class Console:
     async def page(self, request):
         from aiohttp import web
 
-        from calibration.protocol import INSTRUCTIONS
-
-        html = (STATIC / "index.html").read_text(encoding="utf-8")
-        html = html.replace("{{TOKEN}}", self.token).replace("{{INSTRUCTIONS}}", json.dumps(INSTRUCTIONS))
-        return web.Response(text=html, content_type="text/html")
+        return web.FileResponse(STATIC / "index.html")
 
     async def report(self, request):
         from aiohttp import web
@@ -217,10 +280,18 @@ class Console:
         return web.Response(text=html, content_type="text/html")
 
     async def websocket(self, request):
-        from aiohttp import web
+        from aiohttp import WSMsgType, web
 
         ws = web.WebSocketResponse(heartbeat=10)
         await ws.prepare(request)
+        try:
+            first = await ws.receive(timeout=WS_AUTH_S)
+            token = json.loads(first.data).get("token") if first.type == WSMsgType.TEXT else None
+        except (TimeoutError, ValueError, AttributeError, RuntimeError):
+            token = None
+        if not self._token_ok(token if isinstance(token, str) else None):
+            await ws.close(code=WS_UNAUTHORISED, message=b"unauthorised: no token in the first message")
+            return ws
         cursor = max(0, self.hub.emg_next - 400)
         try:
             while not ws.closed:
@@ -255,22 +326,45 @@ class Console:
 
         return web.json_response(self._models())
 
+    async def api_instructions(self, request):
+        from aiohttp import web
+
+        from calibration.protocol import INSTRUCTIONS
+
+        return web.json_response(INSTRUCTIONS)
+
+    async def api_report_ticket(self, request):
+        """A one-time ticket for the session report, opened as a page of its own (to print)."""
+        from aiohttp import web
+
+        ticket = secrets.token_urlsafe(24)
+        self._tickets[ticket] = time.monotonic() + TICKET_S
+        return web.json_response({"ok": True, "url": f"/report?ticket={ticket}"})
+
     def _models(self) -> dict:
         from calibration.store import Store
 
         store = Store(self.state_dir)
         current, previous = store.describe(store.current), store.describe(store.previous)
-        warning = None
+        warning = patients = None
         if previous is not None and not previous["calibrated"]:
             warning = (
                 f"Rolling back returns to the uncalibrated base model {previous['model_id']}: it decides nothing, "
                 "so the hand will not move until the next calibration."
+            )
+        elif previous is not None and (current or {}).get("patient") != previous["patient"]:
+            now, back = (current or {}).get("patient"), previous["patient"]
+            patients = [now, back]
+            warning = (
+                f"Rolling back gives patient {now or '(none given)'} the model calibrated for patient "
+                f"{back or '(none given)'}."
             )
         return {
             "state_dir": str(self.state_dir),
             "current": current,
             "previous": previous,
             "rollback_warning": warning,
+            "rollback_patients": patients,
             "history": store.history_entries()[-20:] if store.history.parent.is_dir() else [],
         }
 
@@ -304,10 +398,7 @@ class Console:
             patient = check_patient(str(body.get("patient") or "").strip() or None)
         except ConfigError as exc:
             return _error(str(exc), 400)
-        args = [] if patient is None else ["--patient", patient]
-        stream = (((self.hub.status or {}).get("input") or {}).get("stream") or {}).get("name")
-        if stream:  # the armband the controller listens to, whatever the calibration's lsl.name says
-            args += ["--lsl-stream", stream]
+        args = [] if patient is None else ["--patient", patient]  # it records the controller's own armband
         cycles = body.get("cycles")
         if cycles is not None:
             if not isinstance(cycles, int) or isinstance(cycles, bool) or not 2 <= cycles <= 10:
@@ -317,25 +408,56 @@ class Console:
 
     async def api_install(self, request):
         """Install the last refused calibration's model anyway (the clinician confirmed): the same
-        clip again with ``--force``."""
+        clip again with ``--force``. The page names the clip it showed (``clip_sha256``): a result
+        another tab produced since is not the one installed."""
         body = await self._body(request)
         job = self.jobs.current
         if body.get("confirm") is not True:
             return _error("installing a model the gate refused needs confirm: true", 400)
         if job is None or job.kind != "calibrate" or job.state != "refused" or not (job.result or {}).get("clip"):
             return _error("nothing to install: the last calibration was not refused by the gate", 409)
-        args = ["--from-recording", job.result["clip"], "--force"]  # type: ignore[index]
+        result: dict = job.result  # type: ignore[assignment]
+        clip = Path(str(result["clip"]))
+        shown = body.get("clip_sha256")
+        if not isinstance(shown, str) or shown != result.get("clip_sha256"):
+            return _error(
+                "the refused calibration on the page is not the last one (another page started one since): "
+                "nothing installed; look at the result again",
+                409,
+            )
+        try:
+            digest = hashlib.sha256(clip.read_bytes()).hexdigest()
+        except OSError as exc:
+            return _error(f"{clip}: cannot read the clip: {exc.strerror or exc}", 409)
+        if digest != shown:
+            return _error(f"{clip}: the clip changed since it was recorded: nothing installed", 409)
+        args = ["--from-recording", str(clip), "--force"]
         if job.patient:
             args += ["--patient", job.patient]
         return self._start_job("install", args, job.patient)
 
     async def api_rollback(self, request):
+        """Roll back to the model the page showed: ``to_model`` (previous) and ``from_model``
+        (current) must still be those; to the uncalibrated base model needs ``to_uncalibrated``;
+        to another patient's model, ``across_patients`` naming both (current's, previous's)."""
         body = await self._body(request)
         if body.get("confirm") is not True:
             return _error("a rollback needs confirm: true", 400)
         models = self._models()
-        args = ["--rollback"]
-        if models["rollback_warning"]:
+        current, previous = models["current"] or {}, models["previous"] or {}
+        if (body.get("from_model"), body.get("to_model")) != (current.get("model_id"), previous.get("model_id")):
+            return _error(
+                f"the models changed since the page showed them (now current {current.get('model_id')}, previous "
+                f"{previous.get('model_id')}): nothing rolled back; look again and confirm",
+                409,
+            )
+        args = ["--rollback", "--rollback-to", str(previous.get("model_id"))]
+        if models["rollback_patients"] is not None:
+            if body.get("across_patients") != models["rollback_patients"]:
+                return _error(models["rollback_warning"] + " Confirm with across_patients naming both.", 409)
+            now, back = models["rollback_patients"]
+            args += ["--across-patients", f"{now or '-'},{back or '-'}"]
+        elif models["rollback_warning"]:
             if body.get("to_uncalibrated") is not True:
                 return _error(models["rollback_warning"] + " Confirm with to_uncalibrated: true.", 409)
             args.append("--force")
@@ -372,23 +494,59 @@ def _write_token(path: Path, token: str) -> None:
     write_text(path, token + "\n", perms=PRIVATE)
 
 
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context of ``--tls-cert``/``--tls-key`` (None without them); remote needs it."""
+    remote = not _is_loopback(args.host)
+    if remote and not args.allow_remote:
+        raise ConfigError(
+            f"--host {args.host}: not a loopback address; the console moves a patient's hand, so serving it to "
+            "the network needs --allow-remote, with --tls-cert and --tls-key"
+        )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together (the certificate and its private key)")
+    if remote and args.tls_cert is None:
+        raise ConfigError(
+            f"--allow-remote --host {args.host}: needs --tls-cert FILE and --tls-key FILE: without TLS anyone on the "
+            "network path reads the token and can move the hand"
+        )
+    if _is_wildcard(args.host) and args.public_name is None:
+        raise ConfigError(
+            f"--host {args.host} listens on every address: give --public-name NAME, the name browsers use to reach "
+            "the console (its certificate's name), so that requests naming another host are refused"
+        )
+    if args.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-cert {args.tls_cert} --tls-key {args.tls_key}: cannot load them: {exc}") from None
+    return context
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not _is_loopback(args.host) and not args.allow_remote:
-        raise ConfigError(
-            f"--host {args.host}: not a loopback address; the console moves a patient's hand, so serving it to "
-            "the network needs --allow-remote (and a network you trust: the token is its only protection)"
-        )
+    tls = _tls(args)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: must be 0..65535")
     from calibration.config import load as load_calibration
     from calibration.store import resolve_state_dir
     from controller.__main__ import load_config
+    from metaemg.trust import check_socket_dir
 
     cfg = load_config(args, service_default=True)
     control = cfg.control.resolved_endpoint()
     monitor = cfg.monitor_endpoint()
+    check_socket_dir(monitor, "monitor socket directory")  # an untrusted one is refused now, in one line
     calib = load_calibration(Path(args.calibration_config) if args.calibration_config else None)
     state_dir = resolve_state_dir(args.state_dir, calib.state_dir).absolute()
     common = ["--control", control, "--state-dir", str(state_dir)]
@@ -399,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     _write_token(token_file, token)
     console = Console(control=control, monitor=monitor, token=token, calibrate_args=common, state_dir=state_dir)
     try:
-        asyncio.run(_serve(console, args.host, args.port, token_file))
+        asyncio.run(_serve(console, args, tls, token_file))
     except KeyboardInterrupt:
         pass
     finally:
@@ -408,23 +566,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _serve(console: Console, host: str, port: int, token_file: Path) -> None:
+async def _serve(console: Console, args: argparse.Namespace, tls: ssl.SSLContext | None, token_file: Path) -> None:
     import signal
 
     from aiohttp import web
 
     runner = web.AppRunner(console.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(f"--host {host} --port {port}: cannot serve there: {exc.strerror or exc}") from None
+        raise ConfigError(f"--host {args.host} --port {args.port}: cannot serve there: {exc.strerror or exc}") from None
     bound = runner.addresses[0][1]
-    console.serving_on(host, bound)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"http://{shown}:{bound}/?token={console.token}", flush=True)
+    base = console.serving_on(args.host, bound, public_name=args.public_name, tls=tls is not None)
+    print(f"{base}/#token={console.token}", flush=True)
     print(
         f"metaemg-console: daemon control {console.control}, monitor {console.monitor}; token in {token_file}; "
         "Ctrl-C to stop",

@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from controller.monitor import bind
 from metaemg.errors import ConfigError, MetaEMGError
-from metaemg.trust import check_dir, private_dir
+from metaemg.trust import check_socket_dir, private_dir
 
 COMMANDS = ("status", "pause", "resume", "reload", "clear", "cue", "rebind", "stop")
 MAX_REQUEST = 64 * 1024
@@ -132,19 +132,6 @@ def _answers(endpoint: str, timeout_s: float = 0.3) -> bool:
     except ControlError:
         return False
     return True
-
-
-def check_socket_dir(endpoint: str) -> bool:
-    """Whether an ``ipc://`` control socket is there; ConfigError when the directory it is in is not
-    trusted (see :mod:`metaemg.trust`: another user could have put a socket of their own there).
-    True for any other transport."""
-    if not endpoint.startswith("ipc://"):
-        return True
-    path = ipc_path(endpoint)
-    if not path.parent.is_dir():
-        return False
-    check_dir(path.parent, "control socket directory", allow_root=True)
-    return path.exists()
 
 
 class ControlClient:

@@ -21,7 +21,7 @@ import zmq
 
 from controller.config import MonitorConfig
 from metaemg.errors import ConfigError
-from metaemg.trust import private_dir
+from metaemg.trust import check_socket_dir, private_dir
 
 SCHEMA = "metaemg.monitor/1"
 TOPICS = ("decision", "status", "emg", "cue", "event")
@@ -118,3 +118,22 @@ class Monitor:
                 os.unlink(self.endpoint[len("ipc://") :])
             except OSError:
                 pass
+
+
+def subscribe(context: zmq.Context, endpoint: str, topics: tuple[str, ...] = ("",)) -> zmq.Socket | None:
+    """A SUB socket on the monitor stream at ``endpoint`` (every client's way in), or None while an
+    ``ipc://`` socket is not there yet: connected earlier, ZeroMQ would follow whatever socket
+    appeared at the path later. ConfigError when its directory is not trusted
+    (:func:`metaemg.trust.check_socket_dir`, the control socket's rule)."""
+    if not check_socket_dir(endpoint, "monitor socket directory"):
+        return None
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    for topic in topics:
+        sock.setsockopt_string(zmq.SUBSCRIBE, topic)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ConfigError(f"cannot connect to monitor endpoint {endpoint!r}: {exc}") from None
+    return sock

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from controller.explain import STALE_AFTER_S, Explanation, ctl_command, event_text, explain, state_headline
 from controller.monitor import SCHEMA
@@ -459,21 +461,46 @@ class LivePlot:
         self.plt.close(self.fig)
 
 
-def _subscribe(endpoint: str, topics: tuple[str, ...]):
-    import zmq
+class _Subscription:
+    """The monitor stream for this tool: :func:`controller.monitor.subscribe`, tried again (every
+    :data:`RETRY_S`) while the daemon's socket is not there yet."""
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    for t in topics:
-        sock.setsockopt_string(zmq.SUBSCRIBE, t)
-    try:
-        sock.connect(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close()
-        ctx.term()
-        raise ConfigError(f"cannot connect to monitor endpoint {endpoint!r}: {exc}") from None
-    return ctx, sock
+    RETRY_S = 0.25
+
+    def __init__(self, endpoint: str, topics: tuple[str, ...]) -> None:
+        import zmq
+
+        self.endpoint, self.topics = endpoint, topics
+        self.ctx = zmq.Context()
+        self.sock: Any = None  # a zmq SUB socket once connected
+        self._tried = -math.inf
+        self.connect()
+
+    def connect(self):
+        from controller.monitor import subscribe
+
+        if self.sock is None and time.monotonic() - self._tried >= self.RETRY_S:
+            self._tried = time.monotonic()
+            try:
+                self.sock = subscribe(self.ctx, self.endpoint, self.topics)
+            except ConfigError:
+                self.close()
+                raise
+        return self.sock
+
+    def receive(self, timeout_ms: int) -> tuple[str, dict] | None:
+        sock = self.connect()
+        if sock is None:
+            time.sleep(min(timeout_ms / 1000, self.RETRY_S))  # nothing to wait on yet: the daemon's socket
+            return None
+        return _receive(sock, timeout_ms)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+        if not self.ctx.closed:
+            self.ctx.term()
 
 
 def _receive(sock, timeout_ms: int) -> tuple[str, dict] | None:
@@ -490,11 +517,11 @@ def _receive(sock, timeout_ms: int) -> tuple[str, dict] | None:
 
 def wait_status(endpoint: str, timeout: float) -> dict:
     """The first status message on the stream; :class:`MonitorTimeout` after ``timeout`` s."""
-    ctx, sock = _subscribe(endpoint, ("status",))
+    sub = _Subscription(endpoint, ("status",))
     try:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            got = _receive(sock, max(1, int(left * 1000)))
+            got = sub.receive(max(1, int(left * 1000)))
             if got and got[0] == "status" and got[1].get("schema") == SCHEMA:
                 return got[1]
         raise MonitorTimeout(
@@ -502,8 +529,7 @@ def wait_status(endpoint: str, timeout: float) -> dict:
             "with monitor.endpoint set to this address?)"
         )
     finally:
-        sock.close(linger=0)
-        ctx.term()
+        sub.close()
 
 
 def run_live(
@@ -528,15 +554,15 @@ def run_live(
 
         if matplotlib.get_backend().lower() != "agg":
             live_plot.plt.show(block=False)
-    ctx, sock = _subscribe(endpoint, ("",))
+    sub = _Subscription(endpoint, ("",))
     start = time.monotonic()
     next_draw = start
     try:
         while duration is None or time.monotonic() - start < duration:
-            got = _receive(sock, 20)
+            got = sub.receive(20)
             while got is not None:
                 view.update(*got)
-                got = _receive(sock, 0)
+                got = sub.receive(0)
             now = time.monotonic()
             if now >= next_draw:
                 next_draw = now + 1.0 / refresh_hz
@@ -548,8 +574,7 @@ def run_live(
                         break
                     live_plot.update(view, now, ctl)
     finally:
-        sock.close(linger=0)
-        ctx.term()
+        sub.close()
         if live_plot is not None:
             if save_plot and live_plot.open:
                 live_plot.update(view, ctl=ctl)

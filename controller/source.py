@@ -24,7 +24,7 @@ When the outlet disappears the inlet raises ``LostError`` (``recover=False``): t
 it and resolves again. liblsl is imported only here, in the thread.
 
 A stream is one armband. The reader binds to the first stream it connects to, by its source id
-and host (:func:`identity`), and afterwards follows only that armband: another stream with the
+and host (:func:`metaemg.lsl.identity`), and afterwards follows only that armband: another stream with the
 same name (a second armband in the room) is reported ("foreign") and never read, until an operator
 says so (:meth:`LslSource.rebind`, ``myhand-controller ctl rebind``). Before it is bound, two
 armbands that both match the configured name are "ambiguous": neither is read.
@@ -40,12 +40,11 @@ from collections.abc import Callable
 import numpy as np
 
 from controller.config import LslConfig
-from metaemg.lsl import FATAL_ONLY, StreamDesc, describe, quiet_liblsl
+from metaemg.lsl import FATAL_ONLY, StreamDesc, choose, describe, gather, identity, quiet_liblsl
 
 MAX_CHUNK = 512  # samples drained per pull (more waits for the next pull)
 PULL_WAIT_S = 0.1  # how long the thread blocks for a first sample (bounds its stop latency)
 RESOLVE_SLICE_S = 0.25  # resolve in slices so that stop() is quick
-GATHER_S = 0.2  # once one stream is found, how long to look for a second one with the same name
 BATCH_MARGIN = 2  # samples before a window that are waited for one by one (a late sender's jitter)
 BATCH_MAX_S = 0.025  # the longest sleep between two takes: a quarter of the default policy.stale_ms
 
@@ -55,12 +54,6 @@ BATCH_MAX_S = 0.025  # the longest sleep between two takes: a quarter of the def
 Event = tuple[str, object]
 
 
-def identity(desc: StreamDesc) -> tuple[str, str]:
-    """Which armband a stream is: its source id and host (its uid when it has no source id, which
-    then changes when the sender restarts)."""
-    return (desc.source_id or f"uid {desc.uid}", desc.hostname)
-
-
 def batch_wait(needed: int | None, rate: float, max_s: float = BATCH_MAX_S) -> float:
     """How long the reader sleeps after a chunk when the consumer needs ``needed`` more samples
     before its next window (module docstring): 0 for the last :data:`BATCH_MARGIN` of them, at
@@ -68,11 +61,6 @@ def batch_wait(needed: int | None, rate: float, max_s: float = BATCH_MAX_S) -> f
     if needed is None or needed <= BATCH_MARGIN or rate <= 0:
         return 0.0
     return min((needed - BATCH_MARGIN) / rate, max_s)
-
-
-def _who(desc: StreamDesc) -> str:
-    sid, host = identity(desc)
-    return f"source id {sid!r} on {host}"
 
 
 class LslSource:
@@ -173,33 +161,26 @@ class LslSource:
             self._event("error", f"{type(exc).__name__}: {exc}")
 
     def _choose(self, infos) -> tuple[object | None, str, str | None]:
-        """``(info, "", None)`` of the stream to read among those found, or ``(None, kind, why)``."""
-        descs = [(info, describe(info)) for info in infos]
-        if self.bound is not None:
-            mine = [info for info, d in descs if identity(d) == self.bound]
-            if mine:
-                return mine[0], "", None
-            others = "; ".join(sorted({_who(d) for _, d in descs}))
-            return (
-                None,
-                "foreign",
-                (
-                    f"stream {descs[0][1].describe()} is another armband ({others}), not the one "
-                    f"this daemon is bound to (source id {self.bound[0]!r} on {self.bound[1]}): "
-                    "not read; if the armband was replaced, run: myhand-controller ctl rebind"
-                ),
+        """``(info, "", None)`` of the stream to read among those found, or ``(None, kind, why)``
+        (:func:`metaemg.lsl.choose`)."""
+        descs = [describe(info) for info in infos]
+        index, kind, candidates = choose(descs, self.bound)
+        if index is not None:
+            return infos[index], "", None
+        armbands = "; ".join(candidates)
+        if kind == "foreign":
+            assert self.bound is not None  # choose() says foreign only when bound
+            why = (
+                f"stream {descs[0].describe()} is another armband ({armbands}), not the one this daemon is bound "
+                f"to (source id {self.bound[0]!r} on {self.bound[1]!r}): not read; if the armband was replaced, "
+                "run: myhand-controller ctl rebind"
             )
-        armbands = sorted({_who(d) for _, d in descs})
-        if len(armbands) > 1:
-            return (
-                None,
-                "ambiguous",
-                (
-                    f"{len(armbands)} armbands match {self.config.predicate()} ({'; '.join(armbands)}): "
-                    "none is read; switch one off, or set lsl.source_id"
-                ),
+        else:
+            why = (
+                f"{len(candidates)} armbands match {self.config.predicate()} ({armbands}): none is read; switch "
+                "one off, or set lsl.source_id"
             )
-        return descs[0][0], "", None
+        return None, kind, why
 
     def _resolve(self, pylsl) -> list:
         """Every stream that matches (one search, then :data:`GATHER_S` for a second one)."""
@@ -212,8 +193,7 @@ class LslSource:
                 break
             found = pylsl.resolve_bypred(predicate, 1, min(left, RESOLVE_SLICE_S))
             if found:
-                more = pylsl.resolve_bypred(predicate, 2, GATHER_S)
-                return list({info.uid(): info for info in [*found, *more]}.values())
+                return gather(pylsl, predicate, found)
         if not self._stop.is_set():
             self.problem = f"no LSL stream matching {predicate}"
             self._event("missing", self.problem)

@@ -26,13 +26,20 @@ def entry_point(func: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return int(func(argv) or 0)
         except MetaEMGError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
 
     return wrapper
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: line breaks and other control characters written as escapes (``\\n``),
+    so that a message carrying the sender's words (a stream name, a host name) cannot forge a line
+    of its own in a log or in another program reading this one's output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def control_request(words: list[str]) -> dict:

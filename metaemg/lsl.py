@@ -12,6 +12,7 @@ from metaemg.typedconfig import Section, is_number, require
 WARNINGS, FATAL_ONLY = -1, -3  # liblsl's (loguru's) log levels
 DEFAULT_STREAM_NAME = "MyHand-EMG"
 SELECTORS = ("name", "type", "source_id")
+GATHER_S = 0.2  # once one stream is found, how long to look for a second one that matches too
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,43 @@ class StreamDesc:
         return asdict(self)
 
     def describe(self) -> str:
-        return f"'{self.name}' ({self.channels} channels, {self.rate:g} Hz, {self.channel_format}, on {self.hostname})"
+        """For messages: the name and host quoted (a stream's fields are the sender's words, and may
+        carry a newline or markup)."""
+        return (
+            f"{self.name!r} ({self.channels} channels, {self.rate:g} Hz, {self.channel_format}, on {self.hostname!r})"
+        )
+
+
+def identity(desc: StreamDesc) -> tuple[str, str]:
+    """Which armband a stream is: its source id and host (its uid when it has no source id, which
+    then changes when the sender restarts)."""
+    return (desc.source_id or f"uid {desc.uid}", desc.hostname)
+
+
+def who(desc: StreamDesc) -> str:
+    sid, host = identity(desc)
+    return f"source id {sid!r} on {host!r}"
+
+
+def gather(pylsl, predicate: str, found: list) -> list:
+    """Every stream that matches ``predicate``: those ``found`` already and any other seen within
+    :data:`GATHER_S` (each once, by uid)."""
+    more = pylsl.resolve_bypred(predicate, 2, GATHER_S)
+    return list({info.uid(): info for info in [*found, *more]}.values())
+
+
+def choose(descs: list[StreamDesc], bound: tuple[str, str] | None) -> tuple[int | None, str, list[str]]:
+    """Which of the streams found (every one matching the selector) is *the* armband: ``(index, "",
+    [])``, or ``(None, kind, candidates)`` with ``kind`` "foreign" (bound to an armband that is not
+    among them) or "ambiguous" (not bound, and more than one armband matches), ``candidates``
+    naming each armband found. One rule for the daemon's reader and the calibration's recorder."""
+    candidates = sorted({who(d) for d in descs})
+    if bound is not None:
+        mine = [i for i, d in enumerate(descs) if identity(d) == bound]
+        return (mine[0], "", []) if mine else (None, "foreign", candidates)
+    if len({identity(d) for d in descs}) > 1:
+        return None, "ambiguous", candidates
+    return 0, "", []
 
 
 def describe(info) -> StreamDesc:

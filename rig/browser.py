@@ -61,7 +61,7 @@ def console(tmp: Path, control: str, monitor: str, *extra: str) -> tuple[subproc
     proc = spawn(argv, tmp / "console.log", pipe_stdout=True)
     assert proc.stdout is not None  # pipe_stdout
     url = proc.stdout.readline().strip()
-    if not url.startswith("http://"):
+    if not url.startswith(("http://", "https://")) or "/#token=" not in url:
         end_process(proc)
         raise MetaEMGError(f"metaemg-console printed {url!r} first; its log: {(tmp / 'console.log').read_text()}")
     return proc, url

@@ -364,8 +364,6 @@ DEFAULT_MONITOR = "daemon"  # --monitor without an endpoint: the daemon's own
 
 
 def _parser() -> argparse.ArgumentParser:
-    from calibration.daemonlink import DEFAULT_CUE_ENDPOINT
-
     p = argparse.ArgumentParser(
         prog="metaemg-patient",
         description="a simulated patient: an LSL armband playing a labelled recording that follows the "
@@ -396,10 +394,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cues",
-        nargs="?",
-        const=DEFAULT_CUE_ENDPOINT,
         metavar="ENDPOINT",
-        help=f"follow the calibration tool's own cue socket (without ENDPOINT: {DEFAULT_CUE_ENDPOINT})",
+        help="follow the calibration tool's own cue socket (its cues.endpoint, when it publishes one)",
     )
     p.add_argument(
         "--config",

@@ -14,18 +14,18 @@ from rig.processes import end_process, wait_until
 
 class ConsoleProcess:
     """``metaemg-console --port 0`` for a daemon's sockets (:func:`rig.browser.console`); ``url``
-    is its first stdout line."""
+    is its first stdout line (``BASE/#token=TOKEN``)."""
 
     def __init__(self, tmp: Path, control: str, monitor: str, *extra: str) -> None:
         self.token_file = tmp / "console.token"
         self.proc, self.url = console(tmp, control, monitor, *extra)
-        self.base = self.url.split("/?")[0]
-        self.token = self.url.split("token=", 1)[1]
+        self.base, _, fragment = self.url.partition("/#")
+        self.token = fragment.removeprefix("token=")
 
     def get(self, path: str, *, token: bool = True, headers: dict | None = None) -> tuple[int, dict, bytes]:
-        sep = "&" if "?" in path else "?"
-        url = self.base + path + (f"{sep}token={self.token}" if token else "")
-        return _call(urllib.request.Request(url, headers=headers or {}))
+        """GET ``path`` with the token in its header (as the page sends it), or without."""
+        sent = {"X-Console-Token": self.token} if token else {}
+        return _call(urllib.request.Request(self.base + path, headers={**sent, **(headers or {})}))
 
     def post(self, path: str, body: dict, headers: dict) -> tuple[int, dict, bytes]:
         req = urllib.request.Request(

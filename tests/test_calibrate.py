@@ -32,7 +32,7 @@ from metalearn.evaluate_cli import evaluate
 from metalearn.recording import Recording, read_recording, write_recording
 from rig.models import myo_recording
 from rig.patient import Patient
-from rig.processes import unique_name
+from rig.processes import unique_name, wait_until
 
 CLIP_S = 32  # the first two cycles of training0 and a little relax
 
@@ -311,6 +311,8 @@ def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, 
             clips[f"{s}/cal"],
             "--base-model",
             base,
+            "--patient",
+            f"P{s[-2:]}",
             "--json",
             "--no-png",
             state=state,
@@ -322,10 +324,20 @@ def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, 
     first_bytes = previous.read_bytes()
     assert read_model_info(current).model_id == ids[1] and read_model_info(previous).model_id == ids[0]
 
+    # the previous model is another patient's: refused unless both are named; and only to the model confirmed
+    rc, _, err = calibrate("--rollback", state=state, capsys=capsys)
+    assert rc == 2 and "would give patient P15 the model calibrated for patient P13" in err
+    assert "--across-patients P15,P13" in err and read_model_info(current).model_id == ids[1]
+    rc, _, err = calibrate(
+        "--rollback", "--across-patients", "P15,P13", "--rollback-to", ids[1], state=state, capsys=capsys
+    )
+    assert rc == 2 and f"the previous model is now {ids[0]}, not {ids[1]} as confirmed" in err
+
     endpoint = f"ipc://{tmp_path / 'control.sock'}"
     daemon = FakeDaemon(endpoint, [{"ok": True, "model_id": ids[0], "previous_model_id": ids[1]}])
     try:
-        rc = main(["--rollback", "--state-dir", str(state), "--control", endpoint, "--json"])
+        argv = ["--rollback", "--across-patients", "P15,P13", "--rollback-to", ids[0], "--json"]
+        rc = main([*argv, "--state-dir", str(state), "--control", endpoint])
     finally:
         daemon.close()
     out = capsys.readouterr().out
@@ -333,8 +345,28 @@ def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, 
     assert last_json(out)["model_id"] == ids[0] and last_json(out)["replaced_model_id"] == ids[1]
     assert daemon.requests == [{"cmd": "reload", "path": str(current)}]
     assert f"now running model {ids[0]}" in out
-    rc, out, _ = calibrate("--rollback", "--json", state=state, capsys=capsys)  # again: undoes the rollback
+    rc, out, _ = calibrate("--rollback", "--across-patients", "P13,P15", "--json", state=state, capsys=capsys)  # undo
     assert rc == 0 and last_json(out)["model_id"] == ids[1] and read_model_info(current).model_id == ids[1]
+
+    # the console's rollback names what its page showed: both models and, across patients, both patients
+    from tests.console_helpers import ConsoleProcess
+
+    console = ConsoleProcess(tmp_path, endpoint, f"ipc://{tmp_path}/monitor.sock")
+    try:
+        own = {"Origin": console.base, "X-Console-Token": console.token}
+        seen = {"confirm": True, "from_model": ids[1], "to_model": ids[0]}
+        status, _, body = console.post("/api/rollback", {**seen, "to_model": ids[1]}, own)
+        assert status == 409 and b"the models changed since the page showed them" in body
+        status, _, body = console.post("/api/rollback", seen, own)
+        assert status == 409 and b"gives patient P15 the model calibrated for patient P13" in body
+        status, _, body = console.post("/api/rollback", {**seen, "across_patients": ["P13", "P15"]}, own)
+        assert status == 409  # the two named the other way round
+        status, _, body = console.post("/api/rollback", {**seen, "across_patients": ["P15", "P13"]}, own)
+        assert status == 200, body
+        wait_until(lambda: console.view()["job"]["state"] != "running", 60, "the rollback")
+        assert console.view()["job"]["state"] == "done" and read_model_info(current).model_id == ids[0]
+    finally:
+        console.close()
 
 
 def test_an_installed_model_is_hot_swapped_by_a_running_daemon(base, clips, tmp_path, capsys):
@@ -412,7 +444,29 @@ def test_print_config_shows_the_effective_configuration(tmp_path, capsys):
         "countdown_s": 3,
         "reaction_s": 0.3,
     }
-    assert doc["cues"]["endpoint"] == "tcp://127.0.0.1:5557" and doc["gate"]["min_accuracy"] == 0.7
+    assert doc["cues"]["endpoint"] is None and doc["gate"]["min_accuracy"] == 0.7
+
+
+def test_a_live_calibration_refuses_two_armbands_with_one_name(tmp_path):
+    """Without a controller to say which armband is the patient's, two with one name are refused
+    in one line naming both and how to choose (LSL would hand over either: the wrong one 3 times
+    in 4 before); with a source id, that one is recorded."""
+    from rig.replay import Replay
+
+    name = unique_name()
+    quiet = np.zeros((20, 8), dtype=np.float32)
+    armbands = [Replay(quiet, None, 200.0, name=name, source_id=sid, loop=True).start() for sid in ("left", "right")]
+    try:
+        args = ["--lsl-stream", name, "--state-dir", str(tmp_path / "state"), "--control", f"ipc://{tmp_path}/c.sock"]
+        proc = run_cli("metaemg-calibrate", args, clean_env(tmp_path), timeout=60)
+    finally:
+        for a in armbands:
+            a.close()
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"2 armbands match name='{name}'" in proc.stderr and "none is recorded" in proc.stderr
+    assert "source id 'left'" in proc.stderr and "source id 'right'" in proc.stderr
+    assert "lsl.source_id (--lsl-source-id ID)" in proc.stderr
+    assert not (tmp_path / "state" / "clips").exists()
 
 
 def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
@@ -424,6 +478,7 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
     daemon = FakeDaemon(
         control,
         [
+            {"ok": True, "status": {"input": {"stream": None, "bound_to": None}}},  # no armband read yet
             {"ok": True, "status": {"paused": False}},
             {"ok": True, "state": "paused"},
             {"ok": True, "model_id": "new", "previous_model_id": "old"},
@@ -467,8 +522,8 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
     res = last_json(proc.stdout)
     assert res["installed"] and res["accuracy_after"] >= 0.7, res
     # the orthosis holds still during the recording; the daemon resumes with the new model
-    assert [r["cmd"] for r in daemon.requests] == ["status", "pause", "reload", "resume"]
-    assert daemon.requests[2]["path"] == res["current"] and res["daemon"]["status"] == "reloaded"
+    assert [r["cmd"] for r in daemon.requests] == ["status", "status", "pause", "reload", "resume"]
+    assert daemon.requests[3]["path"] == res["current"] and res["daemon"]["status"] == "reloaded"
     forwarded = [c["cue"] for c in daemon.cues]  # for the daemon's own monitor stream
     assert forwarded[0] == "countdown" and forwarded[-1] == "done" and forwarded.count("open") == 2
     assert "[ 2/9] OPEN " in proc.stdout and "Done: the patient can relax." in proc.stdout

@@ -12,12 +12,13 @@ import subprocess
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from console.hub import CUE_SHOWN_S, Hub
 from controller.monitor import SCHEMA
 from firmware_protocol import StopReason
-from rig.processes import Rig, command, wait_until
+from rig.processes import Rig, command, unique_name, wait_until
 from tests.console_helpers import ConsoleProcess, browser, text, wait_text
 
 
@@ -107,40 +108,56 @@ def console(tmp_path):
     c.close()
 
 
+CSP_DIRECTIVES = ("default-src 'self'", "object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'")
+
+
 def test_every_request_needs_the_token(console):
     assert console.url.startswith("http://127.0.0.1:") and len(console.token) >= 32
+    assert console.url == f"{console.base}/#token={console.token}"  # in the fragment: never sent to a server
     assert console.token_file.read_text().strip() == console.token
     assert stat.S_IMODE(os.stat(console.token_file).st_mode) == 0o600
-    for path in ("/", "/static/console.js", "/api/view", "/api/models", "/report", "/ws"):
-        status, _, body = console.get(path, token=False)
+    for path in ("/", "/static/console.js", "/static/console.css"):  # no secret there: served to the right Host
+        status, headers, body = console.get(path, token=False)
+        assert status == 200 and console.token.encode() not in body, path
+        assert "Set-Cookie" not in headers and all(d in headers["Content-Security-Policy"] for d in CSP_DIRECTIVES)
+    for path in ("/api/view", "/api/models", "/api/instructions", "/report", "/report?ticket=guess"):
+        status, headers, body = console.get(path, token=False)
         assert status == 401 and b"open the URL metaemg-console printed" in body, path
-        status, _, _ = console.get(path + "?token=" + "x" * len(console.token), token=False)
+        assert all(d in headers["Content-Security-Policy"] for d in CSP_DIRECTIVES), path
+        status, _, _ = console.get(path, token=False, headers={"X-Console-Token": "x" * len(console.token)})
         assert status == 401, path
+        status, _, _ = console.get(path, token=False, headers={"Cookie": f"metaemg_console={console.token}"})
+        assert status == 401, path  # no ambient credential: a cookie is nothing
+    for path in ("/api/view", "/api/models", "/api/instructions"):
+        status, headers, body = console.get(path)
+        assert status == 200 and "Set-Cookie" not in headers, path
+    assert json.loads(console.get("/api/instructions")[2])["open"] == "open your hand and hold it open"
 
-    status, headers, _ = console.get("/")  # the token once: a cookie, and the URL without it
-    assert status == 303 and headers["Location"] == "/"
-    cookie = headers["Set-Cookie"]
-    assert (
-        cookie.startswith(f"metaemg_console={console.token};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    )
-    status, headers, body = console.get("/", token=False, headers={"Cookie": f"metaemg_console={console.token}"})
-    assert status == 200 and f'content="{console.token}"'.encode() in body and headers["X-Frame-Options"] == "DENY"
+    # the session report opens with a one-time ticket that the page asks for
+    own = {"Origin": console.base, "X-Console-Token": console.token}
+    status, _, body = console.post("/api/report", {}, own)
+    url = json.loads(body)["url"]
+    assert status == 200 and url.startswith("/report?ticket=")
+    status, _, body = console.get(url, token=False)
+    assert status == 200 and b"MyHand session report" in body
+    assert console.get(url, token=False)[0] == 401  # used once
 
 
 def test_changes_only_from_the_consoles_own_page(console):
-    cookie = {"Cookie": f"metaemg_console={console.token}"}
-    own = {**cookie, "Origin": console.base, "X-Console-Token": console.token}
+    own = {"Origin": console.base, "X-Console-Token": console.token}
     cases = [
-        ({**cookie, "X-Console-Token": console.token}, "Origin"),  # no Origin
+        ({"X-Console-Token": console.token}, "Origin"),  # no Origin
         ({**own, "Origin": "http://evil.example"}, "Origin"),  # another site's page
         ({**own, "Origin": "null"}, "Origin"),
-        ({**cookie, "Origin": console.base}, "X-Console-Token"),  # a form cannot set the header
+        ({**own, "Origin": console.base.rsplit(":", 1)[0] + ":1"}, "Origin"),  # another port of this host
+        ({"Origin": console.base}, "X-Console-Token"),  # a form cannot set the header
         ({**own, "X-Console-Token": "wrong"}, "X-Console-Token"),
         ({**own, "Host": "rebound.example:8765"}, "Host"),  # DNS rebinding
     ]
     for headers, what in cases:
         status, _, body = console.post("/api/control", {"cmd": "pause"}, headers)
-        assert status == 403 and what.encode() in body, (headers, body)
+        assert status in (401, 403) and (what.encode() in body or b"unauthorised" in body), (headers, body)
+        assert (status == 401) == (what == "X-Console-Token"), (headers, status)
     status, _, body = console.post("/api/control", {"cmd": "reload"}, own)
     assert status == 400 and b"cmd must be one of pause, resume, clear, stop" in body
     status, _, body = console.post("/api/control", {"cmd": "pause"}, own)  # through the guard; no daemon
@@ -149,18 +166,80 @@ def test_changes_only_from_the_consoles_own_page(console):
     assert status == 400 and b"a patient id is 1-32 letters" in body
     status, _, body = console.post("/api/rollback", {}, own)
     assert status == 400 and b"confirm" in body
+    status, _, body = console.post("/api/install", {"confirm": True, "clip_sha256": "0" * 64}, own)
+    assert status == 409 and b"nothing to install" in body
 
 
-def test_serving_beyond_loopback_needs_an_explicit_flag(tmp_path):
+def _console_refuses(tmp_path, *args: str) -> str:
     proc = subprocess.run(
-        [*command("metaemg-console", "console.server"), "--host", "0.0.0.0", "--token-file", str(tmp_path / "t")],
+        [*command("metaemg-console", "console.server"), *args, "--token-file", str(tmp_path / "t")],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "needs --allow-remote" in proc.stderr
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
     assert not (tmp_path / "t").exists()
+    return proc.stderr
+
+
+def _certificate(tmp_path) -> tuple[str, str]:
+    """A self-signed certificate for ``localhost`` (openssl), as a clinic's own CA would issue one."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    new = ["-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
+    name = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+    subprocess.run(
+        ["openssl", "req", *new, *name, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return str(cert), str(key)
+
+
+def test_serving_beyond_loopback_needs_tls_and_a_public_name(tmp_path):
+    assert "needs --allow-remote" in _console_refuses(tmp_path, "--host", "0.0.0.0")
+    err = _console_refuses(tmp_path, "--host", "0.0.0.0", "--allow-remote")
+    assert "needs --tls-cert FILE and --tls-key FILE" in err and "reads the token" in err
+    cert, key = _certificate(tmp_path)
+    tls = ["--tls-cert", cert, "--tls-key", key]
+    assert "give --public-name NAME" in _console_refuses(tmp_path, "--host", "0.0.0.0", "--allow-remote", *tls)
+    assert "go together" in _console_refuses(tmp_path, "--tls-cert", cert)
+
+
+def test_remote_mode_serves_https_only(tmp_path):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    cert, key = _certificate(tmp_path)
+    remote = ["--host", "0.0.0.0", "--allow-remote", "--public-name", "localhost", "--tls-cert", cert, "--tls-key", key]
+    c = ConsoleProcess(tmp_path, f"ipc://{tmp_path}/run/control.sock", f"ipc://{tmp_path}/monitor.sock", *remote)
+    try:
+        assert c.base.startswith("https://localhost:") and c.url == f"{c.base}/#token={c.token}"
+        context = ssl.create_default_context(cafile=cert)  # the browser trusts the clinic's certificate
+        req = urllib.request.Request(c.base + "/api/view", headers={"X-Console-Token": c.token})
+        with urllib.request.urlopen(req, context=context, timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["state"] == "unknown"
+        req = urllib.request.Request(c.base + "/api/view", headers={"X-Console-Token": "x" * len(c.token)})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, context=context, timeout=10)
+        refused.value.close()
+        assert refused.value.code == 401
+        port = c.base.rsplit(":", 1)[1]
+        req = urllib.request.Request(
+            f"https://127.0.0.1:{port}/api/view",
+            headers={"X-Console-Token": c.token, "Host": f"127.0.0.1:{port}"},
+        )
+        insecure = ssl._create_unverified_context()  # past the certificate: the Host check still says no
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, context=insecure, timeout=10)
+        refused.value.close()
+        assert refused.value.code == 403
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP gets no answer
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+    finally:
+        c.close()
 
 
 # ------------------------------------------------------------------------------------ the page
@@ -172,12 +251,15 @@ fetch("CONSOLE/api/control", {method: "POST", mode: "no-cors", credentials: "inc
 
 
 @contextlib.contextmanager
-def _page_elsewhere(html: str):
-    """Serve ``html`` from another origin (a port of its own); yields its URL."""
+def _page_elsewhere(html: str, seen: list | None = None):
+    """Serve ``html`` from another origin (a port of its own); yields its URL. ``seen`` gets the
+    headers of every request it receives."""
     body = html.encode()
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if seen is not None:
+                seen.append(dict(self.headers))
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
@@ -195,6 +277,113 @@ def _page_elsewhere(html: str):
     finally:
         server.shutdown()
         server.server_close()
+
+
+_READ = """<!doctype html><title>loading</title><script>
+fetch("CONSOLE/api/view", {credentials: "include"}).then((r) => r.text())
+  .then((t) => { document.title = "read " + t.slice(0, 40); }, () => { document.title = "blocked"; });
+</script>"""
+_MARKUP = "<img src=x onerror=document.title=location.host>"
+
+
+def test_the_page_keeps_its_token_to_itself_and_shows_the_senders_words_as_text(tmp_path):
+    """No daemon: the token leaves the address bar for this tab's storage and is in no element; a
+    WebSocket without it is closed; a page on another port gets no credential and reads nothing;
+    an armband whose source id carries markup and a forged JSON line fails a calibration, and the
+    page shows the words as text."""
+    from selenium.webdriver.common.by import By
+
+    from rig.replay import Replay
+
+    name = unique_name("console-markup")
+    cfg = tmp_path / "calibration.yaml"
+    cfg.write_text(f"lsl: {{name: {name}, resolve_timeout_s: 5}}\npng: false\n")
+    quiet = np.zeros((20, 8), dtype=np.float32)
+    forged = '\n{"ok": true, "accuracy_after": 1.0, "confusion_after": [["' + _MARKUP + '"]]}'
+    armbands = [
+        Replay(quiet, None, 200.0, name=name, source_id=sid, loop=True).start()
+        for sid in ("plain", "evil" + _MARKUP + forged)
+    ]
+    c = ConsoleProcess(
+        tmp_path,
+        f"ipc://{tmp_path}/run/control.sock",
+        f"ipc://{tmp_path}/monitor.sock",
+        "--calibration-config",
+        str(cfg),
+    )
+    driver = browser(tmp_path)
+    try:
+        driver.get(c.url)
+        wait_text(driver, "state-headline", lambda t: t == "NO CONTROLLER", 10, "the page, without a daemon")
+        assert driver.current_url == c.base + "/"  # the token left the address bar and the history
+        assert driver.execute_script("return sessionStorage.getItem('metaemg-console-token')") == c.token
+        assert c.token not in driver.execute_script("return document.documentElement.outerHTML")
+
+        closed = """const done = arguments[arguments.length - 1];
+            const ws = new WebSocket(`ws://${location.host}/ws`);
+            ws.onopen = () => { if (arguments[0] !== null) ws.send(arguments[0]); };
+            ws.onclose = (e) => done(e.code);"""
+        t = time.monotonic()
+        assert driver.execute_async_script(closed, None) == 4401  # nothing sent: closed after a second
+        assert time.monotonic() - t < 5
+        assert driver.execute_async_script(closed, json.dumps({"token": "x" * len(c.token)})) == 4401
+
+        driver.find_element(By.ID, "patient").send_keys("P001")
+        driver.find_element(By.ID, "btn-calibrate").click()
+        status = wait_text(driver, "cal-status", lambda s: "failed" in s, 60, "the failed calibration")
+        assert status.startswith("Calibration for P001: failed: 2 armbands match") and "source id 'plain'" in status
+        assert _MARKUP in status and "\\n{" in status  # the source id as text, its newline quoted
+        assert driver.title == "MyHand console" and not driver.find_elements(By.CSS_SELECTOR, "img")
+        assert not driver.find_elements(By.ID, "cal-confusion")  # the forged line is no result
+        assert c.view()["job"]["result"]["ok"] is False
+
+        seen: list[dict] = []
+        with _page_elsewhere(_READ.replace("CONSOLE", c.base), seen) as elsewhere:
+            driver.get(elsewhere)
+            wait_until(lambda: driver.title != "loading", 10, "the other page's request")
+            assert driver.title == "blocked"
+        assert seen and not [h for h in seen if "Cookie" in h or c.token in json.dumps(h)]
+
+        driver.switch_to.new_window("tab")  # a tab of its own has no token: it says how to get one
+        driver.get(c.base + "/")
+        wait_text(driver, "state-headline", lambda t: t == "NOT SIGNED IN", 5, "the page without its token")
+    finally:
+        driver.quit()
+        c.close()
+        for a in armbands:
+            a.close()
+
+
+def test_a_result_comes_only_from_the_childs_result_file(tmp_path):
+    """A calibration child that prints JSON lines on stdout and stderr (as a stream name or host
+    name with a newline once made it): the result is what it wrote to its result file, and its
+    lines are only lines."""
+    import asyncio
+    import sys
+
+    from console.jobs import Jobs
+
+    forged = json.dumps({"ok": True, "installed": True, "accuracy_after": 1.0, "gate": {"passed": True}})
+    child = tmp_path / "child.py"
+    child.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        "path = sys.argv[sys.argv.index('--result-file') + 1]\n"
+        f"print({forged!r}, flush=True)\nprint({forged!r}, file=sys.stderr, flush=True)\n"
+        "open(path, 'w').write(json.dumps({'ok': False, 'accuracy_after': 0.5, 'gate': {'passed': False}}))\n"
+        f"print({forged!r}, flush=True)\nsys.exit(3)\n"
+    )
+    child.chmod(0o700)
+
+    async def run():
+        jobs = Jobs(["--state-dir", str(tmp_path)], python=str(child))
+        job = jobs.start("calibrate", [], "P001")
+        await jobs._task
+        await jobs.close()
+        return job
+
+    job = asyncio.run(run())
+    assert job.result == {"ok": False, "accuracy_after": 0.5, "gate": {"passed": False}}
+    assert job.state == "refused" and list(job.lines) == [forged] * 3
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +408,6 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
     console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor)
     driver = browser(tmp_path)
     try:
-        driver.get(console.base + "/")  # without the token
-        assert "unauthorised" in driver.find_element(By.TAG_NAME, "body").text
         driver.get(console.url)
         assert driver.current_url == console.base + "/"  # the token left the address bar
         wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "the running state")
@@ -233,8 +420,8 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
         )
         assert driver.find_element(By.ID, "decision").get_attribute("class") == "live"
 
-        # another page in the same browser (same site: another port of 127.0.0.1, so the cookie
-        # goes along) posts to the console: refused, the hand keeps going
+        # another page in the same browser (same site: another port of 127.0.0.1) posts to the
+        # console: it has no credential to send, and is refused; the hand keeps going
         t = time.monotonic()
         with _page_elsewhere(_ATTACK.replace("CONSOLE", console.base)) as elsewhere:
             driver.get(elsewhere)
@@ -281,7 +468,9 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
     from selenium.webdriver.common.by import By
 
     from metaemg.modelfile import default_model_path, read_model_info
+    from metalearn.recording import read_recording
     from rig.models import myo_recording
+    from rig.replay import Replay
 
     base = tmp_path / "base.onnx"
     shutil.copy(default_model_path(), base)
@@ -291,6 +480,10 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
     protocol = "protocol: {countdown_s: 1, cycles: 1, relax_s: 1.5, open_s: 1.5, close_s: 1.5}"  # a short rehearsal
     cfg.write_text(f"base_model: {base}\npng: false\n{protocol}\ncues:\n  endpoint: null\n")
     rig = Rig(tmp_path, base, rec.emg, patient=rec)
+    # a second armband with the same name, after the daemon bound to the patient's: the calibration
+    # records the daemon's (LSL alone hands over either one)
+    other = np.full((20, 8), 77.0, dtype=np.float32)
+    second = Replay(other, None, 200.0, name=rig.name, source_id="the-other-armband", loop=True).start()
     console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor, "--calibration-config", str(cfg))
     driver = browser(tmp_path)
     try:
@@ -322,6 +515,8 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
         print(f"rehearsal calibration: accuracy after {after} %")
         assert after >= 80 and len(driver.find_elements(By.CSS_SELECTOR, "#cal-confusion tr")) == 4
         installed = text(driver, "install-line").split("model ")[1].rstrip(".")
+        clip = read_recording(next((tmp_path / "state" / "clips").glob("*_P007_*.csv")))
+        assert len(clip.emg) > 500 and not (clip.emg == 77.0).all(axis=1).any()  # not one row of the other armband
         model_file = next((tmp_path / "state" / "models").glob("adapted_*_P007_*.onnx"))
         assert read_model_info(model_file).model_id == installed
 
@@ -349,4 +544,5 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
     finally:
         driver.quit()
         console.close()
+        second.close()
         rig.close()

@@ -36,7 +36,7 @@ def test_demo_as_make_demo_runs_it(tmp_path):
     assert re.search(r"calibration: held-out accuracy \d+% -> \d+%", out), out
     assert f"model    {tmp_path / 'calibrated.onnx'}" in out
     assert "patient  (follows calibration cues) myo:Male13/Test0" in out
-    assert re.search(r"^console  http://127\.0\.0\.1:\d+/\?token=[\w-]{32}$", out, re.M), out
+    assert re.search(r"^console  http://127\.0\.0\.1:\d+/#token=[\w-]{32}$", out, re.M), out
     assert f"logs     {tmp_path} (controller.log, replay.jsonl, sim.jsonl; kept)" in out
     assert out.rstrip().endswith(f"logs     kept in {tmp_path}")
     assert demo.LEGEND in out and demo.HEADER in out

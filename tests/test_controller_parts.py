@@ -426,6 +426,34 @@ def test_a_control_socket_directory_other_users_control_is_refused(tmp_path, mon
         check_socket_dir(f"ipc://{link}/control.sock")
 
 
+def test_a_monitor_socket_directory_or_a_parent_other_users_control_is_refused(tmp_path):
+    """Issue 25, finding 7: the console and metaemg-monitor connected to the monitor socket without
+    the control socket's directory check, and that check looked at the last directory only. Now one
+    rule for both sockets, and for every directory above (a parent writable by others, not sticky,
+    lets them put a directory of their own in its place)."""
+    from metaemg.trust import check_socket_dir
+
+    parent = tmp_path / "shared"
+    runtime = parent / "myhand"
+    runtime.mkdir(parents=True, mode=0o700)
+    (runtime / "monitor.sock").touch()
+    endpoint = f"ipc://{runtime}/monitor.sock"
+    assert check_socket_dir(endpoint, "monitor socket directory") is True
+    parent.chmod(0o777)
+    refusal = rf"monitor socket directory {runtime}: the directory above it, {parent}, is writable by other users"
+    with pytest.raises(ConfigError, match=refusal):
+        check_socket_dir(endpoint, "monitor socket directory")
+    for tool in (["metaemg-monitor", "--endpoint", endpoint, "--once"], ["metaemg-console", "--monitor", endpoint]):
+        proc = subprocess.run([str(BIN / tool[0]), *tool[1:]], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and proc.stdout == "", (tool, proc.stderr)
+        assert proc.stderr.startswith(f"error: monitor socket directory {runtime}: the directory above"), proc.stderr
+    parent.chmod(0o1777)  # sticky, as /tmp: others may add entries but not rename ours
+    assert check_socket_dir(endpoint, "monitor socket directory") is True
+    runtime.chmod(0o777)
+    with pytest.raises(ConfigError, match=rf"monitor socket directory {runtime} is writable by other users"):
+        check_socket_dir(endpoint, "monitor socket directory")
+
+
 def test_the_rate_monitor_measures_from_timestamps_and_waits_for_a_full_second():
     from controller.pipeline import RateMonitor
 

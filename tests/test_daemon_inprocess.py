@@ -24,13 +24,13 @@ import pytest
 from controller.config import Config, RealtimeConfig
 from controller.control import ControlClient
 from controller.daemon import Controller
-from controller.source import LslSource, identity
+from controller.source import LslSource
 from firmware_protocol.codec import Decoder, encode
 from firmware_protocol.device import Device, DeviceConfig
 from firmware_protocol.errors import LinkError
 from firmware_protocol.messages import Command, Stop, StopReason
 from firmware_protocol.transport import open_transport
-from metaemg.lsl import StreamDesc
+from metaemg.lsl import StreamDesc, identity
 from metaemg.modelfile import OnnxModel, default_model_path
 
 RATE = 200.0

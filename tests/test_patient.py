@@ -410,7 +410,7 @@ def test_by_default_it_listens_where_the_daemon_publishes(tmp_path):
         return lines[0]["endpoints"]
 
     assert endpoints("--config", str(config)) == [endpoint]
-    assert endpoints("--cues") == ["tcp://127.0.0.1:5557"]
+    assert endpoints("--cues", "ipc:///x/own.sock") == ["ipc:///x/own.sock"]
     assert endpoints("--config", str(config), "--monitor", "--cues", "ipc:///x/cues.sock") == [
         endpoint,
         "ipc:///x/cues.sock",

@@ -2,9 +2,19 @@
 // second (console/hub.py), and sends the clinician's requests (console/server.py). No build step.
 "use strict";
 
-const TOKEN = document.querySelector('meta[name="console-token"]').content;
+// The token comes in the URL's fragment (never sent to a server), is kept in this tab's
+// sessionStorage and leaves the address bar at once; it goes in a header of every request and in
+// the WebSocket's first message, never into the page.
+const TOKEN = (() => {
+  const m = /^#token=([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem("metaemg-console-token", m[1]);
+    history.replaceState(null, "", location.pathname);
+  }
+  return sessionStorage.getItem("metaemg-console-token");
+})();
 const INTENTS = ["relax", "open", "close"];
-const INSTRUCTIONS = JSON.parse(document.getElementById("instructions").textContent);
+let INSTRUCTIONS = {};
 const EMG_SECONDS = 10;
 const $ = (id) => document.getElementById(id);
 
@@ -18,11 +28,17 @@ async function post(path, body) {
     method: "POST",
     headers: { "Content-Type": "application/json", "X-Console-Token": TOKEN },
     body: JSON.stringify(body || {}),
-    credentials: "same-origin",
+    credentials: "omit",
   });
   let answer = {};
   try { answer = await r.json(); } catch (e) { answer = { ok: false, error: `HTTP ${r.status}` }; }
   return answer;
+}
+
+async function get(path) {
+  const r = await fetch(path, { headers: { "X-Console-Token": TOKEN }, credentials: "omit" });
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  return r.json();
 }
 
 function confirmThen(text, action) {
@@ -56,20 +72,34 @@ $("btn-calibrate").onclick = async () => {
   $("cal-status").textContent = a.ok ? "starting the calibration ..." : a.error;
 };
 $("btn-cancel-cal").onclick = () => post("/api/calibrate/cancel");
-$("btn-install-anyway").onclick = () => confirmThen(
-  "The gate refused this model. Install it anyway? It will drive the hand.",
-  async () => { const a = await post("/api/install", { confirm: true }); if (!a.ok) $("cal-status").textContent = a.error; });
+let shownRefused = null;  // the clip digest of the refused calibration the page shows
+$("btn-install-anyway").onclick = () => {
+  const clip = shownRefused;
+  confirmThen("The gate refused this model. Install it anyway? It will drive the hand.", async () => {
+    const a = await post("/api/install", { confirm: true, clip_sha256: clip });
+    if (!a.ok) $("cal-status").textContent = a.error;
+  });
+};
 $("btn-rollback").onclick = async () => {
-  const models = await (await fetch("/api/models", { credentials: "same-origin" })).json();
+  const models = await get("/api/models");
   const warning = models.rollback_warning;
   const prev = models.previous;
   if (!prev) { $("cal-status").textContent = "Nothing to roll back to: no calibration installed yet."; return; }
   const text = warning ? `WARNING: ${warning} Roll back anyway?`
     : `Roll back to model ${prev.model_id} (patient ${prev.patient || "-"}, ${prev.time || "?"})? ${MOVES}`;
+  // the request names what this dialog showed: the server refuses it if that changed meanwhile
+  const request = { confirm: true, from_model: models.current ? models.current.model_id : null, to_model: prev.model_id };
+  if (models.rollback_patients) request.across_patients = models.rollback_patients;
+  else if (warning) request.to_uncalibrated = true;
   confirmThen(text, async () => {
-    const a = await post("/api/rollback", { confirm: true, to_uncalibrated: Boolean(warning) });
+    const a = await post("/api/rollback", request);
     if (!a.ok) $("cal-status").textContent = a.error;
   });
+};
+$("btn-report").onclick = async () => {
+  const tab = window.open("about:blank", "_blank");  // opened at the click: no popup blocker
+  const a = await post("/api/report", {});
+  if (a.ok && tab) tab.location = a.url; else if (tab) tab.close();
 };
 
 // ---------------------------------------------------------------------------------------- drawing
@@ -79,7 +109,8 @@ function drawBanner(v) {
   const e = v.explain;
   $("banner").className = `sev-${e.severity}`;
   $("state-headline").textContent = e.headline;
-  $("state-meaning").textContent = e.meaning[0].toUpperCase() + e.meaning.slice(1) + ".";
+  const meaning = (e.state === "unknown" && v.monitor_problem) ? v.monitor_problem : e.meaning;
+  $("state-meaning").textContent = meaning[0].toUpperCase() + meaning.slice(1) + ".";
   $("state-next").textContent = "Next: " + e.next_step + ".";
   const b = $("state-action");
   const labels = { pause: "Pause", resume: "Resume", clear: "Clear" };
@@ -96,7 +127,7 @@ function drawHand(v) {
   const pos = v.orthosis.position;
   const c = (typeof pos === "number") ? Math.max(0, Math.min(1, pos / 1000)) : 0;
   const g = $("fingers");
-  g.innerHTML = "";
+  g.replaceChildren();
   const xs = [62, 90, 118, 146];
   const lengths = [70, 82, 78, 62];
   xs.forEach((x, i) => {
@@ -198,7 +229,7 @@ function drawFooter(v) {
   $("latency").textContent = l ? `latency p50 ${fmt(l.p50_ms)} ms, p99 ${fmt(l.p99_ms)} ms` : "latency -";
   $("model").textContent = `model ${v.model.model_id || "-"}`;
   const ul = $("events");
-  ul.innerHTML = "";
+  ul.replaceChildren();
   for (const e of v.events.slice().reverse()) {
     const li = document.createElement("li");
     li.textContent = `${new Date(e.t_wall * 1000).toLocaleTimeString()} ${e.text}`;
@@ -224,7 +255,33 @@ function drawCue(v) {
   $("cue-progress-bar").style.width = `${(done * 100).toFixed(0)}%`;
 }
 
-function pct(x) { return (typeof x === "number") ? `${Math.round(100 * x)} %` : "-"; }
+function pct(x) { const n = Number(x); return (x !== null && x !== undefined && Number.isFinite(n)) ? `${Math.round(100 * n)} %` : "-"; }
+
+// a table built with DOM calls: every cell's text set with textContent, never parsed as markup;
+// the first row and the first column are headers
+function table(id, rows) {
+  const t = document.createElement("table");
+  if (id) t.id = id;
+  rows.forEach((row, r) => {
+    const tr = document.createElement("tr");
+    row.forEach((cell, i) => {
+      const c = document.createElement(r === 0 || i === 0 ? "th" : "td");
+      if (cell && typeof cell === "object") { c.textContent = cell.text; if (cell.id) c.id = cell.id; }
+      else c.textContent = String(cell);
+      tr.appendChild(c);
+    });
+    t.appendChild(tr);
+  });
+  return t;
+}
+
+function paragraph(id, text, className) {
+  const p = document.createElement("p");
+  p.id = id;
+  p.textContent = text;
+  if (className) p.className = className;
+  return p;
+}
 
 function drawJob(v) {
   const j = v.job;
@@ -243,32 +300,31 @@ function drawJob(v) {
   $("cal-status").textContent = `${what}${j.patient ? " for " + j.patient : ""}: ${states[j.state] || j.state}`;
   const out = $("cal-result");
   if (j.kind === "rollback" && r.model_id) {
-    out.innerHTML = "";
-    const p = document.createElement("p");
-    p.textContent = `Now model ${r.model_id} (it was ${r.replaced_model_id}).` +
-      (r.calibrated === false ? " WARNING: the uncalibrated base model: the hand will not move." : "");
-    out.appendChild(p);
+    out.replaceChildren(paragraph("rollback-line", `Now model ${r.model_id} (it was ${r.replaced_model_id}).` +
+      (r.calibrated === false ? " WARNING: the uncalibrated base model: the hand will not move." : "")));
     return;
   }
-  if (!("accuracy_after" in r)) { out.textContent = j.state === "running" ? "" : (j.lines || []).slice(-3).join("\n"); return; }
-  const rows = INTENTS.map((n) => `<tr><th>${n}</th><td>${pct((r.recall_before || {})[n])}</td><td>${pct((r.recall_after || {})[n])}</td></tr>`).join("");
-  const cm = r.confusion_after || [];
-  const cmRows = cm.map((row, i) => `<tr><th>${INTENTS[i]}</th>${row.map((x) => `<td>${x}</td>`).join("")}</tr>`).join("");
+  shownRefused = j.state === "refused" ? r.clip_sha256 : null;
+  if (typeof r.accuracy_after !== "number") { out.textContent = j.state === "running" ? "" : (j.lines || []).slice(-3).join("\n"); return; }
+  const recallRows = INTENTS.map((n) => [n, pct((r.recall_before || {})[n]), pct((r.recall_after || {})[n])]);
+  const cm = Array.isArray(r.confusion_after) ? r.confusion_after : [];
+  const cmRows = cm.map((row, i) => [INTENTS[i] || "?", ...(Array.isArray(row) ? row : []).map((x) => String(Number(x)))]);
   const gate = r.gate || {};
-  out.innerHTML = `
-    <table id="cal-table"><tr><th></th><th>before</th><th>after</th></tr>
-      <tr><th>accuracy</th><td id="acc-before">${pct(r.accuracy_before)}</td><td id="acc-after">${pct(r.accuracy_after)}</td></tr>
-      ${rows}</table>
-    <table id="cal-confusion"><tr><th>cued \\ decided</th>${INTENTS.map((n) => `<th>${n}</th>`).join("")}</tr>${cmRows}</table>
-    <p id="gate-line" class="${gate.passed ? "gate-pass" : "gate-refuse"}"></p>
-    <p id="install-line"></p>`;
-  $("gate-line").textContent = `Gate: ${gate.line || "-"}`;
-  $("install-line").textContent = r.installed ? `Installed: model ${r.model_id}.` : "Nothing installed: the current model stays.";
+  out.replaceChildren(
+    table("cal-table", [
+      ["", "before", "after"],
+      ["accuracy", { text: pct(r.accuracy_before), id: "acc-before" }, { text: pct(r.accuracy_after), id: "acc-after" }],
+      ...recallRows,
+    ]),
+    table("cal-confusion", [["cued \\ decided", ...INTENTS], ...cmRows]),
+    paragraph("gate-line", `Gate: ${gate.line || "-"}`, gate.passed === true ? "gate-pass" : "gate-refuse"),
+    paragraph("install-line", r.installed ? `Installed: model ${r.model_id}.` : "Nothing installed: the current model stays."),
+  );
 }
 
 async function refreshModels() {
   try {
-    const m = await (await fetch("/api/models", { credentials: "same-origin" })).json();
+    const m = await get("/api/models");
     const d = (x) => x ? `${x.model_id}${x.calibrated ? "" : " (uncalibrated base model)"}${x.patient ? ", patient " + x.patient : ""}${x.time ? ", " + x.time : ""}` : "none";
     $("models").textContent = `Current: ${d(m.current)}. Previous: ${d(m.previous)}.`;
   } catch (e) { /* the next refresh tries again */ }
@@ -287,9 +343,12 @@ function draw(v) {
 
 // ---------------------------------------------------------------------------------------- the socket
 let lastJobState = null;
+const NO_TOKEN = { state: "unknown", headline: "NOT SIGNED IN", meaning: "this page was opened without the console's token",
+  next_step: "open the URL metaemg-console printed (it carries the token) in this tab", action: null, severity: "fault", live: false };
+
 function connect() {
-  const ws = new WebSocket(`ws://${location.host}/ws`);
-  ws.onopen = () => { socketOpen = true; };
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  ws.onopen = () => { ws.send(JSON.stringify({ token: TOKEN })); socketOpen = true; };
   ws.onmessage = (ev) => {
     const v = JSON.parse(ev.data);
     const e = v.emg;
@@ -298,8 +357,9 @@ function connect() {
     if (jobState !== lastJobState) { lastJobState = jobState; refreshModels(); }
     draw(v);
   };
-  ws.onclose = () => {
+  ws.onclose = (ev) => {
     socketOpen = false;
+    if (ev.code === 4401) { drawBanner({ explain: NO_TOKEN }); return; }  // the token is wrong: no retry
     const lost = { state: "unknown", headline: "CONSOLE DISCONNECTED", meaning: "the page lost its connection to metaemg-console",
       next_step: "check that metaemg-console runs, then reload this page", action: null, severity: "fault", live: false };
     if (view) draw({ ...view, explain: lost, decision: view.decision && { ...view.decision, live: false }, cue: null, job: view.job && { ...view.job, state: view.job.state === "running" ? "failed" : view.job.state } });
@@ -309,5 +369,10 @@ function connect() {
 }
 
 setupStrips();
-refreshModels();
-connect();
+if (!TOKEN) {
+  drawBanner({ explain: NO_TOKEN });
+} else {
+  get("/api/instructions").then((x) => { INSTRUCTIONS = x; }, () => {});
+  refreshModels();
+  connect();
+}
