@@ -6,7 +6,8 @@
   republishes it on its own monitor stream (private to its user: a GUI, the console and the
   simulated patient follow it there). A PUB socket of this process's own is opt-in
   (``cues.endpoint``: ``ipc://PATH`` in a private directory, or ``tcp://``, which any local user
-  may read or take first), two frames per message as on the daemon's monitor stream: the topic ``cue`` and a JSON object
+  may read or take first), two frames per message as on the daemon's monitor stream: the topic
+  ``cue`` and a JSON object
   ``{"schema": "metaemg.monitor/1", "topic": "cue", "t_mono", "t_wall", "source":
   "metaemg-calibrate", "cue", "index", "n_cues", "cycle", "cycles", "remaining_s",
   "total_remaining_s"}``. ``cue`` is ``countdown``, ``relax``, ``open``, ``close``, ``done`` or
@@ -275,10 +276,11 @@ class DaemonLink:
         if status is None:
             return None
         inp = (status.get("status") or {}).get("input") or {}
-        stream, bound = inp.get("stream") or {}, inp.get("bound_to") or {}
-        ident = (bound.get("source_id"), bound.get("host"))
-        ok = all(isinstance(v, str) for v in ident)
-        return (stream.get("name") if isinstance(stream.get("name"), str) else None), (ident if ok else None)  # type: ignore[return-value]
+        name = (inp.get("stream") or {}).get("name")
+        bound = inp.get("bound_to") or {}
+        sid, host = bound.get("source_id"), bound.get("host")
+        identity = (sid, host) if isinstance(sid, str) and isinstance(host, str) else None
+        return (name if isinstance(name, str) else None), identity
 
     def _socket_exists(self) -> bool:
         from metaemg.trust import check_socket_dir
