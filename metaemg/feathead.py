@@ -1,0 +1,147 @@
+"""The ``feat`` model's decision, torch-free: numpy on the model file's own weights.
+
+The shipped models are ``feat`` models (``metalearn.models.FeatLDA``): log-amplitude features of
+each window, standardised with the wearer's calibration statistics, whitened with what was
+learned across many wearers, then a linear head with its novelty rejection and the population's
+non-intent classes. The ONNX graph computes exactly this; :class:`FeatHead` computes it from the
+same initializers in numpy, so that the session adaptation (:mod:`metaemg.drift`) can move the
+calibrated statistics without torch and without rewriting the graph. ``tests/test_drift.py``
+checks it against onnxruntime on real windows.
+
+The constants here are the one definition: ``metalearn.models`` imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+FEAT_SCALES = (1, 2, 5)  # the whole window, its newer half and its newest fifth
+FEAT_KINDS = ("log_mav", "log_wl")
+LOG_EPS = 1e-4  # in conditioned units (the myo chain: raw / 128; one Myo LSB is 0.0078)
+# a rejected window's open and close logits against relax's 0: probabilities (1, 1e-13, 1e-13)
+REJECT_LOGIT = -30.0
+WEIGHTS = (
+    "feat_offset",
+    "feat_scale",
+    "whiten",
+    "class_means",
+    "precision",
+    "reject_distance",
+    "other_means",
+    "other_log_prior",
+    "head.weight",
+    "head.bias",
+)
+
+
+def features(x: np.ndarray) -> np.ndarray:
+    """(n, window, channels) -> (n, features): log MAV and log WL over each of :data:`FEAT_SCALES`,
+    laid out (kind, scale, channel) as ``FeatLDA.features``."""
+    window = x.shape[1]
+    diff = np.abs(np.diff(x, axis=1))
+    mav, wl = [], []
+    for k in FEAT_SCALES:
+        n = max(2, window // k)
+        mav.append(np.abs(x[:, -n:]).mean(axis=1))
+        wl.append(diff[:, -(n - 1) :].mean(axis=1))
+    return np.log(np.concatenate(mav + wl, axis=1) + LOG_EPS)
+
+
+@dataclass
+class FeatHead:
+    """A calibrated ``feat`` model's statistics (float64) and its decision on windows."""
+
+    offset: np.ndarray  # (d,) feature standardisation, fitted on the calibration clip
+    scale: np.ndarray  # (d,)
+    whiten: np.ndarray  # (d, d) learned across wearers
+    means: np.ndarray  # (classes, d) intent means of the clip, whitened
+    precision: np.ndarray  # (d, d) inverse pooled within-intent covariance of the clip
+    reject_distance: float  # squared Mahalanobis distance beyond which open/close become relax (0: off)
+    other_means: np.ndarray  # (others, d) the population's non-intent movements
+    other_log_prior: float  # 0: off
+    weight: np.ndarray  # (classes, d) the head
+    bias: np.ndarray  # (classes,)
+    input_offset: np.ndarray  # (channels,) the model's input scaler
+    input_scale: np.ndarray
+
+    @classmethod
+    def from_weights(cls, w: Mapping[str, np.ndarray], input_offset=None, input_scale=None) -> FeatHead:
+        missing = [k for k in WEIGHTS if k not in w]
+        if missing:
+            raise KeyError(f"not a feat model: no {', '.join(missing)}")
+
+        def f64(name: str) -> np.ndarray:
+            return np.asarray(w[name], dtype=np.float64)
+
+        channels = f64("feat_offset").shape[0] // (len(FEAT_KINDS) * len(FEAT_SCALES))
+        return cls(
+            offset=f64("feat_offset"),
+            scale=f64("feat_scale"),
+            whiten=f64("whiten"),
+            means=f64("class_means"),
+            precision=f64("precision"),
+            reject_distance=float(w["reject_distance"]),
+            other_means=f64("other_means"),
+            other_log_prior=float(w["other_log_prior"]),
+            weight=f64("head.weight"),
+            bias=f64("head.bias"),
+            input_offset=np.zeros(channels) if input_offset is None else np.asarray(input_offset, np.float64),
+            input_scale=np.ones(channels) if input_scale is None else np.asarray(input_scale, np.float64),
+        )
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(np.any(self.weight != 0))
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        """Conditioned windows (n, window, channels) -> standardised, whitened features (n, d)."""
+        x = (np.asarray(windows, dtype=np.float64) - self.input_offset) / self.input_scale
+        return ((features(x) - self.offset) / self.scale) @ self.whiten.T
+
+    def logits(self, z: np.ndarray, means: np.ndarray | None = None) -> np.ndarray:
+        """The head's logits for embedded windows ``z``, after the novelty rejection and the
+        non-intent classes (a window either decides is relax). ``means``: the intent means to
+        use instead of the clip's (the session adaptation): the head moves with them (its
+        discriminants gain ``P (m - m0)`` in weight and the matching bias)."""
+        weight, bias, mu = self.weight, self.bias, self.means
+        if means is not None:
+            shift = means - self.means
+            weight = weight + shift @ self.precision
+            bias = bias - np.einsum("kd,de,ke->k", shift, self.precision, self.means + 0.5 * shift)
+            mu = means
+        logits = z @ weight.T + bias
+        best = logits.argmax(axis=1)
+        resid = z - mu[best]
+        distance = np.einsum("nd,de,ne->n", resid, self.precision, resid)
+        far = (best != 0) & (self.reject_distance > 0) & (distance > self.reject_distance)
+        if self.other_log_prior < 0:
+            both = np.concatenate([mu, self.other_means])
+            w = both @ self.precision
+            scores = z @ w.T - 0.5 * np.einsum("kd,kd->k", w, both)
+            n = len(mu)
+            taken = scores[:, n:].max(axis=1) + self.other_log_prior > scores[:, :n].max(axis=1)
+            far |= taken & (best != 0)
+        out = logits.copy()
+        out[far] = [0.0] + [REJECT_LOGIT] * (logits.shape[1] - 1)
+        return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def read_feat_head(path) -> FeatHead | None:
+    """The :class:`FeatHead` of a model file, or None when it is not a ``feat`` model."""
+    import onnx
+
+    from metaemg.modelfile import onnx_weights, read_model_info
+
+    info = read_model_info(path)
+    if info.kind != "feat":
+        return None
+    weights = onnx_weights(onnx.load(str(path)))
+    return FeatHead.from_weights(weights, weights.get("metaemg.scaler.offset"), weights.get("metaemg.scaler.scale"))
