@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from metaemg.drift import AdaptConfig
 from metaemg.lsl import StreamSelector
 from metaemg.modelfile import default_model_path
 from metaemg.typedconfig import Section, document, read_yaml, require
@@ -279,6 +280,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -35,6 +35,7 @@ import structlog
 import zmq
 import zmq.asyncio
 
+from controller.adaptation import SAVE_S, Adaptation
 from controller.config import Config
 from controller.control import ControlServer
 from controller.link import Link
@@ -114,6 +115,9 @@ class Controller:
         self._auto_model = config.model.path is None
         self._chosen: tuple[Path, OnnxModel] | None = None  # picked by the reader thread, swapped in on connect
         self.model: OnnxModel | None = None
+        self.adaptation: Adaptation | None = None  # the model's session adapter (controller.adaptation)
+        self._flag_seen: str | None = None
+        self._next_save = 0.0
         self.pipeline: Pipeline | None = None
         self.scheduling: Scheduling | None = None
         self.gc_guard = GcGuard(config.realtime.freeze_gc)
@@ -169,10 +173,12 @@ class Controller:
             log.warning("scheduling", **self.scheduling.to_dict())
         # Everything that can be refused is checked before the port is opened.
         self.model = await asyncio.to_thread(load_model, self.model_path)
+        self.adaptation = await asyncio.to_thread(Adaptation.load, self.model, self.model_path, cfg.adapt)
         self._model_loaded_wall = time.time()
         self._model_stat = _stat(self.model_path)
         self.pipeline = Pipeline(self.model.info.signal, cfg.policy.saturation_fraction)
         log.info("model_loaded", path=str(self.model_path), **self._model_fields())
+        self._log_adaptation()
         self._zctx = zmq.Context()
         self._actx = zmq.asyncio.Context()
         self.monitor = self.control = None
@@ -237,6 +243,7 @@ class Controller:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.source.stop()
+        self._save_adaptation(at_stop=True)
         self._close_sockets()
         assert self._loop is not None  # _shutdown() is only awaited by run()
         for signum in STOP_SIGNALS:
@@ -331,8 +338,9 @@ class Controller:
         c["windows"] += 1 + skipped
         if skipped:
             c["skipped_windows"] += skipped
+        adapter = self.adaptation.adapter if self.adaptation is not None else None
         try:
-            probs = self.model.predict(window)[0]
+            probs = adapter.decide(window[0]) if adapter is not None else self.model.predict(window)[0]
         except ModelError as exc:
             c["model_errors"] += 1
             self._last_model_error = str(exc)
@@ -507,6 +515,10 @@ class Controller:
                 if cfg.model.watch and now >= next_watch:
                     next_watch = now + cfg.model.watch_interval_s
                     self._watch_model()
+                self._check_recalibration()
+                if now >= self._next_save:
+                    self._next_save = now + SAVE_S
+                    self._save_adaptation()
                 next_tick += period
                 if next_tick < now:
                     next_tick = now + period
@@ -550,6 +562,8 @@ class Controller:
                 "last_reload": self._last_reload,
                 "last_error": self._last_model_error,
             },
+            "adapt": None if self.adaptation is None else self.adaptation.status(self.config.adapt),
+            "recalibration": self._recalibration(),
             "policy": {
                 "armed": self.policy.armed,
                 "intent": _name(self.policy.intent),
@@ -622,6 +636,7 @@ class Controller:
                 path, model = self._chosen
                 self._chosen = None
                 self.model, self.model_path = model, path
+                self.adaptation = Adaptation.load(model, path, self.config.adapt)
                 self.pipeline = Pipeline(model.info.signal, self.config.policy.saturation_fraction)
                 self._model_stat = _stat(path)
                 self._model_loaded_wall = time.time()
@@ -667,6 +682,50 @@ class Controller:
         )
         self._evaluate(now)
 
+    # -- the session adaptation ------------------------------------------------------------------------
+
+    def _log_adaptation(self) -> None:
+        a = self.adaptation
+        assert a is not None  # set with every model
+        if a.adapter is None:
+            log.info("adaptation", active=False, why=a.why)
+        else:
+            log.info("adaptation", active=True, enabled=self.config.adapt.enabled, state=a.restored, file=str(a.path))
+
+    def _recalibration(self) -> str | None:
+        a = self.adaptation
+        return None if a is None or a.adapter is None else a.adapter.flag
+
+    def _check_recalibration(self) -> None:
+        """The adapter's flag, once: the log and the monitor (the status carries it from now on)."""
+        flag = self._recalibration()
+        if flag is not None and flag != self._flag_seen:
+            self._flag_seen = flag
+            assert self.monitor is not None  # set by run() before the control loop
+            log.warning("recalibration_suggested", reason=flag, **(self.adaptation.adapter.status()))  # type: ignore[union-attr]
+            self.monitor.publish("event", {"event": "recalibration_suggested", "detail": flag})
+
+    def _save_adaptation(self, *, at_stop: bool = False) -> None:
+        """The adapter's state beside the model when it changed: in a worker thread while running
+        (under the lock only to take the snapshot), at once at stop."""
+        a = self.adaptation
+        if a is None or a.adapter is None or a.adapter.windows == a.saved_windows:
+            return
+        with self._lock:
+            snapshot = a.adapter.to_dict()
+        a.saved_windows = snapshot["windows"]
+
+        def done(problem: str | None) -> None:
+            if problem is not None:
+                self.counters["adapt_save_failed"] += 1
+                log.warning("adaptation_not_saved", problem=problem)
+
+        if at_stop or self._loop is None:
+            done(a.save(snapshot))
+            return
+        future = self._loop.run_in_executor(None, a.save, snapshot)
+        future.add_done_callback(lambda f: done(f.result()) if not f.cancelled() else None)
+
     # -- model swap ----------------------------------------------------------------------------------
 
     def _watch_model(self) -> None:
@@ -692,8 +751,12 @@ class Controller:
         stream = None if self._stream is None else (self._stream.rate, self._stream.channels)
         old = self.model
         assert old is not None and self.monitor is not None  # set by run() before any control request
+        with self._lock:  # the running adapter's state, carried over when the same model is loaded again
+            running = self.adaptation.adapter if self.adaptation is not None else None
+            carry = None if running is None else running.to_dict()
         try:
             model = await asyncio.to_thread(load_model, target, stream)
+            adaptation = await asyncio.to_thread(Adaptation.load, model, target, self.config.adapt, carry)
         except MetaEMGError as exc:
             log.error("reload_failed", path=str(target), error=str(exc), reason=reason, kept=old.info.model_id)
             with self._lock:
@@ -712,7 +775,7 @@ class Controller:
         with self._lock:  # between two chunks of the hot path: the swap is atomic for it
             if model.info.signal != old.info.signal:
                 self.pipeline = Pipeline(model.info.signal, self.config.policy.saturation_fraction)
-            self.model = model
+            self.model, self.adaptation, self._flag_seen = model, adaptation, None
             if path:
                 self.model_path = target
             self._model_stat = _stat(self.model_path)
@@ -729,6 +792,7 @@ class Controller:
             log.info(
                 "model_swapped", path=str(target), previous=old.info.model_id, reason=reason, **self._model_fields()
             )
+            self._log_adaptation()
             self.monitor.publish(
                 "event",
                 {

@@ -78,7 +78,7 @@ class Explanation:
     headline: str  # "FAULT: device fault: overcurrent"
     meaning: str
     next_step: str
-    action: str | None  # the control that does the next step: "pause", "resume", "clear" or None
+    action: str | None  # the control that does the next step: "pause", "resume", "clear", "calibrate" or None
     severity: str  # "ok", "warn" or "fault"
     live: bool  # the decision and probabilities mean something now
 
@@ -95,7 +95,7 @@ def state_headline(state: str) -> str:
 
 
 def ctl_command(action: str, *, config: str | None = None, control: str | None = None) -> str:
-    """``action`` ("pause", "resume", "clear") as the command a person types in a terminal.
+    """``action`` ("pause", "resume", "clear", "calibrate") as the command a person types in a terminal.
 
     ``ctl`` finds the daemon from a configuration file: ``config`` (the file the daemon was
     started with) makes it ``myhand-controller ctl --config FILE ACTION``; without it, ``control``
@@ -103,6 +103,8 @@ def ctl_command(action: str, *, config: str | None = None, control: str | None =
     without either, ``ctl`` looks where every tool does ($MYHAND_CONFIG, else
     /etc/myhand/controller.yaml).
     """
+    if action == "calibrate":
+        return "metaemg-calibrate --patient ID"
     words = ["myhand-controller", "ctl"]
     if config:
         words += ["--config", config]
@@ -127,6 +129,15 @@ def explain(status: dict | None, age_s: float | None) -> Explanation:
         step, action = "update the controller or the orthosis firmware so that their versions match", None
     if reason and state not in ("running", "paused"):
         headline = f"{headline}: {reason}"
+    recalibrate = status.get("recalibration")
+    if isinstance(recalibrate, str) and state in ("running", "paused"):
+        # the session adaptation's flag (metaemg.drift): the hand still follows, but should not for long
+        headline, meaning = f"{headline}: RECALIBRATION SUGGESTED", recalibrate
+        step, action, severity = (
+            "calibrate again when the patient can (the hand holds still meanwhile)",
+            "calibrate",
+            "warn",
+        )
     return Explanation(state, headline, meaning, step, action, severity, state == "running")
 
 

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FEAT_SCALES = (1, 2, 5)  # the whole window, its newer half and its newest fifth
+# The windows over which the features are computed: the whole window, its newer half and its
+# newest fifth (250, 125 and 50 ms at 200 Hz): the short ones see a new contraction within a few
+# tens of ms, the long one averages the noise of a steady one.
+FEAT_SCALES = (1, 2, 5)
 FEAT_KINDS = ("log_mav", "log_wl")
 LOG_EPS = 1e-4  # in conditioned units (the myo chain: raw / 128; one Myo LSB is 0.0078)
 # a rejected window's open and close logits against relax's 0: probabilities (1, 1e-13, 1e-13)
@@ -134,14 +137,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def read_feat_head(path) -> FeatHead | None:
-    """The :class:`FeatHead` of a model file, or None when it is not a ``feat`` model."""
-    import onnx
-
-    from metaemg.modelfile import onnx_weights, read_model_info
-
-    info = read_model_info(path)
-    if info.kind != "feat":
+def feat_head(model) -> FeatHead | None:
+    """The :class:`FeatHead` of a loaded :class:`~metaemg.modelfile.OnnxModel` (from the weights
+    its id was checked against), or None when it is not a ``feat`` model."""
+    if model.info.kind != "feat":
         return None
-    weights = onnx_weights(onnx.load(str(path)))
-    return FeatHead.from_weights(weights, weights.get("metaemg.scaler.offset"), weights.get("metaemg.scaler.scale"))
+    w = model.weights
+    return FeatHead.from_weights(w, w.get("metaemg.scaler.offset"), w.get("metaemg.scaler.scale"))

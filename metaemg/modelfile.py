@@ -426,9 +426,10 @@ def onnx_weights(proto: Any) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
 
 
-def verify_model_id(data: bytes, info: ModelInfo, path: str | os.PathLike) -> None:
-    """ModelError unless the file's weights and metadata hash to its ``model_id`` (a file changed
-    after export, by hand or by a broken copy, keeps its old id otherwise)."""
+def verify_model_id(data: bytes, info: ModelInfo, path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The file's weights (its initializers by name), checked: ModelError unless they and the
+    metadata hash to its ``model_id`` (a file changed after export, by hand or by a broken copy,
+    keeps its old id otherwise)."""
     try:
         import onnx
     except ImportError:
@@ -437,10 +438,12 @@ def verify_model_id(data: bytes, info: ModelInfo, path: str | os.PathLike) -> No
         proto = onnx.load_from_string(data)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
-    if compute_model_id(onnx_weights(proto), info.to_dict()) != info.model_id:
+    weights = onnx_weights(proto)
+    if compute_model_id(weights, info.to_dict()) != info.model_id:
         raise ModelError(
             f"{path}: weights or metadata do not match model_id {info.model_id} (changed after export?); refusing it"
         )
+    return weights
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -480,7 +483,7 @@ class OnnxModel:
         data = _read(self.path)  # read once: the session runs and the id check hashes the same bytes
         self._session = _session(self.path, intra_op_threads, data)
         self.info = ModelInfo.from_metadata_map(self._session.get_modelmeta().custom_metadata_map, self.path)
-        verify_model_id(data, self.info, self.path)
+        self.weights = verify_model_id(data, self.info, self.path)  # what the session runs, checked
         self._check_io()
         self._shape = (self.info.window, self.info.channels)
         self._one = np.zeros((1, *self._shape), dtype=np.float32)  # reused for single windows

@@ -10,10 +10,13 @@ scored by :class:`~metaemg.modelfile.OnnxModel` (the daemon's onnxruntime wrappe
 label is the label of its last sample.
 
 Decisions: by default the most probable intent of each window (the model alone). With
-``--as-daemon`` the decisions the controller would command: its policy (rejection below
-``policy.threshold``, majority vote, dwell, refractory; the defaults, or ``--config FILE``'s
-``policy`` section) replayed over the windows as one good stream; a rejected window votes relax
-and a window without a command (the policy arming at the start) counts as relax.
+``--as-daemon`` the decisions the controller would command: a calibrated ``feat`` model's windows
+through its session adaptation (:mod:`metaemg.drift`, the daemon's own code, fresh from the
+calibration for each recording; ``adapt``), then its policy (rejection below
+``policy.threshold``, majority vote, dwell, refractory), with the defaults or ``--config FILE``'s
+``adapt`` and ``policy`` sections, replayed over the windows as one good stream; a rejected
+window votes relax and a window without a command (the policy arming at the start) counts as
+relax.
 
 Reported per recording and over all of them (see :mod:`metalearn.metrics`):
 accuracy (every window), steady_accuracy (windows whose samples all carry one label),
@@ -31,6 +34,7 @@ window of the clip; the gate is not applied), then scored. A model that is not c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -55,8 +59,11 @@ from metalearn.metrics import (
 from metalearn.recording import Recording, read_recording
 
 
-def window_probabilities(model: OnnxModel, rec: Recording) -> tuple[np.ndarray, np.ndarray]:
-    """``(ends, probabilities)``: each window's last sample and the model's (n, 3) probabilities."""
+def window_probabilities(model: OnnxModel, rec: Recording, adapt=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ends, probabilities)``: each window's last sample and the model's (n, 3) probabilities;
+    with ``adapt`` (a controller ``AdaptConfig``) those the daemon acts on: a calibrated ``feat``
+    model's windows one by one through a session adapter fresh from the calibration
+    (:func:`controller.adaptation.new_adapter`, the daemon's own)."""
     info = model.info
     where = rec.path
     if rec.n_channels != info.channels:
@@ -67,6 +74,12 @@ def window_probabilities(model: OnnxModel, rec: Recording) -> tuple[np.ndarray, 
     windows, ends = make_windows(SignalChain(info.signal).process(rec.emg), info.window, info.stride)
     if len(ends) == 0:
         raise DataError(f"too short: {rec.n_samples} samples give no {info.window}-sample window", path=where)
+    if adapt is not None:
+        from controller.adaptation import new_adapter
+
+        adapter, _ = new_adapter(model, adapt)
+        if adapter is not None:
+            return ends, np.stack([adapter.decide(w) for w in windows])
     return ends, model.predict(windows)
 
 
@@ -80,17 +93,17 @@ def decide(probabilities: np.ndarray, rec: Recording, ends: np.ndarray, policy=N
     return np.asarray(replay(probabilities, rec.time[ends], policy, start=rec.time[0]), dtype=np.int64)
 
 
-def decide_recording(model: OnnxModel, rec: Recording, policy=None) -> tuple[np.ndarray, np.ndarray]:
+def decide_recording(model: OnnxModel, rec: Recording, policy=None, adapt=None) -> tuple[np.ndarray, np.ndarray]:
     """``(ends, decisions)``: each window's last sample and its decision (see :func:`decide`)."""
-    ends, probs = window_probabilities(model, rec)
+    ends, probs = window_probabilities(model, rec, adapt)
     return ends, decide(probs, rec, ends, policy)
 
 
 def evaluate_recording(
-    model: OnnxModel, rec: Recording, policy=None
+    model: OnnxModel, rec: Recording, policy=None, adapt=None
 ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(figures, window labels, decisions, steady mask, window ends)`` for one recording."""
-    ends, decisions = decide_recording(model, rec, policy)
+    ends, decisions = decide_recording(model, rec, policy, adapt)
     labels = rec.labels[ends]
     steady = steady_windows(rec.labels, ends, model.info.window)
     delays = change_delays(rec.time, rec.labels, ends, decisions)
@@ -109,6 +122,7 @@ def evaluate(
     *,
     non_intent: Sequence[str | Path] = (),
     policy=None,
+    adapt=None,
     traces: list | None = None,
 ) -> dict:
     """The ``--json`` document for ``model_path`` over the recordings in ``paths`` (and the
@@ -119,7 +133,7 @@ def evaluate(
     channels = model.info.channels
     recordings = [read_recording(p, channels=channels) for p in paths]  # all checked before any work
     others = [read_recording(p, channels=channels, labelled=False) for p in non_intent]
-    scored = [evaluate_recording(model, rec, policy) for rec in recordings]
+    scored = [evaluate_recording(model, rec, policy, adapt) for rec in recordings]
     if traces is not None:
         for rec, (_, labels, decisions, _, ends) in zip(recordings, scored, strict=True):
             traces.append((rec.time[ends] - rec.time[0], labels, decisions))
@@ -132,6 +146,7 @@ def evaluate(
         "calibration": _calibration(model),
         "decisions": "daemon" if policy is not None else "argmax",
         "policy": None if policy is None else _policy_dict(policy),
+        "adapt": None if adapt is None else dataclasses.asdict(adapt),
         **overall,
         "delay": delay_summary(all_changes),
         "recordings": results,
@@ -140,7 +155,7 @@ def evaluate(
     if others:
         rows: list[dict[str, Any]] = []
         for rec in others:
-            ends, decisions = decide_recording(model, rec, policy)
+            ends, decisions = decide_recording(model, rec, policy, adapt)
             rows.append(
                 {
                     "path": str(rec.path),
@@ -342,12 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     policy = None
     if args.config is not None and not args.as_daemon:
         p.error("--config applies to --as-daemon")
+    adapt = None
     if args.as_daemon:
-        from controller.config import PolicyConfig, load
+        from controller.config import Config, load
 
-        policy = load(args.config).policy if args.config is not None else PolicyConfig()
+        daemon = load(args.config) if args.config is not None else Config()
+        policy, adapt = daemon.policy, daemon.adapt
     if args.adapt is None:
-        doc = evaluate(args.model, args.recordings, non_intent=args.non_intent, policy=policy, traces=traces)
+        doc = evaluate(
+            args.model, args.recordings, non_intent=args.non_intent, policy=policy, adapt=adapt, traces=traces
+        )
         if doc["calibration"] is None:
             print(
                 f"note: {args.model} is not calibrated (a meta-model as shipped: its head is fitted to nobody, "
@@ -359,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="metaemg-eval-") as tmp:
             adapted = adapt_in_memory(args.model, args.adapt, Path(tmp) / "adapted.onnx")
-            doc = evaluate(adapted, args.recordings, non_intent=args.non_intent, policy=policy, traces=traces)
+            doc = evaluate(
+                adapted, args.recordings, non_intent=args.non_intent, policy=policy, adapt=adapt, traces=traces
+            )
         doc["model"] = f"{args.model} adapted on {args.adapt}"
         print(f"adapted {args.model} on {args.adapt} in memory (every window of the clip; the gate is not applied)")
     print_table(doc)

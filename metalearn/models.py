@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from metaemg.errors import ConfigError, ModelError
+from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, LOG_EPS, REJECT_LOGIT
 from metaemg.modelfile import MODEL_KINDS
 
 # Model-specific hyper-parameters and their defaults; anything else is refused.
@@ -200,14 +201,8 @@ class Transformer(_WindowClassifier):
         return self.head(self.norm(h).mean(dim=1))
 
 
-# The windows over which FeatLDA computes its features: the whole window, its newer half and its
-# newest fifth (250, 125 and 50 ms at 200 Hz): the short ones see a new contraction within a
-# few tens of ms, the long one averages the noise of a steady one.
-FEAT_SCALES = (1, 2, 5)
-FEAT_KINDS = ("log_mav", "log_wl")
-_LOG_EPS = 1e-4  # in conditioned units (the myo chain: raw / 128; one Myo LSB is 0.0078)
-
-
+# FeatLDA's feature scales, kinds and constants are defined once, torch-free, in metaemg.feathead
+# (the daemon's numpy twin of this model's decision).
 def feature_count(window: int, n_channels: int) -> int:
     return len(FEAT_KINDS) * len(FEAT_SCALES) * n_channels
 
@@ -216,11 +211,6 @@ def standardisation(f: Tensor) -> tuple[Tensor, Tensor]:
     """``(offset, scale)`` of a wearer's features ``f`` (windows, features): how a clip, a training
     subject or a calibration witness standardises them (a flat feature keeps a scale of 1e-3)."""
     return f.mean(dim=0), f.std(dim=0, unbiased=False).clamp_min(1e-3)
-
-
-# a rejected window's open and close logits against relax's 0: probabilities (1, 1e-13, 1e-13),
-# and a bounded loss (about 30 per rejected window) where training scores adaptation
-REJECT_LOGIT = -30.0
 
 
 class FeatLDA(_WindowClassifier):
@@ -292,7 +282,7 @@ class FeatLDA(_WindowClassifier):
             n = max(2, self.window // k)
             mav.append(x[:, -n:].abs().mean(dim=1))
             wl.append(diff[:, -(n - 1) :].mean(dim=1))
-        return torch.log(torch.cat(mav + wl, dim=1) + _LOG_EPS)
+        return torch.log(torch.cat(mav + wl, dim=1) + LOG_EPS)
 
     def embed(self, x: Tensor) -> Tensor:
         """Standardised, whitened features."""
