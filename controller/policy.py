@@ -218,23 +218,39 @@ class Policy:
         return was
 
 
-def replay(probabilities, times, config: PolicyConfig | None = None, *, start: float | None = None) -> list[int]:
+def replay(
+    probabilities,
+    times,
+    config: PolicyConfig | None = None,
+    *,
+    start: float | None = None,
+    measured_from: float | None = None,
+) -> list[int]:
     """The intent a fresh policy commands for each window, offline: ``probabilities`` (n, 3) of
     consecutive windows of one good, uninterrupted stream, ``times`` (n,) the time of each
     window's last sample (seconds), ``start`` the time of the stream's first sample (the daemon
-    sees good input from then on; default: the first window's time). A window without a command
-    (the policy still arming at the start of the stream) counts as relax: the orthosis holds
-    still. What ``metaemg-eval --as-daemon`` and the benchmarks score."""
+    sees good input from then on; default: the first window's time). ``measured_from``: input
+    before this time counts as bad ("rate unknown"), as in the daemon, which commands nothing
+    until it has measured the stream's rate over a full second of samples. A window without a
+    command (the policy still arming) counts as relax: the orthosis holds still. What
+    ``metaemg-eval --as-daemon`` and the benchmarks score."""
     policy = Policy(config)
+
+    def arrived(t: float) -> None:
+        if measured_from is not None and t < measured_from:
+            policy.input_bad(t, "rate: rate unknown")
+        else:
+            policy.input_good(t)
+
     if start is not None and len(times):  # samples arrive all along, as live: one chunk every 10 ms
         t = float(start)
         while t < float(times[0]):
-            policy.input_good(t)
+            arrived(t)
             t += 0.01
     out = []
     for t, p in zip(times, probabilities, strict=True):
         t = float(t)
-        policy.input_good(t)
+        arrived(t)
         decision = policy.update(t, p)
         out.append(RELAX if decision.intent is None else decision.intent)
     return out

@@ -14,9 +14,9 @@ Decisions: by default the most probable intent of each window (the model alone).
 through its session adaptation (:mod:`metaemg.drift`, the daemon's own code, fresh from the
 calibration for each recording; ``adapt``), then its policy (rejection below
 ``policy.threshold``, majority vote, dwell, refractory), with the defaults or ``--config FILE``'s
-``adapt`` and ``policy`` sections, replayed over the windows as one good stream; a rejected
-window votes relax and a window without a command (the policy arming at the start) counts as
-relax.
+``adapt`` and ``policy`` sections, replayed over the windows as one good stream whose rate the
+daemon measures over its first second (no command before); a rejected window votes relax and a
+window without a command (the policy arming at the start) counts as relax.
 
 Reported per recording and over all of them (see :mod:`metalearn.metrics`):
 accuracy (every window), steady_accuracy (windows whose samples all carry one label),
@@ -88,9 +88,12 @@ def decide(probabilities: np.ndarray, rec: Recording, ends: np.ndarray, policy=N
     ``PolicyConfig``) the intent the daemon would command."""
     if policy is None:
         return probabilities.argmax(axis=1)
+    from controller.pipeline import RATE_WINDOW_S
     from controller.policy import replay
 
-    return np.asarray(replay(probabilities, rec.time[ends], policy, start=rec.time[0]), dtype=np.int64)
+    t0 = float(rec.time[0])
+    decided = replay(probabilities, rec.time[ends], policy, start=t0, measured_from=t0 + RATE_WINDOW_S)
+    return np.asarray(decided, dtype=np.int64)
 
 
 def decide_recording(model: OnnxModel, rec: Recording, policy=None, adapt=None) -> tuple[np.ndarray, np.ndarray]:

@@ -60,17 +60,19 @@ const ACTIONS = {
   resume: () => confirmThen(`Resume: the controller drives the hand again. ${MOVES}`, () => control("resume")),
   clear: () => confirmThen(`Clear the fault: check the hand first. ${MOVES}`, () => control("clear")),
   stop: () => confirmThen("Stop the controller service? The hand holds still; the service must be started again to go on.", () => control("stop")),
+  calibrate: () => startCalibration(),
 };
 $("btn-pause").onclick = ACTIONS.pause;
 $("btn-resume").onclick = ACTIONS.resume;
 $("btn-clear").onclick = ACTIONS.clear;
 $("btn-stop").onclick = ACTIONS.stop;
 
-$("btn-calibrate").onclick = async () => {
+async function startCalibration() {
   const patient = $("patient").value.trim();
   const a = await post("/api/calibrate", patient ? { patient } : {});
   $("cal-status").textContent = a.ok ? "starting the calibration ..." : a.error;
-};
+}
+$("btn-calibrate").onclick = startCalibration;
 $("btn-cancel-cal").onclick = () => post("/api/calibrate/cancel");
 let shownRefused = null;  // the clip digest of the refused calibration the page shows
 $("btn-install-anyway").onclick = () => {
@@ -113,8 +115,8 @@ function drawBanner(v) {
   $("state-meaning").textContent = meaning[0].toUpperCase() + meaning.slice(1) + ".";
   $("state-next").textContent = "Next: " + e.next_step + ".";
   const b = $("state-action");
-  const labels = { pause: "Pause", resume: "Resume", clear: "Clear" };
-  b.hidden = !e.action || !socketOpen;
+  const labels = { pause: "Pause", resume: "Resume", clear: "Clear", calibrate: "Calibrate now" };
+  b.hidden = !e.action || !socketOpen || (e.action === "calibrate" && Boolean(v.job_running));
   if (e.action) { b.textContent = labels[e.action]; b.onclick = ACTIONS[e.action]; }
   $("btn-pause").disabled = e.state !== "running";
   $("btn-resume").disabled = e.state !== "paused";
