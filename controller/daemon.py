@@ -340,7 +340,7 @@ class Controller:
             c["skipped_windows"] += skipped
         adapter = self.adaptation.adapter if self.adaptation is not None else None
         try:
-            probs = adapter.decide(window[0]) if adapter is not None else self.model.predict(window)[0]
+            probs = adapter.decide(window[0], learn=False) if adapter is not None else self.model.predict(window)[0]
         except ModelError as exc:
             c["model_errors"] += 1
             self._last_model_error = str(exc)
@@ -369,6 +369,8 @@ class Controller:
             decision, probs, seq, lsl_ts, skipped, (t_recv, t_start, t_signal, t_model, t_policy, t_link)
         )
         self._publish_emg(x, stamps)
+        if adapter is not None:
+            adapter.learn()  # after the command is on its way: off the window's latency
 
     def _publish_decision(
         self,
@@ -698,12 +700,13 @@ class Controller:
 
     def _check_recalibration(self) -> None:
         """The adapter's flag, once: the log and the monitor (the status carries it from now on)."""
-        flag = self._recalibration()
-        if flag is not None and flag != self._flag_seen:
-            self._flag_seen = flag
-            assert self.monitor is not None  # set by run() before the control loop
-            log.warning("recalibration_suggested", reason=flag, **(self.adaptation.adapter.status()))  # type: ignore[union-attr]
-            self.monitor.publish("event", {"event": "recalibration_suggested", "detail": flag})
+        adapter = None if self.adaptation is None else self.adaptation.adapter
+        if adapter is None or adapter.flag is None or adapter.flag == self._flag_seen:
+            return
+        self._flag_seen = adapter.flag
+        assert self.monitor is not None  # set by run() before the control loop
+        log.warning("recalibration_suggested", **adapter.status())
+        self.monitor.publish("event", {"event": "recalibration_suggested", "detail": adapter.flag})
 
     def _save_adaptation(self, *, at_stop: bool = False) -> None:
         """The adapter's state beside the model when it changed: in a worker thread while running

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, REJECT_LOGIT, FeatHead, features
+from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, LOG_EPS, REJECT_LOGIT, FeatHead
 from metaemg.intents import INTENTS
 from metaemg.typedconfig import Section, is_number, require
 
@@ -133,19 +133,28 @@ class SessionAdapter:
         np.fill_diagonal(dist, np.inf)
         self.radius = config.bound * dist.min(axis=1)  # the trust region of each mean (Mahalanobis)
         # open and close toward relax: the unit direction (in the precision's metric) and its limit
-        self._toward = {k: ((m[0] - m[k]) / dist[k, 0], config.toward_relax * dist[k, 0]) for k in range(1, n)}
-        # the fixed part: features -> z in one affine map
+        self._toward = {}
+        for k in range(1, n):
+            u = (m[0] - m[k]) / dist[k, 0]
+            self._toward[k] = (u, p @ u, config.toward_relax * dist[k, 0])
+        # the fixed part, for one window at a time: |x| and |diff x| -> the features' means by
+        # two small matrices (one row per scale), then features -> z in one affine map
         self._a = (head.whiten / head.scale[None, :]).T
         self._c = -(head.offset / head.scale) @ head.whiten.T
+        self._scaled = bool(np.any(head.input_offset != 0) or np.any(head.input_scale != 1))
+        self._avg: tuple[np.ndarray, np.ndarray] | None = None  # (mav, wl) averaging rows, made for the window length
+        self._pm0 = m @ p  # the calibrated means' P mu and mu P mu: the drift statistic
+        self._mpm0 = np.einsum("kd,kd->k", self._pm0, m)
         # the armband-turn estimate: each intent's calibrated log-amplitude pattern (whole window,
         # per channel), turned by each of TURNS, without its mean (a gain change is no turn)
         self._blocks = len(FEAT_KINDS) * len(FEAT_SCALES)
         self._channels = len(head.offset) // self._blocks
         self._raw = (m @ np.linalg.inv(head.whiten).T) * head.scale + head.offset  # the means as features
-        self._patterns = {}
+        self._patterns = {}  # intent -> (patterns (turns, channels), their squared norms)
         for k in range(1, n):
             t = np.stack([turned(self._raw[k, : self._channels], turn) for turn in TURNS])
-            self._patterns[k] = t - t.mean(axis=1, keepdims=True)
+            t -= t.mean(axis=1, keepdims=True)
+            self._patterns[k] = (t, np.einsum("tc,tc->t", t, t))
         self.reset()
 
     def turned_means(self, turn: float) -> np.ndarray:
@@ -184,16 +193,31 @@ class SessionAdapter:
         self._candidate: float | None = None
         self._held_s = 0.0
         self.flag: str | None = None
+        self._pending: tuple | None = None  # (z, intent, features, P z) of a window not yet learned from
         self._set_base(0.0)
         self._prepare()
 
     def _prepare(self) -> None:
-        """The head's discriminants for the current means (after each update)."""
+        """The head's discriminants for the current means (after a reset, a restore, a turn)."""
         h = self.head
         total = self._base_shift + self.shift
+        tp = total @ h.precision
         self.means = h.means + total
-        self.weight = h.weight + total @ h.precision
-        self.bias = h.bias - np.einsum("kd,de,ke->k", total, h.precision, h.means + 0.5 * total)
+        self.weight = h.weight + tp
+        self.bias = h.bias - np.einsum("kd,kd->k", tp, h.means + 0.5 * total)
+        self._pmk = self._pm0 + tp  # P mu of the current means (P is symmetric)
+        self._mpmk = np.einsum("kd,kd->k", self._pmk, self.means)
+
+    def _prepare_row(self, k: int) -> None:
+        """:meth:`_prepare` for intent ``k`` alone (after its update: the hot path)."""
+        h = self.head
+        total = self._base_shift[k] + self.shift[k]
+        tp = h.precision @ total
+        self.means[k] = h.means[k] + total
+        self.weight[k] = h.weight[k] + tp
+        self.bias[k] = h.bias[k] - tp @ (h.means[k] + 0.5 * total)
+        self._pmk[k] = self._pm0[k] + tp
+        self._mpmk[k] = self._pmk[k] @ self.means[k]
 
     def moved(self) -> dict[str, float]:
         """How far each intent's mean has moved, as a share of its bound (0: as calibrated, 1: at it)."""
@@ -252,18 +276,38 @@ class SessionAdapter:
         return None
 
     # -- the decision ----------------------------------------------------------------------------
-    def decide(self, window: np.ndarray) -> np.ndarray:
-        """Probabilities (3,) for one conditioned window (window, channels); learns from it when sure."""
+    def _features(self, window: np.ndarray) -> np.ndarray:
+        """:func:`~metaemg.feathead.features` of one window (window, channels), by two products."""
+        x = np.asarray(window, dtype=np.float64)
+        if self._scaled:
+            x = (x - self.head.input_offset) / self.head.input_scale
+        if self._avg is None or self._avg[0].shape[1] != len(x):
+            rows = len(FEAT_SCALES)
+            mav, wl = np.zeros((rows, len(x))), np.zeros((rows, len(x) - 1))
+            for i, k in enumerate(FEAT_SCALES):
+                n = max(2, len(x) // k)
+                mav[i, -n:] = 1.0 / n
+                wl[i, -(n - 1) :] = 1.0 / (n - 1)
+            self._avg = (mav, wl)
+        mav, wl = self._avg
+        amplitudes = np.concatenate([(mav @ np.abs(x)).ravel(), (wl @ np.abs(x[1:] - x[:-1])).ravel()])
+        return np.log(amplitudes + LOG_EPS)
+
+    def decide(self, window: np.ndarray, *, learn: bool = True) -> np.ndarray:
+        """Probabilities (3,) for one conditioned window (window, channels); learns from it when
+        sure, at once or (``learn=False``) at the next :meth:`learn` (the daemon learns after the
+        command is written, off its latency)."""
         h = self.head
-        x = (np.asarray(window, dtype=np.float64)[None] - h.input_offset) / h.input_scale
-        f = features(x)[0]
+        f = self._features(window)
         z = f @ self._a + self._c
         logits = self.weight @ z + self.bias
         best = int(logits.argmax())
+        zp = None
         rejected = False
         if best != 0:  # the rejection at the calibrated means (module docstring)
             if h.reject_distance > 0:
-                rejected = float(z @ h.precision @ z - 2 * self._pm[best] @ z + self._mpm[best]) > h.reject_distance
+                zp = h.precision @ z
+                rejected = float(z @ zp - 2 * self._pm[best] @ z + self._mpm[best]) > h.reject_distance
             if not rejected and h.other_log_prior < 0:
                 scores = self._ow @ z + self._ob
                 n = len(self.means)
@@ -275,15 +319,26 @@ class SessionAdapter:
         p = e / e.sum()
         self.windows += 1
         if not rejected and p[best] >= self.config.confidence:
-            self.observe(z, best, f)
+            self._pending = (z, best, f, zp)
+            if learn:
+                self.learn()
         return p
 
-    def observe(self, z: np.ndarray, k: int, f: np.ndarray | None = None) -> None:
-        """A window it is sure is intent ``k`` (embedded ``z``, its features ``f``): the flags'
-        statistics, then (if enabled) the update of that intent's mean."""
+    def learn(self) -> None:
+        """What the last :meth:`decide` was sure of, taken in (nothing when it was not)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.observe(*pending)
+
+    def observe(self, z: np.ndarray, k: int, f: np.ndarray | None = None, zp: np.ndarray | None = None) -> None:
+        """A window it is sure is intent ``k`` (embedded ``z``, its features ``f``, ``P z`` when
+        known): the flags' statistics, then (if enabled) the update of that intent's mean."""
         h, cfg = self.head, self.config
-        r = z - h.means[k]
-        self._recent.append(float(r @ h.precision @ r) / len(z))
+        if zp is None:
+            zp = h.precision @ z
+        zpz = float(z @ zp)
+        d = len(z)
+        self._recent.append((zpz - 2 * float(self._pm0[k] @ z) + self._mpm0[k]) / d)  # from the calibrated mean
         self._sum += self._recent[-1]
         if len(self._recent) > cfg.drift_windows:
             self._sum -= self._recent.popleft()
@@ -291,20 +346,20 @@ class SessionAdapter:
         self._far_s = self._far_s + self.stride_s if far else 0.0
         if k != 0 and f is not None:
             self._estimate_turn(k, f)
-        if cfg.enabled:
-            a = z - self.means[k]
-            if float(a @ h.precision @ a) <= cfg.learn_within * len(z):
-                self.shift[k] = self._bounded(k, self.shift[k] + cfg.rate * a)
-                self.updates[k] += 1
-                self._prepare()
+        if cfg.enabled and zpz - 2 * float(self._pmk[k] @ z) + self._mpmk[k] <= cfg.learn_within * d:
+            self.shift[k] = self._bounded(k, self.shift[k] + cfg.rate * (z - self.means[k]))
+            self.updates[k] += 1
+            self._prepare_row(k)
         self._update_flag()
 
     def _estimate_turn(self, k: int, f: np.ndarray) -> None:
         """One open or close window's evidence on the armband's turn; a turn of half an electrode
         or more (or back to none) that holds ``turn_hold_s`` is followed (``follow_turn``)."""
         cfg = self.config
-        pattern = f[: self._channels] - f[: self._channels].mean()
-        error = ((self._patterns[k] - pattern) ** 2).sum(axis=1)
+        x = f[: self._channels]
+        patterns, norms = self._patterns[k]
+        # |pattern - (x - mean x)|^2, the patterns' rows being free of their mean
+        error = norms - 2 * (patterns @ x) + (x @ x - x.sum() ** 2 / len(x))
         self._turn_error = (
             error if not self._turn_seen else self._turn_error + cfg.turn_rate * (error - self._turn_error)
         )
@@ -332,13 +387,12 @@ class SessionAdapter:
                 self._prepare()
 
     def _bounded(self, k: int, s: np.ndarray) -> np.ndarray:
-        p = self.head.precision
-        norm = math.sqrt(max(0.0, float(s @ p @ s)))
+        norm = math.sqrt(max(0.0, float(s @ self.head.precision @ s)))
         if norm > self.radius[k]:
             s = s * (self.radius[k] / norm)
         if k in self._toward:
-            u, limit = self._toward[k]
-            toward = float(s @ p @ u)  # the component toward relax, in the precision's metric
+            u, pu, limit = self._toward[k]
+            toward = float(s @ pu)  # the component toward relax, in the precision's metric
             if toward > limit:
                 s = s - (toward - limit) * u
         return s

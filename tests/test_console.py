@@ -546,3 +546,37 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
         console.close()
         second.close()
         rig.close()
+
+
+def test_the_page_says_when_to_recalibrate_and_starts_it(tmp_path, model, myo_src):
+    """The real daemon on an armband that slips by half an electrode six seconds in: the banner
+    says recalibration is suggested and why, and its one button starts a calibration."""
+    from selenium.webdriver.common.by import By
+
+    from bench.drift import rotate
+    from rig.models import myo_recording
+
+    emg = myo_recording(myo_src, "Male13", "Test0").emg.astype(np.float64)
+    emg[1200:] = np.clip(np.round(rotate(emg[1200:], 0.5)), -128, 127)
+    cfg = tmp_path / "controller.yaml"
+    cfg.write_text("adapt:\n  turn_rate: 0.1\n  turn_hold_s: 0.5\n")  # a quick flag: this test is about the page
+    rig = Rig(tmp_path, model, emg, daemon_args=("--config", str(cfg)))
+    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor)
+    driver = browser(tmp_path)
+    try:
+        driver.get(console.url)
+        wait_text(driver, "state-headline", lambda t: t == "RUNNING: RECALIBRATION SUGGESTED", 40, "the flag")
+        meaning = text(driver, "state-meaning")
+        assert "as if it had turned by about 0.5 of an electrode" in meaning and "calibrate again" in meaning
+        assert text(driver, "state-next").startswith("Next: calibrate again")
+        assert rig.status()["recalibration"][1:] in meaning  # the daemon's words, capitalised
+        wait_text(driver, "state-action", lambda t: t == "Calibrate now", 5, "the button")
+        driver.find_element(By.ID, "state-action").click()
+        wait_text(driver, "cal-status", lambda t: t.startswith("Calibration: recording"), 10, "a calibration")
+        own = {"Origin": console.base, "X-Console-Token": console.token}
+        assert json.loads(console.post("/api/calibrate/cancel", {}, own)[2])["ok"] is True
+        wait_text(driver, "cal-status", lambda t: "cancelled" in t, 20, "the calibration cancelled")
+    finally:
+        driver.quit()
+        console.close()
+        rig.close()
