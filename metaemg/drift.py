@@ -177,7 +177,6 @@ class SessionAdapter:
             both = np.concatenate([base, h.other_means])
             w = both @ p
             self._ow, self._ob = w, -0.5 * np.einsum("kd,kd->k", w, both)
-        self.base = base
 
     # -- state -----------------------------------------------------------------------------------
     def reset(self) -> None:
