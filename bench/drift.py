@@ -378,11 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {k: yaml.safe_load(v) for k, _, v in (a.partition("=") for a in args.adapt)}
     config = document(AdaptConfig, overrides, "--adapt")
-    if not (args.data / "other_gestures").is_dir():
-        from metalearn.myo import default_myo_root, import_myoarmband
-
-        print(f"importing the Myo dataset into {args.data} ...")
-        import_myoarmband(default_myo_root(), args.data)
+    myo.ensure_imported(args.data)
     t0 = time.perf_counter()
     doc = run(args.data, args.folds, args.budget, config)
     doc["adapt"] = dataclasses.asdict(config)

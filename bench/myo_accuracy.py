@@ -82,6 +82,15 @@ def other_gestures(data: Path, subject: str, session: str, cycles: range | None 
     return Recording(rec.time[lo:hi] - rec.time[lo], rec.emg[lo:hi], rec.labels[lo:hi], rec.path)
 
 
+def ensure_imported(data: Path) -> None:
+    """The Myo dataset imported into ``data`` (metaemg-import myoarmband), when it is not there yet."""
+    if not (data / "other_gestures").is_dir():
+        from metalearn.myo import default_myo_root, import_myoarmband
+
+        print(f"importing the Myo dataset into {data} ...")
+        import_myoarmband(default_myo_root(), data)
+
+
 def runs(labels: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) of each run of equal labels."""
     edges = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1, [len(labels)]])
@@ -482,11 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-previous", action="store_true", help="leave out the previous recipe (MAML cnn), the slow part")
     p.add_argument("--json", action="store_true", help="last line: one JSON document")
     args = p.parse_args(argv)
-    if not (args.data / "other_gestures").is_dir():
-        from metalearn.myo import default_myo_root, import_myoarmband
-
-        print(f"importing the Myo dataset into {args.data} ...")
-        import_myoarmband(default_myo_root(), args.data)
+    ensure_imported(args.data)
     budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
     t0 = time.perf_counter()
     doc = run(args.data, args.folds, budgets, not args.no_previous)
