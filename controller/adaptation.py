@@ -1,7 +1,8 @@
 """The daemon's session adaptation: one :class:`~metaemg.drift.SessionAdapter` per loaded model,
 its state in a file beside the model.
 
-A calibrated ``feat`` model (the shipped kind) is decided by its adapter, which follows the
+A calibrated ``feat`` model on raw EMG (the Myo model; a model on the MyHand armband's envelopes
+only with ``adapt.envelopes``) is decided by its adapter, which follows the
 wearer through the session within its bounds and raises the recalibration flag; any other model
 (another kind, or an uncalibrated base model, which decides nothing) is decided by onnxruntime as
 before, and the status says why there is no adaptation. ``adapt.enabled: false`` keeps the
@@ -38,6 +39,11 @@ def new_adapter(model: OnnxModel, config: AdaptConfig) -> tuple[SessionAdapter |
     head = feat_head(model)
     if head is None:
         return None, f"a {model.info.kind} model: decided by onnxruntime, no session adaptation"
+    if model.info.signal.highpass_hz is None and not config.envelopes:
+        return None, (
+            "a model on the armband's envelopes (the MyHand format): the session adaptation measured no gain there "
+            "and more relax false activation (bench.myhand_accuracy), so it is off; adapt.envelopes: true turns it on"
+        )
     if not head.calibrated:
         return None, "the uncalibrated base model decides nothing: nothing to adapt"
     info = model.info

@@ -66,6 +66,7 @@ class AdaptConfig(Section):
 
     KEY = "adapt"
     enabled: bool = True
+    envelopes: bool = False  # also a model on envelopes (the MyHand armband's): bench.myhand_accuracy measured no gain
     rate: float = 0.02  # each window it is sure of moves its intent's mean by this share of the way
     confidence: float = 0.9  # ... sure of: the decided intent's probability at least this
     learn_within: float = 2.0  # ... and its squared distance per feature from that intent's mean at most this

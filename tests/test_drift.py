@@ -246,6 +246,10 @@ def test_the_state_file_is_taken_back_by_the_same_model_only(model, tmp_path):
 
     base = Adaptation.load(OnnxModel(default_model_path()), default_model_path(), AdaptConfig())
     assert base.adapter is None and "uncalibrated base model" in base.why
+    myhand = default_model_path().with_name("myhand_meta.onnx")  # a model on the MyHand armband's envelopes
+    envelopes = Adaptation.load(OnnxModel(myhand), myhand, AdaptConfig())
+    assert envelopes.adapter is None and "adapt.envelopes: true turns it on" in envelopes.why
+    assert "uncalibrated" in Adaptation.load(OnnxModel(myhand), myhand, AdaptConfig(envelopes=True)).why
 
 
 class SampleClock:
