@@ -64,7 +64,7 @@ class FeatHead:
     precision: np.ndarray  # (d, d) inverse pooled within-intent covariance of the clip
     reject_distance: float  # squared Mahalanobis distance beyond which open/close become relax (0: off)
     other_means: np.ndarray  # (others, d) the population's non-intent movements
-    other_log_prior: float  # 0: off
+    other_log_prior: float | np.ndarray  # 0: off; one per non-intent class where they differ (a benchmark's)
     weight: np.ndarray  # (classes, d) the head
     bias: np.ndarray  # (classes,)
     input_offset: np.ndarray  # (channels,) the model's input scaler
@@ -120,12 +120,12 @@ class FeatHead:
         resid = z - mu[best]
         distance = np.einsum("nd,de,ne->n", resid, self.precision, resid)
         far = (best != 0) & (self.reject_distance > 0) & (distance > self.reject_distance)
-        if self.other_log_prior < 0:
+        if np.any(np.asarray(self.other_log_prior) < 0):
             both = np.concatenate([mu, self.other_means])
             w = both @ self.precision
             scores = z @ w.T - 0.5 * np.einsum("kd,kd->k", w, both)
             n = len(mu)
-            taken = scores[:, n:].max(axis=1) + self.other_log_prior > scores[:, :n].max(axis=1)
+            taken = (scores[:, n:] + self.other_log_prior).max(axis=1) > scores[:, :n].max(axis=1)
             far |= taken & (best != 0)
         out = logits.copy()
         out[far] = [0.0] + [REJECT_LOGIT] * (logits.shape[1] - 1)

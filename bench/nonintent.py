@@ -1,0 +1,165 @@
+"""Movements that are not intents (issue 27, requirement 1, first candidates): a "move freely,
+hand relaxed" segment in the calibration, modelled as the patient's own non-intent classes.
+
+Both protocols of :mod:`bench.myo_accuracy` with a 2 s-per-intent clip. The movement segment is
+cut from the calibration session's other gestures (the Myo's wrist flexion, extension, radial and
+ulnar deviation; first cycle, ``S / 4`` seconds of each, steady windows only), as a patient would
+move the wrist with the hand relaxed for ``S`` seconds after the cues. Its windows, standardised
+and whitened as the clip's, are clustered (k-means, ``k`` clusters) and join the head as
+non-intent classes with the clip's covariance (:class:`metaemg.feathead.FeatHead`'s
+``other_means``; a window they win is decided relax), alone or beside the population's four,
+with a log prior. Scored as the daemon decides (its default policy replayed) on the later
+sessions (evaluation subjects: Test0 and Test1 with their other gestures) or cycles 1-3
+(pre-training subjects, 5 folds): false activation on the other gestures, open and close
+recall, onset delay, and the calibration's patient time (the clip's 6 s plus ``S``).
+
+    python -m bench.nonintent [--data data/myo] [--folds 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import drift
+from bench import myo_accuracy as myo
+from metaemg.feathead import FeatHead, softmax
+from metalearn.metrics import change_delays, delay_summary, summary
+
+SEGMENTS_S = (2.0, 5.0, 10.0, 20.0)
+CANDIDATES = [("shipped", None, 0, 0.0, True)] + [
+    (f"own {s:g} s, k {k}, prior {p:g}{' + population' if pop else ''}", s, k, p, pop)
+    for s in SEGMENTS_S
+    for k, p, pop in ((4, 0.0, False), (4, 0.0, True), (8, 0.0, True), (4, 2.0, True))
+]
+
+
+def movement_windows(decider: drift.Decider, data: Path, subject: str, seconds: float) -> np.ndarray:
+    """Steady windows of ``seconds`` of wrist movements from the calibration session's first cycle."""
+    from metalearn.myo import read_other_gestures
+
+    rec, codes = read_other_gestures(data / "other_gestures" / f"myo_{subject}_training0.csv")
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
+    each = int(round(seconds / 4 * myo.RATE))
+    pieces = []
+    for g in range(4):  # cycle 0: the first four blocks
+        a, b = starts[g], starts[g + 1]
+        lo = a + (b - a - each) // 2 if b - a > each else a  # the middle of the held gesture
+        w, _ = decider.windows(rec.emg[lo : min(b, lo + each)].astype(np.float64))
+        pieces.append(w)
+    return np.concatenate([p for p in pieces if len(p)])
+
+
+def with_own(head: FeatHead, z: np.ndarray, k: int, prior: float, population: bool) -> FeatHead:
+    from scipy.cluster.vq import kmeans2
+
+    k = max(1, min(k, len(z) // 5))
+    centres, _ = kmeans2(z, k, seed=0, minit="++")
+    # the shipped population classes keep their strong prior against them (-18); the patient's own
+    # movements join with their own (-prior; a hair below 0, which switches the rule on)
+    own = np.full(k, -max(prior, 1e-9))
+    if population:
+        pop = np.full(len(head.other_means), float(np.asarray(head.other_log_prior)))
+        return dataclasses.replace(
+            head, other_means=np.concatenate([head.other_means, centres]), other_log_prior=np.concatenate([pop, own])
+        )
+    return dataclasses.replace(head, other_means=centres, other_log_prior=own)
+
+
+def decide_all(head: FeatHead, decider: drift.Decider, rec, start: int = 0):
+    w, ends = decider.windows(rec.emg.astype(np.float64))
+    probs = softmax(head.logits(head.embed(w)))
+    from controller.policy import replay
+
+    decided = np.asarray(replay(probs, rec.time[ends], start=rec.time[0]), dtype=np.int64)
+    keep = ends >= start
+    return ends[keep], decided[keep]
+
+
+def score(head: FeatHead, decider: drift.Decider, case: myo.Case) -> dict:
+    labels, decided, changes = [], [], []
+    for rec, start in case.tests:
+        ends, dec = decide_all(head, decider, rec, start)
+        labels.append(rec.labels[ends])
+        decided.append(dec)
+        changes += [c for c in change_delays(rec.time, rec.labels, ends, dec) if c["t"] >= rec.time[start]]
+    s = summary(np.concatenate(labels), np.concatenate(decided))
+    moved, n = 0, 0
+    for o in case.others:
+        _, dec = decide_all(head, decider, o)
+        moved += int((dec != 0).sum())
+        n += len(dec)
+    return {
+        "other_false_activation": moved / max(1, n),
+        "open": s["recall"]["open"],
+        "close": s["recall"]["close"],
+        "false_activation": s["false_activation"],
+        "delay_ms": delay_summary(changes)["median_ms"],
+    }
+
+
+def run(data: Path, folds: int, log=print) -> dict:
+    pre = sorted({p.name.split("_")[1] for p in data.glob("myo_*_training0")} - set(myo.EVAL_SUBJECTS))
+    groups: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [("sessions", tuple(pre), myo.EVAL_SUBJECTS)]
+    groups += [
+        ("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds])) for k in range(folds)
+    ]
+    rows: dict[str, dict[str, list[dict]]] = {}
+    for protocol, train, test in groups:
+        t0 = time.perf_counter()
+        meta = myo.methods(False)[0]
+        assert isinstance(meta, myo.Torch)  # the shipped recipe comes first
+        meta.train(data, train)
+        lda = myo.LdaTD(meta.spec)
+        for case in myo.cases(data, protocol, test, 2.0):
+            feat, _ = drift.calibrate_case(meta, lda, case)
+            assert feat.head is not None
+            for name, seconds, k, prior, population in CANDIDATES:
+                head = feat.head
+                if seconds is not None:
+                    z = head.embed(movement_windows(feat, data, case.subject, seconds))
+                    head = with_own(head, z, k, prior, population)
+                row = {"subject": case.subject, **score(head, feat, case)}
+                rows.setdefault(protocol, {}).setdefault(name, []).append(row)
+        log(f"  {protocol}: {', '.join(test)} in {time.perf_counter() - t0:.0f} s")
+    return rows
+
+
+def print_tables(rows: dict) -> None:
+    for protocol, per in rows.items():
+        print(f"\n{protocol}: as the daemon decides")
+        print(f"{'candidate':<44} {'patient s':>9} {'other FA':>9} {'worst':>6} {'open':>6} {'close':>6} {'delay':>6}")
+        for name, rs in per.items():
+            seconds = next(c[1] for c in CANDIDATES if c[0] == name)
+            fa = [r["other_false_activation"] for r in rs]
+            delays = [r["delay_ms"] for r in rs if r["delay_ms"] is not None]
+            print(
+                f"{name:<44} {6 + (seconds or 0):>9.0f} {np.mean(fa):>9.3f} {max(fa):>6.3f} "
+                f"{np.mean([r['open'] for r in rs]):>6.3f} {np.mean([r['close'] for r in rs]):>6.3f} "
+                f"{np.median(delays):>6.0f}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.nonintent", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data/myo"), help="the imported Myo data (imported when missing)")
+    p.add_argument("--folds", type=int, default=5, help="folds of the leave-subjects-out rotation (0: none)")
+    p.add_argument("--json", action="store_true", help="last line: one JSON document")
+    args = p.parse_args(argv)
+    myo.ensure_imported(args.data)
+    t0 = time.perf_counter()
+    rows = run(args.data, args.folds)
+    print_tables(rows)
+    print(f"\n{time.perf_counter() - t0:.0f} s")
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
