@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -242,11 +241,7 @@ def reference(data: Path, protocol: str, case: myo.Case) -> list[tuple[Recording
 
 
 def run(data: Path, folds: int, budget: float, config: AdaptConfig | None = None, log=print) -> dict:
-    pre = sorted({p.name.split("_")[1] for p in data.glob("myo_*_training0")} - set(myo.EVAL_SUBJECTS))
-    groups: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [("sessions", tuple(pre), myo.EVAL_SUBJECTS)]
-    groups += [
-        ("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds])) for k in range(folds)
-    ]
+    groups = myo.protocol_groups(data, folds)
     rows: dict[str, list[dict]] = {}
     slips: dict[str, list] = {}
     for protocol, train, test in groups:
@@ -382,12 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     doc = run(args.data, args.folds, args.budget, config)
     doc["adapt"] = dataclasses.asdict(config)
-    doc["seconds"] = round(time.perf_counter() - t0, 1)
-    print_tables(doc)
-    print(f"\n{doc['seconds']:.0f} s")
-    if args.json:
-        print(json.dumps(doc))
-    return 0
+    return myo.report(doc, t0, print_tables, args.json)
 
 
 if __name__ == "__main__":

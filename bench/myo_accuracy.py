@@ -82,6 +82,17 @@ def other_gestures(data: Path, subject: str, session: str, cycles: range | None 
     return Recording(rec.time[lo:hi] - rec.time[lo], rec.emg[lo:hi], rec.labels[lo:hi], rec.path)
 
 
+def protocol_groups(data: Path, folds: int) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """``(protocol, training subjects, scored subjects)``: the evaluation subjects across sessions
+    (trained on the 22 pre-training subjects), then each fold of the rotation over those 22."""
+    pre = sorted({p.name.split("_")[1] for p in data.glob("myo_*_training0")} - set(EVAL_SUBJECTS))
+    groups: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [("sessions", tuple(pre), EVAL_SUBJECTS)]
+    groups += [
+        ("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds])) for k in range(folds)
+    ]
+    return groups
+
+
 def ensure_imported(data: Path) -> None:
     """The Myo dataset imported into ``data`` (metaemg-import myoarmband), when it is not there yet."""
     if not (data / "other_gestures").is_dir():
@@ -383,11 +394,7 @@ def score(method: Method, case: Case) -> dict:
 
 
 def run(data: Path, folds: int, budgets: tuple[float, ...], previous: bool, log=print) -> dict:
-    pre = sorted({p.name.split("_")[1] for p in data.glob("myo_*_training0")} - set(EVAL_SUBJECTS))
-    groups: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [("sessions", tuple(pre), EVAL_SUBJECTS)]
-    groups += [
-        ("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds])) for k in range(folds)
-    ]
+    groups = protocol_groups(data, folds)
     results: dict = {}
     for protocol, train_subjects, test_subjects in groups:
         for method in methods(previous):
@@ -494,11 +501,15 @@ def main(argv: list[str] | None = None) -> int:
     ensure_imported(args.data)
     budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
     t0 = time.perf_counter()
-    doc = run(args.data, args.folds, budgets, not args.no_previous)
+    return report(run(args.data, args.folds, budgets, not args.no_previous), t0, print_tables, args.json)
+
+
+def report(doc: dict, t0: float, print_tables, as_json: bool) -> int:
+    """A Myo bench's end: its tables, the seconds it took since ``t0``, the JSON document last."""
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     print_tables(doc)
     print(f"\n{doc['seconds']:.0f} s")
-    if args.json:
+    if as_json:
         print(json.dumps(doc))
     return 0
 

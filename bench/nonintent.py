@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -104,11 +103,7 @@ def score(head: FeatHead, decider: drift.Decider, case: myo.Case) -> dict:
 
 
 def run(data: Path, folds: int, log=print) -> dict:
-    pre = sorted({p.name.split("_")[1] for p in data.glob("myo_*_training0")} - set(myo.EVAL_SUBJECTS))
-    groups: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [("sessions", tuple(pre), myo.EVAL_SUBJECTS)]
-    groups += [
-        ("rotation", tuple(s for s in pre if s not in pre[k::folds]), tuple(pre[k::folds])) for k in range(folds)
-    ]
+    groups = myo.protocol_groups(data, folds)
     rows: dict[str, dict[str, list[dict]]] = {}
     for protocol, train, test in groups:
         t0 = time.perf_counter()
@@ -130,8 +125,8 @@ def run(data: Path, folds: int, log=print) -> dict:
     return rows
 
 
-def print_tables(rows: dict) -> None:
-    for protocol, per in rows.items():
+def print_tables(doc: dict) -> None:
+    for protocol, per in doc["protocols"].items():
         print(f"\n{protocol}: as the daemon decides")
         print(f"{'candidate':<44} {'patient s':>9} {'other FA':>9} {'worst':>6} {'open':>6} {'close':>6} {'delay':>6}")
         for name, rs in per.items():
@@ -153,12 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     myo.ensure_imported(args.data)
     t0 = time.perf_counter()
-    rows = run(args.data, args.folds)
-    print_tables(rows)
-    print(f"\n{time.perf_counter() - t0:.0f} s")
-    if args.json:
-        print(json.dumps(rows))
-    return 0
+    return myo.report({"protocols": run(args.data, args.folds)}, t0, print_tables, args.json)
 
 
 if __name__ == "__main__":
