@@ -16,7 +16,12 @@ stage over a longer context (an open or close must be the most probable for 3, 5
 row before the hand leaves relax; movement already under way is not held) is measured on the
 shipped model and on the 2 s segment, with its cost in onset delay.
 
-    python -m bench.nonintent [--data data/myo] [--folds 5] [--json]
+With ``--features``, instead: which features separate open from the wrist movements (and close
+from wrist flexion) once the patient's own examples are labelled: a two-class LDA per feature
+group, trained on the first half of each class's windows of the scored sessions and scored on the
+second half (balanced accuracy, mean and worst arm).
+
+    python -m bench.nonintent [--data data/myo] [--folds 5] [--features] [--json]
 """
 
 from __future__ import annotations
@@ -163,6 +168,85 @@ def run(data: Path, folds: int, log=print) -> dict:
     return rows
 
 
+# ------------------------------------------------------------------------------ --features
+def feature_groups(w: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's features of windows ``w`` by group, and Hudgins' crossings beside them."""
+    from bench.myo_accuracy import td_features
+    from metaemg.feathead import features
+
+    f = features(w)
+    mav, wl = f[:, :24], f[:, 24:]
+    crossings = td_features(w * 128.0)[:, 16:]  # zero and slope-sign crossings in raw units (1 LSB)
+    return {
+        "log MAV, whole window (8)": f[:, :8],
+        "log MAV, 3 scales (24)": mav,
+        "log WL, 3 scales (24)": wl,
+        "log WL - log MAV (24: spectral)": wl - mav,
+        "adjacent-channel log MAV ratios (8)": f[:, :8] - np.roll(f[:, :8], -1, axis=1),
+        "the model's 48": f,
+        "ZC + SSC (16: zero and slope-sign crossings)": crossings,
+        "the model's 48 + ZC + SSC (64)": np.concatenate([f, crossings], axis=1),
+    }
+
+
+def separability(a: np.ndarray, b: np.ndarray) -> float:
+    """A two-class LDA fitted on each class's first half, its balanced accuracy on the second halves."""
+    from bench.myo_accuracy import LDA
+
+    ha, hb = len(a) // 2, len(b) // 2
+    lda = LDA().fit(np.concatenate([a[:ha], b[:hb]]), np.r_[np.zeros(ha, int), np.ones(hb, int)], 0.1)
+    return 0.5 * float((lda.predict(a[ha:]) == 0).mean() + (lda.predict(b[hb:]) == 1).mean())
+
+
+def scored_gestures(decider: drift.Decider, data: Path, protocol: str, case: myo.Case) -> dict[int, np.ndarray]:
+    """Windows of each wrist gesture (codes 1-4) in the scored sessions (cycles 1-3 for the rotation)."""
+    from metalearn.myo import read_other_gestures
+
+    out: dict[int, list] = {g: [] for g in (1, 2, 3, 4)}
+    for session in ("Test0", "Test1") if protocol == "sessions" else ("training0",):
+        rec, codes = read_other_gestures(data / "other_gestures" / f"myo_{case.subject}_{session}.csv")
+        w, ends = decider.windows(rec.emg.astype(np.float64))
+        later = ends >= (np.flatnonzero(np.diff(codes))[3] + 1 if protocol == "rotation" else 0)
+        for g in out:
+            out[g].append(w[(codes[ends] == g) & later])
+    return {g: np.concatenate(v) for g, v in out.items()}
+
+
+def run_features(data: Path, folds: int, log=print) -> dict:
+    rows: dict[str, dict[str, list[float]]] = {}
+    for protocol, train, test in myo.protocol_groups(data, folds):
+        meta = myo.methods(False)[0]
+        assert isinstance(meta, myo.Torch)  # the shipped recipe comes first
+        meta.train(data, train)
+        lda = myo.LdaTD(meta.spec)
+        for case in myo.cases(data, protocol, test, 2.0):
+            feat, _ = drift.calibrate_case(meta, lda, case)
+            intents: dict[int, list] = {1: [], 2: []}
+            for rec, start in case.tests:
+                w, ends = feat.windows(rec.emg.astype(np.float64))
+                for k in intents:
+                    intents[k].append(w[(ends >= start) & (rec.labels[ends] == k)])
+            mine = {k: feature_groups(np.concatenate(v)) for k, v in intents.items()}
+            wrist = {g: feature_groups(v) for g, v in scored_gestures(feat, data, protocol, case).items()}
+            for name in mine[1]:
+                r = rows.setdefault(
+                    name, {"open vs wrist extension": [], "close vs wrist flexion": [], "open vs hardest": []}
+                )
+                r["open vs wrist extension"].append(separability(mine[1][name], wrist[4][name]))
+                r["close vs wrist flexion"].append(separability(mine[2][name], wrist[2][name]))
+                r["open vs hardest"].append(min(separability(mine[1][name], wrist[g][name]) for g in wrist))
+        log(f"  {protocol}: {', '.join(test)}")
+    return rows
+
+
+def print_features(doc: dict) -> None:
+    print("\nbalanced accuracy of a two-class LDA on each feature group (mean / worst of the arms):")
+    first = next(iter(doc["features"].values()))
+    print(f"{'feature group':<46} " + "  ".join(f"{k:>24}" for k in first))
+    for name, r in doc["features"].items():
+        print(f"{name:<46} " + "  ".join(f"{np.mean(v):>15.3f} / {np.min(v):.3f}" for v in r.values()))
+
+
 def print_tables(doc: dict) -> None:
     for protocol, per in doc["protocols"].items():
         print(f"\n{protocol}: as the daemon decides")
@@ -182,10 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.nonintent", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/myo"), help="the imported Myo data (imported when missing)")
     p.add_argument("--folds", type=int, default=5, help="folds of the leave-subjects-out rotation (0: none)")
+    p.add_argument("--features", action="store_true", help="which features separate the intents from wrist movements")
     p.add_argument("--json", action="store_true", help="last line: one JSON document")
     args = p.parse_args(argv)
     myo.ensure_imported(args.data)
     t0 = time.perf_counter()
+    if args.features:
+        return myo.report({"features": run_features(args.data, args.folds)}, t0, print_features, args.json)
     return myo.report({"protocols": run(args.data, args.folds)}, t0, print_tables, args.json)
 
 
