@@ -59,6 +59,21 @@ CANDIDATES += [
     for s in (None, 2.0)
     for m in (3, 5, 8)
 ]
+# the stricter confirmation only when a non-intent class is close: (name, segment, margin, hold)
+NEAR = [
+    (
+        f"{'shipped' if s is None else 'own 2 s, k 4, prior 2 + population'}, leave relax after {m} when a "
+        f"non-intent class is within {margin:g}",
+        s,
+        margin,
+        m,
+    )
+    for s in (None, 2.0)
+    for margin, m in ((5.0, 3), (10.0, 3), (10.0, 5))
+]
+
+
+SEGMENT_OF: dict[str, float | None] = {c[0]: c[1] for c in CANDIDATES} | {c[0]: c[1] for c in NEAR}
 
 
 def movement_windows(decider: drift.Decider, data: Path, subject: str, seconds: float) -> np.ndarray:
@@ -93,10 +108,11 @@ def with_own(head: FeatHead, z: np.ndarray, k: int, prior: float, population: bo
     return dataclasses.replace(head, other_means=centres, other_log_prior=own)
 
 
-def confirm_leaving_relax(probs: np.ndarray, hold: int) -> np.ndarray:
+def confirm_leaving_relax(probs: np.ndarray, hold: int, near: np.ndarray | None = None) -> np.ndarray:
     """A second stage over a longer context: an open or close window counts only once that intent
     has been the most probable for ``hold`` windows in a row while the hand is at rest (before it,
-    the window votes relax); a hand already moving is not held back."""
+    the window votes relax); a hand already moving is not held back. ``near`` (per window): hold
+    only those windows (a non-intent class close to the intent)."""
     if hold <= 1:
         return probs
     out = probs.copy()
@@ -106,16 +122,28 @@ def confirm_leaving_relax(probs: np.ndarray, hold: int) -> np.ndarray:
         run = run + 1 if i and b == best[i - 1] else 1
         if b == 0:
             moving = False
-        elif not moving and run < hold:
+        elif not moving and run < hold and (near is None or near[i]):
             out[i] = (1.0, 0.0, 0.0)
         else:
             moving = True
     return out
 
 
-def decide_all(head: FeatHead, decider: drift.Decider, rec, start: int = 0, hold: int = 1):
+def nonintent_margin(head: FeatHead, z: np.ndarray) -> np.ndarray:
+    """Per window: how far the best intent's score is above the best non-intent class's (with its
+    prior; the head's own discriminant scores)."""
+    both = np.concatenate([head.means, head.other_means])
+    w = both @ head.precision
+    scores = z @ w.T - 0.5 * np.einsum("kd,kd->k", w, both)
+    n = len(head.means)
+    return scores[:, :n].max(axis=1) - (scores[:, n:] + head.other_log_prior).max(axis=1)
+
+
+def decide_all(head: FeatHead, decider: drift.Decider, rec, start: int = 0, hold: int = 1, margin: float | None = None):
     w, ends = decider.windows(rec.emg.astype(np.float64))
-    probs = confirm_leaving_relax(softmax(head.logits(head.embed(w))), hold)
+    z = head.embed(w)
+    near = None if margin is None else nonintent_margin(head, z) < margin
+    probs = confirm_leaving_relax(softmax(head.logits(z)), hold, near)
     from controller.policy import replay
 
     decided = np.asarray(replay(probs, rec.time[ends], start=rec.time[0]), dtype=np.int64)
@@ -123,17 +151,17 @@ def decide_all(head: FeatHead, decider: drift.Decider, rec, start: int = 0, hold
     return ends[keep], decided[keep]
 
 
-def score(head: FeatHead, decider: drift.Decider, case: myo.Case, hold: int = 1) -> dict:
+def score(head: FeatHead, decider: drift.Decider, case: myo.Case, hold: int = 1, margin: float | None = None) -> dict:
     labels, decided, changes = [], [], []
     for rec, start in case.tests:
-        ends, dec = decide_all(head, decider, rec, start, hold)
+        ends, dec = decide_all(head, decider, rec, start, hold, margin)
         labels.append(rec.labels[ends])
         decided.append(dec)
         changes += [c for c in change_delays(rec.time, rec.labels, ends, dec) if c["t"] >= rec.time[start]]
     s = summary(np.concatenate(labels), np.concatenate(decided))
     moved, n = 0, 0
     for o in case.others:
-        _, dec = decide_all(head, decider, o, hold=hold)
+        _, dec = decide_all(head, decider, o, hold=hold, margin=margin)
         moved += int((dec != 0).sum())
         n += len(dec)
     return {
@@ -163,6 +191,12 @@ def run(data: Path, folds: int, log=print) -> dict:
                     z = head.embed(movement_windows(feat, data, case.subject, seconds))
                     head = with_own(head, z, k, prior, population)
                 row = {"subject": case.subject, **score(head, feat, case, hold)}
+                rows.setdefault(protocol, {}).setdefault(name, []).append(row)
+            for name, seconds, margin, hold in NEAR:
+                head = feat.head
+                if seconds is not None:
+                    head = with_own(head, head.embed(movement_windows(feat, data, case.subject, seconds)), 4, 2.0, True)
+                row = {"subject": case.subject, **score(head, feat, case, hold, margin)}
                 rows.setdefault(protocol, {}).setdefault(name, []).append(row)
         log(f"  {protocol}: {', '.join(test)} in {time.perf_counter() - t0:.0f} s")
     return rows
@@ -250,13 +284,13 @@ def print_features(doc: dict) -> None:
 def print_tables(doc: dict) -> None:
     for protocol, per in doc["protocols"].items():
         print(f"\n{protocol}: as the daemon decides")
-        print(f"{'candidate':<62} {'patient s':>9} {'other FA':>9} {'worst':>6} {'open':>6} {'close':>6} {'delay':>6}")
+        print(f"{'candidate':<98} {'patient s':>9} {'other FA':>9} {'worst':>6} {'open':>6} {'close':>6} {'delay':>6}")
         for name, rs in per.items():
-            seconds = next(c[1] for c in CANDIDATES if c[0] == name)
+            seconds = SEGMENT_OF[name]
             fa = [r["other_false_activation"] for r in rs]
             delays = [r["delay_ms"] for r in rs if r["delay_ms"] is not None]
             print(
-                f"{name:<62} {6 + (seconds or 0):>9.0f} {np.mean(fa):>9.3f} {max(fa):>6.3f} "
+                f"{name:<98} {6 + (seconds or 0):>9.0f} {np.mean(fa):>9.3f} {max(fa):>6.3f} "
                 f"{np.mean([r['open'] for r in rs]):>6.3f} {np.mean([r['close'] for r in rs]):>6.3f} "
                 f"{np.median(delays):>6.0f}"
             )
