@@ -321,6 +321,7 @@ def test_the_daemon_decides_a_recording_as_metaemg_eval_as_daemon_does(model, ma
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"decision")
     sub.setsockopt(zmq.SUBSCRIBE, b"event")
+    sub.setsockopt(zmq.SUBSCRIBE, b"cue")
     sub.setsockopt(zmq.RCVHWM, 100000)  # every decision of the recording, none dropped
     got: list[dict] = []
     status: dict = {}
@@ -332,7 +333,17 @@ def test_the_daemon_decides_a_recording_as_metaemg_eval_as_daemon_does(model, ma
             await asyncio.sleep(0.01)
         assert sources and not task.done()
         sub.connect(cfg.monitor_endpoint())
-        await asyncio.sleep(0.3)  # a SUB socket joins a PUB asynchronously (ZeroMQ's slow joiner)
+
+        def joined() -> bool:
+            """A SUB socket joins a PUB asynchronously: ask the daemon for a cue on its monitor
+            stream until one arrives (then every later message does)."""
+            with ControlClient(ctrl.control_endpoint, timeout_s=5) as client:
+                client.request({"cmd": "cue", "cue": {"cue": "probe"}})
+            return bool(sub.poll(100))  # a message is there: joined (the drain below reads it)
+
+        until = time.monotonic() + 10
+        while not await asyncio.to_thread(joined):
+            assert time.monotonic() < until, "the monitor subscription never joined"
         stride = info.stride
         for start in range(0, len(rec.emg), stride):
             stop = min(start + stride, len(rec.emg))
