@@ -240,29 +240,34 @@ def reference(data: Path, protocol: str, case: myo.Case) -> list[tuple[Recording
     return case.tests
 
 
-def run(data: Path, folds: int, budget: float, config: AdaptConfig | None = None, log=print) -> dict:
-    groups = myo.protocol_groups(data, folds)
-    rows: dict[str, list[dict]] = {}
-    slips: dict[str, list] = {}
-    for protocol, train, test in groups:
+def calibrated_cases(data: Path, folds: int, budget: float, config: AdaptConfig | None = None, log=print):
+    """``(protocol, case, meta-model decider, LDA decider)`` for every subject of both protocols:
+    the meta-model trained on each group's training subjects, both calibrated on each clip."""
+    for protocol, train, test in myo.protocol_groups(data, folds):
         t0 = time.perf_counter()
         meta = myo.methods(False)[0]
         assert isinstance(meta, myo.Torch)  # the shipped recipe comes first
         meta.train(data, train)
         lda = myo.LdaTD(meta.spec)
         for case in myo.cases(data, protocol, test, budget):
-            feat, td = calibrate_case(meta, lda, case, config)
-            ch = int(np.argmax(np.abs(case.clip.emg).mean(axis=0)))
-            row: dict[str, Any] = {"subject": case.subject, "results": {}}
-            for method in METHODS:
-                decider = td if method == "LDA TD" else feat
-                ref = score(decider, method, reference(data, protocol, case), [], "as recorded", ch)
-                row["results"][method] = {"reference": ref["accuracy"]}
-                for condition in CONDITIONS:
-                    row["results"][method][condition] = score(decider, method, case.tests, case.others, condition, ch)
-            rows.setdefault(protocol, []).append(row)
-            slips.setdefault(protocol, []).extend(slip_flag(feat, case.tests))
+            yield (protocol, case, *calibrate_case(meta, lda, case, config))
         log(f"  {protocol}: {', '.join(test)} in {time.perf_counter() - t0:.0f} s")
+
+
+def run(data: Path, folds: int, budget: float, config: AdaptConfig | None = None, log=print) -> dict:
+    rows: dict[str, list[dict]] = {}
+    slips: dict[str, list] = {}
+    for protocol, case, feat, td in calibrated_cases(data, folds, budget, config, log):
+        ch = int(np.argmax(np.abs(case.clip.emg).mean(axis=0)))
+        row: dict[str, Any] = {"subject": case.subject, "results": {}}
+        for method in METHODS:
+            decider = td if method == "LDA TD" else feat
+            ref = score(decider, method, reference(data, protocol, case), [], "as recorded", ch)
+            row["results"][method] = {"reference": ref["accuracy"]}
+            for condition in CONDITIONS:
+                row["results"][method][condition] = score(decider, method, case.tests, case.others, condition, ch)
+        rows.setdefault(protocol, []).append(row)
+        slips.setdefault(protocol, []).extend(slip_flag(feat, case.tests))
     return {"budget": budget, "folds": folds, "subjects": rows, "slips": slips, "summary": summarise(rows, slips)}
 
 

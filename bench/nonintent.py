@@ -173,32 +173,35 @@ def score(head: FeatHead, decider: drift.Decider, case: myo.Case, hold: int = 1,
     }
 
 
+class OwnHeads:
+    """One subject's calibrated head with its own non-intent classes, made once per segment length,
+    clusters, prior and population (the candidates share them)."""
+
+    def __init__(self, feat: drift.Decider, data: Path, subject: str) -> None:
+        assert feat.head is not None
+        self.feat, self.data, self.subject, self.base = feat, data, subject, feat.head
+        self._heads: dict[tuple, FeatHead] = {}
+
+    def head(self, seconds: float | None, k: int, prior: float, population: bool) -> FeatHead:
+        if seconds is None:
+            return self.base
+        key = (seconds, k, prior, population)
+        if key not in self._heads:
+            z = self.base.embed(movement_windows(self.feat, self.data, self.subject, seconds))
+            self._heads[key] = with_own(self.base, z, k, prior, population)
+        return self._heads[key]
+
+
 def run(data: Path, folds: int, log=print) -> dict:
-    groups = myo.protocol_groups(data, folds)
     rows: dict[str, dict[str, list[dict]]] = {}
-    for protocol, train, test in groups:
-        t0 = time.perf_counter()
-        meta = myo.methods(False)[0]
-        assert isinstance(meta, myo.Torch)  # the shipped recipe comes first
-        meta.train(data, train)
-        lda = myo.LdaTD(meta.spec)
-        for case in myo.cases(data, protocol, test, 2.0):
-            feat, _ = drift.calibrate_case(meta, lda, case)
-            assert feat.head is not None
-            for name, seconds, k, prior, population, hold in CANDIDATES:
-                head = feat.head
-                if seconds is not None:
-                    z = head.embed(movement_windows(feat, data, case.subject, seconds))
-                    head = with_own(head, z, k, prior, population)
-                row = {"subject": case.subject, **score(head, feat, case, hold)}
-                rows.setdefault(protocol, {}).setdefault(name, []).append(row)
-            for name, seconds, margin, hold in NEAR:
-                head = feat.head
-                if seconds is not None:
-                    head = with_own(head, head.embed(movement_windows(feat, data, case.subject, seconds)), 4, 2.0, True)
-                row = {"subject": case.subject, **score(head, feat, case, hold, margin)}
-                rows.setdefault(protocol, {}).setdefault(name, []).append(row)
-        log(f"  {protocol}: {', '.join(test)} in {time.perf_counter() - t0:.0f} s")
+    for protocol, case, feat, _ in drift.calibrated_cases(data, folds, 2.0, log=log):
+        own = OwnHeads(feat, data, case.subject)
+        for name, seconds, k, prior, population, hold in CANDIDATES:
+            row = {"subject": case.subject, **score(own.head(seconds, k, prior, population), feat, case, hold)}
+            rows.setdefault(protocol, {}).setdefault(name, []).append(row)
+        for name, seconds, margin, hold in NEAR:
+            row = {"subject": case.subject, **score(own.head(seconds, 4, 2.0, True), feat, case, hold, margin)}
+            rows.setdefault(protocol, {}).setdefault(name, []).append(row)
     return rows
 
 
@@ -248,28 +251,21 @@ def scored_gestures(decider: drift.Decider, data: Path, protocol: str, case: myo
 
 def run_features(data: Path, folds: int, log=print) -> dict:
     rows: dict[str, dict[str, list[float]]] = {}
-    for protocol, train, test in myo.protocol_groups(data, folds):
-        meta = myo.methods(False)[0]
-        assert isinstance(meta, myo.Torch)  # the shipped recipe comes first
-        meta.train(data, train)
-        lda = myo.LdaTD(meta.spec)
-        for case in myo.cases(data, protocol, test, 2.0):
-            feat, _ = drift.calibrate_case(meta, lda, case)
-            intents: dict[int, list] = {1: [], 2: []}
-            for rec, start in case.tests:
-                w, ends = feat.windows(rec.emg.astype(np.float64))
-                for k in intents:
-                    intents[k].append(w[(ends >= start) & (rec.labels[ends] == k)])
-            mine = {k: feature_groups(np.concatenate(v)) for k, v in intents.items()}
-            wrist = {g: feature_groups(v) for g, v in scored_gestures(feat, data, protocol, case).items()}
-            for name in mine[1]:
-                r = rows.setdefault(
-                    name, {"open vs wrist extension": [], "close vs wrist flexion": [], "open vs hardest": []}
-                )
-                r["open vs wrist extension"].append(separability(mine[1][name], wrist[4][name]))
-                r["close vs wrist flexion"].append(separability(mine[2][name], wrist[2][name]))
-                r["open vs hardest"].append(min(separability(mine[1][name], wrist[g][name]) for g in wrist))
-        log(f"  {protocol}: {', '.join(test)}")
+    for protocol, case, feat, _ in drift.calibrated_cases(data, folds, 2.0, log=log):
+        intents: dict[int, list] = {1: [], 2: []}
+        for rec, start in case.tests:
+            w, ends = feat.windows(rec.emg.astype(np.float64))
+            for k in intents:
+                intents[k].append(w[(ends >= start) & (rec.labels[ends] == k)])
+        mine = {k: feature_groups(np.concatenate(v)) for k, v in intents.items()}
+        wrist = {g: feature_groups(v) for g, v in scored_gestures(feat, data, protocol, case).items()}
+        for name in mine[1]:
+            r = rows.setdefault(
+                name, {"open vs wrist extension": [], "close vs wrist flexion": [], "open vs hardest": []}
+            )
+            r["open vs wrist extension"].append(separability(mine[1][name], wrist[4][name]))
+            r["close vs wrist flexion"].append(separability(mine[2][name], wrist[2][name]))
+            r["open vs hardest"].append(min(separability(mine[1][name], wrist[g][name]) for g in wrist))
     return rows
 
 
