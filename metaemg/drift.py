@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, LOG_EPS, REJECT_LOGIT, FeatHead
+from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, REJECT_LOGIT, FeatHead, features
 from metaemg.intents import INTENTS
 from metaemg.typedconfig import Section, is_number, require
 
@@ -138,12 +138,10 @@ class SessionAdapter:
         for k in range(1, n):
             u = (m[0] - m[k]) / dist[k, 0]
             self._toward[k] = (u, p @ u, config.toward_relax * dist[k, 0])
-        # the fixed part, for one window at a time: |x| and |diff x| -> the features' means by
-        # two small matrices (one row per scale), then features -> z in one affine map
+        # the fixed part: features -> z in one affine map
         self._a = (head.whiten / head.scale[None, :]).T
         self._c = -(head.offset / head.scale) @ head.whiten.T
         self._scaled = bool(np.any(head.input_offset != 0) or np.any(head.input_scale != 1))
-        self._avg: tuple[np.ndarray, np.ndarray] | None = None  # (mav, wl) averaging rows, made for the window length
         self._pm0 = m @ p  # the calibrated means' P mu and mu P mu: the drift statistic
         self._mpm0 = np.einsum("kd,kd->k", self._pm0, m)
         # the armband-turn estimate: each intent's calibrated log-amplitude pattern (whole window,
@@ -277,21 +275,11 @@ class SessionAdapter:
 
     # -- the decision ----------------------------------------------------------------------------
     def _features(self, window: np.ndarray) -> np.ndarray:
-        """:func:`~metaemg.feathead.features` of one window (window, channels), by two products."""
+        """:func:`~metaemg.feathead.features` of one window (window, channels)."""
         x = np.asarray(window, dtype=np.float64)
         if self._scaled:
             x = (x - self.head.input_offset) / self.head.input_scale
-        if self._avg is None or self._avg[0].shape[1] != len(x):
-            rows = len(FEAT_SCALES)
-            mav, wl = np.zeros((rows, len(x))), np.zeros((rows, len(x) - 1))
-            for i, k in enumerate(FEAT_SCALES):
-                n = max(2, len(x) // k)
-                mav[i, -n:] = 1.0 / n
-                wl[i, -(n - 1) :] = 1.0 / (n - 1)
-            self._avg = (mav, wl)
-        mav, wl = self._avg
-        amplitudes = np.concatenate([(mav @ np.abs(x)).ravel(), (wl @ np.abs(x[1:] - x[:-1])).ravel()])
-        return np.log(amplitudes + LOG_EPS)
+        return features(x)
 
     def decide(self, window: np.ndarray, *, learn: bool = True) -> np.ndarray:
         """Probabilities (3,) for one conditioned window (window, channels); learns from it when

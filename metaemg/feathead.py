@@ -13,6 +13,7 @@ The constants here are the one definition: ``metalearn.models`` imports them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,17 +41,26 @@ WEIGHTS = (
 )
 
 
-def features(x: np.ndarray) -> np.ndarray:
-    """(n, window, channels) -> (n, features): log MAV and log WL over each of :data:`FEAT_SCALES`,
-    laid out (kind, scale, channel) as ``FeatLDA.features``."""
-    window = x.shape[1]
-    diff = np.abs(np.diff(x, axis=1))
-    mav, wl = [], []
-    for k in FEAT_SCALES:
+@functools.cache
+def _averaging(window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows averaging the newest samples of each of :data:`FEAT_SCALES`: (scales, window) for the
+    amplitudes, (scales, window - 1) for the differences."""
+    mav, wl = np.zeros((len(FEAT_SCALES), window)), np.zeros((len(FEAT_SCALES), window - 1))
+    for i, k in enumerate(FEAT_SCALES):
         n = max(2, window // k)
-        mav.append(np.abs(x[:, -n:]).mean(axis=1))
-        wl.append(diff[:, -(n - 1) :].mean(axis=1))
-    return np.log(np.concatenate(mav + wl, axis=1) + LOG_EPS)
+        mav[i, -n:] = 1.0 / n
+        wl[i, -(n - 1) :] = 1.0 / (n - 1)
+    return mav, wl
+
+
+def features(x: np.ndarray) -> np.ndarray:
+    """(..., window, channels) -> (..., features): log MAV and log WL over each of
+    :data:`FEAT_SCALES`, laid out (kind, scale, channel) as ``FeatLDA.features``; one window (the
+    daemon's) or a batch alike, by two small products."""
+    mav, wl = _averaging(x.shape[-2])
+    lead = x.shape[:-2]
+    amplitudes = (mav @ np.abs(x)).reshape(*lead, -1), (wl @ np.abs(x[..., 1:, :] - x[..., :-1, :])).reshape(*lead, -1)
+    return np.log(np.concatenate(amplitudes, axis=-1) + LOG_EPS)
 
 
 @dataclass
