@@ -93,13 +93,12 @@ def movement_windows(decider: drift.Decider, data: Path, subject: str, seconds: 
 
 
 def with_own(head: FeatHead, z: np.ndarray, k: int, prior: float, population: bool) -> FeatHead:
-    from scipy.cluster.vq import kmeans2
+    from metaemg.feathead import OWN_PRIOR_MIN, own_classes
 
-    k = max(1, min(k, len(z) // 5))
-    centres, _ = kmeans2(z, k, seed=0, minit="++")
+    centres = own_classes(z, k)
     # the shipped population classes keep their strong prior against them (-18); the patient's own
     # movements join with their own (-prior; a hair below 0, which switches the rule on)
-    own = np.full(k, -max(prior, 1e-9))
+    own = np.full(len(centres), -max(prior, OWN_PRIOR_MIN))
     if population:
         pop = np.full(len(head.other_means), float(np.asarray(head.other_log_prior)))
         return dataclasses.replace(
@@ -136,14 +135,28 @@ def nonintent_margin(head: FeatHead, z: np.ndarray) -> np.ndarray:
     w = both @ head.precision
     scores = z @ w.T - 0.5 * np.einsum("kd,kd->k", w, both)
     n = len(head.means)
-    return scores[:, :n].max(axis=1) - (scores[:, n:] + head.other_log_prior).max(axis=1)
+    return scores[:, :n].max(axis=1) - (scores[:, n:] + head.other_priors).max(axis=1)
 
 
-def decide_all(head: FeatHead, decider: drift.Decider, rec, start: int = 0, hold: int = 1, margin: float | None = None):
+def decide_all(
+    head: FeatHead,
+    decider: drift.Decider,
+    rec,
+    start: int = 0,
+    hold: int = 1,
+    margin: float | None = None,
+    adapt: bool = False,
+):
+    """``adapt``: through the session adaptation, as the daemon decides by default (a fresh
+    adapter for each recording); otherwise the calibrated head as it is."""
     w, ends = decider.windows(rec.emg.astype(np.float64))
-    z = head.embed(w)
-    near = None if margin is None else nonintent_margin(head, z) < margin
-    probs = confirm_leaving_relax(softmax(head.logits(z)), hold, near)
+    if adapt:
+        daemon = drift.Decider(decider.spec, head, config=decider.config)
+        probs = daemon.probabilities(w, daemon.adapter(True))[0]
+    else:
+        z = head.embed(w)
+        near = None if margin is None else nonintent_margin(head, z) < margin
+        probs = confirm_leaving_relax(softmax(head.logits(z)), hold, near)
     from controller.policy import replay
 
     decided = np.asarray(replay(probs, rec.time[ends], start=rec.time[0]), dtype=np.int64)
@@ -151,17 +164,24 @@ def decide_all(head: FeatHead, decider: drift.Decider, rec, start: int = 0, hold
     return ends[keep], decided[keep]
 
 
-def score(head: FeatHead, decider: drift.Decider, case: myo.Case, hold: int = 1, margin: float | None = None) -> dict:
+def score(
+    head: FeatHead,
+    decider: drift.Decider,
+    case: myo.Case,
+    hold: int = 1,
+    margin: float | None = None,
+    adapt: bool = False,
+) -> dict:
     labels, decided, changes = [], [], []
     for rec, start in case.tests:
-        ends, dec = decide_all(head, decider, rec, start, hold, margin)
+        ends, dec = decide_all(head, decider, rec, start, hold, margin, adapt)
         labels.append(rec.labels[ends])
         decided.append(dec)
         changes += [c for c in change_delays(rec.time, rec.labels, ends, dec) if c["t"] >= rec.time[start]]
     s = summary(np.concatenate(labels), np.concatenate(decided))
     moved, n = 0, 0
     for o in case.others:
-        _, dec = decide_all(head, decider, o, hold=hold, margin=margin)
+        _, dec = decide_all(head, decider, o, hold=hold, margin=margin, adapt=adapt)
         moved += int((dec != 0).sum())
         n += len(dec)
     return {
@@ -203,6 +223,90 @@ def run(data: Path, folds: int, log=print) -> dict:
             row = {"subject": case.subject, **score(own.head(seconds, 4, 2.0, True), feat, case, hold, margin)}
             rows.setdefault(protocol, {}).setdefault(name, []).append(row)
     return rows
+
+
+# ------------------------------------------------------------------------------ the shipped path
+SHIPPED_SEGMENTS_S = (2.0, 4.0, 6.0, 10.0)
+SHIPPED_BUDGET_S = 4.0  # of each intent: the default protocol's 2 cycles of 2 s
+
+
+def with_segment(clip, data: Path, subject: str, seconds: float):
+    """The calibration clip followed by ``seconds`` of the calibration session's wrist movements
+    (:func:`metalearn.myo.movement_segment`, first cycle), labelled MOVE, as one recording."""
+    from metaemg.intents import MOVE
+    from metalearn.myo import movement_segment, read_other_gestures
+    from metalearn.recording import Recording
+
+    rec, codes = read_other_gestures(data / "other_gestures" / f"myo_{subject}_training0.csv")
+    moves = movement_segment(rec.emg, codes, seconds)
+    emg = np.concatenate([clip.emg, moves])
+    labels = np.concatenate([clip.labels, np.full(len(moves), MOVE)])
+    return Recording(np.arange(len(emg)) / myo.RATE, emg, labels)
+
+
+def run_shipped(data: Path, folds: int, log=print) -> dict:
+    """Each subject calibrated through the calibration's own code (the clip with its movement
+    segment, :func:`metalearn.clip.prepare_clip`, the adapter with the wearer's own classes at
+    each operating point, the gate's cross-validation), scored as the daemon decides: through its
+    session adaptation (its default) and, under ``calibrated``, without."""
+    from calibration.calibrate import cross_validated_decisions, held_out
+    from metaemg.feathead import OPERATING_POINTS
+    from metalearn.adapt import OwnClasses
+    from metalearn.clip import prepare_clip
+
+    rows: dict[str, dict[str, list[dict]]] = {}
+    for protocol, train, test in myo.protocol_groups(data, folds):
+        t0 = time.perf_counter()
+        meta = myo.methods(False)[0]
+        assert isinstance(meta, myo.Torch)  # the shipped recipe comes first
+        meta.train(data, train)
+        assert meta.adapter is not None
+        points = {name: OwnClasses.at(name) for name in OPERATING_POINTS}
+        for case in myo.cases(data, protocol, test, SHIPPED_BUDGET_S):
+            decider = drift.Decider(meta.spec, None)
+            for seconds in (0.0, *SHIPPED_SEGMENTS_S):
+                rec = with_segment(case.clip, data, case.subject, seconds) if seconds else case.clip
+                clip = prepare_clip(rec, meta.spec)
+                adapted = meta.adapter.adapt(clip.windows, clip.labels, clip.conditioned[clip.intent_samples])
+                cv = cross_validated_decisions(meta.adapter, adapted, clip, points if seconds else {"none": None})
+                for name, (intents, moves) in cv.items():
+                    adapted.set_own(clip.move_windows, points.get(name))
+                    weights = {k: v.detach().cpu().numpy() for k, v in adapted.model.state_dict().items()}
+                    head = FeatHead.from_weights(weights, adapted.scaler.offset, adapted.scaler.scale)
+                    held = held_out(clip, intents, moves)
+                    row = {
+                        "subject": case.subject,
+                        "patient_s": round(rec.duration, 1),
+                        "cv_move_activation": held["move_activation"],
+                        "cv_accuracy": held["accuracy"],
+                        **score(head, decider, case, adapt=True),
+                        "calibrated": score(head, decider, case),
+                    }
+                    key = "no movement segment" if not seconds else f"{seconds:g} s segment, {name}"
+                    rows.setdefault(protocol, {}).setdefault(key, []).append(row)
+        log(f"  {protocol}: {', '.join(test)} in {time.perf_counter() - t0:.0f} s")
+    return rows
+
+
+def print_shipped(doc: dict) -> None:
+    for protocol, per in doc["shipped"].items():
+        print(f"\n{protocol}: the shipped calibration, as the daemon decides")
+        print(
+            f"{'candidate':<32} {'patient s':>9} {'other FA':>9} {'worst':>6} {'open':>6} {'close':>6} {'delay':>6}"
+            f"  {'gate: segment FA':>16} {'worst':>6}  {'not adapting: FA':>16} {'open':>6}"
+        )
+        for name, rs in per.items():
+            fa = [r["other_false_activation"] for r in rs]
+            cv = [r["cv_move_activation"] for r in rs if r["cv_move_activation"] is not None]
+            delays = [r["delay_ms"] for r in rs if r["delay_ms"] is not None]
+            gate = f"{np.mean(cv):>16.3f} {max(cv):>6.3f}" if cv else f"{'-':>16} {'-':>6}"
+            off = [r["calibrated"] for r in rs]
+            print(
+                f"{name:<32} {np.mean([r['patient_s'] for r in rs]):>9.1f} {np.mean(fa):>9.3f} {max(fa):>6.3f} "
+                f"{np.mean([r['open'] for r in rs]):>6.3f} {np.mean([r['close'] for r in rs]):>6.3f} "
+                f"{np.median(delays):>6.0f}  {gate}  {np.mean([o['other_false_activation'] for o in off]):>16.3f} "
+                f"{np.mean([o['open'] for o in off]):>6.3f}"
+            )
 
 
 # ------------------------------------------------------------------------------ --features
@@ -297,13 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/myo"), help="the imported Myo data (imported when missing)")
     p.add_argument("--folds", type=int, default=5, help="folds of the leave-subjects-out rotation (0: none)")
     p.add_argument("--features", action="store_true", help="which features separate the intents from wrist movements")
+    p.add_argument(
+        "--candidates", action="store_true", help="the first candidates, on a head of the bench's own (requirement 1)"
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON document")
     args = p.parse_args(argv)
     myo.ensure_imported(args.data)
     t0 = time.perf_counter()
     if args.features:
         return myo.report({"features": run_features(args.data, args.folds)}, t0, print_features, args.json)
-    return myo.report({"protocols": run(args.data, args.folds)}, t0, print_tables, args.json)
+    if args.candidates:
+        return myo.report({"protocols": run(args.data, args.folds)}, t0, print_tables, args.json)
+    return myo.report({"shipped": run_shipped(args.data, args.folds)}, t0, print_shipped, args.json)
 
 
 if __name__ == "__main__":

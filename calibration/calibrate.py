@@ -42,6 +42,8 @@ from calibration.store import Store, check_patient, resolve_state_dir
 from metaemg.atomic import PRIVATE
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
+from metaemg.feathead import OPERATING_POINT_WORDS, OPERATING_POINTS
+from metaemg.intents import MOVE
 from metaemg.modelfile import OnnxModel, default_model_path, read_model_info
 from metalearn.clip import ClipWindows, prepare_clip
 from metalearn.metrics import change_delays, delay_summary, fmt_recall, steady_windows, summary
@@ -75,31 +77,36 @@ def calibrate(
     base = OnnxModel(base_model)
     spec = base.info.signal
     clip = prepare_clip(rec, spec, config.clip)
-    steady = steady_windows(rec.labels, clip.ends, spec.window)
     activity = _describe_clip(rec, clip, clip_path, base)
 
     scored = clip.scored  # every window, but for one cycle those spanning both halves of a run
     dec_base = base.predict(clip.windows).argmax(axis=1)
-    before = summary(clip.labels[scored], dec_base[scored], steady[scored])
+    before = held_out(clip, dec_base, _decide(base.predict, clip.move_windows))
     say(f"base model {base.info.model_id}: held-out accuracy {before['accuracy']:.2f} ({fmt_recall(before['recall'])})")
 
-    from metalearn.adapt import Adapter
+    from metalearn.adapt import Adapter, OwnClasses
 
     adapter = Adapter.from_file(base_model)
-    dec_cv = _cross_validated_decisions(adapter, clip)
-    after = summary(clip.labels[scored], dec_cv[scored], steady[scored])
+    chosen = config.movement.operating_point
+    names = OPERATING_POINT_WORDS if len(clip.move_windows) else (chosen,)
+    points = {name: OwnClasses.at(name, config.movement.clusters) for name in names}
+    adapted = adapter.adapt(clip.windows, clip.labels, clip.conditioned[clip.intent_samples])
+    dec_points = cross_validated_decisions(adapter, adapted, clip, points)
+    figures = {name: held_out(clip, *dec_points[name]) for name in points}
+    dec_cv, after = dec_points[chosen][0], figures[chosen]
     interval = accuracy_interval(after["accuracy"], int(scored.sum()), spec.window, spec.stride)
     say(
         f"held-out estimate ({clip.holdout()}): accuracy {after['accuracy']:.2f}, 95 % interval "
         f"{interval[0]:.2f}-{interval[1]:.2f} from {int(scored.sum()) * spec.stride / spec.sample_rate:.1f} s "
         "of held-out windows"
     )
-    adapted = adapter.adapt(clip.windows, clip.labels, clip.conditioned)
+    operating = _say_operating_points(clip, figures, before, chosen)
+    adapted.set_own(clip.move_windows, points[chosen])
     say(f"adapted in {adapted.adapt_seconds:.3f} s ({_recipe(base.info.inner)}, on this PC's CPU)")
-    dec_torch = adapted.predict(clip.windows).argmax(axis=1)
+    dec_torch = adapted.predict(np.concatenate([clip.windows, clip.move_windows])).argmax(axis=1)
     witnesses = _witnesses(base, adapter, store, clip)
     implausible = plausible.reasons(witnesses, config.gate.swap_margin)
-    decision = decide(before, after, config.gate, force=force, implausible=implausible)
+    decision = decide(before, after, config.gate, force=force, implausible=implausible, points=operating)
     calibration = _provenance(
         clip,
         clip_path,
@@ -142,6 +149,11 @@ def calibrate(
         "adapt_seconds": round(adapted.adapt_seconds, 6),
         "recall_before": before["recall"],
         "recall_after": after["recall"],
+        "move_activation_before": before["move_activation"],
+        "move_activation_after": after["move_activation"],
+        "movement_seconds": round(len(clip.move_windows) * spec.stride / spec.sample_rate, 2),
+        "operating_point": chosen,
+        "operating_points": operating,
         "confusion_before": before["confusion"],
         "confusion_after": after["confusion"],
         "gate": {
@@ -150,6 +162,7 @@ def calibrate(
             "min_accuracy": config.gate.min_accuracy,
             "min_recall": config.gate.min_recall,
             "swap_margin": config.gate.swap_margin,
+            "max_move_activation": config.gate.max_move_activation,
             "witnesses": [w.to_dict() for w in witnesses],
         },
         "base_model": str(base_model),
@@ -225,15 +238,68 @@ def _describe_clip(rec: Recording, clip: ClipWindows, clip_path: Path, base: Onn
     return activity
 
 
-def _cross_validated_decisions(adapter, clip: ClipWindows) -> np.ndarray:
-    """Each fold's windows decided by the base model adapted on the other folds (the gate's
-    estimate of how the installed model does on data it has not seen); -1 for a window no fold
-    scores (:attr:`ClipWindows.scored`)."""
-    decisions = np.full_like(clip.labels, -1)
+def _decide(predict, windows: np.ndarray) -> np.ndarray:
+    return predict(windows).argmax(axis=1) if len(windows) else np.zeros(0, dtype=np.int64)
+
+
+def held_out(clip: ClipWindows, decisions: np.ndarray, moves: np.ndarray) -> dict:
+    """:func:`~metalearn.metrics.summary` of the scored intent windows' ``decisions`` and of the
+    movement segment's ``moves`` (its ``move_activation``)."""
+    scored = clip.scored
+    steady = steady_windows(clip.recording.labels, clip.ends, clip.spec.window)
+    labels = np.concatenate([clip.labels[scored], np.full(len(moves), MOVE)])
+    steady_all = np.concatenate([steady[scored], np.ones(len(moves), dtype=bool)])
+    return summary(labels, np.concatenate([decisions[scored], moves]), steady_all)
+
+
+def cross_validated_decisions(adapter, adapted, clip: ClipWindows, points: dict) -> dict:
+    """For each operating point (an :class:`~metalearn.adapt.OwnClasses`), the gate's estimate of
+    how the installed model does on data it has not seen: ``(intents, moves)``. ``intents``: each
+    fold's windows decided by the base model adapted on the other folds, with the wearer's own
+    classes from the whole movement segment (-1 for a window no fold scores,
+    :attr:`ClipWindows.scored`); ``moves``: each block of the movement segment decided by
+    ``adapted`` (every intent window) with its own classes learned from the windows that share no
+    sample with it (:meth:`ClipWindows.move_folds`)."""
+    out = {name: np.full_like(clip.labels, -1) for name in points}
     for _, train, held, samples in clip.folds():
         fold = adapter.adapt(clip.windows[train], clip.labels[train], clip.conditioned[samples])
-        decisions[held] = fold.predict(clip.windows[held]).argmax(axis=1)
-    return decisions
+        for name, own in points.items():
+            out[name][held] = fold.set_own(clip.move_windows, own).predict(clip.windows[held]).argmax(axis=1)
+    moves = {name: np.zeros(len(clip.move_windows), dtype=np.int64) for name in points}
+    for learn, held in clip.move_folds():
+        for name, own in points.items():
+            moves[name][held] = (
+                adapted.set_own(clip.move_windows[learn], own).predict(clip.move_windows[held]).argmax(1)
+            )
+    return {name: (out[name], moves[name]) for name in points}
+
+
+def _say_operating_points(clip: ClipWindows, figures: dict, before: dict, chosen: str) -> dict:
+    """Say what the movement segment shows at each operating point; returns them for the result."""
+    if not len(clip.move_windows):
+        say("no movement segment in the clip: wrist movements are not learned (protocol.move_s)")
+        return {}
+    spec = clip.spec
+    say(
+        f"movement segment: {len(clip.move_windows) * spec.stride / spec.sample_rate:.1f} s; the base model would "
+        f"open or close the hand in {before['move_activation']:.0%} of its windows. Operating points "
+        "(cross-validated; each part of the segment scored with what was learned from the rest):"
+    )
+    out = {}
+    for name, f in figures.items():
+        out[name] = {
+            "words": OPERATING_POINT_WORDS[name],
+            "log_prior": OPERATING_POINTS[name],
+            "move_activation": f["move_activation"],
+            "accuracy": f["accuracy"],
+            "recall": f["recall"],
+        }
+        mark = "*" if name == chosen else " "
+        say(
+            f" {mark} {name:<10} ({OPERATING_POINT_WORDS[name]}): moves the hand in {f['move_activation']:.0%} of "
+            f"the segment, accuracy {f['accuracy']:.2f} ({fmt_recall(f['recall'])})"
+        )
+    return out
 
 
 def _recipe(inner: Mapping[str, Any]) -> str:
@@ -271,9 +337,10 @@ def _export_and_install(
     candidate = out_dir / f".candidate-{os.getpid()}-{calibration['clip_sha256'][:8]}.onnx"
     model_path = current = installed = None
     try:
-        export_adapted(adapted, calibration, candidate, clip.windows)
+        every = np.concatenate([clip.windows, clip.move_windows])
+        export_adapted(adapted, calibration, candidate, every)
         new = OnnxModel(candidate)
-        dec_new = new.predict(clip.windows).argmax(axis=1)
+        dec_new = new.predict(every).argmax(axis=1)
         if not np.array_equal(dec_new, dec_torch):
             raise ModelError(
                 f"{candidate}: onnxruntime and torch decide differently on "
@@ -374,6 +441,9 @@ def _provenance(
         "accuracy_after": after["accuracy"],
         "recall_before": before["recall"],
         "recall_after": after["recall"],
+        "move_activation_after": after["move_activation"],
+        "operating_point": config.movement.operating_point if len(clip.move_windows) else None,
+        "own_non_intent_classes": len(clip.move_windows) > 0,
         "reaction_s": config.protocol.reaction_s if source == "live" else None,
         "gate": {**decision.to_dict(), "min_accuracy": config.gate.min_accuracy, "min_recall": config.gate.min_recall},
     }
@@ -479,6 +549,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     live.add_argument("--reaction-s", type=float, metavar="S", help="label shift after each cue (protocol.reaction_s)")
     live.add_argument(
+        "--move-s",
+        type=float,
+        metavar="S",
+        help="seconds of free wrist movements at the end, 0: none (protocol.move_s)",
+    )
+    p.add_argument(
+        "--operating-point",
+        choices=tuple(OPERATING_POINTS),
+        help="how the wearer's own wrist movements weigh against opening and closing (movement.operating_point)",
+    )
+    live.add_argument(
         "--cue-endpoint", metavar="ENDPOINT", help="ZeroMQ PUB endpoint for the cues, or 'none' (cues.endpoint)"
     )
     gate = p.add_argument_group("gate and daemon")
@@ -496,7 +577,12 @@ def load_config(args: argparse.Namespace):
     cfg = configuration.load(args.config)
     proto = {
         k: v
-        for k, v in (("cycles", args.cycles), ("countdown_s", args.countdown_s), ("reaction_s", args.reaction_s))
+        for k, v in (
+            ("cycles", args.cycles),
+            ("countdown_s", args.countdown_s),
+            ("reaction_s", args.reaction_s),
+            ("move_s", args.move_s),
+        )
         if v is not None
     }
     if args.cue_s is not None:
@@ -506,6 +592,8 @@ def load_config(args: argparse.Namespace):
     gate = {k: v for k, v in (("min_accuracy", args.min_accuracy), ("min_recall", args.min_recall)) if v is not None}
     if gate:
         cfg = cfg.replace("gate", **gate)
+    if args.operating_point is not None:
+        cfg = cfg.replace("movement", operating_point=args.operating_point)
     if args.lsl_stream is not None:
         cfg = cfg.replace("lsl", name=args.lsl_stream)
     if args.lsl_source_id is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from calibration.gate import GateRules
 from calibration.protocol import CueProtocol
+from metaemg.feathead import OPERATING_POINTS
 from metaemg.lsl import StreamSelector
 from metaemg.typedconfig import Section, document, is_number, read_yaml, require
 from metalearn.clip import ClipRules
@@ -79,6 +80,29 @@ class DaemonSection(Section):
 
 
 @dataclass(frozen=True)
+class MovementSection(Section):
+    """The protocol's movement segment, learned as the wearer's own non-intent classes."""
+
+    KEY = "movement"
+    clusters: int = 4  # k-means clusters of the segment's windows (wrist movements are several movements)
+    operating_point: str = "balanced"  # steady | balanced | responsive (metaemg.feathead.OPERATING_POINTS)
+
+    def check(self, key: str) -> None:
+        require(
+            isinstance(self.clusters, int) and not isinstance(self.clusters, bool) and 1 <= self.clusters <= 16,
+            f"{key}.clusters",
+            "must be an integer in 1..16",
+            self.clusters,
+        )
+        require(
+            self.operating_point in OPERATING_POINTS,
+            f"{key}.operating_point",
+            f"must be one of {', '.join(OPERATING_POINTS)}",
+            self.operating_point,
+        )
+
+
+@dataclass(frozen=True)
 class CalibrationConfig(Section):
     state_dir: str | None = None
     base_model: str | None = None  # null: the packaged model that fits the clip or the stream
@@ -86,6 +110,7 @@ class CalibrationConfig(Section):
     png: bool = True
     lsl: LslSection = field(default_factory=LslSection)
     protocol: CueProtocol = field(default_factory=CueProtocol)
+    movement: MovementSection = field(default_factory=MovementSection)
     gate: GateRules = field(default_factory=GateRules)
     clip: ClipRules = field(default_factory=ClipRules)
     cues: CueSection = field(default_factory=CueSection)

@@ -9,7 +9,10 @@ The adapted model is refused when any rule fails:
 2. it is worse than the base model (lower accuracy);
 3. it recognises some intent in fewer than ``min_recall`` of that intent's windows;
 4. a witness from outside the clip sees its open and close swapped by more than ``swap_margin``
-   (:mod:`.plausible`: the patient's previous model, other people's intents).
+   (:mod:`.plausible`: the patient's previous model, other people's intents);
+5. the clip has a movement segment and the adapted model would open or close the hand in more
+   than ``max_move_activation`` of its windows (each half scored with the wearer's own classes
+   learned from the other half).
 
 ``--force`` installs a refused model anyway (the report and the model's metadata say so). It
 never overrides the clip checks of :mod:`.clip`: a flat or incomplete clip gives no model at all.
@@ -31,9 +34,10 @@ class GateRules(Section):
     min_accuracy: float = 0.7
     min_recall: float = 0.5
     swap_margin: float = 0.25
+    max_move_activation: float = 0.25
 
     def check(self, key: str) -> None:
-        for attr in ("min_accuracy", "min_recall", "swap_margin"):
+        for attr in ("min_accuracy", "min_recall", "swap_margin", "max_move_activation"):
             value = getattr(self, attr)
             require(is_number(value) and 0 <= value <= 1, f"{key}.{attr}", "must be a fraction in [0, 1]", value)
 
@@ -41,7 +45,8 @@ class GateRules(Section):
         return (
             f"accuracy >= {self.min_accuracy:.2f}, not worse than the base model, "
             f"every intent recognised in >= {self.min_recall:.0%} of its windows, "
-            f"open and close not swapped by more than {self.swap_margin:.0%}"
+            f"open and close not swapped by more than {self.swap_margin:.0%}, "
+            f"the movement segment moving the hand in at most {self.max_move_activation:.0%} of its windows"
         )
 
 
@@ -69,10 +74,17 @@ class GateDecision:
 
 
 def decide(
-    before: dict, after: dict, rules: GateRules, *, force: bool = False, implausible: list[str] | tuple[str, ...] = ()
+    before: dict,
+    after: dict,
+    rules: GateRules,
+    *,
+    force: bool = False,
+    implausible: list[str] | tuple[str, ...] = (),
+    points: dict | None = None,
 ) -> GateDecision:
     """``before``/``after``: :func:`.metrics.summary` of the base and the adapted model on the
-    same held-out windows; ``implausible``: :func:`.plausible.reasons` for the clip."""
+    same held-out windows; ``implausible``: :func:`.plausible.reasons` for the clip; ``points``:
+    the clip's figures at each operating point (to name a better one in a refusal)."""
     reasons = list(implausible)
     acc_b, acc_a = before["accuracy"], after["accuracy"]
     if acc_a < rules.min_accuracy:
@@ -82,6 +94,18 @@ def decide(
     for name, recall in after["recall"].items():
         if recall is not None and recall < rules.min_recall:
             reasons.append(f"'{name}' recognised in only {recall:.0%} of its windows (floor {rules.min_recall:.0%})")
+    moved = after.get("move_activation")
+    if moved is not None and moved > rules.max_move_activation:
+        steady = (points or {}).get("steady", {}).get("move_activation")
+        hint = (
+            f"; the operating point 'steady' gives {steady:.0%}"
+            if steady is not None and steady <= rules.max_move_activation
+            else ""
+        )
+        reasons.append(
+            f"the movement segment would open or close the hand in {moved:.0%} of its windows "
+            f"(limit {rules.max_move_activation:.0%}){hint}"
+        )
     return GateDecision(passed=not reasons, forced=bool(force) and bool(reasons), reasons=tuple(reasons))
 
 

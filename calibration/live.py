@@ -182,7 +182,10 @@ class LiveRecorder:
         common = {"n_cues": n, "cycles": p.cycles}
         self.phase = "countdown"
         self.say(f"Calibration: {p.describe()}.")
-        self.say("Follow the prompts: RELAX = let the hand rest, OPEN = open the hand, CLOSE = close the hand.")
+        self.say(
+            "Follow the prompts: RELAX = let the hand rest, OPEN = open the hand, CLOSE = close the hand"
+            + (", MOVE = move the wrist freely with the hand relaxed." if p.move_s else ".")
+        )
         t_begin = self.clock()
         if p.countdown_s:
             self.say("Starting in", end="")

@@ -1,9 +1,13 @@
 """The cue protocol a patient follows during calibration, and the labels the cues give.
 
 Default: a 3-2-1 countdown, then ``cycles`` x (relax, open, relax, close), then a final relax,
-2 s each: 2 cycles take 18 s (README, "The default model": with 2 s of each intent in two cycles
-the default model does as well on later sessions as with 5 s). A sample recorded at time ``t`` is
-labelled with the cue that was on screen at ``t - reaction_s``: the patient needs a moment to react to a new cue.
+2 s each, then ``move_s`` = 6 s of "move your wrist freely, keep your hand relaxed": 24 s in all
+(docs/evidence.md: with 2 s of each intent in two cycles the default model does as well on later
+sessions as with 5 s; 6 s of the patient's own wrist movements, learned as their own non-intent
+classes, cut the hand's movements on wrist movements from 0.27 to 0.05 across sessions, and are
+long enough for the gate to cross-validate them). A sample recorded at time ``t`` is labelled
+with the cue that was on screen at ``t - reaction_s``: the patient needs a moment to react to a
+new cue. The movement segment's samples carry the label :data:`metaemg.intents.MOVE`.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metaemg.intents import INTENTS
+from metaemg.intents import LABELS
 from metaemg.typedconfig import Section, is_number, require
 
 INSTRUCTIONS = {
     "relax": "let your hand rest",
     "open": "open your hand and hold it open",
     "close": "close your hand and hold it closed",
+    "move": "move your wrist freely, keep your hand relaxed",
 }
 
 
@@ -27,14 +32,14 @@ class Cue:
     """One step of the protocol; ``start``/``end`` in seconds from the first cue."""
 
     index: int  # 0-based position in the protocol
-    name: str  # relax | open | close
-    cycle: int  # 1..cycles (the final relax belongs to the last cycle)
+    name: str  # relax | open | close | move
+    cycle: int  # 1..cycles (the final relax and the movement segment belong to the last cycle)
     start: float
     end: float
 
     @property
     def label(self) -> int:
-        return INTENTS.index(self.name)
+        return LABELS.index(self.name)
 
     @property
     def duration(self) -> float:
@@ -52,6 +57,7 @@ class CueProtocol(Section):
     cycles: int = 2
     countdown_s: int = 3
     reaction_s: float = 0.3
+    move_s: float = 6.0  # the movement segment at the end (0: none)
 
     def check(self, key: str) -> None:
         for attr in ("relax_s", "open_s", "close_s"):
@@ -71,6 +77,12 @@ class CueProtocol(Section):
             "must be an integer in 0..10",
             self.countdown_s,
         )
+        require(
+            _num(self.move_s) and (self.move_s == 0 or 1 <= self.move_s <= 60),
+            f"{key}.move_s",
+            "must be 0 (no movement segment) or a number of seconds in [1, 60]",
+            self.move_s,
+        )
         shortest = min(self.relax_s, self.open_s, self.close_s)
         require(
             _num(self.reaction_s) and 0 <= self.reaction_s < shortest / 2,
@@ -81,6 +93,7 @@ class CueProtocol(Section):
 
     def cues(self) -> tuple[Cue, ...]:
         names = [n for _ in range(self.cycles) for n in ("relax", "open", "relax", "close")] + ["relax"]
+        names += ["move"] if self.move_s else []
         out, t = [], 0.0
         for i, name in enumerate(names):
             duration = getattr(self, f"{name}_s")
@@ -90,13 +103,14 @@ class CueProtocol(Section):
 
     @property
     def duration_s(self) -> float:
-        """Seconds from the first cue to the end of the final relax (countdown excluded)."""
+        """Seconds from the first cue to the end of the last one (countdown excluded)."""
         return self.cues()[-1].end
 
     def describe(self) -> str:
+        move = f", then {self.move_s:g} s of free wrist movements, hand relaxed" if self.move_s else ""
         return (
             f"{self.cycles} cycles of relax {self.relax_s:g} s, open {self.open_s:g} s, relax, "
-            f"close {self.close_s:g} s, then relax: {self.duration_s:g} s after a {self.countdown_s} s countdown"
+            f"close {self.close_s:g} s, then relax{move}: {self.duration_s:g} s after a {self.countdown_s} s countdown"
         )
 
 

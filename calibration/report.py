@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from metaemg.atomic import PRIVATE, write_bytes, write_text
+from metaemg.intents import LABELS
 from metalearn.clip import ClipWindows
 from metalearn.metrics import INTENTS
 
-COLORS = {0: "#d9d9d9", 1: "#4daf4a", 2: "#e66101"}
+COLORS = {0: "#d9d9d9", 1: "#4daf4a", 2: "#e66101", 3: "#9e7cc1"}  # relax, open, close, move
 
 
 def write_json(path: Path, report: dict) -> Path:
@@ -63,8 +64,8 @@ def write_png(
         ax.axvline(start, color="k", ls="--", lw=1)
     ax.set_xlim(t[0], t[-1])
     ax.set_xlabel("time (s)")
-    handles = [plt.Line2D([], [], color=COLORS[k], lw=6) for k in range(len(INTENTS))]
-    ax.legend(handles, INTENTS, ncol=3, fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 1.45))
+    handles = [plt.Line2D([], [], color=COLORS[k], lw=6) for k in range(len(LABELS))]
+    ax.legend(handles, LABELS, ncol=4, fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 1.45))
 
     for j, (name, summary) in enumerate(held_out.items()):
         ax = fig.add_subplot(grid[2, j])

@@ -148,6 +148,7 @@ class Console:
                 web.post("/api/control", self.api_control),
                 web.post("/api/calibrate", self.api_calibrate),
                 web.post("/api/calibrate/cancel", self.api_cancel),
+                web.post("/api/operating-point", self.api_operating_point),
                 web.post("/api/install", self.api_install),
                 web.post("/api/rollback", self.api_rollback),
                 web.static("/static", STATIC, follow_symlinks=False),
@@ -435,6 +436,37 @@ class Console:
         if job.patient:
             args += ["--patient", job.patient]
         return self._start_job("install", args, job.patient)
+
+    async def api_operating_point(self, request):
+        """Calibrate again, at another operating point (``point``), from the clip of a calibration
+        of this session (named by the ``clip_sha256`` the page showed, checked against the file):
+        the same clip through the gate again, for the same patient."""
+        from metaemg.feathead import OPERATING_POINTS
+
+        body = await self._body(request)
+        point, shown = body.get("point"), body.get("clip_sha256")
+        if point not in OPERATING_POINTS:
+            return _error(f"point must be one of {', '.join(OPERATING_POINTS)}, got {point!r}", 400)
+        job = next(
+            (
+                j
+                for j in reversed(self.jobs.history)
+                if j.kind == "calibrate" and j.state in ("done", "refused") and (j.result or {}).get("clip")
+            ),
+            None,
+        )
+        if job is None or not isinstance(shown, str) or shown != (job.result or {}).get("clip_sha256"):
+            return _error("no calibration of that clip in this session to take another operating point from", 409)
+        clip = Path(str((job.result or {})["clip"]))
+        try:
+            if hashlib.sha256(clip.read_bytes()).hexdigest() != shown:
+                return _error(f"{clip}: the clip changed since it was recorded: nothing calibrated", 409)
+        except OSError as exc:
+            return _error(f"{clip}: cannot read the clip: {exc.strerror or exc}", 409)
+        args = ["--from-recording", str(clip), "--operating-point", point]
+        if job.patient:
+            args += ["--patient", job.patient]
+        return self._start_job("calibrate", args, job.patient)
 
     async def api_rollback(self, request):
         """Roll back to the model the page showed: ``to_model`` (previous) and ``from_model``

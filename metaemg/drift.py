@@ -7,8 +7,11 @@ the calibrated head (:class:`~metaemg.feathead.FeatHead`) and moves the intent m
 the wearer now does, without labels (decision-directed, as Sensinger et al. 2009 adapt an LDA):
 
 - it learns only from windows it is sure of: the decided intent's probability at least
-  ``confidence``, not a window the novelty rejection or a non-intent class turned into relax, and
-  within ``learn_within`` of that intent's current mean; each such window moves the mean by
+  ``confidence``, not a window the novelty rejection or a non-intent class turned into relax, nor
+  one whose intent scores less than ``apart`` above one of the wearer's own wrist movements (the
+  calibration's movement segment; without the class's prior: learning from those taught them to
+  open the hand, doubling how often they did, docs/evidence.md), and within ``learn_within`` of
+  that intent's current mean; each such window moves the mean by
   ``rate`` of its distance (an exponential average over about ``1 / rate`` windows);
 - every mean stays in a trust region around the calibration: at most ``bound`` of its
   (Mahalanobis) distance to the nearest other intent. With ``bound`` < 0.5 a window at the
@@ -52,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, REJECT_LOGIT, FeatHead, features
+from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, POPULATION_CLASSES, REJECT_LOGIT, FeatHead, features
 from metaemg.intents import INTENTS
 from metaemg.typedconfig import Section, is_number, require
 
@@ -70,6 +73,7 @@ class AdaptConfig(Section):
     rate: float = 0.02  # each window it is sure of moves its intent's mean by this share of the way
     confidence: float = 0.9  # ... sure of: the decided intent's probability at least this
     learn_within: float = 2.0  # ... and its squared distance per feature from that intent's mean at most this
+    apart: float = 20.0  # ... and its intent scoring at least this above the wearer's own wrist movements
     bound: float = 0.4  # a mean moves at most this share of its distance to the nearest other intent
     toward_relax: float = 0.1  # open and close come at most this share of their distance nearer to relax
     turn_rate: float = 0.03  # the armband-turn estimate: average over about 1 / this open and close windows
@@ -85,6 +89,7 @@ class AdaptConfig(Section):
             ("rate", 0.0, 0.5),
             ("confidence", 0.5, 1.0),
             ("learn_within", 0.5, 100.0),
+            ("apart", 0.0, 1000.0),
             ("bound", 0.0, 0.49),
             ("turn_rate", 0.001, 1.0),
             ("turn_margin", 0.1, 1.0),
@@ -172,7 +177,8 @@ class SessionAdapter:
         self._base_shift = base - h.means
         self._pm = base @ p
         self._mpm = np.einsum("kd,kd->k", self._pm, base)
-        if h.other_log_prior < 0:
+        self._other_priors = h.other_priors
+        if self._other_priors is not None:
             both = np.concatenate([base, h.other_means])
             w = both @ p
             self._ow, self._ob = w, -0.5 * np.einsum("kd,kd->k", w, both)
@@ -291,22 +297,25 @@ class SessionAdapter:
         logits = self.weight @ z + self.bias
         best = int(logits.argmax())
         zp = None
-        rejected = False
+        rejected = unsure = False
         if best != 0:  # the rejection at the calibrated means (module docstring)
             if h.reject_distance > 0:
                 zp = h.precision @ z
                 rejected = float(z @ zp - 2 * self._pm[best] @ z + self._mpm[best]) > h.reject_distance
-            if not rejected and h.other_log_prior < 0:
+            if not rejected and self._other_priors is not None:
                 scores = self._ow @ z + self._ob
                 n = len(self.means)
-                rejected = bool(scores[n:].max() + h.other_log_prior > scores[:n].max())
+                intent = scores[:n].max()
+                rejected = bool((scores[n:] + self._other_priors).max() > intent)
+                own = scores[n + POPULATION_CLASSES :]  # near one of the wearer's own wrist movements
+                unsure = bool(own.size and own.max() > intent - self.config.apart)
         if rejected:
             logits = np.full_like(logits, REJECT_LOGIT)
             logits[0] = 0.0
         e = np.exp(logits - logits.max())
         p = e / e.sum()
         self.windows += 1
-        if not rejected and p[best] >= self.config.confidence:
+        if not rejected and not unsure and p[best] >= self.config.confidence:
             self._pending = (z, best, f, zp)
             if learn:
                 self.learn()

@@ -27,6 +27,22 @@ FEAT_KINDS = ("log_mav", "log_wl")
 LOG_EPS = 1e-4  # in conditioned units (the myo chain: raw / 128; one Myo LSB is 0.0078)
 # a rejected window's open and close logits against relax's 0: probabilities (1, 1e-13, 1e-13)
 REJECT_LOGIT = -30.0
+# the population's non-intent classes (the Myo's wrist flexion, extension, radial and ulnar
+# deviation) come first among a model's; a calibration's own classes of the wearer follow
+POPULATION_CLASSES = 4
+# a wearer's own non-intent class "as likely as an intent" has this log prior against it (a class
+# whose log prior is 0 is off)
+OWN_PRIOR_MIN = 1e-6
+
+# The clinician's operating points for a wearer's own non-intent classes: their log prior against
+# the intents. Larger: the hand answers more of the patient's opens, and more wrist movements move
+# it (docs/evidence.md, "Operating points", measured on both protocols).
+OPERATING_POINTS = {"steady": 0.0, "balanced": 6.0, "responsive": 10.0}
+OPERATING_POINT_WORDS = {
+    "steady": "fewest unintended movements",
+    "balanced": "the default: the knee of the measured curve",
+    "responsive": "misses the fewest opens",
+}
 WEIGHTS = (
     "feat_offset",
     "feat_scale",
@@ -73,8 +89,8 @@ class FeatHead:
     means: np.ndarray  # (classes, d) intent means of the clip, whitened
     precision: np.ndarray  # (d, d) inverse pooled within-intent covariance of the clip
     reject_distance: float  # squared Mahalanobis distance beyond which open/close become relax (0: off)
-    other_means: np.ndarray  # (others, d) the population's non-intent movements
-    other_log_prior: float | np.ndarray  # 0: off; one per non-intent class where they differ (a benchmark's)
+    other_means: np.ndarray  # (others, d) the population's non-intent movements, then the wearer's own
+    other_log_prior: float | np.ndarray  # one, or one per non-intent class; a class whose prior is 0 is off
     weight: np.ndarray  # (classes, d) the head
     bias: np.ndarray  # (classes,)
     input_offset: np.ndarray  # (channels,) the model's input scaler
@@ -98,7 +114,9 @@ class FeatHead:
             precision=f64("precision"),
             reject_distance=float(w["reject_distance"]),
             other_means=f64("other_means"),
-            other_log_prior=float(w["other_log_prior"]),
+            other_log_prior=float(w["other_log_prior"])
+            if np.ndim(w["other_log_prior"]) == 0
+            else f64("other_log_prior"),
             weight=f64("head.weight"),
             bias=f64("head.bias"),
             input_offset=np.zeros(channels) if input_offset is None else np.asarray(input_offset, np.float64),
@@ -108,6 +126,13 @@ class FeatHead:
     @property
     def calibrated(self) -> bool:
         return bool(np.any(self.weight != 0))
+
+    @property
+    def other_priors(self) -> np.ndarray | None:
+        """The log prior of each non-intent class, -inf for a class that is off (its prior is 0),
+        or None when all are off."""
+        prior = np.broadcast_to(np.asarray(self.other_log_prior, dtype=np.float64), (len(self.other_means),))
+        return np.where(prior < 0, prior, -np.inf) if np.any(prior < 0) else None
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
         """Conditioned windows (n, window, channels) -> standardised, whitened features (n, d)."""
@@ -130,16 +155,33 @@ class FeatHead:
         resid = z - mu[best]
         distance = np.einsum("nd,de,ne->n", resid, self.precision, resid)
         far = (best != 0) & (self.reject_distance > 0) & (distance > self.reject_distance)
-        if np.any(np.asarray(self.other_log_prior) < 0):
+        prior = self.other_priors
+        if prior is not None:
             both = np.concatenate([mu, self.other_means])
             w = both @ self.precision
             scores = z @ w.T - 0.5 * np.einsum("kd,kd->k", w, both)
             n = len(mu)
-            taken = (scores[:, n:] + self.other_log_prior).max(axis=1) > scores[:, :n].max(axis=1)
-            far |= taken & (best != 0)
+            far |= ((scores[:, n:] + prior).max(axis=1) > scores[:, :n].max(axis=1)) & (best != 0)
         out = logits.copy()
         out[far] = [0.0] + [REJECT_LOGIT] * (logits.shape[1] - 1)
         return out
+
+
+def own_classes(z: np.ndarray, clusters: int) -> np.ndarray:
+    """The wearer's own non-intent classes: ``clusters`` k-means centres (seeded: the same clip
+    gives the same model) of the embedded windows ``z`` of the calibration's movement segment,
+    fewer when it has under 5 windows a cluster (at least 1). Wrist movements are several
+    movements (flexion, extension, deviations), hence clusters, not one class."""
+    from scipy.cluster.vq import kmeans2
+
+    z = np.asarray(z, dtype=np.float64)
+    k = max(1, min(int(clusters), len(z) // 5))
+    if len(z) == 0:
+        raise ValueError("no windows of the movement segment")
+    if k == 1:
+        return z.mean(axis=0, keepdims=True)
+    centres, _ = kmeans2(z, k, seed=0, minit="++")
+    return centres
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from metaemg.errors import MissingDependencyError
+from metaemg.feathead import OPERATING_POINTS
 from metaemg.modelfile import ModelInfo
 from metalearn.clip import ClipWindows
 from metalearn.tasks import Scaler
@@ -59,6 +60,16 @@ class Adapted:
         scale = np.asarray(self.scaler.scale, dtype=np.float32)
         return (np.asarray(windows, dtype=np.float32) - offset) / scale
 
+    def set_own(self, moves: np.ndarray | None, own: OwnClasses | None) -> Adapted:
+        """(Re)place the ``feat`` model's own non-intent classes: ``moves`` (conditioned, unscaled
+        windows) clustered as ``own`` says; None or no windows: the population's classes only."""
+        if not hasattr(self.model, "set_own_non_intent"):
+            return self  # only a feat model learns them
+        torch, _ = require_torch()
+        x = None if moves is None or not len(moves) or own is None else torch.from_numpy(self.scaled(moves))
+        self.model.set_own_non_intent(x, own.clusters if own else 0, own.log_prior if own else None)
+        return self
+
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """Class probabilities of the adapted torch model, float32 (n, 3)."""
         torch, _ = require_torch()
@@ -83,9 +94,18 @@ class Adapter:
         model, info = load_torch_from_onnx(base_path)
         return cls(model, info.scaler["kind"], info.inner, info)
 
-    def adapt(self, windows: np.ndarray, labels: np.ndarray, samples: np.ndarray) -> Adapted:
+    def adapt(
+        self,
+        windows: np.ndarray,
+        labels: np.ndarray,
+        samples: np.ndarray,
+        moves: np.ndarray | None = None,
+        own: OwnClasses | None = None,
+    ) -> Adapted:
         """Adapt a copy of the base model to ``windows`` (conditioned, unscaled) and ``labels``;
-        the scaler is fitted on the conditioned ``samples`` they were cut from."""
+        the scaler is fitted on the conditioned ``samples`` they were cut from. ``moves``: windows
+        of the clip's movement segment, learned as the wearer's own non-intent classes as ``own``
+        says (a ``feat`` model's; other kinds ignore them)."""
         torch, _ = require_torch()
         from metalearn.maml import adapt_model, torch_threads
 
@@ -96,13 +116,31 @@ class Adapter:
         with torch_threads(ADAPT_THREADS):
             t0 = time.perf_counter()
             result.model = adapt_model(self.model, x, y, self.inner)
+            if hasattr(result.model, "set_own_non_intent"):
+                result.set_own(moves, own)
             result.adapt_seconds = time.perf_counter() - t0
         return result
 
 
-def adapt_to_clip(base_path: str | Path, clip: ClipWindows) -> Adapted:
-    """The base model adapted on every cycle of the clip (what is installed)."""
-    return Adapter.from_file(base_path).adapt(clip.windows, clip.labels, clip.conditioned)
+@dataclass(frozen=True)
+class OwnClasses:
+    """How the wearer's own movements that are not intents join a ``feat`` model: up to
+    ``clusters`` classes, each with the log prior ``-log_prior`` against the intents (None: not at
+    all, the population's classes only)."""
+
+    clusters: int = 4
+    log_prior: float | None = OPERATING_POINTS["balanced"]
+
+    @classmethod
+    def at(cls, point: str, clusters: int = 4) -> OwnClasses:
+        return cls(clusters, OPERATING_POINTS[point])
+
+
+def adapt_to_clip(base_path: str | Path, clip: ClipWindows, own: OwnClasses | None = None) -> Adapted:
+    """The base model adapted on every cycle of the clip, with its movement segment (what is installed)."""
+    return Adapter.from_file(base_path).adapt(
+        clip.windows, clip.labels, clip.conditioned[clip.intent_samples], clip.move_windows, own
+    )
 
 
 def export_adapted(adapted: Adapted, calibration: dict, out: str | Path, verify_windows: np.ndarray) -> Path:

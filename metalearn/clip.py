@@ -13,6 +13,11 @@ of every run scored by a model adapted on the second halves, and the other way r
 that spans both halves is neither adapted on nor scored). The model that is installed is adapted
 on every window.
 
+The windows of a movement segment (label :data:`~metaemg.intents.MOVE`: the wearer moves the
+wrist freely with the hand relaxed) are kept apart (:attr:`ClipWindows.move_windows`): the
+intents' windows, folds and scaler never include them; the calibration learns them as the
+wearer's own non-intent classes and scores them as "must not move the hand".
+
 Refused with a one-line :class:`~metaemg.errors.DataError` (no model is made): a wrong channel
 count or sample rate, a flat channel (no contact, armband off), a saturated clip, an intent
 that is missing, no cycle of open and close, or too little of an intent in a cycle.
@@ -26,9 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from metaemg.errors import DataError
+from metaemg.intents import MOVE
 from metaemg.signal import SignalChain, SignalSpec, make_windows, rate_matches
 from metaemg.typedconfig import Section, is_number, require
-from metalearn.metrics import INTENTS
+from metalearn.metrics import INTENTS, steady_windows
 from metalearn.recording import Recording
 
 FLAT_FRACTION = 1e-3  # of the input range: a channel that moves less than this is flat
@@ -58,6 +64,24 @@ class ClipWindows:
     labels: np.ndarray  # (k,) label of each window's last sample
     cycle_starts: tuple[int, ...]  # first sample of each cycle (the first is 0)
     saturated_fraction: float
+    move_windows: np.ndarray  # (m, window, channels) the movement segment's windows, all its own samples (m may be 0)
+    move_ends: np.ndarray  # (m,)
+
+    @property
+    def intent_samples(self) -> np.ndarray:
+        """(n,) True for the samples of the intents' cues (not the movement segment)."""
+        return self.recording.labels != MOVE
+
+    def move_folds(self):
+        """The movement segment's cross-validation: for each block of its windows (their last
+        samples within one window length), ``(learn mask, held-out mask)`` over
+        :attr:`move_windows`, the windows learned from sharing no sample with the held-out ones."""
+        ends, w = self.move_ends, self.spec.window
+        blocks = (ends - ends[0]) // w if len(ends) else ends
+        for b in np.unique(blocks):
+            held = blocks == b
+            lo, hi = ends[held].min(), ends[held].max()
+            yield (ends <= lo - w) | (ends >= hi + w), held
 
     @property
     def n_cycles(self) -> int:
@@ -79,7 +103,7 @@ class ClipWindows:
         if self.n_cycles >= 2:
             cycles = self.cycles
             for k in range(self.n_cycles):
-                samples = np.ones(len(self.conditioned), dtype=bool)
+                samples = self.intent_samples.copy()
                 samples[self.cycle_samples(k)] = False
                 yield k, cycles != k, cycles == k, samples
             return
@@ -88,7 +112,7 @@ class ClipWindows:
         count = ones[self.ends + 1] - ones[self.ends + 1 - self.spec.window]
         pure = {0: count == 0, 1: count == self.spec.window}  # windows inside one half
         for k in (0, 1):
-            yield k, pure[1 - k], pure[k], half == 1 - k
+            yield k, pure[1 - k], pure[k], (half == 1 - k) & self.intent_samples
 
     @property
     def scored(self) -> np.ndarray:
@@ -177,6 +201,10 @@ def prepare_clip(rec: Recording, spec: SignalSpec, rules: ClipRules = ClipRules(
     if len(ends) == 0:
         raise DataError(f"the clip is too short: {rec.duration:.1f} s gives no {spec.window}-sample window", path=path)
     labels = rec.labels[ends]
+    moving = labels == MOVE
+    pure = moving & steady_windows(rec.labels, ends, spec.window)  # not the cue before it
+    move_windows, move_ends = windows[pure].astype(np.float32), ends[pure]
+    windows, ends, labels = windows[~moving], ends[~moving], labels[~moving]
     need = max(1, int(np.ceil(rules.min_intent_s * rate / spec.stride)))
     cycles = np.searchsorted(np.asarray(starts), ends, side="right") - 1
     for k in range(len(starts)):
@@ -190,7 +218,9 @@ def prepare_clip(rec: Recording, spec: SignalSpec, rules: ClipRules = ClipRules(
                 f"needs at least {rules.min_intent_s:g} s of each intent",
                 path=path,
             )
-    return ClipWindows(spec, rec, conditioned, windows.astype(np.float32), ends, labels, starts, saturated)
+    return ClipWindows(
+        spec, rec, conditioned, windows.astype(np.float32), ends, labels, starts, saturated, move_windows, move_ends
+    )
 
 
 def _check_flat(rec: Recording, spec: SignalSpec) -> None:

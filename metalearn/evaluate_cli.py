@@ -235,6 +235,8 @@ def print_table(doc: dict) -> None:
     for name, row in zip(INTENTS, doc["confusion"], strict=True):
         print(f"  {name:<6} " + " ".join(f"{v:>7}" for v in row))
     print(f"recall: {fmt_recall(doc['recall'])}")
+    if doc["move_activation"] is not None:
+        print(f"windows labelled as a movement that is no intent (move): {doc['move_activation']:.3f} open or close")
     other = doc["non_intent"]
     if other:
         names = display_names([r["path"] for r in other["recordings"]])
@@ -292,13 +294,13 @@ def plot(doc: dict, traces: list, path: Path) -> Path:
 def adapt_in_memory(base: Path, clip_path: Path, out: Path) -> Path:
     """``base`` adapted on the labelled clip at ``clip_path`` (checked and windowed as
     metaemg-calibrate does), exported to ``out`` (verified against torch)."""
-    from metalearn.adapt import Adapter, export_adapted, require_torch
+    from metalearn.adapt import OwnClasses, adapt_to_clip, export_adapted, require_torch
     from metalearn.clip import prepare_clip
 
     require_torch()
     model = OnnxModel(base)
     clip = prepare_clip(read_recording(clip_path, channels=model.info.channels), model.info.signal)
-    adapted = Adapter.from_file(base).adapt(clip.windows, clip.labels, clip.conditioned)
+    adapted = adapt_to_clip(base, clip, OwnClasses())
     provenance = {"format": "metaemg-calibration/1", "source": "metaemg-eval --adapt", "clip_file": str(clip_path)}
     return export_adapted(adapted, provenance, out, clip.windows[:32])
 

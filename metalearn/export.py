@@ -403,11 +403,19 @@ def load_torch_from_onnx(path: str | os.PathLike):
         raise ModelError(f"{path}: model metadata does not build a model: {exc}") from None
     state, missing = {}, []
     optional = getattr(model, "OPTIONAL_BUFFERS", ())
+    sized = getattr(model, "SIZED_BY_FILE", ())
     for name, ref in model.state_dict().items():
         value = weights.get(name)
         if value is None and name in optional:  # a file from before that buffer: its default
             state[name] = ref
             continue
+        if (
+            value is not None
+            and name in sized
+            and (value.ndim <= 1 if ref.ndim == 0 else value.shape[1:] == ref.shape[1:])
+        ):
+            setattr(model, name, torch.from_numpy(value.copy()).to(ref.dtype))  # rows: a wearer's own classes too
+            ref = getattr(model, name)
         if value is None or value.shape != tuple(ref.shape):
             missing.append(name)
             continue

@@ -10,6 +10,9 @@ calibration, ``metaemg-eval`` and the benchmarks.
   while the patient rests (for recordings of movements that are no intent, every window is a
   relax window);
 - ``recall`` of each intent and the confusion matrix;
+- ``move_activation``: share of the windows labelled as a movement that is no intent (the
+  calibration's movement segment, :data:`~metaemg.intents.MOVE`) that decide open or close; those
+  windows count nowhere else;
 - the delay from each label change to the first correct decision (:func:`change_delays`).
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metaemg.intents import INTENTS
+from metaemg.intents import INTENTS, MOVE, expected
 
 RELAX, OPEN, CLOSE = range(len(INTENTS))
 
@@ -35,10 +38,15 @@ def _share(hits: int, total: int) -> float | None:
 
 def summary(y_true: np.ndarray, y_pred: np.ndarray, steady: np.ndarray | None = None) -> dict:
     """``{"windows", "accuracy", "steady_accuracy", "wrong_direction", "false_activation", "recall":
-    {intent: fraction or None}, "confusion": [[...]]}`` (see the module docstring). A share is None
+    {intent: fraction or None}, "confusion": [[...]], "move_activation"}`` (see the module docstring). A share is None
     where it has no window to count (``steady_accuracy`` also when ``steady`` is not given)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
+    moves = y_true == MOVE
+    move_activation = _share(int((y_pred[moves] != RELAX).sum()), int(moves.sum()))
+    if moves.any():
+        y_true, y_pred = y_true[~moves], y_pred[~moves]
+        steady = None if steady is None else np.asarray(steady, dtype=bool)[~moves]
     cm = confusion(y_true, y_pred)
     n = int(cm.sum())
     support = cm.sum(axis=1)
@@ -55,6 +63,7 @@ def summary(y_true: np.ndarray, y_pred: np.ndarray, steady: np.ndarray | None = 
         "false_activation": _share(int(cm[RELAX, OPEN] + cm[RELAX, CLOSE]), int(support[RELAX])),
         "recall": recall,
         "confusion": cm.tolist(),
+        "move_activation": move_activation,
     }
 
 
@@ -77,7 +86,7 @@ def change_delays(time: np.ndarray, labels: np.ndarray, ends: np.ndarray, decisi
     ``time``/``labels`` are per sample; ``ends``/``decisions`` per window.
     """
     time = np.asarray(time, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = expected(labels)  # a movement segment is a change to relax, or none
     ends = np.asarray(ends, dtype=np.int64)
     decisions = np.asarray(decisions, dtype=np.int64)
     changes = np.flatnonzero(np.diff(labels)) + 1

@@ -20,7 +20,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from metaemg.errors import ConfigError, ModelError
-from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, LOG_EPS, REJECT_LOGIT
+from metaemg.feathead import (
+    FEAT_KINDS,
+    FEAT_SCALES,
+    LOG_EPS,
+    OWN_PRIOR_MIN,
+    POPULATION_CLASSES,
+    REJECT_LOGIT,
+    own_classes,
+)
 from metaemg.modelfile import MODEL_KINDS
 
 # Model-specific hyper-parameters and their defaults; anything else is refused.
@@ -242,12 +250,15 @@ class FeatLDA(_WindowClassifier):
       other people's movements that are not intents (the Myo's four wrist gestures), as class
       means in the same standardised, whitened space. At calibration they join the LDA as extra
       classes with the clip's covariance and a prior of ``exp(other_log_prior)``; a window they
-      win is decided relax. 0: off.
+      win is decided relax. 0: off. :meth:`set_own_non_intent` adds the wearer's own (the
+      calibration's movement segment, clustered) after them, each with its prior (the buffers
+      then have ``N_OTHER`` + clusters rows: their size is the model file's).
     """
 
     # absent from model files written before the novelty rejection: left at their "off" defaults
     OPTIONAL_BUFFERS = ("class_means", "precision", "reject_distance", "other_means", "other_log_prior")
-    N_OTHER = 4  # non-intent classes (the Myo's wrist flexion, extension, radial and ulnar deviation)
+    SIZED_BY_FILE = ("other_means", "other_log_prior")  # the population's classes, and the wearer's own
+    N_OTHER = POPULATION_CLASSES  # the population's non-intent classes (the Myo's wrist movements)
 
     # buffers, registered in __init__
     feat_offset: Tensor
@@ -303,8 +314,9 @@ class FeatLDA(_WindowClassifier):
         weight = means @ self.precision
         scores = z @ weight.T - 0.5 * (weight * means).sum(dim=1)
         n = self.class_means.shape[0]
-        other = scores[:, n:] + self.other_log_prior
-        taken = (other.max(dim=1).values > scores[:, :n].max(dim=1).values) & (self.other_log_prior < 0)
+        prior = self.other_log_prior + torch.zeros_like(self.other_means[:, 0])  # one per class
+        other = torch.where(prior < 0, scores[:, n:] + prior, torch.full_like(scores[:, n:], -1e30))  # 0: off
+        taken = other.max(dim=1).values > scores[:, :n].max(dim=1).values
         far = far | (taken & (best != 0))
         zero = torch.zeros_like(logits[:, :1])
         relax = torch.cat([zero, (zero + REJECT_LOGIT).expand(-1, logits.shape[1] - 1)], dim=1)
@@ -327,6 +339,25 @@ class FeatLDA(_WindowClassifier):
         self.class_means.copy_(means)
         self.precision.copy_(torch.linalg.inv(cov))
         self.reject_distance.fill_(float(reject) * z.shape[1])
+
+    @torch.no_grad()
+    def set_own_non_intent(self, x: Tensor | None, clusters: int, log_prior: float | None) -> None:
+        """The wearer's own movements that are not intents, after :meth:`fit_head` (in the clip's
+        standardisation): the windows ``x`` of the calibration's movement segment clustered
+        (:func:`metaemg.feathead.own_classes`) into up to ``clusters`` non-intent classes after the
+        population's, each with the prior ``exp(-log_prior)`` against the intents (0: as likely
+        as an intent; larger: fewer windows taken from open and close). ``x`` None or empty, or
+        ``log_prior`` None: the population's classes only (a wearer's earlier own classes go)."""
+        pop_prior = (self.other_log_prior + torch.zeros_like(self.other_means[:, 0]))[: self.N_OTHER]
+        pop_means = self.other_means[: self.N_OTHER].clone()
+        if x is None or len(x) == 0 or log_prior is None:
+            self.other_means = pop_means
+            self.other_log_prior = pop_prior[0].clone()  # one prior, as the population's file has it
+            return
+        centres = torch.from_numpy(own_classes(self.embed(x).double().cpu().numpy(), clusters)).to(pop_means)
+        own = torch.full((len(centres),), -max(float(log_prior), OWN_PRIOR_MIN)).to(pop_prior)
+        self.other_means = torch.cat([pop_means, centres])
+        self.other_log_prior = torch.cat([pop_prior, own])
 
     @torch.no_grad()
     def fit_whitening(

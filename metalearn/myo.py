@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import zlib
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ import numpy as np
 
 from metaemg.atomic import write_text
 from metaemg.errors import ConfigError, DataError
+from metaemg.intents import MOVE
 from metalearn.recording import Recording, emg_columns, recording_path, write_recording
 from metalearn.tasks import TaskRef, save_collection
 
@@ -135,7 +137,42 @@ def _gesture(sess: SourceSession, cycle: int, gesture: int) -> np.ndarray:
     return read_dat(sess.path / f"classe_{cycle * len(GESTURES) + gesture}.dat")
 
 
-def build_recording(sess: SourceSession) -> Recording:
+MOVE_HOLD_S = 0.5  # how long a movement of the simulated movement segment is held
+MOVE_SKIP_S = 1.0  # from the start of a gesture's recording: the movement under way
+
+
+def movement_segment(emg: np.ndarray, codes: np.ndarray, seconds: float) -> np.ndarray:
+    """(n, 8) ``seconds`` of wrist movements with the hand relaxed, as a patient makes them in a
+    calibration's movement segment, cut from a session's other gestures (``emg`` with each
+    sample's gesture ``codes``, in the recorded order; only the first cycle's four are used): the
+    four movements in turn, :data:`MOVE_HOLD_S` of each, pass ``k`` from the ``k``-th such piece
+    of its recording after the first :data:`MOVE_SKIP_S` (a patient moving freely goes through
+    them again; later cycles stay unseen, for the benchmarks to score)."""
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
+    blocks = list(itertools.pairwise(starts))[: len(OTHER)]
+    each, skip = int(round(MOVE_HOLD_S * SAMPLE_RATE)), int(round(MOVE_SKIP_S * SAMPLE_RATE))
+    total = int(round(seconds * SAMPLE_RATE))
+    pieces, n, i = [], 0, 0
+    while n < total:
+        a, b = blocks[i % len(blocks)]
+        fits = max(1, (b - a - skip) // each)  # pieces the recording holds
+        lo = a + min(skip, max(0, b - a - each)) + (i // len(blocks)) % fits * each
+        piece = emg[lo : min(b, lo + each, lo + total - n)]
+        pieces.append(piece)
+        n, i = n + len(piece), i + 1
+    return np.concatenate(pieces) if pieces else np.zeros((0, emg.shape[1]))
+
+
+def other_gestures(sess: SourceSession) -> tuple[np.ndarray, np.ndarray]:
+    """The session's four other gestures of every cycle: ``(emg, gesture code of each sample)``."""
+    blocks = [(_gesture(sess, c, g), g) for c in range(N_CYCLES) for g in OTHER]
+    return np.concatenate([b for b, _ in blocks]), np.concatenate([np.full(len(b), g) for b, g in blocks])
+
+
+def build_recording(sess: SourceSession, move_s: float = 0.0) -> Recording:
+    """The session's intents as the module docstring says; with ``move_s``, followed by that many
+    seconds of :func:`movement_segment`, labelled :data:`~metaemg.intents.MOVE` (a rehearsal
+    patient's movements that are no intent)."""
     parts: list[tuple[np.ndarray, int]] = []
     for cycle in range(N_CYCLES):
         neutral = _gesture(sess, cycle, NEUTRAL)
@@ -143,6 +180,8 @@ def build_recording(sess: SourceSession) -> Recording:
         parts += [(pieces[0], 0), (_gesture(sess, cycle, OPEN), 1), (pieces[1], 0), (_gesture(sess, cycle, CLOSE), 2)]
         if cycle == N_CYCLES - 1:
             parts.append((pieces[2], 0))
+    if move_s:
+        parts.append((movement_segment(*other_gestures(sess), move_s), MOVE))
     emg = np.concatenate([p for p, _ in parts])
     labels = np.concatenate([np.full(len(p), lab, dtype=np.int64) for p, lab in parts])
     return Recording(np.arange(len(emg)) / SAMPLE_RATE, emg, labels)
@@ -174,9 +213,7 @@ def _render(rec: Recording, seed: list[int]) -> tuple[Recording, np.ndarray]:
 
 
 def write_other_gestures(sess: SourceSession, out: Path, *, fmt: str = "myo", seed: int = 0) -> Path:
-    blocks = [(_gesture(sess, c, g), g) for c in range(N_CYCLES) for g in OTHER]
-    emg = np.concatenate([b for b, _ in blocks])
-    codes = np.concatenate([np.full(len(b), g) for b, g in blocks])
+    emg, codes = other_gestures(sess)
     times = np.arange(len(emg)) / SAMPLE_RATE
     if _check_format(fmt) == "myhand":
         rec, rows = _render(Recording(times, emg, np.zeros(len(emg))), session_seed(seed, sess.session, 1))

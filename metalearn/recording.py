@@ -2,7 +2,8 @@
 
 A session is a directory ``<root>/<session>/``; each recording in it is
 ``<last two characters of the session name>_<condition>.csv``. The columns used are
-``time_elapsed`` (seconds), ``emg0`` .. ``emg7`` and ``gt`` (0 relax, 1 open, 2 close); any
+``time_elapsed`` (seconds), ``emg0`` .. ``emg7`` and ``gt`` (0 relax, 1 open, 2 close, 3 a
+movement that is no intent: the calibration's movement segment, :data:`metaemg.intents.MOVE`); any
 other column (an unnamed index, ``current_time``, ``current_task``) is ignored on reading.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from metaemg.atomic import write_text
 from metaemg.errors import DataError
-from metaemg.intents import INTENTS
+from metaemg.intents import INTENTS, LABELS
 
 N_CHANNELS = 8
 TIME_COLUMN = "time_elapsed"
@@ -112,10 +113,10 @@ def _check_values(time: np.ndarray, emg: np.ndarray, labels: np.ndarray, path: o
             path=path,
             row=row + 1,
         )
-    off = (labels < 0) | (labels >= len(INTENTS))
+    off = (labels < 0) | (labels >= len(LABELS))
     if off.any():
         row = int(np.argmax(off))
-        raise DataError(f"label {labels[row]} is outside {{0,1,2}}", path=path, row=row + 1)
+        raise DataError(f"label {labels[row]} is outside {{0,1,2,3}}", path=path, row=row + 1)
 
 
 def read_recording(path: str | os.PathLike, channels: int = N_CHANNELS, *, labelled: bool = True) -> Recording:

@@ -16,6 +16,7 @@ import numpy as np
 
 from metaemg.atomic import write_text
 from metaemg.errors import ConfigError, DataError
+from metaemg.intents import MOVE
 from metaemg.signal import SignalChain, SignalSpec, make_windows, rate_matches
 from metalearn.recording import Recording, read_recording, recording_path
 
@@ -123,6 +124,11 @@ class Task:
 def load_task(root: str | os.PathLike, ref: TaskRef, channels: int = 8) -> Task:
     path = ref.path(root)
     rec = read_recording(path, channels=channels)
+    if (rec.labels == MOVE).any():
+        row = int(np.argmax(rec.labels == MOVE)) + 1
+        raise DataError(
+            "label 3 (a movement segment) belongs in a calibration clip, not in a training task", path=path, row=row
+        )
     return Task(ref, rec, find_split(rec.labels, path))
 
 

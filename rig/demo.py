@@ -200,7 +200,10 @@ def _calibrate(args, model: Path, source: str, full, myo_root: Path, work: Path)
     if kind in ("myo", "myhand") and not source.endswith("/training0"):
         subject = rest.split("/")[0]
         try:
-            rec = load_source(f"{kind}:{subject}/training0", myo_root)
+            from calibration.protocol import CueProtocol
+
+            # the session and, as the calibration protocol ends, the patient's wrist movements
+            rec = load_source(f"{kind}:{subject}/training0", myo_root, move_s=CueProtocol().move_s)
         except DataError:
             print(f"calibration: skipped ({subject} has no training0 session)")
             return model

@@ -9,13 +9,21 @@ from pathlib import Path
 import numpy as np
 
 
-def myo_recording(myo_src: Path, subject: str, session: str):
-    from metalearn.myo import build_recording, find_sessions
+def myo_session(myo_src: Path, subject: str, session: str):
+    from metalearn.myo import find_sessions
 
     for s in find_sessions(myo_src):
         if s.subject == subject and s.name == session:
-            return build_recording(s)
+            return s
     raise LookupError(f"{subject}/{session} not in {myo_src}")
+
+
+def myo_recording(myo_src: Path, subject: str, session: str, move_s: float = 0.0):
+    """A session of the Myo dataset as a recording; ``move_s``: followed by that many seconds of
+    its wrist movements, labelled move (:func:`metalearn.myo.build_recording`)."""
+    from metalearn.myo import build_recording
+
+    return build_recording(myo_session(myo_src, subject, session), move_s)
 
 
 def train_model(

@@ -10,15 +10,17 @@ recording's channels and rate, float32) that pushes the samples in real time, a 
 The patient listens (ZeroMQ SUB, topic ``cue``) to the daemon's monitor stream, where the
 calibration's cues are republished (``{"cue": <cue object>, ...}``), and/or to the calibration
 tool's own cue socket (the cue object at the top level); the same cue arriving both ways is
-followed once. A cue object is ``{"cue": "countdown"|"relax"|"open"|"close"|"done"|"aborted",
+followed once. A cue object is ``{"cue": "countdown"|"relax"|"open"|"close"|"move"|"done"|"aborted",
 "index": ..., ...}`` (:meth:`calibration.daemonlink.DaemonLink.publish_cue`).
 
-- Each new ``relax``/``open``/``close`` cue (a new ``index``) is followed after a reaction time
+- Each new ``relax``/``open``/``close``/``move`` cue (a new ``index``) is followed after a reaction time
   (``reaction_s`` plus a seeded uniform jitter of ``+-jitter_s``): from the sample stamped at
   that time on, the armband plays real EMG of the cued intent, contiguous samples of a labelled
   run of that intent in the recording (the runs of equal labels). Each followed cue starts at
   the onset of the next run of its intent (the intent's runs in turn, wrapping round); a cue
-  that outlasts its run continues into the following run.
+  that outlasts its run continues into the following run. ``move`` plays the recording's
+  movements that are no intent (label ``move``: a Myo session's wrist movements, which
+  ``metaemg-patient`` appends), or relax when it has none.
 - The ``countdown`` of a calibration makes the patient relax; ``done`` (or ``aborted``) ends it.
 - Idle, before the first cue and after the calibration, the armband plays the recording itself
   in order, looping, as ``metaemg-replay --loop`` does: after a calibration the hand moves (the
@@ -52,7 +54,7 @@ import numpy as np
 
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, DataError
-from metaemg.intents import INTENTS
+from metaemg.intents import INTENTS, LABELS
 from metaemg.lsl import DEFAULT_STREAM_NAME
 
 CUE_TOPIC = b"cue"  # calibration.daemonlink.CUE_TOPIC, and the monitor stream's topic
@@ -61,17 +63,17 @@ CHUNK_S = 0.01  # a chunk of samples every 10 ms
 DEFAULT_REACTION_S = 0.3
 DEFAULT_JITTER_S = 0.1
 RECORDING = "recording"  # what idle plays by default: the recording in order
+PATIENT_MOVE_S = 8.0  # of a Myo session's wrist movements, for the calibration's movement segment
 
 
 def label_runs(labels: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per intent, the runs of equal labels as rows ``(start, end)`` (end excluded), in order."""
+    """Per label (the intents, then ``move``), the runs of equal labels as rows ``(start, end)``
+    (end excluded), in order."""
     labels = np.asarray(labels)
     cuts = np.flatnonzero(np.diff(labels)) + 1
     starts = np.r_[0, cuts]
     ends = np.r_[cuts, len(labels)]
-    return tuple(
-        np.stack([starts[labels[starts] == k], ends[labels[starts] == k]], axis=1) for k in range(len(INTENTS))
-    )
+    return tuple(np.stack([starts[labels[starts] == k], ends[labels[starts] == k]], axis=1) for k in range(len(LABELS)))
 
 
 def cue_object(message: object) -> dict | None:
@@ -112,7 +114,7 @@ class Patient:
         self.labels = np.asarray(rec.labels, dtype=np.int64)
         self.rate = float(rec.sample_rate)
         self.runs = label_runs(self.labels)
-        missing = [INTENTS[k] for k, runs in enumerate(self.runs) if not len(runs)]
+        missing = [INTENTS[k] for k, runs in enumerate(self.runs[: len(INTENTS)]) if not len(runs)]
         if missing:
             raise DataError(
                 f"the recording has no {' or '.join(missing)} samples: the patient could not follow those cues",
@@ -155,7 +157,7 @@ class Patient:
         self._pending: list[tuple[float, str, dict | None, float]] = []  # (at, intent, cue, cue's arrival)
         self._playing = idle  # an intent name or RECORDING
         self._row = 0  # the next row of the recording while idle plays it
-        self._cursor = [[0, 0] for _ in INTENTS]  # per intent: [run, offset in the run]
+        self._cursor = [[0, 0] for _ in LABELS]  # per label: [run, offset in the run]
         self.pushed = 0
         self.t0: float | None = None
         self._stop = threading.Event()
@@ -246,6 +248,8 @@ class Patient:
         name = cue["cue"]
         if name in INTENTS:
             intent = name
+        elif name == "move":
+            intent = name if len(self.runs[LABELS.index(name)]) else "relax"  # nothing to move: keep still
         elif name == "countdown":
             intent = "relax"  # a calibration starts: the patient relaxes and waits
         elif name in ("done", "aborted"):
@@ -266,8 +270,8 @@ class Patient:
 
     def _switch(self, intent: str, cue: dict | None, arrival: float, planned: float, stamp: float) -> None:
         """Play ``intent`` from the sample stamped ``stamp`` on (the first at or after ``planned``)."""
-        if intent in INTENTS:
-            k = INTENTS.index(intent)
+        if intent in LABELS:
+            k = LABELS.index(intent)
             cursor = self._cursor[k]
             if cursor[1]:  # a new movement starts at the onset of the next run
                 cursor[0], cursor[1] = (cursor[0] + 1) % len(self.runs[k]), 0
@@ -292,7 +296,7 @@ class Patient:
             rows = (self._row + np.arange(m)) % len(self.emg)
             self._row = int(rows[-1]) + 1
             return self.emg[rows]
-        k = INTENTS.index(self._playing)
+        k = LABELS.index(self._playing)
         runs, cursor = self.runs[k], self._cursor[k]
         parts = []
         while m > 0:
@@ -443,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoints.append(args.cues)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before anything runs: stopped in order
-    rec = load_source(args.source, args.myo_root)
+    rec = load_source(args.source, args.myo_root, move_s=PATIENT_MOVE_S)
     to_stdout = args.log == "-"
     say = sys.stderr if to_stdout else sys.stdout
     log: IO[str] | None = None

@@ -37,12 +37,14 @@ from metaemg.lsl import DEFAULT_STREAM_NAME
 from metalearn.myo import default_myo_root
 
 
-def load_source(spec: str, myo_root: Path | None = None):
-    """A :class:`metalearn.recording.Recording` from ``spec`` (see the module docstring)."""
+def load_source(spec: str, myo_root: Path | None = None, move_s: float = 0.0):
+    """A :class:`metalearn.recording.Recording` from ``spec`` (see the module docstring); a Myo
+    session with ``move_s``: followed by that many seconds of its wrist movements, labelled
+    ``move`` (:func:`metalearn.myo.build_recording`)."""
     if spec.startswith("myhand:"):
         from metalearn.myhand import render_myhand
 
-        return render_myhand(load_source("myo:" + spec[len("myhand:") :], myo_root), seed=0)
+        return render_myhand(load_source("myo:" + spec[len("myhand:") :], myo_root, move_s), seed=0)
     if spec.startswith("myo:"):
         from metalearn.myo import build_recording, find_sessions
 
@@ -53,7 +55,7 @@ def load_source(spec: str, myo_root: Path | None = None):
         sessions = {f"{s.subject}/{s.name}": s for s in find_sessions(root)}
         if want not in sessions:
             raise DataError(f"no session {want!r} (e.g. {', '.join(sorted(sessions)[:3])}, ...)", path=root)
-        return build_recording(sessions[want])
+        return build_recording(sessions[want], move_s)
     if spec == "synth" or spec.startswith("synth:"):
         from metalearn.synth import condition_names, make_patient, synth_recording
 

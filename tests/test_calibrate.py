@@ -443,8 +443,11 @@ def test_print_config_shows_the_effective_configuration(tmp_path, capsys):
         "cycles": 4,
         "countdown_s": 3,
         "reaction_s": 0.3,
+        "move_s": 6.0,
     }
     assert doc["cues"]["endpoint"] is None and doc["gate"]["min_accuracy"] == 0.7
+    assert doc["movement"] == {"clusters": 4, "operating_point": "balanced"}
+    assert doc["gate"]["max_move_activation"] == 0.25
 
 
 def test_a_live_calibration_refuses_two_armbands_with_one_name(tmp_path):
@@ -487,7 +490,11 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
     )
     # a quick reaction (1 s cues): the clip is about the tool, not the patient's timing (tests/test_patient.py)
     patient = Patient(
-        myo_recording(myo_src, "Male13", "training0"), name=name, endpoints=[cues], reaction_s=0.15, jitter_s=0.0
+        myo_recording(myo_src, "Male13", "training0", move_s=4.0),
+        name=name,
+        endpoints=[cues],
+        reaction_s=0.15,
+        jitter_s=0.0,
     ).start()
     state = tmp_path / "state"
     try:
@@ -506,6 +513,8 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
                 "2",
                 "--countdown-s",
                 "1",
+                "--move-s",
+                "2",
                 "--cue-endpoint",
                 cues,
                 "--control",
@@ -526,7 +535,10 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
     assert daemon.requests[3]["path"] == res["current"] and res["daemon"]["status"] == "reloaded"
     forwarded = [c["cue"] for c in daemon.cues]  # for the daemon's own monitor stream
     assert forwarded[0] == "countdown" and forwarded[-1] == "done" and forwarded.count("open") == 2
-    assert "[ 2/9] OPEN " in proc.stdout and "Done: the patient can relax." in proc.stdout
+    assert "[ 2/10] OPEN " in proc.stdout and "Done: the patient can relax." in proc.stdout
+    assert "[10/10] MOVE   move your wrist freely, keep your hand relaxed" in proc.stdout
+    # 2 s less the reaction time (relax until then) and a window (those reaching into relax are left out)
+    assert res["movement_seconds"] == pytest.approx(2.0 - 0.3 - 0.25 + 0.05, abs=0.06)
     assert "INFO" not in proc.stderr  # liblsl kept quiet
 
     seen = [c["cue"] for c in patient.cues if c["cue"] != "countdown"]
@@ -540,21 +552,22 @@ def test_live_calibration_with_a_simulated_patient(base, myo_src, tmp_path):
         "relax",
         "close",
         "relax",
+        "move",
         "done",
     ]
     assert all(c["schema"] == "metaemg.monitor/1" for c in patient.cues)
 
     rec = read_recording(res["clip"])  # the stored clip, in the research format
-    assert rec.time[0] == pytest.approx(0.0, abs=0.02) and rec.duration == pytest.approx(9.0, abs=0.1)
+    assert rec.time[0] == pytest.approx(0.0, abs=0.02) and rec.duration == pytest.approx(11.0, abs=0.1)
     assert rec.sample_rate == pytest.approx(200.0, rel=0.02)
     starts = np.concatenate([[0], np.flatnonzero(np.diff(rec.labels)) + 1])
-    assert rec.labels[starts].tolist() == [0, 1, 0, 2, 0, 1, 0, 2, 0]
+    assert rec.labels[starts].tolist() == [0, 1, 0, 2, 0, 1, 0, 2, 0, 3]  # 3: the movement segment
     shown = {}  # when each cue was shown: its first message (t_mono: the LSL clock on Linux)
     for c in patient.cues:
-        if c["cue"] in ("relax", "open", "close"):
+        if c["cue"] in ("relax", "open", "close", "move"):
             shown.setdefault(c["index"], c["t_mono"])
-    t_shown = np.array([shown[k] for k in range(9)])
-    assert np.diff(t_shown) == pytest.approx(np.ones(8), abs=0.1)
+    t_shown = np.array([shown[k] for k in range(10)])
+    assert np.diff(t_shown) == pytest.approx(np.ones(9), abs=0.1)
     # labels change reaction_s after each cue was shown (at the first sample from then on)
     assert rec.time[starts[1:]] == pytest.approx(t_shown[1:] - t_shown[0] + 0.3, abs=0.011)
     assert read_model_info(res["model"]).calibration["reaction_s"] == 0.3
@@ -686,6 +699,8 @@ def test_nan_from_the_armband_stops_a_live_calibration_at_once_and_keeps_the_cli
                 "2",
                 "--countdown-s",
                 "1",
+                "--move-s",
+                "2",
                 "--cue-endpoint",
                 cues,
                 "--control",

@@ -43,12 +43,12 @@ def male13(myo_src) -> Recording:
 
 
 # ------------------------------------------------------------------------------------ protocol
-def test_default_protocol_is_two_cycles_of_relax_open_relax_close_then_relax():
+def test_default_protocol_is_two_cycles_of_relax_open_relax_close_then_relax_then_moving():
     p = CueProtocol()
     cues = p.cues()
-    assert [c.name for c in cues] == ["relax", "open", "relax", "close"] * 2 + ["relax"]
-    assert [c.cycle for c in cues] == [1] * 4 + [2] * 5
-    assert p.duration_s == 18.0 and p.countdown_s == 3 and p.reaction_s == 0.3
+    assert [c.name for c in cues] == ["relax", "open", "relax", "close"] * 2 + ["relax", "move"]
+    assert [c.cycle for c in cues] == [1] * 4 + [2] * 6
+    assert p.duration_s == 24.0 and p.countdown_s == 3 and p.reaction_s == 0.3
     assert all(a.end == b.start for a, b in itertools.pairwise(cues))
     assert p.duration_s + p.countdown_s < 60  # the README's promise: under a minute of the patient's time
 

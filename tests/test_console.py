@@ -4,6 +4,7 @@ and the page itself in a real headless Chromium against the real daemon and simu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from console.hub import CUE_SHOWN_S, Hub
 from controller.monitor import SCHEMA
 from firmware_protocol import StopReason
+from metaemg.intents import MOVE
 from rig.processes import Rig, command, unique_name, wait_until
 from tests.console_helpers import ConsoleProcess, browser, text, wait_text
 
@@ -168,6 +170,10 @@ def test_changes_only_from_the_consoles_own_page(console):
     assert status == 400 and b"confirm" in body
     status, _, body = console.post("/api/install", {"confirm": True, "clip_sha256": "0" * 64}, own)
     assert status == 409 and b"nothing to install" in body
+    status, _, body = console.post("/api/operating-point", {"point": "fast", "clip_sha256": "0" * 64}, own)
+    assert status == 400 and b"point must be one of steady, balanced, responsive" in body
+    status, _, body = console.post("/api/operating-point", {"point": "steady", "clip_sha256": "0" * 64}, own)
+    assert status == 409 and b"no calibration of that clip in this session" in body
 
 
 def _console_refuses(tmp_path, *args: str) -> str:
@@ -478,9 +484,9 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
     base = tmp_path / "base.onnx"
     shutil.copy(default_model_path(), base)
     base_id = read_model_info(base).model_id
-    rec = myo_recording(myo_src, "Male13", "training0")
+    rec = myo_recording(myo_src, "Male13", "training0", move_s=8.0)  # and the subject's wrist movements
     cfg = tmp_path / "calibration.yaml"
-    protocol = "protocol: {countdown_s: 1, cycles: 1, relax_s: 1.5, open_s: 1.5, close_s: 1.5}"  # a short rehearsal
+    protocol = "protocol: {countdown_s: 1, cycles: 1, relax_s: 1.5, open_s: 1.5, close_s: 1.5, move_s: 4}"  # short
     cfg.write_text(f"base_model: {base}\npng: false\n{protocol}\ncues:\n  endpoint: null\n")
     rig = Rig(tmp_path, base, rec.emg, patient=rec)
     # a second armband with the same name, after the daemon bound to the patient's: the calibration
@@ -494,12 +500,13 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
         wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "the running state")
         driver.find_element(By.ID, "patient").send_keys("P007")
         driver.find_element(By.ID, "btn-calibrate").click()
-        words = set()
+        words, steps = set(), set()
 
         def cue_shown():
             overlay = driver.find_element(By.ID, "cue-overlay")
             if overlay.is_displayed():
                 words.add(text(driver, "cue-word"))
+                steps.add(text(driver, "cue-step"))
             return "OPEN" in words
 
         try:
@@ -508,17 +515,35 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
             raise AssertionError(f"cues seen {words}; {text(driver, 'cal-status')}; {console.view()['job']}") from None
         assert rig.status()["state"] == "paused"  # the hand holds still while the patient follows the cues
         assert text(driver, "cue-instruction") == "open your hand and hold it open"
-        status = wait_text(
-            driver, "cal-status", lambda t: "installed" in t or "refused" in t or "failed" in t, 60, "the result"
-        )
+
+        def result_or_cue():
+            with contextlib.suppress(Exception):  # the overlay may go between two calls
+                cue_shown()
+            status = text(driver, "cal-status")
+            return status if ("installed" in status or "refused" in status or "failed" in status) else None
+
+        status = wait_until(result_or_cue, 60, "the result")
+        # the movement segment came last, in the same full-screen style, with its step counter
+        assert {"RELAX", "OPEN", "CLOSE", "MOVE"} <= words and "step 6 of 6" in steps, (words, steps)
         assert status == "Calibration for P007: passed the gate and installed", status
         assert not driver.find_element(By.ID, "cue-overlay").is_displayed()
         assert text(driver, "gate-line").startswith("Gate: passed")
         after = float(text(driver, "acc-after").rstrip(" %"))
         print(f"rehearsal calibration: accuracy after {after} %")
         assert after >= 80 and len(driver.find_elements(By.CSS_SELECTOR, "#cal-confusion tr")) == 4
+        # the clip's own figures at each operating point, the one in use marked, the others offered
+        # (read in one script: the page redraws the result with every update)
+        points = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#op-table tr')).map(r => r.textContent)"
+            " .concat([document.getElementById('use-steady') ? 'offered' : 'not offered'])"
+        )
+        assert [r.split(":")[0] for r in points[1:4]] == ["steady", "balanced", "responsive"], points
+        assert "in use" in points[2] and points[4] == "offered", points
+        assert text(driver, "move-after").endswith("%")
         installed = text(driver, "install-line").split("model ")[1].rstrip(".")
-        clip = read_recording(next((tmp_path / "state" / "clips").glob("*_P007_*.csv")))
+        clip_file = next((tmp_path / "state" / "clips").glob("*_P007_*.csv"))
+        clip = read_recording(clip_file)
+        assert (clip.labels == MOVE).sum() > 3 * 200  # the segment, recorded live, labelled move
         assert len(clip.emg) > 500 and not (clip.emg == 77.0).all(axis=1).any()  # not one row of the other armband
         model_file = next((tmp_path / "state" / "models").glob("adapted_*_P007_*.onnx"))
         assert read_model_info(model_file).model_id == installed
@@ -539,6 +564,20 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
         driver.find_element(By.ID, "confirm-yes").click()
         wait_text(driver, "cal-status", lambda s: s == "Rollback: done", 30, "the rollback")
         wait_until(lambda: rig.status()["model"]["model_id"] == base_id, 5, "the base model running again")
+
+        # another operating point for the same clip: calibrated again from it, through the gate
+        own = {"Origin": console.base, "X-Console-Token": console.token}
+        digest = hashlib.sha256(clip_file.read_bytes()).hexdigest()
+        status, _, body = console.post("/api/operating-point", {"point": "steady", "clip_sha256": digest}, own)
+        assert status == 200, body
+        wait_text(driver, "cal-status", lambda s: s.endswith("passed the gate and installed"), 60, "steady")
+        in_use = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#op-table tr')).filter(r => r.textContent.includes('in use'))"
+            ".map(r => r.textContent.split(':')[0])"
+        )
+        assert in_use == ["steady"]
+        steady = rig.status  # the daemon runs the steady model (hot swap)
+        wait_until(lambda: steady()["model"]["model_id"] not in (base_id, installed), 5, "the steady model")
 
         status, _, body = console.get("/report")
         report = body.decode()

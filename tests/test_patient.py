@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from controller.monitor import SCHEMA
-from metaemg.intents import INTENTS
+from metaemg.intents import LABELS
 from metalearn.recording import Recording
 from rig.models import myo_recording
 from rig.patient import Patient, label_runs
@@ -28,7 +28,7 @@ RATE = 200.0
 
 @pytest.fixture(scope="module")
 def rec(myo_src):
-    return myo_recording(myo_src, "Male13", "Test0")
+    return myo_recording(myo_src, "Male13", "Test0", move_s=4.0)  # and its wrist movements, labelled move
 
 
 class Inlet:
@@ -124,7 +124,7 @@ def expected_rows(labels: np.ndarray, intent: str, row: int, m: int) -> np.ndarr
     order (looping), or the samples labelled ``intent`` in order (one run, then the next)."""
     if intent == "recording":
         return (row + np.arange(m)) % len(labels)
-    rows = np.flatnonzero(labels == INTENTS.index(intent))
+    rows = np.flatnonzero(labels == LABELS.index(intent))
     p = int(np.searchsorted(rows, row))
     assert rows[p] == row, f"row {row} is not labelled {intent}"
     return rows[(p + np.arange(m)) % len(rows)]
@@ -166,7 +166,8 @@ def follow(patient: Patient, inlet: Inlet, send, cues: list[tuple[str, int]], ho
 def test_runs_are_the_recordings_runs_of_equal_labels():
     labels = np.array([0, 0, 1, 1, 1, 0, 2, 2, 0, 1])
     runs = label_runs(labels)
-    assert [r.tolist() for r in runs] == [[[0, 2], [5, 6], [8, 9]], [[2, 5], [9, 10]], [[6, 8]]]
+    assert [r.tolist() for r in runs] == [[[0, 2], [5, 6], [8, 9]], [[2, 5], [9, 10]], [[6, 8]], []]
+    assert label_runs(np.array([0, 3, 3]))[3].tolist() == [[1, 3]]  # the movements that are no intent
 
 
 def test_it_follows_the_calibrations_cues_with_real_runs_after_its_reaction_time(rec, tmp_path):
@@ -182,7 +183,7 @@ def test_it_follows_the_calibrations_cues_with_real_runs_after_its_reaction_time
     try:
         subscribed(patient, cues.send, "the cue socket")
         order = [("countdown", -1), ("relax", 0), ("open", 1), ("relax", 2), ("close", 3), ("relax", 4)]
-        order += [("open", 5), ("relax", 6), ("close", 7), ("done", 8)]
+        order += [("open", 5), ("relax", 6), ("close", 7), ("move", 8), ("done", 9)]
         events = follow(patient, inlet, cues.send, order)
         data, stamps = inlet.received()
     finally:
@@ -190,7 +191,7 @@ def test_it_follows_the_calibrations_cues_with_real_runs_after_its_reaction_time
         patient.stop()
         cues.close()
 
-    played = "relax relax open relax close relax open relax close recording"
+    played = "relax relax open relax close relax open relax close move recording"
     assert [e["intent"] for e in events] == played.split()
     assert patient.intent == "recording" and len(patient.events) == 1 + 1 + len(order) + 1  # start, idle, cues, end
     for e in events:
@@ -203,8 +204,8 @@ def test_it_follows_the_calibrations_cues_with_real_runs_after_its_reaction_time
 
     # from a run's onset, each cue of an intent the next run of it (the first relax: the countdown's)
     runs = label_runs(patient.labels)
-    onsets = {intent: [int(s) for s, _ in runs[k]] for k, intent in enumerate(INTENTS)}
-    for intent in INTENTS:
+    onsets = {intent: [int(s) for s, _ in runs[k]] for k, intent in enumerate(LABELS)}
+    for intent in LABELS:  # the movement segment's cue: the wrist movements
         rows = [e["row"] for e in events if e["intent"] == intent]
         assert rows == onsets[intent][: len(rows)], intent
 

@@ -72,10 +72,10 @@ def test_repeated_timestamps_do_not_break_the_rate(tmp_path):
         (lambda h, r: (h, [*r[:3], r[3].replace(",3,4,", ",nan,4,", 1), *r[4:]]), "NaN", 4),
         (lambda h, r: (h, [*r[:2], ",,,,,,,,,,", *r[3:]]), "empty or short row", 3),
         (lambda h, r: (h, [*r[:4], r[4].replace(",0.02,", ",0.001,"), *r[5:]]), "goes backwards", 5),
-        (lambda h, r: (h, [*r[:1], r[1][:-1] + "3", *r[2:]]), "label 3 is outside {0,1,2}", 2),
+        (lambda h, r: (h, [*r[:1], r[1][:-1] + "4", *r[2:]]), "label 4 is outside {0,1,2,3}", 2),
         (lambda h, r: (h, [*r[:1], r[1].replace(",1,2,", ",x,2,", 1), *r[2:]]), "is not a number", 2),
     ],
-    ids=["no-gt", "seven-channels", "nine-channels", "nan", "empty-row", "time-backwards", "label-3", "text"],
+    ids=["no-gt", "seven-channels", "nine-channels", "nan", "empty-row", "time-backwards", "label-4", "text"],
 )
 def test_bad_input_names_file_row_and_problem(tmp_path, mutate, fragment, row):
     header, rows = mutate(HEADER, _rows())

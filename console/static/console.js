@@ -255,6 +255,7 @@ function drawCue(v) {
   const n = cue.n_cues || 1;
   const done = name === "countdown" ? 0 : Math.min(1, (cue.index + 1) / n);
   $("cue-progress-bar").style.width = `${(done * 100).toFixed(0)}%`;
+  $("cue-step").textContent = name === "countdown" ? "" : `step ${cue.index + 1} of ${n}`;
 }
 
 function pct(x) { const n = Number(x); return (x !== null && x !== undefined && Number.isFinite(n)) ? `${Math.round(100 * n)} %` : "-"; }
@@ -312,16 +313,48 @@ function drawJob(v) {
   const cm = Array.isArray(r.confusion_after) ? r.confusion_after : [];
   const cmRows = cm.map((row, i) => [INTENTS[i] || "?", ...(Array.isArray(row) ? row : []).map((x) => String(Number(x)))]);
   const gate = r.gate || {};
+  const moveRows = typeof r.move_activation_after === "number"
+    ? [["wrist movements moving the hand", pct(r.move_activation_before), { text: pct(r.move_activation_after), id: "move-after" }]]
+    : [];
   out.replaceChildren(
     table("cal-table", [
       ["", "before", "after"],
       ["accuracy", { text: pct(r.accuracy_before), id: "acc-before" }, { text: pct(r.accuracy_after), id: "acc-after" }],
       ...recallRows,
+      ...moveRows,
     ]),
     table("cal-confusion", [["cued \\ decided", ...INTENTS], ...cmRows]),
+    operatingPoints(r, j),
     paragraph("gate-line", `Gate: ${gate.line || "-"}`, gate.passed === true ? "gate-pass" : "gate-refuse"),
     paragraph("install-line", r.installed ? `Installed: model ${r.model_id}.` : "Nothing installed: the current model stays."),
   );
+}
+
+// the clip's own cross-validated figures at each operating point; "Use" calibrates again from the
+// same clip at that point (through the gate, as any calibration)
+function operatingPoints(r, j) {
+  const points = r.operating_points || {};
+  const names = Object.keys(points);
+  const box = document.createElement("div");
+  box.id = "operating-points";
+  if (!names.length) return box;
+  box.appendChild(paragraph(null, "Operating point (the clip's own cross-validated figures):"));
+  const t = table("op-table", [["", "wrist movements moving the hand", "open", "close", ""],
+    ...names.map((n) => [`${n}: ${points[n].words}`, pct(points[n].move_activation), pct((points[n].recall || {}).open),
+      pct((points[n].recall || {}).close), n === r.operating_point ? "in use" : ""])]);
+  names.forEach((n, i) => {
+    if (n === r.operating_point || j.state === "running" || !r.clip_sha256) return;
+    const b = document.createElement("button");
+    b.textContent = `Use ${n}`;
+    b.id = `use-${n}`;
+    b.onclick = () => confirmThen(`Calibrate again from the same clip, ${n} (${points[n].words})? ${MOVES}`, async () => {
+      const a = await post("/api/operating-point", { point: n, clip_sha256: r.clip_sha256 });
+      if (!a.ok) $("cal-status").textContent = a.error;
+    });
+    t.rows[i + 1].cells[4].appendChild(b);
+  });
+  box.appendChild(t);
+  return box;
 }
 
 async function refreshModels() {
