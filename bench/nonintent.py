@@ -1,27 +1,28 @@
-"""Movements that are not intents (issue 27, requirement 1, first candidates): a "move freely,
-hand relaxed" segment in the calibration, modelled as the patient's own non-intent classes.
+"""Movements that are not intents (issue 27).
 
-Both protocols of :mod:`bench.myo_accuracy` with a 2 s-per-intent clip. The movement segment is
-cut from the calibration session's other gestures (the Myo's wrist flexion, extension, radial and
-ulnar deviation; first cycle, ``S / 4`` seconds of each, steady windows only), as a patient would
-move the wrist with the hand relaxed for ``S`` seconds after the cues. Its windows, standardised
-and whitened as the clip's, are clustered (k-means, ``k`` clusters) and join the head as
-non-intent classes with the clip's covariance (:class:`metaemg.feathead.FeatHead`'s
-``other_means``; a window they win is decided relax), alone or beside the population's four,
-with a log prior. Scored as the daemon decides (its default policy replayed) on the later
-sessions (evaluation subjects: Test0 and Test1 with their other gestures) or cycles 1-3
-(pre-training subjects, 5 folds): false activation on the other gestures, open and close
-recall, onset delay, and the calibration's patient time (the clip's 6 s plus ``S``). A second
-stage over a longer context (an open or close must be the most probable for 3, 5 or 8 windows in a
-row before the hand leaves relax; movement already under way is not held) is measured on the
-shipped model and on the 2 s segment, with its cost in onset delay.
+By default, the shipped calibration (:func:`run_shipped`): each arm of both protocols of
+:mod:`bench.myo_accuracy` calibrated through the calibration's own code on a clip of the default
+protocol's shape followed by a movement segment of 2-10 s of its wrist movements
+(:func:`metalearn.myo.movement_segment`, labelled move), at each operating point; scored as the
+daemon decides (its policy replayed, through its session adaptation, and without it) on the later
+sessions (evaluation subjects: Test0 and Test1 with their wrist movements) or cycles 1-3
+(pre-training subjects, 5 folds): false activation on the wrist movements, open and close recall,
+onset delay, the patient's time, and the gate's cross-validated figure for the segment.
+
+With ``--candidates``, the first candidates (requirement 1), on a head of the bench's own: a
+"move freely, hand relaxed" segment cut from the calibration session's other gestures (first
+cycle, ``S / 4`` seconds of each, steady windows only), clustered (k-means, ``k`` clusters) into
+non-intent classes beside or instead of the population's four, with a log prior; a second stage
+over a longer context (an open or close must be the most probable for 3, 5 or 8 windows in a row
+before the hand leaves relax; movement already under way is not held), also only when a
+non-intent class is close; scored as the daemon decides without the session adaptation.
 
 With ``--features``, instead: which features separate open from the wrist movements (and close
 from wrist flexion) once the patient's own examples are labelled: a two-class LDA per feature
 group, trained on the first half of each class's windows of the scored sessions and scored on the
 second half (balanced accuracy, mean and worst arm).
 
-    python -m bench.nonintent [--data data/myo] [--folds 5] [--features] [--json]
+    python -m bench.nonintent [--data data/myo] [--folds 5] [--candidates | --features] [--json]
 """
 
 from __future__ import annotations
