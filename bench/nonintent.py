@@ -22,7 +22,10 @@ from wrist flexion) once the patient's own examples are labelled: a two-class LD
 group, trained on the first half of each class's windows of the scored sessions and scored on the
 second half (balanced accuracy, mean and worst arm).
 
-    python -m bench.nonintent [--data data/myo] [--folds 5] [--candidates | --features] [--json]
+With ``--myhand``: the packaged MyHand model (envelopes) on the evaluation subjects rendered as
+the MyHand armband reports them (:func:`run_myhand`).
+
+    python -m bench.nonintent [--data data/myo] [--folds 5] [--candidates | --features | --myhand] [--json]
 """
 
 from __future__ import annotations
@@ -310,6 +313,86 @@ def print_shipped(doc: dict) -> None:
             )
 
 
+# ------------------------------------------------------------------------------ --myhand
+def run_myhand(data: Path, log=print) -> dict:
+    """The packaged MyHand model (envelopes) calibrated on the evaluation subjects' protocol clip
+    with a 6 s movement segment, all rendered as the MyHand armband reports them
+    (:func:`metalearn.myhand.render_myhand`), at each operating point and without the segment;
+    scored as the daemon decides on their rendered Test0 and Test1 and those sessions' wrist
+    movements."""
+    import tempfile
+
+    from controller.config import Config
+    from metaemg.feathead import OPERATING_POINTS
+    from metaemg.intents import MOVE
+    from metaemg.modelfile import shipped_model_for
+    from metalearn.adapt import Adapter, OwnClasses, export_adapted
+    from metalearn.clip import prepare_clip
+    from metalearn.evaluate_cli import evaluate
+    from metalearn.myhand import render_myhand
+    from metalearn.myo import read_other_gestures
+    from metalearn.recording import Recording, write_recording
+
+    base = shipped_model_for(100.0, 8)  # the MyHand armband: 8 envelopes at about 100 Hz
+    adapter = Adapter.from_file(base)
+    spec, daemon = adapter.info.signal, Config()
+    points: dict[str, OwnClasses | None] = {"no movement segment": None}
+    points |= {f"6 s segment, {name}": OwnClasses.at(name) for name in OPERATING_POINTS}
+    rows: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for subject in myo.protocol_groups(data, 0)[0][2]:
+            clip = with_segment(
+                myo.calibration_clip(myo.recording(data, subject, "training0"), SHIPPED_BUDGET_S, (0, 1)),
+                data,
+                subject,
+                6.0,
+            )
+            prepared = prepare_clip(render_myhand(clip, seed=0), spec)
+            files = []
+            for t in ("Test0", "Test1"):
+                rec = render_myhand(myo.recording(data, subject, t), seed=1)
+                files.append(write_recording(work / f"{subject}_{t}.csv", rec))
+                wrist, _ = read_other_gestures(data / "other_gestures" / f"myo_{subject}_{t}.csv")
+                moves = Recording(wrist.time, wrist.emg, np.full(len(wrist.time), MOVE))
+                files.append(write_recording(work / f"{subject}_{t}_wrist.csv", render_myhand(moves, seed=2)))
+            for name, own in points.items():
+                adapted = adapter.adapt(
+                    prepared.windows,
+                    prepared.labels,
+                    prepared.conditioned[prepared.intent_samples],
+                    prepared.move_windows,
+                    own,
+                )
+                model = export_adapted(
+                    adapted, {"format": "metaemg-calibration/1"}, work / "m.onnx", prepared.windows[:16]
+                )
+                doc = evaluate(model, files, policy=daemon.policy, adapt=daemon.adapt)
+                rows.setdefault(name, []).append(
+                    {
+                        "subject": subject,
+                        "other_false_activation": doc["move_activation"],
+                        "open": doc["recall"]["open"],
+                        "close": doc["recall"]["close"],
+                        "delay_ms": doc["delay"]["median_ms"],
+                    }
+                )
+            log(f"  {subject}")
+    return rows
+
+
+def print_myhand(doc: dict) -> None:
+    print("\nthe MyHand model (envelopes), evaluation subjects across sessions, as the daemon decides")
+    print(f"{'candidate':<32} {'other FA':>9} {'worst':>6} {'open':>6} {'close':>6} {'delay':>6}   per subject")
+    for name, rs in doc["myhand"].items():
+        fa = [r["other_false_activation"] for r in rs]
+        each = ", ".join(f"{r['subject']} {r['other_false_activation']:.3f}/{r['open']:.3f}" for r in rs)
+        print(
+            f"{name:<32} {np.mean(fa):>9.3f} {max(fa):>6.3f} {np.mean([r['open'] for r in rs]):>6.3f} "
+            f"{np.mean([r['close'] for r in rs]):>6.3f} {np.median([r['delay_ms'] for r in rs]):>6.0f}   {each}"
+        )
+
+
 # ------------------------------------------------------------------------------ --features
 def feature_groups(w: np.ndarray) -> dict[str, np.ndarray]:
     """The model's features of windows ``w`` by group, and Hudgins' crossings beside them."""
@@ -405,12 +488,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--candidates", action="store_true", help="the first candidates, on a head of the bench's own (requirement 1)"
     )
+    p.add_argument("--myhand", action="store_true", help="the MyHand model on the rendered evaluation subjects")
     p.add_argument("--json", action="store_true", help="last line: one JSON document")
     args = p.parse_args(argv)
     myo.ensure_imported(args.data)
     t0 = time.perf_counter()
     if args.features:
         return myo.report({"features": run_features(args.data, args.folds)}, t0, print_features, args.json)
+    if args.myhand:
+        return myo.report({"myhand": run_myhand(args.data)}, t0, print_myhand, args.json)
     if args.candidates:
         return myo.report({"protocols": run(args.data, args.folds)}, t0, print_tables, args.json)
     return myo.report({"shipped": run_shipped(args.data, args.folds)}, t0, print_shipped, args.json)
