@@ -645,9 +645,11 @@ def _run(args: argparse.Namespace) -> tuple[int, dict | None]:
     if args.rollback_to or args.across_patients:
         raise ConfigError("--rollback-to and --across-patients go with --rollback")
     patient = check_patient(args.patient)
-    bound = None
+    bound = status = None
     if args.from_recording is None:
-        config, bound = _the_controllers_armband(config)
+        with _link(config, live=False) as link:
+            status = link.status()
+        config, bound = _the_controllers_armband(config, status)
     base_model = args.base_model or (Path(config.base_model).expanduser() if config.base_model else None)
     if base_model is None:
         base_model = _packaged_base(args, config, bound)
@@ -667,6 +669,11 @@ def _run(args: argparse.Namespace) -> tuple[int, dict | None]:
     require_torch()  # before the patient spends any time: say what to install
     when = datetime.now(UTC)
     store.ensure()
+    if args.out is None and (args.from_recording is None or config.daemon.notify):
+        if args.from_recording is not None:
+            with _link(config, live=False) as link:
+                status = link.status()
+        _the_patients_session(config, status, patient)
     with store.lock(), _link(config, live=args.from_recording is None) as link:
         same = {"base_model": base_model, "config": config, "store": store, "when": when, "out": out}
         same.update(force=args.force, link=link, patient=patient)
@@ -696,15 +703,39 @@ def _run(args: argparse.Namespace) -> tuple[int, dict | None]:
     return (0 if result["ok"] else EXIT_REFUSED), result
 
 
-def _the_controllers_armband(config) -> tuple[Any, tuple[str, str] | None]:
-    """A live calibration records the armband the controller listens to: when a daemon answers and
-    is bound to an armband, its stream name and identity (the configuration's ``lsl.name`` gives
-    way to it); otherwise ``lsl`` as configured, and an ambiguous match is refused."""
-    with _link(config, live=False) as link:
-        armband = link.armband()
-    if armband is None:
+def _the_patients_session(config, status: dict | None, patient: str | None) -> None:
+    """With a controller that keeps a session per patient (``status.session``), the model is for
+    the session's patient: a session for another patient is refused before the patient does
+    anything; with none open, one is opened for ``patient``."""
+    session = None if status is None else status.get("session")
+    if not isinstance(session, dict):
+        return  # no controller, or one without sessions
+    now = session.get("patient")
+    if patient is None:
+        raise ConfigError(
+            "the controller keeps a session per patient: give the patient's id (--patient ID)"
+            + (f"; the open session is {now}'s" if now else "")
+        )
+    if now is not None and now != patient:
+        raise ConfigError(
+            f"the controller's session is patient {now}'s, not {patient}'s: nothing recorded. End it first (the "
+            f"console, or myhand-controller ctl session end), or calibrate --patient {now}"
+        )
+    if now is None:
+        with _link(config, live=False) as link:
+            answer = link.open_session(patient)
+        if not answer.get("ok"):
+            raise ConfigError(f"the controller did not open a session for {patient}: {answer.get('error')}")
+        say(f"session opened for patient {patient} (the controller holds the hand until this calibration ends)")
+
+
+def _the_controllers_armband(config, status: dict | None) -> tuple[Any, tuple[str, str] | None]:
+    """A live calibration records the armband the controller listens to: when a daemon answers
+    (``status``) and is bound to an armband, its stream name and identity (the configuration's
+    ``lsl.name`` gives way to it); otherwise ``lsl`` as configured, and an ambiguous match is refused."""
+    if status is None:
         return config, None
-    name, bound = armband
+    name, bound = DaemonLink.armband(status)
     if name and name != config.lsl.name:
         config = config.replace("lsl", name=name)
     if bound is not None:

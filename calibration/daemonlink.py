@@ -267,20 +267,27 @@ class DaemonLink:
             return None
         return bool((status.get("status") or {}).get("paused"))
 
-    def armband(self) -> tuple[str | None, tuple[str, str] | None] | None:
-        """The armband the running daemon reads: ``(stream name, (source id, host))`` from its
-        status (either None when it has not read one yet); None when no daemon answers."""
+    def status(self) -> dict | None:
+        """The running daemon's status, or None when no daemon answers."""
         if not self._socket_exists():
             return None
-        status = self._request({"cmd": "status"})
-        if status is None:
-            return None
-        inp = (status.get("status") or {}).get("input") or {}
+        answer = self._request({"cmd": "status"})
+        return None if answer is None else (answer.get("status") or {})
+
+    @staticmethod
+    def armband(status: dict) -> tuple[str | None, tuple[str, str] | None]:
+        """The armband a daemon with ``status`` reads: ``(stream name, (source id, host))``
+        (either None when it has not read one yet)."""
+        inp = status.get("input") or {}
         name = (inp.get("stream") or {}).get("name")
         bound = inp.get("bound_to") or {}
         sid, host = bound.get("source_id"), bound.get("host")
         identity = (sid, host) if isinstance(sid, str) and isinstance(host, str) else None
         return (name if isinstance(name, str) else None), identity
+
+    def open_session(self, patient: str) -> dict:
+        """Ask the daemon to open a session for ``patient`` (its answer; ok false when none)."""
+        return self._request({"cmd": "session", "patient": patient}) or {"ok": False, "error": "no answer"}
 
     def _socket_exists(self) -> bool:
         from metaemg.trust import check_socket_dir

@@ -12,7 +12,7 @@ Layout (every file is written atomically: temporary file, fsync, rename)::
     <state>/reports/<UTC time>_<patient>_<sha8>.json/.png    one report per calibration
 
 ``<patient>`` is the patient's id (``metaemg-calibrate --patient``; a pseudonym, never a name:
-:data:`PATIENT_ID`), left out when none is given; the UTC time is the session's start. Hashes stay
+:data:`metaemg.patients.PATIENT_ID`), left out when none is given; the UTC time is the session's start. Hashes stay
 in the files' metadata and in ``history.jsonl``.
 
 ``current.onnx`` changes by one ``os.replace`` of a complete, verified file, so the daemon's file
@@ -37,29 +37,22 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from metaemg import patients
 from metaemg.atomic import PRIVATE, write_bytes, write_text
 from metaemg.errors import ConfigError, MetaEMGError, ModelError
 from metaemg.modelfile import OnnxModel, read_model_info
 from metaemg.trust import private_dir
 from metalearn.recording import Recording, write_recording
 
-PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")  # a pseudonymous id, safe in a file name
-
 
 def check_patient(patient: str | None) -> str | None:
-    """``patient`` if it is a valid id (or None); ConfigError naming the rule otherwise."""
-    if patient is not None and not PATIENT_ID.fullmatch(patient):
-        raise ConfigError(
-            f"--patient {patient!r}: a patient id is 1-32 letters, digits, '_', '.' or '-', starting with a "
-            "letter or digit (a pseudonym such as P012, never a name)"
-        )
-    return patient
+    """``--patient``: :func:`metaemg.patients.check_patient`."""
+    return patients.check_patient(patient, "--patient")
 
 
 def _stem(when: datetime, patient: str | None, tail: str) -> str:
@@ -234,21 +227,12 @@ class Store:
             leftover.unlink()
 
     def describe(self, path: Path) -> dict | None:
-        """What a model file of this directory is, for a person: ``model_id``, ``calibrated`` (False:
-        an uncalibrated base model, which decides nothing), ``patient``, ``time`` (the calibration's
-        session), ``accuracy_after``; None when there is no readable file."""
+        """What a model file of this directory is, for a person (:func:`metaemg.patients.describe`);
+        None when there is no readable file."""
         try:
-            info = read_model_info(path)
+            return patients.describe(read_model_info(path))
         except (ModelError, ConfigError):
             return None
-        cal = info.calibration or {}
-        return {
-            "model_id": info.model_id,
-            "calibrated": info.calibration is not None,
-            "patient": cal.get("patient"),
-            "time": cal.get("time"),
-            "accuracy_after": cal.get("accuracy_after"),
-        }
 
     def history_entries(self) -> list[dict]:
         """``history.jsonl``, oldest first (lines that are not JSON objects are left out)."""
@@ -323,9 +307,19 @@ class Store:
         return model.info.model_id, replaced_id
 
     def prune(self) -> list[Path]:
-        """Delete all but the newest ``keep`` versioned models (current and previous are copies)."""
+        """Delete all but the newest ``keep`` versioned models (current and previous are copies),
+        never a patient's newest: a patient's next session starts from it."""
         files = sorted(self.models.glob("adapted_*.onnx"))
-        gone = files[: max(0, len(files) - self.keep)]
+        newest: dict[str, Path] = {}
+        for f in files:  # oldest first: the last one seen for a patient is the newest
+            try:
+                patient = (read_model_info(f).calibration or {}).get("patient")
+            except (ModelError, ConfigError):
+                continue
+            if patient:
+                newest[patient] = f
+        keep = set(newest.values())
+        gone = [f for f in files[: max(0, len(files) - self.keep)] if f not in keep]
         for f in gone:
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()

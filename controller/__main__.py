@@ -52,7 +52,9 @@ def _ctl_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="ENDPOINT", help="control endpoint (default: from the config)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     p.add_argument(
-        "request", nargs="+", help="status | pause | resume | reload [path=FILE] | clear | stop | cue cue='{...}'"
+        "request",
+        nargs="+",
+        help="status | pause | resume | reload [path=FILE] | session ID | session end | clear | stop | cue cue='{...}'",
     )
     return p
 
@@ -86,7 +88,11 @@ def _ctl(argv: list[str]) -> int:
 
     args = _ctl_parser().parse_args(argv)
     cfg = load_config(args, service_default=True)
-    req = control_request(args.request)
+    words = args.request
+    if len(words) == 2 and words[0] == "session" and "=" not in words[1]:  # ctl session P012 / ctl session end
+        req = {"cmd": "session", **({"end": True} if words[1] == "end" else {"patient": words[1]})}
+    else:
+        req = control_request(words)
     if req.get("cmd") == "reload" and isinstance(req.get("path"), str) and req["path"]:
         req["path"] = os.path.abspath(os.path.expanduser(req["path"]))  # the caller's directory, not the daemon's
     try:

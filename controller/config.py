@@ -69,6 +69,35 @@ class ModelConfig(Section):
 
 
 @dataclass(frozen=True)
+class SessionConfig(Section):
+    """Sessions per patient (:mod:`metaemg.patients`): with a state directory (the calibration's),
+    the controller holds the hand until a session is opened for a patient and runs that patient's
+    models only; ``model.path`` is then the base model a session starts from. ``null``: the
+    service's state directory (``$STATE_DIRECTORY``, which systemd's ``StateDirectory=`` sets: the
+    installed service keeps sessions), else none: the model file as configured (a rehearsal, a
+    research rig, a test)."""
+
+    KEY = "session"
+
+    state_dir: str | None = None
+
+    def resolved(self, env: typing.Mapping[str, str] | None = None) -> Path | None:
+        env = os.environ if env is None else env
+        if self.state_dir is not None:
+            return Path(self.state_dir)
+        state = env.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(state) if state else None
+
+    def check(self, key: str) -> None:
+        require(
+            self.state_dir is None or (self.state_dir != "" and Path(self.state_dir).is_absolute()),
+            f"{key}.state_dir",
+            "must be an absolute directory path or null",
+            self.state_dir,
+        )
+
+
+@dataclass(frozen=True)
 class SerialConfig(Section):
     """The orthosis link (docs/firmware_protocol.md, section 8)."""
 
@@ -274,6 +303,7 @@ class RealtimeConfig(Section):
 class Config:
     lsl: LslConfig = field(default_factory=LslConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)

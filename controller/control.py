@@ -25,7 +25,7 @@ from controller.monitor import bind
 from metaemg.errors import ConfigError, MetaEMGError
 from metaemg.trust import check_socket_dir, private_dir
 
-COMMANDS = ("status", "pause", "resume", "reload", "clear", "cue", "rebind", "stop")
+COMMANDS = ("status", "pause", "resume", "reload", "session", "clear", "cue", "rebind", "stop")
 MAX_REQUEST = 64 * 1024
 MAX_DEPTH = 8  # a request's JSON nesting (a cue is an object in the request: 2 levels)
 

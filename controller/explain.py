@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from controller.states import HELD_CHECK, HELD_NO_SESSION
 
 STALE_AFTER_S = 2.0  # no status message for this long: the daemon is not heard (it publishes at 10 Hz)
 
@@ -78,7 +81,9 @@ class Explanation:
     headline: str  # "FAULT: device fault: overcurrent"
     meaning: str
     next_step: str
-    action: str | None  # the control that does the next step: "pause", "resume", "clear", "calibrate" or None
+    action: (
+        str | None
+    )  # the control that does the next step: "pause", "resume", "clear", "calibrate", "session" or None
     severity: str  # "ok", "warn" or "fault"
     live: bool  # the decision and probabilities mean something now
 
@@ -87,6 +92,31 @@ class Explanation:
 
     def line(self) -> str:
         return f"{self.headline}. {self.meaning[0].upper()}{self.meaning[1:]}; {self.next_step}."
+
+
+def model_words(session: dict) -> str:
+    """A session's model for a person: whose, when, how good (never only a hash)."""
+    model = session.get("model") or {}
+    patient = session.get("patient")
+    if not model.get("calibrated"):
+        return f"{patient} has no calibrated model yet: the hand will not move until a calibration"
+    accuracy = model.get("accuracy_after")
+    quality = f", accuracy {accuracy:.0%} at calibration" if isinstance(accuracy, int | float) else ""
+    point = f", {model['operating_point']}" if model.get("operating_point") else ""
+    return f"{patient}'s model calibrated {when(model.get('time'))}{quality}{point}"
+
+
+def when(iso: object, now: datetime | None = None) -> str:
+    """An ISO time in local time, one format everywhere: "14:05", with the date where it is not
+    today ("3 Dec 2026 14:05"); "-" when unknown."""
+    if not isinstance(iso, str):
+        return "-"
+    try:
+        t = datetime.fromisoformat(iso).astimezone()
+    except ValueError:
+        return "-"
+    today = (now or datetime.now().astimezone()).date()
+    return t.strftime("%H:%M") if t.date() == today else f"{t.day} {t.strftime('%b %Y %H:%M')}"
 
 
 def state_headline(state: str) -> str:
@@ -105,12 +135,14 @@ def ctl_command(action: str, *, config: str | None = None, control: str | None =
     """
     if action == "calibrate":
         return "metaemg-calibrate --patient ID"
+    if action == "session":
+        action = "session patient=ID"
     words = ["myhand-controller", "ctl"]
     if config:
         words += ["--config", config]
     elif control:
         words += ["--control", control]
-    return shlex.join([*words, action])
+    return shlex.join([*words, *action.split()])
 
 
 def explain(status: dict | None, age_s: float | None) -> Explanation:
@@ -125,6 +157,27 @@ def explain(status: dict | None, age_s: float | None) -> Explanation:
     headline, meaning, step, action, severity = _WORDS.get(
         state, (state.upper(), "unknown state", "see the controller's log", None, "warn")
     )
+    session = status.get("session") if isinstance(status.get("session"), dict) else None
+    if state == "paused" and reason == HELD_NO_SESSION:
+        return Explanation(
+            state,
+            "NO PATIENT SESSION",
+            "the hand is held until a session is opened for a patient",
+            "open a session: enter the patient's id",
+            "session",
+            "warn",
+            False,
+        )
+    if state == "paused" and reason == HELD_CHECK and session is not None:
+        return Explanation(
+            state,
+            f"SESSION {session.get('patient')}: KEEP THE MODEL OR CALIBRATE",
+            f"the hand is held; {model_words(session)}",
+            "keep the model if it still suits the patient, or calibrate again",
+            "resume",
+            "warn",
+            False,
+        )
     if state == "fault" and isinstance(reason, str) and reason.startswith("protocol mismatch"):
         step, action = "update the controller or the orthosis firmware so that their versions match", None
     if reason and state not in ("running", "paused"):

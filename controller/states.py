@@ -14,7 +14,8 @@ state                  when                                                 safe
                                                                             TTL make it safe
 ``waiting_for_stream`` no armband stream, or one that does not match the    STOP (signal lost)
                        model
-``paused``             the ``pause`` control command                        STOP (operator)
+``paused``             the ``pause`` control command, or no patient         STOP (operator)
+                       session yet / its model not yet kept (the reason)
 ``stale``              no samples for ``stale_ms``, NaN/Inf/saturated       STOP (signal lost)
                        input, a model error, or re-arming
 ``running``            everything good: commands follow the policy
@@ -55,6 +56,11 @@ STOP_REASONS = {
 }
 
 
+# why the hand is held without an operator's pause, with sessions per patient (the state's reason)
+HELD_NO_SESSION = "no patient session"
+HELD_CHECK = "session opened: keep the model or calibrate"
+
+
 @dataclass(frozen=True, slots=True)
 class Conditions:
     """What the state depends on (a snapshot)."""
@@ -66,6 +72,7 @@ class Conditions:
     stream_connected: bool = False
     stream_problem: str | None = None
     paused: bool = False
+    held: str | None = None  # why the hand is held without an operator's pause (the patient session)
     armed: bool = False
     input_problem: str | None = None  # the policy's reason when disarmed
 
@@ -81,7 +88,7 @@ def derive(c: Conditions) -> tuple[DaemonState, str | None]:
     if not c.stream_connected:
         return DaemonState.WAITING_FOR_STREAM, c.stream_problem or "resolving"
     if c.paused:
-        return DaemonState.PAUSED, "operator"
+        return DaemonState.PAUSED, c.held or "operator"
     if not c.armed:
         return DaemonState.STALE, c.input_problem or "stale"
     return DaemonState.RUNNING, None

@@ -372,7 +372,8 @@ def test_rollback_restores_the_previous_model_and_tells_the_daemon(base, clips, 
 def test_an_installed_model_is_hot_swapped_by_a_running_daemon(base, clips, tmp_path, capsys):
     endpoint = f"ipc://{tmp_path / 'control.sock'}"
     # the daemon was left paused (e.g. by a refused live calibration): the install says so
-    answers = [{"ok": True, "model_id": "new", "previous_model_id": "old"}, {"ok": True, "status": {"paused": True}}]
+    paused = {"ok": True, "status": {"paused": True}}  # a controller without sessions per patient
+    answers = [paused, {"ok": True, "model_id": "new", "previous_model_id": "old"}, paused]
     daemon = FakeDaemon(endpoint, answers)
     try:
         rc = main(
@@ -393,7 +394,11 @@ def test_an_installed_model_is_hot_swapped_by_a_running_daemon(base, clips, tmp_
         daemon.close()
     out = capsys.readouterr().out
     res = last_json(out)
-    assert rc == 0 and daemon.requests == [{"cmd": "reload", "path": res["current"]}, {"cmd": "status"}]
+    assert rc == 0 and daemon.requests == [
+        {"cmd": "status"},
+        {"cmd": "reload", "path": res["current"]},
+        {"cmd": "status"},
+    ]
     assert res["daemon"]["status"] == "reloaded"
     paused = "the controller is paused, so the new model does not move the hand yet; run: myhand-controller ctl"
     assert f"{paused} --control {endpoint} resume" in out

@@ -43,8 +43,8 @@ def test_docs_mention_every_key():
     [
         (
             {"polcy": {}},
-            "unknown key 'polcy' (known sections: lsl, model, serial, policy, monitor, control, logging, realtime, "
-            "adapt)",
+            "unknown key 'polcy' (known sections: lsl, model, session, serial, policy, monitor, control, logging, "
+            "realtime, adapt)",
         ),
         ({"policy": {"votes": 3}}, "unknown key 'policy.votes'"),
         ({"policy": {"vote": 0}}, "policy.vote: must be 1..100, got 0"),

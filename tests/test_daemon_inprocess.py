@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.config import Config, RealtimeConfig
+from controller.config import Config, RealtimeConfig, SessionConfig
 from controller.control import ControlClient
 from controller.daemon import Controller
 from controller.source import LslSource
@@ -114,9 +114,17 @@ class Harness:
     """One in-process daemon on the default model, its device, and an armband fed from ``emg``."""
 
     def __init__(
-        self, tmp: Path, emg: np.ndarray, *, rate: float = RATE, auto_model: bool = False, stale_ms: float = 100.0
+        self,
+        tmp: Path,
+        emg: np.ndarray,
+        *,
+        rate: float = RATE,
+        auto_model: bool = False,
+        stale_ms: float = 100.0,
+        sessions: Path | None = None,
     ) -> None:
-        """``auto_model``: no model named (``model.path`` null): the packaged one that fits the stream."""
+        """``auto_model``: no model named (``model.path`` null): the packaged one that fits the
+        stream; ``sessions``: a state directory, sessions per patient (``session.state_dir``)."""
         self.tmp = tmp
         self.model = tmp / "model.onnx"
         shutil.copy(default_model_path(), self.model)
@@ -129,6 +137,7 @@ class Harness:
             cfg,
             realtime=RealtimeConfig(priority=0, freeze_gc=False),
             policy=dataclasses.replace(cfg.policy, stale_ms=stale_ms),
+            session=SessionConfig(None if sessions is None else str(sessions)),
         )
         desc = StreamDesc("EMG", "EMG", "armband-1", "localhost", "uid-1", emg.shape[1], rate, "float32")
         self.rate = rate
