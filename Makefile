@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets up .venv first (idempotent).
-.PHONY: setup demo test lint default-model
+.PHONY: setup demo test lint default-model install-device
 
 setup:
 	bash scripts/setup.sh
@@ -9,6 +9,10 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest
+
+# The device PC: the controller and the console as services (as root; DESTDIR=DIR stages it).
+install-device:
+	bash scripts/install-device.sh
 
 # What CI checks besides the tests (.ci/run): lint and format, the layers, types.
 lint: setup

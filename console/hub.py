@@ -113,6 +113,7 @@ class Hub:
             "state": why.state,
             "status_age_s": None if age is None else round(age, 2),
             "paused": s.get("paused"),
+            "session": s.get("session"),  # null: the controller keeps no sessions
             "orthosis": {
                 "connected": bool(link.get("ready")),
                 "device_state": link.get("device_state"),
@@ -132,6 +133,7 @@ class Hub:
                 "path": model.get("path"),
                 "kind": model.get("kind"),
                 "input_range": model.get("input_range"),
+                "about": model.get("about"),
             },
             "decision": decision,
             "threshold": (s.get("policy") or {}).get("threshold"),

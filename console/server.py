@@ -54,6 +54,7 @@ from metaemg.errors import ConfigError
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_PORT = 8765
+URL_FILE = "/run/myhand-console/url"  # where the installed console writes its URL (myhand-console.service)
 WS_AUTH_S = 1.0  # a WebSocket that has not sent the token within this is closed
 TICKET_S = 30.0  # how long a session report's one-time ticket is valid
 WS_UNAUTHORISED = 4401  # the WebSocket's close code without the token
@@ -97,7 +98,34 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="where to write the token, mode 0600 (default: <runtime dir>/console.token)",
     )
+    p.add_argument(
+        "--url-file",
+        metavar="FILE",
+        help="also write the page's URL with its token there, mode 0640, for the members of the service's group "
+        f"(metaemg-console url reads it; the service writes {URL_FILE})",
+    )
     return p
+
+
+def print_url(argv: list[str]) -> int:
+    """``metaemg-console url [--url-file FILE]``: the running console's URL with its token, for a
+    member of the service's group (the installed console writes it to :data:`URL_FILE`)."""
+    p = argparse.ArgumentParser(prog="metaemg-console url", description="print the running console's URL")
+    p.add_argument("--url-file", metavar="FILE", default=URL_FILE, help=f"default {URL_FILE}")
+    args = p.parse_args(argv)
+    try:
+        url = Path(args.url_file).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{args.url_file}: no console URL: is the console running? (systemctl status myhand-console)"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"{args.url_file}: not readable by this user: the clinicians' accounts are in group myhand "
+            "(sudo usermod -aG myhand USER, then log in again)"
+        ) from None
+    print(url)
+    return 0
 
 
 def _is_loopback(host: str) -> bool:
@@ -149,6 +177,7 @@ class Console:
                 web.post("/api/calibrate", self.api_calibrate),
                 web.post("/api/calibrate/cancel", self.api_cancel),
                 web.post("/api/operating-point", self.api_operating_point),
+                web.post("/api/session", self.api_session),
                 web.post("/api/install", self.api_install),
                 web.post("/api/rollback", self.api_rollback),
                 web.static("/static", STATIC, follow_symlinks=False),
@@ -314,6 +343,10 @@ class Console:
         job = self.jobs.current
         view["job"] = None if job is None else job.to_dict()
         view["job_running"] = self.jobs.running()
+        session = view.get("session")
+        patient = session.get("patient") if isinstance(session, dict) else None
+        # whether a calibration could start (for the patient in the session, or one to be entered)
+        view["calibration_blocked"] = calibration_blocked(view, patient or "(entered)")
         return view
 
     # -- API ---------------------------------------------------------------------------------------
@@ -391,7 +424,38 @@ class Console:
             return web.json_response({"ok": False, "error": str(exc)}, status=502)
         return web.json_response(answer)
 
+    async def api_session(self, request):
+        """Open a session for ``patient`` or ``end`` it (the controller's ``session`` command: the
+        patient's newest model is loaded and the hand held until the clinician keeps it)."""
+        from aiohttp import web
+
+        from controller.control import ControlError
+        from controller.control import request as control_request
+        from metaemg.patients import check_patient
+
+        body = await self._body(request)
+        if body.get("end") is True:
+            req: dict = {"cmd": "session", "end": True}
+        else:
+            try:
+                patient = check_patient(str(body.get("patient") or "").strip() or None)
+            except ConfigError as exc:
+                return _error(str(exc), 400)
+            if patient is None:
+                return _error("enter the patient's id (a pseudonym such as P012) to open a session", 400)
+            req = {"cmd": "session", "patient": patient}
+        if self.jobs.running():
+            return _error("a calibration is running: wait for it or cancel it first", 409)
+        try:
+            answer = await asyncio.to_thread(control_request, self.control, req, timeout_s=10.0)
+        except (ControlError, ConfigError) as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=502)
+        return web.json_response(answer)
+
     async def api_calibrate(self, request):
+        """A live calibration: for the open session's patient (with sessions), else for the
+        ``patient`` given, or an explicit anonymous ``rehearsal``; only with the controller running
+        (its monitor stream carries the cues to this page). :func:`calibration_blocked` says why not."""
         from calibration.store import check_patient
 
         body = await self._body(request)
@@ -399,6 +463,13 @@ class Console:
             patient = check_patient(str(body.get("patient") or "").strip() or None)
         except ConfigError as exc:
             return _error(str(exc), 400)
+        view = self._view()
+        session = view.get("session")
+        if isinstance(session, dict) and session.get("patient"):
+            patient = session["patient"]  # the session's: the controller refuses any other
+        why = calibration_blocked(view, patient, rehearsal=body.get("rehearsal") is True)
+        if why is not None:
+            return _error(why, 409)
         args = [] if patient is None else ["--patient", patient]  # it records the controller's own armband
         cycles = body.get("cycles")
         if cycles is not None:
@@ -512,6 +583,21 @@ class Console:
         return web.json_response({"ok": True, "job": job.to_dict()})
 
 
+def calibration_blocked(view: dict, patient: str | None, *, rehearsal: bool = False) -> str | None:
+    """Why a calibration cannot start now (None: it can): one definition for the page's disabled
+    button and the server's refusal."""
+    if view.get("job_running"):
+        return "a calibration is running: wait for it or cancel it"
+    if view.get("state") in ("unknown", "stopping"):
+        return "no controller is running: the cues reach this page through it (start the myhand-controller service)"
+    session = view.get("session")
+    if isinstance(session, dict) and not session.get("patient"):
+        return "open a session for the patient first"
+    if patient is None and not rehearsal:
+        return "enter the patient's id, or choose an anonymous rehearsal"
+    return None
+
+
 def _error(text: str, status: int):
     from aiohttp import web
 
@@ -524,6 +610,15 @@ def _write_token(path: Path, token: str) -> None:
 
     private_dir(path.parent, "console token directory")
     write_text(path, token + "\n", perms=PRIVATE)
+
+
+def _write_url(path: Path, url: str) -> None:
+    """The URL for the service's group (0640), in a directory only this user may write."""
+    from metaemg.atomic import write_text
+    from metaemg.trust import check_dir
+
+    check_dir(path.parent, "console URL directory")  # ours, and nobody else may write in it
+    write_text(path, url + "\n", perms=0o640)
 
 
 def _is_wildcard(host: str) -> bool:
@@ -566,6 +661,9 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["url"]:
+        return print_url(argv[1:])
     args = _parser().parse_args(argv)
     tls = _tls(args)
     if not 0 <= args.port <= 65535:
@@ -593,8 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            token_file.unlink()
+        for path in (token_file, Path(args.url_file) if args.url_file else None):
+            with contextlib.suppress(FileNotFoundError, TypeError):
+                path.unlink()  # type: ignore[union-attr]
     return 0
 
 
@@ -613,7 +712,10 @@ async def _serve(console: Console, args: argparse.Namespace, tls: ssl.SSLContext
         raise ConfigError(f"--host {args.host} --port {args.port}: cannot serve there: {exc.strerror or exc}") from None
     bound = runner.addresses[0][1]
     base = console.serving_on(args.host, bound, public_name=args.public_name, tls=tls is not None)
-    print(f"{base}/#token={console.token}", flush=True)
+    url = f"{base}/#token={console.token}"
+    if args.url_file:
+        _write_url(Path(args.url_file), url)
+    print(url, flush=True)
     print(
         f"metaemg-console: daemon control {console.control}, monitor {console.monitor}; token in {token_file}; "
         "Ctrl-C to stop",

@@ -591,6 +591,7 @@ class Controller:
             "model": {
                 "path": str(self.model_path),
                 **self._model_fields(),
+                "about": describe(self.model.info) if self.model is not None else None,  # whose, when, how good
                 "loaded_at": self._model_loaded_wall,
                 "last_reload": self._last_reload,
                 "last_error": self._last_model_error,

@@ -195,12 +195,29 @@ def explain(status: dict | None, age_s: float | None) -> Explanation:
 
 
 def event_text(msg: dict) -> str:
-    """One ``event`` message of the monitor stream in words (the monitor's and the console's lists)."""
+    """One ``event`` message of the monitor stream in plain words (the monitor's and the console's lists)."""
     kind = msg.get("event")
     if kind == "state":
-        return f"state {msg.get('prev')} -> {msg.get('state')} ({msg.get('reason') or 'no reason given'})"
+        state, reason = str(msg.get("state")), msg.get("reason")
+        if state == "paused" and reason in (HELD_NO_SESSION, HELD_CHECK, "operator"):
+            reason = {HELD_NO_SESSION: "no patient session", HELD_CHECK: "a session opened", "operator": None}[reason]
+        return f"now {state_headline(state)}" + (f" ({reason})" if reason and state != "running" else "")
     if kind == "reload":
-        return f"model reload {'ok' if msg.get('ok') else 'FAILED'}: {msg.get('model_id') or msg.get('error')}"
+        if not msg.get("ok"):
+            return f"a new model was refused: {msg.get('error')}"
+        return f"now running model {msg.get('model_id')}"
     if kind == "model_chosen":
-        return f"model chosen for the stream: {msg.get('model_id')} ({msg.get('path')})"
-    return f"{kind}: {msg.get('detail') or ''}".strip()
+        return f"the packaged model that fits the armband: {msg.get('model_id')}"
+    if kind == "session":
+        session = msg.get("session") or {}
+        return f"session opened for {session['patient']}" if session.get("patient") else "session ended"
+    if kind == "stream_connected":
+        stream = msg.get("stream") or {}
+        return f"armband connected ({stream.get('name') or 'no name'})"
+    if kind == "stream_lost":
+        return "armband lost: no more samples"
+    if kind in ("stream_missing", "stream_ambiguous", "stream_foreign", "stream_mismatch"):
+        return f"no usable armband: {msg.get('detail') or kind}"
+    if kind == "recalibration_suggested":
+        return f"recalibration suggested: {msg.get('detail') or msg.get('why') or ''}".rstrip(": ")
+    return f"{str(kind).replace('_', ' ')}: {msg.get('detail') or ''}".strip().rstrip(":")

@@ -87,7 +87,7 @@ def test_commands_timeline_cue_and_emg():
         ("paused", "operator"),
         ("running", None),
     ]
-    assert hub.view(1.4)["events"][-1]["text"] == "state running -> paused (operator)"
+    assert hub.view(1.4)["events"][-1]["text"] == "now PAUSED"  # in plain words
 
     hub.feed("emg", _msg("emg", samples=[[1.0] * 8, [2.0] * 8], rate=20.0), now=2.0)
     hub.feed("emg", _msg("emg", samples=[[float(k)] * 8 for k in range(3, 8)], rate=20.0), now=2.0)
@@ -296,12 +296,15 @@ _MARKUP = "<img src=x onerror=document.title=location.host>"
 
 
 def test_the_page_keeps_its_token_to_itself_and_shows_the_senders_words_as_text(tmp_path):
-    """No daemon: the token leaves the address bar for this tab's storage and is in no element; a
-    WebSocket without it is closed; a page on another port gets no credential and reads nothing;
-    an armband whose source id carries markup and a forged JSON line fails a calibration, and the
-    page shows the words as text."""
+    """No daemon at first: the token leaves the address bar for this tab's storage and is in no
+    element; a WebSocket without it is closed; the calibration is disabled and says why. Then a
+    daemon that sees two armbands with one name, one whose source id carries markup and a forged
+    JSON line: the daemon waits and the calibration fails naming both, and the page shows the
+    words as text; a page on another port gets no credential and reads nothing."""
     from selenium.webdriver.common.by import By
 
+    from metaemg.modelfile import default_model_path
+    from rig.processes import Daemon, Sim
     from rig.replay import Replay
 
     name = unique_name("console-markup")
@@ -313,14 +316,21 @@ def test_the_page_keeps_its_token_to_itself_and_shows_the_senders_words_as_text(
         Replay(quiet, None, 200.0, name=name, source_id=sid, loop=True).start()
         for sid in ("plain", "evil" + _MARKUP + forged)
     ]
+    url_dir = tmp_path / "console-run"
+    url_dir.mkdir(mode=0o750)  # as the installed service's RuntimeDirectory: its group reads the URL
     c = ConsoleProcess(
         tmp_path,
         f"ipc://{tmp_path}/run/control.sock",
         f"ipc://{tmp_path}/monitor.sock",
         "--calibration-config",
         str(cfg),
+        "--url-file",
+        str(url_dir / "url"),
     )
+    assert (url_dir / "url").read_text() == c.url + "\n" and oct((url_dir / "url").stat().st_mode & 0o777) == "0o640"
     driver = browser(tmp_path)
+    daemons: list = []
+    sims: list = []
     try:
         driver.get(c.url)
         wait_text(driver, "state-headline", lambda t: t == "NO CONTROLLER", 10, "the page, without a daemon")
@@ -338,6 +348,23 @@ def test_the_page_keeps_its_token_to_itself_and_shows_the_senders_words_as_text(
         assert driver.execute_async_script(closed, json.dumps({"token": "x" * len(c.token)})) == 4401
 
         driver.find_element(By.ID, "patient").send_keys("P001")
+        why = wait_text(driver, "calibrate-why", lambda t: t != "", 5, "why the calibration is off")
+        assert (
+            why == "Calibration: no controller is running: the cues reach this page through it (start the "
+            "myhand-controller service)."
+        )
+        assert not driver.find_element(By.ID, "btn-calibrate").is_enabled()
+        own = {"Origin": c.base, "X-Console-Token": c.token}
+        status_code, _, body = c.post("/api/calibrate", {"patient": "P001"}, own)  # the server says the same
+        assert status_code == 409 and b"no controller is running" in body
+
+        sim = Sim(tmp_path)
+        daemons.append(Daemon(tmp_path, stream=name, port=str(sim.link), model=default_model_path()))
+        sims.append(sim)
+        wait_text(driver, "state-headline", lambda t: t.startswith("WAITING FOR THE ARMBAND"), 20, "the daemon")
+        headline = text(driver, "state-headline")
+        assert "source id 'plain'" in headline and _MARKUP in headline  # the daemon's words, as text
+        wait_until(lambda: driver.find_element(By.ID, "btn-calibrate").is_enabled(), 5, "the calibration on")
         driver.find_element(By.ID, "btn-calibrate").click()
         status = wait_text(driver, "cal-status", lambda s: "failed" in s, 60, "the failed calibration")
         assert status.startswith("Calibration for P001: failed: 2 armbands match") and "source id 'plain'" in status
@@ -359,6 +386,8 @@ def test_the_page_keeps_its_token_to_itself_and_shows_the_senders_words_as_text(
     finally:
         driver.quit()
         c.close()
+        for process in (*daemons, *sims):
+            process.stop()
         for a in armbands:
             a.close()
 
@@ -613,8 +642,9 @@ def test_the_page_says_when_to_recalibrate_and_starts_it(tmp_path, model, myo_sr
         assert text(driver, "state-next").startswith("Next: calibrate again")
         assert rig.status()["recalibration"][1:] in meaning  # the daemon's words, capitalised
         wait_text(driver, "state-action", lambda t: t == "Calibrate now", 5, "the button")
+        driver.find_element(By.ID, "patient").send_keys("P007")  # a calibration is for a patient
         driver.find_element(By.ID, "state-action").click()
-        wait_text(driver, "cal-status", lambda t: t.startswith("Calibration: recording"), 10, "a calibration")
+        wait_text(driver, "cal-status", lambda t: "recording" in t, 10, "a calibration")
         own = {"Origin": console.base, "X-Console-Token": console.token}
         assert json.loads(console.post("/api/calibrate/cancel", {}, own)[2])["ok"] is True
         wait_text(driver, "cal-status", lambda t: "cancelled" in t, 20, "the calibration cancelled")

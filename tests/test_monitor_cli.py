@@ -150,7 +150,7 @@ def test_render_shows_intent_bars_state_counters_latency():
     assert "model   myo-meta-3f2a" in text
     assert "p50 4.2 ms" in text or "p50 4.5 ms" in text  # 2.0 + 0.5*k for k in 0..9, twice
     assert "decisions 380" in text and "commands_sent 380" in text
-    assert "state ready -> running" in text
+    assert "now RUNNING" in text
     assert "NO DATA" not in text and "\x1b[" not in text
     assert "\x1b[" in render(view, now=10.5, color=True)
     lat = view.latency_percentiles()

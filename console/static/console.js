@@ -61,6 +61,7 @@ const ACTIONS = {
   clear: () => confirmThen(`Clear the fault: check the hand first. ${MOVES}`, () => control("clear")),
   stop: () => confirmThen("Stop the controller service? The hand holds still; the service must be started again to go on.", () => control("stop")),
   calibrate: () => startCalibration(),
+  session: () => $("patient").focus(),
 };
 $("btn-pause").onclick = ACTIONS.pause;
 $("btn-resume").onclick = ACTIONS.resume;
@@ -69,8 +70,37 @@ $("btn-stop").onclick = ACTIONS.stop;
 
 async function startCalibration() {
   const patient = $("patient").value.trim();
-  const a = await post("/api/calibrate", patient ? { patient } : {});
+  const body = patient ? { patient } : {};
+  if ($("rehearsal").checked) body.rehearsal = true;
+  const a = await post("/api/calibrate", body);
   $("cal-status").textContent = a.ok ? "starting the calibration ..." : a.error;
+}
+$("btn-session").onclick = async () => {
+  const a = await post("/api/session", { patient: $("patient").value.trim() });
+  $("session-line").textContent = a.ok ? "opening the session ..." : a.error;
+};
+$("btn-end-session").onclick = () => confirmThen("End this patient's session? The hand is held until the next session.",
+  async () => {
+    const a = await post("/api/session", { end: true });
+    if (!a.ok) $("session-line").textContent = a.error;
+  });
+
+// one format for every time on the page: local time, with the date where it is not today
+function when(t) {
+  const d = (typeof t === "number") ? new Date(t * 1000) : (typeof t === "string" ? new Date(t) : null);
+  if (!d || Number.isNaN(d.getTime())) return "-";
+  const hm = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+  const now = new Date();
+  if (d.toDateString() === now.toDateString()) return hm;
+  return `${d.getDate()} ${d.toLocaleString("en-GB", { month: "short" })} ${d.getFullYear()} ${hm}`;
+}
+
+// a model for a person: whose, when calibrated, how good (never only a hash)
+function modelWords(m) {
+  if (!m) return "none";
+  if (!m.calibrated) return `the uncalibrated base model (${m.model_id}): it moves nothing`;
+  const acc = (typeof m.accuracy_after === "number") ? `, accuracy ${Math.round(100 * m.accuracy_after)} %` : "";
+  return `${m.patient ? m.patient + "'s" : "a"} model calibrated ${when(m.time)}${acc} (${m.model_id})`;
 }
 $("btn-calibrate").onclick = startCalibration;
 $("btn-cancel-cal").onclick = () => post("/api/calibrate/cancel");
@@ -115,7 +145,9 @@ function drawBanner(v) {
   $("state-meaning").textContent = meaning[0].toUpperCase() + meaning.slice(1) + ".";
   $("state-next").textContent = "Next: " + e.next_step + ".";
   const b = $("state-action");
-  const labels = { pause: "Pause", resume: "Resume", clear: "Clear", calibrate: "Calibrate now" };
+  const keep = e.action === "resume" && v.session && v.session.patient && !v.session.kept;
+  const labels = { pause: "Pause", resume: keep ? "Keep this model" : "Resume", clear: "Clear", calibrate: "Calibrate now",
+    session: "Open session" };
   b.hidden = !e.action || !socketOpen || (e.action === "calibrate" && Boolean(v.job_running));
   if (e.action) { b.textContent = labels[e.action]; b.onclick = ACTIONS[e.action]; }
   $("btn-pause").disabled = e.state !== "running";
@@ -127,7 +159,9 @@ function drawBanner(v) {
 function drawHand(v) {
   // position: permille of travel, 0 fully open (extended) .. 1000 fully closed
   const pos = v.orthosis.position;
-  const c = (typeof pos === "number") ? Math.max(0, Math.min(1, pos / 1000)) : 0;
+  const known = typeof pos === "number";
+  const c = known ? Math.max(0, Math.min(1, pos / 1000)) : 0.5;  // unknown: drawn half way, greyed
+  $("hand").classList.toggle("unknown", !known);
   const g = $("fingers");
   g.replaceChildren();
   const xs = [62, 90, 118, 146];
@@ -188,6 +222,7 @@ function setupStrips() {
 }
 
 function drawEmg(v) {
+  if (!v.stream.connected) emg = [];  // the armband is gone: no old signal shown as if current
   const rate = v.emg_rate || 20;
   const keep = Math.round(rate * EMG_SECONDS);
   if (emg.length > keep) emg = emg.slice(emg.length - keep);
@@ -219,6 +254,7 @@ function drawEmg(v) {
     }
     ctx.fillStyle = "#555";
     ctx.fillText(`ch ${ch + 1}`, 4, 12);
+    if (!v.stream.connected && ch === 0) ctx.fillText("armband off", c.width / 2 - 30, c.height / 2 + 4);
   }
   const s = v.stream;
   $("rate").textContent = s.connected
@@ -229,14 +265,31 @@ function drawEmg(v) {
 function drawFooter(v) {
   const l = v.latency;
   $("latency").textContent = l ? `latency p50 ${fmt(l.p50_ms)} ms, p99 ${fmt(l.p99_ms)} ms` : "latency -";
-  $("model").textContent = `model ${v.model.model_id || "-"}`;
+  $("model").textContent = `running ${modelWords(v.model.about)}`;
   const ul = $("events");
   ul.replaceChildren();
   for (const e of v.events.slice().reverse()) {
     const li = document.createElement("li");
-    li.textContent = `${new Date(e.t_wall * 1000).toLocaleTimeString()} ${e.text}`;
+    li.textContent = `${when(e.t_wall)} ${e.text}`;
     ul.appendChild(li);
   }
+}
+
+function drawSession(v) {
+  const s = v.session;
+  const on = Boolean(s);  // null: the controller keeps no sessions (a rehearsal rig)
+  $("btn-session").hidden = !on;
+  $("btn-end-session").hidden = !on || !s.patient;
+  $("rehearsal-box").hidden = on;
+  $("session-line").textContent = !on ? "This controller keeps no sessions (a rehearsal): enter a patient id to calibrate for one."
+    : !s.patient ? "No session: enter the patient's id and open a session."
+    : `Session: ${s.patient}, opened ${when(s.opened)}; ${modelWords(s.model)}${s.kept ? "; in use" : "; not in use yet: keep it or calibrate"}.`;
+  if (on && s.patient && document.activeElement !== $("patient")) $("patient").value = s.patient;
+  $("patient").disabled = on && Boolean(s.patient);
+  const why = v.calibration_blocked || (!on && !$("patient").value.trim() && !$("rehearsal").checked
+    ? "enter the patient's id, or choose an anonymous rehearsal" : null);
+  $("btn-calibrate").disabled = Boolean(why) || !socketOpen;
+  $("calibrate-why").textContent = why ? `Calibration: ${why}.` : "";
 }
 
 function drawCue(v) {
@@ -288,7 +341,6 @@ function paragraph(id, text, className) {
 
 function drawJob(v) {
   const j = v.job;
-  $("btn-calibrate").disabled = Boolean(v.job_running) || !socketOpen;
   $("btn-install-anyway").hidden = !(j && j.kind === "calibrate" && j.state === "refused");
   if (!j) return;
   const r = j.result || {};
@@ -360,8 +412,8 @@ function operatingPoints(r, j) {
 async function refreshModels() {
   try {
     const m = await get("/api/models");
-    const d = (x) => x ? `${x.model_id}${x.calibrated ? "" : " (uncalibrated base model)"}${x.patient ? ", patient " + x.patient : ""}${x.time ? ", " + x.time : ""}` : "none";
-    $("models").textContent = `Current: ${d(m.current)}. Previous: ${d(m.previous)}.`;
+    // what runs is the controller's (the banner's line below the EMG); these are the calibration's files
+    $("models").textContent = `Last installed: ${modelWords(m.current)}. Roll back to: ${modelWords(m.previous)}.`;
   } catch (e) { /* the next refresh tries again */ }
 }
 
@@ -372,6 +424,7 @@ function draw(v) {
   drawDecision(v);
   drawEmg(v);
   drawFooter(v);
+  drawSession(v);
   drawJob(v);
   drawCue(v);
 }
