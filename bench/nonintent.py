@@ -335,6 +335,7 @@ def run_myhand(data: Path, log=print) -> dict:
 
     base = shipped_model_for(100.0, 8)  # the MyHand armband: 8 envelopes at about 100 Hz
     adapter = Adapter.from_file(base)
+    assert adapter.info is not None  # from a file
     spec, daemon = adapter.info.signal, Config()
     points: dict[str, OwnClasses | None] = {"no movement segment": None}
     points |= {f"6 s segment, {name}": OwnClasses.at(name) for name in OPERATING_POINTS}
