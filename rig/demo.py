@@ -49,6 +49,14 @@ from rig.processes import Daemon, JsonLines, Sim, end_process, monitor_endpoint,
 
 REACTION_S = 0.3  # commands are scored against the label this long before (window + vote delay)
 PRINT_EVERY_S = 0.25
+URL_EVERY_S = 30.0  # the console's URL again, before it scrolls away
+# start-up: what the daemon waits for, said on one updating line instead of as alarms
+STARTING = {
+    "starting": "starting the controller",
+    "waiting_for_link": "waiting for the simulated orthosis",
+    "waiting_for_stream": "waiting for the simulated armband",
+    "stale": "waiting for the armband's first good samples",
+}
 HEADER_EVERY = 20  # rows: the header again, so that the columns stay named on screen
 LOG_FILES = "controller.log, replay.jsonl, sim.jsonl"
 LEGEND = f"""\
@@ -157,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     myo_root = args.myo_root or default_myo_root()
     if args.myo_root is not None and not (myo_root / "EvaluationDataset").is_dir():
         raise DataError("Myo armband dataset not found (no EvaluationDataset/ there)", path=myo_root)
+    if args.console:
+        _check_console_port(args.console_port)  # at once: before minutes of set-up
     source = args.source or ("myo:Male13/Test0" if (myo_root / "EvaluationDataset").is_dir() else "synth")
     from rig.replay import load_source
 
@@ -178,6 +188,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"logs     kept in {work}, the demo did not end cleanly (remove it when done)", flush=True)
     return rc
+
+
+def _check_console_port(port: int) -> None:
+    """DemoError when the console's port is taken (another demo, or a console, runs)."""
+    import socket
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise DemoError(
+                f"port {port} on 127.0.0.1 is taken (another metaemg-demo or metaemg-console?): stop it, or give "
+                "--console-port N (0: any free port)"
+            ) from None
 
 
 def _logs_line(work: Path, kept: bool) -> str:
@@ -304,9 +330,10 @@ def _run(args, model: Path, source: str, rec, myo_root: Path, work: Path) -> int
             start_new_session=True,
         )
         sub.connect(daemon.monitor)
+        url = None
         if args.console:
             labels: Labels = PatientLabels(rec.labels, rec.sample_rate)
-            console = _start_console(args.console_port, daemon, control, model, work)
+            console, url = _start_console(args.console_port, daemon, control, model, work)
         else:
             labels = Labels()
         replay_log = JsonLines(work / "replay.jsonl")
@@ -316,7 +343,8 @@ def _run(args, model: Path, source: str, rec, myo_root: Path, work: Path) -> int
         status_at: float | None = None
         shown: Explanation | None = None
         rows = 0
-        next_print = t_start
+        next_print, next_url = t_start, t_start + URL_EVERY_S
+        starting = True  # until the first running state (or an alarm that is not start-up)
         if not args.quiet:
             print(LEGEND + "\n")
         while not stopping and (deadline is None or time.monotonic() < deadline):
@@ -351,9 +379,20 @@ def _run(args, model: Path, source: str, rec, myo_root: Path, work: Path) -> int
             expl = None if status_at is None else explain(last.get("status"), now - status_at)
             if args.quiet:
                 continue
+            if expl is not None and starting and expl.state in STARTING:
+                if shown is None or expl.state != shown.state:
+                    shown = expl
+                    print(f"\rstarting: {STARTING[expl.state]} ...".ljust(60), end="", flush=True)
+                continue
             if expl is not None and (shown is None or expl.state != shown.state):
+                if starting:
+                    print("\r" + " " * 60 + "\r", end="")  # the start-up line gives way
+                    starting = False
                 shown = expl
                 print(_state_lines(expl, control), flush=True)
+            if url is not None and now >= next_url:
+                next_url = now + URL_EVERY_S
+                print(f"console  {url}", flush=True)
             if now >= next_print and "decision" in last:
                 next_print = now + PRINT_EVERY_S
                 if rows % HEADER_EVERY == 0:
@@ -380,12 +419,15 @@ def _run(args, model: Path, source: str, rec, myo_root: Path, work: Path) -> int
     commands = sim.log.events("command") if sim is not None else []
     commands = [c for c in commands if c["t"] <= t_end]
     _summary(stats, commands, labels, daemon_rc, stopping, t_end - t_start)
+    if args.console and url is not None:
+        print(f"  console                            {url} (stopped with the demo)")
     return 0 if daemon_rc == 0 else 1
 
 
-def _start_console(port: int, daemon: Daemon, control: str, model: Path, work: Path) -> subprocess.Popen:
-    """``metaemg-console`` for the demo's daemon; prints its URL. Its calibrations adapt the packaged
-    default model (or ``model`` when it is not a calibrated one) into ``work/calibration``."""
+def _start_console(port: int, daemon: Daemon, control: str, model: Path, work: Path) -> tuple[subprocess.Popen, str]:
+    """``metaemg-console`` for the demo's daemon: the process and its URL (printed). Its
+    calibrations adapt the packaged default model (or ``model`` when it is not a calibrated one)
+    into ``work/calibration``."""
     from metaemg.modelfile import default_model_path, read_model_info
 
     base = model if read_model_info(model).calibration is None else default_model_path()
@@ -404,7 +446,7 @@ def _start_console(port: int, daemon: Daemon, control: str, model: Path, work: P
         f"console  {url}\n"
         "         open it in a browser on this machine: live state, controls, a rehearsal calibration\n"
     )
-    return proc
+    return proc, url
 
 
 def _tail(path: Path, n: int = 1) -> str:
@@ -452,7 +494,8 @@ def _row(t: float, d: dict, status: dict, expl: Explanation | None, label: str |
     k = INTENTS.index(intent) if intent in INTENTS else None
     p = probs[k] if k is not None and k < len(probs) and isinstance(probs[k], (int, float)) else None
     state = str(d.get("state"))
-    state = state if state == "running" else f"{state} ({status.get('reason') or ''})"[:18]
+    reason = status.get("reason") if status.get("state") == state else None  # the status may be older
+    state = state if state == "running" or not reason else f"{state} ({reason})"[:18]
     position = link.get("position")
     mark = "" if label is None or intent is None else ("" if label == intent else " *")
     return (

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -648,6 +649,79 @@ def test_the_page_says_when_to_recalibrate_and_starts_it(tmp_path, model, myo_sr
         own = {"Origin": console.base, "X-Console-Token": console.token}
         assert json.loads(console.post("/api/calibrate/cancel", {}, own)[2])["ok"] is True
         wait_text(driver, "cal-status", lambda t: "cancelled" in t, 20, "the calibration cancelled")
+    finally:
+        driver.quit()
+        console.close()
+        rig.close()
+
+
+def test_a_patient_session_from_the_page(tmp_path, myo_src):
+    """The installed service's way (sessions per patient), against the real daemon and the
+    simulated patient: held until a session opens; a patient without a model cannot move the hand;
+    a calibration in the session, kept; the model panel says whose model runs, when it was
+    calibrated and how well; ending the session holds the hand; reopening brings the same model."""
+    import shutil
+
+    from selenium.webdriver.common.by import By
+
+    from metaemg.modelfile import default_model_path
+    from rig.models import myo_recording
+
+    base = tmp_path / "base.onnx"
+    shutil.copy(default_model_path(), base)
+    rec = myo_recording(myo_src, "Male13", "training0", move_s=8.0)
+    (tmp_path / "state").mkdir(mode=0o700)
+    daemon_cfg = tmp_path / "controller.yaml"
+    daemon_cfg.write_text(f"session:\n  state_dir: {tmp_path / 'state'}\n")
+    cal_cfg = tmp_path / "calibration.yaml"
+    protocol = "protocol: {countdown_s: 1, cycles: 1, relax_s: 1.5, open_s: 1.5, close_s: 1.5, move_s: 4}"
+    cal_cfg.write_text(f"base_model: {base}\npng: false\n{protocol}\n")
+    rig = Rig(tmp_path, base, rec.emg, patient=rec, daemon_args=("--config", str(daemon_cfg)), wait_running=0)
+    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor, "--calibration-config", str(cal_cfg))
+    driver = browser(tmp_path)
+    try:
+        driver.get(console.url)
+        wait_text(driver, "state-headline", lambda t: t == "NO PATIENT SESSION", 20, "held without a session")
+        assert text(driver, "calibrate-why") == "Calibration: open a session for the patient first."
+        assert not driver.find_element(By.ID, "btn-calibrate").is_enabled()
+        assert not driver.find_element(By.ID, "rehearsal-box").is_displayed()  # no anonymous calibration here
+
+        driver.find_element(By.ID, "patient").send_keys("P007")
+        driver.find_element(By.ID, "btn-session").click()
+        wait_text(driver, "state-headline", lambda t: t == "SESSION P007: KEEP THE MODEL OR CALIBRATE", 10, "open")
+        assert "P007 has no calibrated model yet: the hand will not move" in text(driver, "state-meaning")
+        assert text(driver, "state-action") == "Keep this model"
+
+        wait_until(lambda: driver.find_element(By.ID, "btn-calibrate").is_enabled(), 5, "the calibration on")
+        driver.find_element(By.ID, "btn-calibrate").click()
+        status = wait_text(
+            driver, "cal-status", lambda t: "installed" in t or "refused" in t or "failed" in t, 60, "done"
+        )
+        assert status == "Calibration for P007: passed the gate and installed", status
+        # installed, but the hand waits for the clinician: whose model, when, how good
+        wait_text(driver, "state-meaning", lambda t: "P007's model calibrated" in t, 10, "the new model")
+        meaning = text(driver, "state-meaning")
+        assert re.search(r"P007's model calibrated \d\d:\d\d, accuracy \d+% at calibration, balanced", meaning), meaning
+        driver.find_element(By.ID, "state-action").click()  # Keep this model
+        driver.find_element(By.ID, "confirm-yes").click()
+        wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "running on P007's model")
+        line = wait_text(driver, "session-line", lambda t: t.endswith("; in use."), 5, "the session in use")
+        assert line.startswith("Session: P007, opened ") and "P007's model calibrated" in line
+        assert re.fullmatch(
+            r"running P007's model calibrated \d\d:\d\d, accuracy \d+ % \(\w{12}\)", text(driver, "model")
+        )
+        running = rig.status()["model"]["model_id"]
+        assert text(driver, "model").endswith(f"({running})")
+
+        driver.find_element(By.ID, "btn-end-session").click()
+        driver.find_element(By.ID, "confirm-yes").click()
+        wait_text(driver, "state-headline", lambda t: t == "NO PATIENT SESSION", 10, "ended")
+        assert rig.status()["model"]["model_id"] != running  # the base model: nobody's
+        driver.find_element(By.ID, "patient").clear()
+        driver.find_element(By.ID, "patient").send_keys("P007")
+        driver.find_element(By.ID, "btn-session").click()
+        wait_text(driver, "state-meaning", lambda t: "P007's model calibrated" in t, 10, "P007's model again")
+        assert rig.status()["model"]["model_id"] == running
     finally:
         driver.quit()
         console.close()

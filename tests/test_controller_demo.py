@@ -41,6 +41,9 @@ def test_demo_as_make_demo_runs_it(tmp_path):
     assert out.rstrip().endswith(f"logs     kept in {tmp_path}")
     assert demo.LEGEND in out and demo.HEADER in out
     assert "-- RUNNING - the hand follows the decisions" in out
+    # the start-up is one updating line, not alarms; the console's URL again in the summary
+    assert "-- WAITING FOR" not in out and "-- NO USABLE SIGNAL" not in out
+    assert re.search(r"^  console\s+http://127\.0\.0\.1:\d+/#token=[\w-]{32} \(stopped with the demo\)$", out, re.M)
     live = [line for line in out.splitlines() if re.match(r"\s+\d+\.\d\s+(relax|open|close|-)\s", line)]
     assert len(live) >= 8  # about four lines per second
     decisions = int(re.search(r"decisions\s+(\d+)", out).group(1))
@@ -181,3 +184,20 @@ def test_a_myhand_source_runs_the_myhand_model(myo_src):
     assert abs(rec.sample_rate - 100) < 1 and rec.emg.min() >= 0 and rec.emg.max() <= 1000
     assert demo._model_path(None, rec).name == "myhand_meta.onnx"
     assert demo._model_path(None, load_source("myo:Male13/Test0", myo_src)).name == "myo_meta.onnx"
+
+
+def test_a_second_demo_refuses_at_once_naming_the_console_port(tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_demo(
+            "--console", "--console-port", str(port), "--duration", "1", "--workdir", str(tmp_path), timeout=30
+        )
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is taken (another metaemg-demo or metaemg-console?): stop it, or give "
+        "--console-port N (0: any free port)"
+    ]
