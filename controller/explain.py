@@ -180,6 +180,9 @@ def explain(status: dict | None, age_s: float | None) -> Explanation:
         )
     if state == "fault" and isinstance(reason, str) and reason.startswith("protocol mismatch"):
         step, action = "update the controller or the orthosis firmware so that their versions match", None
+    if state == "waiting_for_stream" and isinstance(reason, str) and reason.startswith("no LSL stream matching"):
+        reason = None  # no armband sends at all: the meaning says it; the stream's name is in the log
+        meaning = "the hand is held; no armband is sending"
     if reason and state not in ("running", "paused"):
         headline = f"{headline}: {reason}"
     recalibrate = status.get("recalibration")
