@@ -577,6 +577,13 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
         assert len(clip.emg) > 500 and not (clip.emg == 77.0).all(axis=1).any()  # not one row of the other armband
         model_file = next((tmp_path / "state" / "models").glob("adapted_*_P007_*.onnx"))
         assert read_model_info(model_file).model_id == installed
+        # the model panel: whose, when, how good, never only a hash
+        models = wait_text(driver, "models", lambda t: installed in t, 5, "the models after the calibration")
+        assert re.fullmatch(
+            rf"Last installed: P007's model calibrated \d\d:\d\d, accuracy \d+ % \({installed}\)\. "
+            rf"Roll back to: the uncalibrated base model \({base_id}\): it moves nothing\.",
+            models,
+        ), models
 
         # use: the daemon runs the new model and the patient's movements drive the hand
         wait_until(lambda: rig.status()["model"]["model_id"] == installed, 5, "the hot swap")
@@ -594,6 +601,11 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
         driver.find_element(By.ID, "confirm-yes").click()
         wait_text(driver, "cal-status", lambda s: s == "Rollback: done", 30, "the rollback")
         wait_until(lambda: rig.status()["model"]["model_id"] == base_id, 5, "the base model running again")
+        models = wait_text(driver, "models", lambda t: t.startswith("Last installed: the uncalibrated"), 5, "rollback")
+        assert "Roll back to: P007's model calibrated" in models and f"({installed})" in models
+        wait_text(
+            driver, "model", lambda t: t == f"running the uncalibrated base model ({base_id}): it moves nothing", 5, "m"
+        )
 
         # another operating point for the same clip: calibrated again from it, through the gate
         own = {"Origin": console.base, "X-Console-Token": console.token}
