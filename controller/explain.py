@@ -194,6 +194,9 @@ def explain(status: dict | None, age_s: float | None) -> Explanation:
             "calibrate",
             "warn",
         )
+    patient = (session or {}).get("patient")
+    if patient and state in ("running", "paused", "stale"):
+        meaning = f"{meaning} (patient {patient})"  # whose session, on the main screen
     return Explanation(state, headline, meaning, step, action, severity, state == "running")
 
 

@@ -717,6 +717,7 @@ def test_a_patient_session_from_the_page(tmp_path, myo_src):
         driver.find_element(By.ID, "state-action").click()  # Keep this model
         driver.find_element(By.ID, "confirm-yes").click()
         wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "running on P007's model")
+        assert text(driver, "state-meaning") == "The hand follows the decisions (patient P007)."
         line = wait_text(driver, "session-line", lambda t: t.endswith("; in use."), 5, "the session in use")
         assert line.startswith("Session: P007, opened ") and "P007's model calibrated" in line
         assert re.fullmatch(

@@ -103,3 +103,49 @@ def test_ctl_command_names_the_daemon_the_way_it_was_found():
     assert ctl_command("resume", config="/tmp/my conf.yaml", control="ipc:///x") == (
         "myhand-controller ctl --config '/tmp/my conf.yaml' resume"
     )
+
+
+def test_a_session_is_said_in_words_with_whose_model_when_and_how_good():
+    from datetime import UTC, datetime
+
+    from controller.explain import model_words, when
+
+    held = explain({"state": "paused", "reason": "no patient session", "session": {"patient": None}}, 0.1)
+    assert (held.headline, held.action) == ("NO PATIENT SESSION", "session")
+    model = {
+        "calibrated": True,
+        "time": "2026-12-07T09:30:00+00:00",
+        "accuracy_after": 0.974,
+        "operating_point": "balanced",
+        "patient": "P012",
+        "model_id": "abc",
+    }
+    session = {"patient": "P012", "kept": False, "model": model}
+    check = explain(
+        {"state": "paused", "reason": "session opened: keep the model or calibrate", "session": session}, 0.1
+    )
+    assert check.headline == "SESSION P012: KEEP THE MODEL OR CALIBRATE" and check.action == "resume"
+    local = datetime(2026, 12, 7, 9, 30, tzinfo=UTC).astimezone()
+    assert (
+        check.meaning
+        == f"the hand is held; P012's model calibrated {when(model['time'])}, accuracy 97% at calibration, balanced"
+    )
+    assert when(model["time"], now=local) == local.strftime("%H:%M")  # today: the time alone
+    assert when(model["time"], now=local.replace(year=2027)) == f"{local.day} {local.strftime('%b %Y %H:%M')}"
+    assert when(None) == "-" and when("yesterday") == "-"
+    none = {"patient": "P013", "model": {"calibrated": False}}
+    assert model_words(none) == "P013 has no calibrated model yet: the hand will not move until a calibration"
+    running = explain({"state": "running", "session": {"patient": "P012", "kept": True, "model": model}}, 0.1)
+    assert running.meaning == "the hand follows the decisions (patient P012)"
+
+
+def test_events_are_plain_words():
+    from controller.explain import event_text
+
+    assert event_text({"event": "state", "prev": "stale", "state": "running", "reason": None}) == "now RUNNING"
+    assert event_text({"event": "state", "state": "stale", "reason": "rearming"}) == "now NO USABLE SIGNAL (rearming)"
+    assert (
+        event_text({"event": "stream_connected", "stream": {"name": "MyHand-EMG"}}) == "armband connected (MyHand-EMG)"
+    )
+    assert event_text({"event": "session", "session": {"patient": "P012"}}) == "session opened for P012"
+    assert event_text({"event": "reload", "ok": False, "error": "bad file"}) == "a new model was refused: bad file"
