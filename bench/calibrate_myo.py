@@ -1,4 +1,4 @@
-"""Accuracy before and after calibration on the three Myo evaluation subjects (the README table).
+"""Accuracy before and after calibration on the three Myo evaluation subjects (the table in docs/calibration.md).
 
 For each of Male13, Male14, Male15: ``metaemg-calibrate --from-recording`` on the first
 ``--clip-s`` seconds of session training0 (default 45 s: three relax-open-relax-close cycles, as

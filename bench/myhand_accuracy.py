@@ -1,7 +1,7 @@
 """Accuracy with the MyHand armband's format: the MyHand model against its baselines, calibrated
 from one cycle.
 
-No real MyHand recording is shared (README, "Data"), so the evidence rests on two stand-ins, each
+No real MyHand recording is shared (docs/training.md, "Data"), so the evidence rests on two stand-ins, each
 made again for every seed (``--seeds``, three by default; the seed draws the armband's timing
 jitter of the rendering and the synthetic cohorts):
 

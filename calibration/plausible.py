@@ -11,7 +11,7 @@ consistent with itself and passed. Two witnesses that do not depend on those lab
   nearest intent among the population's intent means (standardised features, whitened), the
   armband turned by at most ``max_rotation`` electrodes from how the training subjects wore it.
   An armband put on half a turn away from that swaps the extensors and the flexors: it looks
-  exactly like swapped labels, so the message says both (README, "The default model").
+  exactly like swapped labels, so the message says both (docs/evidence.md, "The default model").
 
 Each witness gives the share of the clip's open and close windows it decides as labelled and as
 swapped; the gate refuses when the swapped share exceeds the labelled one by more than

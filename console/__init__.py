@@ -2,6 +2,5 @@
 
 A separate process from ``myhand-controller``: it only subscribes to the daemon's monitor stream
 and sends requests to its control socket, as ``metaemg-monitor`` and ``myhand-controller ctl``
-do; a calibration runs ``metaemg-calibrate`` as a child process. See README, "The clinician's
-console".
+do; a calibration runs ``metaemg-calibrate`` as a child process. See docs/console.md.
 """

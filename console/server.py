@@ -8,7 +8,7 @@ Prints, as its first line on stdout, the URL to open (with the token). It talks 
 through the monitor stream (SUB) and the control socket (REQ, :mod:`controller.control`), and runs
 ``metaemg-calibrate`` for calibrations (:mod:`.jobs`).
 
-Security (README, "The clinician's console"):
+Security (docs/console.md):
 
 - bound to loopback unless ``--allow-remote`` is given, which needs TLS (``--tls-cert`` and
   ``--tls-key``: ``https`` and ``wss`` only) and the name the browser will use (``--public-name``;

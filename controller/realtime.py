@@ -1,5 +1,5 @@
 """The daemon's hot path against the rest of the device PC: real-time scheduling and the garbage
-collector (the ``realtime`` section of the configuration; README, "Real time").
+collector (the ``realtime`` section of the configuration; docs/controller.md, "Configuration").
 
 - **Scheduling.** A device PC is never idle during a session (the console, a browser, a
   calibration adapting, logging). Under the default policy a busy core delays the daemon by a

@@ -4,7 +4,7 @@ No real MyHand recording is shared, so the models for MyHand are meta-trained on
 (200 Hz raw, -128..127, :mod:`metalearn.myo`) turned into what the MyHand armband and its logger
 write: the armband rectifies and smooths each channel in its firmware, sends the envelope a few
 dozen times a second, and the logger writes a row about every 10 ms holding the last values it
-received, so consecutive rows often repeat (README, "Formats"). One small function per step:
+received, so consecutive rows often repeat (docs/training.md, "Formats"). One small function per step:
 
 * :func:`rectify`: causal 2nd-order Butterworth high-pass at 20 Hz, then ``|x|``. The Myo's raw
   counts carry a DC offset of about -1 count (up to 2.4 on a channel), the size of the rest

@@ -1,6 +1,6 @@
 """A real headless browser for the console: Debian's Chromium driven by Selenium through Debian's
 ChromeDriver (``scripts/setup.sh`` installs both; the ``dev`` extra has Selenium), for the tests
-and for the README's screenshots.
+and for the documentation's screenshots (docs/img).
 
     python -m rig.browser docs/img     # console_live.png, console_cue.png, console_result.png
 
@@ -105,7 +105,9 @@ def screenshots(out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rig.browser", description="the README's console screenshots")
+    p = argparse.ArgumentParser(
+        prog="python -m rig.browser", description="the documentation's console screenshots (docs/img)"
+    )
     p.add_argument("out", type=Path, help="directory for the PNG files (docs/img)")
     args = p.parse_args(argv)
     for path in screenshots(args.out):

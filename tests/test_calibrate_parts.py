@@ -50,7 +50,7 @@ def test_default_protocol_is_two_cycles_of_relax_open_relax_close_then_relax_the
     assert [c.cycle for c in cues] == [1] * 4 + [2] * 6
     assert p.duration_s == 24.0 and p.countdown_s == 3 and p.reaction_s == 0.3
     assert all(a.end == b.start for a, b in itertools.pairwise(cues))
-    assert p.duration_s + p.countdown_s < 60  # the README's promise: under a minute of the patient's time
+    assert p.duration_s + p.countdown_s < 60  # issue 27's target: under a minute of the patient's time
 
 
 def test_labels_follow_the_cues_shifted_by_the_reaction_time():

@@ -50,7 +50,7 @@ def test_calibrated_on_training0_it_works_on_test0_and_rejects_some_wrist_moveme
     as the daemon decides. Measured when the model was built: accuracy 0.951, steady 0.973,
     onset delay median 110 ms, all as before the two rejections; the other gestures still open or
     close the hand in 30 % of their windows (58 % with neither the novelty rejection nor the
-    non-intent classes, 54 % with the first alone; README, "The default model": the target, 5 %,
+    non-intent classes, 54 % with the first alone; docs/evidence.md, "The default model": the target, 5 %,
     is not met)."""
     out = tmp_path / "male13.onnx"
     proc = run_cli(

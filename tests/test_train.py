@@ -774,7 +774,7 @@ def test_a_sweep_summary_lists_unfinished_jobs_and_names_a_bad_file(tmp_path):
 
 def test_each_process_takes_its_gpu_and_too_few_gpus_fall_back_or_are_refused():
     """test.device on machines this one is not (the GPU counts are given; the CUDA run itself is
-    in the README, "Training on a GPU")."""
+    in docs/training.md, "Training on a GPU")."""
     from metaemg.errors import ConfigError
     from metalearn.train import pick_device
 
