@@ -617,7 +617,7 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f} ms"
 
 
-def issue18_targets(
+def targets(
     loaded: bool,
     e2e: dict,
     floor: dict,
@@ -849,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     loaded = bool(args.load or args.while_calibrating)
-    for what, value, ok in issue18_targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss):
+    for what, value, ok in targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss):
         print(f"  target {what}: {value} -> {'met' if ok else 'NOT met'}")
     if decision is not None:
         med = decision["median_ms"]
@@ -909,8 +909,7 @@ def main(argv: list[str] | None = None) -> int:
             "daemon_scheduling": chain["scheduling"],
             "load_applied": applied,
             "targets": {
-                what: ok
-                for what, _, ok in issue18_targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss)
+                what: ok for what, _, ok in targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss)
             },
         }
         print(json.dumps(doc))

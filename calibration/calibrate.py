@@ -4,13 +4,13 @@
     metaemg-calibrate --from-recording CLIP.csv [options]  the same from a labelled recording
     metaemg-calibrate --rollback                            make the previous model current again
 
-1. The clip: recorded live (:mod:`.calibration.live`) or read from a file, and stored under
+1. The clip: recorded live (:mod:`calibration.live`) or read from a file, and stored under
    ``<state>/clips/`` before anything else happens.
-2. The clip is checked and cut into its cycles (:mod:`.calibration.clip`).
+2. The clip is checked and cut into its cycles and its movement segment (:mod:`metalearn.clip`).
 3. Cross-validation: for each cycle, the base meta-model is adapted on the other cycles
-   (:mod:`.calibration.adapt`) and scores the one left out; the base model scores every window.
-   The gate (:mod:`.calibration.gate`) compares the two on the same windows and installs the
-   model adapted on every cycle, or refuses it, saying why.
+   (:mod:`metalearn.adapt`) and scores the one left out, at each operating point; the base model
+   scores every window. The gate (:mod:`calibration.gate`) compares the two on the same windows
+   and installs the model adapted on every cycle, or refuses it, saying why.
 4. The installed model is exported with the calibration provenance in its metadata and checked
    against torch with onnxruntime.
 5. A report (JSON, PNG) is written; a running daemon is told to load the new model.

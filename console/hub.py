@@ -11,7 +11,7 @@ import time
 from collections import Counter, deque
 
 from controller.explain import event_text, explain
-from controller.monitor import SCHEMA
+from controller.monitor import SCHEMA, percentiles
 from metaemg.intents import INTENTS
 
 DECISION_FRESH_S = 1.0  # a decision older than this is shown as stale, whatever the state
@@ -79,14 +79,9 @@ class Hub:
         return first, list(self.emg)[len(self.emg) - n :] if n > 0 else []
 
     def latency(self) -> dict | None:
-        if not self.latencies:
-            return None
-        xs = sorted(self.latencies)
-        return {
-            "p50_ms": xs[len(xs) // 2],
-            "p99_ms": xs[min(len(xs) - 1, int(0.99 * (len(xs) - 1) + 0.5))],
-            "windows": len(xs),
-        }
+        """The daemon's latency by the monitor's one rule (:func:`controller.monitor.percentiles`)."""
+        got = percentiles(self.latencies)
+        return None if got is None else {"p50_ms": got["p50"], "p99_ms": got["p99"], "windows": len(self.latencies)}
 
     def view(self, now: float) -> dict:
         """Everything the page draws but the EMG (see :meth:`emg_since`)."""

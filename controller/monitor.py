@@ -27,6 +27,19 @@ SCHEMA = "metaemg.monitor/1"
 TOPICS = ("decision", "status", "emg", "cue", "event")
 
 
+def percentiles(values) -> dict[str, float] | None:
+    """The monitor's one rule for latency percentiles (the terminal monitor's and the console's):
+    the sorted value at the nearest rank ``round(p * (n - 1))``, rounding halves up; None for none."""
+    xs = sorted(values)
+    if not xs:
+        return None
+
+    def at(p: float) -> float:
+        return xs[min(len(xs) - 1, int(p * (len(xs) - 1) + 0.5))]
+
+    return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": xs[-1]}
+
+
 def _clean(value):
     """JSON-safe copy: NaN/Inf become null (JSON has no NaN)."""
     if isinstance(value, float):

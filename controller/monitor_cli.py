@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.explain import STALE_AFTER_S, Explanation, ctl_command, event_text, explain, state_headline
-from controller.monitor import SCHEMA
+from controller.monitor import SCHEMA, percentiles
 from metaemg.cli import entry_point
 from metaemg.errors import ConfigError, MetaEMGError
 from metaemg.intents import INTENTS
@@ -103,14 +103,7 @@ class MonitorView:
         return float(value) if isinstance(value, (int, float)) else self.default_threshold
 
     def latency_percentiles(self) -> dict[str, float] | None:
-        if not self.latencies:
-            return None
-        xs = sorted(self.latencies)
-
-        def pct(p: float) -> float:
-            return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-        return {"p50": pct(50), "p95": pct(95), "p99": pct(99), "max": xs[-1]}
+        return percentiles(self.latencies)
 
     def decision_rate(self) -> float | None:
         if len(self.decisions) < 2:
@@ -229,11 +222,11 @@ def render(
     ctl = ctl or CtlHint()
     lines = [f"metaemg-monitor  {endpoint}".rstrip()]
     if view.last_at is None:
-        if view.started_at is not None and now - view.started_at <= STALE_AFTER_S:
-            lines.append(_c("waiting for the daemon (no message yet)", "33", color))
-            return "\n".join(lines) + "\n"
-        lines += _explanation_lines(view.explanation(now), None, ctl, color)
+        if view.started_at is None or now - view.started_at > STALE_AFTER_S:
+            lines += _explanation_lines(view.explanation(now), None, ctl, color)
         lines.append(_c("waiting for the daemon (no message yet)", "33", color))
+        if view.foreign:  # messages arrive, but of another version: say so, not only "waiting"
+            lines.append(_c(f"ignored {view.foreign} message(s) without schema {SCHEMA}", "33", color))
         return "\n".join(lines) + "\n"
     expl = view.explanation(now)
     st, d = view.status, view.decision

@@ -483,9 +483,10 @@ def test_the_rate_monitor_measures_from_timestamps_and_waits_for_a_full_second()
 
 
 def test_the_reader_sleeps_until_the_last_samples_before_a_window():
-    # 200 Hz, 10 samples to go: sleep for 8 of them, capped at BATCH_MAX_S; the last 2 one by one
-    assert BATCH_MARGIN == 2 and BATCH_MAX_S == 0.025
-    assert batch_wait(10, 200.0) == 0.025 and batch_wait(6, 200.0) == 0.02 and batch_wait(3, 200.0) == 0.005
+    # 200 Hz, 10 samples to go: sleep for all but the last BATCH_MARGIN, capped at BATCH_MAX_S; the
+    # last ones one by one
+    assert batch_wait(10, 200.0) == min(BATCH_MAX_S, (10 - BATCH_MARGIN) / 200.0)
+    assert batch_wait(6, 200.0) == (6 - BATCH_MARGIN) / 200.0 and batch_wait(3, 200.0) == (3 - BATCH_MARGIN) / 200.0
     assert batch_wait(2, 200.0) == batch_wait(1, 200.0) == batch_wait(None, 200.0) == batch_wait(10, 0.0) == 0.0
     assert batch_wait(10, 200.0, 0.005) == 0.005  # the daemon's cap: a quarter of policy.stale_ms (20 ms)
     w = Windower(50, 10, 8)

@@ -24,7 +24,7 @@ import pytest
 from controller.config import Config, RealtimeConfig, SessionConfig
 from controller.control import ControlClient
 from controller.daemon import Controller
-from controller.source import LslSource
+from controller.source import BATCH_MAX_S, LslSource
 from firmware_protocol.codec import Decoder, encode
 from firmware_protocol.device import Device, DeviceConfig
 from firmware_protocol.errors import LinkError
@@ -290,7 +290,7 @@ def test_the_reader_never_sleeps_longer_than_a_quarter_of_the_stale_time(tmp_pat
 
     (tmp_path / "default").mkdir()
     assert run(tmp_path, emg, scenario, stale_ms=20)["batch_max_s"] == 0.005
-    assert run(tmp_path / "default", emg, scenario)["batch_max_s"] == 0.025
+    assert run(tmp_path / "default", emg, scenario)["batch_max_s"] == BATCH_MAX_S  # 100 ms / 4 is above the cap
 
 
 def test_control_pause_resume_and_an_unknown_command(tmp_path, emg):

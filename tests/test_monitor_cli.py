@@ -123,8 +123,21 @@ def publisher():
     pub.close()
 
 
-def test_schema_matches_the_daemon():
-    assert SCHEMA == daemon_monitor.SCHEMA
+def test_a_message_of_another_schema_is_counted_and_not_shown():
+    view = MonitorView()
+    view.update("decision", {"schema": "metaemg.monitor/0", "t_mono": 1.0, **decision_payload()}, now=1.0)
+    assert view.foreign == 1 and view.decision is None and view.received == 0
+    assert "ignored 1 message(s) without schema metaemg.monitor/1" in render(view, now=1.0)
+
+
+def test_one_percentile_rule_for_every_viewer():
+    from controller.monitor import percentiles
+
+    assert percentiles([]) is None
+    assert percentiles([5.0]) == {"p50": 5.0, "p95": 5.0, "p99": 5.0, "max": 5.0}
+    xs = [float(v) for v in range(1, 101)]  # 1..100: rank round(p * 99), halves up
+    assert percentiles(xs) == {"p50": 51.0, "p95": 95.0, "p99": 99.0, "max": 100.0}
+    assert percentiles([4.0, 1.0, 3.0, 2.0])["p50"] == 3.0  # rank 1.5 -> 2 (sorted: 1, 2, 3, 4)
 
 
 def test_render_shows_intent_bars_state_counters_latency():
@@ -148,7 +161,7 @@ def test_render_shows_intent_bars_state_counters_latency():
     assert "link    ready  pty:///dev/pts/7  fw 1.2.0" in text
     assert "hand    device open  position 120  open [-X--------] closed" in text
     assert "model   myo-meta-3f2a" in text
-    assert "p50 4.2 ms" in text or "p50 4.5 ms" in text  # 2.0 + 0.5*k for k in 0..9, twice
+    assert "p50 4.5 ms" in text  # 2.0 + 0.5*k for k in 0..9, twice: rank round(0.5 * 19) = 10 -> 4.5
     assert "decisions 380" in text and "commands_sent 380" in text
     assert "now RUNNING" in text
     assert "NO DATA" not in text and "\x1b[" not in text
