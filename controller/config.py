@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from firmware_protocol.transport import FORMS, check_url
 from metaemg.drift import AdaptConfig
 from metaemg.lsl import StreamSelector
 from metaemg.modelfile import default_model_path
@@ -117,13 +118,7 @@ class SerialConfig(Section):
     refresh_ms: int = 100
 
     def check(self, key: str) -> None:
-        scheme = self.port.partition("://")[0] if "://" in self.port else None
-        require(
-            self.port != "" and scheme in (None, "serial", "pty", "loop"),
-            f"{key}.port",
-            "must be a device path, serial://PATH, pty:// or loop://",
-            self.port,
-        )
+        require(check_url(self.port) is None, f"{key}.port", f"must be {FORMS}", self.port)
         require(self.baudrate > 0, f"{key}.baudrate", "must be > 0", self.baudrate)
         require(1 <= self.ttl_ms <= 1000, f"{key}.ttl_ms", "must be 1..1000 (the device's max TTL)", self.ttl_ms)
         require(10 <= self.heartbeat_ms <= 1000, f"{key}.heartbeat_ms", "must be 10..1000", self.heartbeat_ms)

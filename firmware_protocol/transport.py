@@ -31,6 +31,7 @@ import threading
 import time
 import tty
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from firmware_protocol.errors import (
     LinkBusy,
@@ -300,22 +301,40 @@ def _open_loop(url: str) -> LoopTransport:
         return end_a
 
 
+def _open_pty(url: str, baudrate: int) -> Transport:
+    if url != "pty://":
+        raise TransportUrlError(f"{url}: pty:// takes no path")
+    return PtyTransport(url)
+
+
+# The one table of transport URL schemes (as pyserial's serial_for_url): the opener, the
+# configuration check (:func:`check_url`) and every message read it.
+SCHEMES: dict[str, Callable[[str, int], Transport]] = {
+    "serial": lambda url, baudrate: SerialTransport(url[len("serial://") :], baudrate, url=url),
+    "pty": _open_pty,
+    "loop": lambda url, baudrate: _open_loop(url),
+}
+FORMS = "a device path, " + ", ".join(f"{s}://PATH" if s == "serial" else f"{s}://" for s in SCHEMES)
+
+
+def check_url(url: str) -> str | None:
+    """Why ``url`` names no transport (None: it does), without opening anything."""
+    if not url:
+        return "empty transport URL"
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme not in SCHEMES:
+        return f"{url}: unknown transport scheme (use {FORMS})"
+    return None
+
+
 def open_transport(url: str, *, baudrate: int = DEFAULT_BAUDRATE) -> Transport:
     """Open the transport named by ``url`` (see the module docstring for the forms)."""
     url = os.fspath(url)
-    if url.startswith("loop://"):
-        return _open_loop(url)
-    if url.startswith("pty://"):
-        if url != "pty://":
-            raise TransportUrlError(f"{url}: pty:// takes no path")
-        return PtyTransport(url)
-    if url.startswith("serial://"):
-        return SerialTransport(url[len("serial://") :], baudrate, url=url)
-    if "://" in url:
-        raise TransportUrlError(f"{url}: unknown transport scheme (use a path, pty:// or loop://)")
-    if not url:
-        raise TransportUrlError("empty transport URL")
-    return SerialTransport(url, baudrate)
+    problem = check_url(url)
+    if problem is not None:
+        raise TransportUrlError(problem)
+    scheme, sep, _ = url.partition("://")
+    return SCHEMES[scheme](url, baudrate) if sep else SerialTransport(url, baudrate)
 
 
 __all__ = [

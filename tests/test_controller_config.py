@@ -57,7 +57,7 @@ def test_docs_mention_every_key():
         ({"serial": {"refresh_ms": 200}}, "serial.refresh_ms: must be 10..ttl_ms/2"),
         ({"serial": {"send_every_decision": "yes"}}, "serial.send_every_decision: must be true or false"),
         ({"serial": {"port": None}}, "serial.port: must not be null"),
-        ({"serial": {"port": "tcp://host:1"}}, "serial.port: must be a device path, serial://PATH, pty:// or loop://"),
+        ({"serial": {"port": "tcp://host:1"}}, "serial.port: must be a device path, serial://PATH, pty://, loop://"),
         ({"monitor": {"endpoint": "tcp://0.0.0.0:5556"}}, "monitor.endpoint: binds a non-loopback address"),
         ({"monitor": {"endpoint": "udp://x"}}, "monitor.endpoint: must be tcp://HOST:PORT or ipc://PATH"),
         ({"control": {"endpoint": "tcp://127.0.0.1:5557"}}, "control.endpoint: must be ipc://PATH"),

@@ -52,9 +52,14 @@ def test_url_forms_choose_the_backend(tmp_path):
     assert isinstance(s, SerialTransport) and s.url == f"serial://{p.slave_path}"
     for t in (a, a.peer, s, p):
         t.close()
-    for bad in ("tcp://x:1", "pty://extra", ""):
-        with pytest.raises(TransportUrlError):
+    for bad, message in (
+        ("tcp://x:1", "tcp://x:1: unknown transport scheme (use a device path, serial://PATH, pty://, loop://)"),
+        ("pty://extra", "pty://extra: pty:// takes no path"),
+        ("", "empty transport URL"),
+    ):
+        with pytest.raises(TransportUrlError) as err:
             open_transport(bad)
+        assert str(err.value) == message  # the one table of schemes names them all
     with pytest.raises(LinkUnavailable):
         open_transport(str(tmp_path / "no-such-device"))
 
