@@ -25,7 +25,7 @@ SUBJECTS = ("Male13", "Male14", "Male15")
 
 
 def run(model: Path, myo_root: Path, clip_s: float) -> dict:
-    from calibration.calibrate import main as calibrate
+    from calibration.cli import main as calibrate
     from controller.config import PolicyConfig
     from metalearn.evaluate_cli import evaluate
     from metalearn.myo import build_recording, find_sessions

@@ -360,7 +360,7 @@ class Load:
 
             clip, self.clip = calibration_clip(self.work / "load-clip.csv")
             self._argv = [
-                *command("metaemg-calibrate", "calibration.calibrate"),
+                *command("metaemg-calibrate", "calibration.cli"),
                 "--from-recording",
                 str(clip),
                 "--base-model",

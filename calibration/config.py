@@ -16,7 +16,7 @@ from calibration.gate import GateRules
 from calibration.protocol import CueProtocol
 from metaemg.feathead import OPERATING_POINTS
 from metaemg.lsl import StreamSelector
-from metaemg.typedconfig import Section, document, is_number, read_yaml, require
+from metaemg.typedconfig import Section, document, is_number, read_yaml, require, require_endpoint
 from metalearn.clip import ClipRules
 
 
@@ -44,14 +44,7 @@ class CueSection(Section):
     via_daemon: bool = True  # also hand each cue to a running daemon for its monitor stream
 
     def check(self, key: str) -> None:
-        if self.endpoint is not None:
-            scheme, sep, rest = self.endpoint.partition("://")
-            require(
-                bool(sep) and scheme in ("tcp", "ipc") and rest != "",
-                f"{key}.endpoint",
-                "must be tcp://HOST:PORT, ipc://PATH or null",
-                self.endpoint,
-            )
+        require_endpoint(self.endpoint, f"{key}.endpoint")
 
 
 @dataclass(frozen=True)
@@ -65,12 +58,7 @@ class DaemonSection(Section):
     pause_while_recording: bool = True  # pause a running daemon during a live recording, resume after
 
     def check(self, key: str) -> None:
-        require(
-            self.control is None or (self.control.startswith("ipc://") and len(self.control) > 6),
-            f"{key}.control",
-            "must be ipc://PATH or null",
-            self.control,
-        )
+        require_endpoint(self.control, f"{key}.control", ("ipc",))
         require(
             is_number(self.timeout_s) and 0.05 <= self.timeout_s <= 10,
             f"{key}.timeout_s",

@@ -127,7 +127,7 @@ class Jobs:
             raise ValueError(f"unknown job {kind!r}")
         if self.running():
             raise Busy("a calibration is running; wait for it or cancel it")
-        argv = [self.python, "-m", "calibration.calibrate", *self.common, *args]
+        argv = [self.python, "-m", "calibration.cli", *self.common, *args]
         job = Job(kind, argv, patient, self._results / f"result-{len(self.history)}.json")
         self.history.append(job)
         self._task = asyncio.get_running_loop().create_task(job.run(), name=f"calibrate-{kind}")

@@ -20,7 +20,7 @@ from firmware_protocol.transport import FORMS, check_url
 from metaemg.drift import AdaptConfig
 from metaemg.lsl import StreamSelector
 from metaemg.modelfile import default_model_path
-from metaemg.typedconfig import Section, document, read_yaml, require
+from metaemg.typedconfig import Section, document, read_yaml, require, require_endpoint
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -204,22 +204,16 @@ class MonitorConfig(Section):
     hwm: int = 1000
 
     def check(self, key: str) -> None:
-        if self.endpoint is not None:  # null: ipc://<runtime dir>/monitor.sock, private to the service's user
-            scheme, sep, rest = self.endpoint.partition("://")
+        # null: ipc://<runtime dir>/monitor.sock, private to the service's user
+        if require_endpoint(self.endpoint, f"{key}.endpoint") == "tcp" and not self.allow_remote:
+            assert self.endpoint is not None  # a tcp scheme was found in it
+            host = self.endpoint.partition("://")[2].rsplit(":", 1)[0]
             require(
-                bool(sep) and scheme in ("tcp", "ipc") and rest != "",
+                host in LOOPBACK_HOSTS,
                 f"{key}.endpoint",
-                "must be tcp://HOST:PORT or ipc://PATH (or null)",
+                "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
                 self.endpoint,
             )
-            if scheme == "tcp" and not self.allow_remote:
-                host = rest.rsplit(":", 1)[0]
-                require(
-                    host in LOOPBACK_HOSTS,
-                    f"{key}.endpoint",
-                    "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
-                    self.endpoint,
-                )
         require(1 <= self.emg_decimation <= 10000, f"{key}.emg_decimation", "must be 1..10000", self.emg_decimation)
         require(0.1 <= self.status_hz <= 100, f"{key}.status_hz", "must be 0.1..100", self.status_hz)
         require(1 <= self.hwm <= 1_000_000, f"{key}.hwm", "must be 1..1000000", self.hwm)
@@ -235,13 +229,7 @@ class ControlConfig(Section):
     runtime_dir: str | None = None
 
     def check(self, key: str) -> None:
-        if self.endpoint is not None:
-            require(
-                self.endpoint.startswith("ipc://") and len(self.endpoint) > len("ipc://"),
-                f"{key}.endpoint",
-                "must be ipc://PATH (the control socket is local only) or null",
-                self.endpoint,
-            )
+        require_endpoint(self.endpoint, f"{key}.endpoint", ("ipc",), " (the control socket is local only)")
 
     def resolved_runtime_dir(self, env: typing.Mapping[str, str] | None = None) -> Path:
         return self.runtime_dir_and_why(env)[0]

@@ -26,6 +26,25 @@ def require(ok: bool, key: str, problem: str, value: object) -> None:
         raise ConfigError(f"{key}: {problem}, got {value!r}")
 
 
+ENDPOINTS = {"tcp": "tcp://HOST:PORT", "ipc": "ipc://PATH"}  # the ZeroMQ transports the tools use
+
+
+def require_endpoint(value: str | None, key: str, schemes: tuple[str, ...] = ("tcp", "ipc"), why: str = "") -> str:
+    """The one rule for a ZeroMQ endpoint key: null, or one of ``schemes`` with an address;
+    returns the scheme ("" for null). ``why``: said after the forms (a socket that is local only)."""
+    if value is None:
+        return ""
+    scheme, sep, rest = str(value).partition("://")
+    forms = " or ".join(ENDPOINTS[s] for s in schemes)
+    require(bool(sep) and scheme in schemes and rest != "", key, f"must be {forms}{why} or null", value)
+    return scheme
+
+
+def require_range(value: object, key: str, lo: float, hi: float, what: str = "a number") -> None:
+    """The one rule for a numeric key: a number (not a bool) in ``[lo, hi]``."""
+    require(is_number(value) and lo <= value <= hi, key, f"must be {what} in [{lo:g}, {hi:g}]", value)  # type: ignore[operator]
+
+
 class Section:
     """Base of a configuration section (a frozen dataclass): :meth:`check` states its rules with
     :func:`require`, under the section's dotted key :attr:`KEY`."""

@@ -250,7 +250,7 @@ def _calibrate(args, model: Path, source: str, full, myo_root: Path, work: Path)
         [
             sys.executable,
             "-m",
-            "calibration.calibrate",
+            "calibration.cli",
             "--from-recording",
             str(clip),
             "--base-model",

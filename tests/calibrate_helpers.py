@@ -116,7 +116,7 @@ def run_cli(
         cmd = [str(BIN / tool), *args]
     else:
         module, func = {
-            "metaemg-calibrate": ("calibration.calibrate", "main"),
+            "metaemg-calibrate": ("calibration.cli", "main"),
             "metaemg-eval": ("metalearn.evaluate_cli", "main"),
         }[tool]
         code = f"{python_prelude}\nimport sys\nfrom {module} import {func}\nsys.exit({func}(sys.argv[1:]))"

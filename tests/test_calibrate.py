@@ -25,7 +25,7 @@ from calibrate_helpers import (
     write_clip,
 )
 
-from calibration.calibrate import EXIT_REFUSED, main
+from calibration.cli import EXIT_REFUSED, main
 from metaemg.modelfile import OnnxModel, read_model_info
 from metalearn.clip import cycle_starts, prepare_clip
 from metalearn.evaluate_cli import evaluate

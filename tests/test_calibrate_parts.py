@@ -15,7 +15,7 @@ import zmq
 from calibrate_helpers import FakeDaemon, base_model
 
 from calibration import config as configuration
-from calibration.calibrate import end_hold
+from calibration.cli import end_hold
 from calibration.daemonlink import DaemonLink
 from calibration.gate import GateRules, decide
 from calibration.protocol import CueProtocol, labels_from_cues
@@ -392,7 +392,7 @@ def test_reload_request_and_its_outcomes(tmp_path):
 def test_the_control_endpoint_is_found_as_the_daemon_resolves_it(tmp_path, monkeypatch):
     """issue 14: run from a clinician's shell, calibration looked in another runtime directory
     than the daemon's and said "daemon not running (nothing to pause)"."""
-    from calibration.calibrate import _default_control
+    from calibration.cli import _default_control
 
     daemon_cfg = tmp_path / "controller.yaml"
     daemon_cfg.write_text(f"control:\n  runtime_dir: {tmp_path / 'run'}\n")

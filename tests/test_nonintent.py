@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.calibrate import main
+from calibration.cli import main
 from calibration.gate import GateRules, decide
 from calibration.protocol import CueProtocol, labels_from_cues
 from controller.config import Config

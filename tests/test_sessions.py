@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.calibrate import main as calibrate
+from calibration.cli import main as calibrate
 from firmware_protocol.messages import Command
 from metaemg.modelfile import OnnxModel, default_model_path
 from metaemg.patients import SESSION_FILE, latest_model, read_session
