@@ -37,9 +37,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from controller.explain import Explanation, ctl_command, explain
+from controller.monitor import subscribe
 from controller.monitor_cli import position_bar
 from metaemg.cli import entry_point
 from metaemg.errors import DataError, MetaEMGError, ModelError
@@ -282,146 +284,201 @@ def _calibrate(args, model: Path, source: str, full, myo_root: Path, work: Path)
     return out
 
 
+@dataclass
+class Parts:
+    """The demo's processes, each None until started (closed in reverse by :meth:`close`)."""
+
+    sim: Sim | None = None
+    armband: subprocess.Popen | None = None
+    daemon: Daemon | None = None
+    console: subprocess.Popen | None = None
+    url: str | None = None
+
+    def check_alive(self, work: Path) -> None:
+        """DemoError naming the first process that exited."""
+        assert self.daemon is not None and self.sim is not None  # started before the loop
+        for proc, what in (
+            (self.daemon.proc, "myhand-controller"),
+            (self.armband, "the armband"),
+            (self.sim.proc, "the simulator"),
+            (self.console, "metaemg-console"),
+        ):
+            if proc is not None and proc.poll() is not None:
+                raise DemoError(
+                    f"{what} exited with status {proc.returncode} (see the logs in {work}: "
+                    f"{_tail(work / 'controller.log')})"
+                )
+
+    def close(self) -> int | None:
+        """Stop everything; the daemon's exit status."""
+        if self.console is not None:
+            end_process(self.console)
+        daemon_rc = None if self.daemon is None else self.daemon.stop()
+        if self.armband is not None:
+            end_process(self.armband)
+        if self.sim is not None:
+            self.sim.stop()
+        return daemon_rc
+
+
+class Screen:
+    """The live lines: start-up on one updating line, each new state in words, a row of the
+    decision four times a second, the console's URL every :data:`URL_EVERY_S`."""
+
+    def __init__(self, control: str, url: str | None, t_start: float) -> None:
+        self.control, self.url, self.t_start = control, url, t_start
+        self.shown: Explanation | None = None
+        self.rows = 0
+        self.next_print, self.next_url = t_start, t_start + URL_EVERY_S
+        self.starting = True  # until the first state that is not start-up
+
+    def update(self, now: float, expl: Explanation | None, last: dict, labels: Labels) -> None:
+        if expl is not None and self.starting and expl.state in STARTING:
+            if self.shown is None or expl.state != self.shown.state:
+                self.shown = expl
+                print(f"\rstarting: {STARTING[expl.state]} ...".ljust(60), end="", flush=True)
+            return
+        if expl is not None and (self.shown is None or expl.state != self.shown.state):
+            if self.starting:
+                print("\r" + " " * 60 + "\r", end="")  # the start-up line gives way
+                self.starting = False
+            self.shown = expl
+            print(_state_lines(expl, self.control), flush=True)
+        if self.url is not None and now >= self.next_url:
+            self.next_url = now + URL_EVERY_S
+            print(f"console  {self.url}", flush=True)
+        if now >= self.next_print and "decision" in last:
+            self.next_print = now + PRINT_EVERY_S
+            if self.rows % HEADER_EVERY == 0:
+                print(HEADER)
+            self.rows += 1
+            d = last["decision"]
+            label = labels.at(d["lsl_ts"]) if d.get("lsl_ts") is not None else None
+            print(_row(now - self.t_start, d, last.get("status", {}), expl, label), flush=True)
+
+
 def _run(args, model: Path, source: str, rec, myo_root: Path, work: Path) -> int:
     import zmq
 
     model = _calibrate(args, model, source, rec, myo_root, work)
-    py = sys.executable
     name = f"metaemg-demo-{os.getpid()}"
-    link, control = work / "myhand", f"ipc://{work}/control.sock"
-    sim: Sim | None = None
-    replay: subprocess.Popen | None = None
-    daemon: Daemon | None = None
-    console: subprocess.Popen | None = None
-    stopping = []
+    control = f"ipc://{work}/control.sock"
+    parts = Parts()
+    stopping: list[str] = []
     old_int = signal.signal(signal.SIGINT, lambda *_: stopping.append("interrupted"))
     old_term = signal.signal(signal.SIGTERM, lambda *_: stopping.append("terminated"))
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt_string(zmq.SUBSCRIBE, "")
+    sub = None
     stats: dict = {"decisions": 0, "agree": 0, "scored": 0, "latency": [], "states": Counter()}
+    labels: Labels = PatientLabels(rec.labels, rec.sample_rate) if args.console else Labels()
+    replay_log = JsonLines(work / "replay.jsonl")
+    t_start = t_end = time.monotonic()
     try:
-        armband = "patient  (follows calibration cues)" if args.console else "replay  "
-        print(
-            f"model    {model}\n{armband} {source} as LSL stream {name!r}\northosis simulator on {link}\n"
-            f"{_logs_line(work, args.workdir is not None)}\n"
-        )
-        try:
-            sim = Sim(work, output=work / "sim.out", start_new_session=True)
-        except RuntimeError:
-            raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})") from None
-        if args.console:  # the daemon's monitor (a Daemon's): where the patient hears the cues
-            armband_argv = ["rig.patient", source, "--monitor", monitor_endpoint(work), "--name", name]
-        else:
-            armband_argv = ["rig.replay", source, "--name", name, "--loop"]
-        replay = spawn(
-            [py, "-m", *armband_argv, "--myo-root", str(myo_root), "--log", str(work / "replay.jsonl")],
-            work / "replay.out",
-            start_new_session=True,
-        )
-        daemon = Daemon(
-            work,
-            stream=name,
-            port=str(link),
-            model=model,
-            control=control,
-            output=work / "controller.log",
-            start_new_session=True,
-        )
-        sub.connect(daemon.monitor)
-        url = None
-        if args.console:
-            labels: Labels = PatientLabels(rec.labels, rec.sample_rate)
-            console, url = _start_console(args.console_port, daemon, control, model, work)
-        else:
-            labels = Labels()
-        replay_log = JsonLines(work / "replay.jsonl")
+        _start(parts, args, model, source, name, control, myo_root, work)
+        assert parts.daemon is not None  # started
+        sub = _subscribe(ctx, parts, work)
         t_start = time.monotonic()
         deadline = None if args.duration is None else t_start + args.duration
+        screen = Screen(control, parts.url, t_start)
         last: dict = {}
         status_at: float | None = None
-        shown: Explanation | None = None
-        rows = 0
-        next_print, next_url = t_start, t_start + URL_EVERY_S
-        starting = True  # until the first running state (or an alarm that is not start-up)
         if not args.quiet:
             print(LEGEND + "\n")
         while not stopping and (deadline is None or time.monotonic() < deadline):
-            for proc, what in (
-                (daemon.proc, "myhand-controller"),
-                (replay, "the armband"),
-                (sim.proc, "the simulator"),
-                (console, "metaemg-console"),
-            ):
-                if proc is None:
-                    continue
-                if proc.poll() is not None:
-                    raise DemoError(
-                        f"{what} exited with status {proc.returncode} (see the logs in {work}: "
-                        f"{_tail(work / 'controller.log')})"
-                    )
+            parts.check_alive(work)
             for record in replay_log.poll():
                 labels.add(record)
-            if sub.poll(50):
-                while True:
-                    try:
-                        topic, body = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    msg = json.loads(body)
-                    last[topic.decode()] = msg
-                    if topic == b"decision":
-                        _score(stats, msg, labels)
-                    elif topic == b"status":
-                        status_at = time.monotonic()
+            status_at = _receive(sub, last, stats, labels) or status_at
             now = time.monotonic()
-            expl = None if status_at is None else explain(last.get("status"), now - status_at)
-            if args.quiet:
-                continue
-            if expl is not None and starting and expl.state in STARTING:
-                if shown is None or expl.state != shown.state:
-                    shown = expl
-                    print(f"\rstarting: {STARTING[expl.state]} ...".ljust(60), end="", flush=True)
-                continue
-            if expl is not None and (shown is None or expl.state != shown.state):
-                if starting:
-                    print("\r" + " " * 60 + "\r", end="")  # the start-up line gives way
-                    starting = False
-                shown = expl
-                print(_state_lines(expl, control), flush=True)
-            if url is not None and now >= next_url:
-                next_url = now + URL_EVERY_S
-                print(f"console  {url}", flush=True)
-            if now >= next_print and "decision" in last:
-                next_print = now + PRINT_EVERY_S
-                if rows % HEADER_EVERY == 0:
-                    print(HEADER)
-                rows += 1
-                d = last["decision"]
-                label = labels.at(d["lsl_ts"]) if d.get("lsl_ts") is not None else None
-                print(_row(now - t_start, d, last.get("status", {}), expl, label), flush=True)
+            if not args.quiet:
+                screen.update(
+                    now, None if status_at is None else explain(last.get("status"), now - status_at), last, labels
+                )
         t_end = time.monotonic()
     finally:
-        if console is not None:
-            end_process(console)
-        daemon_rc = None if daemon is None else daemon.stop()
-        if replay is not None:
-            end_process(replay)
-        if sim is not None:
-            sim.stop()
-        sub.close(0)
+        daemon_rc = parts.close()
+        if sub is not None:
+            sub.close(0)
         ctx.term()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
     for record in replay_log.poll():
         labels.add(record)
-    commands = sim.log.events("command") if sim is not None else []
-    commands = [c for c in commands if c["t"] <= t_end]
+    commands = [c for c in (parts.sim.log.events("command") if parts.sim is not None else []) if c["t"] <= t_end]
     _summary(stats, commands, labels, daemon_rc, stopping, t_end - t_start)
-    if args.console and url is not None:
-        print(f"  console                            {url} (stopped with the demo)")
+    if parts.url is not None:
+        print(f"  console                            {parts.url} (stopped with the demo)")
     return 0 if daemon_rc == 0 else 1
+
+
+def _start(parts: Parts, args, model: Path, source: str, name: str, control: str, myo_root: Path, work: Path) -> None:
+    """The simulator, the armband (a replay, or with ``--console`` a patient who follows the cues),
+    the daemon and, with ``--console``, the console; each kept in ``parts`` as it starts."""
+    link = work / "myhand"
+    armband = "patient  (follows calibration cues)" if args.console else "replay  "
+    print(
+        f"model    {model}\n{armband} {source} as LSL stream {name!r}\northosis simulator on {link}\n"
+        f"{_logs_line(work, args.workdir is not None)}\n"
+    )
+    try:
+        parts.sim = Sim(work, output=work / "sim.out", start_new_session=True)
+    except RuntimeError:
+        raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})") from None
+    if args.console:  # the daemon's monitor (a Daemon's): where the patient hears the cues
+        armband_argv = ["rig.patient", source, "--monitor", monitor_endpoint(work), "--name", name]
+    else:
+        armband_argv = ["rig.replay", source, "--name", name, "--loop"]
+    parts.armband = spawn(
+        [sys.executable, "-m", *armband_argv, "--myo-root", str(myo_root), "--log", str(work / "replay.jsonl")],
+        work / "replay.out",
+        start_new_session=True,
+    )
+    parts.daemon = Daemon(
+        work,
+        stream=name,
+        port=str(link),
+        model=model,
+        control=control,
+        output=work / "controller.log",
+        start_new_session=True,
+    )
+    if args.console:
+        parts.console, parts.url = _start_console(args.console_port, parts.daemon, control, model, work)
+
+
+def _subscribe(ctx, parts: Parts, work: Path, timeout: float = 10.0):
+    """The daemon's monitor stream (:func:`controller.monitor.subscribe`, once its socket is there)."""
+    assert parts.daemon is not None  # started
+    deadline = time.monotonic() + timeout
+    while (sub := subscribe(ctx, parts.daemon.monitor)) is None:
+        parts.check_alive(work)
+        if time.monotonic() > deadline:
+            raise DemoError(
+                f"no monitor stream from the controller after {timeout:g} s (see {work / 'controller.log'})"
+            )
+        time.sleep(0.05)
+    return sub
+
+
+def _receive(sub, last: dict, stats: dict, labels: Labels) -> float | None:
+    """The monitor messages that arrived (at most 50 ms of waiting): the last of each topic in
+    ``last``, decisions scored; the time a status arrived, or None."""
+    import zmq
+
+    status_at = None
+    if sub.poll(50):
+        while True:
+            try:
+                topic, body = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = json.loads(body)
+            last[topic.decode()] = msg
+            if topic == b"decision":
+                _score(stats, msg, labels)
+            elif topic == b"status":
+                status_at = time.monotonic()
+    return status_at
 
 
 def _start_console(port: int, daemon: Daemon, control: str, model: Path, work: Path) -> tuple[subprocess.Popen, str]:
