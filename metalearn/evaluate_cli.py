@@ -305,8 +305,7 @@ def adapt_in_memory(base: Path, clip_path: Path, out: Path) -> Path:
     return export_adapted(adapted, provenance, out, clip.windows[:32])
 
 
-@entry_point
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="metaemg-eval",
         description="Score a model file on labelled recordings through exactly the daemon's signal chain and "
@@ -357,17 +356,34 @@ def main(argv: list[str] | None = None) -> int:
         help="draw each recording's decisions over its labels, and the confusion matrix (needs matplotlib)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document on the last line")
+    return p
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
-    traces: list | None = [] if args.plot is not None else None
-    policy = None
     if args.config is not None and not args.as_daemon:
         p.error("--config applies to --as-daemon")
-    adapt = None
+    policy = adapt = None
     if args.as_daemon:
         from controller.config import Config, load
 
         daemon = load(args.config) if args.config is not None else Config()
         policy, adapt = daemon.policy, daemon.adapt
+    traces: list | None = [] if args.plot is not None else None
+    doc = _scored(args, policy, adapt, traces)
+    print_table(doc)
+    if args.plot is not None:
+        assert traces is not None  # made with --plot
+        print(f"plot: {plot(doc, traces, args.plot)}")
+    if args.json:
+        print(json.dumps(doc), flush=True)
+    return 0
+
+
+def _scored(args: argparse.Namespace, policy, adapt, traces: list | None) -> dict:
+    """The document for the model as given, or (``--adapt``) calibrated in memory first."""
     if args.adapt is None:
         doc = evaluate(
             args.model, args.recordings, non_intent=args.non_intent, policy=policy, adapt=adapt, traces=traces
@@ -378,23 +394,15 @@ def main(argv: list[str] | None = None) -> int:
                 "so it decides near chance or rejects); calibrate it first: --adapt CLIP.csv here, or "
                 "metaemg-calibrate --out FILE"
             )
-    else:
-        import tempfile
+        return doc
+    import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="metaemg-eval-") as tmp:
-            adapted = adapt_in_memory(args.model, args.adapt, Path(tmp) / "adapted.onnx")
-            doc = evaluate(
-                adapted, args.recordings, non_intent=args.non_intent, policy=policy, adapt=adapt, traces=traces
-            )
-        doc["model"] = f"{args.model} adapted on {args.adapt}"
-        print(f"adapted {args.model} on {args.adapt} in memory (every window of the clip; the gate is not applied)")
-    print_table(doc)
-    if args.plot is not None:
-        assert traces is not None  # made with --plot
-        print(f"plot: {plot(doc, traces, args.plot)}")
-    if args.json:
-        print(json.dumps(doc), flush=True)
-    return 0
+    with tempfile.TemporaryDirectory(prefix="metaemg-eval-") as tmp:
+        adapted = adapt_in_memory(args.model, args.adapt, Path(tmp) / "adapted.onnx")
+        doc = evaluate(adapted, args.recordings, non_intent=args.non_intent, policy=policy, adapt=adapt, traces=traces)
+    doc["model"] = f"{args.model} adapted on {args.adapt}"
+    print(f"adapted {args.model} on {args.adapt} in memory (every window of the clip; the gate is not applied)")
+    return doc
 
 
 if __name__ == "__main__":
