@@ -210,19 +210,7 @@ class ModelInfo:
         fmt = get("format")
         if fmt != FORMAT:
             raise bad("format", f"is {fmt!r}; this version reads {FORMAT!r}")
-        try:
-            signal = SignalSpec.from_dict(get("signal"))
-        except ConfigError as exc:
-            raise bad("signal", f"is invalid: {exc}") from None
-        for name, value in (
-            ("sample_rate", signal.sample_rate),
-            ("channels", signal.channels),
-            ("window", signal.window),
-            ("stride", signal.stride),
-        ):
-            got = get(name)
-            if not _is_num(got) or not math.isclose(got, value, rel_tol=1e-9):
-                raise bad(name, f"is {got!r}, but the signal spec says {value!r}")
+        signal = _check_signal(get, bad)
 
         class_names = get("class_names")
         if not isinstance(class_names, list) or tuple(class_names) != CLASS_NAMES:
@@ -237,29 +225,7 @@ class ModelInfo:
         scaler = get("scaler")
         _check_scaler(scaler, bad, signal.channels)
 
-        model_id = get("model_id")
-        if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id):
-            raise bad("model_id", f"must be a lowercase hex string, got {model_id!r}")
-        created = get("created")
-        try:
-            datetime.fromisoformat(created)
-        except (TypeError, ValueError):
-            raise bad("created", f"must be an ISO 8601 time, got {created!r}") from None
-        package_version = get("package_version")
-        if not isinstance(package_version, str):
-            raise bad("package_version", f"must be a string, got {package_version!r}")
-        for name in ("config_hash", "data_hash"):
-            if get(name) is not None and not isinstance(data[name], str):
-                raise bad(name, f"must be a string or null, got {data[name]!r}")
-        meta_epoch = get("meta_epoch")
-        if meta_epoch is not None and (not _is_int(meta_epoch) or meta_epoch < 0):
-            raise bad("meta_epoch", f"must be an integer >= 0 or null, got {meta_epoch!r}")
-        val_loss = get("val_loss")
-        if val_loss is not None and not _is_num(val_loss):
-            raise bad("val_loss", f"must be a finite number or null, got {val_loss!r}")
-        calibration = get("calibration")
-        if calibration is not None and not isinstance(calibration, dict):
-            raise bad("calibration", f"must be an object or null, got {calibration!r}")
+        provenance = _check_provenance(get, bad)
         population = data.get("population")
         _check_population(population, bad, len(class_names))
 
@@ -270,14 +236,7 @@ class ModelInfo:
             inner=_freeze(inner),
             model=_freeze(model),
             scaler=_freeze(scaler),
-            model_id=model_id,
-            created=created,
-            package_version=package_version,
-            config_hash=data["config_hash"],
-            data_hash=data["data_hash"],
-            meta_epoch=meta_epoch,
-            val_loss=None if val_loss is None else float(val_loss),
-            calibration=_freeze(calibration),
+            **provenance,
             metadata_json=json.dumps(data, sort_keys=True),
             population=_freeze(population),
         )
@@ -293,6 +252,61 @@ class ModelInfo:
 
 
 Bad = Callable[[str, str], ModelError]  # (field, problem) -> the error naming the file and field
+
+
+def _check_signal(get: Callable[[str], Any], bad: Bad) -> SignalSpec:
+    """The signal spec, and the fields that repeat it for readers without it."""
+    try:
+        signal = SignalSpec.from_dict(get("signal"))
+    except ConfigError as exc:
+        raise bad("signal", f"is invalid: {exc}") from None
+    for name, value in (
+        ("sample_rate", signal.sample_rate),
+        ("channels", signal.channels),
+        ("window", signal.window),
+        ("stride", signal.stride),
+    ):
+        got = get(name)
+        if not _is_num(got) or not math.isclose(got, value, rel_tol=1e-9):
+            raise bad(name, f"is {got!r}, but the signal spec says {value!r}")
+    return signal
+
+
+def _check_provenance(get: Callable[[str], Any], bad: Bad) -> dict[str, Any]:
+    """Where the model comes from: its id, creation, versions, training and calibration."""
+    model_id = get("model_id")
+    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id):
+        raise bad("model_id", f"must be a lowercase hex string, got {model_id!r}")
+    created = get("created")
+    try:
+        datetime.fromisoformat(created)
+    except (TypeError, ValueError):
+        raise bad("created", f"must be an ISO 8601 time, got {created!r}") from None
+    package_version = get("package_version")
+    if not isinstance(package_version, str):
+        raise bad("package_version", f"must be a string, got {package_version!r}")
+    for name in ("config_hash", "data_hash"):
+        if get(name) is not None and not isinstance(get(name), str):
+            raise bad(name, f"must be a string or null, got {get(name)!r}")
+    meta_epoch = get("meta_epoch")
+    if meta_epoch is not None and (not _is_int(meta_epoch) or meta_epoch < 0):
+        raise bad("meta_epoch", f"must be an integer >= 0 or null, got {meta_epoch!r}")
+    val_loss = get("val_loss")
+    if val_loss is not None and not _is_num(val_loss):
+        raise bad("val_loss", f"must be a finite number or null, got {val_loss!r}")
+    calibration = get("calibration")
+    if calibration is not None and not isinstance(calibration, dict):
+        raise bad("calibration", f"must be an object or null, got {calibration!r}")
+    return {
+        "model_id": model_id,
+        "created": created,
+        "package_version": package_version,
+        "config_hash": get("config_hash"),
+        "data_hash": get("data_hash"),
+        "meta_epoch": meta_epoch,
+        "val_loss": None if val_loss is None else float(val_loss),
+        "calibration": _freeze(calibration),
+    }
 
 
 def _check_inner(inner: Any, bad: Bad) -> None:
