@@ -329,20 +329,7 @@ def plot_recording(fig, rec: Recording | None, c: Check, title: str) -> list:
 
     fig.clear()
     if rec is None:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.set_title(title, fontsize=9)
-        ax.text(
-            0.5,
-            0.5,
-            "cannot read this recording\n" + (c.error or ""),
-            ha="center",
-            va="center",
-            wrap=True,
-            color="firebrick",
-            transform=ax.transAxes,
-            fontsize=9,
-        )
-        ax.set_axis_off()
+        _plot_unreadable(fig, c, title)
         return []
     n_ch = rec.n_channels
     axes = fig.subplots(
@@ -369,22 +356,7 @@ def plot_recording(fig, rec: Recording | None, c: Check, title: str) -> list:
         ax.yaxis.set_major_locator(MaxNLocator(nbins=2))
         ax.tick_params(axis="y", labelsize=6, length=2, pad=1)
         ax.tick_params(axis="x", length=0)
-    end = tt[-1]
-    for s, e, lab in segments:
-        if lab in INTENT_COLOURS:
-            x0, x1 = tt[s], tt[e] if e < len(tt) else end
-            for ax in channel_axes:
-                ax.axvspan(x0, x1, color=INTENT_COLOURS[lab], alpha=0.15, lw=0)
-            strip.axvspan(x0, x1, color=INTENT_COLOURS[lab], alpha=0.35, lw=0)
-    # the label as a step from its change points: exact, whatever the decimation above
-    xs = np.r_[[tt[s] for s, _, _ in segments], end]
-    ys = np.r_[[lab for _, _, lab in segments], segments[-1][2]]
-    strip.step(xs, ys, where="post", color="black", lw=1.0)
-    strip.set_yticks(range(len(INTENTS)), INTENTS, fontsize=7)
-    strip.set_ylim(-0.4, len(INTENTS) - 0.6)
-    strip.set_xlim(0, end)  # the whole recording, edge to edge (the toolbar's Home)
-    strip.set_xlabel("time (s)", fontsize=9)
-    strip.tick_params(axis="x", labelsize=8)
+    _plot_labels(channel_axes, strip, tt, segments)
     handles: list[Artist] = [
         Patch(color=INTENT_COLOURS[1], alpha=0.35, label="intent open"),
         Patch(color=INTENT_COLOURS[2], alpha=0.35, label="intent close"),
@@ -405,6 +377,43 @@ def plot_recording(fig, rec: Recording | None, c: Check, title: str) -> list:
         borderaxespad=0.2,
     )
     return channel_axes
+
+
+def _plot_unreadable(fig, c: Check, title: str) -> None:
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_title(title, fontsize=9)
+    ax.text(
+        0.5,
+        0.5,
+        "cannot read this recording\n" + (c.error or ""),
+        ha="center",
+        va="center",
+        wrap=True,
+        color="firebrick",
+        transform=ax.transAxes,
+        fontsize=9,
+    )
+    ax.set_axis_off()
+
+
+def _plot_labels(channel_axes: list, strip, tt: np.ndarray, segments: list) -> None:
+    """The open/close intent shaded over every channel, and the label strip below them."""
+    end = tt[-1]
+    for s, e, lab in segments:
+        if lab in INTENT_COLOURS:
+            x0, x1 = tt[s], tt[e] if e < len(tt) else end
+            for ax in channel_axes:
+                ax.axvspan(x0, x1, color=INTENT_COLOURS[lab], alpha=0.15, lw=0)
+            strip.axvspan(x0, x1, color=INTENT_COLOURS[lab], alpha=0.35, lw=0)
+    # the label as a step from its change points: exact, whatever the decimation above
+    xs = np.r_[[tt[s] for s, _, _ in segments], end]
+    ys = np.r_[[lab for _, _, lab in segments], segments[-1][2]]
+    strip.step(xs, ys, where="post", color="black", lw=1.0)
+    strip.set_yticks(range(len(INTENTS)), INTENTS, fontsize=7)
+    strip.set_ylim(-0.4, len(INTENTS) - 0.6)
+    strip.set_xlim(0, end)  # the whole recording, edge to edge (the toolbar's Home)
+    strip.set_xlabel("time (s)", fontsize=9)
+    strip.tick_params(axis="x", labelsize=8)
 
 
 BUTTONS = (  # action, label (keys from SHORTCUTS)
