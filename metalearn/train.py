@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -393,47 +394,81 @@ def _write_run_files(run_dir: Path, history: list, resolved: dict, summary: dict
     write_text(res_dir / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
 
 
+@dataclass(eq=False)
+class _Run:
+    """One training run's parts, as :func:`_prepare` sets them up."""
+
+    device: Any
+    world: int
+    lead: bool  # rank 0: writes the outputs
+    seed: int
+    rng: np.random.Generator
+    roots: tuple
+    train_tasks: list
+    val: list
+    tests: list
+    spec: SignalSpec
+    data_hash: str
+    test_hash: str | None
+    hp: dict
+    model: Any
+    inner: Any
+    outer: Any
+    closed_form: bool  # a feat model: its meta-learned part has a closed form (FeatLDA.fit_whitening)
+    start: int  # the first meta-epoch (after a resume)
+    common: dict = field(default_factory=dict)  # what every checkpoint carries
+    config_dict: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Progress:
+    """What the meta-epochs left: the history, the best model and the checkpoints kept."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: tuple[float, Path | dict[str, Any] | None] = (float("inf"), None)
+    best_epoch: int | None = None
+    kept: list[Path] = field(default_factory=list)  # this run's meta-epoch checkpoints on disk, oldest first
+    seconds: float = 0.0
+
+
 def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | None = None) -> dict:
     """Meta-train into ``run_dir``; relative paths from ``base_dir``, a relative collection first
     from ``config_dir`` (the config file's directory) then its data root (see :func:`collection_path`)."""
+    run = _prepare(cfg, base_dir, config_dir)
+    writer = _tensorboard(run_dir) if (cfg.tensorboard and run.lead) else None
+    wb = _wandb(cfg, run_dir) if (cfg.wandb and run.lead) else None
+    epochs = range(1) if run.closed_form else range(run.start, cfg.meta_steps)
+    progress = _meta_train(cfg, run, epochs, run_dir / "models", writer, wb)
+    if not run.lead:
+        return {}
+    summary = _finish(cfg, run, epochs, progress, run_dir, writer)
+    _track_results(writer, wb, summary, cfg.inner_steps)
+    return summary
+
+
+def _prepare(cfg: TrainConfig, base_dir: Path, config_dir: Path | None) -> _Run:
+    """The processes, the seed, the tasks, the model and its optimiser (resumed when asked)."""
     import torch
 
-    from metalearn.checkpoint import (
-        BEST,
-        epoch_checkpoint_name,
-        latest_checkpoint,
-        load_checkpoint,
-        prune_checkpoints,
-        save_checkpoint,
-        stable_hash,
-    )
-    from metalearn.evaluate import write_reports
-    from metalearn.maml import InnerLoop, OuterLoop, meta_eval, meta_step_stats, model_params, shard_tasks
+    from metalearn.checkpoint import latest_checkpoint, load_checkpoint, stable_hash
+    from metalearn.maml import InnerLoop, OuterLoop
     from metalearn.models import build_model, model_hparams
 
     device, world, rank = _device_and_processes(cfg)
-    lead = rank == 0
     seed = random.randint(0, 10_000) if cfg.seed == "r" else cfg.seed
     assert isinstance(seed, int)  # TrainConfig accepts only an integer or "r"
     assert cfg.compile is None or isinstance(cfg.compile, str)  # TrainConfig maps True/False to a backend/None
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     roots = data_roots(cfg, base_dir)  # resolved once: tasks, and a feat model's other movements
-    loaded = _load_tasks(cfg, base_dir, roots, rng, config_dir)
-    train_tasks, val, tests, spec, data_hash, test_hash, rate, paths = loaded
+    train_tasks, val, tests, spec, data_hash, test_hash, rate, paths = _load_tasks(
+        cfg, base_dir, roots, rng, config_dir
+    )
     LOG.info(cfg.describe_signal(spec, rate))
     LOG.info(_describe_data(cfg, roots, paths, len(train_tasks), len(val), len(tests)))
-
-    inner = InnerLoop.from_config(cfg)
-    hp = {
-        "n_channels": spec.channels,
-        "window": spec.window,
-        "n_classes": len(INTENTS),
-        "fc_units": cfg.fc_units,
-        **cfg.model_hparams,
-    }
+    hp = {"n_channels": spec.channels, "window": spec.window, "n_classes": len(INTENTS), "fc_units": cfg.fc_units}
+    hp |= cfg.model_hparams
     model = build_model(cfg.model, **hp).to(device)
-    closed_form = cfg.model == "feat"  # its meta-learned part has a closed form (FeatLDA.fit_whitening)
     outer = OuterLoop(model, lr=float(cfg.outer_lr), lr_cycle=cfg.lr_cycle, lr_factor=float(cfg.lr_factor))
     start = 0
     if cfg.resume:
@@ -447,140 +482,180 @@ def train(cfg: TrainConfig, run_dir: Path, base_dir: Path, config_dir: Path | No
         start = int(ckpt.get("meta_epoch", -1)) + 1
         rng = np.random.default_rng([seed, start])
         LOG.info(f"resuming from {resume}: meta-epoch {start} onwards")
-
+    run = _Run(
+        device,
+        world,
+        rank == 0,
+        seed,
+        rng,
+        roots,
+        train_tasks,
+        val,
+        tests,
+        spec,
+        data_hash,
+        test_hash,
+        hp,
+        model,
+        InnerLoop.from_config(cfg),
+        outer,
+        cfg.model == "feat",
+        start,
+    )
     pooled = Scaler.fit(
         cfg.scale, np.concatenate([unscaled(t.x_support, t.scaler).reshape(-1, spec.channels) for t in train_tasks])
     )
-    verify = unscaled(train_tasks[0].x_query[:32], train_tasks[0].scaler).astype(np.float32)
     # as resolved: the window and stride used, the data roots taken (null keys: the preset's, data_root)
-    config_dict = {
+    run.config_dict = {
         **cfg.to_dict(),
         "time_seq_len": spec.window,
         "stride": spec.stride,
         "train_data_root": cfg.data_roots()[0],
         "test_data_root": cfg.data_roots()[1],
     }
-    inner_doc = _inner_doc(inner, cfg, closed_form)
-    common = {
+    run.common = {
         "model": model_hparams(model),
         "signal": spec.to_dict(),
         "scaler": pooled.to_dict(),
-        "inner": inner_doc,
+        "inner": _inner_doc(run.inner, cfg, run.closed_form),
         "class_names": list(INTENTS),
-        "config": config_dict,
-        "config_hash": stable_hash(config_dict),
+        "config": run.config_dict,
+        "config_hash": stable_hash(run.config_dict),
         "data_hash": data_hash,
-        "verify_windows": verify,
+        "verify_windows": unscaled(train_tasks[0].x_query[:32], train_tasks[0].scaler).astype(np.float32),
         "seed": seed,
     }
+    return run
 
-    sampler = Sampler(train_tasks, cfg.batch_size, cfg.rorcr_size, rng, rotate=cfg.augment_rotation)
-    val_sampler = Sampler(val, cfg.batch_size * 4, cfg.rorcr_size, np.random.default_rng([seed, 1]))
+
+def _meta_train(cfg: TrainConfig, run: _Run, epochs: range, models_dir: Path, writer, wb) -> _Progress:
+    """The meta-epochs: each scored on the training and the validation tasks, tracked, and (the
+    lead process, with ``save``) checkpointed, the best kept."""
+    from metalearn.maml import meta_eval, meta_step_stats, model_params, shard_tasks
+
+    sampler = Sampler(run.train_tasks, cfg.batch_size, cfg.rorcr_size, run.rng, rotate=cfg.augment_rotation)
+    val_sampler = Sampler(run.val, cfg.batch_size * 4, cfg.rorcr_size, np.random.default_rng([run.seed, 1]))
     # fixed and converted once: checkpoints are comparable across meta-epochs
-    val_batch = [_tensors(val_sampler.task(t), device) for t in val]
-    models_dir, res_dir = run_dir / "models", run_dir / "results"
-    writer = _tensorboard(run_dir) if (cfg.tensorboard and lead) else None
-    wb = _wandb(cfg, run_dir) if (cfg.wandb and lead) else None
-    history: list[dict[str, Any]] = []
-    best: tuple[float, Path | dict[str, Any] | None] = (float("inf"), None)
-    best_epoch: int | None = None
-    kept: list[Path] = []  # this run's meta-epoch checkpoints on disk, oldest first
+    val_batch = [_tensors(val_sampler.task(t), run.device) for t in run.val]
+    model, device, inner_doc = run.model, run.device, run.common["inner"]
+    done = _Progress()
     t0 = time.monotonic()
-    if cfg.compile and not closed_form:
+    if cfg.compile and not run.closed_form:
         LOG.info(f"compiling the meta-step with torch.compile ({cfg.compile}): the first meta-epoch takes longer")
-    if closed_form:
+    if run.closed_form:
         LOG.info(
-            f"model feat: the whitening is fitted in closed form over the {len(train_tasks)} training tasks "
+            f"model feat: the whitening is fitted in closed form over the {len(run.train_tasks)} training tasks "
             "(one meta-epoch; test.meta_steps does not apply)"
         )
-    epochs = range(1) if closed_form else range(start, cfg.meta_steps)
     progress = Progress("meta-training", len(epochs), "meta-epochs")
     for epoch in epochs:
-        if closed_form:
-            fit_whitening(model, train_tasks, rotate=cfg.augment_rotation, device=device)
-            common["population"] = population(model, train_tasks, device=device)
+        if run.closed_form:
+            fit_whitening(model, run.train_tasks, rotate=cfg.augment_rotation, device=device)
+            run.common["population"] = population(model, run.train_tasks, device=device)
             if cfg.non_intent:
-                n = fit_non_intent(model, train_tasks, roots[0], spec, cfg.non_intent_log_prior, device)
+                n = fit_non_intent(model, run.train_tasks, run.roots[0], run.spec, cfg.non_intent_log_prior, device)
                 LOG.info(f"non-intent movements of {n} training tasks: decided relax at calibration")
-            train_loss, train_acc = closed_form_scores(model, train_tasks, inner_doc, cfg.rorcr_size, device)
-            val_loss, val_acc = closed_form_scores(model, val, inner_doc, cfg.rorcr_size, device)
+            train_loss, train_acc = closed_form_scores(model, run.train_tasks, inner_doc, cfg.rorcr_size, device)
+            val_loss, val_acc = closed_form_scores(model, run.val, inner_doc, cfg.rorcr_size, device)
         else:
             batch = [_tensors(t, device) for t in sampler.meta_batch(cfg.n_train_tasks)]
+            assert cfg.compile is None or isinstance(cfg.compile, str)  # TrainConfig maps True/False to a backend/None
             train_loss, train_acc = meta_step_stats(
-                model, outer, shard_tasks(batch) if world > 1 else batch, inner, compile=cfg.compile
+                model, run.outer, shard_tasks(batch) if run.world > 1 else batch, run.inner, compile=cfg.compile
             )
-            val_loss, val_acc = (float(v) for v in meta_eval(model, model_params(model), val_batch, inner))
+            val_loss, val_acc = (float(v) for v in meta_eval(model, model_params(model), val_batch, run.inner))
         scores = {"train_loss": train_loss, "val_loss": val_loss, "train_accuracy": train_acc, "val_accuracy": val_acc}
-        history.append({"meta_epoch": epoch, **scores, "outer_lr": outer.lr})
+        done.history.append({"meta_epoch": epoch, **scores, "outer_lr": run.outer.lr})
         progress.advance(
             f"meta-epoch {epoch}: train loss {train_loss:.3f} accuracy {train_acc:.3f}, "
             f"validation loss {val_loss:.3f} accuracy {val_acc:.3f}"
         )
-        if writer:
-            for key, value in scores.items():
-                part, what = key.split("_")
-                writer.add_scalar(f"{what}/{part}", value, epoch)
-            writer.add_scalar("lr/outer", outer.lr, epoch)
-        if wb:
-            wb.log({**scores, "meta_epoch": epoch})
-        if lead and cfg.save:
-            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            ckpt = {
-                **common,
-                "state_dict": state,
-                "meta_epoch": epoch,
-                "val_loss": val_loss,
-                "outer": outer.state_dict(),
-            }
-            path = save_checkpoint(models_dir / epoch_checkpoint_name(epoch, val_loss), ckpt)
-            if val_loss < best[0]:
-                best, best_epoch = (val_loss, save_checkpoint(models_dir / BEST, ckpt)), epoch
-            kept = prune_checkpoints([*kept, path], cfg.keep_checkpoints)
-        elif val_loss < best[0]:
-            best, best_epoch = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}), epoch
-    train_seconds = time.monotonic() - t0
-    if not lead:
-        return {}
+        _track_epoch(writer, wb, scores, run.outer.lr, epoch)
+        _keep_best(cfg, run, done, epoch, val_loss, models_dir)
+    done.seconds = time.monotonic() - t0
+    return done
+
+
+def _track_epoch(writer, wb, scores: dict, lr: float, epoch: int) -> None:
+    if writer:
+        for key, value in scores.items():
+            part, what = key.split("_")
+            writer.add_scalar(f"{what}/{part}", value, epoch)
+        writer.add_scalar("lr/outer", lr, epoch)
+    if wb:
+        wb.log({**scores, "meta_epoch": epoch})
+
+
+def _keep_best(cfg: TrainConfig, run: _Run, done: _Progress, epoch: int, val_loss: float, models_dir: Path) -> None:
+    """The lead process with ``save``: this meta-epoch's checkpoint (the newest kept) and the best
+    one; otherwise the best weights in memory."""
+    from metalearn.checkpoint import BEST, epoch_checkpoint_name, prune_checkpoints, save_checkpoint
+
+    model = run.model
+    if run.lead and cfg.save:
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        ckpt = {
+            **run.common,
+            "state_dict": state,
+            "meta_epoch": epoch,
+            "val_loss": val_loss,
+            "outer": run.outer.state_dict(),
+        }
+        path = save_checkpoint(models_dir / epoch_checkpoint_name(epoch, val_loss), ckpt)
+        if val_loss < done.best[0]:
+            done.best, done.best_epoch = (val_loss, save_checkpoint(models_dir / BEST, ckpt)), epoch
+        done.kept = prune_checkpoints([*done.kept, path], cfg.keep_checkpoints)
+    elif val_loss < done.best[0]:
+        done.best, done.best_epoch = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}), epoch
+
+
+def _finish(cfg: TrainConfig, run: _Run, epochs: range, done: _Progress, run_dir: Path, writer) -> dict:
+    """The best model back in place, compared on the test tasks, and the run's files written."""
+    from metalearn.checkpoint import BEST, load_checkpoint
+    from metalearn.evaluate import write_reports
+
+    model, best = run.model, done.best
     if cfg.save and best[1] is not None:
-        model.load_state_dict(load_checkpoint(models_dir / BEST)["state_dict"])
+        model.load_state_dict(load_checkpoint(run_dir / "models" / BEST)["state_dict"])
     elif isinstance(best[1], dict):
         model.load_state_dict(best[1])
-
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
-        "seed": seed,
-        "meta_epochs": len(epochs) + start * (not closed_form),
-        "train_seconds": train_seconds,
+        "seed": run.seed,
+        "meta_epochs": len(epochs) + run.start * (not run.closed_form),
+        "train_seconds": done.seconds,
         "best_val_loss": best[0],
         "best_checkpoint": str(best[1]) if isinstance(best[1], Path) else None,
-        "best_meta_epoch": best_epoch,
-        "kept_checkpoints": [str(p) for p in kept],
+        "best_meta_epoch": done.best_epoch,
+        "kept_checkpoints": [str(p) for p in done.kept],
         "keep_checkpoints": cfg.keep_checkpoints,
-        "history": history,
-        "device": str(device),
-        "world_size": world,
+        "history": done.history,
+        "device": str(run.device),
+        "world_size": run.world,
         "compile": cfg.compile,
     }
     logs = conv = None
-    if tests:
-        logs, conv = _compare_on_tests(cfg, hp, model, train_tasks, tests, inner_doc, device, seed)
-        summary["test_data_hash"] = test_hash
+    if run.tests:
+        inner_doc = run.common["inner"]
+        logs, conv = _compare_on_tests(cfg, run.hp, model, run.train_tasks, run.tests, inner_doc, run.device, run.seed)
+        summary["test_data_hash"] = run.test_hash
+    res_dir = run_dir / "results"
     if cfg.save:
-        saving = Progress("saving the run", 3 if tests else 2, "steps")
+        saving = Progress("saving the run", 3 if run.tests else 2, "steps")
         if logs is not None:
             summary.update(write_reports(res_dir, logs, inner_steps=cfg.inner_steps, convergence=conv))
             saving.advance("results/: results_table.csv, per_task_logs.json, res_barplot.png, convergence.*")
-        _write_run_files(run_dir, history, {"test": config_dict, "signal_spec": spec.to_dict(), "seed": seed}, summary)
+        resolved = {"test": run.config_dict, "signal_spec": run.spec.to_dict(), "seed": run.seed}
+        _write_run_files(run_dir, done.history, resolved, summary)
         saving.advance("results/meta_training_log.json, resolved_config.json, results/summary.json")
         from metalearn.runplots import write_curves
 
-        write_curves(res_dir / "curves.png", history, best_epoch)
+        write_curves(res_dir / "curves.png", done.history, done.best_epoch)
         saving.advance("results/curves.png")
     elif logs is not None:
         from metalearn.evaluate import results_table
 
         summary["table"] = {r[0]: r[-1] for r in results_table(logs, cfg.inner_steps)[1]}
-    _track_results(writer, wb, summary, cfg.inner_steps)
     return summary
 
 
