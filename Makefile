@@ -20,6 +20,7 @@ lint: setup
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports
 	.venv/bin/mypy
+	.venv/bin/python scripts/long_functions.py
 
 
 # Rebuild the shipped models (under a minute each on 2 CPU cores): the Myo meta-model, and the
