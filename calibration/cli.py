@@ -63,7 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         help="with --rollback: the patient ids of the current and the previous model ('-' for none), "
         "to confirm a rollback to another patient's model",
     )
-    what.add_argument("--print-config", action="store_true", help="print the effective configuration (YAML) and exit")
+    what.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (YAML; with --json, JSON) and exit",
+    )
     p.add_argument(
         "--config", type=Path, metavar="FILE", help="YAML configuration file (docs/calibration.md lists every key)"
     )
@@ -204,7 +208,7 @@ def _emit(args: argparse.Namespace, result: dict) -> None:
 def _run(args: argparse.Namespace) -> tuple[int, dict | None]:
     config = load_config(args)
     if args.print_config:
-        print(config.to_yaml(), end="")
+        print(json.dumps(config.to_dict(), indent=2) if args.json else config.to_yaml(), end="\n" if args.json else "")
         return 0, None
     store = Store(resolve_state_dir(args.state_dir, config.state_dir).absolute(), keep=config.keep_models)
     if args.rollback:

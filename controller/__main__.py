@@ -1,7 +1,7 @@
 """``myhand-controller``: the real-time daemon, and ``myhand-controller ctl`` to talk to it.
 
     myhand-controller [--config FILE] [--lsl-stream NAME] [--serial-port PATH] [--model FILE]
-                      [--monitor ENDPOINT] [--control ENDPOINT] [--log-level LEVEL] [--check-config]
+                      [--monitor ENDPOINT] [--control ENDPOINT] [--log-level LEVEL] [--print-config [--json]]
     myhand-controller ctl [--config FILE | --control ENDPOINT] CMD [key=value ...]
 
 Without ``--config`` the defaults apply (configs/controller.yaml documents them); the flags
@@ -33,10 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="ENDPOINT", help="ZeroMQ control endpoint, ipc://PATH (control.endpoint)")
     p.add_argument("--log-level", choices=configuration.LOG_LEVELS, help="logging.level")
     p.add_argument(
-        "--check-config",
+        "--print-config",
         action="store_true",
-        help="validate the configuration and load the model file, print them as JSON and exit",
+        help="validate the configuration and load the model file, print them (YAML) and exit",
     )
+    p.add_argument("--json", action="store_true", help="with --print-config: as JSON")
+    p.add_argument("--check-config", action="store_true", help=argparse.SUPPRESS)  # --print-config --json, renamed
     return p
 
 
@@ -46,8 +48,8 @@ def _ctl_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config",
-        help="read control.endpoint / runtime_dir from this file (default: $MYHAND_CONFIG, "
-        "else /etc/myhand/controller.yaml when it exists)",
+        help="the daemon's configuration file, for where its control socket is (control.endpoint, runtime_dir; "
+        "default: $MYHAND_CONFIG, else /etc/myhand/controller.yaml when it exists)",
     )
     p.add_argument("--control", metavar="ENDPOINT", help="control endpoint (default: from the config)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
@@ -113,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = load_config(args)
     if args.check_config:
+        print(
+            "note: --check-config is now --print-config --json (the old spelling goes in the next release)",
+            file=sys.stderr,
+        )
+        args.print_config = args.json = True
+    if args.print_config:
         from controller.pipeline import load_model
 
         doc = cfg.to_dict()
@@ -120,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         # the model file as the daemon loads it at start: a missing or broken one fails here too
         doc["model"]["model_id"] = load_model(cfg.model.resolved_path()).info.model_id
         doc["control"]["resolved_endpoint"] = cfg.control.resolved_endpoint()
-        print(json.dumps(doc, indent=2))
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            import yaml
+
+            print(yaml.safe_dump(doc, sort_keys=False), end="")
         return 0
     from controller import logs
     from controller.daemon import Controller

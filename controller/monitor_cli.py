@@ -28,7 +28,7 @@ from typing import Any
 
 from controller.explain import STALE_AFTER_S, Explanation, ctl_command, event_text, explain, state_headline
 from controller.monitor import SCHEMA, percentiles
-from metaemg.cli import entry_point
+from metaemg.cli import entry_point, renamed
 from metaemg.errors import ConfigError, MetaEMGError
 from metaemg.intents import INTENTS
 
@@ -580,10 +580,12 @@ def run_live(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="metaemg-monitor", description="Watch the MyHand daemon's monitor stream live.")
     p.add_argument(
-        "--endpoint",
+        "--monitor",
+        metavar="ENDPOINT",
         help="the daemon's monitor endpoint (default: as the daemon resolves it from its "
         "configuration, ipc://<runtime dir>/monitor.sock unless monitor.endpoint is set)",
     )
+    renamed(p, "--endpoint", "--monitor")
     p.add_argument(
         "--config",
         help="the daemon's configuration file (default: $MYHAND_CONFIG, else "
@@ -611,35 +613,35 @@ def main(argv: list[str] | None = None) -> int:
     # a ctl command shown on screen must reach the daemon watched here (see CtlHint)
     ctl = CtlHint(
         config=os.path.abspath(args.config) if args.config else None,
-        by_endpoint=args.endpoint is not None and args.config is None,
+        by_endpoint=args.monitor is not None and args.config is None,
     )
     threshold = None
-    if args.endpoint is None or args.config is not None:
+    if args.monitor is None or args.config is not None:
         from controller import config as configuration
 
         path = args.config or configuration.service_config_path()
         cfg = configuration.load(path) if path else configuration.Config()
         threshold = cfg.policy.threshold  # until the daemon's status says (policy.threshold)
-    if args.endpoint is None:
-        args.endpoint = cfg.monitor_endpoint()
-        if args.endpoint.startswith("ipc://") and not Path(args.endpoint[len("ipc://") :]).exists():
+    if args.monitor is None:
+        args.monitor = cfg.monitor_endpoint()
+        if args.monitor.startswith("ipc://") and not Path(args.monitor[len("ipc://") :]).exists():
             raise ConfigError(
-                f"no monitor socket at {args.endpoint} (is myhand-controller running?); "
+                f"no monitor socket at {args.monitor} (is myhand-controller running?); "
                 f"{configuration.where_the_daemon_is(cfg, args.config)}"
             )
     if args.once:
-        msg = wait_status(args.endpoint, args.timeout)
+        msg = wait_status(args.monitor, args.timeout)
         if args.json:
             print(json.dumps(msg))
         else:
             view = MonitorView(threshold=threshold)
             view.update("status", msg)
-            print(render(view, args.endpoint, ctl=ctl), end="")
+            print(render(view, args.monitor, ctl=ctl), end="")
         return 0
     ansi = not args.plain and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
     try:
         run_live(
-            args.endpoint,
+            args.monitor,
             duration=args.duration,
             refresh_hz=args.refresh,
             plot=args.plot,

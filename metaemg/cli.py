@@ -35,6 +35,21 @@ def entry_point(func: Callable[..., int | None]) -> Callable[..., int]:
     return wrapper
 
 
+def renamed(parser, old: str, new: str) -> None:
+    """Keep ``old`` working (hidden from ``--help``) for one release as the flag now spelt ``new``
+    (issue 29: one spelling for one thing across the tools), with one line on stderr when used."""
+    import argparse
+
+    dest = new.lstrip("-").replace("-", "_")
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"note: {old} is now {new} (the old spelling goes in the next release)", file=sys.stderr)
+            setattr(namespace, dest, values)
+
+    parser.add_argument(old, dest=dest, action=Renamed, help=argparse.SUPPRESS)
+
+
 def one_line(text: str) -> str:
     """``text`` as one line: line breaks and other control characters written as escapes (``\\n``),
     so that a message carrying the sender's words (a stream name, a host name) cannot forge a line

@@ -425,9 +425,9 @@ def _start(parts: Parts, args, model: Path, source: str, name: str, control: str
     except RuntimeError:
         raise DemoError(f"the orthosis simulator did not start (see {work / 'sim.out'})") from None
     if args.console:  # the daemon's monitor (a Daemon's): where the patient hears the cues
-        armband_argv = ["rig.patient", source, "--monitor", monitor_endpoint(work), "--name", name]
+        armband_argv = ["rig.patient", source, "--monitor", monitor_endpoint(work), "--lsl-stream", name]
     else:
-        armband_argv = ["rig.replay", source, "--name", name, "--loop"]
+        armband_argv = ["rig.replay", source, "--lsl-stream", name, "--loop"]
     parts.armband = spawn(
         [sys.executable, "-m", *armband_argv, "--myo-root", str(myo_root), "--log", str(work / "replay.jsonl")],
         work / "replay.out",

@@ -52,7 +52,7 @@ from typing import IO
 
 import numpy as np
 
-from metaemg.cli import entry_point
+from metaemg.cli import entry_point, renamed
 from metaemg.errors import ConfigError, DataError
 from metaemg.intents import INTENTS, LABELS
 from metaemg.lsl import DEFAULT_STREAM_NAME
@@ -386,8 +386,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)",
     )
-    p.add_argument("--name", default=DEFAULT_STREAM_NAME, help=f"LSL stream name (default {DEFAULT_STREAM_NAME})")
-    p.add_argument("--source-id", metavar="ID", help="LSL source id")
+    p.add_argument(
+        "--lsl-stream",
+        default=DEFAULT_STREAM_NAME,
+        metavar="NAME",
+        help=f"LSL stream name (default {DEFAULT_STREAM_NAME})",
+    )
+    p.add_argument("--lsl-source-id", metavar="ID", help="LSL source id")
+    renamed(p, "--name", "--lsl-stream")
+    renamed(p, "--source-id", "--lsl-source-id")
     p.add_argument(
         "--monitor",
         nargs="?",
@@ -461,17 +468,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         patient = Patient(
             rec,
-            name=args.name,
+            name=args.lsl_stream,
             endpoints=endpoints,
             reaction_s=args.reaction_s,
             jitter_s=args.jitter_s,
             seed=args.seed,
             idle=args.idle,
-            source_id=args.source_id,
+            source_id=args.lsl_source_id,
             log=log,
         )
         print(
-            f"streaming {args.name!r}: {args.source}, {patient.emg.shape[1]} channels at {patient.rate:g} Hz; "
+            f"streaming {args.lsl_stream!r}: {args.source}, {patient.emg.shape[1]} channels at {patient.rate:g} Hz; "
             f"following the cues on {', '.join(endpoints)}; idle: "
             f"{'the recording in order' if args.idle == RECORDING else 'relax'}",
             file=say,

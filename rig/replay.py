@@ -30,7 +30,7 @@ from typing import IO
 
 import numpy as np
 
-from metaemg.cli import entry_point
+from metaemg.cli import entry_point, renamed
 from metaemg.errors import DataError
 from metaemg.intents import INTENTS
 from metaemg.lsl import DEFAULT_STREAM_NAME
@@ -238,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--myo-root", type=Path, help="Myo dataset (default $METAEMG_MYO_ROOT or ../shared/datasets/myoarmband)"
     )
-    p.add_argument("--name", default=DEFAULT_STREAM_NAME, help="LSL stream name")
+    p.add_argument("--lsl-stream", default=DEFAULT_STREAM_NAME, metavar="NAME", help="LSL stream name")
+    renamed(p, "--name", "--lsl-stream")
     p.add_argument("--type", default="EMG", help="LSL stream type")
-    p.add_argument("--source-id", help="LSL source id")
+    p.add_argument("--lsl-source-id", metavar="ID", help="LSL source id")
+    renamed(p, "--source-id", "--lsl-source-id")
     p.add_argument("--rate", type=float, help="announce this nominal rate instead of the recording's")
     p.add_argument("--speed", type=float, default=1.0, help="playback speed factor")
     p.add_argument("--start-s", type=float, default=0.0, help="start this far into the recording")
@@ -257,15 +259,15 @@ def main(argv: list[str] | None = None) -> int:
             rec.emg[start:],
             rec.labels[start:],
             rate,
-            name=args.name,
+            name=args.lsl_stream,
             stream_type=args.type,
-            source_id=args.source_id,
+            source_id=args.lsl_source_id,
             nominal_rate=args.rate,
             speed=args.speed,
             loop=args.loop,
             log=log,
         )
-        print(f"streaming {args.name!r}: {args.source}, {rec.emg.shape[1]} channels at {rate:g} Hz", flush=True)
+        print(f"streaming {args.lsl_stream!r}: {args.source}, {rec.emg.shape[1]} channels at {rate:g} Hz", flush=True)
         replay.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration
         stop = threading.Event()

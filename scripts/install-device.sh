@@ -85,7 +85,7 @@ if [[ $as_root == 1 ]]; then
     chown myhand:myhand /var/lib/myhand
     udevadm control --reload && udevadm trigger --subsystem-match=tty || true
     systemctl daemon-reload
-    "$PREFIX/venv/bin/myhand-controller" --config /etc/myhand/controller.yaml --check-config
+    "$PREFIX/venv/bin/myhand-controller" --config /etc/myhand/controller.yaml --print-config >/dev/null
     systemd-analyze verify /etc/systemd/system/myhand-controller.service /etc/systemd/system/myhand-console.service
 else
     say "staged under $root: as root, the install would also create group and user myhand (in dialout), give"

@@ -157,7 +157,7 @@ def test_cli_refuses_a_missing_or_broken_model(tmp_path):
 
 
 def test_check_config_prints_the_effective_configuration(tmp_path):
-    proc = run_cli("--config", str(SHIPPED), "--lsl-stream", "Arm", "--check-config")
+    proc = run_cli("--config", str(SHIPPED), "--lsl-stream", "Arm", "--print-config", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["lsl"]["name"] == "Arm" and doc["policy"]["stale_ms"] == 100.0
@@ -168,10 +168,12 @@ def test_check_config_prints_the_effective_configuration(tmp_path):
 
 
 def test_check_config_fails_on_a_missing_model_file(tmp_path):
-    """issue 14: --check-config passed with a model file the daemon then could not load."""
-    proc = run_cli("--model", str(tmp_path / "gone.onnx"), "--check-config")
+    """issue 14: --print-config (then --check-config) passed with a model file the daemon then could not load."""
+    proc = run_cli("--model", str(tmp_path / "gone.onnx"), "--check-config")  # the old spelling, kept a release
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith(f"error: {tmp_path / 'gone.onnx'}") and "not found" in proc.stderr
+    note, error = proc.stderr.splitlines()
+    assert note == "note: --check-config is now --print-config --json (the old spelling goes in the next release)"
+    assert error.startswith(f"error: {tmp_path / 'gone.onnx'}") and "not found" in error
 
 
 def test_duplicate_keys_are_refused_and_exponents_are_numbers(tmp_path):

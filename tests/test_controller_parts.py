@@ -443,7 +443,7 @@ def test_a_monitor_socket_directory_or_a_parent_other_users_control_is_refused(t
     refusal = rf"monitor socket directory {runtime}: the directory above it, {parent}, is writable by other users"
     with pytest.raises(ConfigError, match=refusal):
         check_socket_dir(endpoint, "monitor socket directory")
-    for tool in (["metaemg-monitor", "--endpoint", endpoint, "--once"], ["metaemg-console", "--monitor", endpoint]):
+    for tool in (["metaemg-monitor", "--monitor", endpoint, "--once"], ["metaemg-console", "--monitor", endpoint]):
         proc = subprocess.run([str(BIN / tool[0]), *tool[1:]], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and proc.stdout == "", (tool, proc.stderr)
         assert proc.stderr.startswith(f"error: monitor socket directory {runtime}: the directory above"), proc.stderr

@@ -366,6 +366,7 @@ def test_once_json_prints_one_status_and_exits(publisher):
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "note: --endpoint is now --monitor" in proc.stderr  # the old spelling, kept for one release
     lines = proc.stdout.splitlines()
     assert len(lines) == 1
     msg = json.loads(lines[0])
@@ -376,7 +377,7 @@ def test_once_json_prints_one_status_and_exits(publisher):
 
 def test_once_times_out_with_one_line(tmp_path):
     proc = subprocess.run(
-        [EXE, "--endpoint", "tcp://127.0.0.1:1", "--once", "--json", "--timeout", "0.3"],
+        [EXE, "--monitor", "tcp://127.0.0.1:1", "--once", "--json", "--timeout", "0.3"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -385,14 +386,14 @@ def test_once_times_out_with_one_line(tmp_path):
     assert proc.stdout == ""
     assert proc.stderr.startswith("error: no status message from tcp://127.0.0.1:1 within 0.3 s")
     assert len(proc.stderr.splitlines()) == 1
-    proc = subprocess.run([EXE, "--endpoint", "bogus", "--once"], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([EXE, "--monitor", "bogus", "--once"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot connect to monitor endpoint 'bogus'")
 
 
 def test_live_loop_redraws_until_duration(publisher):
     t0 = time.monotonic()
     proc = subprocess.run(
-        [EXE, "--endpoint", publisher.endpoint, "--duration", "1.5", "--refresh", "8", "--plain"],
+        [EXE, "--monitor", publisher.endpoint, "--duration", "1.5", "--refresh", "8", "--plain"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -412,7 +413,7 @@ def test_plot_window_updates_and_saves_a_frame(publisher, tmp_path):
     png = tmp_path / "monitor.png"
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.run(
-        [EXE, "--endpoint", publisher.endpoint, "--duration", "1.5", "--plain", "--plot", "--save-plot", str(png)],
+        [EXE, "--monitor", publisher.endpoint, "--duration", "1.5", "--plain", "--plot", "--save-plot", str(png)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -437,7 +438,7 @@ def test_against_the_real_daemon(tmp_path):
     daemon = Daemon(tmp_path, stream=name, port=str(sim.link), model=default_model_path())
     try:
         proc = subprocess.run(
-            [EXE, "--endpoint", daemon.monitor, "--once", "--json", "--timeout", "20"],
+            [EXE, "--monitor", daemon.monitor, "--once", "--json", "--timeout", "20"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -449,7 +450,7 @@ def test_against_the_real_daemon(tmp_path):
         deadline = time.monotonic() + 20
         while True:  # until the daemon decides (stream and link up)
             proc = subprocess.run(
-                [EXE, "--endpoint", daemon.monitor, "--duration", "1", "--plain"],
+                [EXE, "--monitor", daemon.monitor, "--duration", "1", "--plain"],
                 capture_output=True,
                 text=True,
                 timeout=60,

@@ -343,7 +343,7 @@ def test_the_console_script_follows_a_cue_and_logs_it(tmp_path):
     cues = CueSocket(endpoint)
     name = unique_name("patient")
     log = tmp_path / "patient.jsonl"
-    argv = ["synth:1", "--name", name, "--cues", endpoint, "--log", str(log), "--duration", "60"]
+    argv = ["synth:1", "--lsl-stream", name, "--cues", endpoint, "--log", str(log), "--duration", "60"]
     proc = spawn([str(BIN / "metaemg-patient"), *argv])
     try:
         inlet = Inlet(name)
@@ -408,6 +408,8 @@ def test_by_default_it_listens_where_the_daemon_publishes(tmp_path):
         assert proc.returncode == 0, proc.stderr
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
         assert lines[0]["event"] == "start" and "following the cues on" in proc.stderr
+        # the old spelling still works, and says the new one
+        assert "note: --name is now --lsl-stream (the old spelling goes in the next release)" in proc.stderr
         return lines[0]["endpoints"]
 
     assert endpoints("--config", str(config)) == [endpoint]
