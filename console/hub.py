@@ -8,75 +8,27 @@ for what a decision means are :mod:`controller.explain`'s, the same as ``metaemg
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
 
-from controller.explain import event_text, explain
-from controller.monitor import SCHEMA, percentiles
-from metaemg.intents import INTENTS
+from controller.explain import explain
+from controller.monitor import percentiles
+from controller.view import MonitorView
 
 DECISION_FRESH_S = 1.0  # a decision older than this is shown as stale, whatever the state
 CUE_SHOWN_S = 3.0  # a cue is shown this long after its last message (the calibration sends one a second)
 LATENCIES = 400  # decisions kept for the latency percentiles
 
 
-class Hub:
+class Hub(MonitorView):
+    """The console's reader of the monitor stream (:class:`controller.view.MonitorView`) and the
+    view the page draws."""
+
     def __init__(self, emg_keep: int = 4000, started_wall: float | None = None) -> None:
-        self.status: dict | None = None
-        self.status_at: float | None = None
-        self.decision: dict | None = None
-        self.decision_at: float | None = None
-        self.latencies: deque[float] = deque(maxlen=LATENCIES)
-        self.emg: deque[list] = deque(maxlen=emg_keep)
-        self.emg_next = 0  # index of the next EMG sample to arrive (the page asks for those after its own)
-        self.emg_rate: float | None = None
-        self.cue: dict | None = None
-        self.cue_at: float | None = None
-        self.events: deque[dict] = deque(maxlen=12)
-        self.timeline: list[dict] = []  # every state change seen: {"t_wall", "state", "reason"}
-        self.commands: Counter = Counter()  # commands sent to the orthosis, by intent
+        super().__init__(history=LATENCIES, emg_samples=emg_keep)
         self.started_wall = time.time() if started_wall is None else started_wall
-        self.received = 0
         self.problem: str | None = None  # why the console does not listen to the monitor stream (yet)
 
     def feed(self, topic: str, msg: dict, now: float) -> None:
-        if not isinstance(msg, dict) or msg.get("schema") != SCHEMA:
-            return
-        self.received += 1
-        if topic == "status":
-            state = msg.get("state")
-            if self.status is None or self.status.get("state") != state:
-                self._state_seen(msg.get("t_wall"), state, msg.get("reason"))
-            self.status, self.status_at = msg, now
-        elif topic == "decision":
-            self.decision, self.decision_at = msg, now
-            if isinstance(msg.get("latency_ms"), int | float):
-                self.latencies.append(float(msg["latency_ms"]))
-            if msg.get("command_seq") is not None and msg.get("intent") in INTENTS:
-                self.commands[msg["intent"]] += 1
-        elif topic == "emg":
-            samples = msg.get("samples") or []
-            self.emg.extend(samples)
-            self.emg_next += len(samples)
-            self.emg_rate = msg.get("rate") or self.emg_rate
-        elif topic == "cue":
-            cue = msg.get("cue")
-            if isinstance(cue, dict):
-                self.cue, self.cue_at = cue, now
-        elif topic == "event":
-            self.events.append({"t_wall": msg.get("t_wall"), "text": event_text(msg)})
-            if msg.get("event") == "state":
-                self._state_seen(msg.get("t_wall"), msg.get("state"), msg.get("reason"))
-
-    def _state_seen(self, t_wall, state, reason) -> None:
-        if self.timeline and self.timeline[-1]["state"] == state:
-            return
-        self.timeline.append({"t_wall": t_wall, "state": state, "reason": reason})
-
-    def emg_since(self, index: int) -> tuple[int, list]:
-        """``(first index, samples)`` of the EMG after ``index`` that is still kept."""
-        first = max(index, self.emg_next - len(self.emg))
-        n = self.emg_next - first
-        return first, list(self.emg)[len(self.emg) - n :] if n > 0 else []
+        self.update(topic, msg, now)
 
     def latency(self) -> dict | None:
         """The daemon's latency by the monitor's one rule (:func:`controller.monitor.percentiles`)."""

@@ -10,7 +10,7 @@ decision 0.1 s ago, not sent: PAUSED"), or left out when older than
 :data:`~controller.explain.STALE_AFTER_S`. ``--once --json`` prints one status message and exits
 (scripts, health checks); ``--plot`` opens a live matplotlib window with the state, the EMG, the
 decisions against the policy threshold and the orthosis position. The view (:class:`MonitorView`)
-and the text (:func:`render`) are pure.
+(:mod:`controller.view`, every reader's) and the text (:func:`render`) are pure.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import math
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.explain import STALE_AFTER_S, Explanation, ctl_command, event_text, explain, state_headline
-from controller.monitor import SCHEMA, percentiles
+from controller.explain import STALE_AFTER_S, Explanation, ctl_command, state_headline
+from controller.monitor import SCHEMA
+from controller.view import MonitorView
 from metaemg.cli import entry_point, renamed
 from metaemg.errors import ConfigError, MetaEMGError
 from metaemg.intents import INTENTS
@@ -41,75 +41,6 @@ GREY = "90"
 
 class MonitorTimeout(MetaEMGError):
     """Nothing arrived on the monitor stream in time."""
-
-
-class MonitorView:
-    """What the monitor knows: the last status and decision, latency and decision history, and
-    the last EMG samples. Fed with ``update(topic, message, now)``; ``now`` is local monotonic."""
-
-    def __init__(
-        self,
-        history: int = 400,
-        emg_samples: int = 1000,
-        *,
-        started_at: float | None = None,
-        threshold: float | None = None,
-    ) -> None:
-        self.started_at = started_at  # when the monitor started (monotonic): "waiting" until STALE_AFTER_S
-        self.default_threshold = threshold  # policy.threshold of the configuration, when the monitor read one
-        self.status: dict | None = None
-        self.status_at: float | None = None
-        self.decision: dict | None = None
-        self.decision_at: float | None = None
-        self.latencies: deque[float] = deque(maxlen=history)
-        self.decisions: deque[tuple[float, list, str | None]] = deque(maxlen=history)  # (t_mono, probs, intent)
-        self.emg: deque[list] = deque(maxlen=emg_samples)
-        self.emg_rate: float | None = None
-        self.events: deque[str] = deque(maxlen=3)
-        self.received = 0
-        self.foreign = 0
-        self.first_at: float | None = None
-        self.last_at: float | None = None
-
-    def update(self, topic: str, msg: dict, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if not isinstance(msg, dict) or msg.get("schema") != SCHEMA:
-            self.foreign += 1
-            return
-        self.received += 1
-        self.first_at = now if self.first_at is None else self.first_at
-        self.last_at = now
-        if topic == "status":
-            self.status, self.status_at = msg, now
-        elif topic == "decision":
-            self.decision, self.decision_at = msg, now
-            if isinstance(msg.get("latency_ms"), (int, float)):
-                self.latencies.append(float(msg["latency_ms"]))
-            self.decisions.append((msg.get("t_mono") or now, msg.get("probabilities") or [], msg.get("intent")))
-        elif topic == "emg":
-            self.emg.extend(msg.get("samples") or [])
-            self.emg_rate = msg.get("rate") or self.emg_rate
-        elif topic == "event":
-            self.events.append(event_text(msg))
-
-    def explanation(self, now: float) -> Explanation:
-        """The daemon's state in words, from the last status and its age (controller.explain)."""
-        return explain(self.status, None if self.status_at is None else now - self.status_at)
-
-    @property
-    def threshold(self) -> float | None:
-        """The policy threshold: as the daemon's status reports it, else the configuration's."""
-        value = _get(self.status, "policy", "threshold")
-        return float(value) if isinstance(value, (int, float)) else self.default_threshold
-
-    def latency_percentiles(self) -> dict[str, float] | None:
-        return percentiles(self.latencies)
-
-    def decision_rate(self) -> float | None:
-        if len(self.decisions) < 2:
-            return None
-        span = self.decisions[-1][0] - self.decisions[0][0]
-        return (len(self.decisions) - 1) / span if span > 0 else None
 
 
 def _c(text: str, code: str, color: bool) -> str:
@@ -268,8 +199,8 @@ def render(
                 row = "       "
             row += " " + item + " "
         rest.append(row.rstrip())
-    for e in view.events:
-        rest.append(f"event   {e}")
+    for e in list(view.events)[-3:]:  # the last three
+        rest.append(f"event   {e['text']}")
     lines += [_c(line, GREY, color) for line in rest] if stale else rest
     if view.foreign:
         lines.append(_c(f"ignored {view.foreign} message(s) without schema {SCHEMA}", "33", color))

@@ -40,9 +40,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.explain import Explanation, ctl_command, explain
+from controller.explain import Explanation, ctl_command
 from controller.monitor import subscribe
 from controller.monitor_cli import position_bar
+from controller.view import MonitorView
 from metaemg.cli import entry_point
 from metaemg.errors import DataError, MetaEMGError, ModelError
 from metaemg.intents import INTENTS
@@ -332,7 +333,7 @@ class Screen:
         self.next_print, self.next_url = t_start, t_start + URL_EVERY_S
         self.starting = True  # until the first state that is not start-up
 
-    def update(self, now: float, expl: Explanation | None, last: dict, labels: Labels) -> None:
+    def update(self, now: float, expl: Explanation | None, view: MonitorView, labels: Labels) -> None:
         if expl is not None and self.starting and expl.state in STARTING:
             if self.shown is None or expl.state != self.shown.state:
                 self.shown = expl
@@ -347,14 +348,14 @@ class Screen:
         if self.url is not None and now >= self.next_url:
             self.next_url = now + URL_EVERY_S
             print(f"console  {self.url}", flush=True)
-        if now >= self.next_print and "decision" in last:
+        if now >= self.next_print and view.decision is not None:
             self.next_print = now + PRINT_EVERY_S
             if self.rows % HEADER_EVERY == 0:
                 print(HEADER)
             self.rows += 1
-            d = last["decision"]
+            d = view.decision
             label = labels.at(d["lsl_ts"]) if d.get("lsl_ts") is not None else None
-            print(_row(now - self.t_start, d, last.get("status", {}), expl, label), flush=True)
+            print(_row(now - self.t_start, d, view.status or {}, expl, label), flush=True)
 
 
 def _run(args, model: Path, source: str, rec, myo_root: Path, work: Path) -> int:
@@ -380,20 +381,17 @@ def _run(args, model: Path, source: str, rec, myo_root: Path, work: Path) -> int
         t_start = time.monotonic()
         deadline = None if args.duration is None else t_start + args.duration
         screen = Screen(control, parts.url, t_start)
-        last: dict = {}
-        status_at: float | None = None
+        view = MonitorView()
         if not args.quiet:
             print(LEGEND + "\n")
         while not stopping and (deadline is None or time.monotonic() < deadline):
             parts.check_alive(work)
             for record in replay_log.poll():
                 labels.add(record)
-            status_at = _receive(sub, last, stats, labels) or status_at
+            _receive(sub, view, stats, labels)
             now = time.monotonic()
             if not args.quiet:
-                screen.update(
-                    now, None if status_at is None else explain(last.get("status"), now - status_at), last, labels
-                )
+                screen.update(now, None if view.status_at is None else view.explanation(now), view, labels)
         t_end = time.monotonic()
     finally:
         daemon_rc = parts.close()
@@ -460,12 +458,10 @@ def _subscribe(ctx, parts: Parts, work: Path, timeout: float = 10.0):
     return sub
 
 
-def _receive(sub, last: dict, stats: dict, labels: Labels) -> float | None:
-    """The monitor messages that arrived (at most 50 ms of waiting): the last of each topic in
-    ``last``, decisions scored; the time a status arrived, or None."""
+def _receive(sub, view: MonitorView, stats: dict, labels: Labels) -> None:
+    """The monitor messages that arrived (at most 50 ms of waiting) into ``view``, decisions scored."""
     import zmq
 
-    status_at = None
     if sub.poll(50):
         while True:
             try:
@@ -473,12 +469,9 @@ def _receive(sub, last: dict, stats: dict, labels: Labels) -> float | None:
             except zmq.Again:
                 break
             msg = json.loads(body)
-            last[topic.decode()] = msg
+            view.update(topic.decode(), msg)
             if topic == b"decision":
                 _score(stats, msg, labels)
-            elif topic == b"status":
-                status_at = time.monotonic()
-    return status_at
 
 
 def _start_console(port: int, daemon: Daemon, control: str, model: Path, work: Path) -> tuple[subprocess.Popen, str]:

@@ -15,7 +15,8 @@ import pytest
 import zmq
 
 from controller import monitor as daemon_monitor
-from controller.monitor_cli import SCHEMA, CtlHint, MonitorView, position_bar, render
+from controller.monitor_cli import SCHEMA, CtlHint, position_bar, render
+from controller.view import MonitorView
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = str(REPO / ".venv" / "bin" / "metaemg-monitor")
