@@ -42,6 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# the commands of the control socket (controller.control.COMMANDS), each with its help and arguments
+CTL_COMMANDS = {
+    "status": "the daemon's status (JSON)",
+    "pause": "hold the hand (STOP, operator)",
+    "resume": "go on (in a session: keep its model; the hand may move)",
+    "reload": "load the model file again, or PATH from now on",
+    "session": "open a session for patient ID (their newest model, held), or end the open one: session end",
+    "clear": "clear a latched device fault (when its cause is gone)",
+    "cue": "publish a cue object (JSON) on the monitor stream",
+    "rebind": "accept another armband (the next one that matches and is alone)",
+    "stop": "shut the daemon down (systemd restarts it unless stopped with systemctl)",
+}
+
+
 def _ctl_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="myhand-controller ctl", description="send one request to a running myhand-controller"
@@ -51,14 +65,32 @@ def _ctl_parser() -> argparse.ArgumentParser:
         help="the daemon's configuration file, for where its control socket is (control.endpoint, runtime_dir; "
         "default: $MYHAND_CONFIG, else /etc/myhand/controller.yaml when it exists)",
     )
-    p.add_argument("--control", metavar="ENDPOINT", help="control endpoint (default: from the config)")
+    p.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket (default: from the config)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
-    p.add_argument(
-        "request",
-        nargs="+",
-        help="status | pause | resume | reload [path=FILE] | session ID | session end | clear | stop | cue cue='{...}'",
-    )
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for name, what in CTL_COMMANDS.items():
+        c = sub.add_parser(name, help=what, description=what)
+        if name == "reload":
+            c.add_argument("path", nargs="?", metavar="PATH", help="the model file (path=PATH: the older spelling)")
+        elif name == "session":
+            c.add_argument("who", metavar="ID|end", help="the patient's id, or end")
+        elif name == "cue":
+            c.add_argument("cue", metavar="JSON", help="the cue object (cue=JSON: the older spelling)")
     return p
+
+
+def _ctl_request(args: argparse.Namespace) -> dict:
+    """The request the subcommand's arguments make (the older ``key=value`` forms accepted)."""
+    if args.cmd == "reload":
+        path = (args.path or "").removeprefix("path=")
+        # the caller's directory, not the daemon's
+        return {"cmd": "reload", **({"path": os.path.abspath(os.path.expanduser(path))} if path else {})}
+    if args.cmd == "session":
+        who = args.who.removeprefix("patient=")
+        return {"cmd": "session", **({"end": True} if who in ("end", "end=true") else {"patient": who})}
+    if args.cmd == "cue":
+        return control_request(["cue", args.cue if args.cue.startswith("cue=") else f"cue={args.cue}"])
+    return {"cmd": args.cmd}
 
 
 def load_config(args: argparse.Namespace, *, service_default: bool = False) -> configuration.Config:
@@ -88,15 +120,14 @@ def load_config(args: argparse.Namespace, *, service_default: bool = False) -> c
 def _ctl(argv: list[str]) -> int:
     from controller.control import ControlError, request
 
-    args = _ctl_parser().parse_args(argv)
-    cfg = load_config(args, service_default=True)
-    words = args.request
-    if len(words) == 2 and words[0] == "session" and "=" not in words[1]:  # ctl session P012 / ctl session end
-        req = {"cmd": "session", **({"end": True} if words[1] == "end" else {"patient": words[1]})}
+    if len(argv) >= 1 and argv[-1].lstrip().startswith("{"):  # the older form: one JSON request
+        *options, raw = argv
+        args = _ctl_parser().parse_args([*options, "status"])
+        req = control_request([raw])
     else:
-        req = control_request(words)
-    if req.get("cmd") == "reload" and isinstance(req.get("path"), str) and req["path"]:
-        req["path"] = os.path.abspath(os.path.expanduser(req["path"]))  # the caller's directory, not the daemon's
+        args = _ctl_parser().parse_args(argv)
+        req = _ctl_request(args)
+    cfg = load_config(args, service_default=True)
     try:
         answer = request(cfg.control.resolved_endpoint(), req, timeout_s=args.timeout)
     except ControlError as exc:

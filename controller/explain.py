@@ -136,7 +136,7 @@ def ctl_command(action: str, *, config: str | None = None, control: str | None =
     if action == "calibrate":
         return "metaemg-calibrate --patient ID"
     if action == "session":
-        action = "session patient=ID"
+        action = "session ID"
     words = ["myhand-controller", "ctl"]
     if config:
         words += ["--config", config]

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from metaemg.lsl import StreamDesc
 
 log = structlog.get_logger("controller")
-HELD_NO_SESSION_NEXT = "open one for the patient (the console, or myhand-controller ctl session patient=ID)"
+HELD_NO_SESSION_NEXT = "open one for the patient (the console, or myhand-controller ctl session ID)"
 
 
 class ControlRequests:

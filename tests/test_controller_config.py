@@ -225,3 +225,25 @@ def test_both_device_tools_use_one_config_mechanism():
     for config in (cfg, CalibrationConfig()):
         with pytest.raises(ConfigError, match=re.escape("lsl.name: must be a non-empty string")):
             dataclasses.replace(config.lsl, name="it's")
+
+
+def test_ctl_subcommands_make_the_control_requests_and_the_older_forms_still_do(tmp_path):
+    import os
+
+    from controller.__main__ import _ctl_parser, _ctl_request
+
+    def req(*words: str) -> dict:
+        return _ctl_request(_ctl_parser().parse_args(list(words)))
+
+    assert req("status") == {"cmd": "status"} and req("--timeout", "1", "pause") == {"cmd": "pause"}
+    assert req("reload") == {"cmd": "reload"}
+    here = os.path.abspath("m.onnx")  # the caller's directory, made absolute for the daemon
+    assert req("reload", "m.onnx") == req("reload", "path=m.onnx") == {"cmd": "reload", "path": here}
+    assert req("session", "P012") == req("session", "patient=P012") == {"cmd": "session", "patient": "P012"}
+    assert req("session", "end") == {"cmd": "session", "end": True}
+    cue = {"cmd": "cue", "cue": {"label": "open"}}
+    assert req("cue", '{"label": "open"}') == req("cue", 'cue={"label": "open"}') == cue
+    # one JSON request, as before
+    proc = run_cli("ctl", "--control", f"ipc://{tmp_path}/none.sock", '{"cmd": "status"}')
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: ipc://{tmp_path}/none.sock: no control socket (is myhand-controller running?)\n"
