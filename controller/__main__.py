@@ -2,7 +2,7 @@
 
     myhand-controller [--config FILE] [--lsl-stream NAME] [--serial-port PATH] [--model FILE]
                       [--monitor ENDPOINT] [--control ENDPOINT] [--log-level LEVEL] [--print-config [--json]]
-    myhand-controller ctl [--config FILE | --control ENDPOINT] CMD [key=value ...]
+    myhand-controller ctl [--config FILE | --control ENDPOINT] COMMAND [ARG]   (COMMAND: ctl --help)
 
 Without ``--config`` the defaults apply (configs/controller.yaml documents them); the flags
 override the matching keys. Errors in the configuration, the model file or the stream's metadata
