@@ -67,6 +67,7 @@ import tempfile
 import threading
 import time
 import tty
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def cpu_by_thread(cpu0, cpu1, named: dict[str, int | None]) -> dict[str, float]:
 
 
 class Pusher:
-    """The armband's stand-in, in its own process (``python -m bench.latency --push``), as the
+    """The armband's stand-in, in its own process (``python -m bench.latency push``), as the
     armband's bridge is on a device PC: an LSL outlet, one sample per push at ``rate`` Hz, each
     stamped with the clock read just before its push (so the stamp is the push time, not the
     schedule). ``priority`` > 0: it runs under SCHED_FIFO at that priority where this machine
@@ -173,7 +174,7 @@ class Pusher:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Pusher:
-        argv = [sys.executable, "-m", "bench.latency", "--push", self.name, repr(self.rate), self._data]
+        argv = [sys.executable, "-m", "bench.latency", "push", self.name, repr(self.rate), self._data]
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None  # stdout=PIPE
         if self.proc.stdout.readline().strip() != "ready":
@@ -270,7 +271,7 @@ def measure_floor(mode: str, seconds: float, emg: np.ndarray, rate: float, peers
     tty.setraw(slave)
     pusher = Pusher(name, emg, None, rate, PEER_PRIORITY if peers_rt else 0).start()  # the relay resolves it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.latency", "--relay", name, os.ttyname(slave), mode],
+        [sys.executable, "-m", "bench.latency", "relay", name, os.ttyname(slave), mode],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -684,12 +685,17 @@ def histogram(path: Path, e2e: list[float], floor: list[float], note: str = "") 
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--relay":
-        return relay(*sys.argv[2:5])
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--push":
-        return push(*sys.argv[2:5])
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
+    helpers = p.add_subparsers(dest="helper", metavar="{push,relay}", help="the run's own helper processes")
+    pusher = helpers.add_parser("push", help="the armband's stand-in: push a recording into an LSL outlet")
+    pusher.add_argument("name")
+    pusher.add_argument("rate")
+    pusher.add_argument("data")
+    relayer = helpers.add_parser("relay", help="the floor's reader: LSL pull -> pty write, one strategy")
+    relayer.add_argument("name")
+    relayer.add_argument("pty")
+    relayer.add_argument("mode", choices=("daemon", "naive"))
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured in the chain run (default 20)")
     p.add_argument("--floor-s", type=float, default=8.0, help="seconds per floor measurement (default 8)")
     p.add_argument("--model", type=Path, help="the daemon's model (default: trained on Male13, else the packaged one)")
@@ -727,10 +733,120 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run the armband's and the orthosis's stand-ins (pusher, simulator) under SCHED_FIFO "
         f"{PEER_PRIORITY}, below the daemon, where this machine grants it",
     )
+    return p
+
+
+@dataclass
+class Measured:
+    """One run's measurements, and every figure the report and the JSON document give."""
+
+    args: argparse.Namespace
+    source: str
+    model_note: str
+    period_ms: float
+    load: str
+    applied: dict
+    chain: dict
+    floor: list[float]
+    naive: list[float]
+    inference: dict
+    decision: dict | None
+
+    def __post_init__(self) -> None:
+        chain = self.chain
+        self.e2e, self.fl = stats(chain["e2e_ms"]), stats(self.floor)
+        self.late = late_count(chain["e2e_ms"], self.period_ms) + chain["lost"]
+        self.floor_late = late_count(self.floor, self.period_ms)
+        self.trips = sum(chain["trips"].values())
+        self.ratio = self.e2e["p50"] / self.fl["p50"] if self.e2e["n"] and self.fl["n"] else None
+        self.loaded = bool(self.args.load or self.args.while_calibrating)
+        self.png: Path | None = None
+
+    def targets(self) -> list[tuple[str, str, bool]]:
+        chain = self.chain
+        return targets(
+            self.loaded,
+            self.e2e,
+            self.fl,
+            self.ratio,
+            chain["skipped"],
+            self.late,
+            self.trips,
+            chain["daemon_cpu_pct"],
+            chain["daemon_rss_mb"],
+        )
+
+    def to_json(self) -> dict:
+        chain, e2e, fl, decision, args = self.chain, self.e2e, self.fl, self.decision, self.args
+        return {
+            "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "source": self.source,
+            "model": self.model_note,
+            "duration_s": args.duration,
+            "windows": chain["decisions"],
+            "matched": chain["matched"],
+            "skipped": chain["skipped"],
+            "e2e_p50_ms": e2e["p50"],
+            "e2e_p95_ms": e2e["p95"],
+            "e2e_p99_ms": e2e["p99"],
+            "e2e_max_ms": e2e["max"],
+            "floor_p50_ms": fl["p50"],
+            "floor_p99_ms": fl["p99"],
+            "floor_max_ms": fl["max"],
+            "ratio_p50": self.ratio,
+            "daemon_ms": stats(chain["daemon_ms"]),
+            "stages_us": {s: stats(chain["stages_us"][s]) for s in STAGES},
+            "naive_floor_ms": stats(self.naive) if self.naive else None,
+            "inference_ms": self.inference,
+            "decision_median_ms": None if decision is None else decision["median_ms"],
+            "decision_changes": None if decision is None else decision["changes"],
+            "decision_missed": None if decision is None else decision["missed"],
+            "daemon_rss_mb": chain["daemon_rss_mb"],
+            "histogram": None if self.png is None else str(self.png),
+            "e2e_p999_ms": e2e["p999"],
+            "floor_p999_ms": fl["p999"],
+            "period_ms": self.period_ms,
+            "late": self.late,
+            "lost": chain["lost"],
+            "floor_late": self.floor_late,
+            "floor_n": fl["n"],
+            "skipped_windows_total": chain["counters"].get("skipped_windows"),
+            "watchdog_trips": self.trips,
+            "ttl_expiries": chain["trips"]["ttl"],
+            "watchdog_expiries": chain["trips"]["watchdog"],
+            "device_safe": chain["safe_reasons"],
+            "daemon_cpu_pct": chain["daemon_cpu_pct"],
+            "daemon_cpu_threads": chain["daemon_cpu_threads"],
+            "daemon_cpu_paused_pct": chain["daemon_cpu_paused_pct"],
+            "cpu_interval_s": chain["cpu_interval_s"],
+            "load": args.load,
+            "while_calibrating": args.while_calibrating,
+            "peers_rt": args.peers_rt,
+            "peers_realtime": chain["peers_realtime"],
+            "daemon_scheduling": chain["scheduling"],
+            "load_applied": self.applied,
+            "targets": {what: ok for what, _, ok in self.targets()},
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
+    if args.helper == "push":
+        return push(args.name, args.rate, args.data)
+    if args.helper == "relay":
+        return relay(args.name, args.pty, args.mode)
     if args.load < 0:
         p.error("--load must be >= 0")
+    m = measure(args)
+    report(m)
+    if args.json:
+        print(json.dumps(m.to_json()))
+    return 0
 
+
+def measure(args: argparse.Namespace) -> Measured:
+    """The chain run, the floors and the inference, under the load asked for."""
     from metaemg.modelfile import OnnxModel, default_model_path
 
     emg, labels, rate, source, train = load_data()
@@ -775,82 +891,83 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             applied = load.stop()
     decision = decision_latency(chain["label_changes"], chain["commands"]) if train is not None else None
+    return Measured(
+        args, source, model_note, period_ms, load.describe(), applied, chain, floor, naive, inference, decision
+    )
 
-    e2e, fl = stats(chain["e2e_ms"]), stats(floor)
-    late = late_count(chain["e2e_ms"], period_ms) + chain["lost"]
-    floor_late = late_count(floor, period_ms)
-    trips = sum(chain["trips"].values())
+
+def report(m: Measured) -> None:
+    """The run's figures as lines, the targets, and the histogram."""
     print(
         f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"{chain['decisions']} windows, {chain['matched']} matched to a command at the simulator, "
-        f"{chain['skipped']} skipped"
+        f"{m.chain['decisions']} windows, {m.chain['matched']} matched to a command at the simulator, "
+        f"{m.chain['skipped']} skipped"
     )
     calibrated = ""
-    if args.while_calibrating:
-        med = applied["calibration_median_s"]
+    if m.args.while_calibrating:
+        med = m.applied["calibration_median_s"]
         calibrated = (
-            f" ({applied['calibrations']} calibrations finished, {applied['calibrations_failed']} failed"
+            f" ({m.applied['calibrations']} calibrations finished, {m.applied['calibrations_failed']} failed"
             f"{'' if med is None else f', {med:.1f} s each'})"
         )
-    print(f"  load: {load.describe()}{calibrated}")
-    sched = chain["scheduling"] or {}
-    peers = chain["peers_realtime"]
+    print(f"  load: {m.load}{calibrated}")
+    sched = m.chain["scheduling"] or {}
+    peers = m.chain["peers_realtime"]
     print(
         f"  daemon scheduling: {sched.get('policy', '-')} {sched.get('priority', '')}"
         + ("" if sched.get("realtime") else f" ({sched.get('note')})")
         + (
             f"; stand-ins real-time (--peers-rt): pusher {'yes' if peers['pusher'] else 'no'}, "
             f"simulator {'yes' if peers['simulator'] else 'no'}"
-            if args.peers_rt
+            if m.args.peers_rt
             else "; stand-ins (pusher, simulator) at normal priority"
         )
     )
     print(f"  {'':<34} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
-    print(_row("end to end (push -> device)", e2e))
-    print(_row("daemon (chunk received -> written)", stats(chain["daemon_ms"])))
+    print(_row("end to end (push -> device)", m.e2e))
+    print(_row("daemon (chunk received -> written)", stats(m.chain["daemon_ms"])))
     for s in STAGES:
-        print(_row(f"  stage {s}", stats(chain["stages_us"][s]), "us"))
-    print(_row("floor (push -> pull -> pty -> read)", fl))
-    if naive:
-        print(_row("floor, naive pull loop (5 ms poll)", stats(naive)))
-    for name, s in inference.items():
+        print(_row(f"  stage {s}", stats(m.chain["stages_us"][s]), "us"))
+    print(_row("floor (push -> pull -> pty -> read)", m.fl))
+    if m.naive:
+        print(_row("floor, naive pull loop (5 ms poll)", stats(m.naive)))
+    for name, s in m.inference.items():
         if "n" in s:
             print(_row(f"inference {name}", s))
         else:
             print(f"  inference {name}: {s['skipped']}")
-    ratio = e2e["p50"] / fl["p50"] if e2e["n"] and fl["n"] else None
-    if ratio is not None:
-        print(f"  ratio end-to-end p50 / floor p50: {ratio:.2f}")
-    print(f"  p99.9: end to end {_ms(e2e['p999'])}, floor {_ms(fl['p999'])}")
-    lost_note = f" ({chain['lost']} never read by the simulator)" if chain["lost"] else ""
+    if m.ratio is not None:
+        print(f"  ratio end-to-end p50 / floor p50: {m.ratio:.2f}")
+    print(f"  p99.9: end to end {_ms(m.e2e['p999'])}, floor {_ms(m.fl['p999'])}")
+    lost_note = f" ({m.chain['lost']} never read by the simulator)" if m.chain["lost"] else ""
     print(
-        f"  skipped {chain['skipped']} (status counter, start-up included: "
-        f"{chain['counters'].get('skipped_windows', '-')}); late (> {period_ms:g} ms, one decision period) "
-        f"{late}{lost_note}"
-        f"; floor late {floor_late} of {fl['n']}"
+        f"  skipped {m.chain['skipped']} (status counter, start-up included: "
+        f"{m.chain['counters'].get('skipped_windows', '-')}); late (> {m.period_ms:g} ms, one decision period) "
+        f"{m.late}{lost_note}"
+        f"; floor late {m.floor_late} of {m.fl['n']}"
     )
     print(
-        f"  watchdog trips at the simulator: {trips} (ttl {chain['trips']['ttl']}, watchdog "
-        f"{chain['trips']['watchdog']}); device to SAFE: {chain['safe_reasons'] or 'never'}"
+        f"  watchdog trips at the simulator: {m.trips} (ttl {m.chain['trips']['ttl']}, watchdog "
+        f"{m.chain['trips']['watchdog']}); device to SAFE: {m.chain['safe_reasons'] or 'never'}"
     )
-    cpu, rss = chain["daemon_cpu_pct"], chain["daemon_rss_mb"]
+    cpu, rss = m.chain["daemon_cpu_pct"], m.chain["daemon_rss_mb"]
     print(
         f"  daemon: CPU {'-' if cpu is None else f'{cpu:.2f} %'} of one core over "
-        f"{chain['cpu_interval_s'] or 0:.1f} s, RSS {'-' if rss is None else f'{rss:.1f} MB'}"
+        f"{m.chain['cpu_interval_s'] or 0:.1f} s, RSS {'-' if rss is None else f'{rss:.1f} MB'}"
         + (
             ""
-            if not chain["daemon_cpu_threads"]
-            else "; by thread: " + ", ".join(f"{k} {v:.2f} %" for k, v in chain["daemon_cpu_threads"].items())
+            if not m.chain["daemon_cpu_threads"]
+            else "; by thread: " + ", ".join(f"{k} {v:.2f} %" for k, v in m.chain["daemon_cpu_threads"].items())
         )
         + (
             ""
-            if chain["daemon_cpu_paused_pct"] is None
-            else f"; paused (every window decided, no COMMAND) {chain['daemon_cpu_paused_pct']:.2f} %"
+            if m.chain["daemon_cpu_paused_pct"] is None
+            else f"; paused (every window decided, no COMMAND) {m.chain['daemon_cpu_paused_pct']:.2f} %"
         )
     )
-    loaded = bool(args.load or args.while_calibrating)
-    for what, value, ok in targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss):
+    for what, value, ok in m.targets():
         print(f"  target {what}: {value} -> {'met' if ok else 'NOT met'}")
+    decision = m.decision
     if decision is not None:
         med = decision["median_ms"]
         print(
@@ -858,62 +975,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{'-' if med is None else f'{med:.0f} ms'} over {decision['changes'] - decision['missed']} of "
             f"{decision['changes']} changes ({decision['missed']} without a correct command before the next change)"
         )
-    png = histogram(args.out, chain["e2e_ms"], floor, "" if not loaded else f"load: {load.describe()}")
-    print(f"  histogram: {png}" if png else "  histogram: skipped (matplotlib not installed)")
-    if args.json:
-        doc = {
-            "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
-            "source": source,
-            "model": model_note,
-            "duration_s": args.duration,
-            "windows": chain["decisions"],
-            "matched": chain["matched"],
-            "skipped": chain["skipped"],
-            "e2e_p50_ms": e2e["p50"],
-            "e2e_p95_ms": e2e["p95"],
-            "e2e_p99_ms": e2e["p99"],
-            "e2e_max_ms": e2e["max"],
-            "floor_p50_ms": fl["p50"],
-            "floor_p99_ms": fl["p99"],
-            "floor_max_ms": fl["max"],
-            "ratio_p50": ratio,
-            "daemon_ms": stats(chain["daemon_ms"]),
-            "stages_us": {s: stats(chain["stages_us"][s]) for s in STAGES},
-            "naive_floor_ms": stats(naive) if naive else None,
-            "inference_ms": inference,
-            "decision_median_ms": None if decision is None else decision["median_ms"],
-            "decision_changes": None if decision is None else decision["changes"],
-            "decision_missed": None if decision is None else decision["missed"],
-            "daemon_rss_mb": chain["daemon_rss_mb"],
-            "histogram": None if png is None else str(png),
-            "e2e_p999_ms": e2e["p999"],
-            "floor_p999_ms": fl["p999"],
-            "period_ms": period_ms,
-            "late": late,
-            "lost": chain["lost"],
-            "floor_late": floor_late,
-            "floor_n": fl["n"],
-            "skipped_windows_total": chain["counters"].get("skipped_windows"),
-            "watchdog_trips": trips,
-            "ttl_expiries": chain["trips"]["ttl"],
-            "watchdog_expiries": chain["trips"]["watchdog"],
-            "device_safe": chain["safe_reasons"],
-            "daemon_cpu_pct": chain["daemon_cpu_pct"],
-            "daemon_cpu_threads": chain["daemon_cpu_threads"],
-            "daemon_cpu_paused_pct": chain["daemon_cpu_paused_pct"],
-            "cpu_interval_s": chain["cpu_interval_s"],
-            "load": args.load,
-            "while_calibrating": args.while_calibrating,
-            "peers_rt": args.peers_rt,
-            "peers_realtime": chain["peers_realtime"],
-            "daemon_scheduling": chain["scheduling"],
-            "load_applied": applied,
-            "targets": {
-                what: ok for what, _, ok in targets(loaded, e2e, fl, ratio, chain["skipped"], late, trips, cpu, rss)
-            },
-        }
-        print(json.dumps(doc))
-    return 0
+    m.png = histogram(m.args.out, m.chain["e2e_ms"], m.floor, "" if not m.loaded else f"load: {m.load}")
+    print(f"  histogram: {m.png}" if m.png else "  histogram: skipped (matplotlib not installed)")
 
 
 if __name__ == "__main__":
