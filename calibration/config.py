@@ -16,7 +16,7 @@ from calibration.gate import GateRules
 from calibration.protocol import CueProtocol
 from metaemg.feathead import OPERATING_POINTS
 from metaemg.lsl import StreamSelector
-from metaemg.typedconfig import Section, document, is_number, read_yaml, require, require_endpoint
+from metaemg.typedconfig import Section, document, is_number, read_yaml, require, require_endpoint, require_range
 from metalearn.clip import ClipRules
 
 
@@ -105,7 +105,7 @@ class CalibrationConfig(Section):
     daemon: DaemonSection = field(default_factory=DaemonSection)
 
     def check(self, key: str) -> None:
-        require(1 <= self.keep_models <= 1000, "keep_models", "must be 1..1000", self.keep_models)
+        require_range(self.keep_models, "keep_models", 1, 1000, "a number of models")
 
     def replace(self, section: str | None = None, **changes: Any) -> CalibrationConfig:
         """A copy with top-level keys or one section's keys changed (validated again)."""

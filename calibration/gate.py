@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from metaemg.typedconfig import Section, is_number, require
+from metaemg.typedconfig import Section, require_range
 
 EXIT_REFUSED = 3  # metaemg-calibrate's exit status when the gate refuses the adapted model
 
@@ -39,7 +39,7 @@ class GateRules(Section):
     def check(self, key: str) -> None:
         for attr in ("min_accuracy", "min_recall", "swap_margin", "max_move_activation"):
             value = getattr(self, attr)
-            require(is_number(value) and 0 <= value <= 1, f"{key}.{attr}", "must be a fraction in [0, 1]", value)
+            require_range(value, f"{key}.{attr}", 0, 1, "a fraction")
 
     def describe(self) -> str:
         return (

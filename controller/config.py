@@ -20,7 +20,7 @@ from firmware_protocol.transport import FORMS, check_url
 from metaemg.drift import AdaptConfig
 from metaemg.lsl import StreamSelector
 from metaemg.modelfile import default_model_path
-from metaemg.typedconfig import Section, document, read_yaml, require, require_endpoint
+from metaemg.typedconfig import Section, document, read_yaml, require, require_endpoint, require_range
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -45,7 +45,7 @@ class LslConfig(StreamSelector):
     def check(self, key: str) -> None:
         super().check(key)
         require(0 < self.retry_s <= 60, f"{key}.retry_s", "must be in (0, 60]", self.retry_s)
-        require(1 <= self.max_buffer_s <= 60, f"{key}.max_buffer_s", "must be 1..60", self.max_buffer_s)
+        require_range(self.max_buffer_s, f"{key}.max_buffer_s", 1, 60, "a whole number of seconds")
 
 
 @dataclass(frozen=True)
@@ -120,10 +120,10 @@ class SerialConfig(Section):
     def check(self, key: str) -> None:
         require(check_url(self.port) is None, f"{key}.port", f"must be {FORMS}", self.port)
         require(self.baudrate > 0, f"{key}.baudrate", "must be > 0", self.baudrate)
-        require(1 <= self.ttl_ms <= 1000, f"{key}.ttl_ms", "must be 1..1000 (the device's max TTL)", self.ttl_ms)
-        require(10 <= self.heartbeat_ms <= 1000, f"{key}.heartbeat_ms", "must be 10..1000", self.heartbeat_ms)
-        require(5 <= self.ack_timeout_ms <= 1000, f"{key}.ack_timeout_ms", "must be 5..1000", self.ack_timeout_ms)
-        require(0 <= self.retries <= 10, f"{key}.retries", "must be 0..10", self.retries)
+        require_range(self.ttl_ms, f"{key}.ttl_ms", 1, 1000, "milliseconds")  # 1000: the device's longest TTL
+        require_range(self.heartbeat_ms, f"{key}.heartbeat_ms", 10, 1000, "milliseconds")
+        require_range(self.ack_timeout_ms, f"{key}.ack_timeout_ms", 5, 1000, "milliseconds")
+        require_range(self.retries, f"{key}.retries", 0, 10, "a count")
         require(
             50 <= self.device_timeout_ms <= 10000,
             f"{key}.device_timeout_ms",
@@ -164,10 +164,10 @@ class PolicyConfig(Section):
 
     def check(self, key: str) -> None:
         require(0 <= self.threshold < 1, f"{key}.threshold", "must be in [0, 1)", self.threshold)
-        require(1 <= self.vote <= 100, f"{key}.vote", "must be 1..100", self.vote)
+        require_range(self.vote, f"{key}.vote", 1, 100, "a number of windows")
         for attr in ("min_dwell_ms", "refractory_ms"):
             value = getattr(self, attr)
-            require(0 <= value <= 10000, f"{key}.{attr}", "must be 0..10000", value)
+            require_range(value, f"{key}.{attr}", 0, 10000, "milliseconds")
         # safety limits: the hand may go on moving for stale_ms after the armband stops, and
         # re-arming needs a stretch of good input, not a single good chunk
         require(
@@ -214,9 +214,9 @@ class MonitorConfig(Section):
                 "binds a non-loopback address; set monitor.allow_remote: true to publish off this machine",
                 self.endpoint,
             )
-        require(1 <= self.emg_decimation <= 10000, f"{key}.emg_decimation", "must be 1..10000", self.emg_decimation)
-        require(0.1 <= self.status_hz <= 100, f"{key}.status_hz", "must be 0.1..100", self.status_hz)
-        require(1 <= self.hwm <= 1_000_000, f"{key}.hwm", "must be 1..1000000", self.hwm)
+        require_range(self.emg_decimation, f"{key}.emg_decimation", 1, 10000, "a factor")
+        require_range(self.status_hz, f"{key}.status_hz", 0.1, 100, "a rate (Hz)")
+        require_range(self.hwm, f"{key}.hwm", 1, 1_000_000, "a number of messages")
 
 
 @dataclass(frozen=True)

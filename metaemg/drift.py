@@ -57,7 +57,7 @@ import numpy as np
 
 from metaemg.feathead import FEAT_KINDS, FEAT_SCALES, POPULATION_CLASSES, REJECT_LOGIT, FeatHead, features
 from metaemg.intents import INTENTS
-from metaemg.typedconfig import Section, is_number, require
+from metaemg.typedconfig import Section, is_number, require, require_range
 
 STATE_FORMAT = "metaemg-adapt/1"
 TURNS = (-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75)  # armband rotations compared, in electrodes
@@ -98,7 +98,7 @@ class AdaptConfig(Section):
             ("drift_hold_s", 0.0, 600.0),
         ):
             value = getattr(self, name)
-            require(is_number(value) and lo <= value <= hi, f"{key}.{name}", f"must be in [{lo:g}, {hi:g}]", value)
+            require_range(value, f"{key}.{name}", lo, hi)
         require(
             is_number(self.toward_relax) and 0 <= self.toward_relax <= self.bound,
             f"{key}.toward_relax",

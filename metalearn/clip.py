@@ -33,7 +33,7 @@ import numpy as np
 from metaemg.errors import DataError
 from metaemg.intents import MOVE
 from metaemg.signal import SignalChain, SignalSpec, make_windows, rate_matches
-from metaemg.typedconfig import Section, is_number, require
+from metaemg.typedconfig import Section, require_range
 from metalearn.metrics import INTENTS, steady_windows
 from metalearn.recording import Recording
 
@@ -51,7 +51,7 @@ class ClipRules(Section):
     def check(self, key: str) -> None:
         for attr, hi in (("min_intent_s", 30.0), ("max_saturated", 1.0)):
             value = getattr(self, attr)
-            require(is_number(value) and 0 <= value <= hi, f"{key}.{attr}", f"must be a number in [0, {hi:g}]", value)
+            require_range(value, f"{key}.{attr}", 0, hi)
 
 
 @dataclass(frozen=True, eq=False)

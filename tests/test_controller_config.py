@@ -47,10 +47,10 @@ def test_docs_mention_every_key():
             "realtime, adapt)",
         ),
         ({"policy": {"votes": 3}}, "unknown key 'policy.votes'"),
-        ({"policy": {"vote": 0}}, "policy.vote: must be 1..100, got 0"),
+        ({"policy": {"vote": 0}}, "policy.vote: must be a number of windows in [1, 100], got 0"),
         ({"policy": {"vote": 2.5}}, "policy.vote: must be an integer, got 2.5"),
         ({"policy": {"threshold": "high"}}, "policy.threshold: must be a number, got 'high'"),
-        ({"serial": {"ttl_ms": 5000}}, "serial.ttl_ms: must be 1..1000"),
+        ({"serial": {"ttl_ms": 5000}}, "serial.ttl_ms: must be milliseconds in [1, 1000]"),
         # issue 14: 5000 held the hand open 5 s after the armband stopped; 0 re-armed on one good chunk
         ({"policy": {"stale_ms": 5000}}, "policy.stale_ms: must be 20..250 (the hand keeps moving this long"),
         ({"policy": {"rearm_ms": 0}}, "policy.rearm_ms: must be 100..10000, got 0"),
