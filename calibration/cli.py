@@ -338,6 +338,8 @@ def end_hold(link: DaemonLink, hold, *, installed: bool) -> str | None:
     """After a live calibration: resume a daemon we paused only if a new model was installed.
     Otherwise the session is not cleared to start, and the daemon stays paused."""
     if not hold.paused_by_us:
+        if installed and link.paused():  # held before (its session waits for a model to be kept)
+            return f"the controller holds the hand until the new model is kept: run {link.resume_command()}"
         return None
     if installed:
         return link.release(hold)

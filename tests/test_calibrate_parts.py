@@ -430,14 +430,18 @@ def test_hold_pauses_a_running_daemon_and_release_resumes_only_what_it_paused(tm
         daemon.close()
     assert [r["cmd"] for r in daemon.requests] == ["status", "pause"] and "stays paused" in note
 
-    daemon = FakeDaemon(endpoint, [{"ok": True, "status": {"paused": True}}])
+    held = {"ok": True, "status": {"paused": True}}
+    daemon = FakeDaemon(endpoint, [held, held])
     try:
         with DaemonLink(cue_endpoint=None, control_endpoint=endpoint) as link:
             hold = link.hold()
             assert not hold.paused_by_us and link.release(hold) is None  # someone else paused it: stays paused
+            # held before (a session waiting for its model to be kept): the new model is not run by itself
+            note = end_hold(link, hold, installed=True)
     finally:
         daemon.close()
-    assert [r["cmd"] for r in daemon.requests] == ["status"]
+    assert [r["cmd"] for r in daemon.requests] == ["status", "status"]
+    assert note == f"the controller holds the hand until the new model is kept: run {link.resume_command()}"
     with DaemonLink(cue_endpoint=None, control_endpoint=f"ipc://{tmp_path / 'none.sock'}") as link:
         assert (
             link.hold().note == f"daemon not running (no control socket at {link.control_endpoint}; nothing to pause)"
