@@ -29,8 +29,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -63,6 +63,25 @@ def fds(pid: int) -> int | None:
         return None
 
 
+@dataclass
+class Watched:
+    """What one soak saw of the daemon: memory and fds over time, latency by tenth of the run,
+    decisions and state changes, and the counters at its start and end."""
+
+    samples: list[dict] = field(default_factory=list)
+    lat_slices: list[list[float]] = field(default_factory=lambda: [[] for _ in range(10)])
+    decisions: int = 0
+    no_command: int = 0
+    state_events: int = 0
+    reasons: Counter = field(default_factory=Counter)  # state changes after start-up, by state and reason
+    pushed: int = 0
+    first: dict = field(default_factory=dict)  # the counters once running
+    final: dict = field(default_factory=dict)
+    status: dict = field(default_factory=dict)
+    rc: int | None = None
+    exit_s: float | None = None
+
+
 def run(
     minutes: float, speed: float, source: str | None, sample_s: float = 2.0, load: int = 0, peers_rt: bool = False
 ) -> dict:
@@ -86,44 +105,8 @@ def run(
         replay = Replay(emg, None, rate, name=name, loop=True, speed=speed, data_time=speed != 1).start()
         daemon = Daemon(work, stream=name, port=str(sim.link), model=default_model_path())
         sub = Sub(daemon.monitor, topics=("decision", "event"))
-        pid = daemon.proc.pid
-        samples: list[dict] = []
-        lat_slices: list[list[float]] = [[] for _ in range(10)]
-        no_command = decisions = state_events = 0
-        reasons: Counter = Counter()  # state changes after start-up, by state and reason
         try:
-            sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "running", 30, "running")
-            first = daemon.request(cmd="status")["status"]["counters"]  # from here on: pushed vs received, windows
-            pushed0 = replay.pushed
-            t0 = time.monotonic()
-            warm = t0 + min(10.0, 0.1 * duration)
-            next_sample = t0
-            while (now := time.monotonic()) < t0 + duration:
-                while sub.sock.poll(50):
-                    topic, body = sub.sock.recv_multipart()
-                    m = json.loads(body)
-                    if topic == b"decision":
-                        decisions += 1
-                        if m["command_seq"] is None:
-                            no_command += 1
-                        k = min(9, int((m["t_mono"] - t0) / duration * 10))
-                        if k >= 0:
-                            lat_slices[k].append(m["latency_ms"])
-                    elif m.get("event") == "state":
-                        state_events += 1
-                        reasons[f"{m.get('state')} ({m.get('reason')})"] += 1
-                    if time.monotonic() >= next_sample:
-                        break
-                if now >= next_sample:
-                    next_sample = now + sample_s
-                    samples.append({"t": now - t0, "rss_kb": rss_kb(pid), "fds": fds(pid), "warm": now >= warm})
-                if daemon.proc.poll() is not None:
-                    raise RuntimeError(f"the daemon exited ({daemon.proc.returncode})")
-            pushed = replay.pushed - pushed0
-            # counted before asking for the status: that control connection is one more fd
-            final: dict[str, Any] = {"rss_kb": rss_kb(pid), "fds": fds(pid), "sim_alive": sim.proc.poll() is None}
-            status = daemon.request(cmd="status")["status"]
-            rc, exit_s = daemon.terminate()
+            w = watch(daemon, sub, replay, duration, sample_s, lambda: sim.proc.poll() is None)
         finally:
             sub.close()
             daemon.stop()
@@ -131,16 +114,6 @@ def run(
             sim.stop()
             busy.stop()
         commands = len(sim.log.events("command"))
-    counters = status["counters"]
-    warm_samples = [s for s in samples if s["warm"]] or samples
-    rss0, rss1 = warm_samples[0]["rss_kb"], final["rss_kb"]
-    ts = np.array([s["t"] for s in warm_samples])
-    rss = np.array([s["rss_kb"] for s in warm_samples], dtype=float)
-    slope = float(np.polyfit(ts, rss, 1)[0]) if len(ts) > 2 else 0.0  # kB per wall second
-    data_h = duration * speed / 3600
-    stride = 10
-    lat = [float(np.median(s)) if s else None for s in lat_slices]
-    p99 = [float(np.percentile(s, 99)) if s else None for s in lat_slices]
     return {
         "machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "source": label,
@@ -151,24 +124,80 @@ def run(
         "rate": rate,
         "speed": speed,
         "wall_minutes": minutes,
-        "data_hours": data_h,
+        **figures(w, duration, speed, commands),
+    }
+
+
+def watch(daemon, sub, replay, duration: float, sample_s: float, sim_alive) -> Watched:
+    """Follow the running daemon for ``duration`` seconds: every decision and state change from
+    its monitor stream, its memory and open files every ``sample_s``; then stop it (SIGTERM)."""
+    sub.wait_for(lambda topic, m: topic == "event" and m.get("state") == "running", 30, "running")
+    w = Watched(first=daemon.request(cmd="status")["status"]["counters"])  # from here on: pushed vs received
+    pid = daemon.proc.pid
+    pushed0 = replay.pushed
+    t0 = time.monotonic()
+    warm = t0 + min(10.0, 0.1 * duration)
+    next_sample = t0
+    while (now := time.monotonic()) < t0 + duration:
+        while sub.sock.poll(50):
+            topic, body = sub.sock.recv_multipart()
+            m = json.loads(body)
+            if topic == b"decision":
+                w.decisions += 1
+                if m["command_seq"] is None:
+                    w.no_command += 1
+                k = min(9, int((m["t_mono"] - t0) / duration * 10))
+                if k >= 0:
+                    w.lat_slices[k].append(m["latency_ms"])
+            elif m.get("event") == "state":
+                w.state_events += 1
+                w.reasons[f"{m.get('state')} ({m.get('reason')})"] += 1
+            if time.monotonic() >= next_sample:
+                break
+        if now >= next_sample:
+            next_sample = now + sample_s
+            w.samples.append({"t": now - t0, "rss_kb": rss_kb(pid), "fds": fds(pid), "warm": now >= warm})
+        if daemon.proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited ({daemon.proc.returncode})")
+    w.pushed = replay.pushed - pushed0
+    # counted before asking for the status: that control connection is one more fd
+    w.final = {"rss_kb": rss_kb(pid), "fds": fds(pid), "sim_alive": sim_alive()}
+    w.status = daemon.request(cmd="status")["status"]
+    w.rc, w.exit_s = daemon.terminate()
+    return w
+
+
+def figures(w: Watched, duration: float, speed: float, commands: int) -> dict:
+    """The soak's figures: memory and fd growth, windows and decisions against what was pushed,
+    the link's counters, latency by tenth of the run, and how the daemon exited."""
+    counters, first, final = w.status["counters"], w.first, w.final
+    warm_samples = [s for s in w.samples if s["warm"]] or w.samples
+    rss0, rss1 = warm_samples[0]["rss_kb"], final["rss_kb"]
+    ts = np.array([s["t"] for s in warm_samples])
+    rss = np.array([s["rss_kb"] for s in warm_samples], dtype=float)
+    slope = float(np.polyfit(ts, rss, 1)[0]) if len(ts) > 2 else 0.0  # kB per wall second
+    stride = 10
+    lat = [float(np.median(s)) if s else None for s in w.lat_slices]
+    p99 = [float(np.percentile(s, 99)) if s else None for s in w.lat_slices]
+    return {
+        "data_hours": duration * speed / 3600,
         "rss_start_mb": rss0 / 1024,
         "rss_end_mb": rss1 / 1024,
         "rss_growth_mb": (rss1 - rss0) / 1024,
         "rss_slope_mb_per_data_hour": slope * 3600 / speed / 1024 if speed else None,
         "fds_start": warm_samples[0]["fds"],
         "fds_end": final["fds"],
-        "fds_max": max(s["fds"] for s in samples if s["fds"] is not None),
-        "samples_pushed": pushed,
+        "fds_max": max(s["fds"] for s in w.samples if s["fds"] is not None),
+        "samples_pushed": w.pushed,
         "samples_received": counters.get("samples", 0) - first.get("samples", 0),
         "windows": counters.get("windows", 0) - first.get("windows", 0),
-        "windows_expected": pushed // stride,
+        "windows_expected": w.pushed // stride,
         "skipped_windows": counters.get("skipped_windows", 0) - first.get("skipped_windows", 0),
-        "decisions": decisions,
-        "decisions_without_command": no_command,
+        "decisions": w.decisions,
+        "decisions_without_command": w.no_command,
         "commands_at_sim": commands,
-        "state_events_after_start": state_events,
-        "state_changes_by_reason": dict(reasons.most_common()),
+        "state_events_after_start": w.state_events,
+        "state_changes_by_reason": dict(w.reasons.most_common()),
         "link_counters": {
             k: counters.get(k, 0) - first.get(k, 0)
             for k in ("commands_sent", "acks_ok", "acks_unmatched", "ack_retries", "write_overflows", "device_silent")
@@ -177,8 +206,8 @@ def run(
         "latency_p50_ms_by_tenth": lat,
         "latency_p99_ms_by_tenth": p99,
         "latency_drift_ms": None if lat[0] is None or lat[-1] is None else lat[-1] - lat[0],
-        "exit_code": rc,
-        "exit_s": exit_s,
+        "exit_code": w.rc,
+        "exit_s": w.exit_s,
         "sim_alive": final["sim_alive"],
     }
 
