@@ -390,84 +390,29 @@ def _random_json(rng: random.Random, depth: int):
 
 
 def fuzz_control(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
-    import os
-    import subprocess
-    import uuid
-
+    """``n`` control requests (:func:`control_inputs`) to a real daemon, each answered in
+    ``hang_s`` with a JSON object that has ``ok``, or the daemon crashed or hung."""
     import zmq
 
     result = Result("control")
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         endpoint = f"ipc://{tmp}/run/control.sock"
-        from metaemg.modelfile import default_model_path
-
-        model = default_model_path()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controller",
-                "--lsl-stream",
-                f"fuzz-{uuid.uuid4().hex[:8]}",
-                "--serial-port",
-                str(Path(tmp) / "no-orthosis"),
-                "--model",
-                str(model),
-                "--monitor",
-                f"ipc://{tmp}/monitor.sock",
-                "--control",
-                endpoint,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            cwd=tmp,
-        )
+        proc = _fuzzed_daemon(tmp, endpoint)
         assert proc.stderr is not None  # stderr=PIPE
         ctx = zmq.Context()
         sock = None
         try:
-            deadline = time.monotonic() + 30
-            while not Path(endpoint[len("ipc://") :]).exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    result.crashes.append(f"the daemon did not start: {proc.stderr.read()[-400:]}")
-                    return result
-                time.sleep(0.05)  # polling for a file another process creates, with a deadline
+            if not _started(proc, endpoint, result):
+                return result
             for i, data in enumerate(control_inputs(seed, n)):
                 if sock is None:
                     sock = ctx.socket(zmq.REQ)
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.connect(endpoint)
-                result.inputs += 1
-                t0 = time.perf_counter()
-                sock.send(data)
-                answered = sock.poll(int(hang_s * 1000))
-                dt = time.perf_counter() - t0
-                result.max_s = max(result.max_s, dt)
-                if proc.poll() is not None:
-                    result.crashes.append(
-                        f"seed {seed} input {i} ({data[:80].hex()}): the daemon exited "
-                        f"{proc.returncode}: {proc.stderr.read()[-400:]}"
-                    )
+                sock, go_on = _ask(result, sock, proc, data, f"seed {seed} input {i}", hang_s)
+                if not go_on:
                     break
-                if not answered:
-                    result.hangs.append(f"seed {seed} input {i} ({data[:80].hex()}): no answer in {hang_s:g} s")
-                    sock.close(0)
-                    sock = None
-                    continue
-                try:
-                    answer = json.loads(sock.recv())
-                except ValueError as exc:
-                    result.crashes.append(f"seed {seed} input {i}: the answer is not JSON: {exc}")
-                    continue
-                if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
-                    result.crashes.append(f"seed {seed} input {i}: the answer has no ok: {answer!r:.200}")
-                elif answer["ok"]:
-                    result.accepted += 1
-                else:
-                    result.typed_errors += 1
             if proc.poll() is None:
                 proc.terminate()
                 if proc.wait(10) != 0:
@@ -482,6 +427,64 @@ def fuzz_control(n: int, seed: int = 0, hang_s: float = 1.0) -> Result:
             proc.stderr.close()
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _fuzzed_daemon(tmp: str, endpoint: str):
+    """A real daemon on the packaged model, with no armband and no orthosis: only its control socket matters."""
+    import os
+    import subprocess
+    import uuid
+
+    from metaemg.modelfile import default_model_path
+
+    argv = [sys.executable, "-m", "controller", "--lsl-stream", f"fuzz-{uuid.uuid4().hex[:8]}"]
+    argv += ["--serial-port", str(Path(tmp) / "no-orthosis"), "--model", str(default_model_path())]
+    argv += ["--monitor", f"ipc://{tmp}/monitor.sock", "--control", endpoint]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
+
+
+def _started(proc, endpoint: str, result: Result, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not Path(endpoint[len("ipc://") :]).exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            result.crashes.append(f"the daemon did not start: {proc.stderr.read()[-400:]}")
+            return False
+        time.sleep(0.05)  # polling for a file another process creates, with a deadline
+    return True
+
+
+def _ask(result: Result, sock, proc, data: bytes, where: str, hang_s: float):
+    """One request and its answer, counted in ``result``: ``(the socket, or None after a hang;
+    whether to go on)``."""
+    import json
+
+    result.inputs += 1
+    t0 = time.perf_counter()
+    sock.send(data)
+    answered = sock.poll(int(hang_s * 1000))
+    result.max_s = max(result.max_s, time.perf_counter() - t0)
+    if proc.poll() is not None:
+        result.crashes.append(
+            f"{where} ({data[:80].hex()}): the daemon exited {proc.returncode}: {proc.stderr.read()[-400:]}"
+        )
+        return sock, False
+    if not answered:
+        result.hangs.append(f"{where} ({data[:80].hex()}): no answer in {hang_s:g} s")
+        sock.close(0)
+        return None, True
+    try:
+        answer = json.loads(sock.recv())
+    except ValueError as exc:
+        result.crashes.append(f"{where}: the answer is not JSON: {exc}")
+        return sock, True
+    if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+        result.crashes.append(f"{where}: the answer has no ok: {answer!r:.200}")
+    elif answer["ok"]:
+        result.accepted += 1
+    else:
+        result.typed_errors += 1
+    return sock, True
 
 
 def main(argv: list[str] | None = None) -> int:
