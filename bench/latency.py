@@ -517,30 +517,14 @@ def run_chain(
             cpu1 = read_cpu(daemon.proc.pid)
         rss = rss_kb(daemon.proc.pid)
         status = daemon.status()
-        paused = None
-        if paused_s > 0:  # the same stream with the hand held: every window decided, no COMMAND sent
-            daemon.request(cmd="pause")
-            time.sleep(1.0)  # not synchronisation: the STOP and its ACK out of the interval measured
-            p0 = read_cpu(daemon.proc.pid)
-            time.sleep(paused_s)
-            p1 = read_cpu(daemon.proc.pid)
-            if p0 is not None and p1 is not None and p1[0] > p0[0]:
-                paused = cpu_percent(p0[1], p1[1], p1[0] - p0[0], os.sysconf("SC_CLK_TCK"))
+        paused = _paused_cpu(daemon, paused_s) if paused_s > 0 else None
     finally:
         sub.close()
         daemon.stop()
         pusher.close()
         sim.stop()
     decisions = [m for topic, m in sub.messages if topic == "decision" and t_start <= m["t_mono"] <= t_end]
-    by_seq = {c["seq"]: c for c in sim.log.events("command")}
-    e2e, matched, lost = [], [], 0
-    for d in decisions:
-        c = by_seq.get(d["command_seq"])
-        if c is not None and d["lsl_ts"] is not None:
-            e2e.append((c["rx_t"] - d["lsl_ts"]) * 1000)
-            matched.append(d)
-        elif c is None and d["command_seq"] is not None:
-            lost += 1  # written by the daemon, never read by the simulator
+    e2e, lost = _end_to_end(decisions, sim.log.events("command"))
     commands = [{**c, "t": c["rx_t"]} for c in sim.log.events("command") if t_start <= c["rx_t"] <= t_end]
     cpu_pct, threads = None, None
     if cpu0 is not None and cpu1 is not None and cpu1[0] > cpu0[0]:
@@ -575,6 +559,33 @@ def run_chain(
     }
 
 
+def _paused_cpu(daemon, seconds: float) -> float | None:
+    """The daemon's CPU (% of one core) over ``seconds`` with the hand held: the same stream,
+    every window decided, no COMMAND sent."""
+    daemon.request(cmd="pause")
+    time.sleep(1.0)  # not synchronisation: the STOP and its ACK out of the interval measured
+    p0 = read_cpu(daemon.proc.pid)
+    time.sleep(seconds)
+    p1 = read_cpu(daemon.proc.pid)
+    if p0 is not None and p1 is not None and p1[0] > p0[0]:
+        return cpu_percent(p0[1], p1[1], p1[0] - p0[0], os.sysconf("SC_CLK_TCK"))
+    return None
+
+
+def _end_to_end(decisions: list[dict], commands: list[dict]) -> tuple[list[float], int]:
+    """Each decision's push -> device time (ms; the simulator's read of its COMMAND), and how
+    many COMMANDs the daemon wrote that the simulator never read."""
+    by_seq = {c["seq"]: c for c in commands}
+    e2e, lost = [], 0
+    for d in decisions:
+        c = by_seq.get(d["command_seq"])
+        if c is not None and d["lsl_ts"] is not None:
+            e2e.append((c["rx_t"] - d["lsl_ts"]) * 1000)
+        elif c is None and d["command_seq"] is not None:
+            lost += 1  # written by the daemon, never read by the simulator
+    return e2e, lost
+
+
 def rss_kb(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -606,6 +617,25 @@ def decision_latency(label_changes: list[tuple[float, int]], commands: list[dict
 
 
 # -- report ---------------------------------------------------------------------------------------------
+
+
+def _daemon_line(chain: dict) -> str:
+    """The daemon's CPU (by thread, and paused when measured) and memory, in one line."""
+    cpu, rss = chain["daemon_cpu_pct"], chain["daemon_rss_mb"]
+    return (
+        f"  daemon: CPU {'-' if cpu is None else f'{cpu:.2f} %'} of one core over "
+        f"{chain['cpu_interval_s'] or 0:.1f} s, RSS {'-' if rss is None else f'{rss:.1f} MB'}"
+        + (
+            ""
+            if not chain["daemon_cpu_threads"]
+            else "; by thread: " + ", ".join(f"{k} {v:.2f} %" for k, v in chain["daemon_cpu_threads"].items())
+        )
+        + (
+            ""
+            if chain["daemon_cpu_paused_pct"] is None
+            else f"; paused (every window decided, no COMMAND) {chain['daemon_cpu_paused_pct']:.2f} %"
+        )
+    )
 
 
 def _row(name: str, s: dict, unit: str = "ms") -> str:
@@ -950,21 +980,7 @@ def report(m: Measured) -> None:
         f"  watchdog trips at the simulator: {m.trips} (ttl {m.chain['trips']['ttl']}, watchdog "
         f"{m.chain['trips']['watchdog']}); device to SAFE: {m.chain['safe_reasons'] or 'never'}"
     )
-    cpu, rss = m.chain["daemon_cpu_pct"], m.chain["daemon_rss_mb"]
-    print(
-        f"  daemon: CPU {'-' if cpu is None else f'{cpu:.2f} %'} of one core over "
-        f"{m.chain['cpu_interval_s'] or 0:.1f} s, RSS {'-' if rss is None else f'{rss:.1f} MB'}"
-        + (
-            ""
-            if not m.chain["daemon_cpu_threads"]
-            else "; by thread: " + ", ".join(f"{k} {v:.2f} %" for k, v in m.chain["daemon_cpu_threads"].items())
-        )
-        + (
-            ""
-            if m.chain["daemon_cpu_paused_pct"] is None
-            else f"; paused (every window decided, no COMMAND) {m.chain['daemon_cpu_paused_pct']:.2f} %"
-        )
-    )
+    print(_daemon_line(m.chain))
     for what, value, ok in m.targets():
         print(f"  target {what}: {value} -> {'met' if ok else 'NOT met'}")
     decision = m.decision
