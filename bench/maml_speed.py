@@ -227,6 +227,17 @@ def time_steps(
     )
 
 
+def _curve(m, initial: dict, family, held_out, n_tasks: int, n_support: int, n_query: int, steps: int, every: int):
+    """``m`` trained from ``initial`` for ``steps`` meta-steps: its held-out accuracy every ``every`` steps."""
+    curve: list[tuple[int, float]] = []
+    m.reset(initial)
+    for s in range(steps):
+        m.step(family.tasks(n_tasks, seed=100 + s, n_support=n_support, n_query=n_query))
+        if (s + 1) % every == 0 or s + 1 == steps:
+            curve.append((s + 1, round(m.accuracy(held_out), 4)))
+    return curve
+
+
 def compare(
     kind: str,
     *,
@@ -268,17 +279,12 @@ def compare(
 
     held_out = family.tasks(HELD_OUT_TASKS, seed=2, n_support=n_support, n_query=n_query)
     trained = ("reference", "vmap_second_order", "vmap_first_order", *compiled)  # the loop is the vmap's maths (tested)
-    curves: dict[str, list[tuple[int, float]]] = {}
     learners["reference"].reset(initial)
     untrained = learners["reference"].accuracy(held_out)
-    for name in trained:
-        m, curve = learners[name], []
-        m.reset(initial)
-        for s in range(meta_steps):
-            m.step(family.tasks(n_tasks, seed=100 + s, n_support=n_support, n_query=n_query))
-            if (s + 1) % eval_every == 0 or s + 1 == meta_steps:
-                curve.append((s + 1, round(m.accuracy(held_out), 4)))
-        curves[name] = curve
+    curves = {
+        name: _curve(learners[name], initial, family, held_out, n_tasks, n_support, n_query, meta_steps, eval_every)
+        for name in trained
+    }
     final = {n: curves[n][-1][1] if curves[n] else untrained for n in trained}
     final["loop_second_order"] = final["vmap_second_order"]
     holds = [n for n in ours if final[n] >= final["reference"] - tolerance]
@@ -300,23 +306,28 @@ def compare(
         "ours_s": None if chosen is None else wall[chosen],
         "speedup": None if chosen is None else wall["reference"] / wall[chosen],
     }
+    _log_accuracy(log, out, trained, meta_steps, tolerance)
+    return out
+
+
+def _log_accuracy(log: Callable[[str], None], out: dict, trained: tuple, meta_steps: int, tolerance: float) -> None:
+    final, chosen = out["final_accuracy"], out["ours_config"]
     log(
         f"  held-out accuracy after {meta_steps} meta-steps: reference {final['reference']:.3f}, "
         + ", ".join(f"{n} {final[n]:.3f}" for n in trained[1:])
-        + f" (untrained {untrained:.3f})"
+        + f" (untrained {out['untrained_accuracy']:.3f})"
     )
     log(
-        f"  {kind}: "
+        f"  {out['model']}: "
         + (
             f"{chosen} holds accuracy: {out['speedup']:.2f}x"
             if chosen
             else f"no configuration of ours holds accuracy within {tolerance}"
         )
     )
-    return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.maml_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON document as the last line")
     p.add_argument("--models", default="dnn,cnn", help="comma-separated model kinds (default dnn,cnn)")
@@ -339,6 +350,47 @@ def main(argv: list[str] | None = None) -> int:
         "'' for none; default aot_eager). inductor compiles for minutes the first time",
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    return p
+
+
+def _summary(args: argparse.Namespace, backends: list[str], results: list[dict]) -> dict:
+    """The JSON document: the set-up, each model's figures, and the slowest-gaining model's."""
+    held = all(r["speedup"] is not None for r in results)
+    worst = min(results, key=lambda r: r["speedup"] if r["speedup"] is not None else -1.0)
+    result = {
+        "setup": {
+            "channels": CHANNELS,
+            "window": WINDOW,
+            "tasks_per_meta_batch": args.tasks,
+            "support": args.support,
+            "query": args.query,
+            "inner_epochs": args.epochs,
+            "inner_batch": args.batch,
+            "inner_lr": args.inner_lr,
+            "inner_optimizer": "adam",
+            "outer_lr": OUTER_LR,
+            "meta_steps": args.meta_steps,
+            "tolerance": args.tolerance,
+            "repeats": args.repeats,
+            "compile_backends": backends,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "models": {r["model"]: r for r in results},
+        "equal_accuracy": held,
+        "model": worst["model"],
+        "speedup": worst["speedup"],
+        "ours_config": worst["ours_config"],
+        "reference_s": worst["reference_s"],
+        "ours_s": worst["ours_s"],
+        "reference_accuracy": worst["final_accuracy"]["reference"],
+        "ours_accuracy": None if worst["ours_config"] is None else worst["final_accuracy"][worst["ours_config"]],
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -374,37 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     except MetaEMGError as exc:
         print(f"maml_speed: {exc}", file=sys.stderr)
         return 2
-    held = all(r["speedup"] is not None for r in results)
-    worst = min(results, key=lambda r: r["speedup"] if r["speedup"] is not None else -1.0)
-    result = {
-        "setup": {
-            "channels": CHANNELS,
-            "window": WINDOW,
-            "tasks_per_meta_batch": args.tasks,
-            "support": args.support,
-            "query": args.query,
-            "inner_epochs": args.epochs,
-            "inner_batch": args.batch,
-            "inner_lr": args.inner_lr,
-            "inner_optimizer": "adam",
-            "outer_lr": OUTER_LR,
-            "meta_steps": args.meta_steps,
-            "tolerance": args.tolerance,
-            "repeats": args.repeats,
-            "compile_backends": backends,
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
-        "models": {r["model"]: r for r in results},
-        "equal_accuracy": held,
-        "model": worst["model"],
-        "speedup": worst["speedup"],
-        "ours_config": worst["ours_config"],
-        "reference_s": worst["reference_s"],
-        "ours_s": worst["ours_s"],
-        "reference_accuracy": worst["final_accuracy"]["reference"],
-        "ours_accuracy": None if worst["ours_config"] is None else worst["final_accuracy"][worst["ours_config"]],
-    }
+    result = _summary(args, backends, results)
+    held, worst = result["equal_accuracy"], result["models"][result["model"]]
     if held:
         print(
             f"speedup at equal final accuracy (reference s / ours s per meta-step, slowest-gaining model "
