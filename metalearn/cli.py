@@ -38,6 +38,7 @@ def import_main(argv: list[str] | None = None) -> int:
     )
     myo.add_argument("--seed", type=int, default=0, help="seed of the MyHand rendering's timing (--as myhand)")
     myo.add_argument("--quiet", action="store_true", help="no progress bar")
+    myo.add_argument("--json", action="store_true", help="end with one JSON document: each collection and its tasks")
     args = p.parse_args(argv)
     from metalearn.myo import collection_names, import_myoarmband
 
@@ -55,6 +56,9 @@ def import_main(argv: list[str] | None = None) -> int:
     descriptions = collection_names(args.fmt)
     for name, refs in colls.items():
         print(f"  {args.out / 'task_collections' / name}: {len(refs)} tasks, {descriptions[name]}")
+    if args.json:
+        doc = {"out": str(args.out), "recordings": total, "collections": {n: len(r) for n, r in colls.items()}}
+        print(json.dumps(doc))
     return 0
 
 
@@ -82,6 +86,7 @@ def synth_main(argv: list[str] | None = None) -> int:
         "spasticity, tremor, fatigue drift, low signal to noise (the same forearms)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="end with one JSON document: what was written")
     args = p.parse_args(argv)
     from metalearn.synth import generate_dataset
     from metalearn.tasks import TaskRef, save_collection
@@ -102,6 +107,8 @@ def synth_main(argv: list[str] | None = None) -> int:
         f"wrote {len(coll)} recordings ({args.patients} patients x {args.conditions} conditions, "
         f"style {args.style}, profile {args.profile}) into {args.out}; collection {path}"
     )
+    if args.json:
+        print(json.dumps({"out": str(args.out), "recordings": len(coll), "collection": str(path)}))
     return 0
 
 

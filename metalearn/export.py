@@ -442,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TOLERANCE,
         help="largest allowed |onnxruntime - torch| on logits and probabilities (default %(default)g)",
     )
+    parser.add_argument("--json", action="store_true", help="end with one JSON document: the file and its model")
     args = parser.parse_args(argv)
     report = _export_checkpoint(args.source, args.out, args.tolerance)
     info = report.info
@@ -450,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         f"window {info.window} stride {info.stride}; max |onnxruntime - torch| {report.max_diff:.2g} "
         f"on {report.n_windows} windows"
     )
+    if args.json:
+        doc = {"path": str(report.path), "model_id": info.model_id, "kind": info.kind, "max_diff": report.max_diff}
+        print(json.dumps(doc))
     return 0
 
 

@@ -23,6 +23,19 @@ SHARED = {
     "--quiet": (),
 }
 OLD = ("--endpoint", "--name", "--source-id", "--check-config")  # renamed: hidden, still accepted a release
+# the tools that print a result (each has --json) and those that print progress (each has --quiet)
+RESULTS = (
+    "metaemg-eval",
+    "metaemg-calibrate",
+    "metaemg-export",
+    "metaemg-synth",
+    "metaemg-import myoarmband",
+    "metaemg-monitor",
+    "metaemg-tasks validate",
+    "metaemg-tasks build",
+    "myhand-controller",
+)
+PROGRESS = ("metaemg-synth", "metaemg-import myoarmband", "metaemg-demo")
 
 
 def helps() -> dict[str, str]:
@@ -30,6 +43,7 @@ def helps() -> dict[str, str]:
     commands = {name: [str(BIN / name), "--help"] for name in scripts if name != "metaemg-train"}  # Hydra's own
     commands["myhand-controller ctl"] = [str(BIN / "myhand-controller"), "ctl", "--help"]
     commands |= {f"metaemg-tasks {sub}": [str(BIN / "metaemg-tasks"), sub, "--help"] for sub in ("validate", "build")}
+    commands["metaemg-import myoarmband"] = [str(BIN / "metaemg-import"), "myoarmband", "--help"]
 
     def run(argv: list[str]) -> str:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
@@ -59,7 +73,10 @@ def options(text: str) -> dict[str, str]:
 def test_every_tool_names_the_same_thing_the_same_way():
     seen: dict[str, list[str]] = {}
     wrong = []
-    for tool, text in helps().items():
+    texts = helps()
+    wrong += [f"{tool}: no --json" for tool in RESULTS if "--json" not in options(texts[tool])]
+    wrong += [f"{tool}: no --quiet" for tool in PROGRESS if "--quiet" not in options(texts[tool])]
+    for tool, text in texts.items():
         opts = options(text)
         for old in OLD:
             if old in opts:
