@@ -88,20 +88,8 @@ def calibrate(
     implausible = plausible.reasons(witnesses, config.gate.swap_margin)
     decision = decide(est.before, est.after, config.gate, force=force, implausible=implausible, points=est.operating)
     calibration = _provenance(est, clip_path, clip_digest, base_model, decision, config, when, source, patient)
-    dec_torch = est.adapted.predict(np.concatenate([est.clip.windows, est.clip.move_windows])).argmax(axis=1)
     model_id, model_path, current, installed = _export_and_install(
-        est.adapted,
-        calibration,
-        est.clip,
-        dec_torch,
-        decision,
-        est.before,
-        est.after,
-        store,
-        when,
-        base_model,
-        clip_path,
-        out,
+        est, calibration, decision, store, when, base_model, clip_path, out
     )
     daemon = None
     if installed is not None and link is not None and config.daemon.notify:
@@ -360,13 +348,9 @@ def _recipe(inner: Mapping[str, Any]) -> str:
 
 
 def _export_and_install(
-    adapted,
+    est: Estimate,
     calibration: dict,
-    clip: ClipWindows,
-    dec_torch: np.ndarray,
     decision: GateDecision,
-    before: dict,
-    after: dict,
     store: Store,
     when: datetime,
     base_model: Path,
@@ -380,10 +364,12 @@ def _export_and_install(
 
     out_dir = out.parent if out is not None else store.models
     candidate = out_dir / f".candidate-{os.getpid()}-{calibration['clip_sha256'][:8]}.onnx"
+    before, after = est.before, est.after
     model_path = current = installed = None
     try:
-        every = np.concatenate([clip.windows, clip.move_windows])
-        export_adapted(adapted, calibration, candidate, every)
+        every = np.concatenate([est.clip.windows, est.clip.move_windows])
+        dec_torch = est.adapted.predict(every).argmax(axis=1)
+        export_adapted(est.adapted, calibration, candidate, every)
         new = OnnxModel(candidate)
         dec_new = new.predict(every).argmax(axis=1)
         if not np.array_equal(dec_new, dec_torch):
