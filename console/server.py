@@ -239,10 +239,8 @@ class Console:
             return web.Response(status=403, text="forbidden: unexpected Host header\n")
         path = request.path
         origin = request.headers.get("Origin")
-        if request.method not in ("GET", "HEAD") or path == "/ws":
-            if origin not in self.origins:
-                return web.Response(status=403, text="forbidden: a request from another page (Origin)\n")
-        elif origin is not None and origin not in self.origins:
+        must_name_origin = request.method not in ("GET", "HEAD") or path == "/ws"
+        if (must_name_origin or origin is not None) and origin not in self.origins:
             return web.Response(status=403, text="forbidden: a request from another page (Origin)\n")
         if path in ("/", "/ws") or path.startswith("/static/"):
             return None  # no secret there; the WebSocket authenticates in its first message
