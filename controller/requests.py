@@ -94,8 +94,8 @@ class ControlRequests:
 
     def _control_table(self) -> dict:
         """command -> (handler, the fields it takes besides cmd); its keys are control.COMMANDS.
-        Each handler but reload's runs under the lock, with the time of the request; reload's is
-        a coroutine of the request alone."""
+        Each handler but reload's and session's runs under the lock, with the time of the request;
+        those two are coroutines of the request alone."""
         return {
             "status": (self._ctl_status, ()),
             "pause": (self._ctl_pause, ()),
