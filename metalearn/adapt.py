@@ -116,8 +116,7 @@ class Adapter:
         with torch_threads(ADAPT_THREADS):
             t0 = time.perf_counter()
             result.model = adapt_model(self.model, x, y, self.inner)
-            if hasattr(result.model, "set_own_non_intent"):
-                result.set_own(moves, own)
+            result.set_own(moves, own)  # a no-op for a model that is not a feat model
             result.adapt_seconds = time.perf_counter() - t0
         return result
 
