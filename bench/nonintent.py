@@ -97,12 +97,12 @@ def movement_windows(decider: drift.Decider, data: Path, subject: str, seconds: 
 
 
 def with_own(head: FeatHead, z: np.ndarray, k: int, prior: float, population: bool) -> FeatHead:
-    from metaemg.feathead import OWN_PRIOR_MIN, own_classes
+    from metaemg.feathead import own_classes, own_log_prior
 
     centres = own_classes(z, k)
     # the shipped population classes keep their strong prior against them (-18); the patient's own
     # movements join with their own (-prior; a hair below 0, which switches the rule on)
-    own = np.full(len(centres), -max(prior, OWN_PRIOR_MIN))
+    own = np.full(len(centres), own_log_prior(prior))
     if population:
         pop = np.full(len(head.other_means), float(np.asarray(head.other_log_prior)))
         return dataclasses.replace(

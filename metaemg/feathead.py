@@ -34,6 +34,14 @@ POPULATION_CLASSES = 4
 # whose log prior is 0 is off)
 OWN_PRIOR_MIN = 1e-6
 
+
+def own_log_prior(log_prior: float) -> float:
+    """The stored log prior of a wearer's own non-intent class at ``log_prior`` against the
+    intents (an operating point's): negative, at least :data:`OWN_PRIOR_MIN` below 0 so that the
+    class is on."""
+    return -max(float(log_prior), OWN_PRIOR_MIN)
+
+
 # The clinician's operating points for a wearer's own non-intent classes: their log prior against
 # the intents. Larger: the hand answers more of the patient's opens, and more wrist movements move
 # it (docs/evidence.md, "Operating points", measured on both protocols).

@@ -24,10 +24,10 @@ from metaemg.feathead import (
     FEAT_KINDS,
     FEAT_SCALES,
     LOG_EPS,
-    OWN_PRIOR_MIN,
     POPULATION_CLASSES,
     REJECT_LOGIT,
     own_classes,
+    own_log_prior,
 )
 from metaemg.modelfile import MODEL_KINDS
 
@@ -355,7 +355,7 @@ class FeatLDA(_WindowClassifier):
             self.other_log_prior = pop_prior[0].clone()  # one prior, as the population's file has it
             return
         centres = torch.from_numpy(own_classes(self.embed(x).double().cpu().numpy(), clusters)).to(pop_means)
-        own = torch.full((len(centres),), -max(float(log_prior), OWN_PRIOR_MIN)).to(pop_prior)
+        own = torch.full((len(centres),), own_log_prior(log_prior)).to(pop_prior)
         self.other_means = torch.cat([pop_means, centres])
         self.other_log_prior = torch.cat([pop_prior, own])
 
