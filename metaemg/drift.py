@@ -223,10 +223,13 @@ class SessionAdapter:
         self._pmk[k] = self._pm0[k] + tp
         self._mpmk[k] = self._pmk[k] @ self.means[k]
 
+    def _lengths(self, shift: np.ndarray) -> np.ndarray:
+        """Each row of ``shift`` (classes, d) as a Mahalanobis length (the bounds' metric)."""
+        return np.sqrt(np.maximum(0.0, np.einsum("kd,de,ke->k", shift, self.head.precision, shift)))
+
     def moved(self) -> dict[str, float]:
         """How far each intent's mean has moved, as a share of its bound (0: as calibrated, 1: at it)."""
-        p = self.head.precision
-        norms = np.sqrt(np.maximum(0.0, np.einsum("kd,de,ke->k", self.shift, p, self.shift)))
+        norms = self._lengths(self.shift)
         share = np.divide(norms, self.radius, out=np.zeros_like(norms), where=self.radius > 0)
         return {name: round(float(v), 4) for name, v in zip(INTENTS, share, strict=True)}
 
@@ -270,7 +273,7 @@ class SessionAdapter:
             return "a malformed adaptation state"
         if shift.shape != self.head.means.shape or updates.shape != (len(shift),) or not np.isfinite(shift).all():
             return "a malformed adaptation state"
-        norms = np.sqrt(np.maximum(0.0, np.einsum("kd,de,ke->k", shift, self.head.precision, shift)))
+        norms = self._lengths(shift)
         if np.any(norms > self.radius * (1 + 1e-6) + 1e-12):
             return "a state outside the adaptation's bounds"
         self.reset()
