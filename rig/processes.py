@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,16 +39,25 @@ def command(script: str, module: str) -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", module]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition", poll: float = 0.005):
-    """Return the first truthy value of ``predicate()``; fail the test after ``timeout`` s."""
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str = "condition", poll: float | None = None
+) -> Any:
+    """Return the first truthy value of ``predicate()``; fail the test after ``timeout`` s.
+
+    Polled every ``poll`` s; by default every 5 ms at first, backing off to every 50 ms: a
+    predicate is often a request to another process (the daemon's status, the browser), and on
+    2 cores polling a long wait every 5 ms takes a fifth of a core from the processes it waits on."""
     deadline = time.monotonic() + timeout
+    pause = 0.005 if poll is None else poll
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
+        time.sleep(pause)
+        if poll is None:
+            pause = min(pause * 1.5, 0.05)
 
 
 def unique_name(prefix: str = "test-emg") -> str:
@@ -116,9 +126,14 @@ class JsonLines:
         return [r for r in self.records if r.get("event") == name]
 
     def wait_for(self, predicate: Callable[[dict], bool], timeout: float, what: str) -> dict:
+        """The first record (old or new) for which ``predicate`` holds; each record is tested once."""
+        checked = 0
+
         def find():
+            nonlocal checked
             self.poll()
-            return next((r for r in self.records if predicate(r)), None)
+            records, start, checked = self.records, checked, len(self.records)
+            return next((r for r in records[start:] if predicate(r)), None)
 
         return wait_until(find, timeout, what)
 

@@ -21,6 +21,13 @@ def myo_root() -> Path:
 os.environ["METAEMG_MYO_ROOT"] = str(myo_root())
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker more than this process may use cores. Much of the suite is real
+    processes waiting on real time (the daemon arming on a measured rate, a calibration's cues);
+    on 2 cores a third worker fills that time (docs/evidence.md, "The test suite")."""
+    return len(os.sched_getaffinity(0)) + 1
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny tensors: one torch thread is as fast, and far faster when other jobs share the cores."""

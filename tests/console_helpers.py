@@ -59,6 +59,11 @@ def _call(req: urllib.request.Request) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
+# how often a test reads the page: each read is a WebDriver round trip that makes Chromium run a
+# script; every 20 ms that doubled the browser's CPU (a third of a core), every 0.1 s it is a few %
+BROWSER_POLL_S = 0.1
+
+
 def browser(tmp: Path):
     return chromium(tmp / "chromium")
 
@@ -83,7 +88,7 @@ def wait_text(driver, element_id: str, predicate, timeout: float, what: str) -> 
         return predicate(seen[0])
 
     try:
-        wait_until(shown, timeout, what, poll=0.02)
+        wait_until(shown, timeout, what, poll=BROWSER_POLL_S)
     except AssertionError:
         raise AssertionError(f"{what}: #{element_id} still shows {seen[0]!r} after {timeout} s") from None
     return seen[0]

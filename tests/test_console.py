@@ -22,7 +22,7 @@ from controller.monitor import SCHEMA
 from firmware_protocol import StopReason
 from metaemg.intents import MOVE
 from rig.processes import Rig, command, unique_name, wait_until
-from tests.console_helpers import ConsoleProcess, browser, text, wait_text
+from tests.console_helpers import BROWSER_POLL_S, ConsoleProcess, browser, text, wait_text
 
 
 # ------------------------------------------------------------------------------------ the hub
@@ -365,7 +365,9 @@ def test_the_page_keeps_its_token_to_itself_and_shows_the_senders_words_as_text(
         wait_text(driver, "state-headline", lambda t: t.startswith("WAITING FOR THE ARMBAND"), 20, "the daemon")
         headline = text(driver, "state-headline")
         assert "source id 'plain'" in headline and _MARKUP in headline  # the daemon's words, as text
-        wait_until(lambda: driver.find_element(By.ID, "btn-calibrate").is_enabled(), 5, "the calibration on")
+        wait_until(
+            lambda: driver.find_element(By.ID, "btn-calibrate").is_enabled(), 5, "the calibration on", BROWSER_POLL_S
+        )
         driver.find_element(By.ID, "btn-calibrate").click()
         status = wait_text(driver, "cal-status", lambda s: "failed" in s, 60, "the failed calibration")
         assert status.startswith("Calibration for P001: failed: 2 armbands match") and "source id 'plain'" in status
@@ -377,7 +379,7 @@ def test_the_page_keeps_its_token_to_itself_and_shows_the_senders_words_as_text(
         seen: list[dict] = []
         with _page_elsewhere(_READ.replace("CONSOLE", c.base), seen) as elsewhere:
             driver.get(elsewhere)
-            wait_until(lambda: driver.title != "loading", 10, "the other page's request")
+            wait_until(lambda: driver.title != "loading", 10, "the other page's request", BROWSER_POLL_S)
             assert driver.title == "blocked"
         assert seen and not [h for h in seen if "Cookie" in h or c.token in json.dumps(h)]
 
@@ -464,7 +466,7 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
         t = time.monotonic()
         with _page_elsewhere(_ATTACK.replace("CONSOLE", console.base)) as elsewhere:
             driver.get(elsewhere)
-            wait_until(lambda: driver.title in ("sent", "blocked"), 10, "the other page's request")
+            wait_until(lambda: driver.title in ("sent", "blocked"), 10, "the other page's request", BROWSER_POLL_S)
         driver.get(console.base + "/")
         wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "still running")
         assert rig.status()["state"] == "running" and not [
@@ -540,7 +542,7 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
             return "OPEN" in words
 
         try:
-            wait_until(cue_shown, 15, "the OPEN cue on the page")
+            wait_until(cue_shown, 15, "the OPEN cue on the page", BROWSER_POLL_S)
         except AssertionError:
             raise AssertionError(f"cues seen {words}; {text(driver, 'cal-status')}; {console.view()['job']}") from None
         assert rig.status()["state"] == "paused"  # the hand holds still while the patient follows the cues
@@ -552,7 +554,7 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
             status = text(driver, "cal-status")
             return status if ("installed" in status or "refused" in status or "failed" in status) else None
 
-        status = wait_until(result_or_cue, 60, "the result")
+        status = wait_until(result_or_cue, 60, "the result", BROWSER_POLL_S)
         # the movement segment came last, in the same full-screen style, with its step counter
         assert {"RELAX", "OPEN", "CLOSE", "MOVE"} <= words and "step 6 of 6" in steps, (words, steps)
         assert status == "Calibration for P007: passed the gate and installed", status
@@ -704,7 +706,9 @@ def test_a_patient_session_from_the_page(tmp_path, myo_src):
         assert "P007 has no calibrated model yet: the hand will not move" in text(driver, "state-meaning")
         assert text(driver, "state-action") == "Keep this model"
 
-        wait_until(lambda: driver.find_element(By.ID, "btn-calibrate").is_enabled(), 5, "the calibration on")
+        wait_until(
+            lambda: driver.find_element(By.ID, "btn-calibrate").is_enabled(), 5, "the calibration on", BROWSER_POLL_S
+        )
         driver.find_element(By.ID, "btn-calibrate").click()
         status = wait_text(
             driver, "cal-status", lambda t: "installed" in t or "refused" in t or "failed" in t, 60, "done"
