@@ -365,7 +365,7 @@ def test_sweep_runs_each_model_and_writes_a_summary(colls, tmp_path, capsys, mon
             "test.meta_steps=1",
             "test.converge_baselines=false",
             "test.model=dnn,cnn",
-            "test.inner_batch_size=4",
+            "test.inner_batch_size=32",
             f"hydra.sweep.dir={sweep}",
         ],
         capture_output=True,
@@ -376,8 +376,8 @@ def test_sweep_runs_each_model_and_writes_a_summary(colls, tmp_path, capsys, mon
     assert proc.stdout.count("sweep summary, the jobs so far: ") == 2
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
     assert [(r["job"], r["test.model"], r["test.inner_batch_size"], r["status"]) for r in rows] == [
-        ("0", "dnn", "4", "done"),
-        ("1", "cnn", "4", "done"),
+        ("0", "dnn", "32", "done"),
+        ("1", "cnn", "32", "done"),
     ]
     for r in rows:
         summary = json.loads((sweep / r["job"] / "results" / "summary.json").read_text())
@@ -389,7 +389,7 @@ def test_sweep_runs_each_model_and_writes_a_summary(colls, tmp_path, capsys, mon
     table = [line for line in md if line.startswith("| ")]
     assert table[0] == "| job | test.model | meta-epochs | best val loss | train s | B1 | B2 | meta-model | status |"
     assert [row.split(" | ")[:2] for row in table[1:]] == [["| 0", "`dnn`"], ["| 1", "`cnn`"]]
-    assert "`test.inner_batch_size=4`" in next(line for line in md if line.startswith("The same in every job: "))
+    assert "`test.inner_batch_size=32`" in next(line for line in md if line.startswith("The same in every job: "))
     width, height = _png_size(sweep / "sweep_summary.png")
     assert width > 2 * height > 500  # accuracy and validation-loss panels
     # rebuilt from the job directories by the command
@@ -415,22 +415,23 @@ def test_sweep_runs_each_model_and_writes_a_summary(colls, tmp_path, capsys, mon
     )
     ckpts = [load_checkpoint(sweep / str(i) / "models" / "best.pt") for i in (0, 1)]
     assert sorted(c["model"]["kind"] for c in ckpts) == ["cnn", "dnn"]
-    assert [c["inner"]["batch_size"] for c in ckpts] == [4, 4]  # the research code's mini-batch inner loop
+    assert [c["inner"]["batch_size"] for c in ckpts] == [32, 32]  # the research code's mini-batch inner loop
     for ckpt in ckpts:
         assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
         assert ckpt["verify_windows"].shape[1:] == (20, 8)
 
 
-def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, tmp_path):
+def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, tmp_path, capsys):
     """test.model=feat: one closed-form "meta-epoch" (the whitening, and the training subjects'
     other movements as non-intent classes), its inner settings carry the LDA head and the novelty
-    rejection into the checkpoint and the model file, and B1/B2/meta-model are adapted that way."""
+    rejection into the checkpoint and the model file, and B1/B2/meta-model are adapted that way.
+    In this process (the command's own path is the other tests')."""
     from metalearn.export import export_onnx
+    from metalearn.train import run_composed
 
     run = tmp_path / "run"
-    out = train(
+    feat = tiny(
         colls,
-        run,
         "test.model=feat",
         "test.inner_steps=0",
         "test.lda_shrinkage=0.4",
@@ -439,7 +440,9 @@ def test_feat_is_fitted_in_closed_form_exported_and_adapted_the_same_way(colls, 
         "test.scale=none",
         "test.augment_rotation=true",
         "test.signal={preset: myo, rectify: false, envelope_hz: null}",
-    ).stdout
+    )
+    run_composed(_compose(feat), run, tmp_path)
+    out = capsys.readouterr().out
     assert "model feat: the whitening is fitted in closed form over the 3 training tasks" in out
     assert "meta-training: 1 meta-epochs" in out
     assert "non-intent movements of 3 training tasks: decided relax at calibration" in out
