@@ -56,6 +56,7 @@ from metaemg.cli import entry_point, renamed
 from metaemg.errors import ConfigError, DataError
 from metaemg.intents import INTENTS, LABELS
 from metaemg.lsl import DEFAULT_STREAM_NAME
+from rig.processes import keep_time_as_hardware
 
 CUE_TOPIC = b"cue"  # calibration.daemonlink.CUE_TOPIC, and the monitor stream's topic
 IDLE_MODES = ("recording", "relax")
@@ -330,6 +331,7 @@ class Patient:
             self._log.flush()
 
     def _run(self) -> None:
+        keep_time_as_hardware()  # this thread only
         clock = self._pylsl.local_clock
         t0 = self.t0 = clock()
         self._emit(

@@ -35,6 +35,7 @@ from metaemg.errors import DataError
 from metaemg.intents import INTENTS
 from metaemg.lsl import DEFAULT_STREAM_NAME
 from metalearn.myo import default_myo_root
+from rig.processes import keep_time_as_hardware
 
 
 def load_source(spec: str, myo_root: Path | None = None, move_s: float = 0.0):
@@ -172,6 +173,7 @@ class Replay:
             self._log.flush()
 
     def _run(self) -> None:
+        keep_time_as_hardware()  # this thread only
         clock = self._pylsl.local_clock
         period = 1.0 / (self.rate * self.speed)
         n = len(self.emg)

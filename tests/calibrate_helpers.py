@@ -43,7 +43,7 @@ def write_clip(rec, path: Path, seconds: float | None = None) -> Path:
 def base_model(myo_src: Path, tmp_root: Path) -> Path:
     """A tiny dnn meta-trained briefly (first-order MAML, 24 meta-steps) on the 22 pre-training
     subjects, with the default Myo signal chain (window 50, stride 10), exported with
-    metaemg-export's code. Built once per test process."""
+    metaemg-export's code. The fixtures build it once per test run (conftest.py's ``once``)."""
     key = str(tmp_root)
     if key not in _CACHE:
         from metalearn.maml import torch_threads

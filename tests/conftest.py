@@ -5,7 +5,10 @@ whatever its working directory."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +49,37 @@ def myo_src() -> Path:
 
 
 @pytest.fixture(scope="session")
-def myo_data(myo_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real Myo dataset imported once per test session."""
+def once(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[Path], Path]], Path]:
+    """``once(name, build)``: the path ``build(directory)`` returned, built once per test run in a
+    directory of its own. The xdist workers share the run's directory: the first one builds while
+    the others wait on its lock, so that no worker reads the 22 subjects again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-N/, the workers' basetemps are pytest-N/gwK
+
+    def built(name: str, build: Callable[[Path], Path]) -> Path:
+        out, done = root / name, root / f"{name}.done"
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not done.exists():
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                done.write_text(str(build(out)))
+        return Path(done.read_text())
+
+    return built
+
+
+@pytest.fixture(scope="session")
+def myo_data(myo_src: Path, once) -> Path:
+    """The real Myo dataset imported once per test run."""
     from metalearn.myo import import_myoarmband
 
-    out = tmp_path_factory.mktemp("myo")
-    import_myoarmband(myo_src, out)
-    return out
+    def build(out: Path) -> Path:
+        import_myoarmband(myo_src, out)
+        return out
+
+    return once("myo", build)
 
 
 def myhand_like_csv(

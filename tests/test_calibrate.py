@@ -38,8 +38,8 @@ CLIP_S = 32  # the first two cycles of training0 and a little relax
 
 
 @pytest.fixture(scope="session")
-def base(myo_src, tmp_path_factory) -> Path:
-    return base_model(myo_src, tmp_path_factory.getbasetemp())
+def base(myo_src, once) -> Path:
+    return once("base_model", lambda out: base_model(myo_src, out))
 
 
 @pytest.fixture(scope="session")

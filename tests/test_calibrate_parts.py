@@ -33,8 +33,8 @@ SPEC = SignalSpec.myo()
 
 
 @pytest.fixture(scope="session")
-def base(myo_src, tmp_path_factory) -> Path:
-    return base_model(myo_src, tmp_path_factory.getbasetemp())
+def base(myo_src, once) -> Path:
+    return once("base_model", lambda out: base_model(myo_src, out))
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def base(myo_src, tmp_path_factory):
-    return base_model(myo_src, tmp_path_factory.getbasetemp())
+def base(myo_src, once):
+    return once("base_model", lambda out: base_model(myo_src, out))
 
 
 def test_calibration_is_taken_up_by_the_running_daemon(myo_src, base, tmp_path):
