@@ -501,9 +501,52 @@ def test_the_page_follows_the_daemon_and_pauses_the_hand(rig, tmp_path):
         console.close()
 
 
-def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
-    """No armband, no orthosis: the simulated patient follows the page's calibration cues, the
-    model is installed and drives the simulated hand, then a rollback is warned and confirmed."""
+def test_the_page_says_when_to_recalibrate_and_starts_it(tmp_path, model, myo_src):
+    """The real daemon on an armband that slips by half an electrode six seconds in: the banner
+    says recalibration is suggested and why, and its one button starts a calibration."""
+    from selenium.webdriver.common.by import By
+
+    from bench.drift import rotate
+    from rig.models import myo_recording
+
+    emg = myo_recording(myo_src, "Male13", "Test0").emg.astype(np.float64)
+    emg[1200:] = np.clip(np.round(rotate(emg[1200:], 0.5)), -128, 127)
+    cfg = tmp_path / "controller.yaml"
+    cfg.write_text("adapt:\n  turn_rate: 0.1\n  turn_hold_s: 0.5\n")  # a quick flag: this test is about the page
+    rig = Rig(tmp_path, model, emg, daemon_args=("--config", str(cfg)))
+    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor)
+    driver = browser(tmp_path)
+    try:
+        driver.get(console.url)
+        wait_text(driver, "state-headline", lambda t: t == "RUNNING: RECALIBRATION SUGGESTED", 40, "the flag")
+        meaning = text(driver, "state-meaning")
+        assert "as if it had turned by about 0.5 of an electrode" in meaning and "calibrate again" in meaning
+        assert text(driver, "state-next").startswith("Next: calibrate again")
+        assert rig.status()["recalibration"][1:] in meaning  # the daemon's words, capitalised
+        wait_text(driver, "state-action", lambda t: t == "Calibrate now", 5, "the button")
+        driver.find_element(By.ID, "patient").send_keys("P007")  # a calibration is for a patient
+        driver.find_element(By.ID, "state-action").click()
+        wait_text(driver, "cal-status", lambda t: "recording" in t, 10, "a calibration")
+        own = {"Origin": console.base, "X-Console-Token": console.token}
+        assert json.loads(console.post("/api/calibrate/cancel", {}, own)[2])["ok"] is True
+        wait_text(driver, "cal-status", lambda t: "cancelled" in t, 20, "the calibration cancelled")
+    finally:
+        driver.quit()
+        console.close()
+        rig.close()
+
+
+def test_a_patient_session_rehearsed_from_the_page(tmp_path, myo_src):
+    """The installed service's way (sessions per patient), with no armband and no orthosis: the
+    real daemon, the simulated patient following the page's cues, the orthosis simulator.
+
+    Held until a session opens; a patient without a model cannot move the hand. A calibration in
+    the session: the cues in full screen, the clip recorded from the daemon's armband only, the
+    result with its operating points, the model panel (whose model, when, how good). Installed,
+    the hand waits for the clinician; kept, the patient's movements drive it. A rollback is warned
+    and confirmed; another operating point calibrates again from the same clip. Ending the session
+    holds the hand; reopening it brings the patient's model back. (One test: each whole
+    calibration through the page takes about 15 s of real time.)"""
     import shutil
 
     from selenium.webdriver.common.by import By
@@ -517,20 +560,38 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
     shutil.copy(default_model_path(), base)
     base_id = read_model_info(base).model_id
     rec = myo_recording(myo_src, "Male13", "training0", move_s=8.0)  # and the subject's wrist movements
-    cfg = tmp_path / "calibration.yaml"
+    (tmp_path / "state").mkdir(mode=0o700)
+    daemon_cfg = tmp_path / "controller.yaml"
+    daemon_cfg.write_text(f"session:\n  state_dir: {tmp_path / 'state'}\n")
+    cal_cfg = tmp_path / "calibration.yaml"
     protocol = "protocol: {countdown_s: 1, cycles: 1, relax_s: 1.5, open_s: 1.5, close_s: 1.5, move_s: 4}"  # short
-    cfg.write_text(f"base_model: {base}\npng: false\n{protocol}\ncues:\n  endpoint: null\n")
-    rig = Rig(tmp_path, base, rec.emg, patient=rec)
+    cal_cfg.write_text(f"base_model: {base}\npng: false\n{protocol}\ncues:\n  endpoint: null\n")  # via the daemon
+    rig = Rig(tmp_path, base, rec.emg, patient=rec, daemon_args=("--config", str(daemon_cfg)), wait_running=0)
     # a second armband with the same name, after the daemon bound to the patient's: the calibration
     # records the daemon's (LSL alone hands over either one)
     other = np.full((20, 8), 77.0, dtype=np.float32)
-    second = Replay(other, None, 200.0, name=rig.name, source_id="the-other-armband", loop=True).start()
-    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor, "--calibration-config", str(cfg))
+    second = None
+    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor, "--calibration-config", str(cal_cfg))
     driver = browser(tmp_path)
     try:
         driver.get(console.url)
-        wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "the running state")
+        wait_text(driver, "state-headline", lambda t: t == "NO PATIENT SESSION", 20, "held without a session")
+        assert text(driver, "calibrate-why") == "Calibration: open a session for the patient first."
+        assert not driver.find_element(By.ID, "btn-calibrate").is_enabled()
+        assert not driver.find_element(By.ID, "rehearsal-box").is_displayed()  # no anonymous calibration here
+        wait_until(lambda: rig.status()["input"]["bound_to"], 10, "the daemon bound to the patient's armband")
+        second = Replay(other, None, 200.0, name=rig.name, source_id="the-other-armband", loop=True).start()
+
         driver.find_element(By.ID, "patient").send_keys("P007")
+        driver.find_element(By.ID, "btn-session").click()
+        wait_text(driver, "state-headline", lambda t: t == "SESSION P007: KEEP THE MODEL OR CALIBRATE", 10, "open")
+        assert "P007 has no calibrated model yet: the hand will not move" in text(driver, "state-meaning")
+        assert text(driver, "state-action") == "Keep this model"
+
+        # the calibration, in full screen, while the hand holds still
+        wait_until(
+            lambda: driver.find_element(By.ID, "btn-calibrate").is_enabled(), 5, "the calibration on", BROWSER_POLL_S
+        )
         driver.find_element(By.ID, "btn-calibrate").click()
         words, steps = set(), set()
 
@@ -587,14 +648,25 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
             models,
         ), models
 
-        # use: the daemon runs the new model and the patient's movements drive the hand
-        wait_until(lambda: rig.status()["model"]["model_id"] == installed, 5, "the hot swap")
-        rig.wait_state("running", 5)
+        # installed, but the hand waits for the clinician: whose model, when, how good
+        wait_text(driver, "state-meaning", lambda t: "P007's model calibrated" in t, 10, "the new model")
+        meaning = text(driver, "state-meaning")
+        assert re.search(r"P007's model calibrated \d\d:\d\d, accuracy \d+% at calibration, balanced", meaning), meaning
+        driver.find_element(By.ID, "state-action").click()  # Keep this model
+        driver.find_element(By.ID, "confirm-yes").click()
+        wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "running on P007's model")
+        assert text(driver, "state-meaning") == "The hand follows the decisions (patient P007)."
+        line = wait_text(driver, "session-line", lambda t: t.endswith("; in use."), 5, "the session in use")
+        assert line.startswith("Session: P007, opened ") and "P007's model calibrated" in line
+        assert re.fullmatch(
+            rf"running P007's model calibrated \d\d:\d\d, accuracy \d+ % \({installed}\)", text(driver, "model")
+        )
+        assert rig.status()["model"]["model_id"] == installed
+        # use: the patient's movements drive the hand
         t = time.monotonic()
         wait_until(
             lambda: {c.get("intent") for c in rig.commands(t)} & {"open", "close"}, 20, "an open or close command"
         )
-        wait_text(driver, "state-headline", lambda s: s == "RUNNING", 3, "running on the new model")
 
         # rollback: the previous model is the uncalibrated base model; the page says so first
         driver.find_element(By.ID, "btn-rollback").click()
@@ -620,126 +692,27 @@ def test_a_whole_session_rehearsed_from_the_page(tmp_path, myo_src):
             ".map(r => r.textContent.split(':')[0])"
         )
         assert in_use == ["steady"]
-        steady = rig.status  # the daemon runs the steady model (hot swap)
-        wait_until(lambda: steady()["model"]["model_id"] not in (base_id, installed), 5, "the steady model")
+        wait_until(lambda: rig.status()["model"]["model_id"] not in (base_id, installed), 5, "the steady model")
+        steady = rig.status()["model"]["model_id"]
 
         status, _, body = console.get("/report")
         report = body.decode()
         assert status == 200 and "Patient: <b>P007</b>" in report and f"Installed: model {installed}" in report
-        assert "<td>paused</td><td>operator</td>" in report and "uncalibrated base model" in report
-    finally:
-        driver.quit()
-        console.close()
-        second.close()
-        rig.close()
+        assert "uncalibrated base model" in report
 
-
-def test_the_page_says_when_to_recalibrate_and_starts_it(tmp_path, model, myo_src):
-    """The real daemon on an armband that slips by half an electrode six seconds in: the banner
-    says recalibration is suggested and why, and its one button starts a calibration."""
-    from selenium.webdriver.common.by import By
-
-    from bench.drift import rotate
-    from rig.models import myo_recording
-
-    emg = myo_recording(myo_src, "Male13", "Test0").emg.astype(np.float64)
-    emg[1200:] = np.clip(np.round(rotate(emg[1200:], 0.5)), -128, 127)
-    cfg = tmp_path / "controller.yaml"
-    cfg.write_text("adapt:\n  turn_rate: 0.1\n  turn_hold_s: 0.5\n")  # a quick flag: this test is about the page
-    rig = Rig(tmp_path, model, emg, daemon_args=("--config", str(cfg)))
-    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor)
-    driver = browser(tmp_path)
-    try:
-        driver.get(console.url)
-        wait_text(driver, "state-headline", lambda t: t == "RUNNING: RECALIBRATION SUGGESTED", 40, "the flag")
-        meaning = text(driver, "state-meaning")
-        assert "as if it had turned by about 0.5 of an electrode" in meaning and "calibrate again" in meaning
-        assert text(driver, "state-next").startswith("Next: calibrate again")
-        assert rig.status()["recalibration"][1:] in meaning  # the daemon's words, capitalised
-        wait_text(driver, "state-action", lambda t: t == "Calibrate now", 5, "the button")
-        driver.find_element(By.ID, "patient").send_keys("P007")  # a calibration is for a patient
-        driver.find_element(By.ID, "state-action").click()
-        wait_text(driver, "cal-status", lambda t: "recording" in t, 10, "a calibration")
-        own = {"Origin": console.base, "X-Console-Token": console.token}
-        assert json.loads(console.post("/api/calibrate/cancel", {}, own)[2])["ok"] is True
-        wait_text(driver, "cal-status", lambda t: "cancelled" in t, 20, "the calibration cancelled")
-    finally:
-        driver.quit()
-        console.close()
-        rig.close()
-
-
-def test_a_patient_session_from_the_page(tmp_path, myo_src):
-    """The installed service's way (sessions per patient), against the real daemon and the
-    simulated patient: held until a session opens; a patient without a model cannot move the hand;
-    a calibration in the session, kept; the model panel says whose model runs, when it was
-    calibrated and how well; ending the session holds the hand; reopening brings the same model."""
-    import shutil
-
-    from selenium.webdriver.common.by import By
-
-    from metaemg.modelfile import default_model_path
-    from rig.models import myo_recording
-
-    base = tmp_path / "base.onnx"
-    shutil.copy(default_model_path(), base)
-    rec = myo_recording(myo_src, "Male13", "training0", move_s=8.0)
-    (tmp_path / "state").mkdir(mode=0o700)
-    daemon_cfg = tmp_path / "controller.yaml"
-    daemon_cfg.write_text(f"session:\n  state_dir: {tmp_path / 'state'}\n")
-    cal_cfg = tmp_path / "calibration.yaml"
-    protocol = "protocol: {countdown_s: 1, cycles: 1, relax_s: 1.5, open_s: 1.5, close_s: 1.5, move_s: 4}"
-    cal_cfg.write_text(f"base_model: {base}\npng: false\n{protocol}\n")
-    rig = Rig(tmp_path, base, rec.emg, patient=rec, daemon_args=("--config", str(daemon_cfg)), wait_running=0)
-    console = ConsoleProcess(tmp_path, rig.daemon.control, rig.daemon.monitor, "--calibration-config", str(cal_cfg))
-    driver = browser(tmp_path)
-    try:
-        driver.get(console.url)
-        wait_text(driver, "state-headline", lambda t: t == "NO PATIENT SESSION", 20, "held without a session")
-        assert text(driver, "calibrate-why") == "Calibration: open a session for the patient first."
-        assert not driver.find_element(By.ID, "btn-calibrate").is_enabled()
-        assert not driver.find_element(By.ID, "rehearsal-box").is_displayed()  # no anonymous calibration here
-
-        driver.find_element(By.ID, "patient").send_keys("P007")
-        driver.find_element(By.ID, "btn-session").click()
-        wait_text(driver, "state-headline", lambda t: t == "SESSION P007: KEEP THE MODEL OR CALIBRATE", 10, "open")
-        assert "P007 has no calibrated model yet: the hand will not move" in text(driver, "state-meaning")
-        assert text(driver, "state-action") == "Keep this model"
-
-        wait_until(
-            lambda: driver.find_element(By.ID, "btn-calibrate").is_enabled(), 5, "the calibration on", BROWSER_POLL_S
-        )
-        driver.find_element(By.ID, "btn-calibrate").click()
-        status = wait_text(
-            driver, "cal-status", lambda t: "installed" in t or "refused" in t or "failed" in t, 60, "done"
-        )
-        assert status == "Calibration for P007: passed the gate and installed", status
-        # installed, but the hand waits for the clinician: whose model, when, how good
-        wait_text(driver, "state-meaning", lambda t: "P007's model calibrated" in t, 10, "the new model")
-        meaning = text(driver, "state-meaning")
-        assert re.search(r"P007's model calibrated \d\d:\d\d, accuracy \d+% at calibration, balanced", meaning), meaning
-        driver.find_element(By.ID, "state-action").click()  # Keep this model
-        driver.find_element(By.ID, "confirm-yes").click()
-        wait_text(driver, "state-headline", lambda t: t == "RUNNING", 10, "running on P007's model")
-        assert text(driver, "state-meaning") == "The hand follows the decisions (patient P007)."
-        line = wait_text(driver, "session-line", lambda t: t.endswith("; in use."), 5, "the session in use")
-        assert line.startswith("Session: P007, opened ") and "P007's model calibrated" in line
-        assert re.fullmatch(
-            r"running P007's model calibrated \d\d:\d\d, accuracy \d+ % \(\w{12}\)", text(driver, "model")
-        )
-        running = rig.status()["model"]["model_id"]
-        assert text(driver, "model").endswith(f"({running})")
-
+        # ending the session holds the hand; reopening it brings the patient's model back
         driver.find_element(By.ID, "btn-end-session").click()
         driver.find_element(By.ID, "confirm-yes").click()
         wait_text(driver, "state-headline", lambda t: t == "NO PATIENT SESSION", 10, "ended")
-        assert rig.status()["model"]["model_id"] != running  # the base model: nobody's
+        assert rig.status()["model"]["model_id"] != steady  # the base model: nobody's
         driver.find_element(By.ID, "patient").clear()
         driver.find_element(By.ID, "patient").send_keys("P007")
         driver.find_element(By.ID, "btn-session").click()
         wait_text(driver, "state-meaning", lambda t: "P007's model calibrated" in t, 10, "P007's model again")
-        assert rig.status()["model"]["model_id"] == running
+        assert rig.status()["model"]["model_id"] == steady
     finally:
         driver.quit()
         console.close()
+        if second is not None:
+            second.close()
         rig.close()
