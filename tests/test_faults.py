@@ -1,5 +1,6 @@
 """Fault injection with real processes: the orthosis simulator on a pty, a replay LSL outlet, the
-daemon as a subprocess. One fresh rig per test; every wait is a poll with a deadline.
+daemon as a subprocess. One fresh rig per test (the next one started while a case runs: :class:`Rigs`);
+every wait is a poll with a deadline.
 
 Each case has one row in :data:`FAULTS`: the fault, the expected reaction and its time limit, as
 asserted below from the simulator's log (what the orthosis received) and the monitor stream / the
@@ -19,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -171,11 +173,62 @@ def emg(myo_src) -> np.ndarray:
     return myo_recording(myo_src, "Male13", "Test0").emg
 
 
+class Rigs:
+    """Fresh rigs, the next one started ahead in a thread: each case still gets a rig that nothing
+    touched but its start, and the next one arms (the daemon measures the stream's rate for a
+    second, then waits rearm_ms) while the current case runs, instead of after it."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory, emg: np.ndarray) -> None:
+        self._factory, self._emg = tmp_path_factory, emg
+        self._next: tuple[threading.Thread, list] | None = None
+        self._start()
+
+    def _start(self) -> None:
+        out: list = []
+
+        def build() -> None:
+            tmp = self._factory.mktemp("rig")
+            model = tmp / "model.onnx"
+            shutil.copy(default_model(), model)
+            try:
+                out.append(Rig(tmp, model, self._emg))
+            except BaseException as exc:  # raised in take(), in the case that needs the rig
+                out.append(exc)
+
+        thread = threading.Thread(target=build, name="next-rig")
+        thread.start()
+        self._next = (thread, out)
+
+    def take(self) -> Rig:
+        assert self._next is not None
+        thread, out = self._next
+        thread.join()
+        self._start()
+        (ready,) = out
+        if isinstance(ready, BaseException):
+            raise ready
+        return ready
+
+    def close(self) -> None:
+        if self._next is not None:
+            thread, out = self._next
+            thread.join()
+            for r in out:
+                if isinstance(r, Rig):
+                    r.close()
+            self._next = None
+
+
+@pytest.fixture(scope="module")
+def rigs(tmp_path_factory, emg):
+    pool = Rigs(tmp_path_factory, emg)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def rig(tmp_path, emg):
-    model = tmp_path / "model.onnx"
-    shutil.copy(default_model(), model)
-    r = Rig(tmp_path, model, emg)
+def rig(rigs):
+    r = rigs.take()
     yield r
     r.close()
 
