@@ -103,3 +103,13 @@ def myhand_like_csv(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# Modules whose tests all read one expensive module fixture (the controller's 25 s end-to-end
+# scenario) run first: -n's work stealing takes tests from the end of a worker's queue, and a
+# worker that stole one of them ran the whole scenario again.
+FIRST = ("tests/test_controller_e2e.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in FIRST)  # stable: the rest keep their order
