@@ -168,7 +168,7 @@ def test_second_order_adam_with_zero_gradients_stays_finite_and_matches_higher()
 def test_compiled_meta_gradient_matches_higher_and_replays() -> None:
     """``compile="aot_eager"``: the batched meta-gradient traced once by torch.compile gives
     higher's second-order gradients (Adam, mini-batches), and later calls replay the graph."""
-    model, tasks = tiny("dnn"), make_tasks(3, n_support=10)
+    model, tasks = tiny("dnn"), make_tasks(2, n_support=8)  # each step two mini-batches: 4 updates traced
     inner = InnerLoop(steps=2, lr=0.01, optimizer="adam", batch_size=4)
     expected = higher_meta_gradient(model, tasks, steps=2, lr=0.01, optimizer="adam", batch=4)
     torch._dynamo.reset()
