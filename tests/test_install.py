@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,14 @@ def test_one_command_installs_every_file_with_its_mode_and_keeps_an_edited_confi
 def test_installing_into_the_root_needs_root_and_says_so(tmp_path):
     environ = {**os.environ, "DESTDIR": "/", "MYHAND_VENV": "0"}
     cmd = ["bash", str(SCRIPT)]
-    if os.getuid() == 0:  # as a user who is not root (this machine's suite may run as root)
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=60, cwd="/")
+    with tempfile.TemporaryDirectory() as readable:
+        if os.getuid() == 0:  # as a user who is not root (this machine's suite may run as root),
+            # from a copy that user can read wherever the checkout is (a mktemp -d clone is 0700)
+            os.chmod(readable, 0o755)
+            copy = Path(shutil.copy(SCRIPT, readable))
+            copy.chmod(0o644)
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(copy)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=60, cwd="/")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: installing into / needs root: sudo make install-device (or DESTDIR=DIR to stage it elsewhere)"
     ]
