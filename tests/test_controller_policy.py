@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from controller.config import PolicyConfig
@@ -160,6 +160,7 @@ step = st.tuples(st.sampled_from(["window", "window", "window", "bad", "gap"]), 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(step, max_size=120), st.integers(1, 7), st.floats(0, 300), st.floats(0, 500))
+@example([("window", P[RELAX], d) for d in (0.125, 0.0625, 0.0625, 0.09375, 0.1)], 1, 0.0, 0.0)  # 0.1 s: 0.1 - 2e-17
 def test_properties_over_random_sequences(steps, vote, dwell_ms, refractory_ms):
     config = PolicyConfig(vote=vote, min_dwell_ms=dwell_ms, refractory_ms=refractory_ms)
     policy = Policy(config)
@@ -167,12 +168,12 @@ def test_properties_over_random_sequences(steps, vote, dwell_ms, refractory_ms):
     last_motion_output = {OPEN: -math.inf, CLOSE: -math.inf}
     last_change = -math.inf
     prev = None
-    good_since = None
+    good_since = last_data = None
     for kind, p, dt in steps:
         t += dt
         if kind == "bad":
             policy.input_bad(t, "saturated")
-            good_since = None
+            good_since, last_data = None, t
             assert not policy.armed and policy.intent is None
             continue
         if kind == "gap":
@@ -181,8 +182,10 @@ def test_properties_over_random_sequences(steps, vote, dwell_ms, refractory_ms):
             assert not policy.armed
             good_since = None
             continue
-        if dt >= config.stale_ms / 1000:
-            good_since = None  # a gap: the input was stale
+        if last_data is not None and t - last_data >= config.stale_ms / 1000:
+            good_since = None  # a gap: the input was stale (the times' difference, as the policy takes it:
+            # a step of exactly stale_ms can come out a rounding below it)
+        last_data = t
         policy.input_good(t)
         good_since = t if good_since is None else good_since
         d = policy.update(t, p)
