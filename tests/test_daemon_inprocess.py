@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import shutil
 import threading
 import time
@@ -207,9 +208,14 @@ def run(tmp_path: Path, emg: np.ndarray, scenario, **harness) -> dict:
         result["exit_code"] = code
         return result
 
+    # As the daemon does after start-up (controller/realtime.py), but undone after: the test
+    # runner's heap (torch, every test module) frozen, or one collection of it stalls the hot path
+    # for half a second, longer than the device's silence limit.
+    gc.freeze()
     try:
         return asyncio.run(main())
     finally:
+        gc.unfreeze()
         h.device.close()
 
 
