@@ -65,12 +65,12 @@ recording only on the patient, the condition name and the recording seed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
 
 from metaemg.errors import ConfigError
 from metalearn.myhand import LATENCY_S, armband_updates, held_update, logger_times, myhand_columns
@@ -354,17 +354,34 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 
 def _unit_power(sos: np.ndarray) -> np.ndarray:
     """Scale ``sos`` so white noise of unit variance comes out with unit variance."""
+    from scipy import signal
+
     impulse = signal.sosfilt(sos, np.r_[1.0, np.zeros(4095)])
     sos = sos.copy()
     sos[0, :3] /= np.sqrt(np.sum(impulse**2))
     return sos
 
 
-_FRESH_SOS = _unit_power(signal.butter(2, 50.0, "highpass", fs=RAW_RATE_HZ, output="sos"))
-_FATIGUED_SOS = _unit_power(signal.butter(2, [20.0, 70.0], "bandpass", fs=RAW_RATE_HZ, output="sos"))
-_NOISE_SOS = _unit_power(signal.butter(1, 10.0, "highpass", fs=RAW_RATE_HZ, output="sos"))
-_SLOW_SOS = _unit_power(signal.butter(2, 1.5, "lowpass", fs=RAW_RATE_HZ, output="sos"))
-_ENVELOPE_SOS = signal.butter(2, 4.0, "lowpass", fs=RAW_RATE_HZ, output="sos")
+@functools.cache
+def _filters() -> dict[str, np.ndarray]:
+    """The generator's filters as second-order sections, designed at its first use (scipy.signal
+    takes most of a second to import: not at every import of this module)."""
+    from scipy import signal
+
+    return {
+        "fresh": _unit_power(signal.butter(2, 50.0, "highpass", fs=RAW_RATE_HZ, output="sos")),
+        "fatigued": _unit_power(signal.butter(2, [20.0, 70.0], "bandpass", fs=RAW_RATE_HZ, output="sos")),
+        "noise": _unit_power(signal.butter(1, 10.0, "highpass", fs=RAW_RATE_HZ, output="sos")),
+        "slow": _unit_power(signal.butter(2, 1.5, "lowpass", fs=RAW_RATE_HZ, output="sos")),
+        "envelope": signal.butter(2, 4.0, "lowpass", fs=RAW_RATE_HZ, output="sos"),
+    }
+
+
+def _sosfilt(kind: str, x: np.ndarray) -> np.ndarray:
+    """``x`` through the generator's filter ``kind``, along its first axis."""
+    from scipy import signal
+
+    return signal.sosfilt(_filters()[kind], x, axis=0)
 
 
 def _protocol(rng: np.random.Generator, n_cycles: int) -> tuple[np.ndarray, np.ndarray]:
@@ -389,7 +406,7 @@ def _activation(rng, patient, cond, intents, bounds, t) -> np.ndarray:
     ramp = rng.uniform(*RAMP_S, k - 1)
     steps = _smoothstep((t[:, None] - onset) / ramp)  # (n, k-1)
     act = levels[0] + np.einsum("tk,km->tm", steps, np.diff(levels, axis=0))
-    wobble = signal.sosfilt(_SLOW_SOS, rng.standard_normal((len(t), len(MUSCLES))), axis=0)
+    wobble = _sosfilt("slow", rng.standard_normal((len(t), len(MUSCLES))))
     return np.maximum(act * (1.0 + 0.08 * wobble), 0.0)
 
 
@@ -417,7 +434,7 @@ def _stroke_activation(rng, patient, cond, intents, bounds, t) -> np.ndarray:
     act *= 1.0 + s.tremor_depth * np.sin(phase)[:, None] * _TREMOR_SIGN
     progress = np.cumsum(act.sum(axis=1))
     act *= (1.0 - s.fatigue_loss * progress / progress[-1])[:, None]
-    wobble = signal.sosfilt(_SLOW_SOS, rng.standard_normal((len(t), len(MUSCLES))), axis=0)
+    wobble = _sosfilt("slow", rng.standard_normal((len(t), len(MUSCLES))))
     return np.maximum(act * (1.0 + STROKE_WOBBLE * wobble), 0.0)
 
 
@@ -433,14 +450,15 @@ def _mixing(rng, patient, cond) -> np.ndarray:
     return gains[:, None] * np.exp(kappa * (np.cos(theta[:, None] - phi[None, :]) - 1.0))
 
 
-def _shaped_noise(rng, drive: np.ndarray, mix: np.ndarray, own_sd: np.ndarray, sos: np.ndarray) -> np.ndarray:
+def _shaped_noise(rng, drive: np.ndarray, mix: np.ndarray, own_sd: np.ndarray, band: str) -> np.ndarray:
     """Band-limited EMG per electrode: muscle noise modulated by ``drive`` (n, muscles) and mixed
     (``own_sd``: the std dev of the part each electrode sees on its own). Products use einsum,
-    not BLAS, so the result does not depend on BLAS threads or kernels."""
+    not BLAS, so the result does not depend on BLAS threads or kernels. ``band``: ``"fresh"`` or
+    ``"fatigued"``."""
     shared = np.einsum("tm,cm->tc", drive * rng.standard_normal(drive.shape), mix)
     own = own_sd * rng.standard_normal(own_sd.shape)
     white = np.sqrt(_SHARED_FRACTION) * shared + np.sqrt(1.0 - _SHARED_FRACTION) * own
-    return signal.sosfilt(sos, white, axis=0)
+    return _sosfilt(band, white)
 
 
 def _artefacts(rng, t: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -466,11 +484,11 @@ def _raw_emg(rng, patient, cond, intents, bounds, t, mains_hz) -> np.ndarray:
     mix = _mixing(rng, patient, cond)
     w = np.clip(_FATIGUE_SPECTRUM * fatigue, 0.0, 1.0)[:, None]
     own_sd = np.sqrt(np.einsum("tm,cm->tc", drive**2, mix**2))
-    x = np.sqrt(1.0 - w) * _shaped_noise(rng, drive, mix, own_sd, _FRESH_SOS)
-    x += np.sqrt(w) * _shaped_noise(rng, drive, mix, own_sd, _FATIGUED_SOS)
+    x = np.sqrt(1.0 - w) * _shaped_noise(rng, drive, mix, own_sd, "fresh")
+    x += np.sqrt(w) * _shaped_noise(rng, drive, mix, own_sd, "fatigued")
     noise_level = patient.noise_rms * np.interp(t, [t[0], t[-1]], cond.noise)
     electrode = np.exp(rng.normal(0.0, 0.2, N_CHANNELS))
-    x += noise_level[:, None] * electrode * signal.sosfilt(_NOISE_SOS, rng.standard_normal(x.shape), axis=0)
+    x += noise_level[:, None] * electrode * _sosfilt("noise", rng.standard_normal(x.shape))
     if mains_hz is not None:
         amp = rng.uniform(3.0, 8.0) * rng.uniform(0.5, 1.5, N_CHANNELS)
         phase = rng.uniform(0, 2 * np.pi) + rng.normal(0.0, 0.3, N_CHANNELS)
@@ -486,7 +504,7 @@ def _labels_at(times: np.ndarray, intents: np.ndarray, bounds: np.ndarray) -> np
 
 
 def _myhand(rng, patient, raw, t, intents, bounds, condition) -> tuple[Recording, dict[str, np.ndarray]]:
-    env = signal.sosfilt(_ENVELOPE_SOS, np.abs(raw), axis=0)
+    env = _sosfilt("envelope", np.abs(raw))
     env = rng.uniform(5.0, 40.0, N_CHANNELS) + _MYHAND_SCALE * env
     end = bounds[-1]
     # Logger rows at ~100 Hz with jitter; armband updates at 35-55 Hz with jitter and latency.
