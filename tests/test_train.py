@@ -133,10 +133,14 @@ def _assert_the_run_explained_itself(run: Path, out: str) -> None:
 
 def test_a_run_writes_checkpoints_reports_and_resumes(colls, tmp_path, capsys):
     """Checkpoints: best.pt and the last test.keep_checkpoints meta-epochs' (2 here, then the
-    default 3); export takes best.pt, a resume from the run directory its newest checkpoint (the
-    resume in this process: the command's own path is the first run)."""
+    default 3); export takes best.pt, a resume from the run directory its newest checkpoint. In
+    this process, as the command composes and runs it (its own path: the research config file's
+    test, the sweep, torchrun)."""
+    from metalearn.train import run_composed
+
     run = tmp_path / "run"
-    out = train(colls, run, "test.keep_checkpoints=2").stdout
+    run_composed(_compose(tiny(colls, "test.keep_checkpoints=2")), run, tmp_path)
+    out = capsys.readouterr().out
     assert "mean query accuracy after adaptation: B1" in out
     _assert_the_run_explained_itself(run, out)
     assert (
@@ -172,14 +176,9 @@ def test_a_run_writes_checkpoints_reports_and_resumes(colls, tmp_path, capsys):
     assert set(logs["logs"]) == {"B1", "B2", "meta-model"}
     for png in ("res_barplot.png", "convergence.png"):
         assert min(_png_size(run / "results" / png)) > 300
-    saved = (run / ".hydra" / "config.yaml").read_text()
-    assert "time_seq_len: 20" in saved
     # resume from the run directory: its newest checkpoint, so meta-epoch 3 onwards; 4 written, 3 kept
     assert latest_checkpoint(run) == ckpts[-1]
     run2 = tmp_path / "run2"
-    from metalearn.train import run_composed
-
-    capsys.readouterr()
     run_composed(
         _compose(tiny(colls, f"test.resume={run}", "test.meta_steps=7", "test.converge_baselines=false")),
         run2,
@@ -242,6 +241,7 @@ hydra:
     note = "note: test.wandb is true but wandb is not installed; logging locally only"
     assert proc.stderr.count(note) == 1 and (runs[0] / "train.log").read_text().count(f"WARNING {note}\n") == 1
     assert json.loads((runs[0] / "resolved_config.json").read_text())["test"]["scale"] == "minmax"
+    assert "time_seq_len: 40" in (runs[0] / ".hydra" / "config.yaml").read_text()  # Hydra's own record
     assert (runs[0] / "results" / "results_table.csv").is_file()
 
 
