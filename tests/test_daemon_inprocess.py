@@ -208,14 +208,14 @@ def run(tmp_path: Path, emg: np.ndarray, scenario, **harness) -> dict:
         result["exit_code"] = code
         return result
 
-    # As the daemon does after start-up (controller/realtime.py), but undone after: the test
-    # runner's heap (torch, every test module) frozen, or one collection of it stalls the hot path
-    # for half a second, longer than the device's silence limit.
+    # As the daemon does after start-up (controller/realtime.py): the test runner's heap collected
+    # once and frozen, or one collection of it stalls the hot path for half a second, longer than
+    # the device's silence limit. Not unfrozen after: that would also thaw what conftest.py froze.
+    gc.collect()
     gc.freeze()
     try:
         return asyncio.run(main())
     finally:
-        gc.unfreeze()
         h.device.close()
 
 
